@@ -1,0 +1,73 @@
+//! `modelyard check`: what a config describes, or why it is refused.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use modelyard_config::{ByteSize, Loaded};
+
+pub fn summary(loaded: &Loaded) -> String {
+    let c = &loaded.config;
+    let mut s = String::new();
+    let budget = c.budget.map_or("no limit".to_string(), |b| b.to_string());
+    let _ = writeln!(s, "{}: OK", loaded.origin);
+    let _ = writeln!(
+        s,
+        "listen {}  budget {budget}  idle_timeout {}  queue_timeout {}",
+        c.listen,
+        c.idle_timeout,
+        humantime::format_duration(c.queue_timeout)
+    );
+    let _ = writeln!(s, "\nbackends ({}):", c.backends.len());
+    for (name, b) in &c.backends {
+        let how = match (&b.command, &b.url) {
+            (Some(argv), _) => format!("runs `{}`", argv.join(" ")),
+            (None, Some(url)) => format!("at {url}"),
+            (None, None) => String::new(),
+        };
+        let _ = writeln!(s, "  {name:<12} {:<7} {how}", b.kind.as_str());
+    }
+    let _ = writeln!(s, "\nmodels ({}):", c.models.len());
+    let _ = writeln!(
+        s,
+        "  {:<16} {:<10} {:<22} {:>9}  {:<8} ALIASES",
+        "NAME", "BACKEND", "UPSTREAM", "MEMORY", "GROUP"
+    );
+    for (name, m) in &c.models {
+        let _ = writeln!(
+            s,
+            "  {name:<16} {:<10} {:<22} {:>9}  {:<8} {}",
+            m.backend,
+            m.upstream_name(name),
+            m.memory.map_or("-".into(), |b| b.to_string()),
+            m.group.as_deref().unwrap_or("-"),
+            m.aliases.join(", ")
+        );
+    }
+    // What could be loaded at once: every ungrouped model plus each group's largest.
+    let mut groups: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut ungrouped = 0u64;
+    let mut total = 0u64;
+    for m in c.models.values() {
+        let mem = m.memory.map_or(0, |b| b.0);
+        total += mem;
+        match &m.group {
+            Some(g) => {
+                let e = groups.entry(g.as_str()).or_default();
+                *e = (*e).max(mem);
+            }
+            None => ungrouped += mem,
+        }
+    }
+    let peak = ungrouped + groups.values().sum::<u64>();
+    let _ = write!(
+        s,
+        "\nmemory: {} declared in all; at most {} at once (one model per group); budget {budget}",
+        ByteSize(total),
+        ByteSize(peak)
+    );
+    if c.budget.is_some_and(|b| b.0 < peak) {
+        let _ = write!(s, " (models are unloaded to make room)");
+    }
+    let _ = writeln!(s);
+    s
+}

@@ -1,0 +1,101 @@
+mod check;
+mod cli;
+mod serve;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use modelyard_config::{load_file, load_str, locate, ConfigError, Loaded};
+
+use cli::{Cli, Command};
+
+const DEMO_CONFIG: &str = include_str!("demo.yaml");
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim { args } => {
+            let argv = std::iter::once("modelyard-sim".to_string()).chain(args);
+            modelyard_sim::main_with(<modelyard_sim::Args as Parser>::parse_from(argv))
+        }
+        Command::Check { config } => match load(config.as_deref()) {
+            Ok(loaded) => {
+                print!("{}", check::summary(&loaded));
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        Command::Serve { config, listen } => {
+            let loaded = match load(config.as_deref()) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            run(loaded, listen, |addr| {
+                println!("modelyard listening on http://{addr}");
+            })
+        }
+        Command::Demo { listen } => {
+            let loaded = match load_str("built-in demo config", DEMO_CONFIG) {
+                Ok(l) => l,
+                Err(e) => return fail(e),
+            };
+            run(loaded, listen, demo_banner)
+        }
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Loaded, ConfigError> {
+    load_file(&locate(path)?)
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::FAILURE
+}
+
+fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAddr)) -> ExitCode {
+    init_logging();
+    let mut config = loaded.config;
+    if let Some(addr) = listen {
+        config.listen = addr;
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    let banner = |addr| {
+        banner(addr);
+        let _ = std::io::stdout().flush();
+    };
+    match runtime.block_on(serve::run(config, banner)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MODELYARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn demo_banner(addr: SocketAddr) {
+    let url = format!("http://{addr}");
+    println!("modelyard listening on {url}");
+    println!(
+        r#"
+demo: six simulated models shaped like a 64 GB Mac's (sizes scaled 1:100, budget 480 MB).
+try:
+  curl -s {url}/v1/models
+  curl -s {url}/v1/chat/completions -H 'content-type: application/json' \
+       -d '{{"model":"default","messages":[{{"role":"user","content":"hi"}}]}}'
+  curl -sN {url}/v1/chat/completions -H 'content-type: application/json' \
+       -d '{{"model":"deep","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
+stop with Ctrl-C"#
+    );
+}

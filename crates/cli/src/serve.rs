@@ -1,0 +1,49 @@
+//! Running the router: bind first, then say where, then serve until SIGTERM or
+//! SIGINT, then stop every backend before exiting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use modelyard_config::Config;
+use modelyard_proxy::Router;
+use modelyard_supervisor::Supervisor;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+
+pub async fn run(config: Config, banner: impl FnOnce(SocketAddr)) -> Result<(), String> {
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+            " (is another modelyard or an Ollama already running there? set `listen` in routes.yaml, MODELYARD_LISTEN or --listen)"
+        } else {
+            ""
+        };
+        format!("cannot listen on {}: {e}{hint}", config.listen)
+    })?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    banner(addr);
+    let config = Arc::new(config);
+    let supervisor = Supervisor::start(config.clone());
+    let router = Router::new(config, supervisor.clone());
+    modelyard_proxy::serve(listener, router, stop_signal()).await;
+    tracing::info!("stopping backends");
+    supervisor.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

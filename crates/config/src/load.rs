@@ -1,0 +1,167 @@
+//! Finding routes.yaml and reading it: the file, then `MODELYARD_*` overrides,
+//! then validation. Nothing starts until this returns Ok.
+
+use std::path::{Path, PathBuf};
+
+use figment::error::Kind;
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+
+use crate::error::{ConfigError, Issue, Origin};
+use crate::locate::LineIndex;
+use crate::schema::Config;
+use crate::validate::{validate, Problem};
+
+/// Environment variables with the prefix that are not config keys.
+const NOT_KEYS: &[&str] = &["config", "log"];
+const ENV_PREFIX: &str = "MODELYARD_";
+
+/// A config that passed validation, and where it came from.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    /// Shown in messages: a path, or a name for an embedded config.
+    pub origin: String,
+    pub path: Option<PathBuf>,
+}
+
+/// The file to read: `explicit` if given, else `./routes.yaml`, else the user's
+/// config dir (`~/.config/modelyard/routes.yaml` on Linux,
+/// `~/Library/Application Support/modelyard/routes.yaml` on macOS).
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let mut searched = vec![PathBuf::from("routes.yaml")];
+    if let Some(dir) = dirs::config_dir() {
+        searched.push(dir.join("modelyard").join("routes.yaml"));
+    }
+    searched
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(ConfigError::NotFound { searched })
+}
+
+pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut loaded = load_str(&path.display().to_string(), &text)?;
+    loaded.path = Some(path.to_path_buf());
+    Ok(loaded)
+}
+
+/// Reads a config from text (an embedded one, or a file already read).
+pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
+    let invalid = |issues| ConfigError::Invalid {
+        file: origin.to_string(),
+        issues,
+    };
+    let index = LineIndex::parse(text).map_err(|e| {
+        invalid(vec![Issue {
+            key: format!("column {}", e.col),
+            origin: Some(Origin::Line(e.line)),
+            message: format!("not valid YAML: {}", e.message),
+        }])
+    })?;
+    let mut issues: Vec<Issue> = index
+        .duplicates
+        .iter()
+        .map(|(path, line, first)| Issue {
+            key: path.join("."),
+            origin: Some(Origin::Line(*line)),
+            message: format!("defined twice (first on line {first}); names must be unique"),
+        })
+        .collect();
+
+    let figment = Figment::from(Yaml::string(text))
+        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_KEYS));
+    let config: Config = match figment.extract() {
+        Ok(c) => c,
+        Err(errors) => {
+            issues.extend(errors.into_iter().map(|e| from_figment(e, &index)));
+            return Err(invalid(issues));
+        }
+    };
+    issues.extend(
+        validate(&config)
+            .into_iter()
+            .map(|Problem { path, message }| Issue {
+                origin: origin_of(&path, &index),
+                key: path.join("."),
+                message,
+            }),
+    );
+    if issues.is_empty() {
+        Ok(Loaded {
+            config,
+            origin: origin.to_string(),
+            path: None,
+        })
+    } else {
+        Err(invalid(issues))
+    }
+}
+
+/// The environment variable that would set `path`, if it is set; else the file line.
+fn origin_of(path: &[String], index: &LineIndex) -> Option<Origin> {
+    for n in (1..=path.len()).rev() {
+        let var = env_var_for(&path[..n]);
+        if std::env::var_os(&var).is_some() {
+            return Some(Origin::Env(var));
+        }
+    }
+    index.line_of(path).map(Origin::Line)
+}
+
+fn env_var_for(path: &[String]) -> String {
+    format!("{ENV_PREFIX}{}", path.join("__").to_uppercase())
+}
+
+fn from_figment(e: figment::Error, index: &LineIndex) -> Issue {
+    let mut path = e.path.clone();
+    let message = match &e.kind {
+        Kind::UnknownField(field, expected) => {
+            path.push(field.clone());
+            let hint = crate::validate::closest(field, expected.iter().copied())
+                .map(|c| format!("did you mean `{c}`? "))
+                .unwrap_or_default();
+            format!(
+                "unknown key; {hint}expected one of: {}",
+                expected.join(", ")
+            )
+        }
+        Kind::MissingField(field) => {
+            path.push(field.to_string());
+            "missing (required)".to_string()
+        }
+        Kind::UnknownVariant(v, expected) => {
+            format!(
+                "unknown value `{v}`; expected one of: {}",
+                expected.join(", ")
+            )
+        }
+        Kind::InvalidType(actual, expected) => format!("expected {expected}, found {actual}"),
+        other => other.to_string(),
+    };
+    let from_env = e
+        .metadata
+        .as_ref()
+        .is_some_and(|m| m.name.contains("environment"));
+    let origin = if from_env {
+        Some(Origin::Env(env_var_for(&path)))
+    } else {
+        index.line_of(&path).map(Origin::Line)
+    };
+    Issue {
+        key: if path.is_empty() {
+            "(top level)".into()
+        } else {
+            path.join(".")
+        },
+        origin,
+        message,
+    }
+}

@@ -1,0 +1,164 @@
+//! The shape of routes.yaml. Every struct refuses unknown keys: a typo must be an
+//! error that names the key, never a setting silently ignored.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::size::ByteSize;
+use crate::timeout::{span, Timeout};
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the router listens; loopback by default.
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    /// What models may hold together. Absent: no limit.
+    #[serde(default)]
+    pub budget: Option<ByteSize>,
+    /// Default for every model; `never` keeps models loaded.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Timeout,
+    /// How long a request may wait for its model to start or for memory.
+    #[serde(default = "defaults::queue_timeout", with = "span")]
+    pub queue_timeout: Duration,
+    /// Requests that may wait at once, across all models.
+    #[serde(default = "defaults::max_queue")]
+    pub max_queue: usize,
+    /// Largest request body accepted.
+    #[serde(default = "defaults::max_body")]
+    pub max_body: ByteSize,
+    /// How long a backend may take to send response headers.
+    #[serde(default = "defaults::upstream_timeout")]
+    pub upstream_timeout: Timeout,
+    #[serde(default)]
+    pub backends: BTreeMap<String, Backend>,
+    #[serde(default)]
+    pub models: BTreeMap<String, Model>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// Any OpenAI-compatible server; with a `command`, one process per model.
+    #[default]
+    Openai,
+    /// One oMLX server hosting many models.
+    Omlx,
+    /// One Ollama server hosting many models.
+    Ollama,
+    /// Apple's on-device model through `apfel --serve`.
+    Apfel,
+    /// Another machine's server: no lifecycle.
+    Remote,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Openai => "openai",
+            BackendKind::Omlx => "omlx",
+            BackendKind::Ollama => "ollama",
+            BackendKind::Apfel => "apfel",
+            BackendKind::Remote => "remote",
+        }
+    }
+
+    /// Whether each model of such a backend gets a process of its own.
+    pub fn process_per_model(self) -> bool {
+        matches!(self, BackendKind::Openai)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    #[serde(default)]
+    pub kind: BackendKind,
+    /// argv of the server; `${PORT}` becomes a free port, `${MODEL}` the upstream name.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Where the server listens, for one the router does not start or one with a fixed port.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Readiness probe; 200 means ready.
+    #[serde(default = "defaults::health")]
+    pub health: String,
+    #[serde(default = "defaults::start_timeout", with = "span")]
+    pub start_timeout: Duration,
+    #[serde(default = "defaults::stop_timeout", with = "span")]
+    pub stop_timeout: Duration,
+    /// Sent upstream as `Authorization: Bearer …`; never shown to clients.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Extra environment for the process; `${PORT}` is filled in here too.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Memory the server holds by itself, charged while its process runs.
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Model {
+    pub backend: String,
+    /// The name the backend knows the model by; the model's own name by default.
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub memory: Option<ByteSize>,
+    /// At most one model of a group is loaded at a time.
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub pinned: bool,
+    #[serde(default)]
+    pub idle_timeout: Option<Timeout>,
+    /// Appended to the backend's command when each model runs its own process.
+    #[serde(default)]
+    pub args: Vec<String>,
+}
+
+impl Model {
+    pub fn upstream_name<'a>(&'a self, name: &'a str) -> &'a str {
+        self.upstream.as_deref().unwrap_or(name)
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    pub fn listen() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 11434))
+    }
+    pub fn idle_timeout() -> Timeout {
+        Timeout::After(Duration::from_secs(600))
+    }
+    pub fn queue_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn max_queue() -> usize {
+        256
+    }
+    pub fn max_body() -> ByteSize {
+        ByteSize(32 << 20)
+    }
+    pub fn upstream_timeout() -> Timeout {
+        Timeout::After(Duration::from_secs(600))
+    }
+    pub fn health() -> String {
+        "/health".into()
+    }
+    pub fn start_timeout() -> Duration {
+        Duration::from_secs(120)
+    }
+    pub fn stop_timeout() -> Duration {
+        Duration::from_secs(15)
+    }
+}

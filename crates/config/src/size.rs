@@ -1,0 +1,179 @@
+//! Byte sizes as users write them: `48GB`, `512MiB`, `1.5GB` or plain bytes.
+//!
+//! SI units are powers of 1000 and IEC units powers of 1024, as the units say; a
+//! model's download size is usually quoted in GB, a machine's memory often in GiB,
+//! and the router must not silently round one into the other.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ByteSize(pub u64);
+
+const UNITS: &[(&str, u64)] = &[
+    ("b", 1),
+    ("kb", 1_000),
+    ("mb", 1_000_000),
+    ("gb", 1_000_000_000),
+    ("tb", 1_000_000_000_000),
+    ("kib", 1 << 10),
+    ("mib", 1 << 20),
+    ("gib", 1 << 30),
+    ("tib", 1 << 40),
+    ("k", 1_000),
+    ("m", 1_000_000),
+    ("g", 1_000_000_000),
+];
+
+impl ByteSize {
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+}
+
+impl FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t
+            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
+            .unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let num = num.replace('_', "");
+        let unit = unit.trim().to_ascii_lowercase();
+        let multiplier = if unit.is_empty() {
+            1
+        } else {
+            UNITS
+                .iter()
+                .find(|(u, _)| *u == unit)
+                .map(|(_, m)| *m)
+                .ok_or_else(|| {
+                    format!("`{s}` is not a size: unknown unit `{unit}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)")
+                })?
+        };
+        if num.is_empty() {
+            return Err(format!(
+                "`{s}` is not a size: expected a number such as 48GB or 512MiB"
+            ));
+        }
+        if let Ok(n) = num.parse::<u64>() {
+            return n
+                .checked_mul(multiplier)
+                .map(ByteSize)
+                .ok_or_else(|| format!("`{s}` is too large"));
+        }
+        let f: f64 = num.parse().map_err(|_| {
+            format!("`{s}` is not a size: expected a number such as 48GB or 512MiB")
+        })?;
+        let bytes = f * multiplier as f64;
+        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+            return Err(format!("`{s}` is too large"));
+        }
+        Ok(ByteSize(bytes.round() as u64))
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// Prints in the unit family the number is exact in, so `512MiB` reads back as
+    /// `512 MiB` and `48GB` as `48 GB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        if b == 0 {
+            return write!(f, "0 B");
+        }
+        for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20)] {
+            if b >= m && b.is_multiple_of(m) && !b.is_multiple_of(1_000_000) {
+                return write!(f, "{} {unit}", b / m);
+            }
+        }
+        for (unit, m) in [
+            ("TB", 1_000_000_000_000u64),
+            ("GB", 1_000_000_000),
+            ("MB", 1_000_000),
+            ("KB", 1_000),
+        ] {
+            if b >= m {
+                let v = b as f64 / m as f64;
+                return if b.is_multiple_of(m) {
+                    write!(f, "{} {unit}", b / m)
+                } else {
+                    write!(f, "{:.1} {unit}", v)
+                };
+            }
+        }
+        write!(f, "{b} B")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ByteSize;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 48GB, 512MiB, 1.5GB or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> u64 {
+        s.parse::<ByteSize>().unwrap().0
+    }
+
+    #[test]
+    fn parses_si_iec_fractions_and_plain_bytes() {
+        assert_eq!(p("48GB"), 48_000_000_000);
+        assert_eq!(p("512MiB"), 512 << 20);
+        assert_eq!(p("1.5GB"), 1_500_000_000);
+        assert_eq!(p("1.5 gib"), 3 << 29);
+        assert_eq!(p("1024"), 1024);
+        assert_eq!(p("10_000"), 10_000);
+    }
+
+    #[test]
+    fn rejects_unknown_units_and_garbage() {
+        assert!("48 GX"
+            .parse::<ByteSize>()
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!("GB".parse::<ByteSize>().is_err());
+        assert!("-1GB".parse::<ByteSize>().is_err());
+        assert!("99999999999TB".parse::<ByteSize>().is_err());
+    }
+
+    #[test]
+    fn displays_in_the_family_it_was_written_in() {
+        assert_eq!(ByteSize(48_000_000_000).to_string(), "48 GB");
+        assert_eq!(ByteSize(512 << 20).to_string(), "512 MiB");
+        assert_eq!(ByteSize(1_500_000_000).to_string(), "1.5 GB");
+        assert_eq!(ByteSize(12).to_string(), "12 B");
+    }
+}

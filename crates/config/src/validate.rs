@@ -1,0 +1,229 @@
+//! Checks that need the whole config: cross references, shadowing, sizes against
+//! the budget, and commands the supervisor could not run.
+
+use std::collections::HashMap;
+
+use crate::schema::{BackendKind, Config};
+
+/// A problem found, with the key path it belongs to.
+pub(crate) struct Problem {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+fn problem(path: &[&str], message: impl Into<String>) -> Problem {
+    Problem {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        message: message.into(),
+    }
+}
+
+/// A name among `candidates` close enough to `wanted` to be a typo of it.
+pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .into_iter()
+        .map(|c| {
+            (
+                strsim::levenshtein(&wanted.to_lowercase(), &c.to_lowercase()),
+                c,
+            )
+        })
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    check_backends(cfg, &mut out);
+    check_models(cfg, &mut out);
+    check_aliases(cfg, &mut out);
+    out
+}
+
+fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
+    for (name, b) in &cfg.backends {
+        let at = |key: &str| ["backends", name.as_str(), key].map(str::to_string);
+        let p = |key: &str, msg: String| Problem {
+            path: at(key).into_iter().filter(|s| !s.is_empty()).collect(),
+            message: msg,
+        };
+        if let Some(argv) = &b.command {
+            let has_port = argv
+                .iter()
+                .chain(b.env.values())
+                .any(|a| a.contains("${PORT}"));
+            if argv.is_empty() {
+                out.push(p(
+                    "command",
+                    "empty argv: give the program and its arguments, e.g. [llama-server, --port, \"${PORT}\"]".into(),
+                ));
+            } else if argv[0].trim().is_empty() {
+                out.push(Problem {
+                    path: vec![
+                        "backends".into(),
+                        name.clone(),
+                        "command".into(),
+                        "0".into(),
+                    ],
+                    message: "the program name is empty".into(),
+                });
+            } else if !has_port && b.url.is_none() {
+                out.push(p(
+                    "command",
+                    "has no ${PORT} and the backend has no url, so the router cannot know where it listens: put \"${PORT}\" in the argv or set url".into(),
+                ));
+            }
+            if b.kind == BackendKind::Remote {
+                out.push(p(
+                    "command",
+                    "a remote backend is never started: remove command".into(),
+                ));
+            }
+            if !b.kind.process_per_model() && argv.iter().any(|a| a.contains("${MODEL}")) {
+                out.push(p(
+                    "command",
+                    format!(
+                        "${{MODEL}} needs one process per model, which kind {} does not run",
+                        b.kind.as_str()
+                    ),
+                ));
+            }
+            if b.kind.process_per_model() && !has_port && b.url.is_some() {
+                let users: Vec<&str> = cfg
+                    .models
+                    .iter()
+                    .filter(|(_, m)| &m.backend == name)
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                if users.len() > 1 {
+                    out.push(p(
+                        "command",
+                        format!(
+                            "runs one process per model on a fixed url, so {} would collide: put \"${{PORT}}\" in the argv",
+                            users.join(" and ")
+                        ),
+                    ));
+                }
+            }
+        } else if b.url.is_none() {
+            out.push(p(
+                "",
+                "needs command (to start it) or url (where it already runs)".into(),
+            ));
+        }
+        if let Some(url) = &b.url {
+            match url.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
+                }
+                _ => out.push(p(
+                    "url",
+                    format!("`{url}` is not an http(s) URL such as http://127.0.0.1:8000"),
+                )),
+            }
+        }
+        if !b.health.starts_with('/') {
+            out.push(p(
+                "health",
+                format!("`{}` must be a path starting with /", b.health),
+            ));
+        }
+        if b.start_timeout.is_zero() {
+            out.push(p("start_timeout", "must be more than 0s".into()));
+        }
+    }
+}
+
+fn check_models(cfg: &Config, out: &mut Vec<Problem>) {
+    for (name, m) in &cfg.models {
+        if name.trim().is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            out.push(problem(
+                &["models", name],
+                "a model name must be non-empty, without spaces",
+            ));
+        }
+        let Some(backend) = cfg.backends.get(&m.backend) else {
+            let hint = closest(&m.backend, cfg.backends.keys().map(String::as_str))
+                .map(|c| format!("; did you mean `{c}`?"))
+                .unwrap_or_default();
+            let known = cfg.backends.keys().cloned().collect::<Vec<_>>().join(", ");
+            out.push(problem(
+                &["models", name, "backend"],
+                format!(
+                    "backend `{}` is not defined (backends: {known}){hint}",
+                    m.backend
+                ),
+            ));
+            continue;
+        };
+        let own_process = backend.kind.process_per_model() && backend.command.is_some();
+        if !m.args.is_empty() && !own_process {
+            out.push(problem(
+                &["models", name, "args"],
+                format!(
+                    "args only apply when each model runs its own process (kind openai with a command); backend `{}` is not one",
+                    m.backend
+                ),
+            ));
+        }
+        let Some(mem) = m.memory else {
+            if backend.kind != BackendKind::Remote {
+                out.push(problem(
+                    &["models", name, "memory"],
+                    "missing: the memory ledger needs each model's size, e.g. memory: 32GB",
+                ));
+            }
+            continue;
+        };
+        if let Some(budget) = cfg.budget {
+            let base = backend.memory.map(|b| b.0).unwrap_or(0);
+            let needed = mem.0.saturating_add(base);
+            if needed > budget.0 {
+                let with_base = if base > 0 {
+                    format!(
+                        " (with {} for backend {})",
+                        crate::ByteSize(base),
+                        m.backend
+                    )
+                } else {
+                    String::new()
+                };
+                out.push(problem(
+                    &["models", name, "memory"],
+                    format!(
+                        "{}{with_base} is more than the whole budget ({budget}): it could never be loaded",
+                        crate::ByteSize(needed)
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+fn check_aliases(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for (name, m) in &cfg.models {
+        for (i, alias) in m.aliases.iter().enumerate() {
+            let idx = i.to_string();
+            let path = ["models", name.as_str(), "aliases", idx.as_str()];
+            if alias.trim().is_empty() {
+                out.push(problem(&path, "an alias cannot be empty"));
+            } else if cfg.models.contains_key(alias) {
+                out.push(problem(
+                    &path,
+                    format!("alias `{alias}` shadows the model `{alias}`"),
+                ));
+            } else if let Some(owner) = seen.insert(alias, name) {
+                let whose = if owner == name {
+                    "this model".to_string()
+                } else {
+                    format!("model `{owner}`")
+                };
+                out.push(problem(
+                    &path,
+                    format!("alias `{alias}` is already an alias of {whose}"),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Every error the router itself produces, rendered once in OpenAI's shape:
+//! `{"error":{"message","type","param","code"}}`, with `x-modelyard-error` marking
+//! it as the router's own rather than a backend's.
+
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+use modelyard_supervisor::SupervisorError;
+
+use crate::body::{self, Body};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("request body is not valid JSON: {0}")]
+    BadJson(String),
+    #[error("the request body has no `model`; name one of the models listed at GET /v1/models")]
+    MissingModel,
+    #[error("`model` must be a string")]
+    ModelNotString,
+    #[error("the model `{name}` does not exist{}", suggest(.close))]
+    UnknownModel { name: String, close: Vec<String> },
+    #[error("request body is larger than the limit of {limit} bytes (max_body in routes.yaml)")]
+    BodyTooLarge { limit: u64 },
+    #[error("could not read the request body: {0}")]
+    BodyRead(String),
+    #[error("no route for {method} {path}")]
+    NoRoute { method: String, path: String },
+    #[error("backend for model `{model}` is unreachable: {reason}")]
+    Unreachable { model: String, reason: String },
+    #[error("backend for model `{model}` sent no response headers within {}s (upstream_timeout)", .after.as_secs())]
+    UpstreamTimeout { model: String, after: Duration },
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+}
+
+fn suggest(close: &[String]) -> String {
+    match close {
+        [] => "; GET /v1/models lists the models".into(),
+        [one] => format!("; did you mean `{one}`?"),
+        many => format!("; did you mean one of: {}?", many.join(", ")),
+    }
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>, &'static str) {
+        use ApiError::*;
+        match self {
+            BadJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "invalid_json",
+            ),
+            MissingModel => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model"),
+                "missing_model",
+            ),
+            ModelNotString => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model"),
+                "invalid_model",
+            ),
+            UnknownModel { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                Some("model"),
+                "model_not_found",
+            ),
+            BodyTooLarge { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                None,
+                "request_too_large",
+            ),
+            BodyRead(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "body_read_failed",
+            ),
+            NoRoute { .. } => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                None,
+                "unknown_route",
+            ),
+            Unreachable { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                None,
+                "backend_unreachable",
+            ),
+            UpstreamTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                None,
+                "backend_timeout",
+            ),
+            Supervisor(e) => match e {
+                SupervisorError::UnknownModel(_) => (
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    Some("model"),
+                    "model_not_found",
+                ),
+                SupervisorError::StartFailed { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    None,
+                    "backend_start_failed",
+                ),
+                SupervisorError::Timeout { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    "model_not_ready",
+                ),
+                SupervisorError::ShuttingDown => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    "shutting_down",
+                ),
+            },
+        }
+    }
+
+    /// The JSON error body, also used for an SSE `error` event.
+    pub fn json(message: &str, kind: &str, param: Option<&str>, code: &str) -> serde_json::Value {
+        serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
+    }
+
+    pub fn into_response(self) -> Response<Body> {
+        let (status, kind, param, code) = self.parts();
+        let payload = Self::json(&self.to_string(), kind, param, code);
+        let mut resp = body::json_response(status, &payload);
+        let h = resp.headers_mut();
+        h.insert("x-modelyard-error", HeaderValue::from_static(code));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        resp
+    }
+}

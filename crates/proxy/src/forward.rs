@@ -1,0 +1,181 @@
+//! One model request, in the order it happens: read the body (bounded), find the
+//! model, wait for a lease on it, send the request upstream with the model renamed,
+//! and pass the response back as it streams.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use modelyard_supervisor::Lease;
+use tokio::time::Instant;
+
+use crate::body::Body;
+use crate::error::ApiError;
+use crate::relay::Relay;
+use crate::rewrite::{peek_model, ModelRewriter};
+use crate::Inner;
+
+pub(crate) async fn model_request(
+    state: Arc<Inner>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let bytes = read_body(declared, body, state.config.max_body.bytes()).await?;
+    let routed = peek_model(&bytes)?;
+    let client_name = routed.model.clone();
+    let model = state
+        .config
+        .resolve(&client_name)
+        .ok_or_else(|| ApiError::UnknownModel {
+            close: crate::models::close_matches(&state.config, &client_name),
+            name: client_name.clone(),
+        })?
+        .to_string();
+    let deadline = Instant::now() + state.config.queue_timeout;
+    let lease = state.supervisor.acquire(&model, deadline).await?;
+    let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
+    drop(bytes);
+    let request = upstream_request(&parts, &lease, upstream_body);
+    let pending = state.client.request(request);
+    let response =
+        match state.config.upstream_timeout.duration() {
+            Some(limit) => tokio::time::timeout(limit, pending).await.map_err(|_| {
+                ApiError::UpstreamTimeout {
+                    model: model.clone(),
+                    after: limit,
+                }
+            })?,
+            None => pending.await,
+        }
+        .map_err(|e| ApiError::Unreachable {
+            model: model.clone(),
+            reason: describe(&e, &lease),
+        })?;
+    Ok(relay(response, &client_name, lease))
+}
+
+async fn read_body(declared: Option<u64>, body: Incoming, limit: u64) -> Result<Bytes, ApiError> {
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge { limit });
+    }
+    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
+    match Limited::new(body, limit_usize).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::BodyTooLarge { limit })
+        }
+        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    }
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+fn upstream_request(parts: &Parts, lease: &Lease, body: Bytes) -> Request<Full<Bytes>> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = format!(
+        "{}://{}{}{}",
+        lease.scheme, lease.authority, lease.base_path, path
+    );
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    // The client's credentials are for the router; the backend gets its own, if any.
+    headers.remove(header::AUTHORIZATION);
+    headers.remove("x-api-key");
+    if let Some(key) = &lease.api_key {
+        if let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}")) {
+            headers.insert(header::AUTHORIZATION, v);
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri
+        .parse()
+        .expect("lease endpoints and request paths form a valid URI");
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    req
+}
+
+fn relay(response: Response<Incoming>, client_name: &str, lease: Lease) -> Response<Body> {
+    let (mut parts, upstream) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let sse = content_type.starts_with("text/event-stream");
+    let textual = sse || content_type.contains("json");
+    let rewriter = textual.then(|| {
+        // The name changes length, so the upstream's length no longer holds.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        ModelRewriter::new(client_name)
+    });
+    if sse {
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    parts.version = Version::HTTP_11;
+    let body = Relay::new(upstream, rewriter, sse, lease);
+    Response::from_parts(parts, BodyExt::boxed_unsync(body))
+}
+
+fn describe(e: &hyper_util::client::legacy::Error, lease: &Lease) -> String {
+    let mut msg = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !msg.contains(&text) {
+            if !msg.is_empty() {
+                msg.push_str(": ");
+            }
+            msg.push_str(&text);
+        }
+        source = s.source();
+    }
+    format!("{} ({msg})", lease.authority)
+}

@@ -1,0 +1,127 @@
+//! The HTTP front of modelyard: one listener, routing by the request's `model`,
+//! a streaming forwarder, and errors in OpenAI's shape.
+
+mod body;
+mod error;
+mod forward;
+mod models;
+mod relay;
+mod rewrite;
+mod server;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use modelyard_config::Config;
+use modelyard_supervisor::Supervisor;
+
+pub use body::Body;
+pub use error::ApiError;
+pub use server::serve;
+
+/// Everything a request needs; cheap to clone.
+#[derive(Clone)]
+pub struct Router {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: Arc<Config>,
+    pub supervisor: Supervisor,
+    pub client: Client<HttpConnector, Full<Bytes>>,
+    pub started_unix: u64,
+}
+
+impl Router {
+    pub fn new(config: Arc<Config>, supervisor: Supervisor) -> Router {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        let started_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        Router {
+            inner: Arc::new(Inner {
+                config,
+                supervisor,
+                client,
+                started_unix,
+            }),
+        }
+    }
+
+    /// One line per request at debug level: id, method, path, status, latency.
+    async fn traced(self, req: Request<Incoming>) -> Response<Body> {
+        let started = tokio::time::Instant::now();
+        let id = req
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
+        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        let resp = self.handle(req).await;
+        tracing::debug!(%id, %method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        resp
+    }
+
+    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
+            return forward::model_request(self.inner, req)
+                .await
+                .unwrap_or_else(ApiError::into_response);
+        }
+        let inner = &*self.inner;
+        let path = req.uri().path();
+        match (req.method(), path) {
+            (&Method::GET, "/v1/models") => models::list(&inner.config, inner.started_unix),
+            (&Method::GET, p) if p.starts_with("/v1/models/") => {
+                let id = percent_decode(&p["/v1/models/".len()..]);
+                models::one(&inner.config, inner.started_unix, &id)
+            }
+            (&Method::GET, "/healthz") => {
+                body::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+            }
+            (m, p) => ApiError::NoRoute {
+                method: m.to_string(),
+                path: p.to_string(),
+            }
+            .into_response(),
+        }
+    }
+}
+
+/// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|&c| hex(c)),
+            b.get(i + 2).and_then(|&c| hex(c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

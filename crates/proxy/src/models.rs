@@ -1,0 +1,70 @@
+//! `GET /v1/models` and `GET /v1/models/{id}`: every configured model and alias in
+//! OpenAI's shape; aliases carry `alias_for` so clients can tell them apart.
+
+use http::{Response, StatusCode};
+use modelyard_config::Config;
+use serde_json::{json, Value};
+
+use crate::body::{self, Body};
+use crate::error::ApiError;
+
+fn entry(config: &Config, created: u64, name: &str) -> Option<Value> {
+    let model_name = config.resolve(name)?;
+    let m = &config.models[model_name];
+    let mut v = json!({
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": format!("modelyard/{}", m.backend),
+    });
+    if model_name != name {
+        v["alias_for"] = json!(model_name);
+    } else if !m.aliases.is_empty() {
+        v["aliases"] = json!(m.aliases);
+    }
+    Some(v)
+}
+
+pub(crate) fn list(config: &Config, created: u64) -> Response<Body> {
+    let data: Vec<Value> = config
+        .models
+        .iter()
+        .flat_map(|(name, m)| std::iter::once(name).chain(m.aliases.iter()))
+        .filter_map(|n| entry(config, created, n))
+        .collect();
+    body::json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+pub(crate) fn one(config: &Config, created: u64, id: &str) -> Response<Body> {
+    match entry(config, created, id) {
+        Some(v) => body::json_response(StatusCode::OK, &v),
+        None => ApiError::UnknownModel {
+            name: id.to_string(),
+            close: close_matches(config, id),
+        }
+        .into_response(),
+    }
+}
+
+/// Up to three configured names or aliases that `wanted` is probably a typo of.
+pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
+    let wanted_l = wanted.to_lowercase();
+    let mut scored: Vec<(usize, &str)> = config
+        .models
+        .iter()
+        .flat_map(|(n, m)| std::iter::once(n.as_str()).chain(m.aliases.iter().map(String::as_str)))
+        .filter_map(|c| {
+            let cl = c.to_lowercase();
+            let d = strsim::levenshtein(&wanted_l, &cl);
+            let related =
+                d <= 2.max(c.len() / 3) || (wanted_l.len() >= 3 && cl.contains(&wanted_l));
+            related.then_some((d, c))
+        })
+        .collect();
+    scored.sort();
+    scored
+        .into_iter()
+        .take(3)
+        .map(|(_, c)| c.to_string())
+        .collect()
+}

@@ -1,0 +1,362 @@
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// Which OpenAI endpoint a generation answers; they differ only in object
+/// names and whether text lives in `message`/`delta` or `text`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Chat,
+    Text,
+}
+
+/// Everything needed to render one request's reply, streamed or not, so both
+/// paths produce the same content.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    pub kind: Kind,
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub tokens: u64,
+    pub prompt_tokens: u64,
+    /// "length" when the request's own limit cut generation short.
+    pub finish_reason: &'static str,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Token `i` of every reply. Fixed text keeps replies deterministic, so tests
+/// can compare streamed and non-streamed output byte for byte.
+pub fn token_text(i: u64) -> String {
+    format!("t{i} ")
+}
+
+pub const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+
+pub fn sse_event(value: &Value) -> Bytes {
+    Bytes::from(format!("data: {value}\n\n"))
+}
+
+impl Generation {
+    /// Validates a request body and decides what to generate. `model` has
+    /// already been checked against the served models.
+    pub fn from_request(
+        kind: Kind,
+        body: &Value,
+        model: &str,
+        configured_tokens: u64,
+        created: u64,
+    ) -> Result<Self, (String, &'static str)> {
+        let stream = optional_bool(body, "stream")?.unwrap_or(false);
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(options) => optional_bool(options, "include_usage")?.unwrap_or(false),
+        };
+        let limit = [
+            optional_u64(body, "max_tokens")?,
+            optional_u64(body, "max_completion_tokens")?,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let tokens = limit.map_or(configured_tokens, |l| l.min(configured_tokens));
+        let finish_reason = if limit.is_some_and(|l| l < configured_tokens) {
+            "length"
+        } else {
+            "stop"
+        };
+        let prompt_tokens = match kind {
+            Kind::Chat => {
+                let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+                    return Err(("'messages' must be an array".into(), "messages"));
+                };
+                messages
+                    .iter()
+                    .map(|m| count_words(m.get("content").unwrap_or(&Value::Null)))
+                    .sum()
+            }
+            Kind::Text => count_words(body.get("prompt").unwrap_or(&Value::Null)),
+        };
+        Ok(Self {
+            kind,
+            id: String::new(),
+            created,
+            model: model.to_owned(),
+            tokens,
+            prompt_tokens: prompt_tokens.max(1),
+            finish_reason,
+            stream,
+            include_usage,
+        })
+    }
+
+    /// Ids carry the request number so logs and replies can be matched up;
+    /// the number is only assigned once a request has passed validation.
+    pub fn set_number(&mut self, number: u64) {
+        self.id = match self.kind {
+            Kind::Chat => format!("chatcmpl-sim-{number}"),
+            Kind::Text => format!("cmpl-sim-{number}"),
+        };
+    }
+
+    pub fn usage(&self) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.tokens,
+            "total_tokens": self.prompt_tokens + self.tokens,
+        })
+    }
+
+    pub fn full_response(&self) -> Value {
+        let text: String = (0..self.tokens).map(token_text).collect();
+        let (object, choice) = match self.kind {
+            Kind::Chat => (
+                "chat.completion",
+                json!({
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": self.finish_reason,
+                }),
+            ),
+            Kind::Text => (
+                "text_completion",
+                json!({
+                    "index": 0,
+                    "text": text,
+                    "logprobs": null,
+                    "finish_reason": self.finish_reason,
+                }),
+            ),
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(),
+        })
+    }
+
+    /// Chat streams announce the assistant role before any content; text
+    /// completions have no such chunk.
+    pub fn opening_chunk(&self) -> Option<Value> {
+        match self.kind {
+            Kind::Chat => Some(self.chunk(vec![json!({
+                "index": 0,
+                "delta": {"role": "assistant", "content": ""},
+                "finish_reason": null,
+            })])),
+            Kind::Text => None,
+        }
+    }
+
+    pub fn token_chunk(&self, i: u64) -> Value {
+        self.choice_chunk(json!(token_text(i)), Value::Null)
+    }
+
+    pub fn finish_chunk(&self) -> Value {
+        let content = match self.kind {
+            Kind::Chat => Value::Null,
+            Kind::Text => json!(""),
+        };
+        self.choice_chunk(content, json!(self.finish_reason))
+    }
+
+    pub fn usage_chunk(&self) -> Value {
+        let mut chunk = self.chunk(Vec::new());
+        chunk["usage"] = self.usage();
+        chunk
+    }
+
+    /// `content` of `Null` renders an empty chat delta.
+    fn choice_chunk(&self, content: Value, finish_reason: Value) -> Value {
+        let choice = match self.kind {
+            Kind::Chat => {
+                let delta = if content.is_null() {
+                    json!({})
+                } else {
+                    json!({"content": content})
+                };
+                json!({"index": 0, "delta": delta, "finish_reason": finish_reason})
+            }
+            Kind::Text => json!({
+                "index": 0,
+                "text": content,
+                "logprobs": null,
+                "finish_reason": finish_reason,
+            }),
+        };
+        self.chunk(vec![choice])
+    }
+
+    fn chunk(&self, choices: Vec<Value>) -> Value {
+        let object = match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Text => "text_completion",
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        })
+    }
+}
+
+/// A stand-in for tokenisation: whitespace-separated words across all text
+/// in a prompt, message content or array of content parts.
+pub fn count_words(value: &Value) -> u64 {
+    match value {
+        Value::String(s) => s.split_whitespace().count() as u64,
+        Value::Array(items) => items
+            .iter()
+            .map(|item| match item {
+                // Pre-tokenised prompts count one per token id.
+                Value::Number(_) => 1,
+                Value::Object(part) => part.get("text").map_or(0, count_words),
+                other => count_words(other),
+            })
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn optional_bool(
+    body: &Value,
+    field: &'static str,
+) -> Result<Option<bool>, (String, &'static str)> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err((format!("'{field}' must be a boolean"), field)),
+    }
+}
+
+fn optional_u64(body: &Value, field: &'static str) -> Result<Option<u64>, (String, &'static str)> {
+    match body.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| (format!("'{field}' must be a non-negative integer"), field)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: Value) -> Generation {
+        let mut g = Generation::from_request(Kind::Chat, &body, "m", 4, 123).unwrap();
+        g.set_number(7);
+        g
+    }
+
+    #[test]
+    fn non_streamed_chat_shape() {
+        let g = chat(json!({"model": "m", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hello there world"}]},
+        ]}));
+        assert!(!g.stream);
+        assert_eq!(
+            g.full_response(),
+            json!({
+                "id": "chatcmpl-sim-7",
+                "object": "chat.completion",
+                "created": 123,
+                "model": "m",
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "t0 t1 t2 t3 "},
+                    "finish_reason": "stop",
+                }],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+            })
+        );
+    }
+
+    #[test]
+    fn request_limits_tokens() {
+        let g = chat(json!({"messages": [], "max_tokens": 10, "max_completion_tokens": 2}));
+        assert_eq!(
+            (g.tokens, g.finish_reason, g.prompt_tokens),
+            (2, "length", 1)
+        );
+        let g = chat(json!({"messages": [], "max_tokens": 10}));
+        assert_eq!((g.tokens, g.finish_reason), (4, "stop"));
+    }
+
+    #[test]
+    fn rejects_bad_fields() {
+        let err = |body: Value| {
+            Generation::from_request(Kind::Chat, &body, "m", 4, 0)
+                .unwrap_err()
+                .1
+        };
+        assert_eq!(err(json!({"messages": [], "stream": "yes"})), "stream");
+        assert_eq!(err(json!({"messages": [], "max_tokens": -1})), "max_tokens");
+        assert_eq!(err(json!({"model": "m"})), "messages");
+        assert_eq!(
+            err(json!({"messages": [], "stream_options": {"include_usage": 1}})),
+            "include_usage"
+        );
+    }
+
+    #[test]
+    fn chat_chunk_shapes() {
+        let g = chat(
+            json!({"messages": [], "stream": true, "stream_options": {"include_usage": true}}),
+        );
+        assert!(g.stream && g.include_usage);
+        let base = |choices: Value| json!({"id": "chatcmpl-sim-7", "object": "chat.completion.chunk", "created": 123, "model": "m", "choices": choices});
+        assert_eq!(
+            g.opening_chunk().unwrap(),
+            base(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])
+            )
+        );
+        assert_eq!(
+            g.token_chunk(3),
+            base(json!([{"index": 0, "delta": {"content": "t3 "}, "finish_reason": null}]))
+        );
+        assert_eq!(
+            g.finish_chunk(),
+            base(json!([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
+        );
+        let mut usage = base(json!([]));
+        usage["usage"] = json!({"prompt_tokens": 1, "completion_tokens": 4, "total_tokens": 5});
+        assert_eq!(g.usage_chunk(), usage);
+    }
+
+    #[test]
+    fn text_completion_shapes() {
+        let mut g = Generation::from_request(
+            Kind::Text,
+            &json!({"prompt": ["a b", "c"], "max_tokens": 1}),
+            "m",
+            4,
+            9,
+        )
+        .unwrap();
+        g.set_number(2);
+        assert!(g.opening_chunk().is_none());
+        let full = g.full_response();
+        assert_eq!(full["object"], "text_completion");
+        assert_eq!(full["id"], "cmpl-sim-2");
+        assert_eq!(full["choices"][0]["text"], "t0 ");
+        assert_eq!(full["choices"][0]["finish_reason"], "length");
+        assert_eq!(full["usage"]["prompt_tokens"], 3);
+        assert_eq!(g.token_chunk(0)["choices"][0]["text"], "t0 ");
+        assert_eq!(g.token_chunk(0)["object"], "text_completion");
+        assert_eq!(g.finish_chunk()["choices"][0]["text"], "");
+        assert_eq!(g.finish_chunk()["choices"][0]["finish_reason"], "length");
+    }
+
+    #[test]
+    fn sse_framing() {
+        assert_eq!(&sse_event(&json!({"a": 1}))[..], b"data: {\"a\":1}\n\n");
+    }
+}

@@ -1,0 +1,47 @@
+//! A simulated OpenAI-compatible model server.
+//!
+//! The router's demo, end-to-end tests and benchmarks run it in place of a
+//! real backend: it loads slowly, streams tokens at a set pace, holds real
+//! memory, and can crash or ignore SIGTERM on request, all deterministically.
+
+mod args;
+mod byte_size;
+mod completions;
+mod embeddings;
+mod memory;
+mod response;
+mod routes;
+mod server;
+mod signals;
+mod state;
+mod stats;
+mod streaming;
+
+use std::process::ExitCode;
+
+pub use args::{Args, Flavor};
+pub use byte_size::parse_byte_size;
+
+/// Runs the sim to completion. Builds its own runtime, so it must not be
+/// called from inside one (the router's `sim` subcommand calls it before
+/// starting any).
+pub fn main_with(args: Args) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("modelyard-sim: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(server::run(args)) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("modelyard-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,208 @@
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Map, Value};
+
+use crate::completions::{Generation, Kind};
+use crate::embeddings;
+use crate::response::{
+    bad_request, json_response, loading, not_found, openai_error, unix_now, ResponseBody,
+};
+use crate::state::SimState;
+use crate::streaming::spawn_stream;
+
+/// Large enough for any realistic prompt, small enough that a runaway client
+/// cannot balloon the sim's memory beyond what `--memory` asked for.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+/// `created` for every model, fixed so `/v1/models` replies are reproducible.
+const MODEL_CREATED: u64 = 1_700_000_000;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+#[derive(Debug, Clone, Copy)]
+enum Inference {
+    Completion(Kind),
+    Embeddings,
+}
+
+pub async fn handle(
+    state: Arc<SimState>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let request_id = request.headers().get(REQUEST_ID).cloned();
+    let mut response = route(&state, request).await;
+    if let Some(id) = request_id {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    Ok(response)
+}
+
+async fn route(state: &Arc<SimState>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    if path.starts_with("/v1/") && !state.is_ready() {
+        return loading();
+    }
+    match (&method, path.as_str()) {
+        (&Method::GET, "/health") => health(state),
+        (&Method::GET, "/sim/stats") => json_response(StatusCode::OK, &state.stats.snapshot()),
+        (&Method::GET, "/sim/last-request") => {
+            json_response(StatusCode::OK, &state.stats.last_request())
+        }
+        (&Method::GET, "/v1/models") => models(state),
+        (&Method::POST, "/v1/chat/completions") => {
+            inference(state, request, Inference::Completion(Kind::Chat)).await
+        }
+        (&Method::POST, "/v1/completions") => {
+            inference(state, request, Inference::Completion(Kind::Text)).await
+        }
+        (&Method::POST, "/v1/embeddings") => inference(state, request, Inference::Embeddings).await,
+        _ => not_found(format!("no route for {method} {path}")),
+    }
+}
+
+fn health(state: &SimState) -> Response<ResponseBody> {
+    if state.is_ready() {
+        json_response(StatusCode::OK, &json!({"status": "ok"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "loading"}),
+        )
+    }
+}
+
+fn models(state: &SimState) -> Response<ResponseBody> {
+    let data: Vec<Value> = state
+        .models
+        .iter()
+        .map(|id| {
+            json!({
+                "id": id,
+                "object": "model",
+                "created": MODEL_CREATED,
+                "owned_by": "modelyard-sim",
+            })
+        })
+        .collect();
+    json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+}
+
+async fn inference(
+    state: &Arc<SimState>,
+    request: Request<Incoming>,
+    kind: Inference,
+) -> Response<ResponseBody> {
+    let (parts, body) = request.into_parts();
+    let raw = match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) => return bad_request(format!("cannot read request body: {e}"), None),
+    };
+    let parsed = serde_json::from_slice::<Value>(&raw);
+    state.stats.record_last_request(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "headers": headers_json(&parts.headers),
+        "body": match &parsed {
+            Ok(value) => value.clone(),
+            Err(_) => Value::String(String::from_utf8_lossy(&raw).into_owned()),
+        },
+    }));
+    let body = match parsed {
+        Ok(value) if value.is_object() => value,
+        Ok(_) => return bad_request("request body must be a JSON object", None),
+        Err(e) => return bad_request(format!("request body is not valid JSON: {e}"), None),
+    };
+    let Some(model) = body.get("model").and_then(Value::as_str) else {
+        return bad_request("you must provide a 'model' string", Some("model"));
+    };
+    if !state.serves(model) {
+        return openai_error(
+            StatusCode::NOT_FOUND,
+            format!(
+                "model '{model}' is not served here (serving: {})",
+                state.models.join(", ")
+            ),
+            "invalid_request_error",
+            Some("model"),
+            Some("model_not_found"),
+        );
+    }
+    match kind {
+        Inference::Completion(kind) => completion(state, &body, model, kind).await,
+        Inference::Embeddings => {
+            let reply = match embeddings::respond(&body, model) {
+                Ok(reply) => reply,
+                Err((message, param)) => return bad_request(message, Some(param)),
+            };
+            let guard = state.stats.begin();
+            if state.should_crash(guard.number()) {
+                crash_before_reply(guard.number());
+            }
+            guard.complete();
+            json_response(StatusCode::OK, &reply)
+        }
+    }
+}
+
+async fn completion(
+    state: &Arc<SimState>,
+    body: &Value,
+    model: &str,
+    kind: Kind,
+) -> Response<ResponseBody> {
+    let mut generation = match Generation::from_request(kind, body, model, state.tokens, unix_now())
+    {
+        Ok(generation) => generation,
+        Err((message, param)) => return bad_request(message, Some(param)),
+    };
+    let guard = state.stats.begin();
+    generation.set_number(guard.number());
+    let crash = state.should_crash(guard.number());
+    if generation.stream {
+        let body = spawn_stream(generation, guard, state.token_delay, crash);
+        return Response::builder()
+            .status(StatusCode::OK)
+            .header(header::CONTENT_TYPE, "text/event-stream")
+            .header(header::CACHE_CONTROL, "no-cache")
+            .body(body.boxed())
+            .expect("static response parts are valid");
+    }
+    if crash {
+        crash_before_reply(guard.number());
+    }
+    // If the client leaves during this wait hyper drops this future, and with
+    // it the guard, which records the cancellation.
+    let ticks = u32::try_from(generation.tokens).unwrap_or(u32::MAX);
+    tokio::time::sleep(state.token_delay.saturating_mul(ticks)).await;
+    guard.complete();
+    json_response(StatusCode::OK, &generation.full_response())
+}
+
+fn crash_before_reply(number: u64) -> ! {
+    eprintln!("request {number}: crashing as instructed by --crash-after");
+    std::process::exit(1);
+}
+
+/// Lowercase header names to values; repeated headers are joined the way
+/// HTTP allows them to be combined.
+fn headers_json(headers: &HeaderMap) -> Value {
+    let mut map = Map::new();
+    for (name, value) in headers {
+        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        match map.get_mut(name.as_str()) {
+            Some(Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(&value);
+            }
+            _ => {
+                map.insert(name.as_str().to_owned(), Value::String(value));
+            }
+        }
+    }
+    Value::Object(map)
+}

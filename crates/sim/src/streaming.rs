@@ -1,0 +1,115 @@
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame};
+use tokio::sync::mpsc;
+
+use crate::completions::{sse_event, Generation, DONE_EVENT};
+use crate::stats::RequestGuard;
+
+/// How long a crashing stream lingers after its first token was handed to
+/// hyper, so the bytes reach the client before the process dies.
+const CRASH_FLUSH_GRACE: Duration = Duration::from_millis(100);
+
+/// A response body fed one SSE event per frame by the generating task.
+///
+/// Hyper drops it when the client goes away; the generator sees its sender
+/// close and stops, which is how cancellation reaches `/sim/stats`.
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Bytes>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|event| event.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// Starts generating `generation` as server-sent events and returns the body
+/// that carries them.
+pub fn spawn_stream(
+    generation: Generation,
+    guard: RequestGuard,
+    token_delay: Duration,
+    crash: bool,
+) -> ChannelBody {
+    // Capacity 1: the generator runs at most one event ahead of the client,
+    // and a full channel means the previous event has not been taken yet.
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(generate(tx, generation, guard, token_delay, crash));
+    ChannelBody { rx }
+}
+
+async fn generate(
+    tx: mpsc::Sender<Bytes>,
+    generation: Generation,
+    guard: RequestGuard,
+    token_delay: Duration,
+    crash: bool,
+) {
+    // Every early return drops `guard` uncompleted, counting a cancellation.
+    if let Some(opening) = generation.opening_chunk() {
+        if tx.send(sse_event(&opening)).await.is_err() {
+            return;
+        }
+    }
+    for i in 0..generation.tokens {
+        if !token_delay.is_zero() {
+            // Watching `closed` notices a departed client during the delay
+            // instead of only at the next send.
+            tokio::select! {
+                () = tokio::time::sleep(token_delay) => {}
+                () = tx.closed() => return,
+            }
+        }
+        if tx
+            .send(sse_event(&generation.token_chunk(i)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if crash {
+            crash_after_flush(&tx, guard.number()).await;
+        }
+    }
+    if crash {
+        crash_after_flush(&tx, guard.number()).await;
+    }
+    let mut tail = vec![sse_event(&generation.finish_chunk())];
+    if generation.include_usage {
+        tail.push(sse_event(&generation.usage_chunk()));
+    }
+    tail.push(Bytes::from_static(DONE_EVENT));
+    for event in tail {
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
+    // Only once hyper has taken the last event is the response complete; a
+    // client leaving before that still counts as cancelled.
+    if tx.reserve().await.is_err() {
+        return;
+    }
+    guard.complete();
+}
+
+async fn crash_after_flush(tx: &mpsc::Sender<Bytes>, number: u64) -> ! {
+    // A free slot means hyper has taken the event just sent.
+    let _ = tx.reserve().await;
+    tokio::time::sleep(CRASH_FLUSH_GRACE).await;
+    eprintln!("request {number}: crashing as instructed by --crash-after");
+    std::process::exit(1);
+}

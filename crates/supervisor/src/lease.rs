@@ -1,0 +1,39 @@
+use http::uri::Authority;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::owner::{InstanceKey, Msg};
+
+/// The right to send one request to a ready model. The response body owns it,
+/// so a finished stream and an abandoned one both give it back.
+#[derive(Debug)]
+pub struct Lease {
+    /// The model's configured name.
+    pub model: String,
+    /// The name its backend knows it by.
+    pub upstream_model: String,
+    pub scheme: http::uri::Scheme,
+    pub authority: Authority,
+    /// Path prefix of the backend's url (no trailing slash), usually empty.
+    pub base_path: String,
+    pub api_key: Option<String>,
+    #[allow(dead_code)] // held for its Drop, which gives the lease back
+    pub(crate) release: Release,
+}
+
+#[derive(Debug)]
+pub(crate) struct Release {
+    pub key: InstanceKey,
+    pub generation: u64,
+    pub tx: UnboundedSender<Msg>,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // The owner outlives every lease it hands out unless the router is exiting,
+        // in which case there is nothing left to count.
+        let _ = self.tx.send(Msg::Released {
+            key: self.key.clone(),
+            generation: self.generation,
+        });
+    }
+}

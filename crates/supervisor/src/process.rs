@@ -1,0 +1,167 @@
+//! Backend processes: argv (never a shell), their own process group, output kept
+//! in a ring, and a stop that is SIGTERM to the group, then SIGKILL after the
+//! backend's `stop_timeout`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::logs::LogRing;
+
+/// What to run for one instance.
+#[derive(Clone, Debug)]
+pub(crate) struct Spec {
+    pub name: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub stop_timeout: Duration,
+}
+
+/// How a process ended, and whether we asked it to.
+#[derive(Clone, Copy, Debug)]
+pub struct ExitInfo {
+    pub status: Option<ExitStatus>,
+    pub requested: bool,
+}
+
+impl fmt::Display for ExitInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use std::os::unix::process::ExitStatusExt;
+        match self.status {
+            Some(s) if s.code().is_some() => {
+                write!(f, "exited with code {}", s.code().unwrap_or_default())
+            }
+            Some(s) => write!(f, "killed by signal {}", s.signal().unwrap_or_default()),
+            None => f.write_str("was lost (its exit status could not be read)"),
+        }
+    }
+}
+
+/// A running child. Dropping it stops the process, so no path forgets to.
+#[derive(Debug)]
+pub(crate) struct Running {
+    pub pid: u32,
+    stop: Option<oneshot::Sender<()>>,
+    pub runner: JoinHandle<()>,
+}
+
+impl Running {
+    /// Asks the runner to stop the process; `runner` finishes once it is gone.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A port nobody listens on right now, for `${PORT}`.
+pub(crate) fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
+        .local_addr()?
+        .port())
+}
+
+/// A bare program name is looked for next to the modelyard binary first (so the
+/// demo finds `modelyard` and `modelyard-sim` wherever cargo put them), then on PATH.
+fn resolve_program(program: &str) -> PathBuf {
+    if !program.contains('/') {
+        if let Some(dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(PathBuf::from))
+        {
+            let sibling = dir.join(program);
+            if sibling.is_file() {
+                return sibling;
+            }
+        }
+    }
+    PathBuf::from(program)
+}
+
+/// Starts the process; `on_exit` runs once when it has ended, whoever ended it.
+pub(crate) fn spawn(
+    spec: &Spec,
+    logs: &LogRing,
+    on_exit: impl FnOnce(ExitInfo) + Send + 'static,
+) -> std::io::Result<Running> {
+    let mut cmd = Command::new(resolve_program(&spec.argv[0]));
+    cmd.args(&spec.argv[1..])
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own group, so a stop reaches the helpers it forks too.
+        .process_group(0)
+        .kill_on_drop(true);
+    die_with_parent(&mut cmd);
+    let mut child = cmd.spawn()?;
+    let pid = child.id().unwrap_or_default();
+    if let Some(out) = child.stdout.take() {
+        logs.follow(spec.name.clone(), out);
+    }
+    if let Some(err) = child.stderr.take() {
+        logs.follow(spec.name.clone(), err);
+    }
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let stop_timeout = spec.stop_timeout;
+    let runner = tokio::spawn(async move {
+        let info = tokio::select! {
+            status = child.wait() => ExitInfo { status: status.ok(), requested: false },
+            _ = stop_rx => ExitInfo { status: terminate(&mut child, pid, stop_timeout).await, requested: true },
+        };
+        // Whatever the leader left behind in its group goes too.
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        on_exit(info);
+    });
+    Ok(Running {
+        pid,
+        stop: Some(stop_tx),
+        runner,
+    })
+}
+
+async fn terminate(child: &mut Child, pid: u32, grace: Duration) -> Option<ExitStatus> {
+    let group = Pid::from_raw(pid as i32);
+    let _ = killpg(group, Signal::SIGTERM);
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(status) => status.ok(),
+        Err(_) => {
+            tracing::warn!(
+                pid,
+                "backend ignored SIGTERM for {grace:?}; sending SIGKILL"
+            );
+            let _ = killpg(group, Signal::SIGKILL);
+            child.wait().await.ok()
+        }
+    }
+}
+
+/// On Linux the kernel kills the child if the router dies without stopping it
+/// (SIGKILL, a crash): no orphan holds memory the ledger no longer counts.
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs between fork and exec and only makes one
+    // async-signal-safe system call (prctl).
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from)
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut Command) {}
