@@ -10,7 +10,7 @@ pub enum SupervisorError {
         backend: String,
         reason: String,
     },
-    #[error("timed out after {}s waiting for model `{model}` to be ready ({why})", .waited.as_secs())]
+    #[error("gave up after {:.1}s waiting for model `{model}` to be ready ({why}); queue_timeout in routes.yaml sets how long requests wait", .waited.as_secs_f64())]
     Timeout {
         model: String,
         waited: Duration,

@@ -1,0 +1,270 @@
+//! Harness for end-to-end tests: the real `modelyard` binary on loopback, port 0,
+//! simulated backends (`modelyard sim`) as real child processes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_modelyard");
+
+/// Replaces `$BIN` in a config with the path of the binary under test.
+pub fn yaml(s: &str) -> String {
+    s.replace("$BIN", BIN)
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Spawns `cmd`, waits for its "listening on http://…" line, returns the URL.
+fn spawn_listening(mut cmd: Command, stderr: PathBuf) -> (Child, String) {
+    let err = std::fs::File::create(&stderr).unwrap();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(err))
+        .spawn()
+        .expect("spawn binary under test");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("listening on ") {
+                let _ = tx.send(line[i + "listening on ".len()..].trim().to_string());
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(url) => (child, url),
+        Err(_) => {
+            let _ = child.kill();
+            panic!(
+                "no 'listening on' line; stderr:\n{}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        }
+    }
+}
+
+/// A running router.
+pub struct Router {
+    pub url: String,
+    pub child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Router {
+    pub fn start(config: &str) -> Router {
+        Self::start_with_env(config, &[])
+    }
+
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Router {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml(config)).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("MODELYARD_LOG", "debug");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let (child, url) = spawn_listening(cmd, dir.path().join("stderr.log"));
+        Router { url, child, dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// What the router logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: Signal) {
+        kill(Pid::from_raw(self.pid() as i32), sig).unwrap();
+    }
+
+    /// Waits (bounded) for the router to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = std::time::SystemTime::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::SystemTime::now() > deadline {
+                panic!(
+                    "router still running after {limit:?}; logs:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Direct children of the router (the backend processes it started).
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGTERM);
+            for _ in 0..250 {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+/// A simulator the test starts itself, to reach it directly (stats, last request).
+pub struct Sim {
+    pub url: String,
+    pub child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Sim {
+    pub fn start(args: &[&str]) -> Sim {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["sim", "--port", "0"]).args(args);
+        let (child, url) = spawn_listening(cmd, dir.path().join("stderr.log"));
+        Sim {
+            url,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+pub async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+pub async fn sim_stats(base: &str) -> Value {
+    get_json(&format!("{base}/sim/stats")).await
+}
+
+/// The last request a simulator received: method, path, headers, body.
+pub async fn last_request(base: &str) -> Value {
+    get_json(&format!("{base}/sim/last-request")).await
+}
+
+pub fn chat(model: &str) -> Value {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+pub fn chat_stream(model: &str) -> Value {
+    serde_json::json!({"model": model, "stream": true, "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": "hello there"}]})
+}
+
+pub async fn post(url: &str, body: &Value) -> reqwest::Response {
+    client().post(url).json(body).send().await.unwrap()
+}
+
+/// Polls `check` every 20 ms until it returns Some, for at most `limit`.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Asserts an OpenAI-shaped error with this status and code; returns its message.
+pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(resp.status().as_u16(), status, "status");
+    let v: Value = resp.json().await.expect("error body is JSON");
+    let e = &v["error"];
+    assert!(e.is_object(), "no error object in {v}");
+    for key in ["message", "type", "param", "code"] {
+        assert!(e.get(key).is_some(), "error.{key} missing in {v}");
+    }
+    assert_eq!(e["code"], code, "{v}");
+    e["message"].as_str().unwrap().to_string()
+}

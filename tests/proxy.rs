@@ -1,0 +1,515 @@
+//! The proxy as a client sees it: routing, streaming, cancellation, errors, headers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+/// Two simulators the test reaches directly, plus one backend the router starts.
+fn routing_config(a: &Sim, b: &Sim) -> String {
+    format!(
+        r#"
+budget: 1GB
+queue_timeout: 20s
+backends:
+  a: {{url: "{a}"}}
+  b: {{url: "{b}", api_key: backend-secret}}
+  spawned: {{command: [$BIN, sim, --port, "${{PORT}}", --model, "${{MODEL}}"]}}
+models:
+  alpha: {{backend: a, upstream: up-alpha, memory: 10MB, aliases: [first]}}
+  beta:  {{backend: a, upstream: up-beta, memory: 10MB}}
+  gamma: {{backend: b, upstream: up-gamma, memory: 10MB, aliases: [third]}}
+  delta: {{backend: spawned, memory: 10MB, aliases: [fourth]}}
+"#,
+        a = a.url,
+        b = b.url
+    )
+}
+
+#[tokio::test]
+async fn routes_by_model_and_alias_to_the_right_backend() {
+    let a = Sim::start(&["--model", "up-alpha", "--model", "up-beta"]);
+    let b = Sim::start(&["--model", "up-gamma"]);
+    let r = Router::start(&routing_config(&a, &b));
+    let url = r.url("/v1/chat/completions");
+
+    for (asked, sim, upstream) in [
+        ("alpha", &a, "up-alpha"),
+        ("first", &a, "up-alpha"),
+        ("beta", &a, "up-beta"),
+        ("gamma", &b, "up-gamma"),
+        ("third", &b, "up-gamma"),
+    ] {
+        let resp = post(&url, &chat(asked)).await;
+        assert_eq!(resp.status(), 200, "{asked}");
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(
+            v["model"], asked,
+            "the reply names the model as the client asked"
+        );
+        let seen = last_request(&sim.url).await;
+        assert_eq!(
+            seen["body"]["model"], upstream,
+            "{asked} reached the backend as {upstream}"
+        );
+        assert_eq!(seen["path"], "/v1/chat/completions");
+    }
+    assert_eq!(sim_stats(&a.url).await["completed"], 3);
+    assert_eq!(sim_stats(&b.url).await["completed"], 2);
+
+    // A backend the router starts itself, by alias; embeddings route the same way.
+    let v: Value = post(&url, &chat("fourth")).await.json().await.unwrap();
+    assert_eq!(v["model"], "fourth");
+    let e: Value = post(
+        &r.url("/v1/embeddings"),
+        &json!({"model": "first", "input": ["a", "b"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(e["model"], "first");
+    assert_eq!(e["data"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn lists_models_and_aliases_in_openai_shape() {
+    let a = Sim::start(&["--model", "up-alpha", "--model", "up-beta"]);
+    let b = Sim::start(&["--model", "up-gamma"]);
+    let r = Router::start(&routing_config(&a, &b));
+    let list = get_json(&r.url("/v1/models")).await;
+    assert_eq!(list["object"], "list");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "alpha", "beta", "gamma", "delta", "first", "third", "fourth",
+    ] {
+        assert!(ids.contains(&id), "{id} missing from {ids:?}");
+    }
+    for m in list["data"].as_array().unwrap() {
+        assert_eq!(m["object"], "model");
+        assert!(m["created"].is_u64() && m["owned_by"].is_string(), "{m}");
+    }
+    let alias = get_json(&r.url("/v1/models/first")).await;
+    assert_eq!(alias["id"], "first");
+    assert_eq!(alias["alias_for"], "alpha");
+    let model = get_json(&r.url("/v1/models/alpha")).await;
+    assert_eq!(model["aliases"], json!(["first"]));
+    let missing = client()
+        .get(r.url("/v1/models/alpah"))
+        .send()
+        .await
+        .unwrap();
+    let msg = expect_error(missing, 404, "model_not_found").await;
+    assert!(msg.contains("alpha"), "suggests the close match: {msg}");
+}
+
+/// Replaces what legitimately differs between two runs of the same request.
+fn normalise(s: &str) -> String {
+    let mut out = String::new();
+    for line in s.split_inclusive('\n') {
+        let mut l = line.to_string();
+        for key in ["\"created\":", "\"id\":"] {
+            if let Some(i) = l.find(key) {
+                let rest = &l[i + key.len()..];
+                let end = rest.find([',', '}']).unwrap_or(rest.len());
+                l = format!("{}{}X{}", &l[..i], key, &rest[end..]);
+            }
+        }
+        out.push_str(&l);
+    }
+    out
+}
+
+#[tokio::test]
+async fn stream_is_not_buffered_and_is_byte_identical_but_for_the_name() {
+    let a = Sim::start(&[
+        "--model",
+        "up-alpha",
+        "--token-delay",
+        "120ms",
+        "--tokens",
+        "8",
+    ]);
+    let b = Sim::start(&["--model", "up-gamma"]);
+    let r = Router::start(&routing_config(&a, &b));
+
+    let started = tokio::time::Instant::now();
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("alpha")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    assert_eq!(resp.headers()["x-accel-buffering"], "no");
+    let mut reads = Vec::new();
+    let mut body = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        reads.push((started.elapsed(), chunk.len()));
+        body.extend_from_slice(&chunk);
+    }
+    let total = started.elapsed();
+    let events = String::from_utf8(body.clone())
+        .unwrap()
+        .matches("data: ")
+        .count();
+    // role chunk, 8 tokens, finish, usage, [DONE]
+    assert_eq!(events, 12, "{}", String::from_utf8_lossy(&body));
+    let first_token_at = reads
+        .iter()
+        .scan(0usize, |seen, (t, n)| {
+            *seen += n;
+            Some((*t, *seen))
+        })
+        .find(|(_, seen)| String::from_utf8_lossy(&body[..*seen]).contains("t0 "))
+        .map(|(t, _)| t)
+        .unwrap();
+    assert!(
+        first_token_at * 3 < total,
+        "first token at {first_token_at:?} of {total:?}: the stream was held back"
+    );
+    assert!(
+        reads.len() >= 8,
+        "tokens 120 ms apart arrived in only {} reads: chunks were coalesced",
+        reads.len()
+    );
+
+    // The same request straight to the backend: same bytes but for the name.
+    let direct = post(
+        &format!("{}/v1/chat/completions", a.url),
+        &chat_stream("up-alpha"),
+    )
+    .await
+    .text()
+    .await
+    .unwrap();
+    let proxied = String::from_utf8(body).unwrap();
+    assert_eq!(
+        normalise(&proxied),
+        normalise(&direct.replace("\"model\":\"up-alpha\"", "\"model\":\"alpha\""))
+    );
+
+    // Non-streamed too.
+    let direct = post(&format!("{}/v1/chat/completions", a.url), &chat("up-alpha"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    let proxied = post(&r.url("/v1/chat/completions"), &chat("first"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        normalise(&proxied),
+        normalise(&direct.replace("\"model\":\"up-alpha\"", "\"model\":\"first\""))
+    );
+}
+
+#[tokio::test]
+async fn speaks_h2c_as_well_as_http1() {
+    let a = Sim::start(&["--model", "up-alpha", "--model", "up-beta"]);
+    let b = Sim::start(&["--model", "up-gamma"]);
+    let r = Router::start(&routing_config(&a, &b));
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(r.url("/v1/chat/completions"))
+        .json(&chat_stream("alpha"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert!(resp.text().await.unwrap().ends_with("data: [DONE]\n\n"));
+}
+
+async fn wait_cancelled(sim: &Sim, n: u64) -> Value {
+    eventually(Duration::from_secs(3), || async {
+        let s = sim_stats(&sim.url).await;
+        (s["cancelled"] == n && s["in_flight"] == 0).then_some(s)
+    })
+    .await
+    .expect("the backend saw the client leave")
+}
+
+#[tokio::test]
+async fn cancellation_reaches_the_backend_mid_stream_and_while_computing() {
+    let a = Sim::start(&[
+        "--model",
+        "up-alpha",
+        "--token-delay",
+        "100ms",
+        "--tokens",
+        "40",
+    ]);
+    let b = Sim::start(&["--model", "up-gamma"]);
+    let r = Router::start(&routing_config(&a, &b));
+
+    // Mid-stream: read the first chunk, then hang up.
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("alpha")).await;
+    let mut stream = resp.bytes_stream();
+    stream.next().await.unwrap().unwrap();
+    drop(stream);
+    wait_cancelled(&a, 1).await;
+
+    // Non-streamed, while the backend computes (4 s of tokens): give up after 300 ms.
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let err = quick
+        .post(r.url("/v1/chat/completions"))
+        .json(&chat("alpha"))
+        .send()
+        .await;
+    assert!(err.is_err());
+    wait_cancelled(&a, 2).await;
+
+    // Nothing leaked: the next request is served whole.
+    let ok = post(
+        &r.url("/v1/chat/completions"),
+        &json!({"model": "gamma", "messages": []}),
+    )
+    .await;
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn cancellation_while_waiting_for_the_model_sends_nothing_upstream() {
+    let port = free_port();
+    let r = Router::start(&format!(
+        r#"
+queue_timeout: 20s
+backends:
+  slow:
+    command: [$BIN, sim, --port, "{port}", --model, m, --load-time, 1500ms]
+    url: http://127.0.0.1:{port}
+models:
+  m: {{backend: slow, memory: 1MB}}
+"#
+    ));
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    assert!(quick
+        .post(r.url("/v1/chat/completions"))
+        .json(&chat("m"))
+        .send()
+        .await
+        .is_err());
+    let sim = format!("http://127.0.0.1:{port}");
+    // Once the backend is ready, the abandoned request must not be sent to it.
+    let ready = eventually(Duration::from_secs(10), || async {
+        let r = client().get(format!("{sim}/health")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "backend never became ready");
+    let ok = post(&r.url("/v1/chat/completions"), &chat("m")).await;
+    assert_eq!(ok.status(), 200);
+    let stats = sim_stats(&sim).await;
+    assert_eq!(
+        stats["requests"], 1,
+        "only the second request reached the backend: {stats}"
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_openai_shaped() {
+    let a = Sim::start(&["--model", "up-alpha", "--model", "up-beta"]);
+    let r = Router::start(&format!(
+        r#"
+max_body: 1KiB
+backends:
+  a: {{url: "{}"}}
+models:
+  alpha: {{backend: a, upstream: up-alpha, memory: 1MB}}
+  qwen3-32b: {{backend: a, upstream: up-beta, memory: 1MB, aliases: [deep]}}
+"#,
+        a.url
+    ));
+    let url = r.url("/v1/chat/completions");
+    let raw = |body: &'static str| {
+        client()
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let msg = expect_error(raw("{\"model\": ").await.unwrap(), 400, "invalid_json").await;
+    assert!(msg.contains("not valid JSON"), "{msg}");
+    expect_error(raw("[\"model\"]").await.unwrap(), 400, "invalid_json").await;
+    let msg = expect_error(
+        raw("{\"messages\": []}").await.unwrap(),
+        400,
+        "missing_model",
+    )
+    .await;
+    assert!(msg.contains("model"), "{msg}");
+    expect_error(raw("{\"model\": 42}").await.unwrap(), 400, "invalid_model").await;
+
+    let msg = expect_error(post(&url, &chat("qwen3-23b")).await, 404, "model_not_found").await;
+    assert!(
+        msg.contains("qwen3-23b") && msg.contains("qwen3-32b"),
+        "names the close match: {msg}"
+    );
+
+    let big =
+        json!({"model": "alpha", "messages": [{"role": "user", "content": "x".repeat(2048)}]});
+    let msg = expect_error(post(&url, &big).await, 413, "request_too_large").await;
+    assert!(msg.contains("1024"), "{msg}");
+    // Without a Content-Length the limit still holds, counted as the body streams in.
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b' '; 512])));
+    let resp = client()
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    expect_error(resp, 413, "request_too_large").await;
+
+    let resp = client().get(r.url("/v2/nothing")).send().await.unwrap();
+    expect_error(resp, 404, "unknown_route").await;
+    assert_eq!(
+        sim_stats(&a.url).await["requests"],
+        0,
+        "no bad request reached the backend"
+    );
+}
+
+#[tokio::test]
+async fn backend_failures_are_502_503_504() {
+    let closed = free_port();
+    let slow = Sim::start(&["--model", "s", "--token-delay", "200ms", "--tokens", "10"]);
+    let r = Router::start(&format!(
+        r#"
+queue_timeout: 700ms
+upstream_timeout: 500ms
+backends:
+  gone: {{url: "http://127.0.0.1:{closed}"}}
+  slow: {{url: "{slow}"}}
+  broken: {{command: [$BIN, sim, --port, "${{PORT}}", --no-such-flag]}}
+  loading: {{command: [$BIN, sim, --port, "${{PORT}}", --load-time, 5s], start_timeout: 30s}}
+  stuck: {{command: [$BIN, sim, --port, "${{PORT}}", --hang-start], start_timeout: 300ms}}
+models:
+  gone: {{backend: gone, memory: 1MB}}
+  s: {{backend: slow, memory: 1MB}}
+  broken: {{backend: broken, memory: 1MB}}
+  loading: {{backend: loading, memory: 1MB, upstream: sim}}
+  stuck: {{backend: stuck, memory: 1MB, upstream: sim}}
+"#,
+        slow = slow.url
+    ));
+    let url = r.url("/v1/chat/completions");
+
+    let msg = expect_error(post(&url, &chat("gone")).await, 502, "backend_unreachable").await;
+    assert!(msg.contains(&closed.to_string()), "{msg}");
+
+    let msg = expect_error(post(&url, &chat("s")).await, 504, "backend_timeout").await;
+    assert!(msg.contains("upstream_timeout"), "{msg}");
+
+    let msg = expect_error(
+        post(&url, &chat("broken")).await,
+        502,
+        "backend_start_failed",
+    )
+    .await;
+    assert!(
+        msg.contains("exited") && msg.contains("no-such-flag"),
+        "says why, with its output: {msg}"
+    );
+
+    let msg = expect_error(
+        post(&url, &chat("stuck")).await,
+        502,
+        "backend_start_failed",
+    )
+    .await;
+    assert!(msg.contains("start_timeout"), "{msg}");
+
+    let resp = post(&url, &chat("loading")).await;
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "503 carries Retry-After"
+    );
+    let msg = expect_error(resp, 503, "model_not_ready").await;
+    assert!(msg.contains("loading"), "names the model: {msg}");
+}
+
+#[tokio::test]
+async fn request_ids_headers_and_keys() {
+    let a = Sim::start(&["--model", "up-alpha", "--model", "up-beta"]);
+    let b = Sim::start(&["--model", "up-gamma"]);
+    let r = Router::start(&routing_config(&a, &b));
+    let url = r.url("/v1/chat/completions");
+
+    let resp = post(&url, &chat("alpha")).await;
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(id.starts_with("req-"), "generated: {id}");
+    let resp2 = post(&url, &chat("alpha")).await;
+    assert_ne!(
+        resp2.headers()["x-request-id"].to_str().unwrap(),
+        id,
+        "ids are unique"
+    );
+
+    let resp = client()
+        .post(&url)
+        .header("x-request-id", "trace-abc-123")
+        .header("authorization", "Bearer client-secret-key")
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
+        .header("x-custom", "kept")
+        .json(&chat("alpha"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "trace-abc-123");
+    let seen = last_request(&a.url).await["headers"].clone();
+    assert_eq!(seen["x-request-id"], "trace-abc-123", "forwarded upstream");
+    assert_eq!(seen["x-custom"], "kept");
+    assert!(
+        seen.get("authorization").is_none(),
+        "the client's key stays with the router: {seen}"
+    );
+    assert!(
+        seen.get("x-hop").is_none() && seen.get("connection").is_none(),
+        "hop-by-hop dropped: {seen}"
+    );
+
+    // A backend's own key is attached upstream and never comes back.
+    let resp = client()
+        .post(&url)
+        .header("authorization", "Bearer client-secret-key")
+        .json(&chat("gamma"))
+        .send()
+        .await
+        .unwrap();
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("backend-secret"));
+    let seen = last_request(&b.url).await["headers"].clone();
+    assert_eq!(seen["authorization"], "Bearer backend-secret");
+    assert!(
+        !r.logs().contains("client-secret-key"),
+        "keys never reach the logs"
+    );
+    assert!(
+        !r.logs().contains("backend-secret"),
+        "keys never reach the logs"
+    );
+}
