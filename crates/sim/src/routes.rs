@@ -178,7 +178,11 @@ async fn completion(
     // If the client leaves during this wait hyper drops this future, and with
     // it the guard, which records the cancellation.
     let ticks = u32::try_from(generation.tokens).unwrap_or(u32::MAX);
-    tokio::time::sleep(state.token_delay.saturating_mul(ticks)).await;
+    let work = state.token_delay.saturating_mul(ticks);
+    // A zero sleep still waits for the timer wheel's next 1 ms tick.
+    if !work.is_zero() {
+        tokio::time::sleep(work).await;
+    }
     guard.complete();
     json_response(StatusCode::OK, &generation.full_response())
 }
