@@ -118,6 +118,18 @@ impl ApiError {
                     None,
                     "model_not_ready",
                 ),
+                SupervisorError::BackingOff { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    "backend_backing_off",
+                ),
+                SupervisorError::QueueFull { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    "queue_full",
+                ),
                 SupervisorError::ShuttingDown => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     "server_error",
@@ -125,6 +137,16 @@ impl ApiError {
                     "shutting_down",
                 ),
             },
+        }
+    }
+
+    fn retry_after_secs(&self) -> u64 {
+        match self {
+            ApiError::Supervisor(SupervisorError::BackingOff { retry_in, .. }) => {
+                retry_in.as_secs().max(1)
+            }
+            ApiError::Supervisor(SupervisorError::QueueFull { .. }) => 1,
+            _ => 5,
         }
     }
 
@@ -140,7 +162,10 @@ impl ApiError {
         let h = resp.headers_mut();
         h.insert("x-modelyard-error", HeaderValue::from_static(code));
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            h.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs()),
+            );
         }
         resp
     }

@@ -16,6 +16,15 @@ pub enum SupervisorError {
         waited: Duration,
         why: String,
     },
+    #[error("model `{model}` is not started: its backend failed {failures} times in a row (last: {last_error}); next try in {}s", .retry_in.as_secs_f64().ceil())]
+    BackingOff {
+        model: String,
+        failures: u32,
+        retry_in: Duration,
+        last_error: String,
+    },
+    #[error("too many requests waiting ({max_queue}, max_queue in routes.yaml); model `{model}` was not queued")]
+    QueueFull { model: String, max_queue: usize },
     #[error("the router is shutting down")]
     ShuttingDown,
 }

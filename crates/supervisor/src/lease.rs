@@ -1,7 +1,7 @@
 use http::uri::Authority;
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::owner::{InstanceKey, Msg};
+use crate::owner::{ModelKey, Msg};
 
 /// The right to send one request to a ready model. The response body owns it,
 /// so a finished stream and an abandoned one both give it back.
@@ -22,7 +22,7 @@ pub struct Lease {
 
 #[derive(Debug)]
 pub(crate) struct Release {
-    pub key: InstanceKey,
+    pub model: ModelKey,
     pub generation: u64,
     pub tx: UnboundedSender<Msg>,
 }
@@ -32,7 +32,7 @@ impl Drop for Release {
         // The owner outlives every lease it hands out unless the router is exiting,
         // in which case there is nothing left to count.
         let _ = self.tx.send(Msg::Released {
-            key: self.key.clone(),
+            model: self.model.clone(),
             generation: self.generation,
         });
     }

@@ -1,69 +1,83 @@
-//! Backend lifecycle behind one call: `acquire(model, deadline) -> Lease`.
+//! Backend lifecycle and the memory ledger behind one call:
+//! `acquire(model, deadline) -> Lease`.
 //!
-//! Today it starts a backend on the first request for one of its models (one start
-//! shared by every request that arrives meanwhile), stops every process when the
-//! router exits, and restarts a backend that died on the next request. The memory
-//! ledger, eviction and idle unloading grow behind the same interface.
+//! One owner task decides: it starts a backend on the first request for one of
+//! its models (one start shared by every request that arrives meanwhile), keeps
+//! the sum of reservations within the budget by draining and stopping other
+//! models first (idle before busy, least recently used, never pinned, one model
+//! per group), unloads idle models, backs off from backends that keep failing, and
+//! stops every process when the router exits.
 
+mod effects;
 mod error;
 mod health;
 mod lease;
 mod logs;
 mod owner;
+pub mod policy;
 mod process;
+mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
 use modelyard_config::Config;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 
 pub use error::SupervisorError;
 pub use lease::Lease;
 pub use process::ExitInfo;
+pub use snapshot::{ModelStatus, Snapshot};
 
+use effects::{Effects, Processes};
 use owner::{Msg, Owner};
 
 /// A handle to the supervisor; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Supervisor {
-    tx: mpsc::UnboundedSender<Msg>,
+    pub(crate) tx: mpsc::UnboundedSender<Msg>,
 }
 
 impl Supervisor {
     /// Starts the owner task. Call [`Supervisor::shutdown`] before exiting so that
     /// every backend process is stopped.
     pub fn start(config: Arc<Config>) -> Supervisor {
+        Self::with_effects(config, Processes)
+    }
+
+    pub(crate) fn with_effects(config: Arc<Config>, effects: impl Effects) -> Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
-        // number of messages is bounded by the requests in flight.
+        // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let owner = Owner::new(config, tx.clone());
+        let owner = Owner::new(config, tx.clone(), effects);
         tokio::spawn(owner.run(rx));
         Supervisor { tx }
     }
 
-    /// Waits until `model` (a configured name, not an alias) is ready, starting its
-    /// backend if needed, and returns a lease on it. Giving up on the returned
-    /// future (the client went away) loses nothing: a lease that arrives for
-    /// nobody is released at once.
+    /// Waits until `model` (a configured name, not an alias) is ready, starting it
+    /// and making room for it if needed, and returns a lease on it. Past
+    /// `deadline` the error says what it waited for. Giving up on the returned
+    /// future (the client went away) loses nothing: its place in the queue is
+    /// skipped and a lease that arrives for nobody is released at once.
     pub async fn acquire(&self, model: &str, deadline: Instant) -> Result<Lease, SupervisorError> {
-        let started = Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Acquire {
                 model: model.to_string(),
+                deadline,
                 reply,
             })
             .map_err(|_| SupervisorError::ShuttingDown)?;
-        match timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(SupervisorError::ShuttingDown),
-            Err(_) => Err(SupervisorError::Timeout {
-                model: model.to_string(),
-                waited: started.elapsed(),
-                why: "its backend is still starting".into(),
-            }),
-        }
+        rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    }
+
+    /// The ledger and every model's state, as the owner sees it now.
+    pub async fn snapshot(&self) -> Option<Snapshot> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Snapshot { reply }).ok()?;
+        rx.await.ok()
     }
 
     /// Stops every backend process (SIGTERM, then SIGKILL after its stop_timeout)

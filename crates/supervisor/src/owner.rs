@@ -1,8 +1,10 @@
-//! The one task that owns every instance's lifecycle state. Everything else sends
-//! it messages; nothing else reads or changes that state, so a decision and the
-//! change it leads to can never race (a read that gates a mutation is a bug).
+//! The one task that owns every model's and every instance's lifecycle state and
+//! the memory ledger. Everything else sends it messages; nothing else reads or
+//! changes that state, so a decision and the change it leads to never race (a
+//! read that gates a mutation is a bug). It sleeps until the next deadline: a
+//! waiter's queue_timeout, an idle unload, the end of a backoff.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,28 +12,31 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 use modelyard_config::{Backend, Config};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::time::{sleep_until, Instant};
 
+use crate::effects::{Effects, Handle, Launch};
 use crate::error::SupervisorError;
-use crate::health::wait_healthy;
 use crate::lease::{Lease, Release};
 use crate::logs::LogRing;
-use crate::process::{self, ExitInfo, Running, Spec};
+use crate::policy::{admit, Admission, Phase, View};
+use crate::process::{self, ExitInfo, Spec};
+use crate::snapshot::{ModelStatus, Snapshot};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
 pub(crate) type InstanceKey = Arc<str>;
+pub(crate) type ModelKey = Arc<str>;
 
 pub(crate) type Reply = oneshot::Sender<Result<Lease, SupervisorError>>;
 
-#[derive(Debug)]
 pub(crate) enum Msg {
     Acquire {
         model: String,
+        deadline: Instant,
         reply: Reply,
     },
     Released {
-        key: InstanceKey,
+        model: ModelKey,
         generation: u64,
     },
     StartDone {
@@ -42,14 +47,21 @@ pub(crate) enum Msg {
     Exited {
         key: InstanceKey,
         generation: u64,
-        info: ExitInfo,
+        info: Option<ExitInfo>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Snapshot>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
     },
 }
 
-/// Where an instance answers.
+/// Repeated failures wait 1 s, 2 s, 4 s … up to this before the next start.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A backend that ran this long before dying starts its failure count afresh.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+
 #[derive(Clone, Debug)]
 struct Endpoint {
     scheme: Scheme,
@@ -75,22 +87,41 @@ impl Endpoint {
     }
 }
 
-enum State {
+struct Waiter {
+    reply: Reply,
+    deadline: Instant,
+    since: Instant,
+    /// Arrival order; instants can tie, this cannot.
+    seq: u64,
+}
+
+struct Slot {
+    instance: InstanceKey,
+    /// Declared memory plus, for a process of its own, its backend's.
+    memory: u64,
+    group: Option<String>,
+    pinned: bool,
+    idle: Option<Duration>,
+    upstream: String,
+    phase: Phase,
+    in_flight: usize,
+    last_used: Instant,
+    queue: VecDeque<Waiter>,
+    /// Why its queue waits, for the 503 a waiter gets if it gives up.
+    why: String,
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Run {
     /// Not ours to start or stop: `url` without `command`.
-    External(Endpoint),
-    Cold,
-    Starting {
-        waiters: Vec<(String, Reply)>,
-        proc: Running,
-        endpoint: Endpoint,
-        health: JoinHandle<()>,
-    },
-    Ready {
-        // Held so that dropping the state stops the process.
-        #[allow(dead_code)]
-        proc: Running,
-        endpoint: Endpoint,
-    },
+    External,
+    Down,
+    Starting,
+    Up,
+    Stopping,
 }
 
 struct Instance {
@@ -98,20 +129,29 @@ struct Instance {
     backend: Backend,
     /// Set when the instance serves one model only.
     model: Option<String>,
-    state: State,
+    run: Run,
+    handle: Option<Box<dyn Handle>>,
+    endpoint: Option<Endpoint>,
     generation: u64,
-    in_flight: usize,
+    up_since: Instant,
     logs: LogRing,
+    models: Vec<ModelKey>,
 }
 
-pub(crate) struct Owner {
+pub(crate) struct Owner<E: Effects> {
     config: Arc<Config>,
+    budget: u64,
+    slots: HashMap<ModelKey, Slot>,
     instances: HashMap<InstanceKey, Instance>,
     tx: mpsc::UnboundedSender<Msg>,
+    effects: E,
     shutting_down: bool,
+    arrivals: u64,
+    /// Answered once every process has exited after a shutdown.
+    shutdown_done: Option<oneshot::Sender<()>>,
 }
 
-pub(crate) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> {
+fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> {
     let m = config.models.get(model)?;
     let b = config.backends.get(&m.backend)?;
     Some(if b.kind.process_per_model() && b.command.is_some() {
@@ -121,271 +161,659 @@ pub(crate) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> 
     })
 }
 
-impl Owner {
-    pub fn new(config: Arc<Config>, tx: mpsc::UnboundedSender<Msg>) -> Owner {
-        let mut instances = HashMap::new();
-        for (model, m) in &config.models {
-            let Some(key) = instance_key(&config, model) else {
+impl<E: Effects> Owner<E> {
+    pub fn new(config: Arc<Config>, tx: mpsc::UnboundedSender<Msg>, effects: E) -> Owner<E> {
+        let now = Instant::now();
+        let mut slots = HashMap::new();
+        let mut instances: HashMap<InstanceKey, Instance> = HashMap::new();
+        for (name, m) in &config.models {
+            let Some(key) = instance_key(&config, name) else {
                 continue;
             };
             let backend = config.backends[&m.backend].clone();
-            let state = match (&backend.command, &backend.url) {
-                (None, Some(url)) => Endpoint::parse(url).map_or(State::Cold, State::External),
-                _ => State::Cold,
-            };
             let per_model = backend.kind.process_per_model() && backend.command.is_some();
-            instances.entry(key).or_insert_with(|| Instance {
+            let external = backend.command.is_none();
+            let inst = instances.entry(key.clone()).or_insert_with(|| Instance {
                 backend_name: m.backend.clone(),
-                backend,
-                model: per_model.then(|| model.clone()),
-                state,
+                endpoint: if external {
+                    backend.url.as_deref().and_then(Endpoint::parse)
+                } else {
+                    None
+                },
+                run: if external { Run::External } else { Run::Down },
+                backend: backend.clone(),
+                model: per_model.then(|| name.clone()),
+                handle: None,
                 generation: 0,
-                in_flight: 0,
+                up_since: now,
                 logs: LogRing::default(),
+                models: Vec::new(),
             });
+            let model_key: ModelKey = name.as_str().into();
+            inst.models.push(model_key.clone());
+            let own_base = if per_model {
+                backend.memory.map_or(0, |b| b.0)
+            } else {
+                0
+            };
+            slots.insert(
+                model_key,
+                Slot {
+                    instance: key,
+                    // What another machine or server holds is not ours to count.
+                    memory: if external {
+                        0
+                    } else {
+                        m.memory.map_or(0, |b| b.0) + own_base
+                    },
+                    group: m.group.clone(),
+                    pinned: m.pinned,
+                    idle: m.idle_timeout.unwrap_or(config.idle_timeout).duration(),
+                    upstream: m.upstream_name(name).to_string(),
+                    phase: if external { Phase::Ready } else { Phase::Cold },
+                    in_flight: 0,
+                    last_used: now,
+                    queue: VecDeque::new(),
+                    why: String::new(),
+                    failures: 0,
+                    retry_at: None,
+                    last_error: None,
+                },
+            );
         }
         Owner {
+            budget: config.budget.map_or(u64::MAX, |b| b.0),
             config,
+            slots,
             instances,
             tx,
+            effects,
             shutting_down: false,
+            arrivals: 0,
+            shutdown_done: None,
         }
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
-        while let Some(msg) = rx.recv().await {
-            match msg {
-                Msg::Acquire { model, reply } => self.acquire(model, reply),
-                Msg::Released { key, generation } => {
-                    if let Some(inst) = self.instances.get_mut(&key) {
-                        if inst.generation == generation {
-                            inst.in_flight = inst.in_flight.saturating_sub(1);
-                        }
-                    }
+        loop {
+            let next = self.next_deadline();
+            let msg = tokio::select! {
+                msg = rx.recv() => msg,
+                _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
+                    self.on_tick();
+                    self.schedule();
+                    continue;
                 }
+            };
+            let Some(msg) = msg else { return };
+            match msg {
+                Msg::Acquire {
+                    model,
+                    deadline,
+                    reply,
+                } => self.on_acquire(model, deadline, reply),
+                Msg::Released { model, generation } => self.on_released(model, generation),
                 Msg::StartDone {
                     key,
                     generation,
                     result,
-                } => self.start_done(key, generation, result),
+                } => self.on_start_done(key, generation, result),
                 Msg::Exited {
                     key,
                     generation,
                     info,
-                } => self.exited(key, generation, info),
+                } => self.on_exited(key, generation, info),
+                Msg::Snapshot { reply } => {
+                    let _ = reply.send(self.snapshot());
+                }
                 Msg::Shutdown { done } => {
-                    self.shutdown().await;
-                    let _ = done.send(());
-                    return;
+                    self.shutdown_done = Some(done);
+                    self.shutdown();
                 }
             }
+            if self.shutting_down {
+                if self.instances.values().all(|i| i.handle.is_none()) {
+                    if let Some(done) = self.shutdown_done.take() {
+                        let _ = done.send(());
+                    }
+                    return;
+                }
+                continue;
+            }
+            self.schedule();
         }
     }
 
-    fn lease(&mut self, key: &InstanceKey, model: &str) -> Result<Lease, SupervisorError> {
-        let inst = self
-            .instances
-            .get_mut(key)
-            .expect("instance exists for a configured model");
-        let endpoint = match &inst.state {
-            State::External(e) | State::Ready { endpoint: e, .. } => e.clone(),
-            _ => unreachable!("leases are only made for ready instances"),
-        };
-        let m = &self.config.models[model];
-        inst.in_flight += 1;
-        Ok(Lease {
-            model: model.to_string(),
-            upstream_model: m.upstream_name(model).to_string(),
-            scheme: endpoint.scheme,
-            authority: endpoint.authority,
-            base_path: endpoint.base_path,
-            api_key: inst.backend.api_key.clone(),
-            release: Release {
-                key: key.clone(),
-                generation: inst.generation,
-                tx: self.tx.clone(),
-            },
-        })
-    }
+    // ---- messages -------------------------------------------------------------
 
-    fn acquire(&mut self, model: String, reply: Reply) {
+    fn on_acquire(&mut self, model: String, deadline: Instant, reply: Reply) {
         if self.shutting_down {
             let _ = reply.send(Err(SupervisorError::ShuttingDown));
             return;
         }
-        let Some(key) = instance_key(&self.config, &model) else {
+        let queued: usize = self.slots.values().map(|s| s.queue.len()).sum();
+        let max_queue = self.config.max_queue;
+        let Some((key, slot)) = self.slots.get_key_value(model.as_str()) else {
             let _ = reply.send(Err(SupervisorError::UnknownModel(model)));
             return;
         };
-        let inst = self
-            .instances
-            .get_mut(&key)
-            .expect("instance exists for a configured model");
-        match &mut inst.state {
-            State::External(_) | State::Ready { .. } => {
-                // A lease the client no longer waits for is dropped here and released.
-                let _ = reply.send(self.lease(&key, &model));
-            }
-            State::Starting { waiters, .. } => waiters.push((model, reply)),
-            State::Cold => self.start(key, model, reply),
+        let key = key.clone();
+        if slot.phase == Phase::Ready && slot.queue.is_empty() {
+            let lease = self.lease(&key);
+            let _ = reply.send(lease);
+            return;
+        }
+        if let Some(at) = slot.retry_at.filter(|at| *at > deadline) {
+            let _ = reply.send(Err(SupervisorError::BackingOff {
+                model,
+                failures: slot.failures,
+                retry_in: at.saturating_duration_since(Instant::now()),
+                last_error: slot.last_error.clone().unwrap_or_default(),
+            }));
+            return;
+        }
+        if queued >= max_queue {
+            let _ = reply.send(Err(SupervisorError::QueueFull { model, max_queue }));
+            return;
+        }
+        self.arrivals += 1;
+        let seq = self.arrivals;
+        let slot = self.slots.get_mut(&key).expect("looked up above");
+        slot.queue.push_back(Waiter {
+            reply,
+            deadline,
+            since: Instant::now(),
+            seq,
+        });
+    }
+
+    fn on_released(&mut self, model: ModelKey, generation: u64) {
+        let Some(slot) = self.slots.get_mut(&model) else {
+            return;
+        };
+        let current = self.instances.get(&slot.instance).map(|i| i.generation);
+        if current != Some(generation) || slot.in_flight == 0 {
+            return;
+        }
+        slot.in_flight -= 1;
+        slot.last_used = Instant::now();
+        if slot.phase == Phase::Draining && slot.in_flight == 0 {
+            let key = slot.instance.clone();
+            self.try_stop(&key);
         }
     }
 
-    fn start(&mut self, key: InstanceKey, model: String, reply: Reply) {
-        let inst = self.instances.get_mut(&key).expect("instance exists");
-        inst.generation += 1;
-        let generation = inst.generation;
-        let fail = |reason: String| SupervisorError::StartFailed {
-            model: model.clone(),
-            backend: inst.backend_name.clone(),
-            reason,
-        };
-        let (spec, endpoint) = match prepare(inst, &self.config) {
-            Ok(x) => x,
-            Err(reason) => {
-                let _ = reply.send(Err(fail(reason)));
-                return;
-            }
-        };
-        let tx = self.tx.clone();
-        let exit_key = key.clone();
-        let proc = match process::spawn(&spec, &inst.logs, move |info| {
-            let _ = tx.send(Msg::Exited {
-                key: exit_key,
-                generation,
-                info,
-            });
-        }) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = reply.send(Err(fail(format!("cannot run `{}`: {e}", spec.argv[0]))));
-                return;
-            }
-        };
-        tracing::info!(instance = %key, pid = proc.pid, "starting backend");
-        let health_url = endpoint.url(&inst.backend.health);
-        let timeout = inst.backend.start_timeout;
-        let tx = self.tx.clone();
-        let health_key = key.clone();
-        let health = tokio::spawn(async move {
-            let result = wait_healthy(&health_url, timeout).await;
-            let _ = tx.send(Msg::StartDone {
-                key: health_key,
-                generation,
-                result,
-            });
-        });
-        inst.state = State::Starting {
-            waiters: vec![(model, reply)],
-            proc,
-            endpoint,
-            health,
-        };
-    }
-
-    fn start_done(&mut self, key: InstanceKey, generation: u64, result: Result<(), String>) {
+    fn on_start_done(&mut self, key: InstanceKey, generation: u64, result: Result<(), String>) {
         let Some(inst) = self.instances.get_mut(&key) else {
             return;
         };
-        if inst.generation != generation || !matches!(inst.state, State::Starting { .. }) {
+        if inst.generation != generation || inst.run != Run::Starting {
             return;
         }
-        let State::Starting {
-            waiters,
-            proc,
-            endpoint,
-            ..
-        } = std::mem::replace(&mut inst.state, State::Cold)
-        else {
-            unreachable!()
-        };
         match result {
             Ok(()) => {
                 tracing::info!(instance = %key, "backend ready");
-                inst.state = State::Ready { proc, endpoint };
-                for (model, reply) in waiters {
-                    let lease = self.lease(&key, &model);
-                    let _ = reply.send(lease);
+                inst.run = Run::Up;
+                inst.up_since = Instant::now();
+                let models = inst.models.clone();
+                for m in models {
+                    let slot = self.slots.get_mut(&m).expect("instance models exist");
+                    if slot.phase == Phase::Starting {
+                        slot.phase = Phase::Ready;
+                        slot.last_error = None;
+                        self.serve_queue(&m);
+                    }
                 }
             }
             Err(reason) => {
-                // Dropping `proc` stops the process.
-                drop(proc);
-                let tail = tail_note(&inst.logs);
+                let reason = format!("{reason}{}", tail_note(&inst.logs));
                 tracing::warn!(instance = %key, "backend failed to start: {reason}");
+                if let Some(h) = inst.handle.as_mut() {
+                    h.stop();
+                }
+                inst.run = Run::Stopping;
                 let backend = inst.backend_name.clone();
-                fail_all(waiters, |model| SupervisorError::StartFailed {
-                    model,
-                    backend: backend.clone(),
-                    reason: format!("{reason}{tail}"),
-                });
+                let models = inst.models.clone();
+                for m in models {
+                    let slot = self.slots.get_mut(&m).expect("instance models exist");
+                    if slot.phase == Phase::Starting {
+                        // Its memory is not back until the process has exited.
+                        slot.phase = Phase::Stopping;
+                        note_failure(slot, &reason);
+                        fail_queue(slot, &m, |model| SupervisorError::StartFailed {
+                            model,
+                            backend: backend.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
             }
         }
     }
 
-    fn exited(&mut self, key: InstanceKey, generation: u64, info: ExitInfo) {
+    fn on_exited(&mut self, key: InstanceKey, generation: u64, info: Option<ExitInfo>) {
         let Some(inst) = self.instances.get_mut(&key) else {
             return;
         };
         if inst.generation != generation {
             return;
         }
-        match std::mem::replace(&mut inst.state, State::Cold) {
-            State::Starting {
-                waiters, health, ..
-            } => {
-                health.abort();
-                let tail = tail_note(&inst.logs);
-                tracing::warn!(instance = %key, "backend {info} while starting");
-                let backend = inst.backend_name.clone();
-                fail_all(waiters, |model| SupervisorError::StartFailed {
+        let was = inst.run;
+        let requested = info.is_some_and(|i| i.requested);
+        let what = info.map_or("exited".to_string(), |i| i.to_string());
+        inst.run = Run::Down;
+        inst.handle = None;
+        let ran_for = inst.up_since.elapsed();
+        let reason = format!("the process {what}{}", tail_note(&inst.logs));
+        let backend = inst.backend_name.clone();
+        let models = inst.models.clone();
+        if !requested {
+            tracing::warn!(instance = %key, "backend {what} unexpectedly");
+        }
+        for m in models {
+            let slot = self.slots.get_mut(&m).expect("instance models exist");
+            let phase = slot.phase;
+            if !phase.holds_memory() {
+                continue;
+            }
+            // The memory is back: the reservation goes.
+            slot.phase = Phase::Cold;
+            slot.in_flight = 0;
+            if requested {
+                // A clean stop after a clean start ends a run of failures.
+                if slot.last_error.is_none() {
+                    slot.failures = 0;
+                    slot.retry_at = None;
+                }
+                continue;
+            }
+            if was == Run::Up && ran_for >= STABLE_AFTER {
+                slot.failures = 0;
+            }
+            if phase != Phase::Stopping {
+                note_failure(slot, &reason);
+            }
+            if phase == Phase::Starting {
+                fail_queue(slot, &m, |model| SupervisorError::StartFailed {
                     model,
                     backend: backend.clone(),
-                    reason: format!("the process {info} before it was ready{tail}"),
+                    reason: format!("{reason} before it was ready"),
                 });
             }
-            State::Ready { .. } if !info.requested => {
-                tracing::warn!(instance = %key, in_flight = inst.in_flight, "backend {info}; it will be restarted on the next request");
-            }
-            other => inst.state = other,
-        }
-        if matches!(inst.state, State::Cold) {
-            inst.in_flight = 0;
         }
     }
 
-    async fn shutdown(&mut self) {
-        self.shutting_down = true;
-        let mut runners = Vec::new();
-        for inst in self.instances.values_mut() {
-            match std::mem::replace(&mut inst.state, State::Cold) {
-                State::Starting {
-                    waiters,
-                    mut proc,
-                    health,
-                    ..
-                } => {
-                    health.abort();
-                    fail_all(waiters, |_| SupervisorError::ShuttingDown);
-                    proc.stop();
-                    runners.push(proc);
-                }
-                State::Ready { mut proc, .. } => {
-                    proc.stop();
-                    runners.push(proc);
-                }
-                other => inst.state = other,
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Waiters out of time get the reason they waited.
+        for (name, slot) in self.slots.iter_mut() {
+            while let Some(pos) = slot.queue.iter().position(|w| w.deadline <= now) {
+                let w = slot.queue.remove(pos).expect("position is in range");
+                let _ = w.reply.send(Err(SupervisorError::Timeout {
+                    model: name.to_string(),
+                    waited: now.saturating_duration_since(w.since),
+                    why: if slot.why.is_empty() {
+                        "its backend is still starting".into()
+                    } else {
+                        slot.why.clone()
+                    },
+                }));
             }
         }
-        for mut proc in runners {
-            let _ = (&mut proc.runner).await;
+        // Idle models go.
+        let idle: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| idle_deadline(s).is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in &idle {
+            // A shared server goes only when every model it holds is idle.
+            let inst = &self.instances[&self.slots[m].instance];
+            let all_idle = inst
+                .models
+                .iter()
+                .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
+            if all_idle && self.slots[m].phase == Phase::Ready {
+                tracing::info!(model = %m, "unloading: idle for its idle_timeout");
+                self.begin_drain(m);
+            }
+        }
+    }
+
+    // ---- scheduling -------------------------------------------------------------
+
+    /// Gives waiting models their memory, oldest waiter first.
+    fn schedule(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let now = Instant::now();
+        let mut waiting: Vec<(u64, ModelKey)> = self
+            .slots
+            .iter()
+            .filter_map(|(k, s)| s.queue.front().map(|w| (w.seq, k.clone())))
+            .collect();
+        waiting.sort();
+        let mut promised = 0u64;
+        for (_, m) in waiting {
+            let slot = &self.slots[&m];
+            match slot.phase {
+                Phase::Ready => {
+                    self.serve_queue(&m);
+                    continue;
+                }
+                Phase::Starting | Phase::Draining | Phase::Stopping => continue,
+                Phase::Cold | Phase::Failed => {}
+            }
+            if let Some(at) = slot.retry_at.filter(|at| *at > now) {
+                let why = format!(
+                    "it failed {} times in a row (last: {}); next start in {}s",
+                    slot.failures,
+                    slot.last_error.as_deref().unwrap_or("unknown"),
+                    at.saturating_duration_since(now).as_secs_f64().ceil()
+                );
+                self.slots.get_mut(&m).expect("exists").why = why;
+                continue;
+            }
+            let inst_run = self.instances[&slot.instance].run;
+            if inst_run == Run::Stopping {
+                self.slots.get_mut(&m).expect("exists").why = "its backend is restarting".into();
+                continue;
+            }
+            let need = slot.memory;
+            let decision = {
+                let target = self.view(&m);
+                let others: Vec<View> = self
+                    .slots
+                    .keys()
+                    .filter(|k| **k != m)
+                    .map(|k| self.view(k))
+                    .collect();
+                match admit(self.budget, promised, &target, &others) {
+                    Admission::Start => Ok(()),
+                    Admission::Evict(v) => {
+                        Err(Ok(v.into_iter().map(ModelKey::from).collect::<Vec<_>>()))
+                    }
+                    Admission::Wait(why) => Err(Err((why, true))),
+                    Admission::Blocked(why) => Err(Err((why, false))),
+                }
+            };
+            match decision {
+                Ok(()) => self.start_model(&m),
+                Err(Ok(victims)) => {
+                    let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
+                    tracing::info!(model = %m, "unloading {} to make room", names.join(", "));
+                    for v in &victims {
+                        self.begin_drain(v);
+                    }
+                    self.slots.get_mut(&m).expect("exists").why =
+                        format!("waiting for {} to unload", names.join(", "));
+                    promised += need;
+                }
+                Err(Err((why, promises))) => {
+                    self.slots.get_mut(&m).expect("exists").why = why;
+                    if promises {
+                        promised += need;
+                    }
+                }
+            }
+        }
+        self.check_ledger();
+    }
+
+    fn view(&self, m: &ModelKey) -> View<'_> {
+        let (m, s) = self.slots.get_key_value(m).expect("exists");
+        let external = self.instances[&s.instance].run == Run::External;
+        View {
+            name: m,
+            memory: s.memory,
+            group: s.group.as_deref(),
+            // Another machine's models are never ours to unload.
+            pinned: s.pinned || external,
+            phase: if external { Phase::Cold } else { s.phase },
+            in_flight: s.in_flight,
+            last_used: s.last_used,
+        }
+    }
+
+    fn start_model(&mut self, m: &ModelKey) {
+        let key = self.slots[m].instance.clone();
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.phase = Phase::Starting;
+        slot.retry_at = None;
+        slot.why = "its backend is starting".into();
+        let inst = self.instances.get_mut(&key).expect("instance exists");
+        match inst.run {
+            Run::Up => {
+                // A shared server already running: the model is there.
+                slot.phase = Phase::Ready;
+                self.serve_queue(m);
+            }
+            Run::Starting => {}
+            Run::Down => self.launch(&key),
+            Run::External | Run::Stopping => unreachable!("schedule skips these"),
+        }
+    }
+
+    fn launch(&mut self, key: &InstanceKey) {
+        let inst = self.instances.get_mut(key).expect("instance exists");
+        inst.generation += 1;
+        let prepared = prepare(inst, &self.config);
+        let result = prepared.and_then(|(spec, endpoint)| {
+            let launch = Launch {
+                key: key.clone(),
+                generation: inst.generation,
+                spec,
+                health_url: endpoint.url(&inst.backend.health),
+                start_timeout: inst.backend.start_timeout,
+                logs: inst.logs.clone(),
+            };
+            self.effects
+                .start(launch, self.tx.clone())
+                .map(|h| (h, endpoint))
+        });
+        match result {
+            Ok((handle, endpoint)) => {
+                inst.handle = Some(handle);
+                inst.endpoint = Some(endpoint);
+                inst.run = Run::Starting;
+            }
+            Err(reason) => {
+                let backend = inst.backend_name.clone();
+                for m in inst.models.clone() {
+                    let slot = self.slots.get_mut(&m).expect("exists");
+                    if slot.phase == Phase::Starting {
+                        slot.phase = Phase::Cold;
+                        note_failure(slot, &reason);
+                        fail_queue(slot, &m, |model| SupervisorError::StartFailed {
+                            model,
+                            backend: backend.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes no new requests for `m` (and the models sharing its process, which go
+    /// with it), lets what is in flight finish, then stops.
+    fn begin_drain(&mut self, m: &ModelKey) {
+        let key = self.slots[m].instance.clone();
+        let models = self.instances[&key].models.clone();
+        for other in models {
+            let s = self.slots.get_mut(&other).expect("exists");
+            if s.phase == Phase::Ready {
+                s.phase = Phase::Draining;
+            }
+        }
+        self.try_stop(&key);
+    }
+
+    fn try_stop(&mut self, key: &InstanceKey) {
+        let inst = self.instances.get_mut(key).expect("instance exists");
+        let all_done = inst.models.iter().all(|m| {
+            let s = &self.slots[m];
+            !s.phase.holds_memory() || (s.phase == Phase::Draining && s.in_flight == 0)
+        });
+        if !all_done || !matches!(inst.run, Run::Up | Run::Starting) {
+            return;
+        }
+        for m in inst.models.clone() {
+            let s = self.slots.get_mut(&m).expect("exists");
+            if s.phase == Phase::Draining {
+                s.phase = Phase::Stopping;
+            }
+        }
+        tracing::info!(instance = %key, "stopping backend");
+        inst.run = Run::Stopping;
+        if let Some(h) = inst.handle.as_mut() {
+            h.stop();
+        }
+    }
+
+    fn serve_queue(&mut self, m: &ModelKey) {
+        while let Some(w) = self.slots.get_mut(m).and_then(|s| s.queue.pop_front()) {
+            if w.reply.is_closed() {
+                continue;
+            }
+            let lease = self.lease(m);
+            // A lease nobody waits for any more is dropped here, and released.
+            let _ = w.reply.send(lease);
+        }
+    }
+
+    fn lease(&mut self, m: &ModelKey) -> Result<Lease, SupervisorError> {
+        let slot = self.slots.get_mut(m).expect("exists");
+        let inst = &self.instances[&slot.instance];
+        let endpoint = inst
+            .endpoint
+            .clone()
+            .ok_or_else(|| SupervisorError::StartFailed {
+                model: m.to_string(),
+                backend: inst.backend_name.clone(),
+                reason: "its url is not usable".into(),
+            })?;
+        slot.in_flight += 1;
+        slot.last_used = Instant::now();
+        Ok(Lease {
+            model: m.to_string(),
+            upstream_model: slot.upstream.clone(),
+            scheme: endpoint.scheme,
+            authority: endpoint.authority,
+            base_path: endpoint.base_path,
+            api_key: inst.backend.api_key.clone(),
+            release: Release {
+                model: m.clone(),
+                generation: inst.generation,
+                tx: self.tx.clone(),
+            },
+        })
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        // An overdue idle unload that waits on a co-resident model is not due again
+        // until that one is; counting it would spin.
+        let later = |d: &Instant| *d > now;
+        self.slots
+            .values()
+            .flat_map(|s| {
+                s.queue
+                    .iter()
+                    .map(|w| w.deadline)
+                    .chain(idle_deadline(s).filter(later))
+                    .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
+            })
+            .min()
+    }
+
+    fn used(&self) -> u64 {
+        self.slots
+            .values()
+            .filter(|s| s.phase.holds_memory())
+            .map(|s| s.memory)
+            .sum()
+    }
+
+    fn check_ledger(&self) {
+        let used = self.used();
+        if used > self.budget {
+            tracing::error!(used, budget = self.budget, "ledger above budget");
+            debug_assert!(
+                used <= self.budget,
+                "ledger {used} above budget {}",
+                self.budget
+            );
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mut models: Vec<ModelStatus> = self
+            .slots
+            .iter()
+            .map(|(name, s)| {
+                let inst = &self.instances[&s.instance];
+                ModelStatus {
+                    name: name.to_string(),
+                    phase: s.phase,
+                    reserved: if s.phase.holds_memory() { s.memory } else { 0 },
+                    in_flight: s.in_flight,
+                    queued: s.queue.len(),
+                    pid: inst.handle.as_ref().and_then(|h| h.pid()),
+                    failures: s.failures,
+                    last_error: s.last_error.clone(),
+                }
+            })
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        Snapshot {
+            budget: self.budget,
+            used: self.used(),
+            models,
+        }
+    }
+
+    /// Fails every waiter and asks every process to stop; the run loop returns
+    /// once each has exited (SIGKILL after its stop_timeout guarantees it).
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        for (name, slot) in self.slots.iter_mut() {
+            fail_queue(slot, name, |_| SupervisorError::ShuttingDown);
+        }
+        for inst in self.instances.values_mut() {
+            if let Some(h) = inst.handle.as_mut() {
+                h.stop();
+                inst.run = Run::Stopping;
+            }
         }
     }
 }
 
-fn fail_all(waiters: Vec<(String, Reply)>, err: impl Fn(String) -> SupervisorError) {
-    for (model, reply) in waiters {
-        let _ = reply.send(Err(err(model)));
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400)
+}
+
+fn idle_deadline(s: &Slot) -> Option<Instant> {
+    (s.phase == Phase::Ready && s.in_flight == 0 && !s.pinned && s.queue.is_empty() && s.memory > 0)
+        .then_some(s.idle)
+        .flatten()
+        .map(|d| s.last_used + d)
+}
+
+fn note_failure(slot: &mut Slot, reason: &str) {
+    slot.failures += 1;
+    slot.last_error = Some(reason.to_string());
+    slot.retry_at = (slot.failures >= 2).then(|| {
+        let exp = (slot.failures - 2).min(16);
+        Instant::now() + Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+    });
+}
+
+fn fail_queue(slot: &mut Slot, model: &str, err: impl Fn(String) -> SupervisorError) {
+    for w in slot.queue.drain(..) {
+        let _ = w.reply.send(Err(err(model.to_string())));
     }
 }
 
@@ -420,16 +848,13 @@ fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoint), String>
         None => format!("http://127.0.0.1:{port}"),
     };
     let endpoint = Endpoint::parse(&url).ok_or_else(|| format!("`{url}` is not a usable URL"))?;
+    let name = match &inst.model {
+        Some(m) => format!("{}/{m}", inst.backend_name),
+        None => inst.backend_name.clone(),
+    };
     Ok((
         Spec {
-            name: format!(
-                "{}{}",
-                inst.backend_name,
-                inst.model
-                    .as_ref()
-                    .map(|m| format!("/{m}"))
-                    .unwrap_or_default()
-            ),
+            name,
             argv,
             env,
             stop_timeout: b.stop_timeout,
@@ -438,5 +863,5 @@ fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoint), String>
     ))
 }
 
-/// The longest the owner waits between polls of a starting backend.
+/// The longest the health probe waits between polls of a starting backend.
 pub(crate) const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(500);

@@ -11,7 +11,6 @@ use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::process::{Child, Command};
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use crate::logs::LogRing;
 
@@ -49,11 +48,10 @@ impl fmt::Display for ExitInfo {
 pub(crate) struct Running {
     pub pid: u32,
     stop: Option<oneshot::Sender<()>>,
-    pub runner: JoinHandle<()>,
 }
 
 impl Running {
-    /// Asks the runner to stop the process; `runner` finishes once it is gone.
+    /// Asks the runner to stop the process; `on_exit` runs once it is gone.
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
@@ -117,7 +115,8 @@ pub(crate) fn spawn(
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let stop_timeout = spec.stop_timeout;
-    let runner = tokio::spawn(async move {
+    // Shutdown waits for this task through the exit it reports.
+    tokio::spawn(async move {
         let info = tokio::select! {
             status = child.wait() => ExitInfo { status: status.ok(), requested: false },
             _ = stop_rx => ExitInfo { status: terminate(&mut child, pid, stop_timeout).await, requested: true },
@@ -129,7 +128,6 @@ pub(crate) fn spawn(
     Ok(Running {
         pid,
         stop: Some(stop_tx),
-        runner,
     })
 }
 

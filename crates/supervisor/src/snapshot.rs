@@ -1,0 +1,30 @@
+//! A consistent picture of the ledger at one instant, taken by the owner.
+
+use crate::policy::Phase;
+
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub budget: u64,
+    /// Sum of every reservation.
+    pub used: u64,
+    pub models: Vec<ModelStatus>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ModelStatus {
+    pub name: String,
+    pub phase: Phase,
+    /// Bytes reserved for it now (0 unless starting, ready, draining or stopping).
+    pub reserved: u64,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub pid: Option<u32>,
+    pub failures: u32,
+    pub last_error: Option<String>,
+}
+
+impl Snapshot {
+    pub fn model(&self, name: &str) -> Option<&ModelStatus> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}

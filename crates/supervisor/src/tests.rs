@@ -1,0 +1,371 @@
+//! The owner's decisions on tokio's paused clock, with fake processes whose start
+//! and stop take virtual time. No sleeps, no real processes.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use modelyard_config::load_str;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio::time::{advance, Instant};
+
+use crate::effects::{Effects, Handle, Launch};
+use crate::owner::{InstanceKey, Msg};
+use crate::policy::Phase;
+use crate::process::ExitInfo;
+use crate::{Lease, Supervisor, SupervisorError};
+
+const GB: u64 = 1_000_000_000;
+const LOAD: Duration = Duration::from_secs(2);
+const STOP: Duration = Duration::from_millis(300);
+
+#[derive(Clone, Default)]
+struct Fake {
+    /// Every launch: (instance, generation).
+    launches: Arc<Mutex<Vec<(InstanceKey, u64)>>>,
+}
+
+struct FakeHandle {
+    key: InstanceKey,
+    generation: u64,
+    tx: UnboundedSender<Msg>,
+    stopped: bool,
+}
+
+impl Handle for FakeHandle {
+    fn stop(&mut self) {
+        if std::mem::replace(&mut self.stopped, true) {
+            return;
+        }
+        let (key, generation, tx) = (self.key.clone(), self.generation, self.tx.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(STOP).await;
+            let info = ExitInfo {
+                status: None,
+                requested: true,
+            };
+            let _ = tx.send(Msg::Exited {
+                key,
+                generation,
+                info: Some(info),
+            });
+        });
+    }
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+}
+
+impl Effects for Fake {
+    fn start(&mut self, l: Launch, tx: UnboundedSender<Msg>) -> Result<Box<dyn Handle>, String> {
+        self.launches
+            .lock()
+            .unwrap()
+            .push((l.key.clone(), l.generation));
+        let (key, generation, done) = (l.key.clone(), l.generation, tx.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(LOAD).await;
+            let _ = done.send(Msg::StartDone {
+                key,
+                generation,
+                result: Ok(()),
+            });
+        });
+        Ok(Box::new(FakeHandle {
+            key: l.key,
+            generation: l.generation,
+            tx,
+            stopped: false,
+        }))
+    }
+}
+
+impl Fake {
+    fn count(&self, instance: &str) -> usize {
+        self.launches
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| &**k == instance)
+            .count()
+    }
+
+    fn generation(&self, instance: &str) -> u64 {
+        self.launches
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(k, _)| &**k == instance)
+            .unwrap()
+            .1
+    }
+}
+
+/// The seed's machine on fake processes.
+const SEED: &str = r#"
+budget: 48GB
+idle_timeout: 10m
+queue_timeout: 2m
+max_queue: 20
+backends:
+  p: {command: [fake, "${PORT}"]}
+models:
+  daily: {backend: p, memory: 32GB, group: large}
+  code:  {backend: p, memory: 35GB, group: large}
+  deep:  {backend: p, memory: 41GB, group: large}
+  embed: {backend: p, memory: 1.2GB}
+  small: {backend: p, memory: 5.5GB}
+  keep:  {backend: p, memory: 2GB, pinned: true}
+"#;
+
+fn start(yaml: &str) -> (Supervisor, Fake) {
+    let config = load_str("test", yaml).unwrap().config;
+    let fake = Fake::default();
+    (
+        Supervisor::with_effects(Arc::new(config), fake.clone()),
+        fake,
+    )
+}
+
+fn soon() -> Instant {
+    Instant::now() + Duration::from_secs(120)
+}
+
+async fn get(s: &Supervisor, model: &str) -> Lease {
+    s.acquire(model, soon())
+        .await
+        .unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+/// Checks the invariant and returns (used bytes, loaded models).
+async fn ledger(s: &Supervisor) -> (u64, Vec<String>) {
+    let snap = s.snapshot().await.unwrap();
+    let used: u64 = snap.models.iter().map(|m| m.reserved).sum();
+    assert_eq!(used, snap.used);
+    assert!(
+        snap.used <= snap.budget,
+        "ledger {} above budget {}",
+        snap.used,
+        snap.budget
+    );
+    let large = snap
+        .models
+        .iter()
+        .filter(|m| ["daily", "code", "deep"].contains(&m.name.as_str()) && m.reserved > 0)
+        .count();
+    assert!(large <= 1, "two models of one group hold memory: {snap:?}");
+    let loaded = snap
+        .models
+        .iter()
+        .filter(|m| m.reserved > 0)
+        .map(|m| m.name.clone())
+        .collect();
+    (snap.used, loaded)
+}
+
+#[tokio::test(start_paused = true)]
+async fn swap_never_exceeds_budget() {
+    let (s, fake) = start(SEED);
+    for model in [
+        "daily", "embed", "code", "small", "deep", "daily", "keep", "deep", "code",
+    ] {
+        let lease = get(&s, model).await;
+        ledger(&s).await;
+        drop(lease);
+    }
+    let (used, loaded) = ledger(&s).await;
+    assert!(
+        loaded.contains(&"code".to_string()) && loaded.contains(&"keep".to_string()),
+        "{loaded:?}"
+    );
+    assert!(used <= 48 * GB);
+    assert_eq!(
+        fake.count("p/daily"),
+        2,
+        "daily was unloaded for code, then loaded again"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_swap_serves_every_queued_request_of_the_incoming_model() {
+    let (s, fake) = start(SEED);
+    let daily = get(&s, "daily").await;
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire("deep", soon()).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // deep waits while daily is busy; daily takes no new work.
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(snap.model("daily").unwrap().phase, Phase::Draining);
+    assert_eq!(snap.model("deep").unwrap().queued, 5);
+    drop(daily);
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+    assert_eq!(fake.count("p/deep"), 1, "one start served all five");
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_draining_model_takes_no_new_work_and_returns_afterwards() {
+    let (s, fake) = start(SEED);
+    let daily = get(&s, "daily").await;
+    let deep = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("deep", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    let again = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("daily", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    assert!(
+        !again.is_finished(),
+        "a draining model must not take new requests"
+    );
+    drop(daily);
+    let deep = deep.await.unwrap().unwrap();
+    drop(deep);
+    again.await.unwrap().unwrap();
+    assert_eq!(fake.count("p/daily"), 2);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_models_unload_after_their_timeout_and_pinned_ones_stay() {
+    let (s, _) = start(SEED);
+    drop(get(&s, "embed").await);
+    drop(get(&s, "keep").await);
+    advance(Duration::from_secs(9 * 60)).await;
+    assert_eq!(ledger(&s).await.1, vec!["embed", "keep"]);
+    advance(Duration::from_secs(61)).await;
+    tokio::time::sleep(STOP * 2).await;
+    let (used, loaded) = ledger(&s).await;
+    assert_eq!(loaded, vec!["keep"], "embed unloaded after 10 idle minutes");
+    assert_eq!(used, 2 * GB);
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_time_counts_from_the_end_of_the_last_request() {
+    let (s, _) = start(SEED);
+    let lease = get(&s, "embed").await;
+    advance(Duration::from_secs(30 * 60)).await;
+    assert_eq!(
+        ledger(&s).await.1,
+        vec!["embed"],
+        "busy models are not idle"
+    );
+    drop(lease);
+    advance(Duration::from_secs(9 * 60)).await;
+    assert_eq!(ledger(&s).await.1, vec!["embed"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_cannot_get_memory_in_time_is_told_why() {
+    let (s, _) = start(
+        r#"
+budget: 48GB
+backends:
+  p: {command: [fake, "${PORT}"]}
+models:
+  code: {backend: p, memory: 35GB, pinned: true}
+  deep: {backend: p, memory: 41GB}
+"#,
+    );
+    let _code = get(&s, "code").await;
+    let err = s
+        .acquire("deep", Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, SupervisorError::Timeout { .. }), "{msg}");
+    assert!(
+        msg.contains("deep needs 41 GB") && msg.contains("35 GB held by code (pinned)"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn past_max_queue_requests_are_refused_at_once() {
+    let (s, _) = start(SEED);
+    let _daily = get(&s, "daily").await;
+    let mut waiting = Vec::new();
+    for _ in 0..20 {
+        let s = s.clone();
+        waiting.push(tokio::spawn(async move { s.acquire("deep", soon()).await }));
+    }
+    tokio::task::yield_now().await;
+    let err = s.acquire("code", soon()).await.unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::QueueFull { max_queue: 20, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn repeated_crashes_back_off_and_say_so() {
+    let (s, fake) = start(SEED);
+    let crash = |gen: u64| Msg::Exited {
+        key: "p/embed".into(),
+        generation: gen,
+        info: None,
+    };
+    drop(get(&s, "embed").await);
+    s.tx.send(crash(fake.generation("p/embed"))).unwrap();
+    // First crash: the next request restarts it at once.
+    drop(get(&s, "embed").await);
+    assert_eq!(fake.count("p/embed"), 2);
+    s.tx.send(crash(fake.generation("p/embed"))).unwrap();
+    // Second in a row: a 1 s backoff; a request that cannot wait is told so.
+    let err = s
+        .acquire("embed", Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::BackingOff { failures: 2, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("failed 2 times"), "{err}");
+    // One that can wait is served once the backoff ends.
+    let started = Instant::now();
+    drop(get(&s, "embed").await);
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    assert_eq!(fake.count("p/embed"), 3);
+    assert_eq!(ledger(&s).await.1, vec!["embed"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_frees_the_reservation() {
+    let (s, fake) = start(SEED);
+    let lease = get(&s, "deep").await;
+    assert_eq!(ledger(&s).await.0, 41 * GB);
+    s.tx.send(Msg::Exited {
+        key: "p/deep".into(),
+        generation: fake.generation("p/deep"),
+        info: None,
+    })
+    .unwrap();
+    assert_eq!(ledger(&s).await.0, 0);
+    drop(lease);
+    assert_eq!(
+        ledger(&s).await.0,
+        0,
+        "a late release of the dead instance changes nothing"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_everything_and_refuses_new_work() {
+    let (s, _) = start(SEED);
+    drop(get(&s, "daily").await);
+    drop(get(&s, "embed").await);
+    s.shutdown().await;
+    assert!(matches!(
+        s.acquire("embed", soon()).await,
+        Err(SupervisorError::ShuttingDown)
+    ));
+}
