@@ -94,6 +94,11 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
                 message,
             }),
     );
+    // In file order, so the list reads top to bottom like the file.
+    issues.sort_by_key(|i| match &i.origin {
+        Some(Origin::Line(l)) => (0, *l),
+        _ => (1, 0),
+    });
     if issues.is_empty() {
         Ok(Loaded {
             config,
@@ -105,12 +110,21 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
     }
 }
 
-/// The environment variable that would set `path`, if it is set; else the file line.
+/// The environment variable that set `path` (or the table it is in) when the file
+/// does not have it; else the file line.
 fn origin_of(path: &[String], index: &LineIndex) -> Option<Origin> {
     for n in (1..=path.len()).rev() {
         let var = env_var_for(&path[..n]);
         if std::env::var_os(&var).is_some() {
             return Some(Origin::Env(var));
+        }
+        let nested = format!("{var}__");
+        if index.exact(&path[..n]).is_none() {
+            if let Some((found, _)) =
+                std::env::vars_os().find(|(k, _)| k.to_string_lossy().starts_with(&nested))
+            {
+                return Some(Origin::Env(found.to_string_lossy().into_owned()));
+            }
         }
     }
     index.line_of(path).map(Origin::Line)
@@ -124,7 +138,10 @@ fn from_figment(e: figment::Error, index: &LineIndex) -> Issue {
     let mut path = e.path.clone();
     let message = match &e.kind {
         Kind::UnknownField(field, expected) => {
-            path.push(field.clone());
+            // figment already ends the path with the key for key errors.
+            if path.last() != Some(field) {
+                path.push(field.clone());
+            }
             let hint = crate::validate::closest(field, expected.iter().copied())
                 .map(|c| format!("did you mean `{c}`? "))
                 .unwrap_or_default();

@@ -44,7 +44,7 @@ impl LineIndex {
             .find_map(|n| self.lines.get(&path[..n]).copied())
     }
 
-    #[cfg(test)]
+    /// The line of exactly this key, if the file has it.
     pub fn exact(&self, path: &[String]) -> Option<usize> {
         self.lines.get(path).copied()
     }

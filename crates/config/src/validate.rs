@@ -113,7 +113,8 @@ fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
             ));
         }
         if let Some(url) = &b.url {
-            match url.parse::<http::Uri>() {
+            // ${PORT} is filled in at start; any port stands for it here.
+            match url.replace("${PORT}", "1").parse::<http::Uri>() {
                 Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
                 }
                 _ => out.push(p(

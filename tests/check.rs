@@ -1,0 +1,635 @@
+//! `modelyard check` as a user sees it: the real binary on a config file, its exit
+//! code, the summary on stdout, and on stderr one `FILE:LINE: key.path: reason` line
+//! per problem.
+//!
+//! Every YAML below is written one line per array element, so the line an error
+//! must name is the element's position (counting from 1).
+
+use std::path::Path;
+use std::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_modelyard");
+const REPO_ROUTES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../routes.yaml");
+
+/// What one run of the binary left behind.
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "exit {:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+
+    fn assert_ok(&self) {
+        assert_eq!(self.code, Some(0), "expected success; {}", self.describe());
+        assert!(self.stdout.contains(": OK"), "{}", self.describe());
+    }
+
+    fn assert_failed(&self) {
+        assert_eq!(self.code, Some(1), "expected exit 1; {}", self.describe());
+        assert!(
+            self.stdout.is_empty(),
+            "nothing on stdout; {}",
+            self.describe()
+        );
+    }
+
+    /// The stderr line whose prefix is `origin: key: `, where `origin` is `FILE:LINE`
+    /// or `environment VAR`.
+    fn issue(&self, origin: &str, key: &str) -> &str {
+        let prefix = format!("{origin}: {key}: ");
+        self.stderr
+            .lines()
+            .map(str::trim_start)
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no error line starting with `{prefix}`; {}",
+                    self.describe()
+                )
+            })
+    }
+
+    /// Asserts a failure naming `key` at `line` of `file`, whose reason has every word
+    /// of `reason`; returns the line for further checks.
+    fn assert_issue_at(&self, file: &Path, line: usize, key: &str, reason: &[&str]) -> &str {
+        let origin = format!("{}:{line}", file.display());
+        let l = self.issue(&origin, key);
+        for word in reason {
+            assert!(l.contains(word), "`{word}` missing from: {l}");
+        }
+        l
+    }
+
+    /// The number of errors the header announces, checked against the lines listed.
+    fn error_count(&self) -> usize {
+        let header = self
+            .stderr
+            .lines()
+            .next()
+            .unwrap_or_else(|| panic!("empty stderr; {}", self.describe()));
+        let n: usize = header
+            .split_once(" is not valid (")
+            .and_then(|(_, rest)| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no error count in: {header}"));
+        let listed = self
+            .stderr
+            .lines()
+            .skip(1)
+            .filter(|l| l.starts_with("  "))
+            .count();
+        assert_eq!(n, listed, "header count vs lines; {}", self.describe());
+        n
+    }
+}
+
+/// Runs `modelyard check` with `args`; no MODELYARD_* variable of the host gets
+/// through, only those in `env`.
+fn run(args: &[&std::ffi::OsStr], env: &[(&str, &str)]) -> Run {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("check").args(args);
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("MODELYARD_")) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    // A directory without routes.yaml, so nothing is found by accident.
+    let cwd = tempfile::tempdir().unwrap();
+    cmd.current_dir(cwd.path());
+    let out = cmd.output().expect("run modelyard check");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn check(file: &Path) -> Run {
+    check_env(file, &[])
+}
+
+fn check_env(file: &Path, env: &[(&str, &str)]) -> Run {
+    run(&["--config".as_ref(), file.as_os_str()], env)
+}
+
+/// A temporary routes file holding `lines`, one per element.
+fn yaml(lines: &[&str]) -> tempfile::NamedTempFile {
+    let f = tempfile::Builder::new()
+        .prefix("routes-")
+        .suffix(".yaml")
+        .tempfile()
+        .unwrap();
+    std::fs::write(f.path(), lines.join("\n") + "\n").unwrap();
+    f
+}
+
+#[test]
+fn the_repository_routes_yaml_passes_and_is_summarised() {
+    let path = Path::new(REPO_ROUTES);
+    let r = check(path);
+    r.assert_ok();
+    assert!(r.stderr.is_empty(), "{}", r.describe());
+    for model in [
+        "qwen3-30b-a3b",
+        "qwen3.6-27b",
+        "qwen3-32b",
+        "bge-m3",
+        "qwen3-8b",
+        "apple-3b",
+    ] {
+        assert!(r.stdout.contains(model), "model {model}; {}", r.describe());
+    }
+    for alias in [
+        "default", "daily", "code", "deep", "embed", "bge", "small", "apple", "apfel",
+    ] {
+        assert!(r.stdout.contains(alias), "alias {alias}; {}", r.describe());
+    }
+    assert!(r.stdout.contains("models (6)"), "{}", r.describe());
+    assert!(r.stdout.contains("backends (3)"), "{}", r.describe());
+    assert!(r.stdout.contains("budget 48 GB"), "{}", r.describe());
+    assert!(
+        r.stdout.contains("listen 127.0.0.1:11434"),
+        "{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn unknown_top_level_key_is_named_with_a_suggestion() {
+    let f = yaml(&[
+        "budgt: 10GB", // 1
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        1,
+        "budgt",
+        &["unknown key", "did you mean `budget`?"],
+    );
+    assert_eq!(r.error_count(), 1);
+}
+
+#[test]
+fn unknown_key_inside_a_model_is_named_with_its_path() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "    pinnd: true", // 8
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        8,
+        "models.m.pinnd",
+        &["unknown key", "did you mean `pinned`?"],
+    );
+}
+
+#[test]
+fn undefined_backend_is_named_and_a_close_one_suggested() {
+    let f = yaml(&[
+        "backends:",
+        "  ollama:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:",
+        "    backend: olama", // 6
+        "    memory: 1GB",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        6,
+        "models.m.backend",
+        &["`olama` is not defined", "did you mean `ollama`?"],
+    );
+}
+
+#[test]
+fn a_model_defined_twice_names_both_lines() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:", // 5
+        "    backend: srv",
+        "    memory: 1GB",
+        "  m:", // 8
+        "    backend: srv",
+        "    memory: 2GB",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 8, "models.m", &["defined twice", "line 5"]);
+    assert_eq!(
+        r.error_count(),
+        1,
+        "one error for the key, none for its children"
+    );
+}
+
+#[test]
+fn an_alias_may_not_shadow_a_model() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  a:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "  b:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "    aliases:",
+        "      - fast",
+        "      - a", // 13
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 13, "models.b.aliases.1", &["`a`", "shadows"]);
+}
+
+#[test]
+fn an_alias_may_belong_to_one_model_only() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  a:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "    aliases: [fast]",
+        "  b:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "    aliases:",
+        "      - other",
+        "      - fast", // 14
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        14,
+        "models.b.aliases.1",
+        &["`fast`", "already an alias of model `a`"],
+    );
+}
+
+#[test]
+fn a_model_bigger_than_the_budget_is_refused() {
+    let f = yaml(&[
+        "budget: 8GB",
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  big:",
+        "    backend: srv",
+        "    memory: 9GB", // 8
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        8,
+        "models.big.memory",
+        &["9 GB", "more than the whole budget", "8 GB"],
+    );
+}
+
+#[test]
+fn a_command_without_port_needs_a_url() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    command: [llama-server, --model, x.gguf]", // 3
+        "models:",
+        "  m:",
+        "    backend: srv",
+        "    memory: 1GB",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 3, "backends.srv.command", &["${PORT}", "url"]);
+}
+
+#[test]
+fn an_empty_argv_is_refused() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    command: []", // 3
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 3, "backends.srv.command", &["empty argv"]);
+}
+
+#[test]
+fn a_backend_needs_a_command_or_a_url() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:", // 2
+        "    kind: openai",
+        "    health: /health",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 2, "backends.srv", &["needs command", "or url"]);
+}
+
+#[test]
+fn a_bad_size_names_its_unit() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:",
+        "    backend: srv",
+        "    memory: 12 parsecs", // 7
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        7,
+        "models.m.memory",
+        &["not a size", "unknown unit `parsecs`", "GiB"],
+    );
+}
+
+#[test]
+fn a_bad_duration_is_refused() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "    idle_timeout: soon", // 8
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        8,
+        "models.m.idle_timeout",
+        &["`soon` is not a duration", "10m"],
+    );
+}
+
+#[test]
+fn never_is_accepted_for_idle_timeout() {
+    let f = yaml(&[
+        "idle_timeout: never",
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:",
+        "    backend: srv",
+        "    memory: 1GB",
+        "    idle_timeout: never",
+    ]);
+    let r = check(f.path());
+    r.assert_ok();
+    assert!(r.stdout.contains("idle_timeout never"), "{}", r.describe());
+}
+
+#[test]
+fn never_is_refused_where_a_duration_is_needed() {
+    let f = yaml(&[
+        "queue_timeout: never", // 1
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 1, "queue_timeout", &["`never` is not allowed"]);
+}
+
+#[test]
+fn invalid_yaml_names_the_line() {
+    let f = yaml(&[
+        "budget: 8GB",
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "   health: /health", // 5: indented neither as a key of srv nor of backends
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    let origin = format!("{}:5", f.path().display());
+    let l = r.issue(&origin, "column 10");
+    assert!(l.contains("not valid YAML"), "{l}");
+    assert_eq!(r.error_count(), 1);
+}
+
+#[test]
+fn a_model_without_backend_is_refused() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m:", // 5: the key is absent, so the error stands at its model
+        "    memory: 1GB",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 5, "models.m.backend", &["missing (required)"]);
+}
+
+#[test]
+fn several_errors_are_reported_in_one_run() {
+    let f = yaml(&[
+        "budget: 8GB",
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "  dead:", // 5
+        "    kind: openai",
+        "models:",
+        "  a:",
+        "    backend: srv",
+        "    memory: 9GB",  // 10
+        "    aliases: [b]", // 11
+        "  b:",
+        "    backend: nope", // 13
+        "    memory: 1GB",
+        "  c: {backend: srv, memory: 1GB}", // 15
+        "  c: {backend: srv, memory: 1GB}", // 16
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    let p = f.path();
+    r.assert_issue_at(p, 16, "models.c", &["defined twice", "line 15"]);
+    r.assert_issue_at(p, 5, "backends.dead", &["needs command"]);
+    r.assert_issue_at(p, 10, "models.a.memory", &["more than the whole budget"]);
+    r.assert_issue_at(p, 13, "models.b.backend", &["`nope` is not defined"]);
+    r.assert_issue_at(p, 11, "models.a.aliases.0", &["shadows"]);
+    assert_eq!(r.error_count(), 5);
+    assert!(r.stderr.contains("(5 errors)"), "{}", r.describe());
+}
+
+/// A model of 9 GB, too big for its 8 GB budget.
+fn too_big() -> tempfile::NamedTempFile {
+    yaml(&[
+        "budget: 8GB",
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  big:",
+        "    backend: srv",
+        "    memory: 9GB",
+    ])
+}
+
+#[test]
+fn a_bad_budget_from_the_environment_names_the_variable() {
+    let f = too_big();
+    let r = check_env(f.path(), &[("MODELYARD_BUDGET", "lots")]);
+    r.assert_failed();
+    let l = r.issue("environment MODELYARD_BUDGET", "budget");
+    assert!(l.contains("`lots` is not a size"), "{l}");
+}
+
+#[test]
+fn the_environment_budget_overrides_the_file() {
+    let f = too_big();
+    let r = check_env(f.path(), &[("MODELYARD_BUDGET", "100GB")]);
+    r.assert_ok();
+    assert!(r.stdout.contains("budget 100 GB"), "{}", r.describe());
+}
+
+#[test]
+fn the_environment_listen_address_shows_in_the_summary() {
+    let f = yaml(&["listen: 127.0.0.1:11434"]);
+    let r = check_env(f.path(), &[("MODELYARD_LISTEN", "127.0.0.1:9999")]);
+    r.assert_ok();
+    assert!(
+        r.stdout.contains("listen 127.0.0.1:9999"),
+        "{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn a_nested_key_is_overridden_with_double_underscores() {
+    let f = too_big();
+    let r = check_env(f.path(), &[("MODELYARD_MODELS__BIG__MEMORY", "2GB")]);
+    r.assert_ok();
+    assert!(r.stdout.contains("2 GB"), "{}", r.describe());
+}
+
+#[test]
+fn an_unknown_modelyard_variable_is_refused_by_its_name() {
+    let f = yaml(&["listen: 127.0.0.1:11434"]);
+    let r = check_env(f.path(), &[("MODELYARD_FOO", "1")]);
+    r.assert_failed();
+    let l = r.issue("environment MODELYARD_FOO", "foo");
+    assert!(l.contains("unknown key"), "{l}");
+}
+
+#[test]
+fn modelyard_config_and_log_are_not_keys() {
+    let f = yaml(&["listen: 127.0.0.1:11434"]);
+    let path = f.path().to_str().unwrap();
+    let r = run(
+        &[],
+        &[("MODELYARD_CONFIG", path), ("MODELYARD_LOG", "debug")],
+    );
+    r.assert_ok();
+    assert!(r.stdout.starts_with(path), "{}", r.describe());
+}
+
+#[test]
+fn a_missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nowhere").join("routes.yaml");
+    let r = check(&missing);
+    r.assert_failed();
+    assert!(
+        r.stderr.contains(&missing.display().to_string()),
+        "{}",
+        r.describe()
+    );
+    assert!(r.stderr.contains("cannot read"), "{}", r.describe());
+}
+
+#[test]
+fn sizes_in_iec_si_fractions_and_plain_bytes_are_accepted() {
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  a: {backend: srv, memory: 512MiB}",
+        "  b: {backend: srv, memory: 1.5GB}",
+        "  c: {backend: srv, memory: 3000000}",
+    ]);
+    let r = check(f.path());
+    r.assert_ok();
+    for shown in ["512 MiB", "1.5 GB", "3 MB"] {
+        assert!(r.stdout.contains(shown), "{shown}; {}", r.describe());
+    }
+}
+
+#[test]
+fn a_gib_is_more_than_a_gb() {
+    let f = yaml(&[
+        "budget: 1GB",
+        "backends:",
+        "  srv:",
+        "    url: http://127.0.0.1:8000",
+        "models:",
+        "  m: {backend: srv, memory: 1GiB}", // 6
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        6,
+        "models.m.memory",
+        &["1 GiB", "more than the whole budget"],
+    );
+}
+
+#[test]
+fn the_port_placeholder_is_accepted_in_a_url() {
+    // The supervisor fills `${PORT}` into url as it does into argv and env.
+    let f = yaml(&[
+        "backends:",
+        "  srv:",
+        "    command: [llama-server, --port, \"${PORT}\"]",
+        "    url: \"http://localhost:${PORT}\"",
+        "models:",
+        "  m: {backend: srv, memory: 1GB}",
+    ]);
+    check(f.path()).assert_ok();
+}
