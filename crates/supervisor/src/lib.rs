@@ -16,6 +16,8 @@ mod logs;
 mod owner;
 pub mod policy;
 mod process;
+#[cfg(test)]
+mod proptests;
 mod snapshot;
 #[cfg(test)]
 mod tests;

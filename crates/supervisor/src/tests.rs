@@ -19,7 +19,7 @@ const LOAD: Duration = Duration::from_secs(2);
 const STOP: Duration = Duration::from_millis(300);
 
 #[derive(Clone, Default)]
-struct Fake {
+pub(crate) struct Fake {
     /// Every launch: (instance, generation).
     launches: Arc<Mutex<Vec<(InstanceKey, u64)>>>,
 }
@@ -90,19 +90,21 @@ impl Fake {
     }
 
     fn generation(&self, instance: &str) -> u64 {
-        self.launches
-            .lock()
-            .unwrap()
+        self.latest(instance).unwrap()
+    }
+
+    pub(crate) fn latest(&self, instance: &str) -> Option<u64> {
+        let launches = self.launches.lock().unwrap();
+        launches
             .iter()
             .rev()
             .find(|(k, _)| &**k == instance)
-            .unwrap()
-            .1
+            .map(|(_, g)| *g)
     }
 }
 
 /// The seed's machine on fake processes.
-const SEED: &str = r#"
+pub(crate) const SEED: &str = r#"
 budget: 48GB
 idle_timeout: 10m
 queue_timeout: 2m
@@ -118,7 +120,7 @@ models:
   keep:  {backend: p, memory: 2GB, pinned: true}
 "#;
 
-fn start(yaml: &str) -> (Supervisor, Fake) {
+pub(crate) fn start(yaml: &str) -> (Supervisor, Fake) {
     let config = load_str("test", yaml).unwrap().config;
     let fake = Fake::default();
     (
@@ -138,7 +140,7 @@ async fn get(s: &Supervisor, model: &str) -> Lease {
 }
 
 /// Checks the invariant and returns (used bytes, loaded models).
-async fn ledger(s: &Supervisor) -> (u64, Vec<String>) {
+pub(crate) async fn ledger(s: &Supervisor) -> (u64, Vec<String>) {
     let snap = s.snapshot().await.unwrap();
     let used: u64 = snap.models.iter().map(|m| m.reserved).sum();
     assert_eq!(used, snap.used);

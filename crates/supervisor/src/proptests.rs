@@ -1,0 +1,125 @@
+//! Random sequences of requests, releases, crashes and time against the owner:
+//! after every step the ledger is within budget and one model per group holds
+//! memory; at the end every request has had its answer.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::owner::Msg;
+use crate::tests::{ledger, start, Fake, SEED};
+use crate::{Lease, SupervisorError};
+
+const MODELS: [&str; 6] = ["daily", "code", "deep", "embed", "small", "keep"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Acquire { model: usize, patience_s: u64 },
+    Release { pick: usize },
+    Crash { model: usize },
+    Wait { ms: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..MODELS.len(), 1u64..200).prop_map(|(model, patience_s)| Op::Acquire { model, patience_s }),
+        3 => (0usize..64).prop_map(|pick| Op::Release { pick }),
+        1 => (0..MODELS.len()).prop_map(|model| Op::Crash { model }),
+        2 => (1u64..5_000).prop_map(|ms| Op::Wait { ms }),
+    ]
+}
+
+type Pending = JoinHandle<Result<Lease, SupervisorError>>;
+
+async fn settle() {
+    for _ in 0..8 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Moves finished requests' leases into `held`; counts their answers.
+async fn collect(pending: &mut Vec<Pending>, held: &mut Vec<Lease>, answered: &mut usize) {
+    let mut still = Vec::new();
+    for p in pending.drain(..) {
+        if p.is_finished() {
+            *answered += 1;
+            if let Ok(lease) = p.await.expect("acquire task does not panic") {
+                held.push(lease);
+            }
+        } else {
+            still.push(p);
+        }
+    }
+    *pending = still;
+}
+
+async fn run(ops: Vec<Op>, fake: Fake, s: crate::Supervisor) {
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut held: Vec<Lease> = Vec::new();
+    let mut asked = 0usize;
+    let mut answered = 0usize;
+    for op in ops {
+        match op {
+            Op::Acquire { model, patience_s } => {
+                asked += 1;
+                let s = s.clone();
+                let deadline = Instant::now() + Duration::from_secs(patience_s);
+                pending.push(tokio::spawn(async move {
+                    s.acquire(MODELS[model], deadline).await
+                }));
+            }
+            Op::Release { pick } => {
+                if !held.is_empty() {
+                    let i = pick % held.len();
+                    drop(held.swap_remove(i));
+                }
+            }
+            Op::Crash { model } => {
+                let key = format!("p/{}", MODELS[model]);
+                if let Some(generation) = fake.latest(&key) {
+                    let _ = s.tx.send(Msg::Exited {
+                        key: key.into(),
+                        generation,
+                        info: None,
+                    });
+                }
+            }
+            Op::Wait { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
+        }
+        settle().await;
+        ledger(&s).await;
+        collect(&mut pending, &mut held, &mut answered).await;
+    }
+    // Give everything back and let time run: every request gets its answer.
+    for _ in 0..20 {
+        held.clear();
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        settle().await;
+        ledger(&s).await;
+        collect(&mut pending, &mut held, &mut answered).await;
+        if pending.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        pending.is_empty(),
+        "{} requests never got an answer",
+        pending.len()
+    );
+    assert_eq!(asked, answered);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    #[test]
+    fn ledger_invariant_holds_and_every_request_is_answered(ops in proptest::collection::vec(op(), 1..80)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap();
+        rt.block_on(async move {
+            let (s, fake) = start(SEED);
+            run(ops, fake, s).await;
+        });
+    }
+}
