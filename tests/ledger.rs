@@ -190,3 +190,170 @@ models:
     .await;
     assert!(ok.is_some(), "the next request did not restart the backend");
 }
+
+/// A small deterministic generator: the test needs variety, not a crate.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+/// What one client request came to.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Served,
+    /// An OpenAI-shaped error: a status and JSON, or an SSE error event.
+    Refused(u16),
+}
+
+async fn one_request(
+    client: &reqwest::Client,
+    url: &str,
+    model: &str,
+    stream: bool,
+) -> Result<Outcome, String> {
+    let body = if stream {
+        chat_stream(model)
+    } else {
+        chat(model)
+    };
+    let resp = client
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("no response: {e}"))?;
+    let status = resp.status().as_u16();
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| format!("{model}: body cut off ({status}): {e}"))?;
+    if status != 200 {
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|_| format!("{status} without a JSON error: {text}"))?;
+        return v["error"]["message"]
+            .is_string()
+            .then_some(Outcome::Refused(status))
+            .ok_or(text);
+    }
+    if stream {
+        if text.ends_with("data: [DONE]\n\n") {
+            return Ok(Outcome::Served);
+        }
+        let last = text
+            .trim_end()
+            .rsplit("\n\n")
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("data: ");
+        let v: Value = serde_json::from_str(last)
+            .map_err(|_| format!("stream ended without [DONE] or an error: {text}"))?;
+        return v["error"]
+            .is_object()
+            .then_some(Outcome::Refused(502))
+            .ok_or(text);
+    }
+    let v: Value = serde_json::from_str(&text).map_err(|_| format!("200 without JSON: {text}"))?;
+    (v["model"] == model).then_some(Outcome::Served).ok_or(text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_every_request_answered_budget_kept_nothing_left() {
+    let mut r = Router::start(
+        r#"
+budget: 400MB
+queue_timeout: 15s
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --load-time, 50ms, --token-delay, 2ms, --tokens, "12"], stop_timeout: 2s}
+models:
+  a: {backend: sim, memory: 150MB, args: [--memory, 150MB]}
+  b: {backend: sim, memory: 150MB, args: [--memory, 150MB]}
+  c: {backend: sim, memory: 150MB, args: [--memory, 150MB]}
+  d: {backend: sim, memory: 60MB, args: [--memory, 60MB]}
+  e: {backend: sim, memory: 30MB, args: [--memory, 30MB]}
+"#,
+    );
+    let sampler = Sampler::start(r.pid(), 100 * MB);
+    let url = r.url("/v1/chat/completions");
+    let run_for = Duration::from_secs(12);
+    let started = tokio::time::Instant::now();
+
+    let clients = (0..24u64).map(|i| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(40))
+                .build()
+                .unwrap();
+            let mut rng = Lcg(i + 1);
+            let mut outcomes = Vec::new();
+            while started.elapsed() < run_for {
+                let model = ["a", "b", "c", "d", "e"][rng.next(5) as usize];
+                outcomes.push(one_request(&client, &url, model, rng.next(2) == 0).await);
+            }
+            outcomes
+        })
+    });
+    let router_pid = r.pid();
+    let killer = tokio::spawn(async move {
+        let mut rng = Lcg(99);
+        let mut kills = 0;
+        while started.elapsed() < run_for {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let kids = children_of(router_pid);
+            if !kids.is_empty() {
+                let victim = kids[rng.next(kids.len() as u64) as usize];
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(victim as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                kills += 1;
+            }
+        }
+        kills
+    });
+    let mut served = 0;
+    let mut refused = 0;
+    let mut lost = Vec::new();
+    for c in futures_util::future::join_all(clients).await {
+        for o in c.unwrap() {
+            match o {
+                Ok(Outcome::Served) => served += 1,
+                Ok(Outcome::Refused(_)) => refused += 1,
+                Err(e) => lost.push(e),
+            }
+        }
+    }
+    let kills = killer.await.unwrap();
+    let (max_total, _) = sampler.finish();
+    eprintln!("stress: {served} served, {refused} refused with an error, {kills} backends killed, peak backend RSS {} MB", max_total / MB);
+    assert!(
+        lost.is_empty(),
+        "{} requests had no proper answer, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(3)]
+    );
+    assert!(served > 100, "only {served} requests were served");
+    assert!(kills > 10);
+    // Five backends at most, each a few MB beyond what it was told to hold.
+    assert!(
+        max_total <= 400 * MB + 5 * 15 * MB,
+        "backends held {} MB at once",
+        max_total / MB
+    );
+
+    let kids = r.children();
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(r.wait_exit(Duration::from_secs(15)).success());
+    assert!(
+        kids.iter().all(|p| !alive(*p)),
+        "a backend outlived the router"
+    );
+}
