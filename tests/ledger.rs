@@ -357,3 +357,40 @@ models:
         "a backend outlived the router"
     );
 }
+
+#[tokio::test]
+async fn a_backend_above_its_declared_memory_is_called_out() {
+    let r = Router::start(
+        r#"
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}"]}
+models:
+  honest: {backend: sim, memory: 200MB, args: [--memory, 60MB]}
+  understated: {backend: sim, memory: 10MB, args: [--memory, 60MB]}
+"#,
+    );
+    for m in ["honest", "understated"] {
+        assert_eq!(
+            post(&r.url("/v1/chat/completions"), &chat(m))
+                .await
+                .status(),
+            200
+        );
+    }
+    let warned = eventually(Duration::from_secs(10), || async {
+        r.logs()
+            .contains("holds more memory than routes.yaml declares")
+            .then_some(())
+    })
+    .await;
+    assert!(warned.is_some(), "no warning; logs:\n{}", r.logs());
+    let logs = r.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("holds more memory"))
+        .unwrap();
+    assert!(line.contains("sim/understated"), "{line}");
+    assert!(!logs
+        .lines()
+        .any(|l| l.contains("holds more memory") && l.contains("sim/honest")));
+}

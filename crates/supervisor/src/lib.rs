@@ -13,6 +13,7 @@ mod error;
 mod health;
 mod lease;
 mod logs;
+mod measure;
 mod owner;
 pub mod policy;
 mod process;
@@ -46,7 +47,9 @@ impl Supervisor {
     /// Starts the owner task. Call [`Supervisor::shutdown`] before exiting so that
     /// every backend process is stopped.
     pub fn start(config: Arc<Config>) -> Supervisor {
-        Self::with_effects(config, Processes)
+        let supervisor = Self::with_effects(config, Processes);
+        tokio::spawn(sample_memory(supervisor.clone()));
+        supervisor
     }
 
     pub(crate) fn with_effects(config: Arc<Config>, effects: impl Effects) -> Supervisor {
@@ -88,6 +91,35 @@ impl Supervisor {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Shutdown { done }).is_ok() {
             let _ = rx.await;
+        }
+    }
+}
+
+/// How often backends' real memory is read.
+const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reads each backend's process-tree memory and reports it to the owner; ends
+/// with the owner.
+async fn sample_memory(supervisor: Supervisor) {
+    let mut tick = tokio::time::interval(MEASURE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(snap) = supervisor.snapshot().await else {
+            return;
+        };
+        let mut pids: Vec<u32> = snap.models.iter().filter_map(|m| m.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.is_empty() {
+            continue;
+        }
+        let samples = pids
+            .into_iter()
+            .map(|p| (p, measure::tree_rss(p)))
+            .collect();
+        if supervisor.tx.send(Msg::Measured { samples }).is_err() {
+            return;
         }
     }
 }

@@ -49,6 +49,10 @@ pub(crate) enum Msg {
         generation: u64,
         info: Option<ExitInfo>,
     },
+    /// Resident bytes of each backend process tree, by pid (None: gone).
+    Measured {
+        samples: Vec<(u32, Option<u64>)>,
+    },
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
     },
@@ -136,6 +140,10 @@ struct Instance {
     up_since: Instant,
     logs: LogRing,
     models: Vec<ModelKey>,
+    /// Last measured resident memory of its process tree.
+    measured: Option<u64>,
+    /// Whether running above the declared size was already reported this run.
+    warned: bool,
 }
 
 pub(crate) struct Owner<E: Effects> {
@@ -188,6 +196,8 @@ impl<E: Effects> Owner<E> {
                 up_since: now,
                 logs: LogRing::default(),
                 models: Vec::new(),
+                measured: None,
+                warned: false,
             });
             let model_key: ModelKey = name.as_str().into();
             inst.models.push(model_key.clone());
@@ -266,6 +276,7 @@ impl<E: Effects> Owner<E> {
                 Msg::Snapshot { reply } => {
                     let _ = reply.send(self.snapshot());
                 }
+                Msg::Measured { samples } => self.on_measured(samples),
                 Msg::Shutdown { done } => {
                     self.shutdown_done = Some(done);
                     self.shutdown();
@@ -403,6 +414,7 @@ impl<E: Effects> Owner<E> {
         let what = info.map_or("exited".to_string(), |i| i.to_string());
         inst.run = Run::Down;
         inst.handle = None;
+        inst.measured = None;
         let ran_for = inst.up_since.elapsed();
         let reason = format!("the process {what}{}", tail_note(&inst.logs));
         let backend = inst.backend_name.clone();
@@ -439,6 +451,36 @@ impl<E: Effects> Owner<E> {
                     backend: backend.clone(),
                     reason: format!("{reason} before it was ready"),
                 });
+            }
+        }
+    }
+
+    fn on_measured(&mut self, samples: Vec<(u32, Option<u64>)>) {
+        for (key, inst) in self.instances.iter_mut() {
+            let Some(pid) = inst.handle.as_ref().and_then(|h| h.pid()) else {
+                continue;
+            };
+            let Some((_, bytes)) = samples.iter().find(|(p, _)| *p == pid) else {
+                continue;
+            };
+            inst.measured = *bytes;
+            let declared: u64 = inst
+                .models
+                .iter()
+                .map(|m| &self.slots[m])
+                .filter(|s| s.phase.holds_memory())
+                .map(|s| s.memory)
+                .sum();
+            if let Some(b) = *bytes {
+                if declared > 0 && b > declared && !inst.warned {
+                    inst.warned = true;
+                    tracing::warn!(
+                        instance = %key,
+                        measured = %modelyard_config::ByteSize(b),
+                        declared = %modelyard_config::ByteSize(declared),
+                        "backend holds more memory than routes.yaml declares; raise its `memory` so the budget stays true"
+                    );
+                }
             }
         }
     }
@@ -615,6 +657,8 @@ impl<E: Effects> Owner<E> {
         });
         match result {
             Ok((handle, endpoint)) => {
+                inst.measured = None;
+                inst.warned = false;
                 inst.handle = Some(handle);
                 inst.endpoint = Some(endpoint);
                 inst.run = Run::Starting;
@@ -758,6 +802,12 @@ impl<E: Effects> Owner<E> {
                 ModelStatus {
                     name: name.to_string(),
                     phase: s.phase,
+                    declared: s.memory,
+                    measured: if s.phase.holds_memory() {
+                        inst.measured
+                    } else {
+                        None
+                    },
                     reserved: if s.phase.holds_memory() { s.memory } else { 0 },
                     in_flight: s.in_flight,
                     queued: s.queue.len(),

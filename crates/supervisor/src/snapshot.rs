@@ -14,6 +14,11 @@ pub struct Snapshot {
 pub struct ModelStatus {
     pub name: String,
     pub phase: Phase,
+    /// Its size in routes.yaml (with its own process's base memory).
+    pub declared: u64,
+    /// Resident memory of the process tree serving it, last sampled; shared by
+    /// every model of a shared server.
+    pub measured: Option<u64>,
     /// Bytes reserved for it now (0 unless starting, ready, draining or stopping).
     pub reserved: u64,
     pub in_flight: usize,
