@@ -241,3 +241,57 @@ async fn demo_serves_the_readme_examples() {
     assert!(status.success());
     assert!(kids.iter().all(|p| !alive(*p)));
 }
+
+#[tokio::test]
+async fn a_router_restarted_after_sigkill_ends_what_the_last_run_left() {
+    // The server runs as a grandchild in the backend's process group: the kernel's
+    // parent-death signal reaches only `sh`, so the server survives the router.
+    let config = r#"
+backends:
+  wrapped:
+    command: [sh, -c, "$BIN sim --port \"$0\" --model m & wait", "${PORT}"]
+models:
+  m: {backend: wrapped, memory: 1MB}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let state = dir.path().join("state.json");
+    std::fs::write(&path, yaml(config)).unwrap();
+    let mut first = Router::start_at(&path, &state, tempfile::tempdir().unwrap(), &[]);
+    assert_eq!(
+        post(&first.url("/v1/chat/completions"), &chat("m"))
+            .await
+            .status(),
+        200
+    );
+    let shell = first.children()[0];
+    let server = children_of(shell)[0];
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(Duration::from_secs(5));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        alive(server),
+        "the server outlived the router, as a crash would leave it"
+    );
+
+    let second = Router::start_at(&path, &state, tempfile::tempdir().unwrap(), &[]);
+    let gone = eventually(Duration::from_secs(5), || async {
+        (!alive(server)).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the restarted router left the orphan running"
+    );
+    assert!(
+        second.logs().contains("left by a previous run"),
+        "{}",
+        second.logs()
+    );
+    assert_eq!(
+        post(&second.url("/v1/chat/completions"), &chat("m"))
+            .await
+            .status(),
+        200
+    );
+}

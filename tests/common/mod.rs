@@ -61,7 +61,13 @@ fn spawn_listening(mut cmd: Command, stderr: PathBuf) -> (Child, String) {
 pub struct Router {
     pub url: String,
     pub child: Child,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+fn dir_count() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Router {
@@ -73,16 +79,37 @@ impl Router {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("routes.yaml");
         std::fs::write(&path, yaml(config)).unwrap();
+        let state = dir.path().join("state.json");
+        Self::start_at(&path, &state, dir, env)
+    }
+
+    /// A router on `config` recording its processes in `state` (to restart one).
+    pub fn start_at(
+        config: &std::path::Path,
+        state: &std::path::Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Router {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--config"])
-            .arg(&path)
+            .arg(config)
             .args(["--listen", "127.0.0.1:0"])
+            .env("MODELYARD_STATE_FILE", state)
             .env("MODELYARD_LOG", "debug");
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let (child, url) = spawn_listening(cmd, dir.path().join("stderr.log"));
-        Router { url, child, dir }
+        let log = dir.path().join(format!(
+            "stderr-{}.log",
+            std::process::id() as u64 + dir_count()
+        ));
+        let (child, url) = spawn_listening(cmd, log.clone());
+        Router {
+            url,
+            child,
+            dir,
+            log,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -95,7 +122,7 @@ impl Router {
 
     /// What the router logged so far.
     pub fn logs(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     pub fn signal(&self, sig: Signal) {

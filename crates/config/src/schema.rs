@@ -34,6 +34,10 @@ pub struct Config {
     /// How long a backend may take to send response headers.
     #[serde(default = "defaults::upstream_timeout")]
     pub upstream_timeout: Timeout,
+    /// Where the router records the backend processes it started, so a later run
+    /// can end any that outlived it. Default: the user's state dir.
+    #[serde(default)]
+    pub state_file: Option<std::path::PathBuf>,
     #[serde(default)]
     pub backends: BTreeMap<String, Backend>,
     #[serde(default)]

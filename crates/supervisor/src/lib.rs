@@ -20,6 +20,7 @@ mod process;
 #[cfg(test)]
 mod proptests;
 mod snapshot;
+mod state;
 #[cfg(test)]
 mod tests;
 
@@ -47,16 +48,30 @@ impl Supervisor {
     /// Starts the owner task. Call [`Supervisor::shutdown`] before exiting so that
     /// every backend process is stopped.
     pub fn start(config: Arc<Config>) -> Supervisor {
-        let supervisor = Self::with_effects(config, Processes);
+        let state = config
+            .state_file
+            .clone()
+            .or_else(|| state::default_path(config.listen.port()))
+            .map(state::StateFile::new);
+        let supervisor = Self::spawn(config, Processes, state);
         tokio::spawn(sample_memory(supervisor.clone()));
         supervisor
     }
 
+    #[cfg(test)]
     pub(crate) fn with_effects(config: Arc<Config>, effects: impl Effects) -> Supervisor {
+        Self::spawn(config, effects, None)
+    }
+
+    fn spawn(
+        config: Arc<Config>,
+        effects: impl Effects,
+        state: Option<state::StateFile>,
+    ) -> Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
         // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let owner = Owner::new(config, tx.clone(), effects);
+        let owner = Owner::new(config, tx.clone(), effects, state);
         tokio::spawn(owner.run(rx));
         Supervisor { tx }
     }

@@ -26,7 +26,11 @@ impl LogRing {
     }
 
     /// Copies lines from a child's pipe until it closes.
-    pub(crate) fn follow(&self, name: String, pipe: impl AsyncRead + Unpin + Send + 'static) {
+    pub(crate) fn follow(
+        &self,
+        name: String,
+        pipe: impl AsyncRead + Unpin + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
         let ring = self.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(pipe).lines();
@@ -34,6 +38,6 @@ impl LogRing {
                 tracing::debug!(target: "backend", instance = %name, "{line}");
                 ring.push(line);
             }
-        });
+        })
     }
 }

@@ -21,6 +21,7 @@ use crate::logs::LogRing;
 use crate::policy::{admit, Admission, Phase, View};
 use crate::process::{self, ExitInfo, Spec};
 use crate::snapshot::{ModelStatus, Snapshot};
+use crate::state::{self, Group, StateFile};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -154,6 +155,7 @@ pub(crate) struct Owner<E: Effects> {
     tx: mpsc::UnboundedSender<Msg>,
     effects: E,
     shutting_down: bool,
+    state: Option<StateFile>,
     arrivals: u64,
     /// Answered once every process has exited after a shutdown.
     shutdown_done: Option<oneshot::Sender<()>>,
@@ -170,7 +172,12 @@ fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> {
 }
 
 impl<E: Effects> Owner<E> {
-    pub fn new(config: Arc<Config>, tx: mpsc::UnboundedSender<Msg>, effects: E) -> Owner<E> {
+    pub fn new(
+        config: Arc<Config>,
+        tx: mpsc::UnboundedSender<Msg>,
+        effects: E,
+        state: Option<StateFile>,
+    ) -> Owner<E> {
         let now = Instant::now();
         let mut slots = HashMap::new();
         let mut instances: HashMap<InstanceKey, Instance> = HashMap::new();
@@ -239,12 +246,20 @@ impl<E: Effects> Owner<E> {
             tx,
             effects,
             shutting_down: false,
+            state,
             arrivals: 0,
             shutdown_done: None,
         }
     }
 
     pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        // Before the first request is admitted: what a previous run left is ended.
+        if let Some(state) = &self.state {
+            let ended = state.reap().await;
+            if ended > 0 {
+                tracing::warn!("ended {ended} backend process group(s) left by a previous run");
+            }
+        }
         loop {
             let next = self.next_deadline();
             let msg = tokio::select! {
@@ -415,6 +430,8 @@ impl<E: Effects> Owner<E> {
         inst.run = Run::Down;
         inst.handle = None;
         inst.measured = None;
+        self.record_processes();
+        let inst = self.instances.get_mut(&key).expect("looked up above");
         let ran_for = inst.up_since.elapsed();
         let reason = format!("the process {what}{}", tail_note(&inst.logs));
         let backend = inst.backend_name.clone();
@@ -453,6 +470,24 @@ impl<E: Effects> Owner<E> {
                 });
             }
         }
+    }
+
+    /// Rewrites the state file with every process group running now.
+    fn record_processes(&self) {
+        let Some(file) = &self.state else { return };
+        let groups: Vec<Group> = self
+            .instances
+            .iter()
+            .filter_map(|(key, inst)| {
+                let pid = inst.handle.as_ref()?.pid()?;
+                Some(Group {
+                    pid,
+                    started: state::start_time(pid),
+                    name: key.to_string(),
+                })
+            })
+            .collect();
+        file.write(&groups);
     }
 
     fn on_measured(&mut self, samples: Vec<(u32, Option<u64>)>) {
@@ -662,6 +697,7 @@ impl<E: Effects> Owner<E> {
                 inst.handle = Some(handle);
                 inst.endpoint = Some(endpoint);
                 inst.run = Run::Starting;
+                self.record_processes();
             }
             Err(reason) => {
                 let backend = inst.backend_name.clone();

@@ -107,11 +107,12 @@ pub(crate) fn spawn(
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
     let pid = child.id().unwrap_or_default();
+    let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        logs.follow(spec.name.clone(), out);
+        readers.push(logs.follow(spec.name.clone(), out));
     }
     if let Some(err) = child.stderr.take() {
-        logs.follow(spec.name.clone(), err);
+        readers.push(logs.follow(spec.name.clone(), err));
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let stop_timeout = spec.stop_timeout;
@@ -123,6 +124,12 @@ pub(crate) fn spawn(
         };
         // Whatever the leader left behind in its group goes too.
         let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        // Its last words explain the exit: let the pipes drain (bounded, in case
+        // something else still holds them open) before reporting it.
+        let drained = tokio::time::Instant::now() + Duration::from_millis(500);
+        for r in readers {
+            let _ = tokio::time::timeout_at(drained, r).await;
+        }
         on_exit(info);
     });
     Ok(Running {
