@@ -25,6 +25,10 @@ pub struct Config {
     /// How long a request may wait for its model to start or for memory.
     #[serde(default = "defaults::queue_timeout", with = "span")]
     pub queue_timeout: Duration,
+    /// How long a swap may be put off while the model being unloaded still serves
+    /// requests for itself, so interleaved requests do not swap back and forth.
+    #[serde(default = "defaults::max_swap_delay", with = "span")]
+    pub max_swap_delay: Duration,
     /// Requests that may wait at once, across all models.
     #[serde(default = "defaults::max_queue")]
     pub max_queue: usize,
@@ -146,6 +150,9 @@ mod defaults {
     }
     pub fn queue_timeout() -> Duration {
         Duration::from_secs(120)
+    }
+    pub fn max_swap_delay() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn max_queue() -> usize {
         256

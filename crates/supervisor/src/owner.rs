@@ -117,6 +117,9 @@ struct Slot {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<String>,
+    /// Set while it drains to make room for another model: until this instant it
+    /// still takes requests for itself.
+    serve_until: Option<Instant>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,6 +238,7 @@ impl<E: Effects> Owner<E> {
                     failures: 0,
                     retry_at: None,
                     last_error: None,
+                    serve_until: None,
                 },
             );
         }
@@ -324,7 +328,12 @@ impl<E: Effects> Owner<E> {
             return;
         };
         let key = key.clone();
-        if slot.phase == Phase::Ready && slot.queue.is_empty() {
+        // A model draining for a swap still serves its own requests for a while:
+        // one swap later instead of two (there and back).
+        let swap_grace = slot.phase == Phase::Draining
+            && slot.in_flight > 0
+            && slot.serve_until.is_some_and(|t| Instant::now() < t);
+        if (slot.phase == Phase::Ready || swap_grace) && slot.queue.is_empty() {
             let lease = self.lease(&key);
             let _ = reply.send(lease);
             return;
@@ -448,6 +457,7 @@ impl<E: Effects> Owner<E> {
             // The memory is back: the reservation goes.
             slot.phase = Phase::Cold;
             slot.in_flight = 0;
+            slot.serve_until = None;
             if requested {
                 // A clean stop after a clean start ends a run of failures.
                 if slot.last_error.is_none() {
@@ -621,8 +631,12 @@ impl<E: Effects> Owner<E> {
                 Err(Ok(victims)) => {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     tracing::info!(model = %m, "unloading {} to make room", names.join(", "));
+                    let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
                         self.begin_drain(v);
+                        if let Some(s) = self.slots.get_mut(v) {
+                            s.serve_until = Some(serve_until);
+                        }
                     }
                     self.slots.get_mut(&m).expect("exists").why =
                         format!("waiting for {} to unload", names.join(", "));

@@ -212,7 +212,7 @@ async fn one_swap_serves_every_queued_request_of_the_incoming_model() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_draining_model_takes_no_new_work_and_returns_afterwards() {
+async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_delay() {
     let (s, fake) = start(SEED);
     let daily = get(&s, "daily").await;
     let deep = {
@@ -220,20 +220,34 @@ async fn a_draining_model_takes_no_new_work_and_returns_afterwards() {
         tokio::spawn(async move { s.acquire("deep", soon()).await })
     };
     tokio::task::yield_now().await;
-    let again = {
+    assert_eq!(
+        s.snapshot().await.unwrap().model("daily").unwrap().phase,
+        Phase::Draining
+    );
+    // Within max_swap_delay (10 s): still loaded, so served now rather than after two swaps.
+    advance(Duration::from_secs(3)).await;
+    let early = s
+        .acquire("daily", soon())
+        .await
+        .expect("served by the draining model");
+    drop(early);
+    // Past it: the swap goes ahead; new requests for daily wait for it to come back.
+    advance(Duration::from_secs(8)).await;
+    let late = {
         let s = s.clone();
         tokio::spawn(async move { s.acquire("daily", soon()).await })
     };
     tokio::task::yield_now().await;
     assert!(
-        !again.is_finished(),
-        "a draining model must not take new requests"
+        !late.is_finished(),
+        "past max_swap_delay a draining model takes no new work"
     );
     drop(daily);
     let deep = deep.await.unwrap().unwrap();
+    assert_eq!(fake.count("p/daily"), 1);
     drop(deep);
-    again.await.unwrap().unwrap();
-    assert_eq!(fake.count("p/daily"), 2);
+    late.await.unwrap().unwrap();
+    assert_eq!(fake.count("p/daily"), 2, "daily came back after deep");
     ledger(&s).await;
 }
 
