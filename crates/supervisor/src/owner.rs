@@ -148,6 +148,8 @@ struct Instance {
     measured: Option<u64>,
     /// Whether running above the declared size was already reported this run.
     warned: bool,
+    /// A shared server's own memory, reserved from its start until its exit.
+    base: u64,
 }
 
 pub(crate) struct Owner<E: Effects> {
@@ -208,6 +210,11 @@ impl<E: Effects> Owner<E> {
                 models: Vec::new(),
                 measured: None,
                 warned: false,
+                base: if per_model || external {
+                    0
+                } else {
+                    backend.memory.map_or(0, |b| b.0)
+                },
             });
             let model_key: ModelKey = name.as_str().into();
             inst.models.push(model_key.clone());
@@ -608,15 +615,19 @@ impl<E: Effects> Owner<E> {
                 self.slots.get_mut(&m).expect("exists").why = "its backend is restarting".into();
                 continue;
             }
-            let need = slot.memory;
+            let inst = &self.instances[&slot.instance];
+            // Starting a shared server also reserves the server's own memory.
+            let need = slot.memory + if inst.run == Run::Down { inst.base } else { 0 };
             let decision = {
-                let target = self.view(&m);
-                let others: Vec<View> = self
+                let mut target = self.view(&m);
+                target.memory = need;
+                let mut others: Vec<View> = self
                     .slots
                     .keys()
                     .filter(|k| **k != m)
                     .map(|k| self.view(k))
                     .collect();
+                others.extend(self.server_views());
                 match admit(self.budget, promised, &target, &others) {
                     Admission::Start => Ok(()),
                     Admission::Evict(v) => {
@@ -666,6 +677,24 @@ impl<E: Effects> Owner<E> {
             in_flight: s.in_flight,
             last_used: s.last_used,
         }
+    }
+
+    /// The running shared servers' own memory, as reservations the policy may not
+    /// choose (it goes when the server's last model does).
+    fn server_views(&self) -> Vec<View<'_>> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.base > 0 && server_holds(i.run))
+            .map(|(k, i)| View {
+                name: k,
+                memory: i.base,
+                group: None,
+                pinned: true,
+                phase: Phase::Ready,
+                in_flight: 0,
+                last_used: i.up_since,
+            })
+            .collect()
     }
 
     fn start_model(&mut self, m: &ModelKey) {
@@ -828,6 +857,15 @@ impl<E: Effects> Owner<E> {
             .values()
             .filter(|s| s.phase.holds_memory())
             .map(|s| s.memory)
+            .sum::<u64>()
+            + self.servers_reserved()
+    }
+
+    fn servers_reserved(&self) -> u64 {
+        self.instances
+            .values()
+            .filter(|i| server_holds(i.run))
+            .map(|i| i.base)
             .sum()
     }
 
@@ -869,6 +907,7 @@ impl<E: Effects> Owner<E> {
             .collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
         Snapshot {
+            servers: self.servers_reserved(),
             budget: self.budget,
             used: self.used(),
             models,
@@ -889,6 +928,11 @@ impl<E: Effects> Owner<E> {
             }
         }
     }
+}
+
+/// Whether a server's process (and so its own memory) may be present.
+fn server_holds(run: Run) -> bool {
+    matches!(run, Run::Starting | Run::Up | Run::Stopping)
 }
 
 fn far_future() -> Instant {

@@ -5,8 +5,10 @@ use crate::policy::Phase;
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub budget: u64,
-    /// Sum of every reservation.
+    /// Sum of every reservation: the models' and the shared servers'.
     pub used: u64,
+    /// What running shared servers hold of their own (their `memory`).
+    pub servers: u64,
     pub models: Vec<ModelStatus>,
 }
 

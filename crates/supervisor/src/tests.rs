@@ -143,7 +143,7 @@ async fn get(s: &Supervisor, model: &str) -> Lease {
 pub(crate) async fn ledger(s: &Supervisor) -> (u64, Vec<String>) {
     let snap = s.snapshot().await.unwrap();
     let used: u64 = snap.models.iter().map(|m| m.reserved).sum();
-    assert_eq!(used, snap.used);
+    assert_eq!(used + snap.servers, snap.used);
     assert!(
         snap.used <= snap.budget,
         "ledger {} above budget {}",
@@ -384,4 +384,29 @@ async fn shutdown_stops_everything_and_refuses_new_work() {
         s.acquire("embed", soon()).await,
         Err(SupervisorError::ShuttingDown)
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_shared_servers_own_memory_is_charged_while_it_runs() {
+    let (s, fake) = start(
+        r#"
+budget: 10GB
+backends:
+  srv: {kind: ollama, command: [fake, "${PORT}"], memory: 4GB}
+  p: {command: [fake, "${PORT}"]}
+models:
+  e1: {backend: srv, memory: 2GB}
+  e2: {backend: srv, memory: 2GB}
+  big: {backend: p, memory: 6GB}
+"#,
+    );
+    drop(get(&s, "e1").await);
+    assert_eq!(ledger(&s).await.0, 6 * GB, "server 4 GB + e1 2 GB");
+    drop(get(&s, "e2").await);
+    assert_eq!(ledger(&s).await.0, 8 * GB, "one server for both");
+    assert_eq!(fake.count("srv"), 1);
+    // 6 GB more does not fit: the server's models go, and its own memory with them.
+    drop(get(&s, "big").await);
+    let (used, loaded) = ledger(&s).await;
+    assert_eq!((used, loaded), (6 * GB, vec!["big".to_string()]));
 }
