@@ -295,3 +295,31 @@ models:
         200
     );
 }
+
+#[tokio::test]
+async fn sigterm_lets_a_stream_in_flight_finish_before_backends_stop() {
+    let mut r = Router::start(
+        r#"
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --token-delay, 60ms, --tokens, "20"]}
+models:
+  m: {backend: sim, memory: 1MB}
+"#,
+    );
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("m")).await;
+    let mut stream = resp.bytes_stream();
+    let mut body = String::from_utf8(stream.next().await.unwrap().unwrap().to_vec()).unwrap();
+    r.signal(Signal::SIGTERM);
+    while let Some(chunk) = stream.next().await {
+        body.push_str(&String::from_utf8_lossy(
+            &chunk.expect("the stream is not cut"),
+        ));
+    }
+    assert!(
+        body.ends_with("data: [DONE]\n\n"),
+        "the stream finished whole: {body}"
+    );
+    assert!(r.wait_exit(Duration::from_secs(10)).success());
+    // New connections are refused once it stops accepting.
+    assert!(client().get(r.url("/healthz")).send().await.is_err());
+}
