@@ -8,7 +8,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{sleep, timeout, Instant};
 
-use crate::owner::MAX_PROBE_INTERVAL;
+/// The longest the probe waits between polls of a starting backend.
+const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) async fn wait_healthy(url: &str, limit: Duration) -> Result<(), String> {
     let uri: http::Uri = url

@@ -414,21 +414,8 @@ impl<E: Effects> Owner<E> {
                     h.stop();
                 }
                 inst.run = Run::Stopping;
-                let backend = inst.backend_name.clone();
-                let models = inst.models.clone();
-                for m in models {
-                    let slot = self.slots.get_mut(&m).expect("instance models exist");
-                    if slot.phase == Phase::Starting {
-                        // Its memory is not back until the process has exited.
-                        slot.phase = Phase::Stopping;
-                        note_failure(slot, &reason);
-                        fail_queue(slot, &m, |model| SupervisorError::StartFailed {
-                            model,
-                            backend: backend.clone(),
-                            reason: reason.clone(),
-                        });
-                    }
-                }
+                // Its memory is not back until the process has exited.
+                self.fail_starting(&key, &reason, Phase::Stopping);
             }
         }
     }
@@ -742,20 +729,25 @@ impl<E: Effects> Owner<E> {
                 inst.run = Run::Starting;
                 self.record_processes();
             }
-            Err(reason) => {
-                let backend = inst.backend_name.clone();
-                for m in inst.models.clone() {
-                    let slot = self.slots.get_mut(&m).expect("exists");
-                    if slot.phase == Phase::Starting {
-                        slot.phase = Phase::Cold;
-                        note_failure(slot, &reason);
-                        fail_queue(slot, &m, |model| SupervisorError::StartFailed {
-                            model,
-                            backend: backend.clone(),
-                            reason: reason.clone(),
-                        });
-                    }
-                }
+            Err(reason) => self.fail_starting(key, &reason, Phase::Cold),
+        }
+    }
+
+    /// Every model of `key` that was starting: counted as a failure, its waiters
+    /// told why, and moved to `then`.
+    fn fail_starting(&mut self, key: &InstanceKey, reason: &str, then: Phase) {
+        let inst = &self.instances[key];
+        let backend = inst.backend_name.clone();
+        for m in inst.models.clone() {
+            let slot = self.slots.get_mut(&m).expect("instance models exist");
+            if slot.phase == Phase::Starting {
+                slot.phase = then;
+                note_failure(slot, reason);
+                fail_queue(slot, &m, |model| SupervisorError::StartFailed {
+                    model,
+                    backend: backend.clone(),
+                    reason: reason.to_string(),
+                });
             }
         }
     }
@@ -889,7 +881,12 @@ impl<E: Effects> Owner<E> {
                 let inst = &self.instances[&s.instance];
                 ModelStatus {
                     name: name.to_string(),
-                    phase: s.phase,
+                    // Cold while it waits out a backoff: shown as what it is.
+                    phase: if s.phase == Phase::Cold && s.retry_at.is_some() {
+                        Phase::Failed
+                    } else {
+                        s.phase
+                    },
                     declared: s.memory,
                     measured: if s.phase.holds_memory() {
                         inst.measured
@@ -1006,6 +1003,3 @@ fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoint), String>
         endpoint,
     ))
 }
-
-/// The longest the health probe waits between polls of a starting backend.
-pub(crate) const MAX_PROBE_INTERVAL: Duration = Duration::from_millis(500);

@@ -346,6 +346,9 @@ async fn repeated_crashes_back_off_and_say_so() {
         "{err}"
     );
     assert!(err.to_string().contains("failed 2 times"), "{err}");
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(snap.model("embed").unwrap().phase, Phase::Failed);
+    assert!(snap.model("embed").unwrap().last_error.is_some());
     // One that can wait is served once the backoff ends.
     let started = Instant::now();
     drop(get(&s, "embed").await);
