@@ -36,10 +36,47 @@ pub enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
+    /// Show what a running router has loaded, its memory and why
+    Status {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print the raw JSON of /admin/status
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a model now and keep it warm (it idles out like any other)
+    Load {
+        /// Model name or alias
+        model: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Unload a model (requests in flight finish first), or every unpinned one
+    Unload {
+        /// Model name or alias
+        #[arg(conflicts_with = "all")]
+        model: Option<String>,
+        /// Unload every model that is not pinned
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Run the model simulator (same as the modelyard-sim binary)
     #[command(hide = true, disable_help_flag = true)]
     Sim {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+}
+
+/// Where the router to talk to is.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// Router URL [default: from routes.yaml's listen, else http://127.0.0.1:11434]
+    #[arg(long, env = "MODELYARD_URL")]
+    pub url: Option<String>,
+    /// Config file to read the router's address and admin key from
+    #[arg(long, env = "MODELYARD_CONFIG")]
+    pub config: Option<PathBuf>,
 }

@@ -1,5 +1,6 @@
 mod check;
 mod cli;
+mod remote;
 mod serve;
 
 use std::io::Write;
@@ -36,6 +37,22 @@ fn main() -> ExitCode {
                 println!("modelyard listening on http://{addr}");
             })
         }
+        Command::Status { remote, json } => {
+            client(&remote, |t| async move { remote::status(&t, json).await })
+        }
+        Command::Load { model, remote } => {
+            client(&remote, |t| async move { remote::load(&t, &model).await })
+        }
+        Command::Unload {
+            model: None,
+            all: false,
+            ..
+        } => {
+            fail("name the model to unload, or pass --all to unload every model that is not pinned")
+        }
+        Command::Unload { model, remote, .. } => client(&remote, |t| async move {
+            remote::unload(&t, model.as_deref()).await
+        }),
         Command::Demo { listen } => {
             let loaded = match load_str("built-in demo config", DEMO_CONFIG) {
                 Ok(l) => l,
@@ -43,6 +60,26 @@ fn main() -> ExitCode {
             };
             run(loaded, listen, demo_banner)
         }
+    }
+}
+
+/// Runs one admin-API command on a small runtime of its own.
+fn client<F, Fut>(remote: &cli::Remote, f: F) -> ExitCode
+where
+    F: FnOnce(remote::Target) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let target = remote::Target::new(remote);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(f(target)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
 }
 

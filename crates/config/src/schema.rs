@@ -38,6 +38,12 @@ pub struct Config {
     /// How long a backend may take to send response headers.
     #[serde(default = "defaults::upstream_timeout")]
     pub upstream_timeout: Timeout,
+    /// Required (as `Authorization: Bearer …`) by mutating admin calls when set.
+    #[serde(default)]
+    pub admin_key: Option<String>,
+    /// Allow mutating admin calls from peers other than loopback.
+    #[serde(default)]
+    pub admin_remote: bool,
     /// Where the router records the backend processes it started, so a later run
     /// can end any that outlived it. Default: the user's state dir.
     #[serde(default)]

@@ -29,6 +29,10 @@ pub enum ApiError {
     Unreachable { model: String, reason: String },
     #[error("backend for model `{model}` sent no response headers within {}s (upstream_timeout)", .after.as_secs())]
     UpstreamTimeout { model: String, after: Duration },
+    #[error("this admin call needs the admin key: send `Authorization: Bearer <admin_key>`")]
+    AdminKey,
+    #[error("admin calls that change state are only accepted from this machine (set admin_remote: true to allow others)")]
+    AdminRemote,
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
 }
@@ -99,6 +103,18 @@ impl ApiError {
                 None,
                 "backend_timeout",
             ),
+            AdminKey => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                None,
+                "admin_key_required",
+            ),
+            AdminRemote => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                None,
+                "admin_not_local",
+            ),
             Supervisor(e) => match e {
                 SupervisorError::UnknownModel(_) => (
                     StatusCode::NOT_FOUND,
@@ -129,6 +145,12 @@ impl ApiError {
                     "server_error",
                     None,
                     "queue_full",
+                ),
+                SupervisorError::Starting(_) => (
+                    StatusCode::CONFLICT,
+                    "invalid_request_error",
+                    None,
+                    "model_starting",
                 ),
                 SupervisorError::ShuttingDown => (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -1,6 +1,7 @@
 //! The HTTP front of modelyard: one listener, routing by the request's `model`,
 //! a streaming forwarder, and errors in OpenAI's shape.
 
+mod admin;
 mod body;
 mod error;
 mod forward;
@@ -61,7 +62,7 @@ impl Router {
     }
 
     /// One line per request at debug level: id, method, path, status, latency.
-    async fn traced(self, req: Request<Incoming>) -> Response<Body> {
+    async fn traced(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let started = tokio::time::Instant::now();
         let id = req
             .headers()
@@ -70,12 +71,15 @@ impl Router {
             .unwrap_or("-")
             .to_string();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let resp = self.handle(req).await;
+        let resp = self.handle(req, peer).await;
         tracing::debug!(%id, %method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
         resp
     }
 
-    async fn handle(self, req: Request<Incoming>) -> Response<Body> {
+    async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        if req.uri().path().starts_with("/admin/") {
+            return admin::handle(self.inner, req, peer).await;
+        }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
             return forward::model_request(self.inner, req)
                 .await
@@ -102,7 +106,7 @@ impl Router {
 }
 
 /// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

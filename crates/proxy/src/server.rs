@@ -48,17 +48,18 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         prefix: std::process::id() ^ (router.inner.started_unix as u32).rotate_left(16),
         next: Arc::new(AtomicU64::new(1)),
     };
-    let handler = {
+    // One stack per connection, so the handler knows the peer it answers.
+    let stack = move |peer: std::net::SocketAddr| {
         let router = router.clone();
-        tower::service_fn(move |req: Request<Incoming>| {
+        let handler = tower::service_fn(move |req: Request<Incoming>| {
             let router = router.clone();
-            async move { Ok::<Response<Body>, Infallible>(router.traced(req).await) }
-        })
+            async move { Ok::<Response<Body>, Infallible>(router.traced(req, peer).await) }
+        });
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(ids.clone()))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .service(handler)
     };
-    let service = ServiceBuilder::new()
-        .layer(SetRequestIdLayer::x_request_id(ids))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .service(handler);
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -77,10 +78,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         };
         let _ = stream.set_nodelay(true);
         let conn = builder
-            .serve_connection(
-                TokioIo::new(stream),
-                TowerToHyperService::new(service.clone()),
-            )
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(stack(peer)))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -25,6 +25,8 @@ pub enum SupervisorError {
     },
     #[error("too many requests waiting ({max_queue}, max_queue in routes.yaml); model `{model}` was not queued")]
     QueueFull { model: String, max_queue: usize },
+    #[error("model `{0}` is starting; unload it once it is ready")]
+    Starting(String),
     #[error("the router is shutting down")]
     ShuttingDown,
 }

@@ -93,6 +93,24 @@ impl Supervisor {
         rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
     }
 
+    /// Loads `model` and keeps it warm (it then idles like any other).
+    pub async fn load(&self, model: &str, deadline: Instant) -> Result<(), SupervisorError> {
+        self.acquire(model, deadline).await.map(drop)
+    }
+
+    /// Unloads `model` (pinned or not), or with None every model that is not
+    /// pinned; requests in flight finish first. Returns the models that go.
+    pub async fn unload(&self, model: Option<&str>) -> Result<Vec<String>, SupervisorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Unload {
+                model: model.map(str::to_string),
+                reply,
+            })
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    }
+
     /// The ledger and every model's state, as the owner sees it now.
     pub async fn snapshot(&self) -> Option<Snapshot> {
         let (reply, rx) = oneshot::channel();

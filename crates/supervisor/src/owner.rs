@@ -50,6 +50,11 @@ pub(crate) enum Msg {
         generation: u64,
         info: Option<ExitInfo>,
     },
+    /// Unload one model (even a pinned one), or with None every model not pinned.
+    Unload {
+        model: Option<String>,
+        reply: oneshot::Sender<Result<Vec<String>, SupervisorError>>,
+    },
     /// Resident bytes of each backend process tree, by pid (None: gone).
     Measured {
         samples: Vec<(u32, Option<u64>)>,
@@ -303,6 +308,9 @@ impl<E: Effects> Owner<E> {
                     let _ = reply.send(self.snapshot());
                 }
                 Msg::Measured { samples } => self.on_measured(samples),
+                Msg::Unload { model, reply } => {
+                    let _ = reply.send(self.on_unload(model));
+                }
                 Msg::Shutdown { done } => {
                     self.shutdown_done = Some(done);
                     self.shutdown();
@@ -474,6 +482,37 @@ impl<E: Effects> Owner<E> {
                 });
             }
         }
+    }
+
+    fn on_unload(&mut self, model: Option<String>) -> Result<Vec<String>, SupervisorError> {
+        let targets: Vec<ModelKey> = match &model {
+            Some(name) => {
+                let (key, slot) = self
+                    .slots
+                    .get_key_value(name.as_str())
+                    .ok_or_else(|| SupervisorError::UnknownModel(name.clone()))?;
+                if slot.phase == Phase::Starting {
+                    return Err(SupervisorError::Starting(name.clone()));
+                }
+                vec![key.clone()]
+            }
+            None => self
+                .slots
+                .iter()
+                .filter(|(_, s)| !s.pinned)
+                .map(|(k, _)| k.clone())
+                .collect(),
+        };
+        let mut unloaded = Vec::new();
+        for m in targets {
+            let external = self.instances[&self.slots[&m].instance].run == Run::External;
+            if self.slots[&m].phase == Phase::Ready && !external {
+                tracing::info!(model = %m, "unloading: asked to");
+                self.begin_drain(&m);
+                unloaded.push(m.to_string());
+            }
+        }
+        Ok(unloaded)
     }
 
     /// Rewrites the state file with every process group running now.
@@ -896,6 +935,13 @@ impl<E: Effects> Owner<E> {
                     reserved: if s.phase.holds_memory() { s.memory } else { 0 },
                     in_flight: s.in_flight,
                     queued: s.queue.len(),
+                    backend: inst.backend_name.clone(),
+                    upstream: s.upstream.clone(),
+                    pinned: s.pinned,
+                    last_used_ago: s.last_used.elapsed(),
+                    idle_unload_in: idle_deadline(s)
+                        .map(|d| d.saturating_duration_since(Instant::now())),
+                    endpoint: inst.endpoint.as_ref().map(|e| e.authority.to_string()),
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
                     last_error: s.last_error.clone(),

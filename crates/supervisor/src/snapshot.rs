@@ -25,6 +25,15 @@ pub struct ModelStatus {
     pub reserved: u64,
     pub in_flight: usize,
     pub queued: usize,
+    pub backend: String,
+    pub upstream: String,
+    pub pinned: bool,
+    /// Since its last request ended (or since the router started).
+    pub last_used_ago: std::time::Duration,
+    /// When it will be unloaded for being idle, if it will.
+    pub idle_unload_in: Option<std::time::Duration>,
+    /// host:port of the process serving it, once started.
+    pub endpoint: Option<String>,
     pub pid: Option<u32>,
     pub failures: u32,
     pub last_error: Option<String>,

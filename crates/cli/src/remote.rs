@@ -1,0 +1,215 @@
+//! The commands that talk to a running router through its admin API.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use modelyard_config::ByteSize;
+use serde_json::Value;
+
+use crate::cli::Remote;
+
+/// The router's URL and admin key, from flags, environment or routes.yaml.
+pub struct Target {
+    pub url: String,
+    key: Option<String>,
+}
+
+impl Target {
+    pub fn new(remote: &Remote) -> Target {
+        let config = modelyard_config::locate(remote.config.as_deref())
+            .ok()
+            .and_then(|p| modelyard_config::load_file(&p).ok())
+            .map(|l| l.config);
+        let url = remote.url.clone().unwrap_or_else(|| match &config {
+            Some(c) if c.listen.ip().is_unspecified() => {
+                format!("http://127.0.0.1:{}", c.listen.port())
+            }
+            Some(c) => format!("http://{}", c.listen),
+            None => "http://127.0.0.1:11434".into(),
+        });
+        let key = std::env::var("MODELYARD_ADMIN_KEY")
+            .ok()
+            .or(config.and_then(|c| c.admin_key));
+        Target {
+            url: url.trim_end_matches('/').to_string(),
+            key,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, String> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = client.request(method, format!("{}{path}", self.url));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.map_err(|e| {
+            format!(
+                "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`",
+                self.url,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        let v: Value = resp
+            .json()
+            .await
+            .map_err(|e| format!("{} answered {status} without JSON: {e}", self.url))?;
+        if status.is_success() {
+            Ok(v)
+        } else {
+            Err(v["error"]["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string()))
+        }
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+pub async fn status(t: &Target, json: bool) -> Result<(), String> {
+    let v = t.call(reqwest::Method::GET, "/admin/status").await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        return Ok(());
+    }
+    print!("{}", render_status(&t.url, &v));
+    Ok(())
+}
+
+fn size(v: &Value) -> String {
+    v.as_u64().map_or("-".into(), |b| ByteSize(b).to_string())
+}
+
+fn ago(secs: Option<u64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s >= 3600 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        Some(s) if s >= 60 => format!("{}m {}s", s / 60, s % 60),
+        Some(s) => format!("{s}s"),
+    }
+}
+
+/// The status table, with the budget drawn as a bar split by model.
+pub fn render_status(url: &str, v: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let used = v["used"].as_u64().unwrap_or(0);
+    let _ = match v["budget"].as_u64() {
+        Some(budget) => writeln!(
+            s,
+            "modelyard at {url}: {} of {} used, {} free",
+            ByteSize(used),
+            ByteSize(budget),
+            size(&v["free"])
+        ),
+        None => writeln!(s, "modelyard at {url}: {} used (no budget)", ByteSize(used)),
+    };
+    let models = v["models"].as_array().cloned().unwrap_or_default();
+    if let Some(budget) = v["budget"].as_u64().filter(|b| *b > 0) {
+        const WIDTH: u64 = 50;
+        let mut bar = String::new();
+        let mut legend = Vec::new();
+        for (i, m) in models
+            .iter()
+            .filter(|m| m["reserved"].as_u64().unwrap_or(0) > 0)
+            .enumerate()
+        {
+            let mark = char::from(b'A' + (i % 26) as u8);
+            let cells = (m["reserved"].as_u64().unwrap_or(0) * WIDTH)
+                .div_ceil(budget)
+                .max(1);
+            bar.extend(std::iter::repeat_n(mark, cells as usize));
+            legend.push(format!("{mark}={}", m["name"].as_str().unwrap_or("?")));
+        }
+        let shown = bar.chars().count() as u64;
+        bar.extend(std::iter::repeat_n(
+            '.',
+            WIDTH.saturating_sub(shown) as usize,
+        ));
+        let _ = writeln!(s, "[{bar}] {}", legend.join(" "));
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<18} {:<9} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  LAST ERROR",
+        "MODEL", "STATE", "DECLARED", "MEASURED", "BUSY", "QUEUED", "IDLE UNLOAD", "PID"
+    );
+    for m in &models {
+        let _ = writeln!(
+            s,
+            "{:<18} {:<9} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  {}",
+            m["name"].as_str().unwrap_or("?"),
+            format!(
+                "{}{}",
+                m["state"].as_str().unwrap_or("?"),
+                if m["pinned"] == true { "*" } else { "" }
+            ),
+            size(&m["declared"]),
+            size(&m["measured"]),
+            m["in_flight"].as_u64().unwrap_or(0),
+            m["queued"].as_u64().unwrap_or(0),
+            ago(m["idle_unload_in_secs"].as_u64()),
+            m["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
+            m["last_error"].as_str().unwrap_or("")
+        );
+    }
+    s
+}
+
+pub async fn load(t: &Target, model: &str) -> Result<(), String> {
+    let started = tokio::time::Instant::now();
+    let path = format!("/admin/models/{model}/load");
+    let call = t.call(reqwest::Method::POST, &path);
+    tokio::pin!(call);
+    let tty = std::io::stderr().is_terminal();
+    let spinner = ['|', '/', '-', '\\'];
+    let mut i = 0;
+    let result = loop {
+        tokio::select! {
+            r = &mut call => break r,
+            _ = tokio::time::sleep(Duration::from_millis(120)), if tty => {
+                eprint!("\r{} loading {model}… {:.1}s", spinner[i % 4], started.elapsed().as_secs_f64());
+                i += 1;
+            }
+        }
+    };
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    let v = result?;
+    println!(
+        "{} is loaded ({:.1}s)",
+        v["model"].as_str().unwrap_or(model),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
+    let path = match model {
+        Some(m) => format!("/admin/models/{m}/unload"),
+        None => "/admin/unload".into(),
+    };
+    let v = t.call(reqwest::Method::POST, &path).await?;
+    let gone: Vec<&str> = v["unloading"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|x| x.as_str())
+        .collect();
+    if gone.is_empty() {
+        println!("nothing to unload");
+    } else {
+        println!("unloading {}", gone.join(", "));
+    }
+    Ok(())
+}

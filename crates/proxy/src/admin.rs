@@ -1,0 +1,211 @@
+//! `/admin`: what is loaded and why, and loading or unloading by hand. Reads are
+//! open; calls that change state need the admin key when one is set, and come
+//! from this machine unless `admin_remote` allows others.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use modelyard_config::Config;
+use modelyard_supervisor::ModelStatus;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::body::{self, Body};
+use crate::error::ApiError;
+use crate::Inner;
+
+pub(crate) async fn handle(
+    inner: Arc<Inner>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Body> {
+    route(
+        &inner,
+        req.method().clone(),
+        req.uri().path().to_string(),
+        req.headers(),
+        peer,
+    )
+    .await
+    .unwrap_or_else(ApiError::into_response)
+}
+
+async fn route(
+    inner: &Inner,
+    method: Method,
+    path: String,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Response<Body>, ApiError> {
+    let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["status"]) => status(inner).await,
+        (&Method::POST, ["models", id, action @ ("load" | "unload")]) => {
+            allowed(&inner.config, headers, peer)?;
+            let id = crate::percent_decode(id);
+            let model = inner
+                .config
+                .resolve(&id)
+                .ok_or_else(|| ApiError::UnknownModel {
+                    close: crate::models::close_matches(&inner.config, &id),
+                    name: id.clone(),
+                })?;
+            if *action == "load" {
+                let deadline = Instant::now() + inner.config.queue_timeout;
+                inner.supervisor.load(model, deadline).await?;
+                Ok(ok(json!({"model": model, "loaded": true})))
+            } else {
+                let gone = inner.supervisor.unload(Some(model)).await?;
+                Ok(ok(json!({"model": model, "unloading": gone})))
+            }
+        }
+        (&Method::POST, ["unload"]) => {
+            allowed(&inner.config, headers, peer)?;
+            let gone = inner.supervisor.unload(None).await?;
+            Ok(ok(json!({"unloading": gone})))
+        }
+        _ => Err(ApiError::NoRoute {
+            method: method.to_string(),
+            path,
+        }),
+    }
+}
+
+fn ok(v: Value) -> Response<Body> {
+    body::json_response(StatusCode::OK, &v)
+}
+
+/// Mutating calls: from this machine (unless allowed), with the key (if set).
+fn allowed(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+    if !peer.ip().is_loopback() && !config.admin_remote {
+        return Err(ApiError::AdminRemote);
+    }
+    if let Some(key) = &config.admin_key {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), key.as_bytes()) {
+            return Err(ApiError::AdminKey);
+        }
+    }
+    Ok(())
+}
+
+/// Compares in time that depends on the lengths only, not on where they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
+    let snap = inner
+        .supervisor
+        .snapshot()
+        .await
+        .ok_or(ApiError::Supervisor(
+            modelyard_supervisor::SupervisorError::ShuttingDown,
+        ))?;
+    let models: Vec<Value> = snap.models.iter().map(|m| model_json(inner, m)).collect();
+    let budget = (snap.budget != u64::MAX).then_some(snap.budget);
+    Ok(ok(json!({
+        "budget": budget,
+        "used": snap.used,
+        "free": budget.map(|b| b.saturating_sub(snap.used)),
+        "servers": snap.servers,
+        "models": models,
+    })))
+}
+
+fn model_json(inner: &Inner, m: &ModelStatus) -> Value {
+    let aliases = inner
+        .config
+        .models
+        .get(&m.name)
+        .map(|c| c.aliases.clone())
+        .unwrap_or_default();
+    json!({
+        "name": m.name,
+        "state": m.phase.as_str(),
+        "backend": m.backend,
+        "upstream": m.upstream,
+        "aliases": aliases,
+        "pinned": m.pinned,
+        "declared": m.declared,
+        "measured": m.measured,
+        "reserved": m.reserved,
+        "in_flight": m.in_flight,
+        "queued": m.queued,
+        "last_used_secs_ago": m.last_used_ago.as_secs(),
+        "idle_unload_in_secs": m.idle_unload_in.map(|d| d.as_secs()),
+        "pid": m.pid,
+        "endpoint": m.endpoint,
+        "failures": m.failures,
+        "last_error": m.last_error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(extra: &str) -> Config {
+        modelyard_config::load_str(
+            "t",
+            &format!("backends: {{b: {{url: \"http://127.0.0.1:1\"}}}}\n{extra}"),
+        )
+        .unwrap()
+        .config
+    }
+
+    fn bearer(k: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {k}").parse().unwrap(),
+        );
+        h
+    }
+
+    #[test]
+    fn mutating_calls_come_from_this_machine_unless_allowed() {
+        let local: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let lan: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        let none = HeaderMap::new();
+        assert!(allowed(&config(""), &none, local).is_ok());
+        assert!(matches!(
+            allowed(&config(""), &none, lan),
+            Err(ApiError::AdminRemote)
+        ));
+        assert!(allowed(&config("admin_remote: true"), &none, lan).is_ok());
+        let keyed = config("admin_key: s3cret");
+        assert!(matches!(
+            allowed(&keyed, &none, local),
+            Err(ApiError::AdminKey)
+        ));
+        assert!(matches!(
+            allowed(&keyed, &bearer("s3creT"), local),
+            Err(ApiError::AdminKey)
+        ));
+        assert!(allowed(&keyed, &bearer("s3cret"), local).is_ok());
+        // The key does not open the door to other machines.
+        assert!(matches!(
+            allowed(&keyed, &bearer("s3cret"), lan),
+            Err(ApiError::AdminRemote)
+        ));
+    }
+
+    #[test]
+    fn compares_keys_exactly() {
+        assert!(super::same(b"secret", b"secret"));
+        assert!(!super::same(b"secret", b"secreT"));
+        assert!(!super::same(b"secret", b"secret2"));
+        assert!(!super::same(b"", b"x"));
+    }
+}

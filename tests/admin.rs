@@ -1,0 +1,242 @@
+//! The admin API and the CLI commands built on it, against a real router.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const CONFIG: &str = r#"
+budget: 300MB
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}"]}
+models:
+  big-a: {backend: sim, memory: 200MB, group: large, aliases: [a], args: [--memory, 150MB]}
+  big-b: {backend: sim, memory: 200MB, group: large, aliases: [b], args: [--memory, 150MB]}
+  kept: {backend: sim, memory: 30MB, pinned: true, args: [--memory, 5MB]}
+"#;
+
+async fn status(r: &Router) -> Value {
+    get_json(&r.url("/admin/status")).await
+}
+
+fn model<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap()
+}
+
+async fn admin_post(r: &Router, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = client().post(r.url(path));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap()
+}
+
+async fn wait_state(r: &Router, name: &str, state: &str) -> Value {
+    eventually(Duration::from_secs(10), || async {
+        let s = status(r).await;
+        (model(&s, name)["state"] == state).then_some(s)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{name} never became {state}"))
+}
+
+#[tokio::test]
+async fn status_load_and_unload_over_the_admin_api() {
+    let r = Router::start(CONFIG);
+    let s = status(&r).await;
+    assert_eq!(
+        (s["budget"].as_u64(), s["used"].as_u64(), s["free"].as_u64()),
+        (Some(300_000_000), Some(0), Some(300_000_000))
+    );
+    assert_eq!(model(&s, "big-a")["state"], "cold");
+    assert_eq!(model(&s, "big-a")["aliases"], serde_json::json!(["a"]));
+
+    // Load by alias: ready, with its process, port and memory.
+    let resp = admin_post(&r, "/admin/models/a/load", None).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.json::<Value>().await.unwrap()["model"], "big-a");
+    let s = status(&r).await;
+    let a = model(&s, "big-a");
+    assert_eq!(a["state"], "ready");
+    assert!(
+        a["pid"].is_u64() && a["endpoint"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{a}"
+    );
+    assert_eq!(a["reserved"], 200_000_000);
+    assert!(
+        a["idle_unload_in_secs"].as_u64().unwrap() > 500,
+        "idles out in ~10 min: {a}"
+    );
+    let measured = eventually(Duration::from_secs(6), || async {
+        let s = status(&r).await;
+        model(&s, "big-a")["measured"].as_u64()
+    })
+    .await
+    .expect("measured memory appears");
+    assert!(measured >= 150_000_000, "{measured}");
+
+    // Loading the other member of the group swaps them.
+    assert_eq!(
+        admin_post(&r, "/admin/models/big-b/load", None)
+            .await
+            .status(),
+        200
+    );
+    let s = status(&r).await;
+    assert_eq!(model(&s, "big-a")["state"], "cold");
+    assert_eq!(model(&s, "big-b")["state"], "ready");
+
+    // Unload one; unload all leaves the pinned model; a pinned model goes by name.
+    assert_eq!(
+        admin_post(&r, "/admin/models/kept/load", None)
+            .await
+            .status(),
+        200
+    );
+    let v: Value = admin_post(&r, "/admin/unload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["unloading"], serde_json::json!(["big-b"]));
+    wait_state(&r, "big-b", "cold").await;
+    assert_eq!(model(&status(&r).await, "kept")["state"], "ready");
+    let v: Value = admin_post(&r, "/admin/models/kept/unload", None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["unloading"], serde_json::json!(["kept"]));
+    let s = wait_state(&r, "kept", "cold").await;
+    assert_eq!(s["used"], 0);
+
+    let msg = expect_error(
+        admin_post(&r, "/admin/models/big-c/load", None).await,
+        404,
+        "model_not_found",
+    )
+    .await;
+    assert!(msg.contains("big-a") || msg.contains("big-b"), "{msg}");
+    expect_error(
+        admin_post(&r, "/admin/nothing", None).await,
+        404,
+        "unknown_route",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn changing_state_needs_the_admin_key_when_one_is_set() {
+    let r = Router::start(&format!("admin_key: k-123\n{CONFIG}"));
+    assert_eq!(
+        client()
+            .get(r.url("/admin/status"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "reading is open"
+    );
+    let msg = expect_error(
+        admin_post(&r, "/admin/models/a/load", None).await,
+        401,
+        "admin_key_required",
+    )
+    .await;
+    assert!(msg.contains("admin key"), "{msg}");
+    expect_error(
+        admin_post(&r, "/admin/unload", Some("k-124")).await,
+        401,
+        "admin_key_required",
+    )
+    .await;
+    assert_eq!(
+        admin_post(&r, "/admin/models/a/load", Some("k-123"))
+            .await
+            .status(),
+        200
+    );
+    assert!(
+        !r.logs().contains("k-123"),
+        "the key never reaches the logs"
+    );
+}
+
+fn cli(args: &[&str], url: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env("MODELYARD_URL", url)
+        .env_remove("MODELYARD_ADMIN_KEY")
+        .env_remove("MODELYARD_CONFIG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_cli_shows_loads_and_unloads() {
+    let r = Router::start(&format!("admin_key: k-9\n{CONFIG}"));
+    let url = r.url.clone();
+    let key = [("MODELYARD_ADMIN_KEY", "k-9")];
+    let run = move |args: Vec<&'static str>, env: Vec<(&'static str, &'static str)>| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || cli(&args, &url, &env))
+    };
+
+    let (ok, out, err) = run(vec!["load", "a"], key.to_vec()).await.unwrap();
+    assert!(ok && out.contains("big-a is loaded"), "{out}{err}");
+    let (ok, out, _) = run(vec!["status"], vec![]).await.unwrap();
+    assert!(ok);
+    assert!(out.contains("200 MB of 300 MB used"), "{out}");
+    assert!(
+        out.contains("A=big-a") && out.contains("[AAAA"),
+        "the bar shows big-a: {out}"
+    );
+    let row = out.lines().find(|l| l.starts_with("big-a")).unwrap();
+    assert!(row.contains("ready") && row.contains("200 MB"), "{row}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("kept") && l.contains("cold*")),
+        "pinned marked: {out}"
+    );
+    let (ok, out, _) = run(vec!["status", "--json"], vec![]).await.unwrap();
+    assert!(ok);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["used"], 200_000_000);
+
+    let (ok, _, err) = run(vec!["unload", "--all"], vec![]).await.unwrap();
+    assert!(
+        !ok && err.contains("admin key"),
+        "refused without the key: {err}"
+    );
+    let (ok, out, _) = run(vec!["unload", "--all"], key.to_vec()).await.unwrap();
+    assert!(ok && out.contains("unloading big-a"), "{out}");
+    let (ok, _, err) = run(vec!["unload", "nosuch"], key.to_vec()).await.unwrap();
+    assert!(!ok && err.contains("does not exist"), "{err}");
+    let (ok, _, err) = run(vec!["unload"], vec![]).await.unwrap();
+    assert!(!ok && err.contains("--all"), "names the flag: {err}");
+
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let (ok, _, err) = tokio::task::spawn_blocking(move || cli(&["status"], &dead, &[]))
+        .await
+        .unwrap();
+    assert!(
+        !ok && err.contains("is the router running? start it with `modelyard serve`"),
+        "{err}"
+    );
+}
