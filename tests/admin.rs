@@ -240,3 +240,107 @@ async fn the_cli_shows_loads_and_unloads() {
         "{err}"
     );
 }
+
+/// Reads SSE events until `want` kinds (in order, as `kind model`) have been seen.
+async fn expect_events(resp: reqwest::Response, want: &[&str]) -> Vec<Value> {
+    use futures_util::StreamExt;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut seen: Vec<Value> = Vec::new();
+    let mut next = 0;
+    let read = tokio::time::timeout(Duration::from_secs(15), async {
+        while next < want.len() {
+            let chunk = stream.next().await.expect("stream open").unwrap();
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let block: String = buf.drain(..end + 2).collect();
+                let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let ev: Value = serde_json::from_str(data).unwrap();
+                let kind = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("event: "))
+                    .unwrap();
+                assert_eq!(kind, ev["kind"], "the SSE event name is the kind");
+                if next < want.len()
+                    && format!(
+                        "{} {}",
+                        ev["kind"].as_str().unwrap(),
+                        ev["model"].as_str().unwrap()
+                    ) == want[next]
+                {
+                    next += 1;
+                }
+                seen.push(ev);
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "expected {want:?}, saw {seen:?}");
+    seen
+}
+
+#[tokio::test]
+async fn events_say_what_was_loaded_evicted_and_why() {
+    let r = Router::start(CONFIG);
+    let resp = client().get(r.url("/admin/events")).send().await.unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let url = r.url("/v1/chat/completions");
+    let traffic = tokio::spawn(async move {
+        assert_eq!(post(&url, &chat("a")).await.status(), 200);
+        assert_eq!(post(&url, &chat("b")).await.status(), 200);
+    });
+    let seen = expect_events(
+        resp,
+        &[
+            "loading big-a",
+            "ready big-a",
+            "evicting big-a",
+            "loading big-b",
+            "ready big-b",
+        ],
+    )
+    .await;
+    traffic.await.unwrap();
+    let evicting = seen.iter().find(|e| e["kind"] == "evicting").unwrap();
+    assert_eq!(evicting["detail"], "to make room for big-b");
+    let ready = seen.iter().find(|e| e["kind"] == "ready").unwrap();
+    assert!(
+        ready["load_ms"].is_u64() && ready["detail"].as_str().unwrap().starts_with("loaded in"),
+        "{ready}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| e["kind"] == "unloaded" && e["model"] == "big-a"),
+        "{seen:?}"
+    );
+
+    // The CLI follows the same stream.
+    let mut follow = Command::new(BIN)
+        .args(["events", "--url", &r.url])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(admin_post(&r, "/admin/unload", None).await.status(), 200);
+    let out = follow.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("evicting"))
+    });
+    let line = tokio::time::timeout(Duration::from_secs(10), line)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("big-b") && line.contains("asked to"),
+        "{line}"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

@@ -62,6 +62,11 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Follow what happens to models: loads, evictions and why, crashes
+    Events {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Run the model simulator (same as the modelyard-sim binary)
     #[command(hide = true, disable_help_flag = true)]
     Sim {

@@ -53,6 +53,7 @@ fn main() -> ExitCode {
         Command::Unload { model, remote, .. } => client(&remote, |t| async move {
             remote::unload(&t, model.as_deref()).await
         }),
+        Command::Events { remote } => client(&remote, |t| async move { remote::events(&t).await }),
         Command::Demo { listen } => {
             let loaded = match load_str("built-in demo config", DEMO_CONFIG) {
                 Ok(l) => l,

@@ -36,6 +36,30 @@ impl Target {
         }
     }
 
+    fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut req = client.request(method, format!("{}{path}", self.url));
+        if let Some(k) = &self.key {
+            req = req.bearer_auth(k);
+        }
+        Ok(req)
+    }
+
+    fn unreachable(&self, e: &reqwest::Error) -> String {
+        format!(
+            "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`",
+            self.url,
+            root_cause(e)
+        )
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, String> {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -212,4 +236,42 @@ pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
         println!("unloading {}", gone.join(", "));
     }
     Ok(())
+}
+
+/// Prints each model event on a line as it arrives, until the router goes away.
+pub async fn events(t: &Target) -> Result<(), String> {
+    use futures_util::StreamExt;
+    let resp = t
+        .request(reqwest::Method::GET, "/admin/events")?
+        .send()
+        .await
+        .map_err(|e| t.unreachable(&e))?;
+    let mut stream = resp.bytes_stream();
+    let mut buf = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("the event stream broke: {e}"))?;
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                println!("{}", event_line(data));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// "14:03:07  evicting  qwen3-30b-a3b  to make room for qwen3-32b".
+fn event_line(data: &str) -> String {
+    let Ok(v) = serde_json::from_str::<Value>(data) else {
+        return data.to_string();
+    };
+    let secs = v["at_ms"].as_u64().unwrap_or(0) / 1000;
+    let (h, m, s) = (secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    format!(
+        "{h:02}:{m:02}:{s:02} UTC  {:<9} {:<18} {}",
+        v["kind"].as_str().unwrap_or("?"),
+        v["model"].as_str().unwrap_or(""),
+        v["detail"].as_str().unwrap_or("")
+    )
 }

@@ -42,6 +42,7 @@ async fn route(
     let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["status"]) => status(inner).await,
+        (&Method::GET, ["events"]) => Ok(events(inner)),
         (&Method::POST, ["models", id, action @ ("load" | "unload")]) => {
             allowed(&inner.config, headers, peer)?;
             let id = crate::percent_decode(id);
@@ -102,6 +103,46 @@ fn same(a: &[u8], b: &[u8]) -> bool {
         diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
     }
     diff == 0
+}
+
+/// Comments keep idle event streams open through proxies and client timeouts.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `/admin/events`: model events as SSE, `event: <kind>` and the event as JSON.
+fn events(inner: &Inner) -> Response<Body> {
+    use http_body_util::BodyExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = inner.supervisor.subscribe();
+    let hello = futures_util::stream::once(async {
+        Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b": connected\n\n",
+        )))
+    });
+    let live = futures_util::stream::unfold(rx, |mut rx| async move {
+        let text = tokio::select! {
+            ev = rx.recv() => match ev {
+                Ok(e) => format!("event: {}\ndata: {}\n\n", e.kind, serde_json::to_string(&e).unwrap_or_default()),
+                Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
+                Err(RecvError::Closed) => return None,
+            },
+            _ = tokio::time::sleep(KEEPALIVE) => ": keepalive\n\n".to_string(),
+        };
+        Some((Ok(http_body::Frame::data(bytes::Bytes::from(text))), rx))
+    });
+    let stream = futures_util::StreamExt::chain(hello, live);
+    let body = http_body_util::StreamBody::new(stream).boxed_unsync();
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    h.insert("x-accel-buffering", http::HeaderValue::from_static("no"));
+    resp
 }
 
 async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {

@@ -10,6 +10,7 @@
 
 mod effects;
 mod error;
+mod events;
 mod health;
 mod lease;
 mod logs;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
+pub use events::Event;
 pub use lease::Lease;
 pub use process::ExitInfo;
 pub use snapshot::{ModelStatus, Snapshot};
@@ -42,6 +44,7 @@ use owner::{Msg, Owner};
 #[derive(Clone, Debug)]
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
+    events: tokio::sync::broadcast::Sender<Event>,
 }
 
 impl Supervisor {
@@ -71,9 +74,10 @@ impl Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
         // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let owner = Owner::new(config, tx.clone(), effects, state);
+        let (events, _) = tokio::sync::broadcast::channel(events::BACKLOG);
+        let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
         tokio::spawn(owner.run(rx));
-        Supervisor { tx }
+        Supervisor { tx, events }
     }
 
     /// Waits until `model` (a configured name, not an alias) is ready, starting it
@@ -109,6 +113,11 @@ impl Supervisor {
             })
             .map_err(|_| SupervisorError::ShuttingDown)?;
         rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    }
+
+    /// Every model event from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.events.subscribe()
     }
 
     /// The ledger and every model's state, as the owner sees it now.

@@ -16,6 +16,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::effects::{Effects, Handle, Launch};
 use crate::error::SupervisorError;
+use crate::events::{now_ms, Event};
 use crate::lease::{Lease, Release};
 use crate::logs::LogRing;
 use crate::policy::{admit, Admission, Phase, View};
@@ -155,6 +156,7 @@ struct Instance {
     warned: bool,
     /// A shared server's own memory, reserved from its start until its exit.
     base: u64,
+    launched_at: Instant,
 }
 
 pub(crate) struct Owner<E: Effects> {
@@ -165,6 +167,7 @@ pub(crate) struct Owner<E: Effects> {
     tx: mpsc::UnboundedSender<Msg>,
     effects: E,
     shutting_down: bool,
+    events: tokio::sync::broadcast::Sender<Event>,
     state: Option<StateFile>,
     arrivals: u64,
     /// Answered once every process has exited after a shutdown.
@@ -187,6 +190,7 @@ impl<E: Effects> Owner<E> {
         tx: mpsc::UnboundedSender<Msg>,
         effects: E,
         state: Option<StateFile>,
+        events: tokio::sync::broadcast::Sender<Event>,
     ) -> Owner<E> {
         let now = Instant::now();
         let mut slots = HashMap::new();
@@ -215,6 +219,7 @@ impl<E: Effects> Owner<E> {
                 models: Vec::new(),
                 measured: None,
                 warned: false,
+                launched_at: now,
                 base: if per_model || external {
                     0
                 } else {
@@ -262,6 +267,7 @@ impl<E: Effects> Owner<E> {
             tx,
             effects,
             shutting_down: false,
+            events,
             state,
             arrivals: 0,
             shutdown_done: None,
@@ -369,6 +375,13 @@ impl<E: Effects> Owner<E> {
         self.arrivals += 1;
         let seq = self.arrivals;
         let slot = self.slots.get_mut(&key).expect("looked up above");
+        let _ = self.events.send(Event {
+            at_ms: now_ms(),
+            kind: "queued",
+            model: key.to_string(),
+            detail: format!("{} waiting", slot.queue.len() + 1),
+            load_ms: None,
+        });
         slot.queue.push_back(Waiter {
             reply,
             deadline,
@@ -405,12 +418,14 @@ impl<E: Effects> Owner<E> {
                 tracing::info!(instance = %key, "backend ready");
                 inst.run = Run::Up;
                 inst.up_since = Instant::now();
+                let took = inst.launched_at.elapsed();
                 let models = inst.models.clone();
                 for m in models {
                     let slot = self.slots.get_mut(&m).expect("instance models exist");
                     if slot.phase == Phase::Starting {
                         slot.phase = Phase::Ready;
                         slot.last_error = None;
+                        self.emit_ready(&m, took);
                         self.serve_queue(&m);
                     }
                 }
@@ -460,6 +475,19 @@ impl<E: Effects> Owner<E> {
             slot.phase = Phase::Cold;
             slot.in_flight = 0;
             slot.serve_until = None;
+            let (kind, detail) = match (requested, phase) {
+                (true, _) => ("unloaded", String::new()),
+                (false, Phase::Stopping) => ("unloaded", reason.clone()),
+                (false, _) => ("crashed", reason.clone()),
+            };
+            let _ = self.events.send(Event {
+                at_ms: now_ms(),
+                kind,
+                model: m.to_string(),
+                detail,
+                load_ms: None,
+            });
+            let slot = self.slots.get_mut(&m).expect("instance models exist");
             if requested {
                 // A clean stop after a clean start ends a run of failures.
                 if slot.last_error.is_none() {
@@ -508,7 +536,7 @@ impl<E: Effects> Owner<E> {
             let external = self.instances[&self.slots[&m].instance].run == Run::External;
             if self.slots[&m].phase == Phase::Ready && !external {
                 tracing::info!(model = %m, "unloading: asked to");
-                self.begin_drain(&m);
+                self.begin_drain(&m, "asked to");
                 unloaded.push(m.to_string());
             }
         }
@@ -596,7 +624,14 @@ impl<E: Effects> Owner<E> {
                 .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
             if all_idle && self.slots[m].phase == Phase::Ready {
                 tracing::info!(model = %m, "unloading: idle for its idle_timeout");
-                self.begin_drain(m);
+                let idle = self.slots[m].idle.map(humantime::format_duration);
+                self.begin_drain(
+                    m,
+                    &format!(
+                        "idle for {}",
+                        idle.map(|d| d.to_string()).unwrap_or_default()
+                    ),
+                );
             }
         }
     }
@@ -670,7 +705,7 @@ impl<E: Effects> Owner<E> {
                     tracing::info!(model = %m, "unloading {} to make room", names.join(", "));
                     let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
-                        self.begin_drain(v);
+                        self.begin_drain(v, &format!("to make room for {m}"));
                         if let Some(s) = self.slots.get_mut(v) {
                             s.serve_until = Some(serve_until);
                         }
@@ -725,6 +760,13 @@ impl<E: Effects> Owner<E> {
 
     fn start_model(&mut self, m: &ModelKey) {
         let key = self.slots[m].instance.clone();
+        let _ = self.events.send(Event {
+            at_ms: now_ms(),
+            kind: "loading",
+            model: m.to_string(),
+            detail: String::new(),
+            load_ms: None,
+        });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.phase = Phase::Starting;
         slot.retry_at = None;
@@ -734,6 +776,7 @@ impl<E: Effects> Owner<E> {
             Run::Up => {
                 // A shared server already running: the model is there.
                 slot.phase = Phase::Ready;
+                self.emit_ready(m, Duration::ZERO);
                 self.serve_queue(m);
             }
             Run::Starting => {}
@@ -766,10 +809,21 @@ impl<E: Effects> Owner<E> {
                 inst.handle = Some(handle);
                 inst.endpoint = Some(endpoint);
                 inst.run = Run::Starting;
+                inst.launched_at = Instant::now();
                 self.record_processes();
             }
             Err(reason) => self.fail_starting(key, &reason, Phase::Cold),
         }
+    }
+
+    fn emit_ready(&self, m: &ModelKey, took: Duration) {
+        let _ = self.events.send(Event {
+            at_ms: now_ms(),
+            kind: "ready",
+            model: m.to_string(),
+            detail: format!("loaded in {:.1}s", took.as_secs_f64()),
+            load_ms: Some(took.as_millis() as u64),
+        });
     }
 
     /// Every model of `key` that was starting: counted as a failure, its waiters
@@ -782,6 +836,13 @@ impl<E: Effects> Owner<E> {
             if slot.phase == Phase::Starting {
                 slot.phase = then;
                 note_failure(slot, reason);
+                let _ = self.events.send(Event {
+                    at_ms: now_ms(),
+                    kind: "failed",
+                    model: m.to_string(),
+                    detail: reason.to_string(),
+                    load_ms: None,
+                });
                 fail_queue(slot, &m, |model| SupervisorError::StartFailed {
                     model,
                     backend: backend.clone(),
@@ -793,13 +854,25 @@ impl<E: Effects> Owner<E> {
 
     /// Takes no new requests for `m` (and the models sharing its process, which go
     /// with it), lets what is in flight finish, then stops.
-    fn begin_drain(&mut self, m: &ModelKey) {
+    fn begin_drain(&mut self, m: &ModelKey, why: &str) {
         let key = self.slots[m].instance.clone();
         let models = self.instances[&key].models.clone();
         for other in models {
             let s = self.slots.get_mut(&other).expect("exists");
             if s.phase == Phase::Ready {
                 s.phase = Phase::Draining;
+                let detail = if other == *m {
+                    why.to_string()
+                } else {
+                    format!("{why} (shares a server with {m})")
+                };
+                let _ = self.events.send(Event {
+                    at_ms: now_ms(),
+                    kind: "evicting",
+                    model: other.to_string(),
+                    detail,
+                    load_ms: None,
+                });
             }
         }
         self.try_stop(&key);
