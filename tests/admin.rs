@@ -344,3 +344,114 @@ async fn events_say_what_was_loaded_evicted_and_why() {
     let _ = follow.kill();
     let _ = follow.wait();
 }
+
+#[tokio::test]
+async fn logs_show_a_backends_output_and_follow_it() {
+    let r = Router::start(&format!(
+        "admin_key: k-1\n{}",
+        CONFIG.replace("--memory, 5MB]", "--memory, 5MB, --token-delay, 50ms]")
+    ));
+    assert_eq!(
+        admin_post(&r, "/admin/models/kept/load", Some("k-1"))
+            .await
+            .status(),
+        200
+    );
+    expect_error(
+        client()
+            .get(r.url("/admin/models/kept/logs"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+        "admin_key_required",
+    )
+    .await;
+    let tail = client()
+        .get(r.url("/admin/models/kept/logs"))
+        .bearer_auth("k-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tail.headers()["content-type"], "text/plain; charset=utf-8");
+    assert!(tail
+        .text()
+        .await
+        .unwrap()
+        .contains("modelyard-sim listening on"));
+
+    let follow = client()
+        .get(r.url("/admin/models/kept/logs?follow=true&lines=0"))
+        .bearer_auth("k-1")
+        .send()
+        .await
+        .unwrap();
+    // A request abandoned mid-stream makes the backend print a line.
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("kept")).await;
+    let mut s = resp.bytes_stream();
+    futures_util::StreamExt::next(&mut s).await;
+    drop(s);
+    let mut live = follow.bytes_stream();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        while !text.contains("cancelled") {
+            let c = futures_util::StreamExt::next(&mut live)
+                .await
+                .unwrap()
+                .unwrap();
+            text.push_str(&String::from_utf8_lossy(&c));
+        }
+        text
+    })
+    .await
+    .expect("the new line arrives on the followed stream");
+    assert!(
+        !got.contains("listening on"),
+        "lines=0 starts at the end: {got}"
+    );
+
+    let url = r.url.clone();
+    let (ok, out, _) = tokio::task::spawn_blocking(move || {
+        cli(
+            &["logs", "kept", "-n", "50"],
+            &url,
+            &[("MODELYARD_ADMIN_KEY", "k-1")],
+        )
+    })
+    .await
+    .unwrap();
+    assert!(
+        ok && out.contains("listening on") && out.contains("cancelled"),
+        "{out}"
+    );
+    let url = r.url.clone();
+    let (ok, _, err) = tokio::task::spawn_blocking(move || {
+        cli(&["logs", "nosuch"], &url, &[("MODELYARD_ADMIN_KEY", "k-1")])
+    })
+    .await
+    .unwrap();
+    assert!(!ok && err.contains("does not exist"), "{err}");
+}
+
+#[tokio::test]
+async fn open_event_and_log_streams_end_cleanly_when_the_router_stops() {
+    let mut r = Router::start(CONFIG);
+    assert_eq!(
+        admin_post(&r, "/admin/models/kept/load", None)
+            .await
+            .status(),
+        200
+    );
+    let events = client().get(r.url("/admin/events")).send().await.unwrap();
+    let logs = client()
+        .get(r.url("/admin/models/kept/logs?follow=true"))
+        .send()
+        .await
+        .unwrap();
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    // Both bodies come to a proper end instead of holding the drain or being cut.
+    let (e, l) = tokio::join!(events.text(), logs.text());
+    assert!(e.is_ok() && l.is_ok(), "{e:?} {l:?}");
+    assert!(l.unwrap().contains("listening on"));
+    assert!(r.wait_exit(Duration::from_secs(10)).success());
+}

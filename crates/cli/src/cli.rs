@@ -62,6 +62,19 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Show what a model's backend printed (its last lines)
+    Logs {
+        /// Model name or alias
+        model: String,
+        /// Keep printing new lines as they come
+        #[arg(short, long)]
+        follow: bool,
+        /// How many of the last lines to show first
+        #[arg(short = 'n', long, default_value_t = 200)]
+        lines: usize,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Follow what happens to models: loads, evictions and why, crashes
     Events {
         #[command(flatten)]

@@ -53,6 +53,14 @@ fn main() -> ExitCode {
         Command::Unload { model, remote, .. } => client(&remote, |t| async move {
             remote::unload(&t, model.as_deref()).await
         }),
+        Command::Logs {
+            model,
+            follow,
+            lines,
+            remote,
+        } => client(&remote, |t| async move {
+            remote::logs(&t, &model, lines, follow).await
+        }),
         Command::Events { remote } => client(&remote, |t| async move { remote::events(&t).await }),
         Command::Demo { listen } => {
             let loaded = match load_str("built-in demo config", DEMO_CONFIG) {

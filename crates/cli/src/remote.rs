@@ -275,3 +275,30 @@ fn event_line(data: &str) -> String {
         v["detail"].as_str().unwrap_or("")
     )
 }
+
+/// Prints a backend's output; with `follow`, keeps printing until interrupted.
+pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result<(), String> {
+    use futures_util::StreamExt;
+    use std::io::Write;
+    let path = format!("/admin/models/{model}/logs?lines={lines}&follow={follow}");
+    let resp = t
+        .request(reqwest::Method::GET, &path)?
+        .send()
+        .await
+        .map_err(|e| t.unreachable(&e))?;
+    if !resp.status().is_success() {
+        let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+        return Err(v["error"]["message"]
+            .as_str()
+            .unwrap_or("refused")
+            .to_string());
+    }
+    let mut stream = resp.bytes_stream();
+    let mut out = std::io::stdout();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| format!("the log stream broke: {e}"))?;
+        let _ = out.write_all(&chunk);
+        let _ = out.flush();
+    }
+    Ok(())
+}

@@ -21,10 +21,12 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("").to_string();
     route(
         &inner,
         req.method().clone(),
         req.uri().path().to_string(),
+        &query,
         req.headers(),
         peer,
     )
@@ -36,6 +38,7 @@ async fn route(
     inner: &Inner,
     method: Method,
     path: String,
+    query: &str,
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
@@ -43,6 +46,37 @@ async fn route(
     match (&method, parts.as_slice()) {
         (&Method::GET, ["status"]) => status(inner).await,
         (&Method::GET, ["events"]) => Ok(events(inner)),
+        (&Method::GET, ["models", id, "logs"]) => {
+            // Backends print prompts and paths: their output is as private as a change.
+            allowed(&inner.config, headers, peer)?;
+            let id = crate::percent_decode(id);
+            let model = inner
+                .config
+                .resolve(&id)
+                .ok_or_else(|| ApiError::UnknownModel {
+                    close: crate::models::close_matches(&inner.config, &id),
+                    name: id.clone(),
+                })?;
+            let ring = inner
+                .supervisor
+                .logs(model)
+                .await
+                .ok_or(ApiError::Supervisor(
+                    modelyard_supervisor::SupervisorError::ShuttingDown,
+                ))?;
+            let param = |k: &str| {
+                query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+            };
+            let lines = param("lines").and_then(|n| n.parse().ok()).unwrap_or(200);
+            Ok(logs(
+                ring,
+                lines,
+                param("follow") == Some("true"),
+                inner.closing.subscribe(),
+            ))
+        }
         (&Method::POST, ["models", id, action @ ("load" | "unload")]) => {
             allowed(&inner.config, headers, peer)?;
             let id = crate::percent_decode(id);
@@ -105,6 +139,48 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// A backend's last `lines` lines as text; with `follow`, then every new line.
+fn logs(
+    ring: modelyard_supervisor::LogRing,
+    lines: usize,
+    follow: bool,
+    closing: tokio::sync::watch::Receiver<bool>,
+) -> Response<Body> {
+    use http_body_util::BodyExt;
+    use tokio::sync::broadcast::error::RecvError;
+    let text = |ls: Vec<String>| ls.iter().map(|l| format!("{l}\n")).collect::<String>();
+    let body = if follow {
+        let (tail, rx) = ring.follow(lines);
+        let first = futures_util::stream::once(async move {
+            Ok(http_body::Frame::data(bytes::Bytes::from(text(tail))))
+        });
+        let live =
+            futures_util::stream::unfold((rx, closing), |(mut rx, mut closing)| async move {
+                let line = tokio::select! {
+                    _ = closing.wait_for(|c| *c) => return None,
+                    l = rx.recv() => match l {
+                        Ok(l) => format!("{l}\n"),
+                        Err(RecvError::Lagged(n)) => format!("[modelyard: {n} lines skipped]\n"),
+                        Err(RecvError::Closed) => return None,
+                    },
+                };
+                Some((
+                    Ok(http_body::Frame::data(bytes::Bytes::from(line))),
+                    (rx, closing),
+                ))
+            });
+        http_body_util::StreamBody::new(futures_util::StreamExt::chain(first, live)).boxed_unsync()
+    } else {
+        body::full(text(ring.tail(lines)))
+    };
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
 /// Comments keep idle event streams open through proxies and client timeouts.
 const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -112,14 +188,15 @@ const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 fn events(inner: &Inner) -> Response<Body> {
     use http_body_util::BodyExt;
     use tokio::sync::broadcast::error::RecvError;
-    let rx = inner.supervisor.subscribe();
+    let rx = (inner.supervisor.subscribe(), inner.closing.subscribe());
     let hello = futures_util::stream::once(async {
         Ok(http_body::Frame::data(bytes::Bytes::from_static(
             b": connected\n\n",
         )))
     });
-    let live = futures_util::stream::unfold(rx, |mut rx| async move {
+    let live = futures_util::stream::unfold(rx, |(mut rx, mut closing)| async move {
         let text = tokio::select! {
+            _ = closing.wait_for(|c| *c) => return None,
             ev = rx.recv() => match ev {
                 Ok(e) => format!("event: {}\ndata: {}\n\n", e.kind, serde_json::to_string(&e).unwrap_or_default()),
                 Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n"),
@@ -127,7 +204,10 @@ fn events(inner: &Inner) -> Response<Body> {
             },
             _ = tokio::time::sleep(KEEPALIVE) => ": keepalive\n\n".to_string(),
         };
-        Some((Ok(http_body::Frame::data(bytes::Bytes::from(text))), rx))
+        Some((
+            Ok(http_body::Frame::data(bytes::Bytes::from(text))),
+            (rx, closing),
+        ))
     });
     let stream = futures_util::StreamExt::chain(hello, live);
     let body = http_body_util::StreamBody::new(stream).boxed_unsync();

@@ -37,6 +37,9 @@ pub(crate) struct Inner {
     pub supervisor: Supervisor,
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub started_unix: u64,
+    /// Turns true when the router starts to stop: endless streams (events, logs)
+    /// end then, instead of holding the drain open.
+    pub closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Router {
@@ -57,6 +60,7 @@ impl Router {
                 supervisor,
                 client,
                 started_unix,
+                closing: tokio::sync::watch::channel(false).0,
             }),
         }
     }

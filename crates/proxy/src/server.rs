@@ -48,6 +48,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         prefix: std::process::id() ^ (router.inner.started_unix as u32).rotate_left(16),
         next: Arc::new(AtomicU64::new(1)),
     };
+    let closing = router.inner.closing.clone();
     // One stack per connection, so the handler knows the peer it answers.
     let stack = move |peer: std::net::SocketAddr| {
         let router = router.clone();
@@ -88,6 +89,7 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         });
     }
     drop(listener);
+    let _ = closing.send(true);
     if tokio::time::timeout(DRAIN, graceful.shutdown())
         .await
         .is_err()

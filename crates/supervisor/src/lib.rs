@@ -34,6 +34,7 @@ use tokio::time::Instant;
 pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
+pub use logs::LogRing;
 pub use process::ExitInfo;
 pub use snapshot::{ModelStatus, Snapshot};
 
@@ -113,6 +114,18 @@ impl Supervisor {
             })
             .map_err(|_| SupervisorError::ShuttingDown)?;
         rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
+    }
+
+    /// The output of the backend serving `model` (a configured name), if any.
+    pub async fn logs(&self, model: &str) -> Option<LogRing> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Logs {
+                model: model.to_string(),
+                reply,
+            })
+            .ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Every model event from now on.

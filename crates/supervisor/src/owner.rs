@@ -56,6 +56,11 @@ pub(crate) enum Msg {
         model: Option<String>,
         reply: oneshot::Sender<Result<Vec<String>, SupervisorError>>,
     },
+    /// The output of the backend serving a model.
+    Logs {
+        model: String,
+        reply: oneshot::Sender<Option<LogRing>>,
+    },
     /// Resident bytes of each backend process tree, by pid (None: gone).
     Measured {
         samples: Vec<(u32, Option<u64>)>,
@@ -314,6 +319,13 @@ impl<E: Effects> Owner<E> {
                     let _ = reply.send(self.snapshot());
                 }
                 Msg::Measured { samples } => self.on_measured(samples),
+                Msg::Logs { model, reply } => {
+                    let ring = self
+                        .slots
+                        .get(model.as_str())
+                        .map(|s| self.instances[&s.instance].logs.clone());
+                    let _ = reply.send(ring);
+                }
                 Msg::Unload { model, reply } => {
                     let _ = reply.send(self.on_unload(model));
                 }

@@ -109,10 +109,10 @@ pub(crate) fn spawn(
     let pid = child.id().unwrap_or_default();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {
-        readers.push(logs.follow(spec.name.clone(), out));
+        readers.push(logs.read_from(spec.name.clone(), out));
     }
     if let Some(err) = child.stderr.take() {
-        readers.push(logs.follow(spec.name.clone(), err));
+        readers.push(logs.read_from(spec.name.clone(), err));
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let stop_timeout = spec.stop_timeout;
