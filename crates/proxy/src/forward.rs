@@ -15,13 +15,32 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::ApiError;
-use crate::relay::Relay;
+use crate::relay::{Observe, Relay};
 use crate::rewrite::{peek_model, ModelRewriter};
 use crate::Inner;
 
-pub(crate) async fn model_request(
-    state: Arc<Inner>,
+/// Answers one model request; every outcome is counted once in the metrics.
+pub(crate) async fn model_request(state: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    // Unknown names stay "-" so a client cannot mint label values.
+    let mut model = String::from("-");
+    match forward(&state, req, started, &mut model).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let resp = e.into_response();
+            state
+                .metrics
+                .request(&model, resp.status().as_u16(), started.elapsed());
+            resp
+        }
+    }
+}
+
+async fn forward(
+    state: &Arc<Inner>,
     req: Request<Incoming>,
+    started: Instant,
+    label: &mut String,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let declared = parts
@@ -40,8 +59,11 @@ pub(crate) async fn model_request(
             name: client_name.clone(),
         })?
         .to_string();
+    label.clone_from(&model);
     let deadline = Instant::now() + state.config.queue_timeout;
+    let asked = Instant::now();
     let lease = state.supervisor.acquire(&model, deadline).await?;
+    state.metrics.queue_wait(&model, asked.elapsed());
     let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
     drop(bytes);
     let request = upstream_request(&parts, &lease, upstream_body);
@@ -60,7 +82,13 @@ pub(crate) async fn model_request(
             model: model.clone(),
             reason: describe(&e, &lease),
         })?;
-    Ok(relay(response, &client_name, lease))
+    let observe = Observe::new(
+        state.metrics.clone(),
+        model,
+        response.status().as_u16(),
+        started,
+    );
+    Ok(relay(response, &client_name, lease, observe))
 }
 
 async fn read_body(declared: Option<u64>, body: Incoming, limit: u64) -> Result<Bytes, ApiError> {
@@ -138,7 +166,12 @@ fn upstream_request(parts: &Parts, lease: &Lease, body: Bytes) -> Request<Full<B
     req
 }
 
-fn relay(response: Response<Incoming>, client_name: &str, lease: Lease) -> Response<Body> {
+fn relay(
+    response: Response<Incoming>,
+    client_name: &str,
+    lease: Lease,
+    observe: Observe,
+) -> Response<Body> {
     let (mut parts, upstream) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     let content_type = parts
@@ -160,7 +193,7 @@ fn relay(response: Response<Incoming>, client_name: &str, lease: Lease) -> Respo
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     parts.version = Version::HTTP_11;
-    let body = Relay::new(upstream, rewriter, sse, lease);
+    let body = Relay::new(upstream, rewriter, sse, lease, observe);
     Response::from_parts(parts, BodyExt::boxed_unsync(body))
 }
 

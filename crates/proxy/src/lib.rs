@@ -5,6 +5,7 @@ mod admin;
 mod body;
 mod error;
 mod forward;
+mod metrics;
 mod models;
 mod relay;
 mod rewrite;
@@ -40,6 +41,7 @@ pub(crate) struct Inner {
     /// Turns true when the router starts to stop: endless streams (events, logs)
     /// end then, instead of holding the drain open.
     pub closing: tokio::sync::watch::Sender<bool>,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl Router {
@@ -54,8 +56,11 @@ impl Router {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
+        let metrics = Arc::new(metrics::Metrics::new());
+        metrics::follow_events(metrics.clone(), &supervisor);
         Router {
             inner: Arc::new(Inner {
+                metrics,
                 config,
                 supervisor,
                 client,
@@ -85,9 +90,7 @@ impl Router {
             return admin::handle(self.inner, req, peer).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
-            return forward::model_request(self.inner, req)
-                .await
-                .unwrap_or_else(ApiError::into_response);
+            return forward::model_request(self.inner, req).await;
         }
         let inner = &*self.inner;
         let path = req.uri().path();
@@ -96,6 +99,15 @@ impl Router {
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
                 models::one(&inner.config, inner.started_unix, &id)
+            }
+            (&Method::GET, "/metrics") => {
+                let snap = inner.supervisor.snapshot().await;
+                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref())));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                resp
             }
             (&Method::GET, "/healthz") => {
                 body::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))

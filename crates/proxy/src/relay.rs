@@ -13,9 +13,13 @@ use modelyard_supervisor::Lease;
 
 use crate::body::BoxError;
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::rewrite::ModelRewriter;
+use std::sync::Arc;
+use tokio::time::Instant;
 
 pub struct Relay {
+    observe: Observe,
     upstream: Incoming,
     rewriter: Option<ModelRewriter>,
     /// An SSE stream that breaks gets a final `error` event instead of a cut.
@@ -31,8 +35,10 @@ impl Relay {
         rewriter: Option<ModelRewriter>,
         sse: bool,
         lease: Lease,
+        observe: Observe,
     ) -> Self {
         Relay {
+            observe,
             upstream,
             rewriter,
             sse,
@@ -59,6 +65,7 @@ impl HttpBody for Relay {
             match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
+                        this.observe.saw(&data);
                         let data = match &mut this.rewriter {
                             Some(r) => r.feed(data),
                             None => data,
@@ -105,4 +112,68 @@ impl HttpBody for Relay {
             self.upstream.size_hint()
         }
     }
+}
+
+/// Records a request in the metrics once, when its response ends or is dropped:
+/// duration to the last byte, time to the first, and the tokens its usage reports.
+pub struct Observe {
+    metrics: Arc<Metrics>,
+    model: String,
+    status: u16,
+    started: Instant,
+    first_seen: bool,
+    usage: Option<(u64, u64)>,
+}
+
+impl Observe {
+    pub fn new(metrics: Arc<Metrics>, model: String, status: u16, started: Instant) -> Self {
+        Observe {
+            metrics,
+            model,
+            status,
+            started,
+            first_seen: false,
+            usage: None,
+        }
+    }
+
+    fn saw(&mut self, data: &[u8]) {
+        if !self.first_seen && !data.is_empty() {
+            self.first_seen = true;
+            self.metrics.first_byte(&self.model, self.started.elapsed());
+        }
+        if memchr::memmem::find(data, b"\"usage\"").is_some() {
+            if let (Some(p), Some(c)) = (
+                number_after(data, b"\"prompt_tokens\""),
+                number_after(data, b"\"completion_tokens\""),
+            ) {
+                self.usage = Some((p, c));
+            }
+        }
+    }
+}
+
+impl Drop for Observe {
+    fn drop(&mut self) {
+        self.metrics
+            .request(&self.model, self.status, self.started.elapsed());
+        if let Some((p, c)) = self.usage {
+            self.metrics.tokens(&self.model, p, c);
+        }
+    }
+}
+
+/// The integer after `"key":` in `data`, if there is one.
+fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
+    let at = memchr::memmem::find(data, key)? + key.len();
+    let rest = &data[at..];
+    let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
+    let rest = rest.strip_prefix(b":")?;
+    let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+    let digits: Vec<u8> = rest[start..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
 }

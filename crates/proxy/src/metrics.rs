@@ -1,0 +1,305 @@
+//! `GET /metrics`: what the router did, in Prometheus' text format. Request
+//! metrics are recorded once per request, when its response ends; lifecycle
+//! metrics come from the supervisor's events; the ledger is read at scrape time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use modelyard_supervisor::{Event, Snapshot, Supervisor};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ModelLabel {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub model: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TokenLabels {
+    pub model: String,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct EvictionLabels {
+    pub model: String,
+    pub reason: &'static str,
+}
+
+type Histograms = Family<ModelLabel, Histogram, fn() -> Histogram>;
+
+fn latency_buckets() -> Histogram {
+    // 1 ms to ~65 s: a cached reply to a long generation.
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn load_buckets() -> Histogram {
+    // 0.1 s to ~7 min: a small model to a 41 GB one from a cold disk.
+    Histogram::new(exponential_buckets(0.1, 2.0, 13))
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Histograms,
+    first_byte: Histograms,
+    tokens: Family<TokenLabels, Counter>,
+    queue_wait: Histograms,
+    loads: Family<ModelLabel, Counter>,
+    load_duration: Histograms,
+    evictions: Family<EvictionLabels, Counter>,
+    crashes: Family<ModelLabel, Counter>,
+    budget: Gauge,
+    used: Gauge,
+    declared: Family<ModelLabel, Gauge>,
+    measured: Family<ModelLabel, Gauge>,
+    reserved: Family<ModelLabel, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut r = Registry::with_prefix("modelyard");
+        let m = Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            first_byte: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            tokens: Family::default(),
+            queue_wait: Family::new_with_constructor(load_buckets as fn() -> Histogram),
+            loads: Family::default(),
+            load_duration: Family::new_with_constructor(load_buckets as fn() -> Histogram),
+            evictions: Family::default(),
+            crashes: Family::default(),
+            budget: Gauge::default(),
+            used: Gauge::default(),
+            declared: Family::default(),
+            measured: Family::default(),
+            reserved: Family::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "requests",
+            "Model requests by model and HTTP status",
+            m.requests.clone(),
+        );
+        r.register_with_unit(
+            "request_duration",
+            "Time from request to the end of the response",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_byte",
+            "Time from request to the first byte of the response body",
+            Unit::Seconds,
+            m.first_byte.clone(),
+        );
+        r.register(
+            "tokens",
+            "Tokens reported in responses' usage, by kind (prompt, completion)",
+            m.tokens.clone(),
+        );
+        r.register_with_unit(
+            "queue_wait",
+            "Time a request waited for its model to be ready",
+            Unit::Seconds,
+            m.queue_wait.clone(),
+        );
+        r.register("loads", "Model loads completed", m.loads.clone());
+        r.register_with_unit(
+            "load_duration",
+            "Time from starting a model to ready",
+            Unit::Seconds,
+            m.load_duration.clone(),
+        );
+        r.register(
+            "evictions",
+            "Models unloaded, by reason (make_room, idle, manual)",
+            m.evictions.clone(),
+        );
+        r.register(
+            "backend_crashes",
+            "Backends that exited unexpectedly; the next request restarts them",
+            m.crashes.clone(),
+        );
+        r.register_with_unit("budget", "Memory budget", Unit::Bytes, m.budget.clone());
+        r.register_with_unit(
+            "ledger_used",
+            "Memory reserved in the ledger",
+            Unit::Bytes,
+            m.used.clone(),
+        );
+        r.register_with_unit(
+            "model_declared",
+            "Memory a model declares in routes.yaml",
+            Unit::Bytes,
+            m.declared.clone(),
+        );
+        r.register_with_unit(
+            "model_measured",
+            "Resident memory of the process serving a model, last sampled",
+            Unit::Bytes,
+            m.measured.clone(),
+        );
+        r.register_with_unit(
+            "model_reserved",
+            "Memory reserved for a model now",
+            Unit::Bytes,
+            m.reserved.clone(),
+        );
+        Metrics { registry: r, ..m }
+    }
+
+    pub fn request(&self, model: &str, status: u16, took: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_string(),
+                status,
+            })
+            .inc();
+        self.duration
+            .get_or_create(&label(model))
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn first_byte(&self, model: &str, after: Duration) {
+        self.first_byte
+            .get_or_create(&label(model))
+            .observe(after.as_secs_f64());
+    }
+
+    pub fn tokens(&self, model: &str, prompt: u64, completion: u64) {
+        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    model: model.to_string(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+    }
+
+    pub fn queue_wait(&self, model: &str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&label(model))
+            .observe(waited.as_secs_f64());
+    }
+
+    fn event(&self, e: &Event) {
+        match e.kind {
+            "ready" => {
+                self.loads.get_or_create(&label(&e.model)).inc();
+                let secs = e.load_ms.unwrap_or(0) as f64 / 1000.0;
+                self.load_duration
+                    .get_or_create(&label(&e.model))
+                    .observe(secs);
+            }
+            "evicting" => {
+                let reason = if e.detail.starts_with("to make room") {
+                    "make_room"
+                } else if e.detail.starts_with("idle") {
+                    "idle"
+                } else {
+                    "manual"
+                };
+                self.evictions
+                    .get_or_create(&EvictionLabels {
+                        model: e.model.clone(),
+                        reason,
+                    })
+                    .inc();
+            }
+            "crashed" => {
+                self.crashes.get_or_create(&label(&e.model)).inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// The exposition, with the ledger as it is now.
+    pub fn render(&self, snap: Option<&Snapshot>) -> String {
+        if let Some(s) = snap {
+            self.budget.set(i64::try_from(s.budget).unwrap_or(i64::MAX));
+            self.used.set(s.used as i64);
+            for m in &s.models {
+                let l = label(&m.name);
+                self.declared.get_or_create(&l).set(m.declared as i64);
+                self.reserved.get_or_create(&l).set(m.reserved as i64);
+                self.measured
+                    .get_or_create(&l)
+                    .set(m.measured.unwrap_or(0) as i64);
+            }
+        }
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        classic_text(&out)
+    }
+}
+
+/// The crate writes OpenMetrics conventions; the classic format (0.0.4) that
+/// Prometheus and its parsers read names a counter's HELP and TYPE after its
+/// `_total` sample and has no UNIT lines. Without this, counters read as untyped.
+fn classic_text(open_metrics: &str) -> String {
+    let counters: Vec<&str> = open_metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(open_metrics.len() + 16 * counters.len());
+    for line in open_metrics.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|p| {
+            let rest = line.strip_prefix(p)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(&name)
+                .then(|| format!("{p}{name}_total {tail}"))
+        });
+        out.push_str(renamed.as_deref().unwrap_or(line));
+        out.push('\n');
+    }
+    out
+}
+
+fn label(model: &str) -> ModelLabel {
+    ModelLabel {
+        model: model.to_string(),
+    }
+}
+
+/// Counts lifecycle events for as long as the supervisor runs.
+pub(crate) fn follow_events(metrics: Arc<Metrics>, supervisor: &Supervisor) {
+    let mut rx = supervisor.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(e) => metrics.event(&e),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counters_are_typed_by_their_sample_name() {
+        let om = "# HELP x_requests Requests.\n# TYPE x_requests counter\nx_requests_total 3\n# HELP x_bytes Size.\n# TYPE x_bytes gauge\n# UNIT x_bytes bytes\nx_bytes 5\n# EOF\n";
+        assert_eq!(
+            super::classic_text(om),
+            "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n# HELP x_bytes Size.\n# TYPE x_bytes gauge\nx_bytes 5\n"
+        );
+    }
+}

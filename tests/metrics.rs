@@ -1,0 +1,233 @@
+//! /metrics scraped after real traffic and parsed by Prometheus' own text parser
+//! (the Python client's), so a malformed line fails the test.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The Python with prometheus_client: MODELYARD_TEST_PYTHON, else the venv
+/// `.ci/run` makes, else python3.
+fn python() -> String {
+    if let Ok(p) = std::env::var("MODELYARD_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv-test/bin/python");
+    if std::path::Path::new(venv).exists() {
+        venv.to_string()
+    } else {
+        "python3".to_string()
+    }
+}
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        out.append({"family": fam.name, "type": fam.type, "name": s.name, "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+
+/// Every sample, as the reference parser reads them.
+fn parse(text: &str) -> Vec<Value> {
+    let mut child = Command::new(python())
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (run .ci/run, or pip install prometheus-client==0.26.0)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn value(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .map(|s| s["value"].as_f64().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_count_requests_tokens_loads_evictions_crashes_and_the_ledger() {
+    let r = Router::start(
+        r#"
+budget: 300MB
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --tokens, "7"]}
+models:
+  a: {backend: sim, memory: 200MB, group: g}
+  b: {backend: sim, memory: 200MB, group: g, aliases: [bee]}
+"#,
+    );
+    let url = r.url("/v1/chat/completions");
+    for _ in 0..3 {
+        assert_eq!(post(&url, &chat("a")).await.status(), 200);
+    }
+    let streamed = post(&url, &chat_stream("bee")).await.text().await.unwrap();
+    assert!(streamed.contains("[DONE]"));
+    assert_eq!(post(&url, &chat("not-a-model")).await.status(), 404);
+    // A crash of b's backend.
+    let pid = get_json(&r.url("/admin/status")).await["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "b")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let samples = eventually(Duration::from_secs(5), || async {
+        let resp = client().get(r.url("/metrics")).send().await.unwrap();
+        assert!(resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"));
+        let samples = parse(&resp.text().await.unwrap());
+        (value(
+            &samples,
+            "modelyard_backend_crashes_total",
+            &[("model", "b")],
+        ) == 1.0)
+            .then_some(samples)
+    })
+    .await
+    .expect("the crash is counted");
+
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_requests_total",
+            &[("model", "a"), ("status", "200")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_requests_total",
+            &[("model", "b"), ("status", "200")]
+        ),
+        1.0,
+        "aliases count under the model"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_requests_total",
+            &[("model", "-"), ("status", "404")]
+        ),
+        1.0,
+        "unknown names do not become labels"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_request_duration_seconds_count",
+            &[("model", "a")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_time_to_first_byte_seconds_count",
+            &[("model", "b")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_tokens_total",
+            &[("model", "a"), ("kind", "completion")]
+        ),
+        21.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_tokens_total",
+            &[("model", "b"), ("kind", "completion")]
+        ),
+        7.0,
+        "from the stream's usage chunk"
+    );
+    assert_eq!(
+        value(&samples, "modelyard_loads_total", &[("model", "a")]),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_load_duration_seconds_count",
+            &[("model", "b")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_evictions_total",
+            &[("model", "a"), ("reason", "make_room")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_queue_wait_seconds_count",
+            &[("model", "a")]
+        ),
+        3.0
+    );
+    assert_eq!(value(&samples, "modelyard_budget_bytes", &[]), 300e6);
+    assert_eq!(
+        value(
+            &samples,
+            "modelyard_model_declared_bytes",
+            &[("model", "a")]
+        ),
+        200e6
+    );
+    assert_eq!(
+        value(&samples, "modelyard_ledger_used_bytes", &[]),
+        0.0,
+        "b crashed, a was evicted"
+    );
+    // Typed as the format says, not read as untyped samples.
+    for s in &samples {
+        let name = s["name"].as_str().unwrap();
+        let want = if name.ends_with("_total") {
+            "counter"
+        } else if name.ends_with("_bucket") || name.ends_with("_sum") || name.ends_with("_count") {
+            "histogram"
+        } else {
+            "gauge"
+        };
+        assert_eq!(s["type"], want, "{s}");
+    }
+}
