@@ -513,3 +513,132 @@ async fn request_ids_headers_and_keys() {
         "keys never reach the logs"
     );
 }
+
+fn slow_loading(extra: &str, port: u16) -> String {
+    format!(
+        r#"
+{extra}
+queue_timeout: 30s
+backends:
+  slow:
+    command: [$BIN, sim, --port, "{port}", --model, m, --load-time, 2500ms]
+    url: http://127.0.0.1:{port}
+  stuck: {{command: [$BIN, sim, --port, "${{PORT}}", --hang-start], start_timeout: 1s}}
+models:
+  m: {{backend: slow, memory: 1MB}}
+  stuck: {{backend: stuck, memory: 1MB, upstream: sim}}
+"#
+    )
+}
+
+/// Reads a stream, noting what had arrived before the first token.
+async fn read_stream(resp: reqwest::Response) -> (String, String) {
+    let mut before_token = String::new();
+    let mut all = String::new();
+    let mut s = resp.bytes_stream();
+    while let Some(c) = s.next().await {
+        all.push_str(&String::from_utf8_lossy(&c.unwrap()));
+        if !all.contains("t0 ") {
+            before_token.clone_from(&all);
+        }
+    }
+    (before_token, all)
+}
+
+#[tokio::test]
+async fn a_streamed_request_hears_progress_while_its_model_loads() {
+    let port = free_port();
+    let r = Router::start(&slow_loading("", port));
+    let started = tokio::time::Instant::now();
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("m")).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(2000),
+        "headers come at once, not after the load"
+    );
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let (_, all) = read_stream(resp).await;
+    let head = &all[..all.find("data: ").unwrap()];
+    assert!(
+        head.starts_with(": modelyard: loading m ("),
+        "progress first: {all}"
+    );
+    assert!(
+        head.split("\n\n")
+            .all(|e| e.is_empty() || e.starts_with(':')),
+        "comments only, invisible to clients: {head}"
+    );
+    assert!(
+        all.ends_with("data: [DONE]\n\n") && all.contains("\"model\":\"m\""),
+        "{all}"
+    );
+
+    // A model already loaded streams straight through, without comments.
+    let (_, again) =
+        read_stream(post(&r.url("/v1/chat/completions"), &chat_stream("m")).await).await;
+    assert!(again.starts_with("data: "), "{again}");
+    // Non-streamed requests wait silently.
+    let resp = post(&r.url("/v1/chat/completions"), &chat("m")).await;
+    assert_eq!(resp.headers()["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn reasoning_progress_and_errors_during_progress() {
+    let port = free_port();
+    let r = Router::start(&slow_loading("loading_progress: reasoning", port));
+    let (before, all) =
+        read_stream(post(&r.url("/v1/chat/completions"), &chat_stream("m")).await).await;
+    let first = before
+        .lines()
+        .find(|l| l.starts_with("data: "))
+        .expect("a reasoning delta");
+    let v: Value = serde_json::from_str(first.trim_start_matches("data: ")).unwrap();
+    assert_eq!(
+        v["choices"][0]["delta"]["reasoning_content"],
+        "loading m…\n"
+    );
+    assert_eq!(v["model"], "m");
+    assert!(all.ends_with("data: [DONE]\n\n"));
+
+    // A backend that never becomes ready: the stream says so and ends.
+    let (_, all) =
+        read_stream(post(&r.url("/v1/chat/completions"), &chat_stream("stuck")).await).await;
+    let last = all
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap()
+        .trim_start_matches("data: ");
+    let v: Value =
+        serde_json::from_str(last).unwrap_or_else(|_| panic!("ends with an error event: {all}"));
+    assert_eq!(v["error"]["code"], "backend_start_failed", "{v}");
+}
+
+#[tokio::test]
+async fn leaving_during_progress_sends_nothing_upstream() {
+    let port = free_port();
+    let r = Router::start(&slow_loading("", port));
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("m")).await;
+    let mut s = resp.bytes_stream();
+    let first = s.next().await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("loading m"));
+    drop(s);
+    let sim = format!("http://127.0.0.1:{port}");
+    let ready = eventually(Duration::from_secs(10), || async {
+        let r = client().get(format!("{sim}/health")).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some());
+    assert_eq!(
+        post(&r.url("/v1/chat/completions"), &chat("m"))
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(
+        sim_stats(&sim).await["requests"],
+        1,
+        "the abandoned stream never reached the backend"
+    );
+}

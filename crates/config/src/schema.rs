@@ -29,6 +29,9 @@ pub struct Config {
     /// requests for itself, so interleaved requests do not swap back and forth.
     #[serde(default = "defaults::max_swap_delay", with = "span")]
     pub max_swap_delay: Duration,
+    /// What a streamed request hears while its model loads.
+    #[serde(default)]
+    pub loading_progress: LoadingProgress,
     /// Requests that may wait at once, across all models.
     #[serde(default = "defaults::max_queue")]
     pub max_queue: usize,
@@ -52,6 +55,18 @@ pub struct Config {
     pub backends: BTreeMap<String, Backend>,
     #[serde(default)]
     pub models: BTreeMap<String, Model>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadingProgress {
+    /// SSE comments: keep the connection alive, invisible to clients.
+    #[default]
+    Comments,
+    /// Also a `reasoning_content` delta saying what loads, for chat clients that show it.
+    Reasoning,
+    /// Wait silently.
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]

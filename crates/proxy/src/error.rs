@@ -177,6 +177,16 @@ impl ApiError {
         serde_json::json!({"error": {"message": message, "type": kind, "param": param, "code": code}})
     }
 
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// This error as the JSON of an SSE `error` event, for a stream already begun.
+    pub fn event(&self) -> serde_json::Value {
+        let (_, kind, param, code) = self.parts();
+        Self::json(&self.to_string(), kind, param, code)
+    }
+
     pub fn into_response(self) -> Response<Body> {
         let (status, kind, param, code) = self.parts();
         let payload = Self::json(&self.to_string(), kind, param, code);

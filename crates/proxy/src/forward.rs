@@ -10,13 +10,14 @@ use http::request::Parts;
 use http::{Request, Response, Version};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use modelyard_config::LoadingProgress;
 use modelyard_supervisor::Lease;
 use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::relay::{Observe, Relay};
-use crate::rewrite::{peek_model, ModelRewriter};
+use crate::rewrite::{peek_model, ModelRewriter, Routed};
 use crate::Inner;
 
 /// Answers one model request; every outcome is counted once in the metrics.
@@ -62,14 +63,81 @@ async fn forward(
     label.clone_from(&model);
     let deadline = Instant::now() + state.config.queue_timeout;
     let asked = Instant::now();
-    let lease = state.supervisor.acquire(&model, deadline).await?;
-    state.metrics.queue_wait(&model, asked.elapsed());
-    let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
-    drop(bytes);
-    let request = upstream_request(&parts, &lease, upstream_body);
-    let pending = state.client.request(request);
-    let response =
-        match state.config.upstream_timeout.duration() {
+    let acquire = {
+        let (state, model) = (state.clone(), model.clone());
+        async move {
+            let lease = state.supervisor.acquire(&model, deadline).await?;
+            state.metrics.queue_wait(&model, asked.elapsed());
+            Ok::<_, ApiError>(lease)
+        }
+    };
+    let send = Upstream {
+        state: state.clone(),
+        parts,
+        bytes,
+        routed,
+        client_name,
+        model,
+        started,
+    };
+    if routed_stream(&send) && state.config.loading_progress != LoadingProgress::Off {
+        let mut acquire = Box::pin(acquire);
+        // A ready model's lease comes back at once; only a wait earns progress.
+        match tokio::time::timeout(PROGRESS_AFTER, &mut acquire).await {
+            Ok(lease) => send.send(lease?).await,
+            Err(_) => Ok(crate::progress::respond(acquire, send)),
+        }
+    } else {
+        send.send(acquire.await?).await
+    }
+}
+
+/// How long a streamed request waits for its lease before progress is sent.
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn routed_stream(u: &Upstream) -> bool {
+    u.routed.stream && u.parts.uri.path().ends_with("/completions")
+}
+
+/// Everything needed to send a request upstream once its model is leased.
+pub(crate) struct Upstream {
+    state: Arc<Inner>,
+    parts: Parts,
+    bytes: Bytes,
+    routed: Routed,
+    pub client_name: String,
+    pub model: String,
+    started: Instant,
+}
+
+impl Upstream {
+    pub(crate) fn metrics_handle(&self) -> Arc<crate::metrics::Metrics> {
+        self.state.metrics.clone()
+    }
+
+    pub(crate) fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub(crate) fn progress_mode(&self) -> LoadingProgress {
+        self.state.config.loading_progress
+    }
+
+    pub(crate) async fn send(self, lease: Lease) -> Result<Response<Body>, ApiError> {
+        let Upstream {
+            state,
+            parts,
+            bytes,
+            routed,
+            client_name,
+            model,
+            started,
+        } = self;
+        let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
+        drop(bytes);
+        let request = upstream_request(&parts, &lease, upstream_body);
+        let pending = state.client.request(request);
+        let response = match state.config.upstream_timeout.duration() {
             Some(limit) => tokio::time::timeout(limit, pending).await.map_err(|_| {
                 ApiError::UpstreamTimeout {
                     model: model.clone(),
@@ -82,13 +150,14 @@ async fn forward(
             model: model.clone(),
             reason: describe(&e, &lease),
         })?;
-    let observe = Observe::new(
-        state.metrics.clone(),
-        model,
-        response.status().as_u16(),
-        started,
-    );
-    Ok(relay(response, &client_name, lease, observe))
+        let observe = Observe::new(
+            state.metrics.clone(),
+            model,
+            response.status().as_u16(),
+            started,
+        );
+        Ok(relay(response, &client_name, lease, observe))
+    }
 }
 
 async fn read_body(declared: Option<u64>, body: Incoming, limit: u64) -> Result<Bytes, ApiError> {

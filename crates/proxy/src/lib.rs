@@ -7,6 +7,7 @@ mod error;
 mod forward;
 mod metrics;
 mod models;
+mod progress;
 mod relay;
 mod rewrite;
 mod server;

@@ -16,11 +16,15 @@ use crate::error::ApiError;
 struct Peek<'a> {
     #[serde(borrow, default)]
     model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<serde_json::Value>,
 }
 
 /// What a request body says about routing.
 pub struct Routed {
     pub model: String,
+    /// The request asked for a streamed answer.
+    pub stream: bool,
     /// Byte range of the `model` value (with its quotes) in the body.
     span: (usize, usize),
 }
@@ -39,6 +43,7 @@ pub fn peek_model(body: &[u8]) -> Result<Routed, ApiError> {
     let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
     Ok(Routed {
         model,
+        stream: peek.stream.as_ref().and_then(serde_json::Value::as_bool) == Some(true),
         span: (start, start + raw.get().len()),
     })
 }
