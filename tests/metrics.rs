@@ -10,20 +10,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-/// The Python with prometheus_client: MODELYARD_TEST_PYTHON, else the venv
-/// `.ci/run` makes, else python3.
-fn python() -> String {
-    if let Ok(p) = std::env::var("MODELYARD_TEST_PYTHON") {
-        return p;
-    }
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv-test/bin/python");
-    if std::path::Path::new(venv).exists() {
-        venv.to_string()
-    } else {
-        "python3".to_string()
-    }
-}
-
 const PARSE: &str = r#"
 import json, sys
 from prometheus_client.parser import text_string_to_metric_families

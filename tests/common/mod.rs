@@ -295,3 +295,17 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> S
     assert_eq!(e["code"], code, "{v}");
     e["message"].as_str().unwrap().to_string()
 }
+
+/// The Python with the test tools (prometheus_client, playwright):
+/// MODELYARD_TEST_PYTHON, else the venv `.ci/run` makes, else python3.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("MODELYARD_TEST_PYTHON") {
+        return p;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv-test/bin/python");
+    if std::path::Path::new(venv).exists() {
+        venv.to_string()
+    } else {
+        "python3".to_string()
+    }
+}

@@ -28,6 +28,9 @@ pub use body::Body;
 pub use error::ApiError;
 pub use server::serve;
 
+/// The live status page: one file, no build step, nothing fetched from elsewhere.
+const STATUS_PAGE: &str = include_str!("page.html");
+
 /// Everything a request needs; cheap to clone.
 #[derive(Clone)]
 pub struct Router {
@@ -100,6 +103,14 @@ impl Router {
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
                 models::one(&inner.config, inner.started_unix, &id)
+            }
+            (&Method::GET, "/") => {
+                let mut resp = Response::new(body::full(STATUS_PAGE));
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                resp
             }
             (&Method::GET, "/metrics") => {
                 let snap = inner.supervisor.snapshot().await;

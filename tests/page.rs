@@ -1,0 +1,55 @@
+//! The status page in a real browser: headless Chromium driven by Playwright.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[tokio::test]
+async fn the_status_page_shows_and_steers_the_router_live() {
+    let r = Router::start(
+        r#"
+budget: 300MB
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}"]}
+models:
+  big-a: {backend: sim, memory: 200MB, group: large, aliases: [a], args: [--memory, 100MB]}
+  big-b: {backend: sim, memory: 200MB, group: large, aliases: [b], args: [--memory, 100MB]}
+  kept: {backend: sim, memory: 30MB, pinned: true, args: [--memory, 5MB]}
+"#,
+    );
+    let page = client().get(r.url("/")).send().await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let html = page.text().await.unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "self-contained: nothing fetched from elsewhere"
+    );
+
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/page_check.py");
+    let (url, shot2) = (r.url.clone(), shot.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(&url)
+            .arg(&shot2)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect(
+        "python runs (run .ci/run, or pip install playwright==1.65.2 and apt-get install chromium)",
+    );
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("page ok"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "a screenshot was taken"
+    );
+}

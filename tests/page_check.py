@@ -1,0 +1,50 @@
+"""Drives the status page in headless Chromium: python page_check.py URL SCREENSHOT."""
+import json
+import sys
+import urllib.request
+
+from playwright.sync_api import sync_playwright
+
+url, shot = sys.argv[1], sys.argv[2]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+    page = browser.new_page(viewport={"width": 1200, "height": 760})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector('tr[data-model="big-a"][data-state="cold"]')
+    page.wait_for_selector('#conn:text("live")')
+    assert "0 B of 300 MB used" in page.inner_text("#summary"), page.inner_text("#summary")
+
+    # A button on the page loads a model; the row, the bar and the events follow.
+    page.click('button[data-load="big-a"]')
+    page.wait_for_selector('tr[data-model="big-a"][data-state="ready"]', timeout=20000)
+    page.wait_for_selector('.seg[data-model="big-a"]')
+    page.wait_for_selector('#events li[data-kind="ready"]')
+
+    # A change made elsewhere (a client request) shows up live, without a reload.
+    req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
+                                 data=json.dumps({"model": "kept", "messages": []}).encode(),
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req, timeout=20).read()
+    page.wait_for_selector('tr[data-model="kept"][data-state="ready"]', timeout=20000)
+    idle = page.inner_text('tr[data-model="big-a"] td.idle')
+    assert idle.startswith("9m ") or idle.startswith("10m "), "counts down from idle_timeout: " + idle
+    assert page.inner_text('tr[data-model="kept"] td.idle') == "–", "a pinned model never idles out"
+
+    # Loading the other member of the group evicts the first, and says why.
+    page.click('button[data-load="big-b"]')
+    page.wait_for_selector('tr[data-model="big-a"][data-state="cold"]', timeout=20000)
+    page.wait_for_selector('tr[data-model="big-b"][data-state="ready"]', timeout=20000)
+    events = page.inner_text("#events")
+    assert "to make room for big-b" in events, events
+    page.screenshot(path=shot, full_page=True)
+
+    page.click('button[data-unload="big-b"]')
+    page.wait_for_selector('tr[data-model="big-b"][data-state="cold"]', timeout=20000)
+    assert not errors, errors
+    browser.close()
+print("page ok")
