@@ -455,3 +455,122 @@ async fn open_event_and_log_streams_end_cleanly_when_the_router_stops() {
     assert!(l.unwrap().contains("listening on"));
     assert!(r.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_drops_no_request_and_refuses_a_bad_file() {
+    let base = r#"
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --token-delay, 5ms, --tokens, "8"]}
+models:
+  a: {backend: sim, memory: 10MB}
+  b: {backend: sim, memory: 10MB}
+"#;
+    let r = Router::start(base);
+    let file = r.dir.path().join("routes.yaml");
+    let url = r.url("/v1/chat/completions");
+    assert_eq!(post(&url, &chat("b")).await.status(), 200);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, stop) = (url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body = if i % 2 == 0 {
+                        chat("a")
+                    } else {
+                        chat_stream("a")
+                    };
+                    let resp = post(&url, &body).await;
+                    let status = resp.status();
+                    let text = resp.text().await.unwrap_or_default();
+                    if status == 200 && (i % 2 == 0 || text.ends_with("data: [DONE]\n\n")) {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{status}: {text}"));
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    // Added c, removed b, redefined a (which is busy: it keeps serving).
+    let next = base
+        .replace(
+            "  b: {backend: sim, memory: 10MB}\n",
+            "  c: {backend: sim, memory: 10MB, aliases: [see]}\n",
+        )
+        .replace(
+            "a: {backend: sim, memory: 10MB}",
+            "a: {backend: sim, memory: 12MB}",
+        );
+    std::fs::write(&file, yaml(&next)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = admin_post(&r, "/admin/reload", None).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    let changes = v["changes"].to_string();
+    assert!(
+        changes.contains("added c")
+            && changes.contains("removed b")
+            && changes.contains("changed a"),
+        "{changes}"
+    );
+    assert_eq!(
+        post(&url, &chat("see")).await.status(),
+        200,
+        "an added model and its alias work at once"
+    );
+    expect_error(post(&url, &chat("b")).await, 404, "model_not_found").await;
+
+    // A bad file is refused whole, with the reason; the running config stays.
+    std::fs::write(&file, yaml(&next.replace("memory: 12MB", "memry: 12MB"))).unwrap();
+    let msg = expect_error(
+        admin_post(&r, "/admin/reload", None).await,
+        422,
+        "config_invalid",
+    )
+    .await;
+    assert!(
+        msg.contains("models.a.memry") && msg.contains("the running one stays"),
+        "{msg}"
+    );
+    assert_eq!(post(&url, &chat("c")).await.status(), 200);
+
+    // SIGHUP does the same as the API.
+    std::fs::write(
+        &file,
+        yaml(&next.replace("aliases: [see]", "aliases: [see, sea]")),
+    )
+    .unwrap();
+    r.signal(nix::sys::signal::Signal::SIGHUP);
+    let ok = eventually(Duration::from_secs(5), || async {
+        (post(&url, &chat("sea")).await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "SIGHUP reloaded the file: {}", r.logs());
+
+    let url2 = r.url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&["reload"], &url2, &[]))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("reloaded: no model changes"),
+        "{out}{err}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for c in clients {
+        let (ok, failed) = c.await.unwrap();
+        assert!(
+            failed.is_empty(),
+            "requests failed during reloads: {failed:?}"
+        );
+        served += ok;
+    }
+    assert!(served > 20, "the load ran throughout ({served} requests)");
+}

@@ -75,6 +75,11 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Make a running router read routes.yaml again (like SIGHUP)
+    Reload {
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Follow what happens to models: loads, evictions and why, crashes
     Events {
         #[command(flatten)]

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         } => client(&remote, |t| async move {
             remote::logs(&t, &model, lines, follow).await
         }),
+        Command::Reload { remote } => client(&remote, |t| async move { remote::reload(&t).await }),
         Command::Events { remote } => client(&remote, |t| async move { remote::events(&t).await }),
         Command::Demo { listen } => {
             let loaded = match load_str("built-in demo config", DEMO_CONFIG) {
@@ -103,6 +104,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAddr)) -> ExitCode {
     init_logging();
+    let source = loaded.path.clone();
     let mut config = loaded.config;
     if let Some(addr) = listen {
         config.listen = addr;
@@ -115,7 +117,7 @@ fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAdd
         banner(addr);
         let _ = std::io::stdout().flush();
     };
-    match runtime.block_on(serve::run(config, banner)) {
+    match runtime.block_on(serve::run(config, source, banner)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

@@ -302,3 +302,19 @@ pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result
     }
     Ok(())
 }
+
+pub async fn reload(t: &Target) -> Result<(), String> {
+    let v = t.call(reqwest::Method::POST, "/admin/reload").await?;
+    let changes: Vec<&str> = v["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.as_str())
+        .collect();
+    if changes.is_empty() {
+        println!("reloaded: no model changes");
+    } else {
+        println!("reloaded: {}", changes.join(", "));
+    }
+    Ok(())
+}

@@ -10,7 +10,11 @@ use modelyard_supervisor::Supervisor;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
-pub async fn run(config: Config, banner: impl FnOnce(SocketAddr)) -> Result<(), String> {
+pub async fn run(
+    config: Config,
+    source: Option<std::path::PathBuf>,
+    banner: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another modelyard or an Ollama already running there? set `listen` in routes.yaml, MODELYARD_LISTEN or --listen)"
@@ -23,7 +27,8 @@ pub async fn run(config: Config, banner: impl FnOnce(SocketAddr)) -> Result<(), 
     banner(addr);
     let config = Arc::new(config);
     let supervisor = Supervisor::start(config.clone());
-    let router = Router::new(config, supervisor.clone());
+    let router = Router::new(config, source, supervisor.clone());
+    reload_on_sighup(router.clone());
     modelyard_proxy::serve(listener, router, stop_signal()).await;
     tracing::info!("stopping backends");
     supervisor.shutdown().await;
@@ -46,4 +51,21 @@ async fn stop_signal() {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
     }
+}
+
+/// SIGHUP reads routes.yaml again; a bad file is refused and logged, the old
+/// config stays.
+fn reload_on_sighup(router: Router) {
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload with POST /admin/reload");
+        return;
+    };
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the config");
+            if let Err(e) = router.reload().await {
+                tracing::error!("{e}");
+            }
+        }
+    });
 }

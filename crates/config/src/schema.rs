@@ -102,7 +102,7 @@ impl BackendKind {
     }
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     #[serde(default)]
@@ -131,7 +131,7 @@ pub struct Backend {
     pub memory: Option<ByteSize>,
 }
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Model {
     pub backend: String,

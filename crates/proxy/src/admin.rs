@@ -48,15 +48,13 @@ async fn route(
         (&Method::GET, ["events"]) => Ok(events(inner)),
         (&Method::GET, ["models", id, "logs"]) => {
             // Backends print prompts and paths: their output is as private as a change.
-            allowed(&inner.config, headers, peer)?;
+            allowed(&inner.config(), headers, peer)?;
             let id = crate::percent_decode(id);
-            let model = inner
-                .config
-                .resolve(&id)
-                .ok_or_else(|| ApiError::UnknownModel {
-                    close: crate::models::close_matches(&inner.config, &id),
-                    name: id.clone(),
-                })?;
+            let config = inner.config();
+            let model = config.resolve(&id).ok_or_else(|| ApiError::UnknownModel {
+                close: crate::models::close_matches(&inner.config(), &id),
+                name: id.clone(),
+            })?;
             let ring = inner
                 .supervisor
                 .logs(model)
@@ -78,17 +76,15 @@ async fn route(
             ))
         }
         (&Method::POST, ["models", id, action @ ("load" | "unload")]) => {
-            allowed(&inner.config, headers, peer)?;
+            allowed(&inner.config(), headers, peer)?;
             let id = crate::percent_decode(id);
-            let model = inner
-                .config
-                .resolve(&id)
-                .ok_or_else(|| ApiError::UnknownModel {
-                    close: crate::models::close_matches(&inner.config, &id),
-                    name: id.clone(),
-                })?;
+            let config = inner.config();
+            let model = config.resolve(&id).ok_or_else(|| ApiError::UnknownModel {
+                close: crate::models::close_matches(&inner.config(), &id),
+                name: id.clone(),
+            })?;
             if *action == "load" {
-                let deadline = Instant::now() + inner.config.queue_timeout;
+                let deadline = Instant::now() + inner.config().queue_timeout;
                 inner.supervisor.load(model, deadline).await?;
                 Ok(ok(json!({"model": model, "loaded": true})))
             } else {
@@ -96,8 +92,13 @@ async fn route(
                 Ok(ok(json!({"model": model, "unloading": gone})))
             }
         }
+        (&Method::POST, ["reload"]) => {
+            allowed(&inner.config(), headers, peer)?;
+            let changes = inner.reload().await.map_err(ApiError::Reload)?;
+            Ok(ok(json!({"reloaded": true, "changes": changes})))
+        }
         (&Method::POST, ["unload"]) => {
-            allowed(&inner.config, headers, peer)?;
+            allowed(&inner.config(), headers, peer)?;
             let gone = inner.supervisor.unload(None).await?;
             Ok(ok(json!({"unloading": gone})))
         }
@@ -246,7 +247,7 @@ async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
 
 fn model_json(inner: &Inner, m: &ModelStatus) -> Value {
     let aliases = inner
-        .config
+        .config()
         .models
         .get(&m.name)
         .map(|c| c.aliases.clone())

@@ -33,6 +33,8 @@ pub enum ApiError {
     AdminKey,
     #[error("admin calls that change state are only accepted from this machine (set admin_remote: true to allow others)")]
     AdminRemote,
+    #[error("config not reloaded, the running one stays: {0}")]
+    Reload(String),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
 }
@@ -102,6 +104,12 @@ impl ApiError {
                 "server_error",
                 None,
                 "backend_timeout",
+            ),
+            Reload(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                None,
+                "config_invalid",
             ),
             AdminKey => (
                 StatusCode::UNAUTHORIZED,

@@ -49,19 +49,19 @@ async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let bytes = read_body(declared, body, state.config.max_body.bytes()).await?;
+    let bytes = read_body(declared, body, state.config().max_body.bytes()).await?;
     let routed = peek_model(&bytes)?;
     let client_name = routed.model.clone();
     let model = state
-        .config
+        .config()
         .resolve(&client_name)
         .ok_or_else(|| ApiError::UnknownModel {
-            close: crate::models::close_matches(&state.config, &client_name),
+            close: crate::models::close_matches(&state.config(), &client_name),
             name: client_name.clone(),
         })?
         .to_string();
     label.clone_from(&model);
-    let deadline = Instant::now() + state.config.queue_timeout;
+    let deadline = Instant::now() + state.config().queue_timeout;
     let asked = Instant::now();
     let acquire = {
         let (state, model) = (state.clone(), model.clone());
@@ -80,7 +80,7 @@ async fn forward(
         model,
         started,
     };
-    if routed_stream(&send) && state.config.loading_progress != LoadingProgress::Off {
+    if routed_stream(&send) && state.config().loading_progress != LoadingProgress::Off {
         let mut acquire = Box::pin(acquire);
         // A ready model's lease comes back at once; only a wait earns progress.
         match tokio::time::timeout(PROGRESS_AFTER, &mut acquire).await {
@@ -120,7 +120,7 @@ impl Upstream {
     }
 
     pub(crate) fn progress_mode(&self) -> LoadingProgress {
-        self.state.config.loading_progress
+        self.state.config().loading_progress
     }
 
     pub(crate) async fn send(self, lease: Lease) -> Result<Response<Body>, ApiError> {
@@ -137,7 +137,7 @@ impl Upstream {
         drop(bytes);
         let request = upstream_request(&parts, &lease, upstream_body);
         let pending = state.client.request(request);
-        let response = match state.config.upstream_timeout.duration() {
+        let response = match state.config().upstream_timeout.duration() {
             Some(limit) => tokio::time::timeout(limit, pending).await.map_err(|_| {
                 ApiError::UpstreamTimeout {
                     model: model.clone(),

@@ -38,7 +38,10 @@ pub struct Router {
 }
 
 pub(crate) struct Inner {
-    pub config: Arc<Config>,
+    /// Swapped whole by a reload; each request works on the one it started with.
+    config: std::sync::RwLock<Arc<Config>>,
+    /// The file a reload reads again; None for a config with no file (the demo).
+    pub source: Option<std::path::PathBuf>,
     pub supervisor: Supervisor,
     pub client: Client<HttpConnector, Full<Bytes>>,
     pub started_unix: u64,
@@ -49,7 +52,11 @@ pub(crate) struct Inner {
 }
 
 impl Router {
-    pub fn new(config: Arc<Config>, supervisor: Supervisor) -> Router {
+    pub fn new(
+        config: Arc<Config>,
+        source: Option<std::path::PathBuf>,
+        supervisor: Supervisor,
+    ) -> Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.enforce_http(true);
@@ -65,7 +72,8 @@ impl Router {
         Router {
             inner: Arc::new(Inner {
                 metrics,
-                config,
+                config: std::sync::RwLock::new(config),
+                source,
                 supervisor,
                 client,
                 started_unix,
@@ -99,10 +107,10 @@ impl Router {
         let inner = &*self.inner;
         let path = req.uri().path();
         match (req.method(), path) {
-            (&Method::GET, "/v1/models") => models::list(&inner.config, inner.started_unix),
+            (&Method::GET, "/v1/models") => models::list(&inner.config(), inner.started_unix),
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
-                models::one(&inner.config, inner.started_unix, &id)
+                models::one(&inner.config(), inner.started_unix, &id)
             }
             (&Method::GET, "/") => {
                 let mut resp = Response::new(body::full(STATUS_PAGE));
@@ -130,6 +138,53 @@ impl Router {
             }
             .into_response(),
         }
+    }
+}
+
+impl Router {
+    /// Reads the config file again and applies it: refused whole (the old one
+    /// stays) when it is invalid. Returns what changed.
+    pub async fn reload(&self) -> Result<Vec<String>, String> {
+        self.inner.reload().await
+    }
+}
+
+impl Inner {
+    pub(crate) fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) async fn reload(&self) -> Result<Vec<String>, String> {
+        let path = self
+            .source
+            .as_ref()
+            .ok_or("this router's config is built in (the demo); there is no file to reload")?;
+        let mut next = modelyard_config::load_file(path)
+            .map_err(|e| e.to_string())?
+            .config;
+        let current = self.config();
+        // The socket is already bound (maybe from --listen): a new address needs a restart.
+        next.listen = current.listen;
+        let next = Arc::new(next);
+        let changes = self
+            .supervisor
+            .reload(next.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = next;
+        tracing::info!(
+            "config reloaded from {}: {}",
+            path.display(),
+            if changes.is_empty() {
+                "no model changes".to_string()
+            } else {
+                changes.join(", ")
+            }
+        );
+        Ok(changes)
     }
 }
 

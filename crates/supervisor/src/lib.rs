@@ -128,6 +128,16 @@ impl Supervisor {
         rx.await.ok().flatten()
     }
 
+    /// Applies a new config without dropping a request: settings at once, new
+    /// models at once, removed or redefined ones once idle. Returns what changed.
+    pub async fn reload(&self, config: Arc<Config>) -> Result<Vec<String>, SupervisorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Reload { config, reply })
+            .map_err(|_| SupervisorError::ShuttingDown)?;
+        rx.await.map_err(|_| SupervisorError::ShuttingDown)
+    }
+
     /// Every model event from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()

@@ -61,6 +61,11 @@ pub(crate) enum Msg {
         model: String,
         reply: oneshot::Sender<Option<LogRing>>,
     },
+    /// Apply a new config; answers with what changed.
+    Reload {
+        config: Arc<Config>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
     /// Resident bytes of each backend process tree, by pid (None: gone).
     Measured {
         samples: Vec<(u32, Option<u64>)>,
@@ -131,6 +136,10 @@ struct Slot {
     /// Set while it drains to make room for another model: until this instant it
     /// still takes requests for itself.
     serve_until: Option<Instant>,
+    /// The config it was made from.
+    def: (modelyard_config::Model, Backend),
+    /// Removed or redefined by a reload: leaves once idle, then is rebuilt or dropped.
+    stale: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,6 +176,9 @@ struct Instance {
 pub(crate) struct Owner<E: Effects> {
     config: Arc<Config>,
     budget: u64,
+    /// What the ledger may hold: the budget, except after a reload shrank it,
+    /// when it is what was held then, until the ledger has come down to the budget.
+    ceiling: u64,
     slots: HashMap<ModelKey, Slot>,
     instances: HashMap<InstanceKey, Instance>,
     tx: mpsc::UnboundedSender<Msg>,
@@ -197,17 +209,41 @@ impl<E: Effects> Owner<E> {
         state: Option<StateFile>,
         events: tokio::sync::broadcast::Sender<Event>,
     ) -> Owner<E> {
+        let mut owner = Owner {
+            budget: config.budget.map_or(u64::MAX, |b| b.0),
+            ceiling: config.budget.map_or(u64::MAX, |b| b.0),
+            config: config.clone(),
+            slots: HashMap::new(),
+            instances: HashMap::new(),
+            tx,
+            effects,
+            shutting_down: false,
+            events,
+            state,
+            arrivals: 0,
+            shutdown_done: None,
+        };
+        for name in config.models.keys() {
+            owner.add_model(name);
+        }
+        owner
+    }
+
+    /// Creates the slot (and, if needed, the instance) for `name` from the config.
+    fn add_model(&mut self, name: &str) {
+        let config = self.config.clone();
+        let Some(key) = instance_key(&config, name) else {
+            return;
+        };
+        let m = &config.models[name];
         let now = Instant::now();
-        let mut slots = HashMap::new();
-        let mut instances: HashMap<InstanceKey, Instance> = HashMap::new();
-        for (name, m) in &config.models {
-            let Some(key) = instance_key(&config, name) else {
-                continue;
-            };
-            let backend = config.backends[&m.backend].clone();
-            let per_model = backend.kind.process_per_model() && backend.command.is_some();
-            let external = backend.command.is_none();
-            let inst = instances.entry(key.clone()).or_insert_with(|| Instance {
+        let backend = config.backends[&m.backend].clone();
+        let per_model = backend.kind.process_per_model() && backend.command.is_some();
+        let external = backend.command.is_none();
+        let inst = self
+            .instances
+            .entry(key.clone())
+            .or_insert_with(|| Instance {
                 backend_name: m.backend.clone(),
                 endpoint: if external {
                     backend.url.as_deref().and_then(Endpoint::parse)
@@ -216,7 +252,7 @@ impl<E: Effects> Owner<E> {
                 },
                 run: if external { Run::External } else { Run::Down },
                 backend: backend.clone(),
-                model: per_model.then(|| name.clone()),
+                model: per_model.then(|| name.to_string()),
                 handle: None,
                 generation: 0,
                 up_since: now,
@@ -231,51 +267,167 @@ impl<E: Effects> Owner<E> {
                     backend.memory.map_or(0, |b| b.0)
                 },
             });
-            let model_key: ModelKey = name.as_str().into();
-            inst.models.push(model_key.clone());
-            let own_base = if per_model {
-                backend.memory.map_or(0, |b| b.0)
-            } else {
-                0
-            };
-            slots.insert(
-                model_key,
-                Slot {
-                    instance: key,
-                    // What another machine or server holds is not ours to count.
-                    memory: if external {
-                        0
-                    } else {
-                        m.memory.map_or(0, |b| b.0) + own_base
-                    },
-                    group: m.group.clone(),
-                    pinned: m.pinned,
-                    idle: m.idle_timeout.unwrap_or(config.idle_timeout).duration(),
-                    upstream: m.upstream_name(name).to_string(),
-                    phase: if external { Phase::Ready } else { Phase::Cold },
-                    in_flight: 0,
-                    last_used: now,
-                    queue: VecDeque::new(),
-                    why: String::new(),
-                    failures: 0,
-                    retry_at: None,
-                    last_error: None,
-                    serve_until: None,
+        let model_key: ModelKey = name.into();
+        inst.models.push(model_key.clone());
+        let own_base = if per_model {
+            backend.memory.map_or(0, |b| b.0)
+        } else {
+            0
+        };
+        self.slots.insert(
+            model_key,
+            Slot {
+                instance: key,
+                // What another machine or server holds is not ours to count.
+                memory: if external {
+                    0
+                } else {
+                    m.memory.map_or(0, |b| b.0) + own_base
                 },
-            );
+                group: m.group.clone(),
+                pinned: m.pinned,
+                idle: m.idle_timeout.unwrap_or(config.idle_timeout).duration(),
+                upstream: m.upstream_name(name).to_string(),
+                phase: if external { Phase::Ready } else { Phase::Cold },
+                in_flight: 0,
+                last_used: now,
+                queue: VecDeque::new(),
+                why: String::new(),
+                failures: 0,
+                retry_at: None,
+                last_error: None,
+                serve_until: None,
+                def: (m.clone(), backend),
+                stale: false,
+            },
+        );
+    }
+
+    /// Takes a new config: settings now; models added now; models removed or
+    /// redefined once they are idle (what is in flight finishes on the old one).
+    fn on_reload(&mut self, config: Arc<Config>) -> Vec<String> {
+        let mut changes = Vec::new();
+        let previous = std::mem::replace(&mut self.config, config.clone());
+        self.budget = config.budget.map_or(u64::MAX, |b| b.0);
+        self.ceiling = self.budget.max(self.used());
+        let names: Vec<ModelKey> = self.slots.keys().cloned().collect();
+        for m in names {
+            let slot = self.slots.get_mut(&m).expect("listed");
+            match config.models.get(&*m) {
+                None => {
+                    slot.stale = true;
+                    fail_queue(slot, &m, SupervisorError::UnknownModel);
+                    if previous.models.contains_key(&*m) {
+                        changes.push(format!("removed {m}"));
+                    }
+                }
+                Some(def) => {
+                    let backend = config.backends.get(&def.backend).cloned();
+                    // What can change under a running process, changes now.
+                    slot.group.clone_from(&def.group);
+                    slot.pinned = def.pinned;
+                    slot.idle = def.idle_timeout.unwrap_or(config.idle_timeout).duration();
+                    if Some(&slot.def.1) != backend.as_ref()
+                        || slot.def.0.backend != def.backend
+                        || slot.def.0.memory != def.memory
+                        || slot.def.0.upstream != def.upstream
+                        || slot.def.0.args != def.args
+                    {
+                        slot.stale = true;
+                    }
+                    // Reported against the last config, so a change still waiting for
+                    // its model to be idle is not reported again.
+                    let before = previous.models.get(&*m);
+                    let before_backend = before.and_then(|b| previous.backends.get(&b.backend));
+                    if before != Some(def) || before_backend != backend.as_ref() {
+                        changes.push(format!("changed {m}"));
+                    }
+                }
+            }
         }
-        Owner {
-            budget: config.budget.map_or(u64::MAX, |b| b.0),
-            config,
-            slots,
-            instances,
-            tx,
-            effects,
-            shutting_down: false,
-            events,
-            state,
-            arrivals: 0,
-            shutdown_done: None,
+        for name in config.models.keys() {
+            if !self.slots.contains_key(name.as_str()) {
+                self.add_model(name);
+                changes.push(format!("added {name}"));
+            }
+        }
+        self.fit_budget();
+        changes
+    }
+
+    /// After a reload shrank the budget: idle models go until the ledger fits.
+    fn fit_budget(&mut self) {
+        // Memory already on its way out counts as gone.
+        let staying = |o: &Self| {
+            o.used()
+                - o.slots
+                    .values()
+                    .filter(|s| matches!(s.phase, Phase::Draining | Phase::Stopping))
+                    .map(|s| s.memory)
+                    .sum::<u64>()
+        };
+        while staying(self) > self.budget {
+            let victim = self
+                .slots
+                .iter()
+                .filter(|(_, s)| {
+                    s.phase == Phase::Ready && !s.pinned && s.in_flight == 0 && s.memory > 0
+                })
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(v) => self.begin_drain(&v, "the budget shrank"),
+                None => {
+                    tracing::warn!(
+                        used = self.used(),
+                        budget = self.budget,
+                        "the ledger is above the new budget until busy models finish"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Stale models (removed or redefined by a reload) leave once idle; once cold
+    /// they are rebuilt from the current config, or dropped if it has them no more.
+    fn settle_definitions(&mut self) {
+        let stale: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.stale)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in stale {
+            let slot = &self.slots[&m];
+            let run = self.instances[&slot.instance].run;
+            if slot.phase == Phase::Ready && slot.in_flight == 0 && run != Run::External {
+                let why = if self.config.models.contains_key(&*m) {
+                    "its definition changed"
+                } else {
+                    "removed from the config"
+                };
+                self.begin_drain(&m, why);
+                continue;
+            }
+            let cold = !slot.phase.holds_memory() || run == Run::External;
+            if !cold || matches!(run, Run::Starting | Run::Up | Run::Stopping) {
+                continue;
+            }
+            let slot = self.slots.remove(&m).expect("listed");
+            let key = slot.instance.clone();
+            if let Some(inst) = self.instances.get_mut(&key) {
+                inst.models.retain(|x| *x != m);
+                if inst.models.is_empty() {
+                    self.instances.remove(&key);
+                }
+            }
+            if self.config.models.contains_key(&*m) {
+                self.add_model(&m);
+                let fresh = self.slots.get_mut(&m).expect("just added");
+                fresh.queue = slot.queue;
+                fresh.failures = 0;
+            }
         }
     }
 
@@ -293,6 +445,7 @@ impl<E: Effects> Owner<E> {
                 msg = rx.recv() => msg,
                 _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
                     self.on_tick();
+                    self.settle_definitions();
                     self.schedule();
                     continue;
                 }
@@ -319,6 +472,10 @@ impl<E: Effects> Owner<E> {
                     let _ = reply.send(self.snapshot());
                 }
                 Msg::Measured { samples } => self.on_measured(samples),
+                Msg::Reload { config, reply } => {
+                    let changes = self.on_reload(config);
+                    let _ = reply.send(changes);
+                }
                 Msg::Logs { model, reply } => {
                     let ring = self
                         .slots
@@ -333,6 +490,9 @@ impl<E: Effects> Owner<E> {
                     self.shutdown_done = Some(done);
                     self.shutdown();
                 }
+            }
+            if !self.shutting_down {
+                self.settle_definitions();
             }
             if self.shutting_down {
                 if self.instances.values().all(|i| i.handle.is_none()) {
@@ -356,7 +516,9 @@ impl<E: Effects> Owner<E> {
         }
         let queued: usize = self.slots.values().map(|s| s.queue.len()).sum();
         let max_queue = self.config.max_queue;
-        let Some((key, slot)) = self.slots.get_key_value(model.as_str()) else {
+        // A model a reload removed is gone for new requests, even while it drains.
+        let known = self.config.models.contains_key(&model);
+        let Some((key, slot)) = self.slots.get_key_value(model.as_str()).filter(|_| known) else {
             let _ = reply.send(Err(SupervisorError::UnknownModel(model)));
             return;
         };
@@ -985,14 +1147,17 @@ impl<E: Effects> Owner<E> {
             .sum()
     }
 
-    fn check_ledger(&self) {
+    fn check_ledger(&mut self) {
         let used = self.used();
-        if used > self.budget {
+        if used <= self.budget {
+            self.ceiling = self.budget;
+        }
+        if used > self.ceiling {
             tracing::error!(used, budget = self.budget, "ledger above budget");
             debug_assert!(
-                used <= self.budget,
+                used <= self.ceiling,
                 "ledger {used} above budget {}",
-                self.budget
+                self.ceiling
             );
         }
     }

@@ -413,3 +413,67 @@ models:
     let (used, loaded) = ledger(&s).await;
     assert_eq!((used, loaded), (6 * GB, vec!["big".to_string()]));
 }
+
+fn config(yaml: &str) -> Arc<modelyard_config::Config> {
+    Arc::new(load_str("test", yaml).unwrap().config)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_adds_now_and_removes_or_redefines_once_idle() {
+    let (s, fake) = start(SEED);
+    let busy = get(&s, "small").await;
+    drop(get(&s, "embed").await);
+    let next = SEED
+        .replace("  small: {backend: p, memory: 5.5GB}\n", "")
+        .replace(
+            "embed: {backend: p, memory: 1.2GB}",
+            "embed: {backend: p, memory: 1.5GB}",
+        )
+        + "  extra: {backend: p, memory: 1GB}\n";
+    let changes = s.reload(config(&next)).await.unwrap();
+    assert!(
+        changes.contains(&"removed small".to_string())
+            && changes.contains(&"changed embed".to_string())
+            && changes.contains(&"added extra".to_string()),
+        "{changes:?}"
+    );
+    // Added: usable at once.
+    drop(get(&s, "extra").await);
+    // Removed but busy: its request finishes, then it goes; new requests are refused.
+    assert!(matches!(
+        s.acquire("small", soon()).await,
+        Err(SupervisorError::UnknownModel(_))
+    ));
+    assert!(ledger(&s).await.1.contains(&"small".to_string()));
+    drop(busy);
+    tokio::time::sleep(STOP * 2).await;
+    let snap = s.snapshot().await.unwrap();
+    assert!(snap.model("small").is_none(), "dropped once idle");
+    // Redefined while idle: restarted with the new size on its next use.
+    assert_eq!(fake.count("p/embed"), 1);
+    drop(get(&s, "embed").await);
+    assert_eq!(fake.count("p/embed"), 2);
+    assert_eq!(
+        s.snapshot().await.unwrap().model("embed").unwrap().reserved,
+        1_500_000_000
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_smaller_budget_on_reload_unloads_idle_models() {
+    let small = "budget: 10GB\nbackends:\n  p: {command: [fake, \"${PORT}\"]}\nmodels:\n  a: {backend: p, memory: 4GB}\n  b: {backend: p, memory: 4GB}\n";
+    let (s, _) = start(small);
+    drop(get(&s, "a").await);
+    drop(get(&s, "b").await);
+    assert_eq!(ledger(&s).await.0, 8 * GB);
+    s.reload(config(&small.replace("budget: 10GB", "budget: 6GB")))
+        .await
+        .unwrap();
+    tokio::time::sleep(STOP * 2).await;
+    let (used, loaded) = ledger(&s).await;
+    assert_eq!(
+        (used, loaded),
+        (4 * GB, vec!["b".to_string()]),
+        "the least recently used went"
+    );
+}
