@@ -574,3 +574,47 @@ models:
     }
     assert!(served > 20, "the load ran throughout ({served} requests)");
 }
+
+#[tokio::test]
+async fn a_load_on_a_terminal_shows_progress_and_the_usual_load_time() {
+    let r = Router::start(
+        r#"
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --load-time, 1s]}
+models:
+  m: {backend: sim, memory: 1MB}
+"#,
+    );
+    assert_eq!(
+        admin_post(&r, "/admin/models/m/load", None).await.status(),
+        200
+    );
+    let typical = model(&status(&r).await, "m")["typical_load_secs"]
+        .as_f64()
+        .unwrap();
+    assert!(typical >= 1.0, "learned from the load: {typical}");
+    assert_eq!(
+        admin_post(&r, "/admin/models/m/unload", None)
+            .await
+            .status(),
+        200
+    );
+    wait_state(&r, "m", "cold").await;
+    // `script` gives the CLI a terminal, so it draws its spinner.
+    let cmd = format!("{BIN} load m --url {}", r.url);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("script (util-linux) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("loading m…") && text.contains("(usually ~1s)"),
+        "{text}"
+    );
+    assert!(text.contains("m is loaded"), "{text}");
+}

@@ -190,6 +190,22 @@ pub fn render_status(url: &str, v: &Value) -> String {
 }
 
 pub async fn load(t: &Target, model: &str) -> Result<(), String> {
+    // What its previous loads took, to set expectations while this one runs.
+    let usually = t
+        .call(reqwest::Method::GET, "/admin/status")
+        .await
+        .ok()
+        .and_then(|v| {
+            v["models"].as_array()?.iter().find(|m| {
+                m["name"] == model
+                    || m["aliases"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|x| x == model))
+            })?["typical_load_secs"]
+                .as_f64()
+        })
+        .map(|s| format!(" (usually ~{s:.0}s)"))
+        .unwrap_or_default();
     let started = tokio::time::Instant::now();
     let path = format!("/admin/models/{model}/load");
     let call = t.call(reqwest::Method::POST, &path);
@@ -201,7 +217,7 @@ pub async fn load(t: &Target, model: &str) -> Result<(), String> {
         tokio::select! {
             r = &mut call => break r,
             _ = tokio::time::sleep(Duration::from_millis(120)), if tty => {
-                eprint!("\r{} loading {model}… {:.1}s", spinner[i % 4], started.elapsed().as_secs_f64());
+                eprint!("\r{} loading {model}… {:.1}s{usually}", spinner[i % 4], started.elapsed().as_secs_f64());
                 i += 1;
             }
         }

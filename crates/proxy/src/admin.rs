@@ -268,6 +268,7 @@ fn model_json(inner: &Inner, m: &ModelStatus) -> Value {
         "idle_unload_in_secs": m.idle_unload_in.map(|d| d.as_secs()),
         "pid": m.pid,
         "endpoint": m.endpoint,
+        "typical_load_secs": m.typical_load.map(|d| d.as_secs_f64()),
         "failures": m.failures,
         "last_error": m.last_error,
     })

@@ -78,6 +78,9 @@ pub(crate) enum Msg {
     },
 }
 
+/// How many recent loads the typical load time is the median of.
+const RECENT_LOADS: usize = 5;
+
 /// Repeated failures wait 1 s, 2 s, 4 s … up to this before the next start.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A backend that ran this long before dying starts its failure count afresh.
@@ -140,6 +143,8 @@ struct Slot {
     def: (modelyard_config::Model, Backend),
     /// Removed or redefined by a reload: leaves once idle, then is rebuilt or dropped.
     stale: bool,
+    /// How long its last few loads took, to say how long the next will.
+    recent_loads: VecDeque<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -299,6 +304,7 @@ impl<E: Effects> Owner<E> {
                 serve_until: None,
                 def: (m.clone(), backend),
                 stale: false,
+                recent_loads: VecDeque::new(),
             },
         );
     }
@@ -426,7 +432,7 @@ impl<E: Effects> Owner<E> {
                 self.add_model(&m);
                 let fresh = self.slots.get_mut(&m).expect("just added");
                 fresh.queue = slot.queue;
-                fresh.failures = 0;
+                fresh.recent_loads = slot.recent_loads;
             }
         }
     }
@@ -599,6 +605,10 @@ impl<E: Effects> Owner<E> {
                     if slot.phase == Phase::Starting {
                         slot.phase = Phase::Ready;
                         slot.last_error = None;
+                        if slot.recent_loads.len() == RECENT_LOADS {
+                            slot.recent_loads.pop_front();
+                        }
+                        slot.recent_loads.push_back(took);
                         self.emit_ready(&m, took);
                         self.serve_queue(&m);
                     }
@@ -1192,6 +1202,7 @@ impl<E: Effects> Owner<E> {
                     idle_unload_in: idle_deadline(s)
                         .map(|d| d.saturating_duration_since(Instant::now())),
                     endpoint: inst.endpoint.as_ref().map(|e| e.authority.to_string()),
+                    typical_load: median(&s.recent_loads),
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
                     last_error: s.last_error.clone(),
@@ -1226,6 +1237,12 @@ impl<E: Effects> Owner<E> {
 /// Whether a server's process (and so its own memory) may be present.
 fn server_holds(run: Run) -> bool {
     matches!(run, Run::Starting | Run::Up | Run::Stopping)
+}
+
+fn median(loads: &VecDeque<Duration>) -> Option<Duration> {
+    let mut v: Vec<Duration> = loads.iter().copied().collect();
+    v.sort();
+    v.get(v.len() / 2).copied()
 }
 
 fn far_future() -> Instant {

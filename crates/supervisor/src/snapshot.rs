@@ -34,6 +34,8 @@ pub struct ModelStatus {
     pub idle_unload_in: Option<std::time::Duration>,
     /// host:port of the process serving it, once started.
     pub endpoint: Option<String>,
+    /// The median of its last few load times.
+    pub typical_load: Option<std::time::Duration>,
     pub pid: Option<u32>,
     pub failures: u32,
     pub last_error: Option<String>,
