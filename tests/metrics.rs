@@ -93,15 +93,17 @@ models:
             .unwrap()
             .starts_with("text/plain; version=0.0.4"));
         let samples = parse(&resp.text().await.unwrap());
-        (value(
+        // Counters follow events and the ledger is read at scrape time: wait for both.
+        let settled = value(
             &samples,
             "modelyard_backend_crashes_total",
             &[("model", "b")],
-        ) == 1.0)
-            .then_some(samples)
+        ) == 1.0
+            && value(&samples, "modelyard_ledger_used_bytes", &[]) == 0.0;
+        settled.then_some(samples)
     })
     .await
-    .expect("the crash is counted");
+    .expect("the crash is counted and its memory released");
 
     assert_eq!(
         value(

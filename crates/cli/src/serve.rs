@@ -24,6 +24,12 @@ pub async fn run(
         format!("cannot listen on {}: {e}{hint}", config.listen)
     })?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "listening on {addr}: other machines can reach every model, the status page and /metrics; \
+             mutating admin calls stay loopback-only unless admin_remote is set"
+        );
+    }
     banner(addr);
     let config = Arc::new(config);
     let supervisor = Supervisor::start(config.clone());

@@ -41,6 +41,18 @@ pub struct Config {
     /// How long a backend may take to send response headers.
     #[serde(default = "defaults::upstream_timeout")]
     pub upstream_timeout: Timeout,
+    /// Listening on a non-loopback address must be meant: it makes every model
+    /// reachable from other machines.
+    #[serde(default)]
+    pub expose: bool,
+    /// Host names (beyond loopback names and IP addresses) that requests may name
+    /// in `Host`; anything else is refused as DNS rebinding.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`https://app.example`) allowed to call the router, with CORS.
+    /// Pages the router serves itself are always allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// Required (as `Authorization: Bearer …`) by mutating admin calls when set.
     #[serde(default)]
     pub admin_key: Option<String>,

@@ -35,6 +35,30 @@ pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) 
 
 pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
     let mut out = Vec::new();
+    if !cfg.listen.ip().is_loopback() && !cfg.expose {
+        out.push(problem(
+            &["listen"],
+            format!(
+                "{} is reachable from other machines (every model, and the status page); set expose: true if that is meant",
+                cfg.listen
+            ),
+        ));
+    }
+    for (i, o) in cfg.allowed_origins.iter().enumerate() {
+        let idx = i.to_string();
+        let ok = o
+            .parse::<http::Uri>()
+            .is_ok_and(|u| u.scheme().is_some() && u.host().is_some() && u.path() == "/")
+            && !o.ends_with('/');
+        if !ok {
+            out.push(problem(
+                &["allowed_origins", &idx],
+                format!(
+                    "`{o}` is not an origin such as https://app.example or http://localhost:3000"
+                ),
+            ));
+        }
+    }
     check_backends(cfg, &mut out);
     check_models(cfg, &mut out);
     check_aliases(cfg, &mut out);

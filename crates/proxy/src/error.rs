@@ -33,6 +33,10 @@ pub enum ApiError {
     AdminKey,
     #[error("admin calls that change state are only accepted from this machine (set admin_remote: true to allow others)")]
     AdminRemote,
+    #[error("Host `{0}` is not this router (DNS rebinding?); add it to allowed_hosts in routes.yaml if it is")]
+    HostNotAllowed(String),
+    #[error("browser origin `{0}` may not call this router; add it to allowed_origins in routes.yaml to allow it")]
+    OriginNotAllowed(String),
     #[error("config not reloaded, the running one stays: {0}")]
     Reload(String),
     #[error(transparent)]
@@ -104,6 +108,18 @@ impl ApiError {
                 "server_error",
                 None,
                 "backend_timeout",
+            ),
+            HostNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                None,
+                "host_not_allowed",
+            ),
+            OriginNotAllowed(_) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                None,
+                "origin_not_allowed",
             ),
             Reload(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -5,6 +5,7 @@ mod admin;
 mod body;
 mod error;
 mod forward;
+mod guard;
 mod metrics;
 mod models;
 mod progress;
@@ -92,7 +93,23 @@ impl Router {
             .unwrap_or("-")
             .to_string();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let resp = self.handle(req, peer).await;
+        let config = self.inner.config();
+        let resp = match guard::check(&config, req.uri(), req.headers()) {
+            Err(e) => {
+                tracing::warn!(%id, %method, %path, "refused: {e}");
+                e.into_response()
+            }
+            Ok(Some(origin)) if method == Method::OPTIONS => {
+                guard::preflight(origin, req.headers())
+            }
+            Ok(cors) => {
+                let mut resp = self.handle(req, peer).await;
+                if let Some(origin) = cors {
+                    guard::allow(resp.headers_mut(), origin);
+                }
+                resp
+            }
+        };
         tracing::debug!(%id, %method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
         resp
     }
