@@ -110,6 +110,15 @@ pub async fn status(t: &Target, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+/// The strings of a JSON array (none if it is not one).
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
 fn size(v: &Value) -> String {
     v.as_u64().map_or("-".into(), |b| ByteSize(b).to_string())
 }
@@ -240,12 +249,7 @@ pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
         None => "/admin/unload".into(),
     };
     let v = t.call(reqwest::Method::POST, &path).await?;
-    let gone: Vec<&str> = v["unloading"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|x| x.as_str())
-        .collect();
+    let gone = strings(&v["unloading"]);
     if gone.is_empty() {
         println!("nothing to unload");
     } else {
@@ -321,12 +325,7 @@ pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result
 
 pub async fn reload(t: &Target) -> Result<(), String> {
     let v = t.call(reqwest::Method::POST, "/admin/reload").await?;
-    let changes: Vec<&str> = v["changes"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|c| c.as_str())
-        .collect();
+    let changes = strings(&v["changes"]);
     if changes.is_empty() {
         println!("reloaded: no model changes");
     } else {

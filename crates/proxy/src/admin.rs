@@ -42,22 +42,18 @@ async fn route(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<Response<Body>, ApiError> {
+    let config = inner.config();
     let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["status"]) => status(inner).await,
         (&Method::GET, ["events"]) => Ok(events(inner)),
         (&Method::GET, ["models", id, "logs"]) => {
             // Backends print prompts and paths: their output is as private as a change.
-            allowed(&inner.config(), headers, peer)?;
-            let id = crate::percent_decode(id);
-            let config = inner.config();
-            let model = config.resolve(&id).ok_or_else(|| ApiError::UnknownModel {
-                close: crate::models::close_matches(&inner.config(), &id),
-                name: id.clone(),
-            })?;
+            allowed(&config, headers, peer)?;
+            let model = crate::models::resolve(&config, &crate::percent_decode(id))?;
             let ring = inner
                 .supervisor
-                .logs(model)
+                .logs(&model)
                 .await
                 .ok_or(ApiError::Supervisor(
                     modelyard_supervisor::SupervisorError::ShuttingDown,
@@ -76,29 +72,24 @@ async fn route(
             ))
         }
         (&Method::POST, ["models", id, action @ ("load" | "unload")]) => {
-            allowed(&inner.config(), headers, peer)?;
-            let id = crate::percent_decode(id);
-            let config = inner.config();
-            let model = config.resolve(&id).ok_or_else(|| ApiError::UnknownModel {
-                close: crate::models::close_matches(&inner.config(), &id),
-                name: id.clone(),
-            })?;
+            allowed(&config, headers, peer)?;
+            let model = crate::models::resolve(&config, &crate::percent_decode(id))?;
             if *action == "load" {
-                let deadline = Instant::now() + inner.config().queue_timeout;
-                inner.supervisor.load(model, deadline).await?;
+                let deadline = Instant::now() + config.queue_timeout;
+                inner.supervisor.load(&model, deadline).await?;
                 Ok(ok(json!({"model": model, "loaded": true})))
             } else {
-                let gone = inner.supervisor.unload(Some(model)).await?;
+                let gone = inner.supervisor.unload(Some(&model)).await?;
                 Ok(ok(json!({"model": model, "unloading": gone})))
             }
         }
         (&Method::POST, ["reload"]) => {
-            allowed(&inner.config(), headers, peer)?;
+            allowed(&config, headers, peer)?;
             let changes = inner.reload().await.map_err(ApiError::Reload)?;
             Ok(ok(json!({"reloaded": true, "changes": changes})))
         }
         (&Method::POST, ["unload"]) => {
-            allowed(&inner.config(), headers, peer)?;
+            allowed(&config, headers, peer)?;
             let gone = inner.supervisor.unload(None).await?;
             Ok(ok(json!({"unloading": gone})))
         }

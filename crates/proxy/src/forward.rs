@@ -52,14 +52,7 @@ async fn forward(
     let bytes = read_body(declared, body, state.config().max_body.bytes()).await?;
     let routed = peek_model(&bytes)?;
     let client_name = routed.model.clone();
-    let model = state
-        .config()
-        .resolve(&client_name)
-        .ok_or_else(|| ApiError::UnknownModel {
-            close: crate::models::close_matches(&state.config(), &client_name),
-            name: client_name.clone(),
-        })?
-        .to_string();
+    let model = crate::models::resolve(&state.config(), &client_name)?;
     label.clone_from(&model);
     let deadline = Instant::now() + state.config().queue_timeout;
     let asked = Instant::now();

@@ -46,6 +46,18 @@ pub(crate) fn one(config: &Config, created: u64, id: &str) -> Response<Body> {
     }
 }
 
+/// The configured model `name` (a model or an alias) stands for, or a 404 that
+/// names the closest matches.
+pub(crate) fn resolve(config: &Config, name: &str) -> Result<String, ApiError> {
+    config
+        .resolve(name)
+        .map(str::to_string)
+        .ok_or_else(|| ApiError::UnknownModel {
+            close: close_matches(config, name),
+            name: name.to_string(),
+        })
+}
+
 /// Up to three configured names or aliases that `wanted` is probably a typo of.
 pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
     let wanted_l = wanted.to_lowercase();
