@@ -284,7 +284,10 @@ models:
         "the restarted router left the orphan running"
     );
     assert!(
-        second.logs().contains("left by a previous run"),
+        // Logged before the group is ended, so present once it is gone.
+        second
+            .logs()
+            .contains("ending a backend left running by a previous run"),
         "{}",
         second.logs()
     );

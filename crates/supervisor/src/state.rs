@@ -106,13 +106,44 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// process, or the leader is gone but members remain (the kernel does not hand
 /// out a pid that is still some group's id, so the group is ours).
 fn ours(g: &Group) -> bool {
-    let group_alive = killpg(Pid::from_raw(g.pid as i32), None).is_ok();
-    if !group_alive {
+    if !group_alive(g.pid) {
         return false;
     }
     match start_time(g.pid) {
         Some(now) => Some(now) == g.started,
         None => kill(Pid::from_raw(g.pid as i32), None).is_err(),
+    }
+}
+
+/// Whether any process of the group still runs. An ended orphan may linger as a
+/// zombie where nothing reaps it (a container's init); that is not running.
+fn group_alive(pgid: u32) -> bool {
+    if killpg(Pid::from_raw(pgid as i32), None).is_err() {
+        return false;
+    }
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(procs) = std::fs::read_dir("/proc") else {
+            return true;
+        };
+        procs.flatten().any(|p| {
+            let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
+                return false;
+            };
+            // After the command name: state, ppid, pgrp.
+            let mut f = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace())
+                .into_iter()
+                .flatten();
+            let state = f.next();
+            let pgrp = f.nth(1).and_then(|g| g.parse::<u32>().ok());
+            pgrp == Some(pgid) && state != Some("Z")
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        true
     }
 }
 
@@ -124,7 +155,7 @@ async fn end_group(pgid: u32) {
     let group = Pid::from_raw(pgid as i32);
     let _ = killpg(group, Signal::SIGTERM);
     for _ in 0..100 {
-        if killpg(group, None).is_err() {
+        if !group_alive(pgid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
