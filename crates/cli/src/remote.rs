@@ -61,21 +61,11 @@ impl Target {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, String> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut req = client.request(method, format!("{}{path}", self.url));
-        if let Some(k) = &self.key {
-            req = req.bearer_auth(k);
-        }
-        let resp = req.send().await.map_err(|e| {
-            format!(
-                "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`",
-                self.url,
-                root_cause(&e)
-            )
-        })?;
+        let resp = self
+            .request(method, path)?
+            .send()
+            .await
+            .map_err(|e| self.unreachable(&e))?;
         let status = resp.status();
         let v: Value = resp
             .json()
