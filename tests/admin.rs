@@ -618,3 +618,60 @@ models:
     );
     assert!(text.contains("m is loaded"), "{text}");
 }
+
+#[tokio::test]
+async fn preloaded_models_warm_up_without_a_request_and_still_idle_out() {
+    let base = r#"
+preload: [warm]
+idle_timeout: 2s
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --load-time, 1s]}
+models:
+  daily: {backend: sim, memory: 1MB, aliases: [warm]}
+  other: {backend: sim, memory: 1MB}
+"#;
+    let r = Router::start(base);
+    // The listener answered before the 1 s load finished.
+    let first = model(&status(&r).await, "daily")["state"].clone();
+    assert!(first == "starting" || first == "cold", "{first}");
+    wait_state(&r, "daily", "ready").await;
+    assert!(r.logs().contains("preloading"));
+    assert_eq!(
+        model(&status(&r).await, "other")["state"],
+        "cold",
+        "only what was listed"
+    );
+    // Then it obeys its idle timeout like any other model.
+    wait_state(&r, "daily", "cold").await;
+
+    // A reload that lists another preloads it.
+    std::fs::write(
+        r.dir.path().join("routes.yaml"),
+        yaml(&base.replace("preload: [warm]", "preload: [warm, other]")),
+    )
+    .unwrap();
+    assert_eq!(admin_post(&r, "/admin/reload", None).await.status(), 200);
+    wait_state(&r, "other", "ready").await;
+
+    // check names a preload that is no model.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(
+        &path,
+        yaml(&base.replace("preload: [warm]", "preload: [dialy]")),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains(":2: preload.0:")
+            && err.contains("did you mean `daily`"),
+        "{err}"
+    );
+}

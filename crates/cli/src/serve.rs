@@ -34,6 +34,8 @@ pub async fn run(
     let config = Arc::new(config);
     let supervisor = Supervisor::start(config.clone());
     let router = Router::new(config, source, supervisor.clone());
+    // After the bind and the banner: the listener never waits for a preload.
+    router.preload();
     reload_on_sighup(router.clone());
     modelyard_proxy::serve(listener, router, stop_signal()).await;
     tracing::info!("stopping backends");

@@ -59,6 +59,10 @@ pub struct Config {
     /// Allow mutating admin calls from peers other than loopback.
     #[serde(default)]
     pub admin_remote: bool,
+    /// Models (or aliases) loaded in the background when the router starts, and
+    /// when a reload adds them; they then idle out like any other unless pinned.
+    #[serde(default)]
+    pub preload: Vec<String>,
     /// Where the router records the backend processes it started, so a later run
     /// can end any that outlived it. Default: the user's state dir.
     #[serde(default)]

@@ -59,6 +59,18 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
             ));
         }
     }
+    for (i, name) in cfg.preload.iter().enumerate() {
+        if cfg.resolve(name).is_none() {
+            let idx = i.to_string();
+            let hint = closest(name, cfg.models.keys().map(String::as_str))
+                .map(|c| format!("; did you mean `{c}`?"))
+                .unwrap_or_default();
+            out.push(problem(
+                &["preload", &idx],
+                format!("`{name}` is not a model or an alias{hint}"),
+            ));
+        }
+    }
     check_backends(cfg, &mut out);
     check_models(cfg, &mut out);
     check_aliases(cfg, &mut out);

@@ -159,6 +159,16 @@ impl Router {
 }
 
 impl Router {
+    /// Loads the config's `preload` models in the background.
+    pub fn preload(&self) {
+        let config = self.inner.config();
+        spawn_preload(
+            self.inner.supervisor.clone(),
+            config.clone(),
+            config.preload.clone(),
+        );
+    }
+
     /// Reads the config file again and applies it: refused whole (the old one
     /// stays) when it is invalid. Returns what changed.
     pub async fn reload(&self) -> Result<Vec<String>, String> {
@@ -191,7 +201,15 @@ impl Inner {
             .reload(next.clone())
             .await
             .map_err(|e| e.to_string())?;
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = next;
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        // Preloads the reload brought in: listed now and not before, or new models.
+        let fresh = next
+            .preload
+            .iter()
+            .filter(|p| !current.preload.contains(p) || current.resolve(p).is_none())
+            .cloned()
+            .collect();
+        spawn_preload(self.supervisor.clone(), next, fresh);
         tracing::info!(
             "config reloaded from {}: {}",
             path.display(),
@@ -203,6 +221,26 @@ impl Inner {
         );
         Ok(changes)
     }
+}
+
+/// Loads `names` one after another in the background, holding up nothing else;
+/// a failure is logged and the model stays cold.
+fn spawn_preload(supervisor: Supervisor, config: Arc<Config>, names: Vec<String>) {
+    if names.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for name in names {
+            let Some(model) = config.resolve(&name) else {
+                continue;
+            };
+            tracing::info!(model = %model, "preloading");
+            let deadline = tokio::time::Instant::now() + config.queue_timeout;
+            if let Err(e) = supervisor.load(model, deadline).await {
+                tracing::warn!(model = %model, "preload failed: {e}");
+            }
+        }
+    });
 }
 
 /// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`.
