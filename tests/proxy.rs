@@ -573,6 +573,26 @@ async fn a_streamed_request_hears_progress_while_its_model_loads() {
         "{all}"
     );
 
+    // Once it has loaded before, the progress says how long loads take.
+    let unload = client()
+        .post(r.url("/admin/models/m/unload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unload.status(), 200);
+    let cold = eventually(Duration::from_secs(10), || async {
+        let s = get_json(&r.url("/admin/status")).await;
+        (s["models"][0]["state"] == "cold").then_some(())
+    })
+    .await;
+    assert!(cold.is_some());
+    let (_, again) =
+        read_stream(post(&r.url("/v1/chat/completions"), &chat_stream("m")).await).await;
+    assert!(
+        again.starts_with(": modelyard: loading m (0s, usually ~"),
+        "{again}"
+    );
+
     // A model already loaded streams straight through, without comments.
     let (_, again) =
         read_stream(post(&r.url("/v1/chat/completions"), &chat_stream("m")).await).await;

@@ -78,7 +78,15 @@ async fn forward(
         // A ready model's lease comes back at once; only a wait earns progress.
         match tokio::time::timeout(PROGRESS_AFTER, &mut acquire).await {
             Ok(lease) => send.send(lease?).await,
-            Err(_) => Ok(crate::progress::respond(acquire, send)),
+            Err(_) => {
+                // Said in the progress comments: how long this model's loads take.
+                let usually = state
+                    .supervisor
+                    .snapshot()
+                    .await
+                    .and_then(|s| s.model(&send.model).and_then(|m| m.typical_load));
+                Ok(crate::progress::respond(acquire, send, usually))
+            }
         }
     } else {
         send.send(acquire.await?).await

@@ -38,6 +38,8 @@ enum Stage {
 }
 
 struct Progress {
+    /// ", usually ~18s" when earlier loads tell.
+    usually: String,
     stage: Stage,
     tick: Interval,
     said_reasoning: bool,
@@ -49,8 +51,15 @@ struct Progress {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
-pub(crate) fn respond(acquire: Pending<Lease>, send: Upstream) -> Response<Body> {
+pub(crate) fn respond(
+    acquire: Pending<Lease>,
+    send: Upstream,
+    usually: Option<Duration>,
+) -> Response<Body> {
     let body = Progress {
+        usually: usually
+            .map(|d| format!(", usually ~{:.0}s", d.as_secs_f64().max(1.0)))
+            .unwrap_or_default(),
         tick: tokio::time::interval(EVERY),
         said_reasoning: false,
         model: send.model.clone(),
@@ -91,7 +100,10 @@ impl Progress {
             return format!("data: {chunk}\n\n");
         }
         if loading {
-            format!(": modelyard: loading {} ({secs}s)\n\n", self.model)
+            format!(
+                ": modelyard: loading {} ({secs}s{})\n\n",
+                self.model, self.usually
+            )
         } else {
             format!(
                 ": modelyard: waiting for {} to answer ({secs}s)\n\n",

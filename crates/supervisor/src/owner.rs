@@ -784,10 +784,20 @@ impl<E: Effects> Owner<E> {
                 let _ = w.reply.send(Err(SupervisorError::Timeout {
                     model: name.to_string(),
                     waited: now.saturating_duration_since(w.since),
-                    why: if slot.why.is_empty() {
-                        "its backend is still starting".into()
-                    } else {
-                        slot.why.clone()
+                    why: {
+                        let why = if slot.why.is_empty() {
+                            "its backend is still starting"
+                        } else {
+                            &slot.why
+                        };
+                        // What a swap costs, so the client can judge a retry.
+                        match median(&slot.recent_loads) {
+                            Some(t) => format!(
+                                "{why}; {name} usually loads in ~{:.0}s",
+                                t.as_secs_f64().max(1.0)
+                            ),
+                            None => why.to_string(),
+                        }
                     },
                 }));
             }

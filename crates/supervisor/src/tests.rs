@@ -477,3 +477,19 @@ async fn a_smaller_budget_on_reload_unloads_idle_models() {
         "the least recently used went"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_timeout_says_how_long_the_model_usually_takes_to_load() {
+    let (s, _) = start(SEED);
+    drop(get(&s, "daily").await);
+    s.unload(Some("daily")).await.unwrap();
+    tokio::time::sleep(STOP * 2).await;
+    let err = s
+        .acquire("daily", Instant::now() + Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("daily usually loads in ~2s"),
+        "{err}"
+    );
+}
