@@ -662,3 +662,61 @@ async fn leaving_during_progress_sends_nothing_upstream() {
         "the abandoned stream never reached the backend"
     );
 }
+
+#[tokio::test]
+async fn a_backend_hung_mid_stream_gets_a_clear_error_while_others_are_served() {
+    let hung = Sim::start(&[
+        "--model",
+        "h",
+        "--stall-after",
+        "2",
+        "--token-delay",
+        "10ms",
+    ]);
+    let fine = Sim::start(&["--model", "f"]);
+    let r = Router::start(&format!(
+        "upstream_idle_timeout: 700ms\nbackends:\n  hung: {{url: \"{}\"}}\n  fine: {{url: \"{}\"}}\nmodels:\n  h: {{backend: hung, memory: 1MB}}\n  f: {{backend: fine, memory: 1MB}}\n",
+        hung.url, fine.url
+    ));
+    let url = r.url("/v1/chat/completions");
+    let stalled = {
+        let url = url.clone();
+        tokio::spawn(async move { read_stream(post(&url, &chat_stream("h")).await).await.1 })
+    };
+    // Meanwhile the router serves others.
+    for _ in 0..5 {
+        assert_eq!(post(&url, &chat("f")).await.status(), 200);
+    }
+    let body = tokio::time::timeout(Duration::from_secs(10), stalled)
+        .await
+        .expect("the client is not left hanging")
+        .unwrap();
+    assert!(
+        body.contains("t1 "),
+        "what came before the stall was delivered: {body}"
+    );
+    let last = body
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .unwrap()
+        .trim_start_matches("data: ");
+    let v: Value =
+        serde_json::from_str(last).unwrap_or_else(|_| panic!("ends with an error event: {body}"));
+    assert_eq!(v["error"]["code"], "backend_stream_broken");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("upstream_idle_timeout"),
+        "{v}"
+    );
+    let gave_up = eventually(Duration::from_secs(3), || async {
+        (sim_stats(&hung.url).await["cancelled"] == 1).then_some(())
+    })
+    .await;
+    assert!(
+        gave_up.is_some(),
+        "the hung backend's connection was closed"
+    );
+}

@@ -29,6 +29,9 @@ pub struct Config {
     /// requests for itself, so interleaved requests do not swap back and forth.
     #[serde(default = "defaults::max_swap_delay", with = "span")]
     pub max_swap_delay: Duration,
+    /// How long a backend may go silent in the middle of a response.
+    #[serde(default = "defaults::upstream_idle_timeout")]
+    pub upstream_idle_timeout: Timeout,
     /// What a streamed request hears while its model loads.
     #[serde(default)]
     pub loading_progress: LoadingProgress,
@@ -199,6 +202,9 @@ mod defaults {
     }
     pub fn upstream_timeout() -> Timeout {
         Timeout::After(Duration::from_secs(600))
+    }
+    pub fn upstream_idle_timeout() -> Timeout {
+        Timeout::After(Duration::from_secs(300))
     }
     pub fn health() -> String {
         "/health".into()

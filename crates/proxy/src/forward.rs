@@ -157,7 +157,8 @@ impl Upstream {
             response.status().as_u16(),
             started,
         );
-        Ok(relay(response, &client_name, lease, observe))
+        let idle = state.config().upstream_idle_timeout.duration();
+        Ok(relay(response, &client_name, lease, observe, idle))
     }
 }
 
@@ -241,6 +242,7 @@ fn relay(
     client_name: &str,
     lease: Lease,
     observe: Observe,
+    idle: Option<std::time::Duration>,
 ) -> Response<Body> {
     let (mut parts, upstream) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
@@ -263,7 +265,7 @@ fn relay(
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     parts.version = Version::HTTP_11;
-    let body = Relay::new(upstream, rewriter, sse, lease, observe);
+    let body = Relay::new(upstream, rewriter, sse, lease, observe, idle);
     Response::from_parts(parts, BodyExt::boxed_unsync(body))
 }
 

@@ -3,6 +3,7 @@
 //! client is being answered; dropping it (client gone) closes the upstream
 //! connection, which is how the backend learns of the cancellation.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
@@ -19,6 +20,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 pub struct Relay {
+    /// Reset by every frame; a backend silent past it has hung.
+    idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     observe: Observe,
     upstream: Incoming,
     rewriter: Option<ModelRewriter>,
@@ -36,8 +39,10 @@ impl Relay {
         sse: bool,
         lease: Lease,
         observe: Observe,
+        idle: Option<std::time::Duration>,
     ) -> Self {
         Relay {
+            idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             observe,
             upstream,
             rewriter,
@@ -45,6 +50,21 @@ impl Relay {
             done: false,
             model: lease.model.clone(),
             _lease: lease,
+        }
+    }
+}
+
+impl Relay {
+    /// Ends the response on a backend failure: an SSE error event for a stream,
+    /// an error (the connection is cut) for anything else.
+    fn broken(&mut self, msg: String) -> Result<Frame<Bytes>, BoxError> {
+        self.done = true;
+        tracing::warn!(model = %self.model, "{msg}");
+        if self.sse {
+            let event = ApiError::json(&msg, "server_error", None, "backend_stream_broken");
+            Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))
+        } else {
+            Err(msg.into())
         }
     }
 }
@@ -62,7 +82,21 @@ impl HttpBody for Relay {
             return Poll::Ready(None);
         }
         loop {
-            match ready!(Pin::new(&mut this.upstream).poll_frame(cx)) {
+            let polled = Pin::new(&mut this.upstream).poll_frame(cx);
+            if polled.is_ready() {
+                if let Some((d, sleep)) = &mut this.idle {
+                    sleep.as_mut().reset(Instant::now() + *d);
+                }
+            } else if let Some((d, sleep)) = &mut this.idle {
+                ready!(sleep.as_mut().poll(cx));
+                let msg = format!(
+                    "the backend for model `{}` sent nothing for {:.1}s (upstream_idle_timeout)",
+                    this.model,
+                    d.as_secs_f64()
+                );
+                return Poll::Ready(Some(this.broken(msg)));
+            }
+            match ready!(polled) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.observe.saw(&data);
@@ -83,19 +117,11 @@ impl HttpBody for Relay {
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
                 }
                 Some(Err(e)) => {
-                    this.done = true;
-                    tracing::warn!(model = %this.model, "backend stream broke: {e}");
-                    if this.sse {
-                        let msg = format!(
-                            "the backend for model `{}` broke off the stream: {e}",
-                            this.model
-                        );
-                        let event =
-                            ApiError::json(&msg, "server_error", None, "backend_stream_broken");
-                        let bytes = format!("data: {event}\n\n");
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(bytes)))));
-                    }
-                    return Poll::Ready(Some(Err(Box::new(e))));
+                    let msg = format!(
+                        "the backend for model `{}` broke off the stream: {e}",
+                        this.model
+                    );
+                    return Poll::Ready(Some(this.broken(msg)));
                 }
             }
         }

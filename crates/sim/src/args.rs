@@ -40,6 +40,11 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub crash_after: Option<u64>,
 
+    /// Stream N tokens, then send nothing more while keeping the connection open,
+    /// like a backend hung mid-stream.
+    #[arg(long, value_name = "N")]
+    pub stall_after: Option<u64>,
+
     /// Start but never bind the port, like a backend stuck at start.
     #[arg(long)]
     pub hang_start: bool,

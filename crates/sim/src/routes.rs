@@ -164,7 +164,13 @@ async fn completion(
     generation.set_number(guard.number());
     let crash = state.should_crash(guard.number());
     if generation.stream {
-        let body = spawn_stream(generation, guard, state.token_delay, crash);
+        let body = spawn_stream(
+            generation,
+            guard,
+            state.token_delay,
+            crash,
+            state.stall_after,
+        );
         return Response::builder()
             .status(StatusCode::OK)
             .header(header::CONTENT_TYPE, "text/event-stream")

@@ -13,6 +13,7 @@ pub struct SimState {
     pub tokens: u64,
     pub token_delay: Duration,
     pub crash_after: Option<u64>,
+    pub stall_after: Option<u64>,
     pub stats: Arc<Stats>,
     ready: AtomicBool,
     /// Held only so the allocation stays resident for the process lifetime.
@@ -26,6 +27,7 @@ impl SimState {
             tokens: args.tokens,
             token_delay: args.token_delay,
             crash_after: args.crash_after,
+            stall_after: args.stall_after,
             stats: Arc::default(),
             ready: AtomicBool::new(false),
             memory: Mutex::new(Vec::new()),

@@ -44,11 +44,19 @@ pub fn spawn_stream(
     guard: RequestGuard,
     token_delay: Duration,
     crash: bool,
+    stall_after: Option<u64>,
 ) -> ChannelBody {
     // Capacity 1: the generator runs at most one event ahead of the client,
     // and a full channel means the previous event has not been taken yet.
     let (tx, rx) = mpsc::channel(1);
-    tokio::spawn(generate(tx, generation, guard, token_delay, crash));
+    tokio::spawn(generate(
+        tx,
+        generation,
+        guard,
+        token_delay,
+        crash,
+        stall_after,
+    ));
     ChannelBody { rx }
 }
 
@@ -58,6 +66,7 @@ async fn generate(
     guard: RequestGuard,
     token_delay: Duration,
     crash: bool,
+    stall_after: Option<u64>,
 ) {
     // Every early return drops `guard` uncompleted, counting a cancellation.
     if let Some(opening) = generation.opening_chunk() {
@@ -83,6 +92,11 @@ async fn generate(
         }
         if crash {
             crash_after_flush(&tx, guard.number()).await;
+        }
+        if stall_after == Some(i + 1) {
+            // Hung: nothing more, until the other side gives up.
+            tx.closed().await;
+            return;
         }
     }
     if crash {
