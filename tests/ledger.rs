@@ -175,14 +175,7 @@ models:
     })
     .await;
     assert!(ended.is_ok(), "the client was left hanging");
-    let last = body
-        .trim_end()
-        .rsplit("\n\n")
-        .next()
-        .unwrap()
-        .trim_start_matches("data: ");
-    let event: Value =
-        serde_json::from_str(last).unwrap_or_else(|_| panic!("no error event at the end: {body}"));
+    let event = last_event(&body).unwrap_or_else(|| panic!("no error event at the end: {body}"));
     assert_eq!(event["error"]["code"], "backend_stream_broken");
     let ok = eventually(Duration::from_secs(5), || async {
         (post(&url, &chat("m")).await.status() == 200).then_some(())
@@ -246,14 +239,8 @@ async fn one_request(
         if text.ends_with("data: [DONE]\n\n") {
             return Ok(Outcome::Served);
         }
-        let last = text
-            .trim_end()
-            .rsplit("\n\n")
-            .next()
-            .unwrap_or("")
-            .trim_start_matches("data: ");
-        let v: Value = serde_json::from_str(last)
-            .map_err(|_| format!("stream ended without [DONE] or an error: {text}"))?;
+        let v = last_event(&text)
+            .ok_or_else(|| format!("stream ended without [DONE] or an error: {text}"))?;
         return v["error"]
             .is_object()
             .then_some(Outcome::Refused(502))

@@ -164,8 +164,7 @@ models:
         read.is_ok(),
         "the stream hung after the backend died: {body}"
     );
-    let last = body.trim_end().rsplit("\n\n").next().unwrap();
-    let event: Value = serde_json::from_str(last.trim_start_matches("data: ")).unwrap();
+    let event = last_event(&body).unwrap_or_else(|| panic!("no error event at the end: {body}"));
     assert_eq!(event["error"]["code"], "backend_stream_broken", "{body}");
     assert!(
         body.contains("t0 "),

@@ -623,14 +623,7 @@ async fn reasoning_progress_and_errors_during_progress() {
     // A backend that never becomes ready: the stream says so and ends.
     let (_, all) =
         read_stream(post(&r.url("/v1/chat/completions"), &chat_stream("stuck")).await).await;
-    let last = all
-        .trim_end()
-        .rsplit("\n\n")
-        .next()
-        .unwrap()
-        .trim_start_matches("data: ");
-    let v: Value =
-        serde_json::from_str(last).unwrap_or_else(|_| panic!("ends with an error event: {all}"));
+    let v = last_event(&all).unwrap_or_else(|| panic!("ends with an error event: {all}"));
     assert_eq!(v["error"]["code"], "backend_start_failed", "{v}");
 }
 
@@ -695,14 +688,7 @@ async fn a_backend_hung_mid_stream_gets_a_clear_error_while_others_are_served() 
         body.contains("t1 "),
         "what came before the stall was delivered: {body}"
     );
-    let last = body
-        .trim_end()
-        .rsplit("\n\n")
-        .next()
-        .unwrap()
-        .trim_start_matches("data: ");
-    let v: Value =
-        serde_json::from_str(last).unwrap_or_else(|_| panic!("ends with an error event: {body}"));
+    let v = last_event(&body).unwrap_or_else(|| panic!("ends with an error event: {body}"));
     assert_eq!(v["error"]["code"], "backend_stream_broken");
     assert!(
         v["error"]["message"]

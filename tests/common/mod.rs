@@ -309,3 +309,9 @@ pub fn python() -> String {
         "python3".to_string()
     }
 }
+
+/// The last event of an SSE body, as JSON (None if it is not JSON, e.g. `[DONE]`).
+pub fn last_event(body: &str) -> Option<Value> {
+    let last = body.trim_end().rsplit("\n\n").next()?;
+    serde_json::from_str(last.trim_start_matches("data: ")).ok()
+}

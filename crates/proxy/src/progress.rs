@@ -47,7 +47,6 @@ struct Progress {
     client_name: String,
     mode: LoadingProgress,
     started: Instant,
-    metrics_model: String,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
@@ -66,7 +65,6 @@ pub(crate) fn respond(
         client_name: send.client_name.clone(),
         mode: send.progress_mode(),
         started: send.started(),
-        metrics_model: send.model.clone(),
         metrics: send.metrics_handle(),
         stage: Stage::Acquiring(acquire, Some(Box::new(send))),
     };
@@ -119,7 +117,7 @@ impl Progress {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.stage = Stage::Done;
         self.metrics
-            .request(&self.metrics_model, status, self.started.elapsed());
+            .request(&self.model, status, self.started.elapsed());
         frame(format!("data: {event}\n\n"))
     }
 }
