@@ -16,6 +16,8 @@ pub struct Lease {
     /// Path prefix of the backend's url (no trailing slash), usually empty.
     pub base_path: String,
     pub api_key: Option<String>,
+    /// What the backend speaks besides OpenAI's API (Ollama's native one, say).
+    pub kind: modelyard_config::BackendKind,
     #[allow(dead_code)] // held for its Drop, which gives the lease back
     pub(crate) release: Release,
 }

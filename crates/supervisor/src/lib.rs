@@ -116,6 +116,16 @@ impl Supervisor {
         rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
     }
 
+    /// A client's `keep_alive` for a loaded `model`: its idle timeout until it next
+    /// unloads (`Some(ZERO)`: unload once its requests finish; None: never).
+    /// Pinned models stay pinned; a model not loaded is left alone.
+    pub fn keep_alive(&self, model: &str, idle: Option<std::time::Duration>) {
+        let _ = self.tx.send(Msg::KeepAlive {
+            model: model.to_string(),
+            idle,
+        });
+    }
+
     /// The output of the backend serving `model` (a configured name), if any.
     pub async fn logs(&self, model: &str) -> Option<LogRing> {
         let (reply, rx) = oneshot::channel();

@@ -56,6 +56,11 @@ pub(crate) enum Msg {
         model: Option<String>,
         reply: oneshot::Sender<Result<Vec<String>, SupervisorError>>,
     },
+    /// A client's `keep_alive`: the model's idle timeout until it next unloads.
+    KeepAlive {
+        model: String,
+        idle: Option<Duration>,
+    },
     /// The output of the backend serving a model.
     Logs {
         model: String,
@@ -126,6 +131,8 @@ struct Slot {
     group: Option<String>,
     pinned: bool,
     idle: Option<Duration>,
+    /// Set by a request's `keep_alive` (None inside: never); cleared on unload.
+    idle_override: Option<Option<Duration>>,
     upstream: String,
     phase: Phase,
     in_flight: usize,
@@ -292,6 +299,7 @@ impl<E: Effects> Owner<E> {
                 group: m.group.clone(),
                 pinned: m.pinned,
                 idle: m.idle_timeout.unwrap_or(config.idle_timeout).duration(),
+                idle_override: None,
                 upstream: m.upstream_name(name).to_string(),
                 phase: if external { Phase::Ready } else { Phase::Cold },
                 in_flight: 0,
@@ -482,6 +490,13 @@ impl<E: Effects> Owner<E> {
                     let changes = self.on_reload(config);
                     let _ = reply.send(changes);
                 }
+                Msg::KeepAlive { model, idle } => {
+                    if let Some(slot) = self.slots.get_mut(model.as_str()) {
+                        if slot.phase.holds_memory() {
+                            slot.idle_override = Some(idle);
+                        }
+                    }
+                }
                 Msg::Logs { model, reply } => {
                     let ring = self
                         .slots
@@ -498,6 +513,8 @@ impl<E: Effects> Owner<E> {
                 }
             }
             if !self.shutting_down {
+                // A zero keep_alive is due the moment its last request ends.
+                self.unload_idle();
                 self.settle_definitions();
             }
             if self.shutting_down {
@@ -657,6 +674,7 @@ impl<E: Effects> Owner<E> {
             }
             // The memory is back: the reservation goes.
             slot.phase = Phase::Cold;
+            slot.idle_override = None;
             slot.in_flight = 0;
             slot.serve_until = None;
             let (kind, detail) = match (requested, phase) {
@@ -802,7 +820,12 @@ impl<E: Effects> Owner<E> {
                 }));
             }
         }
-        // Idle models go.
+        self.unload_idle();
+    }
+
+    /// Models idle past their timeout go (a shared server's once all of its are).
+    fn unload_idle(&mut self) {
+        let now = Instant::now();
         let idle: Vec<ModelKey> = self
             .slots
             .iter()
@@ -817,15 +840,14 @@ impl<E: Effects> Owner<E> {
                 .iter()
                 .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
             if all_idle && self.slots[m].phase == Phase::Ready {
-                tracing::info!(model = %m, "unloading: idle for its idle_timeout");
-                let idle = self.slots[m].idle.map(humantime::format_duration);
-                self.begin_drain(
-                    m,
-                    &format!(
-                        "idle for {}",
-                        idle.map(|d| d.to_string()).unwrap_or_default()
-                    ),
-                );
+                let slot = &self.slots[m];
+                let why = match (slot.idle_override, slot.idle) {
+                    (Some(_), _) => "the request's keep_alive ran out".to_string(),
+                    (None, Some(d)) => format!("idle for {}", humantime::format_duration(d)),
+                    (None, None) => "idle".to_string(),
+                };
+                tracing::info!(model = %m, "unloading: {why}");
+                self.begin_drain(m, &why);
             }
         }
     }
@@ -1125,6 +1147,7 @@ impl<E: Effects> Owner<E> {
             authority: endpoint.authority,
             base_path: endpoint.base_path,
             api_key: inst.backend.api_key.clone(),
+            kind: inst.backend.kind,
             release: Release {
                 model: m.clone(),
                 generation: inst.generation,
@@ -1261,7 +1284,7 @@ fn far_future() -> Instant {
 
 fn idle_deadline(s: &Slot) -> Option<Instant> {
     (s.phase == Phase::Ready && s.in_flight == 0 && !s.pinned && s.queue.is_empty() && s.memory > 0)
-        .then_some(s.idle)
+        .then_some(s.idle_override.unwrap_or(s.idle))
         .flatten()
         .map(|d| s.last_used + d)
 }

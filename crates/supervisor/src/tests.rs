@@ -493,3 +493,39 @@ async fn a_timeout_says_how_long_the_model_usually_takes_to_load() {
         "{err}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_requests_keep_alive_sets_the_idle_timeout_until_the_next_unload() {
+    let (s, _) = start(SEED);
+    // keep_alive 0: gone once its last request ends, not before.
+    let lease = get(&s, "embed").await;
+    s.keep_alive("embed", Some(Duration::ZERO));
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(ledger(&s).await.1, vec!["embed"], "busy models stay");
+    drop(lease);
+    tokio::time::sleep(STOP * 2).await;
+    assert!(ledger(&s).await.1.is_empty(), "unloaded after the request");
+
+    // A duration replaces idle_timeout for this load only.
+    drop(get(&s, "small").await);
+    s.keep_alive("small", Some(Duration::from_secs(30)));
+    ledger(&s).await;
+    advance(Duration::from_secs(31)).await;
+    tokio::time::sleep(STOP * 2).await;
+    assert!(ledger(&s).await.1.is_empty(), "30s keep_alive ran out");
+    drop(get(&s, "small").await);
+    advance(Duration::from_secs(5 * 60)).await;
+    assert_eq!(
+        ledger(&s).await.1,
+        vec!["small"],
+        "the next load has idle_timeout again"
+    );
+
+    // Negative (None): kept past idle_timeout; pinned models ignore keep_alive 0.
+    s.keep_alive("small", None);
+    drop(get(&s, "keep").await);
+    s.keep_alive("keep", Some(Duration::ZERO));
+    ledger(&s).await;
+    advance(Duration::from_secs(60 * 60)).await;
+    assert_eq!(ledger(&s).await.1, vec!["keep", "small"]);
+}
