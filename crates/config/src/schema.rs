@@ -119,6 +119,29 @@ impl BackendKind {
     pub fn process_per_model(self) -> bool {
         matches!(self, BackendKind::Openai)
     }
+
+    /// Whether the server loads and unloads models one by one through its API.
+    pub fn loads_models(self) -> bool {
+        matches!(self, BackendKind::Omlx | BackendKind::Ollama)
+    }
+
+    /// Whether the router tells the server its port (through its environment), so
+    /// the command needs no `${PORT}`.
+    pub fn port_from_env(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Omlx | BackendKind::Ollama | BackendKind::Apfel
+        )
+    }
+}
+
+impl Backend {
+    /// Whether its models' memory is ours to count: the router starts the server,
+    /// or loads and unloads its models. Not so for another machine, nor for a
+    /// server someone else runs with its model always loaded.
+    pub fn counts_memory(&self) -> bool {
+        self.command.is_some() || self.kind.loads_models()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -171,6 +194,10 @@ pub struct Model {
     /// Appended to the backend's command when each model runs its own process.
     #[serde(default)]
     pub args: Vec<String>,
+    /// Where requests this model cannot take go instead (apfel: past its context
+    /// window, or with parameters it refuses).
+    #[serde(default)]
+    pub fallback: Option<String>,
 }
 
 impl Model {

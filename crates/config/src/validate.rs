@@ -85,10 +85,11 @@ fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
             message: msg,
         };
         if let Some(argv) = &b.command {
-            let has_port = argv
-                .iter()
-                .chain(b.env.values())
-                .any(|a| a.contains("${PORT}"));
+            let has_port = b.kind.port_from_env()
+                || argv
+                    .iter()
+                    .chain(b.env.values())
+                    .any(|a| a.contains("${PORT}"));
             if argv.is_empty() {
                 out.push(p(
                     "command",
@@ -203,8 +204,26 @@ fn check_models(cfg: &Config, out: &mut Vec<Problem>) {
                 ),
             ));
         }
+        if let Some(fb) = &m.fallback {
+            match cfg.resolve(fb) {
+                None => {
+                    let hint = closest(fb, cfg.models.keys().map(String::as_str))
+                        .map(|c| format!("; did you mean `{c}`?"))
+                        .unwrap_or_default();
+                    out.push(problem(
+                        &["models", name, "fallback"],
+                        format!("`{fb}` is not a configured model or alias{hint}"),
+                    ));
+                }
+                Some(target) if target == name.as_str() => out.push(problem(
+                    &["models", name, "fallback"],
+                    "a model cannot be its own fallback",
+                )),
+                Some(_) => {}
+            }
+        }
         let Some(mem) = m.memory else {
-            if backend.kind != BackendKind::Remote {
+            if backend.counts_memory() {
                 out.push(problem(
                     &["models", name, "memory"],
                     "missing: the memory ledger needs each model's size, e.g. memory: 32GB",

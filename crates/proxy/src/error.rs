@@ -170,6 +170,12 @@ impl ApiError {
                     None,
                     "queue_full",
                 ),
+                SupervisorError::Unreachable { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    "server_error",
+                    None,
+                    "backend_unreachable",
+                ),
                 SupervisorError::Starting(_) => (
                     StatusCode::CONFLICT,
                     "invalid_request_error",

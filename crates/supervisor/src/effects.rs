@@ -5,9 +5,12 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use modelyard_config::BackendKind;
+
+use crate::backends::{adapter, Http, Target};
 use crate::health::wait_healthy;
 use crate::logs::LogRing;
-use crate::owner::{InstanceKey, Msg};
+use crate::owner::{InstanceKey, ModelKey, Msg};
 use crate::process::{self, Running, Spec};
 
 /// A started instance; dropping it must stop it.
@@ -27,6 +30,16 @@ pub(crate) struct Launch {
     pub logs: LogRing,
 }
 
+/// A load or an unload of one model on a server that does them one by one.
+pub(crate) struct ModelOp {
+    pub model: ModelKey,
+    /// The server's generation, so an answer from a server since restarted is ignored.
+    pub generation: u64,
+    pub kind: BackendKind,
+    pub target: Target,
+    pub unload: bool,
+}
+
 pub(crate) trait Effects: Send + 'static {
     /// Starts the instance. Later sends `StartDone` (ready or not) and, whenever
     /// it ends, `Exited`, both tagged with the launch's generation.
@@ -35,10 +48,16 @@ pub(crate) trait Effects: Send + 'static {
         launch: Launch,
         tx: UnboundedSender<Msg>,
     ) -> Result<Box<dyn Handle>, String>;
+
+    /// Asks the server to load or unload a model; `ModelDone` follows.
+    fn model_op(&mut self, op: ModelOp, tx: UnboundedSender<Msg>);
 }
 
-/// Real processes.
-pub(crate) struct Processes;
+/// Real processes, and real calls to their servers' APIs.
+#[derive(Default)]
+pub(crate) struct Processes {
+    http: Http,
+}
 
 struct Real {
     proc: Running,
@@ -95,5 +114,23 @@ impl Effects for Processes {
             });
         });
         Ok(Box::new(Real { proc, health }))
+    }
+
+    fn model_op(&mut self, op: ModelOp, tx: UnboundedSender<Msg>) {
+        let http = self.http.clone();
+        tokio::spawn(async move {
+            let a = adapter(op.kind);
+            let result = if op.unload {
+                a.unload(http, op.target).await
+            } else {
+                a.load(http, op.target).await
+            };
+            let _ = tx.send(Msg::ModelDone {
+                model: op.model,
+                generation: op.generation,
+                unload: op.unload,
+                result,
+            });
+        });
     }
 }

@@ -27,6 +27,12 @@ pub enum SupervisorError {
     QueueFull { model: String, max_queue: usize },
     #[error("model `{0}` is starting; unload it once it is ready")]
     Starting(String),
+    #[error("backend `{backend}` of model `{model}` is unreachable: {reason}")]
+    Unreachable {
+        model: String,
+        backend: String,
+        reason: String,
+    },
     #[error("the router is shutting down")]
     ShuttingDown,
 }

@@ -18,6 +18,8 @@ pub struct Lease {
     pub api_key: Option<String>,
     /// What the backend speaks besides OpenAI's API (Ollama's native one, say).
     pub kind: modelyard_config::BackendKind,
+    /// The most tokens one request may carry, where the server reports it.
+    pub context_window: Option<u32>,
     #[allow(dead_code)] // held for its Drop, which gives the lease back
     pub(crate) release: Release,
 }

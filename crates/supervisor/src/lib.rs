@@ -8,6 +8,7 @@
 //! per group), unloads idle models, backs off from backends that keep failing, and
 //! stops every process when the router exits.
 
+mod backends;
 mod effects;
 mod error;
 mod events;
@@ -24,6 +25,8 @@ mod snapshot;
 mod state;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_servers;
 
 use std::sync::Arc;
 
@@ -57,8 +60,9 @@ impl Supervisor {
             .clone()
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
-        let supervisor = Self::spawn(config, Processes, state);
+        let supervisor = Self::spawn(config, Processes::default(), state);
         tokio::spawn(sample_memory(supervisor.clone()));
+        tokio::spawn(poll_servers(supervisor.clone()));
         supervisor
     }
 
@@ -172,6 +176,41 @@ impl Supervisor {
 
 /// How often backends' real memory is read.
 const MEASURE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How often servers are asked what they hold (and whether they are there).
+const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Asks every server that keeps its own account for it, and hands that to the
+/// owner to square with the ledger; ends with the owner.
+async fn poll_servers(supervisor: Supervisor) {
+    let http = backends::Http::default();
+    let mut tick = tokio::time::interval(POLL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let (reply, rx) = oneshot::channel();
+        if supervisor.tx.send(Msg::Polls { reply }).is_err() {
+            return;
+        }
+        let Ok(polls) = rx.await else { return };
+        let asks = polls.into_iter().map(|p| {
+            let (http, tx) = (http.clone(), supervisor.tx.clone());
+            async move {
+                let asked = Instant::now();
+                let report = backends::adapter(p.kind)
+                    .report(http, p.base, p.health, p.api_key)
+                    .await;
+                let _ = tx.send(Msg::Reported {
+                    key: p.key,
+                    generation: p.generation,
+                    asked,
+                    report,
+                });
+            }
+        });
+        futures_util::future::join_all(asks).await;
+    }
+}
 
 /// Reads each backend's process-tree memory and reports it to the owner; ends
 /// with the owner.

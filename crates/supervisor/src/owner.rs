@@ -14,7 +14,8 @@ use modelyard_config::{Backend, Config};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use crate::effects::{Effects, Handle, Launch};
+use crate::backends::{adapter, same_model, Prepare, Report, Target};
+use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::error::SupervisorError;
 use crate::events::{now_ms, Event};
 use crate::lease::{Lease, Release};
@@ -71,6 +72,24 @@ pub(crate) enum Msg {
         config: Arc<Config>,
         reply: oneshot::Sender<Vec<String>>,
     },
+    /// A load or an unload asked of a server has finished.
+    ModelDone {
+        model: ModelKey,
+        generation: u64,
+        unload: bool,
+        result: Result<(), String>,
+    },
+    /// The servers whose own account is polled, and how to reach them.
+    Polls {
+        reply: oneshot::Sender<Vec<Poll>>,
+    },
+    /// A server's own account of itself, asked for at `asked`.
+    Reported {
+        key: InstanceKey,
+        generation: u64,
+        asked: Instant,
+        report: Result<Report, String>,
+    },
     /// Resident bytes of each backend process tree, by pid (None: gone).
     Measured {
         samples: Vec<(u32, Option<u64>)>,
@@ -91,6 +110,16 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// A backend that ran this long before dying starts its failure count afresh.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 
+/// A running server to ask for its own account.
+pub(crate) struct Poll {
+    pub key: InstanceKey,
+    pub generation: u64,
+    pub kind: modelyard_config::BackendKind,
+    pub base: String,
+    pub health: String,
+    pub api_key: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 struct Endpoint {
     scheme: Scheme,
@@ -106,6 +135,10 @@ impl Endpoint {
             authority: uri.authority()?.clone(),
             base_path: uri.path().trim_end_matches('/').to_string(),
         })
+    }
+
+    fn base(&self) -> String {
+        self.url("")
     }
 
     fn url(&self, path: &str) -> String {
@@ -152,6 +185,16 @@ struct Slot {
     stale: bool,
     /// How long its last few loads took, to say how long the next will.
     recent_loads: VecDeque<Duration>,
+    /// Whether its memory is ours to count: not for another machine's model, nor
+    /// for a server we neither start nor load models on.
+    counted: bool,
+    /// Its size as its server reports it (servers that load models one by one).
+    measured: Option<u64>,
+    /// When its current load began, and when it was ready.
+    load_started: Instant,
+    ready_at: Instant,
+    /// An unload was asked of its server and has not answered yet.
+    unloading: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -183,6 +226,12 @@ struct Instance {
     /// A shared server's own memory, reserved from its start until its exit.
     base: u64,
     launched_at: Instant,
+    /// Its server loads and unloads models one by one through its API.
+    loads: bool,
+    /// Why a server we do not start is unreachable, from the last poll.
+    down: Option<String>,
+    /// The most tokens one request may carry, as the server reports it.
+    context_window: Option<u32>,
 }
 
 pub(crate) struct Owner<E: Effects> {
@@ -252,6 +301,8 @@ impl<E: Effects> Owner<E> {
         let backend = config.backends[&m.backend].clone();
         let per_model = backend.kind.process_per_model() && backend.command.is_some();
         let external = backend.command.is_none();
+        let loads = backend.kind.loads_models();
+        let counted = backend.counts_memory();
         let inst = self
             .instances
             .entry(key.clone())
@@ -278,6 +329,9 @@ impl<E: Effects> Owner<E> {
                 } else {
                     backend.memory.map_or(0, |b| b.0)
                 },
+                loads,
+                down: None,
+                context_window: None,
             });
         let model_key: ModelKey = name.into();
         inst.models.push(model_key.clone());
@@ -291,17 +345,21 @@ impl<E: Effects> Owner<E> {
             Slot {
                 instance: key,
                 // What another machine or server holds is not ours to count.
-                memory: if external {
-                    0
-                } else {
+                memory: if counted {
                     m.memory.map_or(0, |b| b.0) + own_base
+                } else {
+                    0
                 },
                 group: m.group.clone(),
                 pinned: m.pinned,
                 idle: m.idle_timeout.unwrap_or(config.idle_timeout).duration(),
                 idle_override: None,
-                upstream: m.upstream_name(name).to_string(),
-                phase: if external { Phase::Ready } else { Phase::Cold },
+                upstream: match (&m.upstream, adapter(backend.kind).default_upstream()) {
+                    (Some(u), _) => u.clone(),
+                    (None, Some(fixed)) => fixed.to_string(),
+                    (None, None) => name.to_string(),
+                },
+                phase: if counted { Phase::Cold } else { Phase::Ready },
                 in_flight: 0,
                 last_used: now,
                 queue: VecDeque::new(),
@@ -313,6 +371,11 @@ impl<E: Effects> Owner<E> {
                 def: (m.clone(), backend),
                 stale: false,
                 recent_loads: VecDeque::new(),
+                counted,
+                measured: None,
+                load_started: now,
+                ready_at: now,
+                unloading: false,
             },
         );
     }
@@ -414,8 +477,9 @@ impl<E: Effects> Owner<E> {
             .collect();
         for m in stale {
             let slot = &self.slots[&m];
-            let run = self.instances[&slot.instance].run;
-            if slot.phase == Phase::Ready && slot.in_flight == 0 && run != Run::External {
+            let inst = &self.instances[&slot.instance];
+            let run = inst.run;
+            if slot.phase == Phase::Ready && slot.in_flight == 0 && slot.counted {
                 let why = if self.config.models.contains_key(&*m) {
                     "its definition changed"
                 } else {
@@ -424,8 +488,21 @@ impl<E: Effects> Owner<E> {
                 self.begin_drain(&m, why);
                 continue;
             }
-            let cold = !slot.phase.holds_memory() || run == Run::External;
-            if !cold || matches!(run, Run::Starting | Run::Up | Run::Stopping) {
+            let cold = !slot.phase.holds_memory() || !slot.counted;
+            if !cold {
+                continue;
+            }
+            // A model redefined on a server that stays as it was is rebuilt at once;
+            // one whose server changed waits for that server to stop.
+            let def = self.config.models.get(&*m);
+            let same_server = inst.loads
+                && def.is_some_and(|d| {
+                    d.backend == slot.def.0.backend
+                        && self.config.backends.get(&d.backend) == Some(&slot.def.1)
+                });
+            if !same_server && matches!(run, Run::Starting | Run::Up | Run::Stopping) {
+                let key = slot.instance.clone();
+                self.maybe_stop_server(&key);
                 continue;
             }
             let slot = self.slots.remove(&m).expect("listed");
@@ -433,7 +510,11 @@ impl<E: Effects> Owner<E> {
             if let Some(inst) = self.instances.get_mut(&key) {
                 inst.models.retain(|x| *x != m);
                 if inst.models.is_empty() {
-                    self.instances.remove(&key);
+                    if inst.handle.is_none() {
+                        self.instances.remove(&key);
+                    } else {
+                        self.maybe_stop_server(&key);
+                    }
                 }
             }
             if self.config.models.contains_key(&*m) {
@@ -486,6 +567,21 @@ impl<E: Effects> Owner<E> {
                     let _ = reply.send(self.snapshot());
                 }
                 Msg::Measured { samples } => self.on_measured(samples),
+                Msg::ModelDone {
+                    model,
+                    generation,
+                    unload,
+                    result,
+                } => self.on_model_done(model, generation, unload, result),
+                Msg::Polls { reply } => {
+                    let _ = reply.send(self.polls());
+                }
+                Msg::Reported {
+                    key,
+                    generation,
+                    asked,
+                    report,
+                } => self.on_reported(key, generation, asked, report),
                 Msg::Reload { config, reply } => {
                     let changes = self.on_reload(config);
                     let _ = reply.send(changes);
@@ -518,7 +614,8 @@ impl<E: Effects> Owner<E> {
                 self.settle_definitions();
             }
             if self.shutting_down {
-                if self.instances.values().all(|i| i.handle.is_none()) {
+                let unloading = self.slots.values().any(|s| s.unloading);
+                if !unloading && self.instances.values().all(|i| i.handle.is_none()) {
                     if let Some(done) = self.shutdown_done.take() {
                         let _ = done.send(());
                     }
@@ -551,6 +648,14 @@ impl<E: Effects> Owner<E> {
         let swap_grace = slot.phase == Phase::Draining
             && slot.in_flight > 0
             && slot.serve_until.is_some_and(|t| Instant::now() < t);
+        if let Some(why) = &self.instances[&slot.instance].down {
+            let _ = reply.send(Err(SupervisorError::Unreachable {
+                model,
+                backend: self.instances[&slot.instance].backend_name.clone(),
+                reason: why.clone(),
+            }));
+            return;
+        }
         if (slot.phase == Phase::Ready || swap_grace) && slot.queue.is_empty() {
             let lease = self.lease(&key);
             let _ = reply.send(lease);
@@ -599,7 +704,11 @@ impl<E: Effects> Owner<E> {
         slot.last_used = Instant::now();
         if slot.phase == Phase::Draining && slot.in_flight == 0 {
             let key = slot.instance.clone();
-            self.try_stop(&key);
+            if self.instances[&key].loads {
+                self.try_unload(&model);
+            } else {
+                self.try_stop(&key);
+            }
         }
     }
 
@@ -617,9 +726,12 @@ impl<E: Effects> Owner<E> {
                 inst.up_since = Instant::now();
                 let took = inst.launched_at.elapsed();
                 let models = inst.models.clone();
+                let loads = inst.loads;
                 for m in models {
                     let slot = self.slots.get_mut(&m).expect("instance models exist");
-                    if slot.phase == Phase::Starting {
+                    if slot.phase == Phase::Starting && loads {
+                        self.begin_load(&m);
+                    } else if slot.phase == Phase::Starting {
                         slot.phase = Phase::Ready;
                         slot.last_error = None;
                         if slot.recent_loads.len() == RECENT_LOADS {
@@ -675,6 +787,8 @@ impl<E: Effects> Owner<E> {
             // The memory is back: the reservation goes.
             slot.phase = Phase::Cold;
             slot.idle_override = None;
+            slot.measured = None;
+            slot.unloading = false;
             slot.in_flight = 0;
             slot.serve_until = None;
             let (kind, detail) = match (requested, phase) {
@@ -714,6 +828,293 @@ impl<E: Effects> Owner<E> {
         }
     }
 
+    /// How to reach `m` on its server, for a load or an unload.
+    fn model_op(&self, m: &ModelKey, unload: bool) -> Option<ModelOp> {
+        let slot = &self.slots[m];
+        let inst = &self.instances[&slot.instance];
+        let endpoint = inst.endpoint.as_ref()?;
+        Some(ModelOp {
+            model: m.clone(),
+            generation: inst.generation,
+            kind: inst.backend.kind,
+            target: Target {
+                base: endpoint.base(),
+                upstream: slot.upstream.clone(),
+                api_key: inst.backend.api_key.clone(),
+                limit: if unload {
+                    inst.backend.stop_timeout
+                } else {
+                    inst.backend.start_timeout
+                },
+            },
+            unload,
+        })
+    }
+
+    /// Asks a running server that loads models one by one to load `m`.
+    fn begin_load(&mut self, m: &ModelKey) {
+        match self.model_op(m, false) {
+            Some(op) => self.effects.model_op(op, self.tx.clone()),
+            None => {
+                let key = self.slots[m].instance.clone();
+                self.fail_starting(&key, "its url is not usable", Phase::Cold);
+            }
+        }
+    }
+
+    fn on_model_done(
+        &mut self,
+        m: ModelKey,
+        generation: u64,
+        unload: bool,
+        result: Result<(), String>,
+    ) {
+        let Some(slot) = self.slots.get_mut(&m) else {
+            return;
+        };
+        let key = slot.instance.clone();
+        if unload {
+            slot.unloading = false;
+        }
+        let inst = &self.instances[&key];
+        // A server restarted since: what it said is about a process that is gone.
+        if inst.generation != generation {
+            return;
+        }
+        let backend = inst.backend_name.clone();
+        let owned = inst.handle.is_some();
+        match (unload, result) {
+            (false, Ok(())) if slot.phase == Phase::Starting => {
+                let took = slot.load_started.elapsed();
+                slot.phase = Phase::Ready;
+                slot.ready_at = Instant::now();
+                slot.last_error = None;
+                if slot.recent_loads.len() == RECENT_LOADS {
+                    slot.recent_loads.pop_front();
+                }
+                slot.recent_loads.push_back(took);
+                self.emit_ready(&m, took);
+                self.serve_queue(&m);
+            }
+            (false, Ok(())) => {}
+            (false, Err(reason)) => {
+                tracing::warn!(model = %m, "{backend} could not load it: {reason}");
+                if slot.phase == Phase::Starting {
+                    // The server says it holds nothing of it: the reservation goes.
+                    slot.phase = Phase::Cold;
+                    note_failure(slot, &reason);
+                    self.emit(&m, "failed", reason.clone());
+                    let slot = self.slots.get_mut(&m).expect("exists");
+                    fail_queue(slot, &m, |model| SupervisorError::StartFailed {
+                        model,
+                        backend: backend.clone(),
+                        reason: reason.clone(),
+                    });
+                }
+                self.maybe_stop_server(&key);
+            }
+            (true, Ok(())) => {
+                if slot.phase == Phase::Stopping {
+                    self.now_cold(&m, "unloaded", String::new());
+                }
+                self.maybe_stop_server(&key);
+            }
+            (true, Err(reason)) => {
+                tracing::warn!(model = %m, "{backend} did not confirm the unload: {reason}");
+                // Its memory is only sure to be back once the server is gone; one we
+                // did not start is asked again at the next poll.
+                if owned && slot.phase == Phase::Stopping {
+                    let inst = self.instances.get_mut(&key).expect("exists");
+                    inst.run = Run::Stopping;
+                    if let Some(h) = inst.handle.as_mut() {
+                        h.stop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// `m`'s reservation goes: its memory is back.
+    fn now_cold(&mut self, m: &ModelKey, kind: &'static str, detail: String) {
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.phase = Phase::Cold;
+        slot.in_flight = 0;
+        slot.serve_until = None;
+        slot.idle_override = None;
+        slot.measured = None;
+        slot.unloading = false;
+        self.emit(m, kind, detail);
+    }
+
+    fn emit(&self, m: &ModelKey, kind: &'static str, detail: String) {
+        let _ = self.events.send(Event {
+            at_ms: now_ms(),
+            kind,
+            model: m.to_string(),
+            detail,
+            load_ms: None,
+        });
+    }
+
+    /// The servers whose own account is worth reading: those that load models one
+    /// by one (to see what they really hold), those that report limits, and
+    /// those we do not start (to know whether they are there at all).
+    fn polls(&self) -> Vec<Poll> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| {
+                let kind = i.backend.kind;
+                match i.run {
+                    Run::External => true,
+                    Run::Up => i.loads || kind == modelyard_config::BackendKind::Apfel,
+                    _ => false,
+                }
+            })
+            .filter_map(|(k, i)| {
+                Some(Poll {
+                    key: k.clone(),
+                    generation: i.generation,
+                    kind: i.backend.kind,
+                    base: i.endpoint.as_ref()?.base(),
+                    health: i.backend.health.clone(),
+                    api_key: i.backend.api_key.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Squares the ledger with what a server says it holds: a model it dropped on
+    /// its own is cold, one it still holds after an unload is asked again, and
+    /// one loaded behind our back is adopted when it fits.
+    fn on_reported(
+        &mut self,
+        key: InstanceKey,
+        generation: u64,
+        asked: Instant,
+        report: Result<Report, String>,
+    ) {
+        let Some(inst) = self.instances.get_mut(&key) else {
+            return;
+        };
+        if inst.generation != generation || !matches!(inst.run, Run::Up | Run::External) {
+            return;
+        }
+        let report = match report {
+            Ok(r) => {
+                if let Some(was) = inst.down.take() {
+                    tracing::info!(backend = %inst.backend_name, "reachable again (was: {was})");
+                }
+                r
+            }
+            Err(e) => {
+                if inst.run == Run::External && inst.down.is_none() {
+                    tracing::warn!(backend = %inst.backend_name, "unreachable: {e}");
+                }
+                if inst.run == Run::External {
+                    inst.down = Some(e);
+                }
+                return;
+            }
+        };
+        if report.context_window.is_some() {
+            inst.context_window = report.context_window;
+        }
+        let Some(resident) = report.resident else {
+            return;
+        };
+        let backend = inst.backend_name.clone();
+        for m in inst.models.clone() {
+            let slot = self.slots.get_mut(&m).expect("instance models exist");
+            let found = resident
+                .iter()
+                .find(|r| same_model(&r.name, &slot.upstream));
+            slot.measured = found.and_then(|r| r.bytes);
+            match (slot.phase, found.is_some()) {
+                (Phase::Ready, false) if slot.ready_at < asked && slot.in_flight == 0 => {
+                    tracing::warn!(model = %m, "{backend} unloaded it on its own");
+                    self.now_cold(&m, "unloaded", format!("{backend} unloaded it on its own"));
+                }
+                (Phase::Stopping, false) if !slot.unloading => {
+                    self.now_cold(&m, "unloaded", String::new());
+                }
+                (Phase::Stopping, true) if !slot.unloading => {
+                    if let Some(op) = self.model_op(&m, true) {
+                        self.slots.get_mut(&m).expect("exists").unloading = true;
+                        self.effects.model_op(op, self.tx.clone());
+                    }
+                }
+                (Phase::Cold, true) if slot.queue.is_empty() && slot.retry_at.is_none() => {
+                    self.adopt(&m);
+                }
+                _ => {}
+            }
+        }
+        self.maybe_stop_server(&key);
+    }
+
+    /// A model its server holds though we did not load it (another client did, or
+    /// a previous run): counted as ready when it fits, else left to the server.
+    fn adopt(&mut self, m: &ModelKey) {
+        let slot = &self.slots[m];
+        let group_taken = slot.group.as_ref().is_some_and(|g| {
+            self.slots
+                .values()
+                .any(|o| o.phase.holds_memory() && o.group.as_ref() == Some(g))
+        });
+        if group_taken || self.used() + slot.memory > self.budget {
+            return;
+        }
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.phase = Phase::Ready;
+        slot.ready_at = Instant::now();
+        slot.last_used = Instant::now();
+        let backend = self.instances[&slot.instance].backend_name.clone();
+        self.emit(m, "ready", format!("found loaded in {backend}"));
+    }
+
+    /// Unloads a drained `m` from a server that loads models one by one.
+    fn try_unload(&mut self, m: &ModelKey) {
+        let slot = &self.slots[m];
+        let run = self.instances[&slot.instance].run;
+        if slot.phase != Phase::Draining || slot.in_flight > 0 {
+            return;
+        }
+        if !matches!(run, Run::Up | Run::External) {
+            return;
+        }
+        let Some(op) = self.model_op(m, true) else {
+            return;
+        };
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.phase = Phase::Stopping;
+        slot.unloading = true;
+        tracing::info!(model = %m, "unloading from its server");
+        self.effects.model_op(op, self.tx.clone());
+    }
+
+    /// Stops a server of ours that loads models one by one once it holds none and
+    /// none is wanted: its own memory comes back too.
+    fn maybe_stop_server(&mut self, key: &InstanceKey) {
+        let Some(inst) = self.instances.get(key) else {
+            return;
+        };
+        if !inst.loads || inst.run != Run::Up || inst.handle.is_none() {
+            return;
+        }
+        let unused = inst.models.iter().all(|m| {
+            let s = &self.slots[m];
+            !s.phase.holds_memory() && s.queue.is_empty()
+        });
+        if unused {
+            tracing::info!(instance = %key, "stopping backend: it holds no model");
+            let inst = self.instances.get_mut(key).expect("exists");
+            inst.run = Run::Stopping;
+            if let Some(h) = inst.handle.as_mut() {
+                h.stop();
+            }
+        }
+    }
+
     fn on_unload(&mut self, model: Option<String>) -> Result<Vec<String>, SupervisorError> {
         let targets: Vec<ModelKey> = match &model {
             Some(name) => {
@@ -735,8 +1136,7 @@ impl<E: Effects> Owner<E> {
         };
         let mut unloaded = Vec::new();
         for m in targets {
-            let external = self.instances[&self.slots[&m].instance].run == Run::External;
-            if self.slots[&m].phase == Phase::Ready && !external {
+            if self.slots[&m].phase == Phase::Ready && self.slots[&m].counted {
                 tracing::info!(model = %m, "unloading: asked to");
                 self.begin_drain(&m, "asked to");
                 unloaded.push(m.to_string());
@@ -833,12 +1233,14 @@ impl<E: Effects> Owner<E> {
             .map(|(k, _)| k.clone())
             .collect();
         for m in &idle {
-            // A shared server goes only when every model it holds is idle.
+            // A shared server that cannot unload one model goes only when every
+            // model it holds is idle.
             let inst = &self.instances[&self.slots[m].instance];
-            let all_idle = inst
-                .models
-                .iter()
-                .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
+            let all_idle = inst.loads
+                || inst
+                    .models
+                    .iter()
+                    .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
             if all_idle && self.slots[m].phase == Phase::Ready {
                 let slot = &self.slots[m];
                 let why = match (slot.idle_override, slot.idle) {
@@ -943,14 +1345,13 @@ impl<E: Effects> Owner<E> {
 
     fn view(&self, m: &ModelKey) -> View<'_> {
         let (m, s) = self.slots.get_key_value(m).expect("exists");
-        let external = self.instances[&s.instance].run == Run::External;
         View {
             name: m,
             memory: s.memory,
             group: s.group.as_deref(),
             // Another machine's models are never ours to unload.
-            pinned: s.pinned || external,
-            phase: if external { Phase::Cold } else { s.phase },
+            pinned: s.pinned || !s.counted,
+            phase: if s.counted { s.phase } else { Phase::Cold },
             in_flight: s.in_flight,
             last_used: s.last_used,
         }
@@ -986,9 +1387,14 @@ impl<E: Effects> Owner<E> {
         let slot = self.slots.get_mut(m).expect("exists");
         slot.phase = Phase::Starting;
         slot.retry_at = None;
+        slot.load_started = Instant::now();
         slot.why = "its backend is starting".into();
         let inst = self.instances.get_mut(&key).expect("instance exists");
         match inst.run {
+            Run::Up | Run::External if inst.loads => {
+                slot.why = "its server is loading it".into();
+                self.begin_load(m);
+            }
             Run::Up => {
                 // A shared server already running: the model is there.
                 slot.phase = Phase::Ready;
@@ -1072,7 +1478,14 @@ impl<E: Effects> Owner<E> {
     /// with it), lets what is in flight finish, then stops.
     fn begin_drain(&mut self, m: &ModelKey, why: &str) {
         let key = self.slots[m].instance.clone();
-        let models = self.instances[&key].models.clone();
+        let inst = &self.instances[&key];
+        let loads = inst.loads;
+        // A server that unloads one model at a time keeps its others.
+        let models = if loads {
+            vec![m.clone()]
+        } else {
+            inst.models.clone()
+        };
         for other in models {
             let s = self.slots.get_mut(&other).expect("exists");
             if s.phase == Phase::Ready {
@@ -1091,7 +1504,11 @@ impl<E: Effects> Owner<E> {
                 });
             }
         }
-        self.try_stop(&key);
+        if loads {
+            self.try_unload(m);
+        } else {
+            self.try_stop(&key);
+        }
     }
 
     fn try_stop(&mut self, key: &InstanceKey) {
@@ -1148,6 +1565,7 @@ impl<E: Effects> Owner<E> {
             base_path: endpoint.base_path,
             api_key: inst.backend.api_key.clone(),
             kind: inst.backend.kind,
+            context_window: inst.context_window,
             release: Release {
                 model: m.clone(),
                 generation: inst.generation,
@@ -1220,10 +1638,10 @@ impl<E: Effects> Owner<E> {
                         s.phase
                     },
                     declared: s.memory,
-                    measured: if s.phase.holds_memory() {
-                        inst.measured
-                    } else {
-                        None
+                    measured: match (s.phase.holds_memory(), inst.loads) {
+                        (false, _) => None,
+                        (true, true) => s.measured,
+                        (true, false) => inst.measured,
                     },
                     reserved: if s.phase.holds_memory() { s.memory } else { 0 },
                     in_flight: s.in_flight,
@@ -1262,6 +1680,22 @@ impl<E: Effects> Owner<E> {
             if let Some(h) = inst.handle.as_mut() {
                 h.stop();
                 inst.run = Run::Stopping;
+            }
+        }
+        // What we loaded on a server we do not own would outlive us there.
+        let loaded: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                let inst = &self.instances[&s.instance];
+                inst.run == Run::External && inst.loads && s.phase.holds_memory() && !s.unloading
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in loaded {
+            if let Some(op) = self.model_op(&m, true) {
+                self.slots.get_mut(&m).expect("exists").unloading = true;
+                self.effects.model_op(op, self.tx.clone());
             }
         }
     }
@@ -1339,13 +1773,17 @@ fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoint), String>
         Some(m) => format!("{}/{m}", inst.backend_name),
         None => inst.backend_name.clone(),
     };
-    Ok((
-        Spec {
-            name,
-            argv,
-            env,
-            stop_timeout: b.stop_timeout,
-        },
-        endpoint,
-    ))
+    let mut spec = Spec {
+        name,
+        argv,
+        env,
+        stop_timeout: b.stop_timeout,
+    };
+    let ctx = Prepare {
+        port,
+        budget: config.budget.map(|b| b.0),
+        models: inst.models.len(),
+    };
+    adapter(b.kind).prepare(&mut spec, &ctx);
+    Ok((spec, endpoint))
 }

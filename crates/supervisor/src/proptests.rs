@@ -41,10 +41,24 @@ fn instance(model: &str) -> String {
 
 #[derive(Clone, Debug)]
 enum Op {
-    Acquire { model: usize, patience_s: u64 },
-    Release { pick: usize },
-    Crash { model: usize },
-    Wait { ms: u64 },
+    Acquire {
+        model: usize,
+        patience_s: u64,
+    },
+    Release {
+        pick: usize,
+    },
+    Crash {
+        model: usize,
+    },
+    /// The shared server reports holding only this subset of its models (it
+    /// dropped the others on its own, or another client loaded some).
+    Holds {
+        mask: u8,
+    },
+    Wait {
+        ms: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,6 +66,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..MODELS.len(), 1u64..200).prop_map(|(model, patience_s)| Op::Acquire { model, patience_s }),
         3 => (0usize..64).prop_map(|pick| Op::Release { pick }),
         1 => (0..MODELS.len()).prop_map(|model| Op::Crash { model }),
+        1 => (0u8..4).prop_map(|mask| Op::Holds { mask }),
         2 => (1u64..5_000).prop_map(|ms| Op::Wait { ms }),
     ]
 }
@@ -108,6 +123,28 @@ async fn run(ops: Vec<Op>, fake: Fake, s: crate::Supervisor) {
                         key: key.into(),
                         generation,
                         info: None,
+                    });
+                }
+            }
+            Op::Holds { mask } => {
+                if let Some(generation) = fake.latest("o") {
+                    let resident = ["embed", "small"]
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| mask & (1 << i) != 0)
+                        .map(|(_, n)| crate::backends::Resident {
+                            name: n.to_string(),
+                            bytes: None,
+                        })
+                        .collect();
+                    let _ = s.tx.send(Msg::Reported {
+                        key: "o".into(),
+                        generation,
+                        asked: Instant::now(),
+                        report: Ok(crate::backends::Report {
+                            resident: Some(resident),
+                            context_window: None,
+                        }),
                     });
                 }
             }

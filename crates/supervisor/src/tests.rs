@@ -8,20 +8,23 @@ use modelyard_config::load_str;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::time::{advance, Instant};
 
-use crate::effects::{Effects, Handle, Launch};
+use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::owner::{InstanceKey, Msg};
 use crate::policy::Phase;
 use crate::process::ExitInfo;
 use crate::{Lease, Supervisor, SupervisorError};
 
-const GB: u64 = 1_000_000_000;
-const LOAD: Duration = Duration::from_secs(2);
-const STOP: Duration = Duration::from_millis(300);
+pub(crate) const GB: u64 = 1_000_000_000;
+pub(crate) const LOAD: Duration = Duration::from_secs(2);
+pub(crate) const STOP: Duration = Duration::from_millis(300);
 
 #[derive(Clone, Default)]
 pub(crate) struct Fake {
     /// Every launch: (instance, generation).
     launches: Arc<Mutex<Vec<(InstanceKey, u64)>>>,
+    ops: Arc<Mutex<Vec<(String, bool)>>>,
+    /// Loads of these models fail.
+    refuse: Arc<Mutex<Vec<String>>>,
 }
 
 struct FakeHandle {
@@ -77,10 +80,40 @@ impl Effects for Fake {
             stopped: false,
         }))
     }
+
+    fn model_op(&mut self, op: ModelOp, tx: UnboundedSender<Msg>) {
+        self.ops
+            .lock()
+            .unwrap()
+            .push((op.model.to_string(), op.unload));
+        let refused = !op.unload && self.refuse.lock().unwrap().contains(&op.target.upstream);
+        tokio::spawn(async move {
+            tokio::time::sleep(if op.unload { STOP } else { LOAD }).await;
+            let _ = tx.send(Msg::ModelDone {
+                model: op.model,
+                generation: op.generation,
+                unload: op.unload,
+                result: if refused {
+                    Err("no such model".into())
+                } else {
+                    Ok(())
+                },
+            });
+        });
+    }
 }
 
 impl Fake {
-    fn count(&self, instance: &str) -> usize {
+    /// Every load and unload asked of a server: (model, unload).
+    pub(crate) fn refuse(&self, upstream: &str) {
+        self.refuse.lock().unwrap().push(upstream.to_string());
+    }
+
+    pub(crate) fn ops(&self) -> Vec<(String, bool)> {
+        self.ops.lock().unwrap().clone()
+    }
+
+    pub(crate) fn count(&self, instance: &str) -> usize {
         self.launches
             .lock()
             .unwrap()
@@ -129,11 +162,11 @@ pub(crate) fn start(yaml: &str) -> (Supervisor, Fake) {
     )
 }
 
-fn soon() -> Instant {
+pub(crate) fn soon() -> Instant {
     Instant::now() + Duration::from_secs(120)
 }
 
-async fn get(s: &Supervisor, model: &str) -> Lease {
+pub(crate) async fn get(s: &Supervisor, model: &str) -> Lease {
     s.acquire(model, soon())
         .await
         .unwrap_or_else(|e| panic!("{model}: {e}"))
