@@ -633,3 +633,66 @@ fn the_port_placeholder_is_accepted_in_a_url() {
     ]);
     check(f.path()).assert_ok();
 }
+
+#[test]
+fn servers_told_their_port_by_environment_need_no_port_in_the_command() {
+    let f = yaml(&[
+        "backends:",
+        "  ollama:",
+        "    kind: ollama",
+        "    command: [ollama, serve]",
+        "  apfel:",
+        "    kind: apfel",
+        "    command: [apfel, --serve]",
+        "models:",
+        "  small:",
+        "    backend: ollama",
+        "    memory: 5GB",
+        "  apple:",
+        "    backend: apfel",
+        "    memory: 1GB",
+        "    fallback: small",
+    ]);
+    check(f.path()).assert_ok();
+}
+
+#[test]
+fn a_fallback_must_name_another_configured_model() {
+    let f = yaml(&[
+        "backends:",
+        "  apfel:",
+        "    kind: apfel",
+        "    command: [apfel, --serve]",
+        "models:",
+        "  apple:",
+        "    backend: apfel",
+        "    memory: 1GB",
+        "    fallback: smal", // 9
+        "  small:",
+        "    backend: apfel",
+        "    memory: 1GB",
+        "    fallback: small", // 13
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        9,
+        "models.apple.fallback",
+        &["`smal`", "did you mean `small`"],
+    );
+    r.assert_issue_at(f.path(), 13, "models.small.fallback", &["its own fallback"]);
+}
+
+#[test]
+fn a_model_on_a_server_someone_else_runs_needs_no_memory() {
+    let f = yaml(&[
+        "backends:",
+        "  mine:",
+        "    url: http://127.0.0.1:8080",
+        "models:",
+        "  always-there:",
+        "    backend: mine",
+    ]);
+    check(f.path()).assert_ok();
+}

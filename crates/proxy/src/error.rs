@@ -37,6 +37,12 @@ pub enum ApiError {
     HostNotAllowed(String),
     #[error("browser origin `{0}` may not call this router; add it to allowed_origins in routes.yaml to allow it")]
     OriginNotAllowed(String),
+    #[error("model `{model}` cannot take this request: {reason}; give it a `fallback:` in routes.yaml to send such requests to another model")]
+    CannotServe {
+        model: String,
+        reason: String,
+        code: &'static str,
+    },
     #[error("config not reloaded, the running one stays: {0}")]
     Reload(String),
     #[error(transparent)]
@@ -121,6 +127,9 @@ impl ApiError {
                 None,
                 "origin_not_allowed",
             ),
+            CannotServe { code, .. } => {
+                (StatusCode::BAD_REQUEST, "invalid_request_error", None, code)
+            }
             Reload(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_request_error",

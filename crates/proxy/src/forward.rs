@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::error::ApiError;
+use crate::fallback;
 use crate::relay::{Observe, Relay};
 use crate::rewrite::{peek_model, ModelRewriter, Routed};
 use crate::Inner;
@@ -51,8 +52,22 @@ async fn forward(
         .and_then(|v| v.parse::<u64>().ok());
     let bytes = read_body(declared, body, state.config().max_body.bytes()).await?;
     let routed = peek_model(&bytes)?;
-    let client_name = routed.model.clone();
-    let model = crate::models::resolve(&state.config(), &client_name)?;
+    let config = state.config();
+    let asked_for = crate::models::resolve(&config, &routed.model)?;
+    let window = if fallback::needs_window(&config, &asked_for) {
+        let snap = state.supervisor.snapshot().await;
+        snap.and_then(|s| s.model(&asked_for).and_then(|m| m.context_window))
+    } else {
+        None
+    };
+    let choice = fallback::choose(&config, &asked_for, parts.uri.path(), &bytes, window)?;
+    let model = choice.model;
+    // A request that went elsewhere is answered in the name of the model that
+    // answered it, and says why.
+    let client_name = match &choice.fell_back {
+        None => routed.model.clone(),
+        Some(_) => model.clone(),
+    };
     label.clone_from(&model);
     let deadline = Instant::now() + state.config().queue_timeout;
     let asked = Instant::now();
@@ -73,6 +88,24 @@ async fn forward(
         model,
         started,
     };
+    let note = choice
+        .fell_back
+        .map(|why| format!("{asked_for} -> {}: {why}", send.model));
+    let mut resp = answer(state, send, acquire).await?;
+    if let Some(note) = note {
+        if let Ok(v) = HeaderValue::from_str(&note) {
+            resp.headers_mut().insert("x-modelyard-fallback", v);
+        }
+    }
+    Ok(resp)
+}
+
+/// Sends once the lease is held; a streamed request that has to wait hears progress.
+async fn answer(
+    state: &Arc<Inner>,
+    send: Upstream,
+    acquire: impl std::future::Future<Output = Result<Lease, ApiError>> + Send + 'static,
+) -> Result<Response<Body>, ApiError> {
     if routed_stream(&send) && state.config().loading_progress != LoadingProgress::Off {
         let mut acquire = Box::pin(acquire);
         // A ready model's lease comes back at once; only a wait earns progress.

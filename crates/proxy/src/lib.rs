@@ -4,6 +4,7 @@
 mod admin;
 mod body;
 mod error;
+mod fallback;
 mod forward;
 mod guard;
 mod metrics;

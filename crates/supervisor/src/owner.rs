@@ -1657,6 +1657,7 @@ impl<E: Effects> Owner<E> {
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
                     last_error: s.last_error.clone(),
+                    context_window: inst.context_window,
                 }
             })
             .collect();

@@ -39,6 +39,8 @@ pub struct ModelStatus {
     pub pid: Option<u32>,
     pub failures: u32,
     pub last_error: Option<String>,
+    /// The most tokens one request may carry, as its server last reported it.
+    pub context_window: Option<u32>,
 }
 
 impl Snapshot {
