@@ -53,7 +53,14 @@ async fn forward(
     let bytes = read_body(declared, body, state.config().max_body.bytes()).await?;
     let routed = peek_model(&bytes)?;
     let config = state.config();
-    let asked_for = crate::models::resolve(&config, &routed.model)?;
+    let asked_for = match crate::models::resolve(&config, &routed.model) {
+        Ok(m) => m,
+        // Not ours by name: perhaps another machine's, listed by a remote backend.
+        Err(e) => match state.supervisor.snapshot().await {
+            Some(s) if s.remote_model(&routed.model).is_some() => routed.model.clone(),
+            _ => return Err(e),
+        },
+    };
     let window = if fallback::needs_window(&config, &asked_for) {
         let snap = state.supervisor.snapshot().await;
         snap.and_then(|s| s.model(&asked_for).and_then(|m| m.context_window))

@@ -125,10 +125,14 @@ impl Router {
         let inner = &*self.inner;
         let path = req.uri().path();
         match (req.method(), path) {
-            (&Method::GET, "/v1/models") => models::list(&inner.config(), inner.started_unix),
+            (&Method::GET, "/v1/models") => {
+                let snap = inner.supervisor.snapshot().await;
+                models::list(&inner.config(), snap.as_ref(), inner.started_unix)
+            }
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
-                models::one(&inner.config(), inner.started_unix, &id)
+                let snap = inner.supervisor.snapshot().await;
+                models::one(&inner.config(), snap.as_ref(), inner.started_unix, &id)
             }
             (&Method::GET, "/") => {
                 let mut resp = Response::new(body::full(STATUS_PAGE));

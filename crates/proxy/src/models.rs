@@ -1,8 +1,10 @@
 //! `GET /v1/models` and `GET /v1/models/{id}`: every configured model and alias in
-//! OpenAI's shape; aliases carry `alias_for` so clients can tell them apart.
+//! OpenAI's shape; aliases carry `alias_for` so clients can tell them apart, and
+//! models a remote backend lists without routes.yaml naming them carry `remote`.
 
 use http::{Response, StatusCode};
 use modelyard_config::Config;
+use modelyard_supervisor::{RemoteModel, Snapshot};
 use serde_json::{json, Value};
 
 use crate::body::{self, Body};
@@ -25,18 +27,37 @@ fn entry(config: &Config, created: u64, name: &str) -> Option<Value> {
     Some(v)
 }
 
-pub(crate) fn list(config: &Config, created: u64) -> Response<Body> {
+/// What a remote backend lists and routes.yaml does not name.
+fn remote_entry(created: u64, m: &RemoteModel) -> Value {
+    json!({
+        "id": m.name,
+        "object": "model",
+        "created": created,
+        "owned_by": format!("modelyard/{}", m.backend),
+        "remote": true,
+    })
+}
+
+pub(crate) fn list(config: &Config, snap: Option<&Snapshot>, created: u64) -> Response<Body> {
+    let remote = snap.map(|s| s.remote_models.as_slice()).unwrap_or_default();
     let data: Vec<Value> = config
         .models
         .iter()
         .flat_map(|(name, m)| std::iter::once(name).chain(m.aliases.iter()))
         .filter_map(|n| entry(config, created, n))
+        .chain(remote.iter().map(|m| remote_entry(created, m)))
         .collect();
     body::json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
 }
 
-pub(crate) fn one(config: &Config, created: u64, id: &str) -> Response<Body> {
-    match entry(config, created, id) {
+pub(crate) fn one(
+    config: &Config,
+    snap: Option<&Snapshot>,
+    created: u64,
+    id: &str,
+) -> Response<Body> {
+    let remote = snap.and_then(|s| s.remote_model(id));
+    match entry(config, created, id).or_else(|| remote.map(|m| remote_entry(created, m))) {
         Some(v) => body::json_response(StatusCode::OK, &v),
         None => ApiError::UnknownModel {
             name: id.to_string(),

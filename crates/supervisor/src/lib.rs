@@ -39,7 +39,7 @@ pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use process::ExitInfo;
-pub use snapshot::{ModelStatus, Snapshot};
+pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
 use effects::{Effects, Processes};
 use owner::{Msg, Owner};

@@ -232,6 +232,8 @@ struct Instance {
     down: Option<String>,
     /// The most tokens one request may carry, as the server reports it.
     context_window: Option<u32>,
+    /// The models another machine says it serves.
+    listed: Vec<String>,
 }
 
 pub(crate) struct Owner<E: Effects> {
@@ -332,6 +334,7 @@ impl<E: Effects> Owner<E> {
                 loads,
                 down: None,
                 context_window: None,
+                listed: Vec::new(),
             });
         let model_key: ModelKey = name.into();
         inst.models.push(model_key.clone());
@@ -639,7 +642,10 @@ impl<E: Effects> Owner<E> {
         // A model a reload removed is gone for new requests, even while it drains.
         let known = self.config.models.contains_key(&model);
         let Some((key, slot)) = self.slots.get_key_value(model.as_str()).filter(|_| known) else {
-            let _ = reply.send(Err(SupervisorError::UnknownModel(model)));
+            let lease = self
+                .remote_lease(&model)
+                .unwrap_or(Err(SupervisorError::UnknownModel(model)));
+            let _ = reply.send(lease);
             return;
         };
         let key = key.clone();
@@ -1018,6 +1024,9 @@ impl<E: Effects> Owner<E> {
         };
         if report.context_window.is_some() {
             inst.context_window = report.context_window;
+        }
+        if let Some(listed) = report.listed {
+            inst.listed = listed;
         }
         let Some(resident) = report.resident else {
             return;
@@ -1574,6 +1583,48 @@ impl<E: Effects> Owner<E> {
         })
     }
 
+    /// A model routes.yaml does not name but a remote backend lists: nothing of
+    /// ours to start or count, so a lease at once (or why not).
+    fn remote_lease(&self, model: &str) -> Option<Result<Lease, SupervisorError>> {
+        let inst = self.remote_serving(model)?;
+        if let Some(why) = &inst.down {
+            return Some(Err(SupervisorError::Unreachable {
+                model: model.to_string(),
+                backend: inst.backend_name.clone(),
+                reason: why.clone(),
+            }));
+        }
+        let endpoint = inst.endpoint.clone()?;
+        Some(Ok(Lease {
+            model: model.to_string(),
+            upstream_model: model.to_string(),
+            scheme: endpoint.scheme,
+            authority: endpoint.authority,
+            base_path: endpoint.base_path,
+            api_key: inst.backend.api_key.clone(),
+            kind: inst.backend.kind,
+            context_window: None,
+            release: Release {
+                model: model.into(),
+                generation: inst.generation,
+                tx: self.tx.clone(),
+            },
+        }))
+    }
+
+    /// The remote backend listing `model`, first by backend name, if any; names
+    /// routes.yaml gives (as models or aliases) are never taken from a remote.
+    fn remote_serving(&self, model: &str) -> Option<&Instance> {
+        if self.config.resolve(model).is_some() {
+            return None;
+        }
+        self.instances
+            .values()
+            .filter(|i| i.backend.kind == modelyard_config::BackendKind::Remote)
+            .filter(|i| i.listed.iter().any(|n| n == model))
+            .min_by(|a, b| a.backend_name.cmp(&b.backend_name))
+    }
+
     fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         // An overdue idle unload that waits on a co-resident model is not due again
@@ -1656,13 +1707,30 @@ impl<E: Effects> Owner<E> {
                     typical_load: median(&s.recent_loads),
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
-                    last_error: s.last_error.clone(),
+                    last_error: s.last_error.clone().or_else(|| inst.down.clone()),
                     context_window: inst.context_window,
                 }
             })
             .collect();
         models.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut remote_models: Vec<crate::RemoteModel> = self
+            .instances
+            .values()
+            .filter(|i| i.down.is_none())
+            .flat_map(|i| i.listed.iter().map(move |n| (n, i)))
+            .filter(|(n, i)| {
+                self.remote_serving(n)
+                    .is_some_and(|chosen| chosen.backend_name == i.backend_name)
+            })
+            .map(|(n, i)| crate::RemoteModel {
+                name: n.clone(),
+                backend: i.backend_name.clone(),
+            })
+            .collect();
+        remote_models.sort_by(|a, b| a.name.cmp(&b.name));
+        remote_models.dedup_by(|a, b| a.name == b.name);
         Snapshot {
+            remote_models,
             servers: self.servers_reserved(),
             budget: self.budget,
             used: self.used(),

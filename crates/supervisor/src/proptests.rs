@@ -144,6 +144,7 @@ async fn run(ops: Vec<Op>, fake: Fake, s: crate::Supervisor) {
                         report: Ok(crate::backends::Report {
                             resident: Some(resident),
                             context_window: None,
+                            listed: None,
                         }),
                     });
                 }

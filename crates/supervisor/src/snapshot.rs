@@ -10,6 +10,15 @@ pub struct Snapshot {
     /// What running shared servers hold of their own (their `memory`).
     pub servers: u64,
     pub models: Vec<ModelStatus>,
+    /// Models another machine serves that routes.yaml does not name, by the
+    /// remote backend that lists them.
+    pub remote_models: Vec<RemoteModel>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RemoteModel {
+    pub name: String,
+    pub backend: String,
 }
 
 #[derive(Clone, Debug)]
@@ -46,5 +55,9 @@ pub struct ModelStatus {
 impl Snapshot {
     pub fn model(&self, name: &str) -> Option<&ModelStatus> {
         self.models.iter().find(|m| m.name == name)
+    }
+
+    pub fn remote_model(&self, name: &str) -> Option<&RemoteModel> {
+        self.remote_models.iter().find(|m| m.name == name)
     }
 }

@@ -117,6 +117,7 @@ async fn the_ledger_follows_what_the_server_says_it_holds() {
                     .collect(),
             ),
             context_window: None,
+            listed: None,
         }),
     };
     // Ollama dropped small on its own: the ledger lets it go.

@@ -44,6 +44,7 @@ impl Adapter for Apfel {
                     .get("context_window")
                     .and_then(Value::as_u64)
                     .and_then(|n| u32::try_from(n).ok()),
+                listed: None,
             })
         })
     }

@@ -39,6 +39,8 @@ pub(crate) struct Report {
     pub resident: Option<Vec<Resident>>,
     /// The most tokens one request may carry, where the server says.
     pub context_window: Option<u32>,
+    /// The model names it serves, where it lists them (another machine's).
+    pub listed: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]

@@ -100,6 +100,7 @@ impl Adapter for Ollama {
             Ok(Report {
                 resident: Some(ps(&http, &base, api_key.as_deref()).await?),
                 context_window: None,
+                listed: None,
             })
         })
     }

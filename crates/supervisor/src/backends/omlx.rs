@@ -81,6 +81,7 @@ impl Adapter for Omlx {
             Ok(Report {
                 resident: Some(status(&http, &base, api_key.as_deref()).await?),
                 context_window: None,
+                listed: None,
             })
         })
     }
