@@ -7,12 +7,13 @@
 mod common;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::{json, Value};
+use tokio::time::Instant;
 
 /// One test at a time: four llama servers loading at once on 2 cores take 5-10 s
 /// each instead of ~1 s, and the timings printed would measure the contention.
@@ -190,6 +191,28 @@ async fn a_real_server_starts_on_first_request_and_answers_chat_and_streams() {
     }
     assert!(!joined.trim().is_empty(), "streamed real text: {text}");
     assert_eq!(servers(&r), pids, "the same server served the stream");
+
+    // What llama.cpp itself refuses comes back as it said it, not as the router's
+    // error: its status, its body (a numeric `code`, no `param`), no router marker.
+    for (path, body, status) in [
+        (
+            "/v1/chat/completions",
+            json!({"model": "smol", "max_tokens": "lots", "messages": [{"role": "user", "content": "hi"}]}),
+            400,
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "smol", "input": "not started with --embeddings"}),
+            501,
+        ),
+    ] {
+        let resp = post(&r.url(path), &body).await;
+        assert_eq!(resp.status(), status, "{path}");
+        assert!(resp.headers().get("x-modelyard-error").is_none(), "{path}");
+        let e: Value = resp.json().await.unwrap();
+        assert_eq!(e["error"]["code"], status, "llama.cpp's own error: {e}");
+    }
+    assert_eq!(servers(&r), pids, "a refused request leaves the server up");
 
     let rss = rss_mb(pids[0]).unwrap();
     let measured = state(&r, "smol").await["measured"].clone();
