@@ -381,3 +381,102 @@ models:
         .lines()
         .any(|l| l.contains("holds more memory") && l.contains("sim/honest")));
 }
+
+/// Writes a /proc/meminfo the router reads instead of the real one.
+fn set_available(path: &std::path::Path, bytes: u64) {
+    let text = format!(
+        "MemTotal:       {} kB\nMemAvailable:   {} kB\n",
+        64 << 20,
+        bytes / 1024
+    );
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn when_free_memory_drops_idle_models_go_busy_ones_stay_and_new_loads_wait() {
+    let meminfo = tempfile::NamedTempFile::new().unwrap();
+    set_available(meminfo.path(), 8 << 30);
+    let path = meminfo.path().to_str().unwrap().to_string();
+    let r = Router::start_with_env(
+        r#"
+budget: 400MB
+reserve: 100MB
+queue_timeout: 2s
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --token-delay, 100ms, --tokens, "60"]}
+models:
+  busy: {backend: sim, memory: 50MB, args: [--memory, 50MB]}
+  idle: {backend: sim, memory: 50MB, args: [--memory, 50MB]}
+  later: {backend: sim, memory: 50MB, args: [--memory, 50MB]}
+"#,
+        &[("MODELYARD_MEMINFO", &path)],
+    );
+    let url = r.url("/v1/chat/completions");
+    let mut one = chat("idle");
+    one["max_tokens"] = 1.into();
+    assert_eq!(post(&url, &one).await.status(), 200);
+    // A 6 s stream keeps `busy` in flight through what follows.
+    let stream = post(&url, &chat_stream("busy")).await;
+    assert_eq!(stream.status(), 200);
+    let mut body = stream.bytes_stream();
+    let _ = body.next().await;
+    let mut events = client()
+        .get(r.url("/admin/events"))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream();
+
+    // Another app takes the machine's memory: only ~10 MB is free.
+    set_available(meminfo.path(), 10 << 20);
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut text = String::new();
+        while let Some(Ok(c)) = events.next().await {
+            text.push_str(&String::from_utf8_lossy(&c));
+            if text.contains("free memory is short") {
+                return text;
+            }
+        }
+        text
+    })
+    .await
+    .expect("an eviction event says why");
+    assert!(seen.contains("\"idle\""), "the idle model went: {seen}");
+    let status = get_json(&r.url("/admin/status")).await;
+    let state = |name: &str| {
+        status["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(
+        state("busy"),
+        "ready",
+        "work in flight is never cut: {status}"
+    );
+    assert!(status["budget"].as_u64().unwrap() < 400_000_000, "{status}");
+    assert_eq!(status["configured_budget"], 400_000_000);
+
+    // A new load does not fit now: it waits, then hears why.
+    let msg = expect_error(post(&url, &chat("later")).await, 503, "model_not_ready").await;
+    assert!(msg.contains("down from 400 MB"), "{msg}");
+    // The stream was not cut.
+    let mut rest = String::new();
+    while let Some(Ok(c)) = body.next().await {
+        rest.push_str(&String::from_utf8_lossy(&c));
+    }
+    assert!(rest.trim_end().ends_with("data: [DONE]"), "{rest}");
+
+    // Memory is back: the budget follows and the load succeeds.
+    set_available(meminfo.path(), 8 << 30);
+    let ok = eventually(Duration::from_secs(10), || async {
+        (post(&url, &chat("later")).await.status() == 200).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "loads fit again once memory is back");
+}

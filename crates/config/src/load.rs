@@ -12,8 +12,9 @@ use crate::locate::LineIndex;
 use crate::schema::Config;
 use crate::validate::{validate, Problem};
 
-/// Environment variables with the prefix that are not config keys.
-const NOT_KEYS: &[&str] = &["config", "log"];
+/// Environment variables with the prefix that are not config keys: the config
+/// file's path, the log filter, and a meminfo file read instead of the system's.
+const NOT_KEYS: &[&str] = &["config", "log", "meminfo"];
 const ENV_PREFIX: &str = "MODELYARD_";
 
 /// A config that passed validation, and where it came from.

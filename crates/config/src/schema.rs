@@ -19,6 +19,10 @@ pub struct Config {
     /// What models may hold together. Absent: no limit.
     #[serde(default)]
     pub budget: Option<ByteSize>,
+    /// Memory kept for the system and other apps: when set, the budget also
+    /// follows the machine, min(budget, available now + what our models hold − reserve).
+    #[serde(default)]
+    pub reserve: Option<ByteSize>,
     /// Default for every model; `never` keeps models loaded.
     #[serde(default = "defaults::idle_timeout")]
     pub idle_timeout: Timeout,

@@ -227,8 +227,11 @@ async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
         ))?;
     let models: Vec<Value> = snap.models.iter().map(|m| model_json(inner, m)).collect();
     let budget = (snap.budget != u64::MAX).then_some(snap.budget);
+    let configured = (snap.configured_budget != u64::MAX).then_some(snap.configured_budget);
     Ok(ok(json!({
         "budget": budget,
+        "configured_budget": configured,
+        "available": snap.available,
         "used": snap.used,
         "free": budget.map(|b| b.saturating_sub(snap.used)),
         "servers": snap.servers,

@@ -225,14 +225,16 @@ async fn sample_memory(supervisor: Supervisor) {
         let mut pids: Vec<u32> = snap.models.iter().filter_map(|m| m.pid).collect();
         pids.sort_unstable();
         pids.dedup();
-        if pids.is_empty() {
-            continue;
-        }
         let samples = pids
             .into_iter()
             .map(|p| (p, measure::tree_rss(p)))
             .collect();
-        if supervisor.tx.send(Msg::Measured { samples }).is_err() {
+        let available = measure::available();
+        if supervisor
+            .tx
+            .send(Msg::Measured { samples, available })
+            .is_err()
+        {
             return;
         }
     }

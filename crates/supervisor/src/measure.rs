@@ -23,8 +23,35 @@ pub fn tree_rss(pid: u32) -> Option<u64> {
     Some(total)
 }
 
+/// Memory the system could give to new work now, without swapping: what the
+/// budget follows when routes.yaml sets a `reserve`. `MODELYARD_MEMINFO` names a
+/// file in /proc/meminfo's format to read instead, so the reaction to a machine
+/// short of memory can be shown (and tested) on demand.
+pub fn available() -> Option<u64> {
+    if let Some(path) = std::env::var_os("MODELYARD_MEMINFO") {
+        return mem_available(&std::fs::read_to_string(path).ok()?);
+    }
+    os::available()
+}
+
+/// `MemAvailable` of a /proc/meminfo text, in bytes.
+fn mem_available(meminfo: &str) -> Option<u64> {
+    let kb = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(target_os = "linux")]
 mod os {
+    pub fn available() -> Option<u64> {
+        super::mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
+    }
+
     pub fn rss(pid: u32) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         let kb = status
@@ -55,6 +82,34 @@ mod os {
 
 #[cfg(target_os = "macos")]
 mod os {
+    /// Free, inactive and purgeable pages: what macOS hands out before it
+    /// compresses or swaps (what Activity Monitor's memory pressure is about).
+    #[allow(unsafe_code)]
+    pub fn available() -> Option<u64> {
+        let mut stats = std::mem::MaybeUninit::<libc::vm_statistics64>::zeroed();
+        let mut count = libc::HOST_VM_INFO64_COUNT;
+        // SAFETY: host_statistics64 writes at most `count` integers into `stats`,
+        // which is sized for HOST_VM_INFO64; read only on KERN_SUCCESS.
+        let rc = unsafe {
+            libc::host_statistics64(
+                libc::mach_host_self(),
+                libc::HOST_VM_INFO64,
+                stats.as_mut_ptr() as libc::host_info64_t,
+                &mut count,
+            )
+        };
+        if rc != libc::KERN_SUCCESS {
+            return None;
+        }
+        // SAFETY: initialised by the successful call above.
+        let s = unsafe { stats.assume_init() };
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let pages =
+            u64::from(s.free_count) + u64::from(s.inactive_count) + u64::from(s.purgeable_count);
+        Some(pages * u64::try_from(page).ok()?)
+    }
+
     /// phys_footprint is what Activity Monitor shows as a process's memory, and what
     /// counts against the machine on Apple silicon's unified memory.
     #[allow(unsafe_code)]
@@ -100,6 +155,9 @@ mod os {
 
 #[cfg(not(any(target_os = "linux", target_os = "macos")))]
 mod os {
+    pub fn available() -> Option<u64> {
+        None
+    }
     pub fn rss(_pid: u32) -> Option<u64> {
         None
     }
@@ -110,6 +168,15 @@ mod os {
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
+    #[test]
+    fn reads_mem_available_in_bytes() {
+        let text =
+            "MemTotal:       24000000 kB\nMemFree:         1000 kB\nMemAvailable:   12345678 kB\n";
+        assert_eq!(super::mem_available(text), Some(12_345_678 * 1024));
+        assert_eq!(super::mem_available("MemTotal: 1 kB\n"), None);
+        assert!(super::available().unwrap() > 0, "this machine reports some");
+    }
+
     #[test]
     fn measures_this_process_and_a_child() {
         let own = super::tree_rss(std::process::id()).unwrap();

@@ -93,6 +93,8 @@ pub(crate) enum Msg {
     /// Resident bytes of each backend process tree, by pid (None: gone).
     Measured {
         samples: Vec<(u32, Option<u64>)>,
+        /// What the system says it has available (None: it could not tell).
+        available: Option<u64>,
     },
     Snapshot {
         reply: oneshot::Sender<Snapshot>,
@@ -238,7 +240,12 @@ struct Instance {
 
 pub(crate) struct Owner<E: Effects> {
     config: Arc<Config>,
+    /// What the ledger may hold now: `configured`, or less while the machine is
+    /// short of memory (see `follow_memory`).
     budget: u64,
+    configured: u64,
+    /// The last available-memory sample, while a `reserve` is set.
+    available: Option<u64>,
     /// What the ledger may hold: the budget, except after a reload shrank it,
     /// when it is what was held then, until the ledger has come down to the budget.
     ceiling: u64,
@@ -274,6 +281,8 @@ impl<E: Effects> Owner<E> {
     ) -> Owner<E> {
         let mut owner = Owner {
             budget: config.budget.map_or(u64::MAX, |b| b.0),
+            configured: config.budget.map_or(u64::MAX, |b| b.0),
+            available: None,
             ceiling: config.budget.map_or(u64::MAX, |b| b.0),
             config: config.clone(),
             slots: HashMap::new(),
@@ -388,7 +397,9 @@ impl<E: Effects> Owner<E> {
     fn on_reload(&mut self, config: Arc<Config>) -> Vec<String> {
         let mut changes = Vec::new();
         let previous = std::mem::replace(&mut self.config, config.clone());
-        self.budget = config.budget.map_or(u64::MAX, |b| b.0);
+        self.configured = config.budget.map_or(u64::MAX, |b| b.0);
+        self.budget = self.configured;
+        self.follow_memory(self.available);
         self.ceiling = self.budget.max(self.used());
         let names: Vec<ModelKey> = self.slots.keys().cloned().collect();
         for m in names {
@@ -431,12 +442,81 @@ impl<E: Effects> Owner<E> {
                 changes.push(format!("added {name}"));
             }
         }
-        self.fit_budget();
+        self.fit_budget("the budget shrank");
         changes
     }
 
-    /// After a reload shrank the budget: idle models go until the ledger fits.
-    fn fit_budget(&mut self) {
+    /// With a `reserve`, the budget follows the machine: what is available now plus
+    /// what our own processes hold, less the reserve, and never above the
+    /// configured budget. When that falls below what the ledger holds, idle models
+    /// go (least recently used first; never pinned ones, never work in flight);
+    /// new loads wait for room either way.
+    fn follow_memory(&mut self, available: Option<u64>) {
+        let Some(reserve) = self.config.reserve.map(|r| r.0) else {
+            self.available = None;
+            self.budget = self.configured;
+            return;
+        };
+        // A sample that could not be read changes nothing.
+        let Some(avail) = available else { return };
+        self.available = Some(avail);
+        let machine = avail
+            .saturating_add(self.held_measured())
+            .saturating_sub(reserve);
+        let budget = self.configured.min(machine);
+        if budget == self.budget {
+            return;
+        }
+        let shrank = budget < self.budget;
+        self.budget = budget;
+        self.ceiling = self.budget.max(self.used());
+        // While a model loads, its memory moves from "available" to "ours" between
+        // two samples; judge once it is in.
+        let loading = self.slots.values().any(|s| s.phase == Phase::Starting);
+        if shrank && !loading {
+            let why = format!(
+                "free memory is short: {} available, {} reserved for the system",
+                modelyard_config::ByteSize(avail),
+                modelyard_config::ByteSize(reserve)
+            );
+            self.fit_budget(&why);
+        }
+    }
+
+    /// Why the budget is lower than routes.yaml says, if it is.
+    fn budget_note(&self) -> String {
+        match self.available {
+            Some(avail) if self.budget < self.configured => format!(
+                " (the budget is down from {} to {} while only {} is available)",
+                modelyard_config::ByteSize(self.configured),
+                modelyard_config::ByteSize(self.budget),
+                modelyard_config::ByteSize(avail)
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// What our backends hold now, as measured: their process trees, and the
+    /// models on servers we do not run, as those servers report them.
+    fn held_measured(&self) -> u64 {
+        let trees: u64 = self
+            .instances
+            .values()
+            .filter(|i| i.handle.is_some())
+            .filter_map(|i| i.measured)
+            .sum();
+        let attached: u64 = self
+            .slots
+            .values()
+            .filter(|s| s.phase.holds_memory() && s.counted)
+            .filter(|s| self.instances[&s.instance].handle.is_none())
+            .filter_map(|s| s.measured)
+            .sum();
+        trees + attached
+    }
+
+    /// When the budget shrank: idle models go until the ledger fits.
+    fn fit_budget(&mut self, why: &str) {
         // Memory already on its way out counts as gone.
         let staying = |o: &Self| {
             o.used()
@@ -456,7 +536,7 @@ impl<E: Effects> Owner<E> {
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
             match victim {
-                Some(v) => self.begin_drain(&v, "the budget shrank"),
+                Some(v) => self.begin_drain(&v, why),
                 None => {
                     tracing::warn!(
                         used = self.used(),
@@ -569,7 +649,10 @@ impl<E: Effects> Owner<E> {
                 Msg::Snapshot { reply } => {
                     let _ = reply.send(self.snapshot());
                 }
-                Msg::Measured { samples } => self.on_measured(samples),
+                Msg::Measured { samples, available } => {
+                    self.on_measured(samples);
+                    self.follow_memory(available);
+                }
                 Msg::ModelDone {
                     model,
                     generation,
@@ -1337,11 +1420,15 @@ impl<E: Effects> Owner<E> {
                             s.serve_until = Some(serve_until);
                         }
                     }
-                    self.slots.get_mut(&m).expect("exists").why =
-                        format!("waiting for {} to unload", names.join(", "));
+                    self.slots.get_mut(&m).expect("exists").why = format!(
+                        "waiting for {} to unload{}",
+                        names.join(", "),
+                        self.budget_note()
+                    );
                     promised += need;
                 }
                 Err(Err((why, promises))) => {
+                    let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
                     if promises {
                         promised += need;
@@ -1730,6 +1817,8 @@ impl<E: Effects> Owner<E> {
         remote_models.sort_by(|a, b| a.name.cmp(&b.name));
         remote_models.dedup_by(|a, b| a.name == b.name);
         Snapshot {
+            configured_budget: self.configured,
+            available: self.available,
             remote_models,
             servers: self.servers_reserved(),
             budget: self.budget,

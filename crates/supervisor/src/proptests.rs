@@ -1,4 +1,5 @@
-//! Random sequences of requests, releases, crashes and time against the owner:
+//! Random sequences of requests, releases, crashes, servers' reports, free-memory
+//! samples and time against the owner:
 //! after every step the ledger is within budget and one model per group holds
 //! memory; at the end every request has had its answer.
 
@@ -17,6 +18,7 @@ const MODELS: [&str; 6] = ["daily", "code", "deep", "embed", "small", "keep"];
 /// The seed's machine, with the small models on one shared server of 1 GB.
 const WORLD: &str = r#"
 budget: 48GB
+reserve: 16GB
 idle_timeout: 10m
 queue_timeout: 2m
 max_queue: 20
@@ -56,6 +58,10 @@ enum Op {
     Holds {
         mask: u8,
     },
+    /// The machine reports this many GB available.
+    Available {
+        gb: u64,
+    },
     Wait {
         ms: u64,
     },
@@ -67,6 +73,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0usize..64).prop_map(|pick| Op::Release { pick }),
         1 => (0..MODELS.len()).prop_map(|model| Op::Crash { model }),
         1 => (0u8..4).prop_map(|mask| Op::Holds { mask }),
+        1 => (10u64..80).prop_map(|gb| Op::Available { gb }),
         2 => (1u64..5_000).prop_map(|ms| Op::Wait { ms }),
     ]
 }
@@ -148,6 +155,12 @@ async fn run(ops: Vec<Op>, fake: Fake, s: crate::Supervisor) {
                         }),
                     });
                 }
+            }
+            Op::Available { gb } => {
+                let _ = s.tx.send(Msg::Measured {
+                    samples: vec![],
+                    available: Some(gb * 1_000_000_000),
+                });
             }
             Op::Wait { ms } => tokio::time::sleep(Duration::from_millis(ms)).await,
         }

@@ -4,7 +4,14 @@ use crate::policy::Phase;
 
 #[derive(Clone, Debug)]
 pub struct Snapshot {
+    /// What models may hold now: the configured budget, or less while free
+    /// memory is short (see `reserve`).
     pub budget: u64,
+    /// The budget routes.yaml gives (u64::MAX: none).
+    pub configured_budget: u64,
+    /// Memory the system reported available at the last sample, when a `reserve`
+    /// makes the budget follow it.
+    pub available: Option<u64>,
     /// Sum of every reservation: the models' and the shared servers'.
     pub used: u64,
     /// What running shared servers hold of their own (their `memory`).

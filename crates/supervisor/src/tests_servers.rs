@@ -163,3 +163,76 @@ models:
     s.shutdown().await;
     assert_eq!(fake.ops().last(), Some(&("b".into(), true)));
 }
+
+/// The machine says this much is available (and our fakes hold nothing measurable).
+async fn available(s: &crate::Supervisor, bytes: u64) {
+    s.tx.send(Msg::Measured {
+        samples: vec![],
+        available: Some(bytes),
+    })
+    .unwrap();
+    ledger(s).await;
+}
+
+const RESERVED: &str = r#"
+budget: 48GB
+reserve: 16GB
+idle_timeout: 10m
+queue_timeout: 30s
+backends:
+  p: {command: [fake, "${PORT}"]}
+models:
+  daily: {backend: p, memory: 32GB, group: large}
+  embed: {backend: p, memory: 2GB}
+  small: {backend: p, memory: 6GB}
+"#;
+
+#[tokio::test(start_paused = true)]
+async fn short_free_memory_unloads_idle_models_first_and_never_busy_ones() {
+    let (s, _) = start(RESERVED);
+    available(&s, 60 * GB).await;
+    drop(get(&s, "embed").await);
+    advance(Duration::from_secs(1)).await;
+    drop(get(&s, "small").await);
+    let busy = get(&s, "daily").await;
+    assert_eq!(ledger(&s).await.0, 40 * GB);
+    // An app took memory: 36 GB available + 0 measured of ours - 16 = 20 GB.
+    let mut events = s.subscribe();
+    available(&s, 36 * GB).await;
+    tokio::time::sleep(STOP * 2).await;
+    let (used, loaded) = ledger(&s).await;
+    assert_eq!(
+        loaded,
+        vec!["daily"],
+        "the idle ones went, the busy one stayed"
+    );
+    assert_eq!(used, 32 * GB);
+    let e = events.recv().await.unwrap();
+    assert_eq!(e.kind, "evicting");
+    assert!(e.detail.contains("free memory is short"), "{}", e.detail);
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!((snap.budget, snap.configured_budget), (20 * GB, 48 * GB));
+    assert_eq!(snap.available, Some(36 * GB));
+
+    // A new load waits for room, and says why.
+    let err = s
+        .acquire("small", Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("down from 48 GB"), "{err}");
+    // Memory is back: the budget follows, and loads fit again.
+    drop(busy);
+    available(&s, 60 * GB).await;
+    assert_eq!(s.snapshot().await.unwrap().budget, 44 * GB);
+    drop(get(&s, "small").await);
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_reserve_the_budget_is_the_configured_one_whatever_is_free() {
+    let (s, _) = start(&RESERVED.replace("reserve: 16GB\n", ""));
+    drop(get(&s, "embed").await);
+    available(&s, GB).await;
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!((snap.budget, snap.available), (48 * GB, None));
+    assert_eq!(ledger(&s).await.1, vec!["embed"]);
+}
