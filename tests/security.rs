@@ -155,3 +155,37 @@ async fn listening_beyond_loopback_must_be_meant() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn backends_get_a_minimal_environment_without_the_routers_secrets() {
+    let r = Router::start_with_env(
+        r#"
+backends:
+  sim:
+    command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}"]
+    env: {GIVEN: "by routes.yaml"}
+models:
+  m: {backend: sim, memory: 1MB}
+"#,
+        &[
+            ("MODELYARD_ADMIN_KEY", "admin-secret-value"),
+            ("AWS_SECRET_ACCESS_KEY", "cloud-secret-value"),
+            ("OLLAMA_MODELS", "/models/ollama"),
+        ],
+    );
+    assert_eq!(post(&r.url("/v1/chat/completions"), &chat("m")).await.status(), 200);
+    let child = r.children()[0];
+    let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let has = |prefix: &str| vars.iter().any(|v| v.starts_with(prefix));
+    assert!(has("GIVEN=by routes.yaml"), "its own env: {vars:?}");
+    assert!(has("PATH=") && has("OLLAMA_MODELS=/models/ollama"), "{vars:?}");
+    assert!(!has("MODELYARD_ADMIN_KEY") && !has("AWS_SECRET"), "{vars:?}");
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("secret-value"),
+        "no secret reaches a backend"
+    );
+}

@@ -23,6 +23,40 @@ pub(crate) struct Spec {
     pub stop_timeout: Duration,
 }
 
+/// What a backend inherits of the router's environment: what any program needs to
+/// run as the user (and find its files), nothing else. Secrets the router holds
+/// (MODELYARD_ADMIN_KEY, client keys, cloud credentials) stay with it; a backend
+/// gets more only through its `env` in routes.yaml.
+const INHERITED: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "TZ",
+    "TMPDIR",
+    "TERM",
+    "__CF_USER_TEXT_ENCODING",
+];
+/// Prefixes inherited too: locale and XDG directories, and the servers' own
+/// settings (where Ollama keeps models, oMLX its base path, Hugging Face its cache).
+const INHERITED_PREFIXES: &[&str] = &[
+    "LC_",
+    "XDG_",
+    "OLLAMA_",
+    "OMLX_",
+    "APFEL_",
+    "HF_",
+    "HUGGINGFACE_",
+    "LLAMA_",
+    "MLX_",
+];
+
+fn inherited(name: &str) -> bool {
+    INHERITED.contains(&name) || INHERITED_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
 /// How a process ended, and whether we asked it to.
 #[derive(Clone, Copy, Debug)]
 pub struct ExitInfo {
@@ -97,6 +131,8 @@ pub(crate) fn spawn(
 ) -> std::io::Result<Running> {
     let mut cmd = Command::new(resolve_program(&spec.argv[0]));
     cmd.args(&spec.argv[1..])
+        .env_clear()
+        .envs(std::env::vars_os().filter(|(k, _)| k.to_str().is_some_and(inherited)))
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -170,3 +206,21 @@ fn die_with_parent(cmd: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_cmd: &mut Command) {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backends_inherit_what_programs_need_and_no_secrets() {
+        for name in ["PATH", "HOME", "LC_ALL", "OLLAMA_MODELS", "HF_HOME"] {
+            assert!(super::inherited(name), "{name}");
+        }
+        for name in [
+            "MODELYARD_ADMIN_KEY",
+            "AWS_SECRET_ACCESS_KEY",
+            "OPENAI_API_KEY",
+            "SSH_AUTH_SOCK",
+        ] {
+            assert!(!super::inherited(name), "{name}");
+        }
+    }
+}
