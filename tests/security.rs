@@ -173,7 +173,12 @@ models:
             ("OLLAMA_MODELS", "/models/ollama"),
         ],
     );
-    assert_eq!(post(&r.url("/v1/chat/completions"), &chat("m")).await.status(), 200);
+    assert_eq!(
+        post(&r.url("/v1/chat/completions"), &chat("m"))
+            .await
+            .status(),
+        200
+    );
     let child = r.children()[0];
     let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
     let vars: Vec<String> = environ
@@ -182,10 +187,87 @@ models:
         .collect();
     let has = |prefix: &str| vars.iter().any(|v| v.starts_with(prefix));
     assert!(has("GIVEN=by routes.yaml"), "its own env: {vars:?}");
-    assert!(has("PATH=") && has("OLLAMA_MODELS=/models/ollama"), "{vars:?}");
-    assert!(!has("MODELYARD_ADMIN_KEY") && !has("AWS_SECRET"), "{vars:?}");
+    assert!(
+        has("PATH=") && has("OLLAMA_MODELS=/models/ollama"),
+        "{vars:?}"
+    );
+    assert!(
+        !has("MODELYARD_ADMIN_KEY") && !has("AWS_SECRET"),
+        "{vars:?}"
+    );
     assert!(
         !String::from_utf8_lossy(&environ).contains("secret-value"),
         "no secret reaches a backend"
+    );
+}
+
+#[tokio::test]
+async fn client_keys_from_a_file_or_the_environment_guard_the_model_apis_and_are_never_logged() {
+    let sim = Sim::start(&["--model", "up"]);
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), "# team keys\nsk-file-key-0123456789\n\n").unwrap();
+    let r = Router::start_with_env(
+        &config(&sim, &format!("api_keys_file: {}", keys.path().display())),
+        &[("MODELYARD_API_KEYS", "[sk-env-key-9876543210]")],
+    );
+    let url = r.url("/v1/chat/completions");
+    let send = |auth: Option<(&'static str, String)>| {
+        let mut req = client().post(&url).json(&chat("m"));
+        if let Some((h, v)) = auth {
+            req = req.header(h, v);
+        }
+        req.send()
+    };
+    let msg = expect_error(send(None).await.unwrap(), 401, "invalid_api_key").await;
+    assert!(msg.contains("needs an API key"), "{msg}");
+    let wrong = send(Some(("authorization", "Bearer sk-wrong-key-000".into())))
+        .await
+        .unwrap();
+    let msg = expect_error(wrong, 401, "invalid_api_key").await;
+    assert!(!msg.contains("sk-"), "no key echoed: {msg}");
+    for ok in [
+        ("authorization", "Bearer sk-file-key-0123456789".to_string()),
+        ("authorization", "Bearer sk-env-key-9876543210".to_string()),
+        ("x-api-key", "sk-file-key-0123456789".to_string()),
+    ] {
+        assert_eq!(send(Some(ok)).await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        sim_stats(&sim.url).await["requests"],
+        3,
+        "refused requests never reached it"
+    );
+    let seen = last_request(&sim.url).await;
+    assert!(
+        !seen.to_string().contains("sk-file-key"),
+        "the client's key stays here: {seen}"
+    );
+    let models = client().get(r.url("/v1/models")).send().await.unwrap();
+    assert_eq!(models.status(), 401, "listing models needs a key too");
+    let health = client().get(r.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "health does not");
+    let logs = r.logs();
+    for key in ["sk-file-key", "sk-env-key", "sk-wrong-key"] {
+        assert!(!logs.contains(key), "{key} in the logs:\n{logs}");
+    }
+}
+
+#[tokio::test]
+async fn an_unreadable_keys_file_is_refused_by_name() {
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg({
+            let dir = tempfile::tempdir().unwrap().keep();
+            let p = dir.join("routes.yaml");
+            std::fs::write(&p, "api_keys_file: /nonexistent/keys\n").unwrap();
+            p
+        })
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("api_keys_file") && err.contains("/nonexistent/keys"),
+        "{err}"
     );
 }

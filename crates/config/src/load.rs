@@ -79,22 +79,23 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
 
     let figment = Figment::from(Yaml::string(text))
         .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_KEYS));
-    let config: Config = match figment.extract() {
+    let mut config: Config = match figment.extract() {
         Ok(c) => c,
         Err(errors) => {
             issues.extend(errors.into_iter().map(|e| from_figment(e, &index)));
             return Err(invalid(issues));
         }
     };
-    issues.extend(
-        validate(&config)
-            .into_iter()
-            .map(|Problem { path, message }| Issue {
-                origin: origin_of(&path, &index),
-                key: path.join("."),
-                message,
-            }),
-    );
+    let mut problems = validate(&config);
+    match crate::keys::client_keys(&config) {
+        Ok(keys) => config.client_keys = keys,
+        Err(p) => problems.push(p),
+    }
+    issues.extend(problems.into_iter().map(|Problem { path, message }| Issue {
+        origin: origin_of(&path, &index),
+        key: path.join("."),
+        message,
+    }));
     // In file order, so the list reads top to bottom like the file.
     issues.sort_by_key(|i| match &i.origin {
         Some(Origin::Line(l)) => (0, *l),

@@ -63,6 +63,16 @@ pub struct Config {
     /// Required (as `Authorization: Bearer …`) by mutating admin calls when set.
     #[serde(default)]
     pub admin_key: Option<String>,
+    /// Keys clients must send (`Authorization: Bearer …` or `x-api-key`) to use the
+    /// model APIs; none: open. Prefer `api_keys_file` or MODELYARD_API_KEYS.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// A file of client keys, one per line (`#` starts a comment).
+    #[serde(default)]
+    pub api_keys_file: Option<std::path::PathBuf>,
+    /// Every client key, from `api_keys` and `api_keys_file`, filled in on load.
+    #[serde(skip)]
+    pub client_keys: Vec<String>,
     /// Allow mutating admin calls from peers other than loopback.
     #[serde(default)]
     pub admin_remote: bool,

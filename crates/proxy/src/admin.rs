@@ -115,20 +115,11 @@ fn allowed(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(),
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        if !same(given.as_bytes(), key.as_bytes()) {
+        if !crate::keys::same(given.as_bytes(), key.as_bytes()) {
             return Err(ApiError::AdminKey);
         }
     }
     Ok(())
-}
-
-/// Compares in time that depends on the lengths only, not on where they differ.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-    }
-    diff == 0
 }
 
 /// A backend's last `lines` lines as text; with `follow`, then every new line.

@@ -29,6 +29,8 @@ pub enum ApiError {
     Unreachable { model: String, reason: String },
     #[error("backend for model `{model}` sent no response headers within {}s (upstream_timeout)", .after.as_secs())]
     UpstreamTimeout { model: String, after: Duration },
+    #[error("{}", if *.given { "the API key is not valid for this router" } else { "this router needs an API key: send `Authorization: Bearer <key>`" })]
+    ClientKey { given: bool },
     #[error("this admin call needs the admin key: send `Authorization: Bearer <admin_key>`")]
     AdminKey,
     #[error("admin calls that change state are only accepted from this machine (set admin_remote: true to allow others)")]
@@ -135,6 +137,12 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 "config_invalid",
+            ),
+            ClientKey { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                None,
+                "invalid_api_key",
             ),
             AdminKey => (
                 StatusCode::UNAUTHORIZED,

@@ -7,6 +7,7 @@ mod error;
 mod fallback;
 mod forward;
 mod guard;
+mod keys;
 mod metrics;
 mod models;
 mod progress;
@@ -118,6 +119,12 @@ impl Router {
     async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         if req.uri().path().starts_with("/admin/") {
             return admin::handle(self.inner, req, peer).await;
+        }
+        let path = req.uri().path();
+        if path.starts_with("/v1/") || path.starts_with("/api/") {
+            if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
+                return e.into_response();
+            }
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
             return forward::model_request(self.inner, req).await;
