@@ -129,10 +129,16 @@ async fn generate(
         if !token_delay.is_zero() {
             // Watching `closed` notices a departed client during the delay
             // instead of only at the next send.
+            // `changed()` marks the abort as seen, so remember it here.
+            let mut unloaded = false;
             tokio::select! {
                 () = tokio::time::sleep(token_delay) => {}
                 () = tx.closed() => return,
-                () = aborted(&mut abort) => {}
+                () = aborted(&mut abort) => unloaded = true,
+            }
+            if unloaded {
+                send_abort(&tx).await;
+                return;
             }
         }
         if has_aborted(&abort) {
