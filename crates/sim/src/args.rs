@@ -4,7 +4,8 @@ use clap::{Parser, ValueEnum};
 
 use crate::byte_size::parse_byte_size;
 
-/// A simulated OpenAI-compatible model server for demos, tests and benchmarks.
+/// A simulated model server for demos, tests and benchmarks, speaking the
+/// OpenAI, Ollama, oMLX or apfel dialect.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "modelyard-sim", version)]
 pub struct Args {
