@@ -1050,6 +1050,14 @@ async fn apfel_routes_and_validation() {
         .await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE);
     reply.rest().await;
+    let (_, last) = sim.get("/sim/last-request").await;
+    assert_eq!(last["path"], "/v1/chat/completions");
+    let stats = sim.stats().await;
+    assert!(stats["completed"].as_u64().unwrap() >= 4);
+    assert!(
+        stats.get("loads").is_none(),
+        "a single model has no load counters"
+    );
     for path in ["/v1/completions", "/v1/embeddings"] {
         let (status, error) = sim
             .post(path, json!({"model": "apple-foundationmodel"}))
