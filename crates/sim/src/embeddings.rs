@@ -1,6 +1,6 @@
 use serde_json::{json, Value};
 
-const DEFAULT_DIMENSIONS: u64 = 8;
+pub const DEFAULT_DIMENSIONS: u64 = 8;
 /// Caps `dimensions` so a typo cannot make the sim build a huge reply.
 const MAX_DIMENSIONS: u64 = 4096;
 
@@ -81,7 +81,7 @@ pub fn embed(text: &str, dimensions: usize) -> Vec<f32> {
         .collect()
 }
 
-fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
+pub fn fnv1a<'a>(bytes: impl Iterator<Item = &'a u8>) -> u64 {
     bytes.fold(FNV_OFFSET, |hash, &b| {
         (hash ^ u64::from(b)).wrapping_mul(FNV_PRIME)
     })

@@ -1,4 +1,5 @@
-//! A simulated OpenAI-compatible model server.
+//! A simulated model server: OpenAI-compatible, or speaking the dialect of
+//! Ollama, oMLX or apfel (`--flavor`).
 //!
 //! The router's demo, end-to-end tests and benchmarks run it in place of a
 //! real backend: it loads slowly, streams tokens at a set pace, holds real
@@ -8,6 +9,7 @@ mod args;
 mod byte_size;
 mod completions;
 mod embeddings;
+mod flavor;
 mod memory;
 mod response;
 mod routes;

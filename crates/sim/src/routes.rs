@@ -1,25 +1,27 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::{header, HeaderMap, HeaderName, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
 use crate::completions::{Generation, Kind};
 use crate::embeddings;
+use crate::flavor::FlavorState;
 use crate::response::{
     bad_request, json_response, loading, not_found, openai_error, unix_now, ResponseBody,
 };
 use crate::state::SimState;
-use crate::streaming::spawn_stream;
+use crate::streaming::{aborted, spawn_stream, StreamExtras};
 
 /// Large enough for any realistic prompt, small enough that a runaway client
 /// cannot balloon the sim's memory beyond what `--memory` asked for.
-const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 /// `created` for every model, fixed so `/v1/models` replies are reproducible.
-const MODEL_CREATED: u64 = 1_700_000_000;
+pub const MODEL_CREATED: u64 = 1_700_000_000;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -34,7 +36,12 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let request_id = request.headers().get(REQUEST_ID).cloned();
-    let mut response = route(&state, request).await;
+    let mut response = match &state.flavor {
+        FlavorState::Openai => route(&state, request).await,
+        FlavorState::Ollama(ollama) => ollama.route(&state, request).await,
+        FlavorState::Omlx(omlx) => omlx.route(&state, request).await,
+        FlavorState::Apfel(apfel) => apfel.route(&state, request).await,
+    };
     if let Some(id) = request_id {
         response.headers_mut().insert(REQUEST_ID, id);
     }
@@ -97,25 +104,9 @@ async fn inference(
     request: Request<Incoming>,
     kind: Inference,
 ) -> Response<ResponseBody> {
-    let (parts, body) = request.into_parts();
-    let raw = match Limited::new(body, MAX_BODY_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => return bad_request(format!("cannot read request body: {e}"), None),
-    };
-    let parsed = serde_json::from_slice::<Value>(&raw);
-    state.stats.record_last_request(json!({
-        "method": parts.method.as_str(),
-        "path": parts.uri.path(),
-        "headers": headers_json(&parts.headers),
-        "body": match &parsed {
-            Ok(value) => value.clone(),
-            Err(_) => Value::String(String::from_utf8_lossy(&raw).into_owned()),
-        },
-    }));
-    let body = match parsed {
-        Ok(value) if value.is_object() => value,
-        Ok(_) => return bad_request("request body must be a JSON object", None),
-        Err(e) => return bad_request(format!("request body is not valid JSON: {e}"), None),
+    let body = match read_body(state, request, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return bad_request(e.to_string(), None),
     };
     let Some(model) = body.get("model").and_then(Value::as_str) else {
         return bad_request("you must provide a 'model' string", Some("model"));
@@ -133,27 +124,107 @@ async fn inference(
         );
     }
     match kind {
-        Inference::Completion(kind) => completion(state, &body, model, kind).await,
-        Inference::Embeddings => {
-            let reply = match embeddings::respond(&body, model) {
-                Ok(reply) => reply,
-                Err((message, param)) => return bad_request(message, Some(param)),
-            };
-            let guard = state.stats.begin();
-            if state.should_crash(guard.number()) {
-                crash_before_reply(guard.number());
-            }
-            guard.complete();
-            json_response(StatusCode::OK, &reply)
+        Inference::Completion(kind) => {
+            serve_completion(state, &body, model, kind, Serving::default()).await
+        }
+        Inference::Embeddings => serve_embeddings(state, &body, model, Serving::default()),
+    }
+}
+
+/// Why a request body could not be used.
+#[derive(Debug)]
+pub enum BodyError {
+    TooLarge,
+    Unreadable(String),
+    NotJson(String),
+    NotObject,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::TooLarge => write!(f, "cannot read request body: length limit exceeded"),
+            Self::Unreadable(e) => write!(f, "cannot read request body: {e}"),
+            Self::NotJson(e) => write!(f, "request body is not valid JSON: {e}"),
+            Self::NotObject => write!(f, "request body must be a JSON object"),
         }
     }
 }
 
-async fn completion(
+/// Reads a JSON object body, recording the request for `/sim/last-request`
+/// whether or not it parses.
+pub async fn read_body(
+    state: &SimState,
+    request: Request<Incoming>,
+    limit: usize,
+) -> Result<Value, BodyError> {
+    let (parts, body) = request.into_parts();
+    let raw = match Limited::new(body, limit).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<LengthLimitError>() => return Err(BodyError::TooLarge),
+        Err(e) => return Err(BodyError::Unreadable(e.to_string())),
+    };
+    let parsed = serde_json::from_slice::<Value>(&raw);
+    state.stats.record_last_request(json!({
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "headers": headers_json(&parts.headers),
+        "body": match &parsed {
+            Ok(value) => value.clone(),
+            Err(_) => Value::String(String::from_utf8_lossy(&raw).into_owned()),
+        },
+    }));
+    match parsed {
+        Ok(value) if value.is_object() => Ok(value),
+        Ok(_) => Err(BodyError::NotObject),
+        Err(e) => Err(BodyError::NotJson(e.to_string())),
+    }
+}
+
+/// What a flavor changes about serving an OpenAI request.
+#[derive(Default)]
+pub struct Serving {
+    pub stream: StreamExtras,
+    /// oMLX commits its 200 early and pads with spaces until the JSON is
+    /// ready; one leading space reproduces what a client sees.
+    pub leading_space: bool,
+}
+
+pub fn serve_embeddings(
+    state: &Arc<SimState>,
+    body: &Value,
+    model: &str,
+    serving: Serving,
+) -> Response<ResponseBody> {
+    let reply = match embeddings::respond(body, model) {
+        Ok(reply) => reply,
+        Err((message, param)) => return bad_request(message, Some(param)),
+    };
+    let guard = state.stats.begin();
+    if state.should_crash(guard.number()) {
+        crash_before_reply(guard.number());
+    }
+    guard.complete();
+    reply_json(&reply, serving.leading_space)
+}
+
+fn reply_json(value: &Value, leading_space: bool) -> Response<ResponseBody> {
+    if !leading_space {
+        return json_response(StatusCode::OK, value);
+    }
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(format!(" {value}"))).boxed())
+        .expect("static response parts are valid")
+}
+
+pub async fn serve_completion(
     state: &Arc<SimState>,
     body: &Value,
     model: &str,
     kind: Kind,
+    serving: Serving,
 ) -> Response<ResponseBody> {
     let mut generation = match Generation::from_request(kind, body, model, state.tokens, unix_now())
     {
@@ -163,13 +234,22 @@ async fn completion(
     let guard = state.stats.begin();
     generation.set_number(guard.number());
     let crash = state.should_crash(guard.number());
+    let Serving {
+        stream: mut extras,
+        leading_space,
+    } = serving;
     if generation.stream {
+        if let Some(prelude) = extras.prelude.as_mut() {
+            // The keep-alive chunk reuses the stream's id.
+            prelude["id"] = json!(generation.id);
+        }
         let body = spawn_stream(
             generation,
             guard,
             state.token_delay,
             crash,
             state.stall_after,
+            extras,
         );
         return Response::builder()
             .status(StatusCode::OK)
@@ -187,20 +267,29 @@ async fn completion(
     let work = state.token_delay.saturating_mul(ticks);
     // A zero sleep still waits for the timer wheel's next 1 ms tick.
     if !work.is_zero() {
-        tokio::time::sleep(work).await;
+        tokio::select! {
+            () = tokio::time::sleep(work) => {}
+            () = aborted(&mut extras.abort) => {
+                let error = json!({"error": {
+                    "message": "Request aborted: the model was unloaded",
+                    "type": "server_error",
+                }});
+                return reply_json(&error, leading_space);
+            }
+        }
     }
     guard.complete();
-    json_response(StatusCode::OK, &generation.full_response())
+    reply_json(&generation.full_response(), leading_space)
 }
 
-fn crash_before_reply(number: u64) -> ! {
+pub fn crash_before_reply(number: u64) -> ! {
     eprintln!("request {number}: crashing as instructed by --crash-after");
     std::process::exit(1);
 }
 
 /// Lowercase header names to values; repeated headers are joined the way
 /// HTTP allows them to be combined.
-fn headers_json(headers: &HeaderMap) -> Value {
+pub fn headers_json(headers: &HeaderMap) -> Value {
     let mut map = Map::new();
     for (name, value) in headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();

@@ -9,6 +9,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::args::Args;
+use crate::flavor::{self, FlavorState};
 use crate::memory::allocate_resident;
 use crate::routes;
 use crate::signals;
@@ -24,14 +25,17 @@ pub async fn run(args: Args) -> Result<Infallible, String> {
         return std::future::pending().await;
     }
 
-    let listener = TcpListener::bind((args.host.as_str(), args.port))
+    let flavor = FlavorState::new(&args)?;
+    let (host, port) = flavor::listen_address(&args)?;
+    let listener = TcpListener::bind((host.as_str(), port))
         .await
-        .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
     let address = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
-    let state = Arc::new(SimState::new(&args));
-    if args.memory.is_none() && args.load_time.is_zero() {
+    let on_demand = flavor.loads_models_on_demand();
+    let state = Arc::new(SimState::new(&args, flavor));
+    if on_demand || (args.memory.is_none() && args.load_time.is_zero()) {
         // Nothing to load: be ready before announcing the port, so a client
         // reacting to the listening line never sees a spurious 503.
         state.finish_loading(Vec::new());

@@ -3,6 +3,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::args::Args;
+use crate::flavor::FlavorState;
 use crate::stats::Stats;
 
 /// What every request handler needs: the configured behaviour plus the
@@ -15,13 +16,14 @@ pub struct SimState {
     pub crash_after: Option<u64>,
     pub stall_after: Option<u64>,
     pub stats: Arc<Stats>,
+    pub flavor: FlavorState,
     ready: AtomicBool,
     /// Held only so the allocation stays resident for the process lifetime.
     memory: Mutex<Vec<u8>>,
 }
 
 impl SimState {
-    pub fn new(args: &Args) -> Self {
+    pub fn new(args: &Args, flavor: FlavorState) -> Self {
         Self {
             models: args.models.clone(),
             tokens: args.tokens,
@@ -29,6 +31,7 @@ impl SimState {
             crash_after: args.crash_after,
             stall_after: args.stall_after,
             stats: Arc::default(),
+            flavor,
             ready: AtomicBool::new(false),
             memory: Mutex::new(Vec::new()),
         }

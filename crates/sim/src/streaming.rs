@@ -1,3 +1,4 @@
+use std::any::Any;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -5,7 +6,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use tokio::sync::mpsc;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
 
 use crate::completions::{sse_event, Generation, DONE_EVENT};
 use crate::stats::RequestGuard;
@@ -23,6 +25,42 @@ pub struct ChannelBody {
     rx: mpsc::Receiver<Bytes>,
 }
 
+impl ChannelBody {
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self { rx }
+    }
+}
+
+/// What a flavor adds to a plain OpenAI stream.
+#[derive(Default)]
+pub struct StreamExtras {
+    /// Kept until the stream ends: a model lease or a concurrency permit.
+    pub hold: Option<Box<dyn Any + Send>>,
+    /// Changes when the model is unloaded under the stream, which ends it
+    /// with an error event.
+    pub abort: Option<watch::Receiver<u64>>,
+    /// Sent before anything else, like oMLX's keep-alive chunk.
+    pub prelude: Option<Value>,
+}
+
+/// Resolves once `abort` changes; never if there is nothing to watch.
+pub async fn aborted(abort: &mut Option<watch::Receiver<u64>>) {
+    match abort {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+fn has_aborted(abort: &Option<watch::Receiver<u64>>) -> bool {
+    abort
+        .as_ref()
+        .is_some_and(|rx| rx.has_changed().unwrap_or(false))
+}
+
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
@@ -37,14 +75,15 @@ impl Body for ChannelBody {
     }
 }
 
-/// Starts generating `generation` as server-sent events and returns the body
-/// that carries them.
+/// Starts generating `generation` as server-sent events, with a flavor's
+/// additions, and returns the body that carries them.
 pub fn spawn_stream(
     generation: Generation,
     guard: RequestGuard,
     token_delay: Duration,
     crash: bool,
     stall_after: Option<u64>,
+    extras: StreamExtras,
 ) -> ChannelBody {
     // Capacity 1: the generator runs at most one event ahead of the client,
     // and a full channel means the previous event has not been taken yet.
@@ -56,6 +95,7 @@ pub fn spawn_stream(
         token_delay,
         crash,
         stall_after,
+        extras,
     ));
     ChannelBody { rx }
 }
@@ -67,8 +107,19 @@ async fn generate(
     token_delay: Duration,
     crash: bool,
     stall_after: Option<u64>,
+    extras: StreamExtras,
 ) {
+    let StreamExtras {
+        hold: _hold,
+        mut abort,
+        prelude,
+    } = extras;
     // Every early return drops `guard` uncompleted, counting a cancellation.
+    if let Some(prelude) = prelude {
+        if tx.send(sse_event(&prelude)).await.is_err() {
+            return;
+        }
+    }
     if let Some(opening) = generation.opening_chunk() {
         if tx.send(sse_event(&opening)).await.is_err() {
             return;
@@ -78,10 +129,21 @@ async fn generate(
         if !token_delay.is_zero() {
             // Watching `closed` notices a departed client during the delay
             // instead of only at the next send.
+            // `changed()` marks the abort as seen, so remember it here.
+            let mut unloaded = false;
             tokio::select! {
                 () = tokio::time::sleep(token_delay) => {}
                 () = tx.closed() => return,
+                () = aborted(&mut abort) => unloaded = true,
             }
+            if unloaded {
+                send_abort(&tx).await;
+                return;
+            }
+        }
+        if has_aborted(&abort) {
+            send_abort(&tx).await;
+            return;
         }
         if tx
             .send(sse_event(&generation.token_chunk(i)))
@@ -118,6 +180,19 @@ async fn generate(
         return;
     }
     guard.complete();
+}
+
+/// How oMLX ends a stream whose model was unloaded under it.
+async fn send_abort(tx: &mpsc::Sender<Bytes>) {
+    let error = json!({"error": {
+        "message": "Request aborted: the model was unloaded",
+        "type": "server_error",
+    }});
+    for event in [sse_event(&error), Bytes::from_static(DONE_EVENT)] {
+        if tx.send(event).await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn crash_after_flush(tx: &mpsc::Sender<Bytes>, number: u64) -> ! {
