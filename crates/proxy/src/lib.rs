@@ -1,5 +1,6 @@
 //! The HTTP front of modelyard: one listener, routing by the request's `model`,
-//! a streaming forwarder, and errors in OpenAI's shape.
+//! a streaming forwarder, OpenAI's API and Ollama's native one, and errors in
+//! the shape of whichever API the client spoke.
 
 mod admin;
 mod body;
@@ -8,6 +9,7 @@ mod forward;
 mod guard;
 mod metrics;
 mod models;
+mod ollama;
 mod progress;
 mod relay;
 mod rewrite;
@@ -117,6 +119,9 @@ impl Router {
     async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         if req.uri().path().starts_with("/admin/") {
             return admin::handle(self.inner, req, peer).await;
+        }
+        if req.uri().path().starts_with("/api/") {
+            return ollama::handle(self.inner, req).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
             return forward::model_request(self.inner, req).await;
