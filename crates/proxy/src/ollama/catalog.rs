@@ -95,12 +95,14 @@ pub fn tags(config: &Config, modified: SystemTime) -> Value {
     json!({ "models": models })
 }
 
-/// `GET /api/ps`: the models loaded now (ready, or finishing before they go).
+/// `GET /api/ps`: the models holding memory now (ready, or finishing before they
+/// go). Models on a server the router only points at hold none of its budget and
+/// are always "ready"; what that server has loaded the router does not know.
 pub fn ps(config: &Config, snap: &Snapshot, now: SystemTime) -> Value {
     let mut loaded: Vec<(SystemTime, Value)> = snap
         .models
         .iter()
-        .filter(|m| matches!(m.phase, Phase::Ready | Phase::Draining))
+        .filter(|m| matches!(m.phase, Phase::Ready | Phase::Draining) && m.reserved > 0)
         .map(|m| {
             // In use, pinned or `never`: no unload is scheduled.
             let expires = now + m.idle_unload_in.unwrap_or(FOREVER);

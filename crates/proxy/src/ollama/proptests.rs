@@ -115,7 +115,7 @@ proptest! {
                     prop_assert!(!out.contains_key("keep_alive") && !out.contains_key("model"));
                 }
                 // Whatever was accepted can also be passed through, only renamed.
-                let spliced = splice(bytes.as_bytes(), "up/stream:1").unwrap();
+                let spliced = splice(bytes.as_bytes(), "up/stream:1", true).unwrap();
                 let mut v: Value = serde_json::from_slice(&spliced).unwrap();
                 prop_assert_eq!(&v["model"], "up/stream:1");
                 // Parsed from the same text, so floats compare exactly.
