@@ -649,7 +649,7 @@ impl FakeOllama {
                 let lines = concat!(
                     "{\"model\":\"llama3.2:3b\",\"created_at\":\"2026-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"Hel\"},\"done\":false}\n",
                     "{\"model\":\"llama3.2:3b\",\"created_at\":\"2026-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"lo\"},\"done\":false}\n",
-                    "{\"model\":\"llama3.2:3b\",\"created_at\":\"2026-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"eval_count\":2}\n",
+                    "{\"model\":\"llama3.2:3b\",\"created_at\":\"2026-01-01T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"prompt_eval_count\":5,\"eval_count\":2}\n",
                 );
                 let _ = write!(
                     conn,
@@ -700,6 +700,22 @@ models:
         sent.replace("\"tiny\"", "\"llama3.2:3b\""),
         "byte for byte but for the model; keep_alive too, as this server is not the router's"
     );
+    // Counted, tokens too (from Ollama's own counts).
+    let metrics = client()
+        .get(r.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for want in [
+        "modelyard_requests_total{model=\"small\",status=\"200\"} 1",
+        "modelyard_tokens_total{model=\"small\",kind=\"prompt\"} 5",
+        "modelyard_tokens_total{model=\"small\",kind=\"completion\"} 2",
+    ] {
+        assert!(metrics.contains(want), "{want} in\n{metrics}");
+    }
 }
 
 #[tokio::test]

@@ -196,6 +196,13 @@ impl Observe {
                 self.usage = Some((p, c));
             }
         }
+        // Ollama's native replies count on their final object instead.
+        if let (Some(p), Some(c)) = (
+            number_after(data, b"\"prompt_eval_count\""),
+            number_after(data, b"\"eval_count\""),
+        ) {
+            self.usage = Some((p, c));
+        }
     }
 }
 
