@@ -1,6 +1,7 @@
-//! Every error the router itself produces, rendered once in OpenAI's shape:
-//! `{"error":{"message","type","param","code"}}`, with `x-modelyard-error` marking
-//! it as the router's own rather than a backend's.
+//! Every error the router itself produces, in one place: its status, message and
+//! code, rendered in the wire format of the API the client spoke — OpenAI's
+//! `{"error":{"message","type","param","code"}}` or Ollama's `{"error":"…"}` — with
+//! `x-modelyard-error` marking it as the router's own rather than a backend's.
 
 use std::time::Duration;
 
@@ -17,8 +18,11 @@ pub enum ApiError {
     MissingModel,
     #[error("`model` must be a string")]
     ModelNotString,
-    #[error("the model `{name}` does not exist{}", suggest(.close))]
+    #[error("the model `{name}` does not exist{}", suggest(.close, Dialect::OpenAi))]
     UnknownModel { name: String, close: Vec<String> },
+    /// A field of the request with a value the router cannot use.
+    #[error("`{field}` {reason}")]
+    InvalidField { field: String, reason: String },
     #[error("request body is larger than the limit of {limit} bytes (max_body in routes.yaml)")]
     BodyTooLarge { limit: u64 },
     #[error("could not read the request body: {0}")]
@@ -27,6 +31,8 @@ pub enum ApiError {
     NoRoute { method: String, path: String },
     #[error("backend for model `{model}` is unreachable: {reason}")]
     Unreachable { model: String, reason: String },
+    #[error("backend for model `{model}` sent a reply the router could not read: {reason}")]
+    BadReply { model: String, reason: String },
     #[error("backend for model `{model}` sent no response headers within {}s (upstream_timeout)", .after.as_secs())]
     UpstreamTimeout { model: String, after: Duration },
     #[error("{}", if *.given { "the API key is not valid for this router" } else { "this router needs an API key: send `Authorization: Bearer <key>`" })]
@@ -51,16 +57,27 @@ pub enum ApiError {
     Supervisor(#[from] SupervisorError),
 }
 
-fn suggest(close: &[String]) -> String {
+/// Which API a request came in on, so its errors come back in that API's shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    OpenAi,
+    Ollama,
+}
+
+fn suggest(close: &[String], dialect: Dialect) -> String {
+    let list = match dialect {
+        Dialect::OpenAi => "GET /v1/models",
+        Dialect::Ollama => "GET /api/tags",
+    };
     match close {
-        [] => "; GET /v1/models lists the models".into(),
+        [] => format!("; {list} lists the models"),
         [one] => format!("; did you mean `{one}`?"),
         many => format!("; did you mean one of: {}?", many.join(", ")),
     }
 }
 
 impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, Option<&'static str>, &'static str) {
+    fn parts(&self) -> (StatusCode, &'static str, Option<&str>, &'static str) {
         use ApiError::*;
         match self {
             BadJson(_) => (
@@ -87,6 +104,12 @@ impl ApiError {
                 Some("model"),
                 "model_not_found",
             ),
+            InvalidField { field, .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some(field.as_str()),
+                "invalid_field",
+            ),
             BodyTooLarge { .. } => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
@@ -110,6 +133,12 @@ impl ApiError {
                 "server_error",
                 None,
                 "backend_unreachable",
+            ),
+            BadReply { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                None,
+                "backend_bad_reply",
             ),
             UpstreamTimeout { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -235,8 +264,34 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response<Body> {
+        self.render(Dialect::OpenAi)
+    }
+
+    /// The message in a dialect's words: the same text everywhere, except that an
+    /// unknown model is said the way Ollama says it ("model 'x' not found"), which
+    /// Ollama clients look for, and points at that API's list of models.
+    pub fn message(&self, dialect: Dialect) -> String {
+        match (self, dialect) {
+            (ApiError::UnknownModel { name, close }, Dialect::Ollama) => {
+                format!("model '{name}' not found{}", suggest(close, dialect))
+            }
+            (ApiError::MissingModel, Dialect::Ollama) => {
+                "the request body has no `model`; name one of the models listed at GET /api/tags"
+                    .into()
+            }
+            _ => self.to_string(),
+        }
+    }
+
+    /// The whole error response in the client's API's shape; status, headers and
+    /// message are the same in both.
+    pub fn render(self, dialect: Dialect) -> Response<Body> {
         let (status, kind, param, code) = self.parts();
-        let payload = Self::json(&self.to_string(), kind, param, code);
+        let message = self.message(dialect);
+        let payload = match dialect {
+            Dialect::OpenAi => Self::json(&message, kind, param, code),
+            Dialect::Ollama => serde_json::json!({ "error": message }),
+        };
         let mut resp = body::json_response(status, &payload);
         let h = resp.headers_mut();
         h.insert("x-modelyard-error", HeaderValue::from_static(code));

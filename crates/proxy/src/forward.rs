@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::fallback;
-use crate::relay::{Observe, Relay};
+use crate::relay::{Framing, Observe, Relay};
 use crate::rewrite::{peek_model, ModelRewriter, Routed};
 use crate::Inner;
 
@@ -176,21 +176,8 @@ impl Upstream {
         } = self;
         let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
         drop(bytes);
-        let request = upstream_request(&parts, &lease, upstream_body);
-        let pending = state.client.request(request);
-        let response = match state.config().upstream_timeout.duration() {
-            Some(limit) => tokio::time::timeout(limit, pending).await.map_err(|_| {
-                ApiError::UpstreamTimeout {
-                    model: model.clone(),
-                    after: limit,
-                }
-            })?,
-            None => pending.await,
-        }
-        .map_err(|e| ApiError::Unreachable {
-            model: model.clone(),
-            reason: describe(&e, &lease),
-        })?;
+        let request = upstream_request(&parts, &lease, None, upstream_body);
+        let response = exchange(&state, &model, &lease, request).await?;
         let observe = Observe::new(
             state.metrics.clone(),
             model,
@@ -202,7 +189,37 @@ impl Upstream {
     }
 }
 
-async fn read_body(declared: Option<u64>, body: Incoming, limit: u64) -> Result<Bytes, ApiError> {
+/// Sends a request upstream and waits (up to upstream_timeout) for its headers.
+pub(crate) async fn exchange(
+    state: &Inner,
+    model: &str,
+    lease: &Lease,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, ApiError> {
+    let pending = state.client.request(request);
+    match state.config().upstream_timeout.duration() {
+        Some(limit) => {
+            tokio::time::timeout(limit, pending)
+                .await
+                .map_err(|_| ApiError::UpstreamTimeout {
+                    model: model.to_string(),
+                    after: limit,
+                })?
+        }
+        None => pending.await,
+    }
+    .map_err(|e| ApiError::Unreachable {
+        model: model.to_string(),
+        reason: describe(&e, lease),
+    })
+}
+
+/// The request body, read whole but never past `limit` (declared or streamed).
+pub(crate) async fn read_body(
+    declared: Option<u64>,
+    body: Incoming,
+    limit: u64,
+) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::BodyTooLarge { limit });
     }
@@ -245,12 +262,22 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn upstream_request(parts: &Parts, lease: &Lease, body: Bytes) -> Request<Full<Bytes>> {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+/// The client's request for the backend: its path (or `path`, for a request
+/// translated to another API) under the backend's URL, its headers but for
+/// hop-by-hop ones and the client's credentials, and `body`.
+pub(crate) fn upstream_request(
+    parts: &Parts,
+    lease: &Lease,
+    path: Option<&str>,
+    body: Bytes,
+) -> Request<Full<Bytes>> {
+    let path = path.unwrap_or_else(|| {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    });
     let uri = format!(
         "{}://{}{}{}",
         lease.scheme, lease.authority, lease.base_path, path
@@ -277,7 +304,9 @@ fn upstream_request(parts: &Parts, lease: &Lease, body: Bytes) -> Request<Full<B
     req
 }
 
-fn relay(
+/// The backend's response for the client: its status and headers, and a body that
+/// renames the model in any JSON, holds the lease and counts the request.
+pub(crate) fn relay(
     response: Response<Incoming>,
     client_name: &str,
     lease: Lease,
@@ -293,19 +322,26 @@ fn relay(
         .unwrap_or("")
         .to_ascii_lowercase();
     let sse = content_type.starts_with("text/event-stream");
+    let framing = if sse {
+        Framing::Sse
+    } else if content_type.starts_with("application/x-ndjson") {
+        Framing::Ndjson
+    } else {
+        Framing::Other
+    };
     let textual = sse || content_type.contains("json");
     let rewriter = textual.then(|| {
         // The name changes length, so the upstream's length no longer holds.
         parts.headers.remove(header::CONTENT_LENGTH);
         ModelRewriter::new(client_name)
     });
-    if sse {
+    if framing != Framing::Other {
         parts
             .headers
             .insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     parts.version = Version::HTTP_11;
-    let body = Relay::new(upstream, rewriter, sse, lease, observe, idle);
+    let body = Relay::new(upstream, rewriter, framing, lease, observe, idle);
     Response::from_parts(parts, BodyExt::boxed_unsync(body))
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP front of modelyard: one listener, routing by the request's `model`,
-//! a streaming forwarder, and errors in OpenAI's shape.
+//! a streaming forwarder, OpenAI's API and Ollama's native one, and errors in
+//! the shape of whichever API the client spoke.
 
 mod admin;
 mod body;
@@ -10,6 +11,7 @@ mod guard;
 mod keys;
 mod metrics;
 mod models;
+mod ollama;
 mod progress;
 mod relay;
 mod rewrite;
@@ -123,8 +125,16 @@ impl Router {
         let path = req.uri().path();
         if path.starts_with("/v1/") || path.starts_with("/api/") {
             if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
-                return e.into_response();
+                let dialect = if path.starts_with("/api/") {
+                    error::Dialect::Ollama
+                } else {
+                    error::Dialect::OpenAi
+                };
+                return e.render(dialect);
             }
+        }
+        if req.uri().path().starts_with("/api/") {
+            return ollama::handle(self.inner, req).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
             return forward::model_request(self.inner, req).await;

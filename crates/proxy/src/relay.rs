@@ -19,14 +19,25 @@ use crate::rewrite::ModelRewriter;
 use std::sync::Arc;
 use tokio::time::Instant;
 
+/// What a body is made of, which says how to tell its client that it broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Sse,
+    Ndjson,
+    Other,
+}
+
 pub struct Relay {
     /// Reset by every frame; a backend silent past it has hung.
     idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     observe: Observe,
     upstream: Incoming,
     rewriter: Option<ModelRewriter>,
-    /// An SSE stream that breaks gets a final `error` event instead of a cut.
-    sse: bool,
+    /// How a stream that breaks ends: an SSE `error` event, an NDJSON `error`
+    /// line (Ollama's way), or, for anything else, a cut.
+    framing: Framing,
+    /// The last byte sent was not a newline: a line is cut short.
+    mid_line: bool,
     done: bool,
     model: String,
     _lease: Lease,
@@ -36,7 +47,7 @@ impl Relay {
     pub fn new(
         upstream: Incoming,
         rewriter: Option<ModelRewriter>,
-        sse: bool,
+        framing: Framing,
         lease: Lease,
         observe: Observe,
         idle: Option<std::time::Duration>,
@@ -46,7 +57,8 @@ impl Relay {
             observe,
             upstream,
             rewriter,
-            sse,
+            framing,
+            mid_line: false,
             done: false,
             model: lease.model.clone(),
             _lease: lease,
@@ -55,16 +67,23 @@ impl Relay {
 }
 
 impl Relay {
-    /// Ends the response on a backend failure: an SSE error event for a stream,
-    /// an error (the connection is cut) for anything else.
+    /// Ends the response on a backend failure: an SSE error event or an NDJSON
+    /// error line for a stream, an error (the connection is cut) for anything else.
     fn broken(&mut self, msg: String) -> Result<Frame<Bytes>, BoxError> {
         self.done = true;
         tracing::warn!(model = %self.model, "{msg}");
-        if self.sse {
-            let event = ApiError::json(&msg, "server_error", None, "backend_stream_broken");
-            Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))
-        } else {
-            Err(msg.into())
+        match self.framing {
+            Framing::Sse => {
+                let event = ApiError::json(&msg, "server_error", None, "backend_stream_broken");
+                Ok(Frame::data(Bytes::from(format!("data: {event}\n\n"))))
+            }
+            Framing::Ndjson => {
+                // A line cut short is ended first, so the error is a line of its own.
+                let line = serde_json::json!({ "error": msg });
+                let lead = if self.mid_line { "\n" } else { "" };
+                Ok(Frame::data(Bytes::from(format!("{lead}{line}\n"))))
+            }
+            Framing::Other => Err(msg.into()),
         }
     }
 }
@@ -106,6 +125,7 @@ impl HttpBody for Relay {
                         };
                         // A chunk held back whole waits for the next one.
                         if !data.is_empty() {
+                            this.mid_line = data.last() != Some(&b'\n');
                             return Poll::Ready(Some(Ok(Frame::data(data))));
                         }
                     }
@@ -175,6 +195,13 @@ impl Observe {
             ) {
                 self.usage = Some((p, c));
             }
+        }
+        // Ollama's native replies count on their final object instead.
+        if let (Some(p), Some(c)) = (
+            number_after(data, b"\"prompt_eval_count\""),
+            number_after(data, b"\"eval_count\""),
+        ) {
+            self.usage = Some((p, c));
         }
     }
 }

@@ -1,0 +1,283 @@
+//! One Ollama model request, in the order it happens: read the body, find the
+//! model, wait for a lease, apply `keep_alive`, then either answer a load-only
+//! request at once, pass the request to an Ollama backend, or translate it for
+//! an OpenAI one. Counted once in the metrics, like the OpenAI path.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use modelyard_config::BackendKind;
+use modelyard_supervisor::Lease;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::catalog::rfc3339;
+use super::reply::{self, Timing};
+use super::request::{self, Endpoint, Parsed};
+use super::stream::NdjsonBody;
+use crate::body::{self, Body};
+use crate::error::{ApiError, Dialect};
+use crate::relay::{Framing, Observe, Relay};
+use crate::Inner;
+
+/// The most of a translated backend reply read whole (a non-streamed answer or
+/// a batch of embeddings) before it is refused.
+const MAX_REPLY: usize = 256 * 1024 * 1024;
+/// How much of a backend's error body is read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub(crate) async fn respond(
+    state: Arc<Inner>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+) -> Response<Body> {
+    let started = Instant::now();
+    // Unknown names stay "-" so a client cannot mint label values.
+    let mut label = String::from("-");
+    match run(&state, req, endpoint, started, &mut label).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            let resp = e.render(Dialect::Ollama);
+            state
+                .metrics
+                .request(&label, resp.status().as_u16(), started.elapsed());
+            resp
+        }
+    }
+}
+
+fn now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+async fn run(
+    state: &Arc<Inner>,
+    req: Request<Incoming>,
+    endpoint: Endpoint,
+    started: Instant,
+    label: &mut String,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let config = state.config();
+    let bytes = crate::forward::read_body(declared, body, config.max_body.bytes()).await?;
+    let parsed = request::parse(endpoint, &bytes)?;
+    let model = super::resolve(&config, &parsed.model)?;
+    label.clone_from(&model);
+
+    if parsed.load_only && parsed.keep_alive.is_some_and(|k| k.is_zero()) {
+        // Ollama's unload: a model is never loaded only to be unloaded. A loaded
+        // one goes once its requests finish; a cold one stays cold.
+        state.supervisor.keep_alive(&model, Some(Duration::ZERO));
+        return Ok(done(state, &model, started, &parsed, true));
+    }
+
+    let asked = Instant::now();
+    let lease = state
+        .supervisor
+        .acquire(&model, asked + config.queue_timeout)
+        .await?;
+    let leased = Instant::now();
+    state.metrics.queue_wait(&model, leased - asked);
+    // Sent while the lease is held, so it is in place before the lease's release
+    // lets the model idle (a zero unloads it right after this request).
+    if let Some(k) = parsed.keep_alive {
+        state.supervisor.keep_alive(&model, k.idle());
+    }
+    if parsed.load_only {
+        drop(lease);
+        return Ok(done(state, &model, started, &parsed, false));
+    }
+    if lease.kind == BackendKind::Ollama {
+        return passthrough(state, &parts, &bytes, &parsed, model, lease, started).await;
+    }
+    let call = Call {
+        state,
+        model,
+        lease,
+        started,
+        leased,
+    };
+    call.translated(&parts, parsed).await
+}
+
+/// The answer to a load-only request, counted as served.
+fn done(
+    state: &Inner,
+    model: &str,
+    started: Instant,
+    parsed: &Parsed,
+    unload: bool,
+) -> Response<Body> {
+    state.metrics.request(model, 200, started.elapsed());
+    let v = reply::load_reply(parsed.shape, &parsed.model, &now(), unload);
+    body::json_response(StatusCode::OK, &v)
+}
+
+/// To an Ollama backend: the client's bytes with the model renamed, the reply
+/// relayed as it streams (NDJSON or JSON) with the name renamed back.
+async fn passthrough(
+    state: &Inner,
+    parts: &Parts,
+    bytes: &[u8],
+    parsed: &Parsed,
+    model: String,
+    lease: Lease,
+    started: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let config = state.config();
+    let owned = config
+        .models
+        .get(&model)
+        .and_then(|m| config.backends.get(&m.backend))
+        .is_some_and(|b| b.command.is_some());
+    let body = super::passthrough::splice(bytes, &lease.upstream_model, owned)?;
+    let request = crate::forward::upstream_request(parts, &lease, None, body);
+    let response = crate::forward::exchange(state, &model, &lease, request).await?;
+    let observe = Observe::new(
+        state.metrics.clone(),
+        model,
+        response.status().as_u16(),
+        started,
+    );
+    let idle = state.config().upstream_idle_timeout.duration();
+    Ok(crate::forward::relay(
+        response,
+        &parsed.model,
+        lease,
+        observe,
+        idle,
+    ))
+}
+
+/// A request translated for an OpenAI backend.
+struct Call<'a> {
+    state: &'a Inner,
+    model: String,
+    lease: Lease,
+    started: Instant,
+    leased: Instant,
+}
+
+impl Call<'_> {
+    async fn translated(self, parts: &Parts, parsed: Parsed) -> Result<Response<Body>, ApiError> {
+        let Call {
+            state,
+            model,
+            lease,
+            started,
+            leased,
+        } = self;
+        let (path, mut openai) = parsed
+            .openai
+            .expect("load-only requests are answered before");
+        openai.insert("model".into(), Value::String(lease.upstream_model.clone()));
+        let payload = Bytes::from(serde_json::to_vec(&openai).expect("a Value always encodes"));
+        let mut request = crate::forward::upstream_request(parts, &lease, Some(path), payload);
+        let h = request.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        // The router reads this reply, so it must come uncompressed.
+        h.remove(header::ACCEPT_ENCODING);
+        let sent = Instant::now();
+        let response = crate::forward::exchange(state, &model, &lease, request).await?;
+        let status = response.status();
+        if !status.is_success() {
+            // Before any output: Ollama's error object, with the backend's status.
+            let (_, body) = response.into_parts();
+            let text = Limited::new(body, MAX_ERROR_BODY)
+                .collect()
+                .await
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            drop(lease);
+            state
+                .metrics
+                .request(&model, status.as_u16(), started.elapsed());
+            let message = match reply::error_message(&text) {
+                m if m.is_empty() => format!("the backend for model `{model}` answered {status}"),
+                m => m,
+            };
+            return Ok(body::json_response(
+                status,
+                &serde_json::json!({ "error": message }),
+            ));
+        }
+        let sse = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|c| c.to_ascii_lowercase().starts_with("text/event-stream"));
+        let observe = Observe::new(
+            state.metrics.clone(),
+            model.clone(),
+            status.as_u16(),
+            started,
+        );
+        let idle = state.config().upstream_idle_timeout.duration();
+        let relay = Relay::new(
+            response.into_body(),
+            None,
+            Framing::Other,
+            lease,
+            observe,
+            idle,
+        );
+        if parsed.stream && sse {
+            let body = NdjsonBody::new(relay, parsed.shape, &parsed.model, started, leased, sent);
+            return Ok(ndjson(body.boxed_unsync()));
+        }
+        // A whole reply (or a backend that answered a stream request whole).
+        let collected = Limited::new(relay, MAX_REPLY)
+            .collect()
+            .await
+            .map_err(|e| ApiError::BadReply {
+                model: model.clone(),
+                reason: e.to_string(),
+            })?
+            .to_bytes();
+        let end = Instant::now();
+        let bad = |reason: String| ApiError::BadReply {
+            model: model.clone(),
+            reason,
+        };
+        let v: Value = serde_json::from_slice(&collected).map_err(|e| bad(e.to_string()))?;
+        let timing = Timing {
+            total: end - started,
+            load: leased - started,
+            prompt_eval: Duration::ZERO,
+            eval: end - sent,
+        };
+        let out = reply::whole(parsed.shape, &parsed.model, &now(), &v, timing).map_err(bad)?;
+        if parsed.stream {
+            let mut line = serde_json::to_vec(&out).expect("a Value always encodes");
+            line.push(b'\n');
+            return Ok(ndjson(body::full(line)));
+        }
+        Ok(body::json_response(StatusCode::OK, &out))
+    }
+}
+
+fn ndjson(body: Body) -> Response<Body> {
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    resp
+}
