@@ -1,0 +1,375 @@
+//! The load generator: a hyper client with keep-alive, paced from a plain thread
+//! (open loop: every latency is measured from the time the request was *meant*
+//! to be sent, which corrects for coordinated omission), or as many loops as
+//! connections (closed loop, for peak throughput only).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::runtime::Handle;
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(100_000)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build(c)
+}
+
+/// Where requests go: the backend itself, the router, or the peer.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: &'static str,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub auth: Option<String>,
+}
+
+impl Target {
+    pub fn request(&self, body: &Bytes) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(body.clone()));
+        *req.method_mut() = http::Method::POST;
+        *req.uri_mut() = format!("{}/v1/chat/completions", self.base)
+            .parse()
+            .expect("valid URI");
+        let h = req.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(key) = &self.auth {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {key}")) {
+                h.insert(header::AUTHORIZATION, v);
+            }
+        }
+        req
+    }
+}
+
+pub fn chat_body(model: &str, stream: bool, max_tokens: Option<u32>) -> Bytes {
+    let mut v = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": "Say hello to the benchmark."}],
+    });
+    if stream {
+        v["stream"] = true.into();
+    }
+    if let Some(n) = max_tokens {
+        v["max_tokens"] = n.into();
+    }
+    Bytes::from(serde_json::to_vec(&v).expect("json"))
+}
+
+/// One round of one leg.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    /// Sorted latencies of successful requests, ns.
+    pub lat: Vec<u64>,
+    pub ok: u64,
+    pub errors: u64,
+    pub elapsed: Duration,
+}
+
+impl Round {
+    pub fn rps(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+async fn one(client: &HttpClient, req: Request<Full<Bytes>>) -> bool {
+    let Ok(resp) = client.request(req).await else {
+        return false;
+    };
+    let ok = resp.status() == http::StatusCode::OK;
+    ok && resp.into_body().collect().await.is_ok()
+}
+
+/// Sleeps the pacing thread until `at` (nanosleep: tens of µs of slack).
+fn sleep_until(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
+/// Open loop: `rate` requests per second for `dur`.
+pub fn open_loop(
+    rt: &Handle,
+    client: &HttpClient,
+    target: &Target,
+    body: &Bytes,
+    rate: f64,
+    dur: Duration,
+    timeout: Duration,
+) -> Round {
+    let n = (rate * dur.as_secs_f64()).round() as usize;
+    let (tx, rx) = mpsc::channel::<Option<u64>>();
+    let start = Instant::now() + Duration::from_millis(2);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        sleep_until(at);
+        let req = target.request(body);
+        let (client, tx) = (client.clone(), tx.clone());
+        rt.spawn(async move {
+            let ok = tokio::time::timeout(timeout, one(&client, req))
+                .await
+                .unwrap_or(false);
+            let _ = tx.send(ok.then(|| at.elapsed().as_nanos() as u64));
+        });
+    }
+    drop(tx);
+    let mut round = Round::default();
+    for r in rx {
+        match r {
+            Some(ns) => {
+                round.ok += 1;
+                round.lat.push(ns);
+            }
+            None => round.errors += 1,
+        }
+    }
+    round.elapsed = start.elapsed();
+    round.lat.sort_unstable();
+    round
+}
+
+/// Closed loop: `conns` clients back to back for `dur`.
+pub fn closed_loop(
+    rt: &Handle,
+    client: &HttpClient,
+    target: &Target,
+    body: &Bytes,
+    conns: usize,
+    dur: Duration,
+) -> Round {
+    let start = Instant::now();
+    let end = start + dur;
+    let tasks: Vec<_> = (0..conns)
+        .map(|_| {
+            let (client, target, body) = (client.clone(), target.clone(), body.clone());
+            rt.spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0;
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    let ok = tokio::time::timeout(Duration::from_secs(10), {
+                        one(&client, target.request(&body))
+                    })
+                    .await
+                    .unwrap_or(false);
+                    if ok {
+                        lat.push(t.elapsed().as_nanos() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+                (lat, errors)
+            })
+        })
+        .collect();
+    let mut round = Round::default();
+    for t in tasks {
+        if let Ok((lat, errors)) = rt.block_on(t) {
+            round.ok += lat.len() as u64;
+            round.lat.extend(lat);
+            round.errors += errors;
+        }
+    }
+    round.elapsed = start.elapsed();
+    round.lat.sort_unstable();
+    round
+}
+
+/// What one streamed response looked like.
+#[derive(Clone, Debug, Default)]
+pub struct StreamRound {
+    /// Time to first body byte from the intended send time, ns (sorted).
+    pub ttfb: Vec<u64>,
+    /// Gaps between consecutive body frames, ns (sorted).
+    pub gaps: Vec<u64>,
+    /// Body frames per stream, summed.
+    pub frames: u64,
+    pub ok: u64,
+    pub errors: u64,
+}
+
+struct StreamOutcome {
+    ttfb: u64,
+    gaps: Vec<u64>,
+    complete: bool,
+}
+
+async fn stream_one(
+    client: &HttpClient,
+    req: Request<Full<Bytes>>,
+    at: Instant,
+    open: Option<&AtomicUsize>,
+) -> Option<StreamOutcome> {
+    let resp = client.request(req).await.ok()?;
+    if resp.status() != http::StatusCode::OK {
+        return None;
+    }
+    let mut body = resp.into_body();
+    let mut last: Option<Instant> = None;
+    let mut out = StreamOutcome {
+        ttfb: 0,
+        gaps: Vec::new(),
+        complete: false,
+    };
+    let mut tail = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        let now = Instant::now();
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match last {
+            None => {
+                out.ttfb = now.duration_since(at).as_nanos() as u64;
+                if let Some(o) = open {
+                    o.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Some(prev) => out.gaps.push(now.duration_since(prev).as_nanos() as u64),
+        }
+        last = Some(now);
+        tail.extend_from_slice(&data[data.len().saturating_sub(32)..]);
+        if tail.len() > 64 {
+            tail.drain(..tail.len() - 64);
+        }
+    }
+    if last.is_some() {
+        if let Some(o) = open {
+            o.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    out.complete = memchr_done(&tail);
+    Some(out)
+}
+
+fn memchr_done(tail: &[u8]) -> bool {
+    tail.windows(6).any(|w| w == b"[DONE]")
+}
+
+/// Open loop of streamed requests: `rate` streams a second for `dur`.
+pub fn stream_loop(
+    rt: &Handle,
+    client: &HttpClient,
+    target: &Target,
+    body: &Bytes,
+    rate: f64,
+    dur: Duration,
+) -> StreamRound {
+    let n = (rate * dur.as_secs_f64()).round() as usize;
+    let (tx, rx) = mpsc::channel::<Option<StreamOutcome>>();
+    let start = Instant::now() + Duration::from_millis(2);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        sleep_until(at);
+        let req = target.request(body);
+        let (client, tx) = (client.clone(), tx.clone());
+        rt.spawn(async move {
+            let r = tokio::time::timeout(
+                Duration::from_secs(30),
+                stream_one(&client, req, at, None),
+            )
+            .await
+            .ok()
+            .flatten();
+            let _ = tx.send(r);
+        });
+    }
+    drop(tx);
+    let mut round = StreamRound::default();
+    for r in rx {
+        match r {
+            Some(o) if o.complete => {
+                round.ok += 1;
+                round.ttfb.push(o.ttfb);
+                round.frames += o.gaps.len() as u64 + 1;
+                round.gaps.extend(o.gaps);
+            }
+            _ => round.errors += 1,
+        }
+    }
+    round.ttfb.sort_unstable();
+    round.gaps.sort_unstable();
+    round
+}
+
+/// Many streams held open at once.
+pub struct Held {
+    pub open: Arc<AtomicUsize>,
+    pub done: mpsc::Receiver<bool>,
+}
+
+/// Opens `n` streams at `rate` per second; each reports whether it completed.
+pub fn hold_streams(
+    rt: &Handle,
+    client: &HttpClient,
+    target: &Target,
+    body: &Bytes,
+    n: usize,
+    rate: f64,
+) -> Held {
+    let open = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = mpsc::channel();
+    let start = Instant::now();
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        sleep_until(at);
+        let req = target.request(body);
+        let (client, tx, open) = (client.clone(), tx.clone(), open.clone());
+        rt.spawn(async move {
+            let r = tokio::time::timeout(
+                Duration::from_secs(120),
+                stream_one(&client, req, at, Some(&open)),
+            )
+            .await
+            .ok()
+            .flatten();
+            let _ = tx.send(r.is_some_and(|o| o.complete));
+        });
+    }
+    Held { open, done: rx }
+}
+
+/// Sends each `(offset, body)` at its time; returns each latency from its
+/// intended time (None: failed), in order.
+pub fn trace(
+    rt: &Handle,
+    client: &HttpClient,
+    target: &Target,
+    items: &[(Duration, Bytes)],
+) -> Vec<Option<Duration>> {
+    let start = Instant::now() + Duration::from_millis(2);
+    let tasks: Vec<_> = items
+        .iter()
+        .map(|(off, body)| {
+            let at = start + *off;
+            sleep_until(at);
+            let req = target.request(body);
+            let client = client.clone();
+            rt.spawn(async move {
+                let ok = tokio::time::timeout(Duration::from_secs(120), one(&client, req))
+                    .await
+                    .unwrap_or(false);
+                ok.then(|| at.elapsed())
+            })
+        })
+        .collect();
+    tasks
+        .into_iter()
+        .map(|t| rt.block_on(t).ok().flatten())
+        .collect()
+}

@@ -1,0 +1,571 @@
+//! `modelyard-bench`: the router beside the same simulated backend reached
+//! directly (and LiteLLM's proxy, when installed), rounds interleaved, medians
+//! of per-round differences with their spread. Writes docs/benchmarks.md and
+//! docs/benchmarks.svg.
+
+mod load;
+mod procs;
+mod report;
+mod sched;
+mod setup;
+mod stats;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use load::{chat_body, client, Round, StreamRound, Target};
+use procs::Proc;
+use report::Report;
+use stats::{pct, Spread};
+
+pub struct Opts {
+    pub quick: bool,
+    pub rounds: usize,
+    pub secs: f64,
+    pub streams: usize,
+    pub peer: bool,
+    pub out: Option<PathBuf>,
+    pub litellm: PathBuf,
+}
+
+const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--litellm PATH] [--out FILE.md | --no-write]";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn parse() -> Result<Opts, String> {
+    let mut o = Opts {
+        quick: false,
+        rounds: 7,
+        secs: 3.0,
+        streams: 10_000,
+        peer: true,
+        out: Some(root().join("docs/benchmarks.md")),
+        litellm: root().join(".venv-litellm/bin/litellm"),
+    };
+    let mut args = std::env::args().skip(1);
+    let mut rounds = None;
+    let mut secs = None;
+    let mut streams = None;
+    while let Some(a) = args.next() {
+        let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--rounds" => rounds = Some(val("--rounds")?.parse().map_err(|_| "--rounds N")?),
+            "--secs" => secs = Some(val("--secs")?.parse().map_err(|_| "--secs S")?),
+            "--streams" => streams = Some(val("--streams")?.parse().map_err(|_| "--streams N")?),
+            "--no-peer" => o.peer = false,
+            "--litellm" => o.litellm = val("--litellm")?.into(),
+            "--out" => o.out = Some(val("--out")?.into()),
+            "--no-write" => o.out = None,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown argument {other}\n{USAGE}")),
+        }
+    }
+    if o.quick {
+        o.rounds = 3;
+        o.secs = 1.0;
+        o.streams = 1000;
+    }
+    o.rounds = rounds.unwrap_or(o.rounds).max(1);
+    o.secs = secs.unwrap_or(o.secs);
+    o.streams = streams.unwrap_or(o.streams);
+    Ok(o)
+}
+
+/// Samples a process's peak RSS until stopped.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Sampler {
+    fn start(pid: i32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let (s, p) = (stop.clone(), peak.clone());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                p.fetch_max(procs::rss(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        Sampler {
+            stop,
+            peak,
+            handle: Some(handle),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Per-leg rounds of one scenario: `rounds[leg][round]`.
+pub struct Legs<T> {
+    pub names: Vec<&'static str>,
+    pub rounds: Vec<Vec<T>>,
+}
+
+/// Runs `f` for each leg, `n` times, alternating the order (A B, B A, …).
+fn interleave<T>(legs: &[&Target], n: usize, mut f: impl FnMut(&Target) -> T) -> Legs<T> {
+    let mut rounds: Vec<Vec<T>> = legs.iter().map(|_| Vec::new()).collect();
+    for r in 0..n {
+        let mut order: Vec<usize> = (0..legs.len()).collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let out = f(legs[i]);
+            rounds[i].push(out);
+        }
+    }
+    Legs {
+        names: legs.iter().map(|t| t.name).collect(),
+        rounds,
+    }
+}
+
+/// Median over rounds of `g(leg round) - g(direct round)` (leg 0 is direct).
+pub fn added<T>(legs: &Legs<T>, leg: usize, g: impl Fn(&T) -> f64) -> Spread {
+    let d: Vec<f64> = legs.rounds[leg]
+        .iter()
+        .zip(&legs.rounds[0])
+        .map(|(x, base)| g(x) - g(base))
+        .collect();
+    Spread::of(&d)
+}
+
+pub fn each<T>(legs: &Legs<T>, leg: usize, g: impl Fn(&T) -> f64) -> Spread {
+    Spread::of(&legs.rounds[leg].iter().map(g).collect::<Vec<_>>())
+}
+
+pub fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn main() {
+    let opts = match parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(opts) {
+        eprintln!("modelyard-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run(opts: Opts) -> Result<(), String> {
+    let nofile = procs::raise_nofile(65_536);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    // Backends and the load generator on core 0, the proxy under test on core 1.
+    let pinned = cpus >= 2 && procs::pin_self(0);
+    let dir = std::env::temp_dir().join(format!("modelyard-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let rig = setup::Rig {
+        bins: procs::Bins::find()?,
+        dir: dir.clone(),
+        near: pinned.then(|| "0".to_string()),
+        far: pinned.then(|| (1..cpus).map(|c| c.to_string()).collect::<Vec<_>>().join(",")),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let h = rt.handle().clone();
+    let client = client();
+    let secs = Duration::from_secs_f64(opts.secs);
+    let mut rep = Report::new(&opts, nofile, pinned);
+    let say = |s: &str| eprintln!("[{:>6.1}s] {s}", rep_clock());
+
+    // The backends: fast non-streamed, paced streams.
+    let (_sim_m, direct) = rig.sim("sim-m", "m", &["--tokens", "16"])?;
+    let (_sim_s, direct_s) = rig.sim("sim-s", "s", &["--tokens", "32", "--token-delay", "2ms"])?;
+    let (_sim_c, direct_c) = rig.sim("sim-c", "c", &["--tokens", "200", "--token-delay", "20ms"])?;
+    let yaml = format!(
+        "max_queue: 100000\nbackends:\n  m: {{url: \"{}\"}}\n  s: {{url: \"{}\"}}\n  c: {{url: \"{}\"}}\nmodels:\n  m: {{backend: m}}\n  s: {{backend: s}}\n  c: {{backend: c}}\n",
+        direct.base, direct_s.base, direct_c.base
+    );
+    let (router, routed) = rig.router("router", &yaml)?;
+    std::thread::sleep(Duration::from_millis(300));
+    rep.idle_rss = router.rss();
+    say(&format!("router idle RSS {:.1} MiB", mib(rep.idle_rss)));
+
+    let peer: Option<(Proc, Target)> = if opts.peer {
+        say("starting LiteLLM");
+        match rig.litellm(&opts.litellm, &[("m", &direct), ("s", &direct_s)]) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let line = format!("LiteLLM skipped: {e}");
+                say(&line);
+                rep.notes.push(line);
+                None
+            }
+        }
+    } else {
+        rep.notes.push("LiteLLM skipped: --no-peer".into());
+        None
+    };
+    if let Some((p, _)) = &peer {
+        rep.peer_idle_rss = Some(p.rss());
+    }
+
+    let body = chat_body("m", false, None);
+    // Warm-up: connections open on both legs, caches warm.
+    say("warm-up");
+    for t in [&direct, &routed] {
+        load::closed_loop(&h, &client, t, &body, 8, Duration::from_millis(500));
+    }
+    if let Some((_, t)) = &peer {
+        load::closed_loop(&h, &client, t, &body, 4, Duration::from_secs(2));
+    }
+
+    // 1. Fixed rates, router vs direct.
+    for rate in [1000.0, 5000.0] {
+        say(&format!("{rate} rps open loop"));
+        let load_before = procs::loadavg();
+        let sampler = Sampler::start(router.pid());
+        let legs = interleave(&[&direct, &routed], opts.rounds, |t| {
+            load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
+        });
+        rep.load_rss = rep.load_rss.max(sampler.finish());
+        rep.rates.push((rate, legs, load_before));
+    }
+
+    // 2. Saturation (closed loop), router CPU per request; the peer too.
+    say("saturation");
+    let mut legs: Vec<&Target> = vec![&direct, &routed];
+    if let Some((_, t)) = &peer {
+        legs.push(t);
+    }
+    let load_before = procs::loadavg();
+    let sampler = Sampler::start(router.pid());
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); legs.len()];
+    let proxies: Vec<Option<i32>> = legs
+        .iter()
+        .map(|t| match t.name {
+            "modelyard" => Some(router.pid()),
+            "litellm" => peer.as_ref().map(|(p, _)| p.pid()),
+            _ => None,
+        })
+        .collect();
+    let mut peak_peer = 0;
+    let sat = {
+        let names: Vec<&str> = legs.iter().map(|t| t.name).collect();
+        interleave(&legs, opts.rounds, |t| {
+            let i = names.iter().position(|n| *n == t.name).unwrap_or(0);
+            let before = proxies[i].map(procs::cpu_seconds);
+            let r = load::closed_loop(&h, &client, t, &body, 16, secs);
+            if let (Some(pid), Some(b)) = (proxies[i], before) {
+                cpu[i].push((procs::cpu_seconds(pid) - b) / r.ok.max(1) as f64 * 1e6);
+                if t.name == "litellm" {
+                    peak_peer = peak_peer.max(procs::rss(pid));
+                }
+            }
+            r
+        })
+    };
+    rep.load_rss = rep.load_rss.max(sampler.finish());
+    rep.peer_load_rss = (peak_peer > 0).then_some(peak_peer);
+    rep.saturation = Some((sat, cpu, load_before));
+
+    // Low rate, all legs: the peer's added latency where it is not overloaded.
+    say("20 rps open loop, all legs");
+    let load_before = procs::loadavg();
+    let low = interleave(&legs, opts.rounds, |t| {
+        load::open_loop(&h, &client, t, &body, 20.0, secs.max(Duration::from_secs(2)), Duration::from_secs(30))
+    });
+    rep.low = Some((low, load_before));
+
+    // 3. Streams: time to first byte and gaps between chunks.
+    say("streaming");
+    let mut slegs: Vec<Target> = vec![direct_s.clone(), Target { base: routed.base.clone(), ..routed.clone() }];
+    if let Some((_, t)) = &peer {
+        slegs.push(t.clone());
+    }
+    let sbody = chat_body("s", true, None);
+    let load_before = procs::loadavg();
+    let srefs: Vec<&Target> = slegs.iter().collect();
+    let streams: Legs<StreamRound> = interleave(&srefs, opts.rounds, |t| {
+        load::stream_loop(&h, &client, t, &sbody, 50.0, secs.max(Duration::from_secs(2)))
+    });
+    rep.streams = Some((streams, load_before));
+
+    // 4. Many open streams at once, through the router.
+    say(&format!("{} concurrent streams", opts.streams));
+    rep.many = Some(many_streams(&rig, &h, &client, opts.streams)?);
+
+    // 5. Cancellation and overload.
+    say("cancellation");
+    rep.cancel = cancellation(&h, &client, &router, &routed, &direct_c);
+    say("overload");
+    rep.overload = overload(&rig, &h, &client).ok();
+
+    std::thread::sleep(Duration::from_millis(500));
+    rep.after_rss = router.rss();
+
+    // 6. Scheduling.
+    for t in sched::traces() {
+        say(&format!("scheduling: {}", t.name));
+        let policy = sched::run(&rig, &h, &client, &t, false)?;
+        let naive = sched::run(&rig, &h, &client, &t, true)?;
+        let bound = sched::bound(&t);
+        rep.sched.push((t.name, policy, naive, bound));
+    }
+    drop(peer);
+    drop(router);
+    rep.load_after = procs::loadavg();
+
+    let text = rep.markdown();
+    println!("{text}");
+    if let Some(out) = &opts.out {
+        std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
+        let svg = out.with_extension("svg");
+        std::fs::write(&svg, rep.svg()).map_err(|e| format!("{}: {e}", svg.display()))?;
+        eprintln!("wrote {} and {}", out.display(), svg.display());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn rep_clock() -> f64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+pub struct Many {
+    pub n: usize,
+    pub peak_open: usize,
+    pub ok: usize,
+    pub errors: usize,
+    pub peak_rss: u64,
+    pub peak_fds: usize,
+    pub cpu_per_chunk_us: f64,
+    pub cpu_share: f64,
+}
+
+fn many_streams(
+    rig: &setup::Rig,
+    h: &tokio::runtime::Handle,
+    client: &load::HttpClient,
+    n: usize,
+) -> Result<Many, String> {
+    // 12 chunks a second apart: each stream stays open ~12 s after the ramp.
+    let (_sim, direct_h) = rig.sim("sim-h", "h", &["--tokens", "12", "--token-delay", "1s"])?;
+    // A router of its own, so its RSS is this scenario's alone.
+    let yaml = format!(
+        "max_queue: 100000\nbackends:\n  h: {{url: \"{}\"}}\nmodels:\n  h: {{backend: h}}\n",
+        direct_h.base
+    );
+    let (r2, t2) = rig.router("router-streams", &yaml)?;
+    let body = chat_body("h", true, None);
+    let cpu0 = r2.cpu();
+    let t0 = Instant::now();
+    let rate = 2000.0;
+    let held = load::hold_streams(h, client, &t2, &body, n, rate);
+    let mut m = Many {
+        n,
+        peak_open: 0,
+        ok: 0,
+        errors: 0,
+        peak_rss: 0,
+        peak_fds: 0,
+        cpu_per_chunk_us: 0.0,
+        cpu_share: 0.0,
+    };
+    let mut got = 0;
+    while got < n {
+        match held.done.recv_timeout(Duration::from_millis(200)) {
+            Ok(ok) => {
+                got += 1;
+                if ok {
+                    m.ok += 1
+                } else {
+                    m.errors += 1
+                }
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(_) => break,
+        }
+        m.peak_open = m.peak_open.max(held.open.load(Ordering::Relaxed));
+        m.peak_rss = m.peak_rss.max(r2.rss());
+        m.peak_fds = m.peak_fds.max(r2.fds());
+    }
+    let cpu = r2.cpu() - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    // 14 frames per stream: role, 12 tokens, [DONE] (some may coalesce).
+    m.cpu_per_chunk_us = cpu / (m.ok.max(1) as f64 * 14.0) * 1e6;
+    m.cpu_share = cpu / wall;
+    Ok(m)
+}
+
+pub struct Cancel {
+    pub case: &'static str,
+    pub seen_ms: Option<f64>,
+}
+
+pub struct CancelReport {
+    pub cases: Vec<Cancel>,
+    pub fds_before: usize,
+    pub fds_after: usize,
+}
+
+fn sim_stats(t: &Target) -> (u64, u64) {
+    let host = t.base.trim_start_matches("http://");
+    let v: serde_json::Value = procs::http_get(host, "/sim/stats")
+        .and_then(|(_, b)| serde_json::from_str(&b).ok())
+        .unwrap_or_default();
+    (
+        v["cancelled"].as_u64().unwrap_or(0),
+        v["in_flight"].as_u64().unwrap_or(0),
+    )
+}
+
+fn cancellation(
+    h: &tokio::runtime::Handle,
+    client: &load::HttpClient,
+    router: &Proc,
+    routed: &Target,
+    backend: &Target,
+) -> Option<CancelReport> {
+    use http_body_util::BodyExt;
+    let fds_before = router.fds();
+    let mut cases = Vec::new();
+    for (case, stream, frames) in [
+        ("at first token", true, 1usize),
+        ("mid-stream", true, 5),
+        ("non-streamed, while generating", false, 0),
+    ] {
+        let (c0, _) = sim_stats(backend);
+        let body = chat_body("c", stream, None);
+        let req = routed.request(&body);
+        let client = client.clone();
+        // Read `frames` frames (or wait 200 ms for a non-streamed answer), then drop.
+        h.block_on(async move {
+            let fut = async {
+                let resp = client.request(req).await.ok()?;
+                let mut b = resp.into_body();
+                for _ in 0..frames {
+                    b.frame().await?.ok()?;
+                }
+                if frames == 0 {
+                    let _ = tokio::time::timeout(Duration::from_millis(200), b.frame()).await;
+                }
+                Some(())
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
+        });
+        let dropped = Instant::now();
+        let mut seen = None;
+        while dropped.elapsed() < Duration::from_secs(2) {
+            if sim_stats(backend).0 > c0 {
+                seen = Some(dropped.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        cases.push(Cancel { case, seen_ms: seen });
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    Some(CancelReport {
+        cases,
+        fds_before,
+        fds_after: router.fds(),
+    })
+}
+
+pub struct Overload {
+    pub sent: usize,
+    pub refused: usize,
+    pub retry_after: usize,
+    pub refused_p50_ms: f64,
+    pub refused_max_ms: f64,
+    pub admitted_ok: usize,
+    pub admitted: usize,
+    /// From the burst until every admitted request was answered (the load included).
+    pub drained_ms: f64,
+    /// Fresh requests right after: p50, µs, and failures.
+    pub after_p50_us: f64,
+    pub after_errors: u64,
+    pub rss_before: u64,
+    pub rss_peak: u64,
+}
+
+/// A model that takes 2 s to load, a queue of 8, 200 requests at once.
+fn overload(rig: &setup::Rig, h: &tokio::runtime::Handle, client: &load::HttpClient) -> Result<Overload, String> {
+    let sim = rig.bins.sim.join("\", \"");
+    let yaml = format!(
+        "max_queue: 8\nbackends:\n  sim: {{command: [\"{sim}\", --port, \"${{PORT}}\", --model, \"${{MODEL}}\", --load-time, 2s], health: /health}}\nmodels:\n  slow: {{backend: sim, memory: 100MB}}\n"
+    );
+    let (r, t) = rig.router("router-overload", &yaml)?;
+    let rss_before = r.rss();
+    let sampler = Sampler::start(r.pid());
+    let body = chat_body("slow", false, Some(4));
+    let n = 200;
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, req) = (client.clone(), t.request(&body));
+            h.spawn(async move {
+                let t0 = Instant::now();
+                let resp = client.request(req).await.ok()?;
+                let status = resp.status().as_u16();
+                let retry = resp.headers().contains_key(http::header::RETRY_AFTER);
+                use http_body_util::BodyExt;
+                let _ = resp.into_body().collect().await;
+                Some((status, retry, t0.elapsed()))
+            })
+        })
+        .collect();
+    let results: Vec<_> = tasks
+        .into_iter()
+        .filter_map(|t| h.block_on(t).ok().flatten())
+        .collect();
+    let mut refused: Vec<u64> = results
+        .iter()
+        .filter(|r| r.0 == 503)
+        .map(|r| r.2.as_micros() as u64)
+        .collect();
+    refused.sort_unstable();
+    let admitted = results.iter().filter(|r| r.0 != 503).count();
+    // Recovery: once the model is up, a fresh request is answered at once.
+    let drained = start.elapsed().as_secs_f64() * 1000.0;
+    let probe = load::open_loop(h, client, &t, &body, 100.0, Duration::from_millis(500), Duration::from_secs(5));
+    Ok(Overload {
+        sent: n,
+        refused: refused.len(),
+        retry_after: results.iter().filter(|r| r.0 == 503 && r.1).count(),
+        refused_p50_ms: pct(&refused, 50.0) as f64 / 1000.0,
+        refused_max_ms: pct(&refused, 100.0) as f64 / 1000.0,
+        admitted_ok: results.iter().filter(|r| r.0 == 200).count(),
+        admitted,
+        drained_ms: drained,
+        after_p50_us: round_p(&probe, 50.0),
+        after_errors: probe.errors,
+        rss_before,
+        rss_peak: sampler.finish(),
+    })
+}
+
+pub fn round_p(r: &Round, p: f64) -> f64 {
+    us(pct(&r.lat, p))
+}

@@ -1,0 +1,441 @@
+//! docs/benchmarks.md and its plot.
+
+use std::fmt::Write;
+
+use crate::load::{Round, StreamRound};
+use crate::sched::{Bound, Outcome};
+use crate::stats::{pct, Spread};
+use crate::{added, each, mib, round_p, us, CancelReport, Legs, Many, Opts, Overload};
+
+#[derive(Default)]
+pub struct Report {
+    pub command: String,
+    pub header: Vec<(String, String)>,
+    pub notes: Vec<String>,
+    pub idle_rss: u64,
+    pub load_rss: u64,
+    pub after_rss: u64,
+    pub peer_idle_rss: Option<u64>,
+    pub peer_load_rss: Option<u64>,
+    pub rates: Vec<(f64, Legs<Round>, String)>,
+    pub saturation: Option<(Legs<Round>, Vec<Vec<f64>>, String)>,
+    pub low: Option<(Legs<Round>, String)>,
+    pub streams: Option<(Legs<StreamRound>, String)>,
+    pub many: Option<Many>,
+    pub cancel: Option<CancelReport>,
+    pub overload: Option<Overload>,
+    pub sched: Vec<(&'static str, Outcome, Outcome, Bound)>,
+    pub load_after: String,
+    /// (target, measured, met)
+    summary: Vec<(String, String, &'static str)>,
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .current_dir(crate::root())
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn ok(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+impl Report {
+    pub fn new(opts: &Opts, nofile: u64, pinned: bool) -> Report {
+        let mut header = crate::procs::machine();
+        let dirty = if sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            " (with uncommitted changes)"
+        };
+        header.insert(0, ("Date".into(), sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])));
+        header.push((
+            "Commit".into(),
+            format!("{}{dirty}", sh("git", &["rev-parse", "--short", "HEAD"])),
+        ));
+        header.push(("Load average at start".into(), crate::procs::loadavg()));
+        header.push((
+            "Pinning".into(),
+            if pinned {
+                "load generator + backends on CPU 0, router / LiteLLM on the others (taskset)".into()
+            } else {
+                "none (fewer than 2 CPUs)".into()
+            },
+        ));
+        header.push((
+            "Rounds".into(),
+            format!(
+                "{} per scenario, {:.1} s per leg per round, legs interleaved (A B, B A, …)",
+                opts.rounds, opts.secs
+            ),
+        ));
+        header.push(("Open files limit".into(), nofile.to_string()));
+        let mut command = String::from("cargo run --release -p modelyard-bench");
+        if opts.quick {
+            command.push_str(" -- --quick");
+        }
+        Report {
+            command,
+            header,
+            ..Default::default()
+        }
+    }
+
+    pub fn markdown(&mut self) -> String {
+        let body = self.sections();
+        let mut s = String::new();
+        let _ = writeln!(s, "# Benchmarks\n");
+        let _ = writeln!(
+            s,
+            "Produced by `{}` (the crate `crates/bench`). Every figure is a ratio or a \
+             difference against the same simulated backend reached directly, measured in the \
+             same run with the legs interleaved; medians over rounds, with the spread \
+             (min…max) in brackets. The load generator, the backends and the router share the \
+             machine below, so absolute figures move with its load; compare within one run.\n",
+            self.command
+        );
+        for (k, v) in &self.header {
+            let _ = writeln!(s, "- **{k}**: {v}");
+        }
+        let _ = writeln!(s, "- **Load average at end**: {}", self.load_after);
+        for n in &self.notes {
+            let _ = writeln!(s, "- {n}");
+        }
+        let _ = writeln!(s, "\n![benchmarks](benchmarks.svg)\n");
+        let _ = writeln!(s, "## Targets\n\n| target | measured | |\n|---|---|---|");
+        for (t, m, met) in &self.summary {
+            let _ = writeln!(s, "| {t} | {m} | {met} |");
+        }
+        s.push('\n');
+        s.push_str(&body);
+        s
+    }
+
+    fn sections(&mut self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "## 1. Non-streamed chat requests, open loop\n\nLatency from each request's *intended* send \
+             time (coordinated-omission corrected), keep-alive on both legs. \"added\" = router \
+             leg − direct leg, per round, then the median of those.\n"
+        );
+        let _ = writeln!(s, "| rate | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | achieved rps | errors | loadavg |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let rates = std::mem::take(&mut self.rates);
+        for (rate, legs, load) in &rates {
+            for (i, name) in legs.names.iter().enumerate() {
+                let add = |p: f64| {
+                    if i == 0 {
+                        "".into()
+                    } else {
+                        added(legs, i, |r| round_p(r, p)).show(0, "")
+                    }
+                };
+                let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
+                let _ = writeln!(
+                    s,
+                    "| {rate} | {name} | {} | {} | {} | {} | {} | {} | {} | {errors} | {load} |",
+                    each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
+                    each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
+                    each(legs, i, |r| round_p(r, 99.9)).show(0, ""),
+                    add(50.0),
+                    add(99.0),
+                    add(99.9),
+                    each(legs, i, |r| r.rps()).show(0, ""),
+                );
+            }
+            if *rate == 1000.0 && legs.names.len() > 1 {
+                let p50 = added(legs, 1, |r| round_p(r, 50.0));
+                let p99 = added(legs, 1, |r| round_p(r, 99.0));
+                self.summary.push((
+                    "added latency p50 ≤ 100 µs at 1k rps".into(),
+                    p50.show(0, " µs"),
+                    ok(p50.median <= 100.0),
+                ));
+                self.summary.push((
+                    "added latency p99 ≤ 1 ms at 1k rps".into(),
+                    p99.show(0, " µs"),
+                    ok(p99.median <= 1000.0),
+                ));
+            }
+        }
+        self.rates = rates;
+
+        if let Some((legs, cpu, load)) = &self.saturation {
+            let _ = writeln!(
+                s,
+                "\n## Saturation, closed loop (16 connections)\n\nPeak throughput only (closed loop \
+                 hides queueing; latencies here are not the router's added latency). Proxy CPU per \
+                 request = the proxy process's own utime+stime over a round ÷ requests it served. \
+                 loadavg before: {load}.\n"
+            );
+            let _ = writeln!(s, "| leg | rps | ÷ direct | p50 µs | p99 µs | proxy CPU µs/request | errors |\n|---|---|---|---|---|---|---|");
+            let ratio = |i: usize| {
+                let d: Vec<f64> = legs.rounds[i]
+                    .iter()
+                    .zip(&legs.rounds[0])
+                    .map(|(x, b)| x.rps() / b.rps())
+                    .collect();
+                Spread::of(&d)
+            };
+            for (i, name) in legs.names.iter().enumerate() {
+                let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} | {} | {errors} |",
+                    each(legs, i, |r| r.rps()).show(0, ""),
+                    if i == 0 { "1".into() } else { ratio(i).show(2, "") },
+                    each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
+                    each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
+                    if cpu[i].is_empty() { "".into() } else { Spread::of(&cpu[i]).show(1, "") },
+                );
+            }
+            if let Some(i) = legs.names.iter().position(|n| *n == "modelyard") {
+                let c = Spread::of(&cpu[i]);
+                self.summary.push((
+                    "router CPU ≤ 40 µs per request at saturation".into(),
+                    format!("{} (throughput ÷ direct {})", c.show(1, " µs"), ratio(i).show(2, "")),
+                    ok(c.median <= 40.0),
+                ));
+            }
+            if let (Some(i), Some(j)) = (
+                legs.names.iter().position(|n| *n == "modelyard"),
+                legs.names.iter().position(|n| *n == "litellm"),
+            ) {
+                let d: Vec<f64> = legs.rounds[i]
+                    .iter()
+                    .zip(&legs.rounds[j])
+                    .map(|(a, b)| a.rps() / b.rps().max(1e-9))
+                    .collect();
+                let x = Spread::of(&d);
+                self.summary.push((
+                    "≥ 20× LiteLLM's throughput".into(),
+                    x.show(1, "×"),
+                    ok(x.median >= 20.0),
+                ));
+            }
+        }
+
+        if let Some((legs, load)) = &self.low {
+            let _ = writeln!(
+                s,
+                "\n## Light load, all legs (20 rps open loop)\n\nWhere the peer is not overloaded. loadavg before: {load}.\n"
+            );
+            let _ = writeln!(s, "| leg | p50 µs | p99 µs | added p50 µs | added p99 µs | errors |\n|---|---|---|---|---|---|");
+            for (i, name) in legs.names.iter().enumerate() {
+                let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} | {errors} |",
+                    each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
+                    each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
+                    if i == 0 { "".into() } else { added(legs, i, |r| round_p(r, 50.0)).show(0, "") },
+                    if i == 0 { "".into() } else { added(legs, i, |r| round_p(r, 99.0)).show(0, "") },
+                );
+            }
+            if let (Some(i), Some(j)) = (
+                legs.names.iter().position(|n| *n == "modelyard"),
+                legs.names.iter().position(|n| *n == "litellm"),
+            ) {
+                let a = added(legs, i, |r| round_p(r, 50.0)).median;
+                let b = added(legs, j, |r| round_p(r, 50.0)).median;
+                self.summary.push((
+                    "added latency under 1/20 of LiteLLM's (p50, 20 rps)".into(),
+                    format!("{a:.0} µs vs {b:.0} µs: 1/{:.0}", b / a.max(1.0)),
+                    ok(a * 20.0 <= b),
+                ));
+            }
+        }
+
+        if let Some((legs, load)) = &self.streams {
+            let _ = writeln!(
+                s,
+                "\n## 2. Streamed responses (50 streams/s, 32 tokens 2 ms apart)\n\nTime to first byte from the intended send time; gaps between consecutive body frames as the client read them. \
+                 Frames per stream equal to direct means nothing was coalesced. loadavg before: {load}.\n"
+            );
+            let _ = writeln!(s, "| leg | TTFB p50 µs | TTFB p99 µs | added TTFB p50 µs | added TTFB p99 µs | gap p50 µs | gap p99 µs | frames/stream | ok | errors |\n|---|---|---|---|---|---|---|---|---|---|");
+            let p = |v: &Vec<u64>, q: f64| us(pct(v, q));
+            for (i, name) in legs.names.iter().enumerate() {
+                let ok_n: u64 = legs.rounds[i].iter().map(|r| r.ok).sum();
+                let err: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} | {ok_n} | {err} |",
+                    each(legs, i, |r| p(&r.ttfb, 50.0)).show(0, ""),
+                    each(legs, i, |r| p(&r.ttfb, 99.0)).show(0, ""),
+                    if i == 0 { "".into() } else { added(legs, i, |r| p(&r.ttfb, 50.0)).show(0, "") },
+                    if i == 0 { "".into() } else { added(legs, i, |r| p(&r.ttfb, 99.0)).show(0, "") },
+                    each(legs, i, |r| p(&r.gaps, 50.0)).show(0, ""),
+                    each(legs, i, |r| p(&r.gaps, 99.0)).show(0, ""),
+                    each(legs, i, |r| r.frames as f64 / r.ok.max(1) as f64).show(1, ""),
+                );
+            }
+            if let Some(i) = legs.names.iter().position(|n| *n == "modelyard") {
+                let t = added(legs, i, |r| p(&r.ttfb, 50.0));
+                self.summary.push((
+                    "streaming: added TTFB ≤ 1 ms".into(),
+                    t.show(0, " µs (p50)"),
+                    ok(t.median <= 1000.0),
+                ));
+                let g = added(legs, i, |r| p(&r.gaps, 99.0));
+                let f = added(legs, i, |r| r.frames as f64 / r.ok.max(1) as f64);
+                self.summary.push((
+                    "streaming: no chunk held back".into(),
+                    format!("gap p99 − direct {}; frames/stream − direct {}", g.show(0, " µs"), f.show(1, "")),
+                    ok(f.median.abs() < 0.5 && g.median < 1000.0),
+                ));
+            }
+        }
+
+        if let Some(m) = &self.many {
+            let _ = writeln!(
+                s,
+                "\n## 3. {} concurrent streams through the router\n\nOpened at 2000/s, each 12 chunks 1 s apart, all open together for ~7 s.\n\n\
+                 | peak open | completed | errors | router peak RSS | router peak fds | router CPU µs/chunk | router CPU share |\n|---|---|---|---|---|---|---|\n\
+                 | {} | {} | {} | {:.1} MiB | {} | {:.1} | {:.0} % |",
+                m.n, m.peak_open, m.ok, m.errors, mib(m.peak_rss), m.peak_fds, m.cpu_per_chunk_us, m.cpu_share * 100.0
+            );
+            self.summary.push((
+                format!("{} concurrent streams, RSS < 100 MB, no errors", m.n),
+                format!("{:.1} MiB, {} errors, peak {} open", mib(m.peak_rss), m.errors, m.peak_open),
+                ok(m.peak_rss < 100_000_000 && m.errors == 0 && m.n >= 10_000),
+            ));
+        }
+
+        let _ = writeln!(
+            s,
+            "\n## 4. Router memory\n\n| idle (after start) | peak under load (1k/5k rps, saturation) | idle after all scenarios |\n|---|---|---|\n| {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+            mib(self.idle_rss), mib(self.load_rss), mib(self.after_rss)
+        );
+        if let (Some(a), Some(b)) = (self.peer_idle_rss, self.peer_load_rss) {
+            let _ = writeln!(s, "\nLiteLLM, same run: {:.0} MiB idle, {:.0} MiB under load.", mib(a), mib(b));
+        }
+        self.summary.push((
+            "idle RSS < 15 MB".into(),
+            format!("{:.1} MiB", mib(self.idle_rss)),
+            ok(self.idle_rss < 15_000_000),
+        ));
+
+        if let Some(c) = &self.cancel {
+            let _ = writeln!(s, "\n## Cancellation\n\nThe client drops the connection; the time until the backend's `/sim/stats` counts the request cancelled (polled every 2 ms).\n\n| case | backend saw the close after |\n|---|---|");
+            for k in &c.cases {
+                let _ = writeln!(s, "| {} | {} |", k.case, k.seen_ms.map_or("not within 2 s".into(), |m| format!("{m:.1} ms")));
+            }
+            let _ = writeln!(s, "\nRouter open descriptors before: {}, after: {} (no connection leaked if equal or fewer).", c.fds_before, c.fds_after);
+            let worst = c.cases.iter().map(|k| k.seen_ms.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
+            self.summary.push((
+                "cancellation reaches the backend within 100 ms".into(),
+                format!("worst {worst:.1} ms; fds {} → {}", c.fds_before, c.fds_after),
+                ok(worst <= 100.0 && c.fds_after <= c.fds_before),
+            ));
+            let _ = writeln!(s, "\n(Aborts while queued are not measured here: the backend never sees them.)");
+        }
+        if let Some(o) = &self.overload {
+            let _ = writeln!(
+                s,
+                "\n## Overload\n\n`max_queue: 8`, a model that takes 2 s to load, {} requests at once.\n\n\
+                 | refused (503) | with Retry-After | 503 latency p50 / max | admitted | admitted answered 200 | all answered after | fresh requests then, p50 | router RSS before / peak |\n|---|---|---|---|---|---|---|---|\n\
+                 | {} | {} | {:.2} / {:.2} ms | {} | {} | {:.0} ms | {:.0} µs ({} errors) | {:.1} / {:.1} MiB |",
+                o.sent, o.refused, o.retry_after, o.refused_p50_ms, o.refused_max_ms, o.admitted, o.admitted_ok,
+                o.drained_ms, o.after_p50_us, o.after_errors, mib(o.rss_before), mib(o.rss_peak)
+            );
+        }
+
+        if !self.sched.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## 5. Scheduling\n\nTwo models of 600 MB under a 1 GB budget (only one fits), each taking {} ms to load; \
+                 short requests {} ms, the long one {} ms. \"policy\" is the router's default (`max_swap_delay: 10s`), \
+                 \"naive FCFS\" the same router with `max_swap_delay: 0s`. The offline bound: every distinct model loaded \
+                 once, loads in sequence, nothing done before it arrives and is served.\n",
+                crate::sched::LOAD.as_millis(),
+                (crate::sched::TOKEN * crate::sched::SHORT).as_millis(),
+                (crate::sched::TOKEN * crate::sched::LONG).as_millis(),
+            );
+            let _ = writeln!(s, "| trace | loads: policy / FCFS / bound | makespan ms: policy / FCFS / bound | worst latency ms: policy / FCFS | errors |\n|---|---|---|---|---|");
+            let mut met = true;
+            let mut fcfs_total = 0;
+            let mut pol_total = 0;
+            for (name, p, n, b) in &self.sched {
+                let _ = writeln!(
+                    s,
+                    "| {name} | {} / {} / {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} / {} |",
+                    p.loads, n.loads, b.loads,
+                    p.makespan.as_secs_f64() * 1e3, n.makespan.as_secs_f64() * 1e3, b.makespan.as_secs_f64() * 1e3,
+                    p.worst_wait.as_secs_f64() * 1e3, n.worst_wait.as_secs_f64() * 1e3,
+                    p.errors, n.errors
+                );
+                // Each trace is far shorter than max_swap_delay: no forced switch is due.
+                met &= p.loads <= b.loads + 1;
+                fcfs_total += n.loads;
+                pol_total += p.loads;
+            }
+            self.summary.push((
+                "scheduling: loads ≤ offline bound (+1 per forced switch); far fewer than FCFS".into(),
+                format!("{pol_total} loads vs FCFS {fcfs_total} over the traces"),
+                ok(met && pol_total < fcfs_total),
+            ));
+        }
+        s
+    }
+
+    /// Two panels: throughput at saturation, added p50 latency (log scale).
+    pub fn svg(&self) -> String {
+        let mut bars_a: Vec<(String, f64)> = Vec::new();
+        if let Some((legs, _, _)) = &self.saturation {
+            for (i, n) in legs.names.iter().enumerate() {
+                bars_a.push((n.to_string(), each(legs, i, |r| r.rps()).median));
+            }
+        }
+        let mut bars_b: Vec<(String, f64)> = Vec::new();
+        for (rate, legs, _) in &self.rates {
+            bars_b.push((format!("modelyard @{}k", rate / 1000.0), added(legs, 1, |r| round_p(r, 50.0)).median));
+        }
+        if let Some((legs, _)) = &self.low {
+            for (i, n) in legs.names.iter().enumerate().skip(1) {
+                bars_b.push((format!("{n} @20"), added(legs, i, |r| round_p(r, 50.0)).median));
+            }
+        }
+        let mut s = String::from(r#"<svg xmlns="http://www.w3.org/2000/svg" width="820" height="340" font-family="sans-serif" font-size="12">
+<rect width="820" height="340" fill="white"/>
+"#);
+        let panel = |s: &mut String, x0: f64, title: &str, bars: &[(String, f64)], log: bool, unit: &str| {
+            let _ = writeln!(s, r#"<text x="{}" y="22" font-size="14" font-weight="bold">{title}</text>"#, x0);
+            let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
+            let h = 230.0;
+            let scale = |v: f64| {
+                if log {
+                    (v.max(1.0).log10() / max.max(10.0).log10()) * h
+                } else {
+                    v / max * h
+                }
+            };
+            let w = 360.0 / bars.len().max(1) as f64;
+            let colors = ["#888", "#2a7", "#c44", "#48c"];
+            for (i, (name, v)) in bars.iter().enumerate() {
+                let bh = scale(*v).max(1.0);
+                let x = x0 + i as f64 * w + 8.0;
+                let color = if name.starts_with("litellm") { colors[2] } else if name.starts_with("direct") { colors[0] } else { colors[1] };
+                let _ = writeln!(s, r#"<rect x="{x:.0}" y="{:.0}" width="{:.0}" height="{bh:.0}" fill="{color}"/>"#, 270.0 - bh, w - 16.0);
+                let _ = writeln!(s, r#"<text x="{:.0}" y="{:.0}" text-anchor="middle">{v:.0}{unit}</text>"#, x + (w - 16.0) / 2.0, 265.0 - bh);
+                let _ = writeln!(s, r#"<text x="{:.0}" y="290" text-anchor="middle">{name}</text>"#, x + (w - 16.0) / 2.0);
+            }
+            let _ = writeln!(s, r#"<line x1="{x0}" y1="270" x2="{}" y2="270" stroke="black"/>"#, x0 + 370.0);
+        };
+        panel(&mut s, 20.0, "Throughput at saturation (rps)", &bars_a, false, "");
+        panel(&mut s, 430.0, "Added latency p50 (µs, log scale)", &bars_b, true, " µs");
+        let _ = writeln!(s, r##"<text x="20" y="325" fill="#555">{} · commit {} · medians of interleaved rounds</text>"##,
+            self.header.first().map(|h| h.1.as_str()).unwrap_or(""),
+            self.header.iter().find(|h| h.0 == "Commit").map(|h| h.1.as_str()).unwrap_or(""));
+        s.push_str("</svg>\n");
+        s
+    }
+}

@@ -1,0 +1,134 @@
+//! The rig: simulated backends on one core, the router (and the peer) on the
+//! other, config files in a scratch directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::load::Target;
+use crate::procs::{free_port, wait_ready, Bins, Proc};
+
+pub struct Rig {
+    pub bins: Bins,
+    pub dir: PathBuf,
+    /// Cores for the backends + load generator, and for the proxies.
+    pub near: Option<String>,
+    pub far: Option<String>,
+}
+
+impl Rig {
+    pub fn sim(&self, name: &str, model: &str, extra: &[&str]) -> Result<(Proc, Target), String> {
+        let port = free_port();
+        let mut argv = self.bins.sim.clone();
+        argv.extend(
+            ["--port", &port.to_string(), "--model", model]
+                .iter()
+                .chain(extra)
+                .map(|s| s.to_string()),
+        );
+        let log = self.dir.join(format!("{name}.log"));
+        let mut p = Proc::spawn(name, &argv, &[], self.near.as_deref(), &log)?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&mut p, &format!("{base}/health"), Duration::from_secs(20), &log)?;
+        Ok((
+            p,
+            Target {
+                name: "direct",
+                base,
+                auth: None,
+            },
+        ))
+    }
+
+    /// The router, from a routes.yaml body (its `listen` is added here).
+    pub fn router(&self, name: &str, yaml: &str) -> Result<(Proc, Target), String> {
+        let port = free_port();
+        let config = self.dir.join(format!("{name}.yaml"));
+        let state = self.dir.join(format!("{name}-state.json"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\nstate_file: {}\n{yaml}",
+                state.display()
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let argv = vec![
+            self.bins.modelyard.display().to_string(),
+            "serve".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ];
+        let log = self.dir.join(format!("{name}.log"));
+        let mut p = Proc::spawn(
+            name,
+            &argv,
+            &[("MODELYARD_LOG", "warn".into())],
+            self.far.as_deref(),
+            &log,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(&mut p, &format!("{base}/healthz"), Duration::from_secs(20), &log)?;
+        Ok((
+            p,
+            Target {
+                name: "modelyard",
+                base,
+                auth: None,
+            },
+        ))
+    }
+
+    /// LiteLLM's proxy in front of the given backends, if it is installed.
+    pub fn litellm(&self, exe: &std::path::Path, models: &[(&str, &Target)]) -> Result<(Proc, Target), String> {
+        if !exe.exists() {
+            return Err(format!("{} is not installed", exe.display()));
+        }
+        let port = free_port();
+        let config = self.dir.join("litellm.yaml");
+        let mut yaml = String::from("model_list:\n");
+        for (name, t) in models {
+            yaml.push_str(&format!(
+                "  - model_name: {name}\n    litellm_params: {{model: openai/{name}, api_base: \"{}/v1\", api_key: dummy}}\n",
+                t.base
+            ));
+        }
+        std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
+        let key = format!("sk-bench-{:016x}", std::process::id() as u64 * 0x9e37_79b9_7f4a_7c15);
+        let argv = vec![
+            exe.display().to_string(),
+            "--config".into(),
+            config.display().to_string(),
+            "--host".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        let log = self.dir.join("litellm.log");
+        let mut p = Proc::spawn(
+            "litellm",
+            &argv,
+            &[
+                ("LITELLM_LOCAL_MODEL_COST_MAP", "True".into()),
+                ("LITELLM_MASTER_KEY", key.clone()),
+                ("LITELLM_LOG", "ERROR".into()),
+            ],
+            self.far.as_deref(),
+            &log,
+        )?;
+        let base = format!("http://127.0.0.1:{port}");
+        wait_ready(
+            &mut p,
+            &format!("{base}/health/liveliness"),
+            Duration::from_secs(90),
+            &log,
+        )?;
+        Ok((
+            p,
+            Target {
+                name: "litellm",
+                base,
+                auth: Some(key),
+            },
+        ))
+    }
+}
