@@ -749,3 +749,46 @@ async fn the_official_ollama_python_client_works_against_the_router() {
     );
     assert!(stdout.contains("all ok"), "{stdout}");
 }
+
+#[tokio::test]
+async fn an_ollama_server_the_router_runs_streams_native_replies_through_and_never_unloads_on_its_own(
+) {
+    let r = Router::start(
+        r#"
+backends:
+  ollama:
+    kind: ollama
+    command: [$BIN, sim, --flavor, ollama, --model, "llama3.2:3b=20MB", --tokens, "5"]
+models:
+  small: {backend: ollama, upstream: "llama3.2:3b", memory: 30MB}
+"#,
+    );
+    let ask = json!({"model": "small", "messages": hello(), "keep_alive": "1s"});
+    let (status, content_type, body) = post_text(&r.url("/api/chat"), &ask).await;
+    assert_eq!(
+        (status, content_type.as_str()),
+        (200, "application/x-ndjson")
+    );
+    let lines = ndjson(&body);
+    assert!(lines.len() >= 2, "{body}");
+    assert!(lines.iter().all(|l| l["model"] == "small"), "{body}");
+    assert_eq!(lines.last().unwrap()["done"], true);
+    let server = format!(
+        "http://{}",
+        status_of(&r).await["endpoint"].as_str().unwrap()
+    );
+    let seen = last_request(&server).await;
+    assert_eq!(seen["path"], "/api/chat");
+    assert_eq!(
+        (&seen["body"]["model"], &seen["body"]["keep_alive"]),
+        (&Value::from("llama3.2:3b"), &Value::from(-1)),
+        "a server the router runs keeps the model until the router says: {seen}"
+    );
+    // The client's one second went to the router, not to Ollama.
+    assert_eq!(
+        status_of(&r).await["idle_unload_in_secs"]
+            .as_u64()
+            .map(|s| s <= 1),
+        Some(true)
+    );
+}

@@ -254,6 +254,7 @@ fn model_json(inner: &Inner, m: &ModelStatus) -> Value {
         "pid": m.pid,
         "endpoint": m.endpoint,
         "typical_load_secs": m.typical_load.map(|d| d.as_secs_f64()),
+        "context_window": m.context_window,
         "failures": m.failures,
         "last_error": m.last_error,
     })

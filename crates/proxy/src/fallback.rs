@@ -10,6 +10,7 @@ use modelyard_config::{BackendKind, Config};
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::Inner;
 
 /// The window apfel reports on the oldest macOS it runs on, until it reports one.
 pub(crate) const APFEL_WINDOW: u32 = 4096;
@@ -24,9 +25,35 @@ pub(crate) struct Choice {
     pub fell_back: Option<String>,
 }
 
-/// Whether `model` (a configured name) needs its context window to decide.
+/// Whether `model` (a configured name) can fall back at all: only then is the
+/// request worth looking at.
 pub(crate) fn needs_window(config: &Config, model: &str) -> bool {
     kind(config, model) == Some(BackendKind::Apfel)
+}
+
+/// `choose`, with the context window the model's server last reported.
+pub(crate) async fn route(
+    state: &Inner,
+    config: &Config,
+    model: &str,
+    path: &str,
+    body: &[u8],
+) -> Result<Choice, ApiError> {
+    let window = if needs_window(config, model) {
+        let snap = state.supervisor.snapshot().await;
+        snap.and_then(|s| s.model(model).and_then(|m| m.context_window))
+    } else {
+        None
+    };
+    choose(config, model, path, body, window)
+}
+
+impl Choice {
+    /// The `x-modelyard-fallback` header's text when the request went elsewhere.
+    pub(crate) fn note(&self, asked_for: &str) -> Option<String> {
+        let why = self.fell_back.as_ref()?;
+        Some(format!("{asked_for} -> {}: {why}", self.model))
+    }
 }
 
 /// Picks the model that will serve this request. `window` is the model's

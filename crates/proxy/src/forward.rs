@@ -61,17 +61,12 @@ async fn forward(
             _ => return Err(e),
         },
     };
-    let window = if fallback::needs_window(&config, &asked_for) {
-        let snap = state.supervisor.snapshot().await;
-        snap.and_then(|s| s.model(&asked_for).and_then(|m| m.context_window))
-    } else {
-        None
-    };
-    let choice = fallback::choose(&config, &asked_for, parts.uri.path(), &bytes, window)?;
+    let choice = fallback::route(state, &config, &asked_for, parts.uri.path(), &bytes).await?;
+    let note = choice.note(&asked_for);
     let model = choice.model;
     // A request that went elsewhere is answered in the name of the model that
     // answered it, and says why.
-    let client_name = match &choice.fell_back {
+    let client_name = match note {
         None => routed.model.clone(),
         Some(_) => model.clone(),
     };
@@ -95,9 +90,6 @@ async fn forward(
         model,
         started,
     };
-    let note = choice
-        .fell_back
-        .map(|why| format!("{asked_for} -> {}: {why}", send.model));
     let mut resp = answer(state, send, acquire).await?;
     if let Some(note) = note {
         if let Ok(v) = HeaderValue::from_str(&note) {

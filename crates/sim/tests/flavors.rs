@@ -331,7 +331,7 @@ async fn ollama_routes_port_and_model_listing() {
 
     let (status, tags) = sim.get("/api/tags").await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(names(&tags["models"]), ["qwen3:8b", "tiny"]);
+    assert_eq!(names(&tags["models"]), ["qwen3:8b", "tiny:latest"]);
     let model = &tags["models"][0];
     assert_eq!(model["model"], "qwen3:8b");
     assert_eq!(model["size"], MIB);
@@ -411,7 +411,7 @@ async fn ollama_loads_generates_and_unloads_real_memory() {
         "load makes 64 MiB resident"
     );
     let (_, ps) = sim.get("/api/ps").await;
-    assert_eq!(names(&ps["models"]), ["big"]);
+    assert_eq!(names(&ps["models"]), ["big:latest"]);
     let entry = &ps["models"][0];
     assert_eq!(
         (entry["size"].clone(), entry["size_vram"].clone()),
@@ -508,8 +508,8 @@ async fn ollama_loads_generates_and_unloads_real_memory() {
     let stats = sim.stats().await;
     assert_eq!(
         (
-            stats["loads"]["big"].clone(),
-            stats["unloads"]["big"].clone()
+            stats["loads"]["big:latest"].clone(),
+            stats["unloads"]["big:latest"].clone()
         ),
         (json!(1), json!(1))
     );
@@ -556,7 +556,7 @@ async fn ollama_unload_waits_for_requests_in_flight() {
     // 30 tokens 10 ms apart: the model is still busy well past
     // --unload-time.
     sleep(Duration::from_millis(100)).await;
-    assert_eq!(names(&sim.get("/api/ps").await.1["models"]), ["m"]);
+    assert_eq!(names(&sim.get("/api/ps").await.1["models"]), ["m:latest"]);
     while stream.next_line().await.is_some() {}
     sim.eventually_json("/api/ps", "unload after the stream", |ps| {
         ps["models"] == json!([])
@@ -587,8 +587,12 @@ async fn ollama_scheduler_evicts_beyond_max_loaded_and_expires_keep_alive() {
     sim.post("/api/generate", json!({"model": "c"})).await;
     let mut loaded = names(&sim.get("/api/ps").await.1["models"]);
     loaded.sort();
-    assert_eq!(loaded, ["b", "c"], "a was the least recently used");
-    assert_eq!(sim.stats().await["unloads"]["a"], 1);
+    assert_eq!(
+        loaded,
+        ["b:latest", "c:latest"],
+        "a was the least recently used"
+    );
+    assert_eq!(sim.stats().await["unloads"]["a:latest"], 1);
 
     // A request's keep_alive overrides OLLAMA_KEEP_ALIVE; ps lists the
     // latest expiry first.
@@ -598,12 +602,12 @@ async fn ollama_scheduler_evicts_beyond_max_loaded_and_expires_keep_alive() {
     )
     .await;
     let (_, ps) = sim.get("/api/ps").await;
-    assert_eq!(names(&ps["models"]), ["b", "c"]);
+    assert_eq!(names(&ps["models"]), ["b:latest", "c:latest"]);
     sim.eventually_json("/api/ps", "keep-alive expiry", |ps| {
-        names(&ps["models"]) == ["b"]
+        names(&ps["models"]) == ["b:latest"]
     })
     .await;
-    assert_eq!(sim.stats().await["unloads"]["c"], 1);
+    assert_eq!(sim.stats().await["unloads"]["c:latest"], 1);
 }
 
 // ------------------------------------------------------------------ omlx

@@ -23,6 +23,7 @@ use super::request::{self, Endpoint, Parsed};
 use super::stream::NdjsonBody;
 use crate::body::{self, Body};
 use crate::error::{ApiError, Dialect};
+use crate::fallback;
 use crate::relay::{Framing, Observe, Relay};
 use crate::Inner;
 
@@ -71,8 +72,23 @@ async fn run(
         .and_then(|v| v.parse::<u64>().ok());
     let config = state.config();
     let bytes = crate::forward::read_body(declared, body, config.max_body.bytes()).await?;
-    let parsed = request::parse(endpoint, &bytes)?;
-    let model = super::resolve(&config, &parsed.model)?;
+    let mut parsed = request::parse(endpoint, &bytes)?;
+    let mut model = super::resolve(&config, &parsed.model)?;
+    // apfel's limits hold whichever API a request comes in on.
+    let mut note = None;
+    if let Some((path, body)) = parsed
+        .openai
+        .as_ref()
+        .filter(|_| fallback::needs_window(&config, &model))
+    {
+        let body = serde_json::to_vec(body).expect("a Value always encodes");
+        let choice = fallback::route(state, &config, &model, path, &body).await?;
+        note = choice.note(&model);
+        if note.is_some() {
+            parsed.model.clone_from(&choice.model);
+        }
+        model = choice.model;
+    }
     label.clone_from(&model);
 
     if parsed.load_only && parsed.keep_alive.is_some_and(|k| k.is_zero()) {
@@ -98,17 +114,22 @@ async fn run(
         drop(lease);
         return Ok(done(state, &model, started, &parsed, false));
     }
-    if lease.kind == BackendKind::Ollama {
-        return passthrough(state, &parts, &bytes, &parsed, model, lease, started).await;
-    }
-    let call = Call {
-        state,
-        model,
-        lease,
-        started,
-        leased,
+    let mut resp = if lease.kind == BackendKind::Ollama {
+        passthrough(state, &parts, &bytes, &parsed, model, lease, started).await?
+    } else {
+        let call = Call {
+            state,
+            model,
+            lease,
+            started,
+            leased,
+        };
+        call.translated(&parts, parsed).await?
     };
-    call.translated(&parts, parsed).await
+    if let Some(v) = note.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert("x-modelyard-fallback", v);
+    }
+    Ok(resp)
 }
 
 /// The answer to a load-only request, counted as served.

@@ -59,6 +59,7 @@ impl Ollama {
                 args.load_time,
                 Eviction::MaxLoaded(max_loaded),
                 args.unload_time,
+                super::pool::Naming::Tagged,
             ),
             default_keep_alive,
         })

@@ -39,6 +39,7 @@ impl Omlx {
                 Eviction::Ceiling(args.memory_guard),
                 // Its unload frees memory before replying.
                 std::time::Duration::ZERO,
+                super::pool::Naming::Exact,
             ),
             ceiling: args.memory_guard,
             api_key: args.api_key.clone(),

@@ -23,6 +23,24 @@ pub enum Eviction {
     Ceiling(Option<u64>),
 }
 
+/// How a request's model name is matched to a declared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// oMLX: the exact model id.
+    Exact,
+    /// Ollama: `name:tag`, where a name without a tag means `name:latest`.
+    Tagged,
+}
+
+impl Naming {
+    fn canonical<'a>(self, name: &'a str) -> std::borrow::Cow<'a, str> {
+        match self {
+            Naming::Tagged if !name.contains(':') => format!("{name}:latest").into(),
+            _ => name.into(),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum AcquireError {
     Unknown,
@@ -109,6 +127,7 @@ pub struct Pool {
     /// Between an expiry decision and the memory actually coming back;
     /// Ollama replies to an unload before the runner is gone.
     unload_delay: Duration,
+    naming: Naming,
 }
 
 impl Pool {
@@ -117,11 +136,12 @@ impl Pool {
         load_time: Duration,
         eviction: Eviction,
         unload_delay: Duration,
+        naming: Naming,
     ) -> Arc<Self> {
         let entries = models
             .into_iter()
             .map(|(name, size)| Entry {
-                name,
+                name: naming.canonical(&name).into_owned(),
                 size,
                 slot: Slot::Unloaded,
                 in_flight: 0,
@@ -141,6 +161,7 @@ impl Pool {
             load_time,
             eviction,
             unload_delay,
+            naming,
         })
     }
 
@@ -149,7 +170,8 @@ impl Pool {
     }
 
     pub fn knows(&self, name: &str) -> bool {
-        self.lock().iter().any(|e| e.name == name)
+        let name = self.naming.canonical(name);
+        self.lock().iter().any(|e| e.name == *name)
     }
 
     pub fn models(&self) -> Vec<ModelView> {
@@ -206,6 +228,7 @@ impl Pool {
         name: &str,
         keep_alive: KeepAlive,
     ) -> Result<Lease, AcquireError> {
+        let name = &*self.naming.canonical(name);
         let started = Instant::now();
         loop {
             // Created before the check so a wake-up between the check and
@@ -363,6 +386,7 @@ impl Pool {
 
     /// Unloads at once, aborting requests in flight on the model (oMLX).
     pub fn unload_now(&self, name: &str) -> Result<(), UnloadError> {
+        let name = &*self.naming.canonical(name);
         let mut entries = self.lock();
         let entry = entries
             .iter_mut()
@@ -380,6 +404,7 @@ impl Pool {
     /// Asks for an unload as soon as the model is idle, after the unload
     /// delay (Ollama's `keep_alive: 0`). Returns whether the model is known.
     pub fn expire(self: &Arc<Self>, name: &str) -> bool {
+        let name = &*self.naming.canonical(name);
         let mut entries = self.lock();
         let Some(entry) = entries.iter_mut().find(|e| e.name == name) else {
             return false;
@@ -475,6 +500,7 @@ mod tests {
             Duration::ZERO,
             eviction,
             Duration::from_millis(1),
+            Naming::Exact,
         )
     }
 
