@@ -403,3 +403,69 @@ models:
     assert!(msg.contains("1000"), "{msg}");
     assert_eq!(sim_stats(&apfel).await["requests"], served);
 }
+
+#[tokio::test]
+async fn apfel_is_measured_as_its_process_unloaded_by_stopping_it_and_restarted_after_a_crash() {
+    let router = Router::start(
+        r#"
+backends:
+  apfel: {kind: apfel, command: [$BIN, sim, --flavor, apfel, --memory, 30MB]}
+models:
+  apple: {backend: apfel, memory: 60MB}
+"#,
+    );
+    assert_eq!(
+        post(&router.url("/v1/chat/completions"), &chat("apple"))
+            .await
+            .status(),
+        200
+    );
+    // Sampled every 2 s; the first sample may predate the allocation.
+    let measured = eventually(Duration::from_secs(10), || async {
+        let m = model_status(&router, "apple").await["measured"].as_u64();
+        m.filter(|&b| b >= 30_000_000)
+    })
+    .await
+    .expect("the 30 MB the process holds is measured");
+    assert!(measured < 80_000_000, "its process, nothing more: {measured}");
+    let pid = model_status(&router, "apple").await["pid"]
+        .as_u64()
+        .unwrap() as u32;
+
+    // apfel has no unload endpoint: unloading stops the process.
+    let resp = client()
+        .post(router.url("/admin/models/apple/unload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    eventually(Duration::from_secs(10), || async {
+        (model_status(&router, "apple").await["state"] == "cold").then_some(())
+    })
+    .await
+    .expect("cold once its process is gone");
+    assert!(!alive(pid));
+
+    // Started again on demand, and again after it is killed.
+    assert_eq!(
+        post(&router.url("/v1/chat/completions"), &chat("apple"))
+            .await
+            .status(),
+        200
+    );
+    let pid = model_status(&router, "apple").await["pid"]
+        .as_u64()
+        .unwrap() as i32;
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+    eventually(Duration::from_secs(10), || async {
+        (model_status(&router, "apple").await["state"] != "ready").then_some(())
+    })
+    .await
+    .expect("the crash is noticed");
+    assert_eq!(
+        post(&router.url("/v1/chat/completions"), &chat("apple"))
+            .await
+            .status(),
+        200
+    );
+}
