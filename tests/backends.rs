@@ -427,7 +427,10 @@ models:
     })
     .await
     .expect("the 30 MB the process holds is measured");
-    assert!(measured < 80_000_000, "its process, nothing more: {measured}");
+    assert!(
+        measured < 80_000_000,
+        "its process, nothing more: {measured}"
+    );
     let pid = model_status(&router, "apple").await["pid"]
         .as_u64()
         .unwrap() as u32;
