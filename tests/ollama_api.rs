@@ -670,7 +670,7 @@ impl FakeOllama {
 }
 
 #[tokio::test]
-async fn an_ollama_backend_gets_the_request_as_sent_but_for_model_and_keep_alive() {
+async fn an_attached_ollama_gets_the_request_as_sent_but_for_model_and_keep_alive() {
     let fake = FakeOllama::start();
     let r = Router::start(&format!(
         r#"
@@ -707,8 +707,9 @@ models:
     assert_eq!(chats.len(), 1, "one chat, forwarded once: {paths:?}");
     assert_eq!(
         String::from_utf8(chats[0].1.clone()).unwrap(),
-        sent.replace("\"tiny\"", "\"llama3.2:3b\""),
-        "byte for byte but for the model; keep_alive too, as this server is not the router's"
+        sent.replace("\"tiny\"", "\"llama3.2:3b\"")
+            .replace("\"5m\"", "-1"),
+        "byte for byte but for the model, and keep_alive: the router unloads, not Ollama"
     );
     // Counted, tokens too (from Ollama's own counts).
     let metrics = client()

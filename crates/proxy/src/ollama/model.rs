@@ -156,13 +156,7 @@ async fn passthrough(
     lease: Lease,
     started: Instant,
 ) -> Result<Response<Body>, ApiError> {
-    let config = state.config();
-    let owned = config
-        .models
-        .get(&model)
-        .and_then(|m| config.backends.get(&m.backend))
-        .is_some_and(|b| b.command.is_some());
-    let body = super::passthrough::splice(bytes, &lease.upstream_model, owned)?;
+    let body = super::passthrough::splice(bytes, &lease.upstream_model)?;
     let request = crate::forward::upstream_request(parts, &lease, None, body);
     let response = crate::forward::exchange(state, &model, &lease, request).await?;
     let observe = Observe::new(

@@ -1,11 +1,10 @@
 //! A request for a model on an Ollama backend goes through as the client sent it,
 //! byte for byte, but for values spliced in place: `model` becomes the name the
-//! backend knows, and, on an Ollama server the router runs, a `keep_alive`
-//! becomes `-1`. There the router owns unloading (it already applied the client's
-//! keep_alive to its own idle timer); letting Ollama also expire the model on its
-//! own would free memory behind the ledger. An Ollama server the router only
-//! points at (a `url`, no `command`) is not the router's to manage: its client's
-//! keep_alive reaches it unchanged.
+//! backend knows, and `keep_alive` becomes `-1` (added when absent). The router
+//! owns unloading on every Ollama it routes to, run or attached: it already
+//! applied the client's keep_alive to its own idle timer, and an Ollama left to
+//! expire the model by its own clock (a client's value, or an attached server's
+//! OLLAMA_KEEP_ALIVE, 5m by default) would free memory behind the ledger.
 
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
@@ -17,14 +16,18 @@ use crate::error::ApiError;
 struct Spans<'a> {
     #[serde(borrow, default)]
     model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    // A `null` is a value to replace too, not an absent field to add.
+    #[serde(borrow, default, deserialize_with = "present")]
     keep_alive: Option<&'a RawValue>,
 }
 
-/// The body for the backend; `owned`: the router runs this server, so it keeps
-/// the model loaded until the router says otherwise. The body was already read
-/// whole by [`super::request::parse`], so an error here only guards against misuse.
-pub fn splice(body: &[u8], upstream: &str, owned: bool) -> Result<Bytes, ApiError> {
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// The body for the backend. It was already read whole by
+/// [`super::request::parse`], so an error here only guards against misuse.
+pub fn splice(body: &[u8], upstream: &str) -> Result<Bytes, ApiError> {
     let text = std::str::from_utf8(body).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let spans: Spans = serde_json::from_str(text).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let at = |raw: &RawValue| {
@@ -38,8 +41,13 @@ pub fn splice(body: &[u8], upstream: &str, owned: bool) -> Result<Bytes, ApiErro
         at(model),
         serde_json::to_string(upstream).expect("a string always encodes"),
     ));
-    if let Some(k) = spans.keep_alive.filter(|k| owned && k.get() != "null") {
-        edits.push((at(k), "-1".to_string()));
+    match spans.keep_alive {
+        Some(k) => edits.push((at(k), "-1".to_string())),
+        None => {
+            // Just inside the object's brace; `model` follows, so the comma fits.
+            let brace = text.find('{').ok_or(ApiError::MissingModel)?;
+            edits.push(((brace + 1, brace + 1), "\"keep_alive\":-1,".to_string()));
+        }
     }
     edits.sort_by_key(|(span, _)| span.0);
     let mut out = BytesMut::with_capacity(body.len() + upstream.len());
@@ -58,7 +66,7 @@ mod tests {
     use super::*;
 
     fn s(body: &str, up: &str) -> String {
-        String::from_utf8(splice(body.as_bytes(), up, true).unwrap().to_vec()).unwrap()
+        String::from_utf8(splice(body.as_bytes(), up).unwrap().to_vec()).unwrap()
     }
 
     #[test]
@@ -72,27 +80,31 @@ mod tests {
         );
         assert_eq!(
             s("{\n  \"model\": \"a\",\n  \"prompt\": \"x\"\n}", "b\"c"),
-            "{\n  \"model\": \"b\\\"c\",\n  \"prompt\": \"x\"\n}"
+            "{\"keep_alive\":-1,\n  \"model\": \"b\\\"c\",\n  \"prompt\": \"x\"\n}"
         );
         assert_eq!(
             s(r#"{"model":"a","keep_alive":null}"#, "b"),
-            r#"{"model":"b","keep_alive":null}"#
+            r#"{"model":"b","keep_alive":-1}"#
         );
     }
 
     #[test]
-    fn a_server_the_router_does_not_run_gets_keep_alive_as_sent() {
-        let body = br#"{"model":"a","keep_alive":"5m"}"#;
+    fn an_absent_keep_alive_is_added_so_ollama_never_expires_the_model_itself() {
         assert_eq!(
-            &splice(body, "b", false).unwrap()[..],
-            br#"{"model":"b","keep_alive":"5m"}"#
+            s(r#" {"model":"a"}"#, "b"),
+            r#" {"keep_alive":-1,"model":"b"}"#
+        );
+        let v: serde_json::Value = serde_json::from_str(&s(r#"{"model":"a","x":1}"#, "b")).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model": "b", "x": 1, "keep_alive": -1})
         );
     }
 
     #[test]
     fn refuses_what_is_not_a_request() {
-        assert!(splice(b"{}", "x", true).is_err());
-        assert!(splice(b"{\"model\":", "x", true).is_err());
-        assert!(splice(&[0xff, 0xfe], "x", true).is_err());
+        assert!(splice(b"{}", "x").is_err());
+        assert!(splice(b"{\"model\":", "x").is_err());
+        assert!(splice(&[0xff, 0xfe], "x").is_err());
     }
 }
