@@ -735,7 +735,7 @@ impl<E: Effects> Owner<E> {
         // A model draining for a swap still serves its own requests for a while:
         // one swap later instead of two (there and back).
         let swap_grace = slot.phase == Phase::Draining
-            && slot.in_flight > 0
+            && (slot.in_flight > 0 || linger_until(slot).is_some())
             && slot.serve_until.is_some_and(|t| Instant::now() < t);
         if let Some(why) = &self.instances[&slot.instance].down {
             let _ = reply.send(Err(SupervisorError::Unreachable {
@@ -1168,7 +1168,7 @@ impl<E: Effects> Owner<E> {
     fn try_unload(&mut self, m: &ModelKey) {
         let slot = &self.slots[m];
         let run = self.instances[&slot.instance].run;
-        if slot.phase != Phase::Draining || slot.in_flight > 0 {
+        if slot.phase != Phase::Draining || slot.in_flight > 0 || linger_until(slot).is_some() {
             return;
         }
         if !matches!(run, Run::Up | Run::External) {
@@ -1313,6 +1313,30 @@ impl<E: Effects> Owner<E> {
             }
         }
         self.unload_idle();
+        self.end_lingering();
+    }
+
+    /// Models that lingered after a swap was decided and saw no new request go now.
+    fn end_lingering(&mut self) {
+        let done: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.phase == Phase::Draining
+                    && s.in_flight == 0
+                    && s.serve_until.is_some()
+                    && linger_until(s).is_none()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in done {
+            let key = self.slots[&m].instance.clone();
+            if self.instances[&key].loads {
+                self.try_unload(&m);
+            } else {
+                self.try_stop(&key);
+            }
+        }
     }
 
     /// Models idle past their timeout go (a shared server's once all of its are).
@@ -1415,10 +1439,11 @@ impl<E: Effects> Owner<E> {
                     tracing::info!(model = %m, "unloading {} to make room", names.join(", "));
                     let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
-                        self.begin_drain(v, &format!("to make room for {m}"));
+                        // Before the drain begins, so a model in a burst can linger.
                         if let Some(s) = self.slots.get_mut(v) {
                             s.serve_until = Some(serve_until);
                         }
+                        self.begin_drain(v, &format!("to make room for {m}"));
                     }
                     self.slots.get_mut(&m).expect("exists").why = format!(
                         "waiting for {} to unload{}",
@@ -1611,7 +1636,8 @@ impl<E: Effects> Owner<E> {
         let inst = self.instances.get_mut(key).expect("instance exists");
         let all_done = inst.models.iter().all(|m| {
             let s = &self.slots[m];
-            !s.phase.holds_memory() || (s.phase == Phase::Draining && s.in_flight == 0)
+            !s.phase.holds_memory()
+                || (s.phase == Phase::Draining && s.in_flight == 0 && linger_until(s).is_none())
         });
         if !all_done || !matches!(inst.run, Run::Up | Run::Starting) {
             return;
@@ -1725,6 +1751,7 @@ impl<E: Effects> Owner<E> {
                     .map(|w| w.deadline)
                     .chain(idle_deadline(s).filter(later))
                     .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
+                    .chain(linger_until(s))
             })
             .min()
     }
@@ -1872,6 +1899,18 @@ fn median(loads: &VecDeque<Duration>) -> Option<Duration> {
 
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400)
+}
+
+/// Until when a model draining for a swap, with nothing in flight, stays to see
+/// whether its burst goes on: as long as bringing it back would take (its usual
+/// load), never past `serve_until`. Swapping away in a pause shorter than that
+/// only to swap back costs a load; waiting out the pause costs at most one.
+fn linger_until(s: &Slot) -> Option<Instant> {
+    if s.phase != Phase::Draining || s.in_flight > 0 {
+        return None;
+    }
+    let until = s.serve_until?.min(s.last_used + median(&s.recent_loads)?);
+    (Instant::now() < until).then_some(until)
 }
 
 fn idle_deadline(s: &Slot) -> Option<Instant> {

@@ -292,6 +292,69 @@ async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_d
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_time_of_quiet() {
+    let (s, fake) = start(SEED);
+    drop(get(&s, "daily").await);
+    advance(Duration::from_millis(500)).await;
+    let deep = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("deep", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    // daily's burst may go on: swapping now and back would cost a load (2 s) more.
+    advance(Duration::from_secs(1)).await;
+    drop(
+        s.acquire("daily", soon())
+            .await
+            .expect("still loaded, so served"),
+    );
+    advance(Duration::from_millis(1900)).await;
+    assert_eq!(fake.count("p/deep"), 0, "quiet for less than a load");
+    assert!(!deep.is_finished());
+    // Quiet for as long as a load: the swap goes ahead, once.
+    advance(Duration::from_millis(200)).await;
+    let deep = deep.await.unwrap().unwrap();
+    assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 1));
+    drop(deep);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_burst_that_never_pauses_yields_after_max_swap_delay() {
+    let (s, fake) = start(SEED);
+    drop(get(&s, "daily").await);
+    let deep = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("deep", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    // A request a second, never a pause as long as a load (2 s).
+    let mut served = 0;
+    let mut deep_loaded_at = None;
+    for second in 1..=15 {
+        let s2 = s.clone();
+        let daily = tokio::spawn(async move { s2.acquire("daily", soon()).await });
+        advance(Duration::from_millis(100)).await;
+        if daily.is_finished() {
+            served += 1;
+            drop(daily.await.unwrap().unwrap());
+        } else {
+            daily.abort();
+        }
+        advance(Duration::from_millis(900)).await;
+        if fake.count("p/deep") == 1 && deep_loaded_at.is_none() {
+            deep_loaded_at = Some(second);
+        }
+    }
+    // max_swap_delay (10 s), then the stop (0.3 s) and deep's load (2 s).
+    assert_eq!(deep_loaded_at, Some(12), "deep's wait is bounded");
+    assert_eq!(served, 10, "daily served its burst until then");
+    drop(deep.await.unwrap().unwrap());
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_models_unload_after_their_timeout_and_pinned_ones_stay() {
     let (s, _) = start(SEED);
     drop(get(&s, "embed").await);
