@@ -362,6 +362,33 @@ fn a_backend_needs_a_command_or_a_url() {
 }
 
 #[test]
+fn one_shot_backends_are_summarised_and_refused_on_a_remote() {
+    let f = yaml(&[
+        "backends:",
+        "  tts: {command: [mlx_audio.server, --port, \"${PORT}\"], one_shot: true}",
+        "models:",
+        "  kokoro: {backend: tts, memory: 1GB}",
+    ]);
+    let r = check(f.path());
+    r.assert_ok();
+    assert!(
+        r.stdout.contains("one-shot, runs `mlx_audio.server"),
+        "{}",
+        r.stdout
+    );
+    let f = yaml(&[
+        "backends:",
+        "  far:",
+        "    kind: remote",
+        "    url: http://10.0.0.2:8000",
+        "    one_shot: true", // 5
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 5, "backends.far.one_shot", &["never unloaded"]);
+}
+
+#[test]
 fn a_bad_size_names_its_unit() {
     let f = yaml(&[
         "backends:",
