@@ -116,7 +116,7 @@ proptest! {
                 }
                 // Whatever was accepted can also be passed through, only renamed.
                 let spliced = splice(bytes.as_bytes(), "up/stream:1").unwrap();
-                let mut v: Value = serde_json::from_slice(&spliced).unwrap();
+                let v: Value = serde_json::from_slice(&spliced).unwrap();
                 prop_assert_eq!(&v["model"], "up/stream:1");
                 // Parsed from the same text, so floats compare exactly.
                 let mut want: Value = serde_json::from_str(&bytes).unwrap();
