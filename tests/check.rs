@@ -361,6 +361,60 @@ fn a_backend_needs_a_command_or_a_url() {
     r.assert_issue_at(f.path(), 2, "backends.srv", &["needs command", "or url"]);
 }
 
+/// The ```yaml blocks of a doc page that are whole files (they set `listen`).
+fn doc_configs(page: &str) -> Vec<String> {
+    let path = format!("{}/../../docs/{page}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .filter(|b| b.lines().any(|l| l.starts_with("listen:")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_configs_in_the_day_and_multimodal_pages_pass_check() {
+    for (page, want) in [("day.md", 1), ("multimodal.md", 1)] {
+        let configs = doc_configs(page);
+        assert_eq!(configs.len(), want, "{page}");
+        for c in configs {
+            let mut f = tempfile::NamedTempFile::new().unwrap();
+            std::io::Write::write_all(&mut f, c.as_bytes()).unwrap();
+            let r = check(f.path());
+            r.assert_ok();
+            assert!(r.stdout.contains("one-shot"), "{page}: {}", r.stdout);
+        }
+    }
+}
+
+#[test]
+fn one_shot_backends_are_summarised_and_refused_on_a_remote() {
+    let f = yaml(&[
+        "backends:",
+        "  tts: {command: [mlx_audio.server, --port, \"${PORT}\"], one_shot: true}",
+        "models:",
+        "  kokoro: {backend: tts, memory: 1GB}",
+    ]);
+    let r = check(f.path());
+    r.assert_ok();
+    assert!(
+        r.stdout.contains("one-shot, runs `mlx_audio.server"),
+        "{}",
+        r.stdout
+    );
+    let f = yaml(&[
+        "backends:",
+        "  far:",
+        "    kind: remote",
+        "    url: http://10.0.0.2:8000",
+        "    one_shot: true", // 5
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 5, "backends.far.one_shot", &["never unloaded"]);
+}
+
 #[test]
 fn a_bad_size_names_its_unit() {
     let f = yaml(&[

@@ -24,7 +24,8 @@ pub fn summary(loaded: &Loaded) -> String {
             (None, Some(url)) => format!("at {url}"),
             (None, None) => String::new(),
         };
-        let _ = writeln!(s, "  {name:<12} {:<7} {how}", b.kind.as_str());
+        let one_shot = if b.one_shot { "one-shot, " } else { "" };
+        let _ = writeln!(s, "  {name:<12} {:<7} {one_shot}{how}", b.kind.as_str());
     }
     let _ = writeln!(s, "\nmodels ({}):", c.models.len());
     let _ = writeln!(

@@ -18,7 +18,31 @@ pub use size::ByteSize;
 pub use timeout::Timeout;
 pub use validate::closest;
 
+/// How long a model of a `one_shot` backend stays loaded after its last request
+/// unless it sets its own idle_timeout: long enough for a short batch of jobs, short
+/// enough that a diffusion or speech model does not sit on memory the chat
+/// models want back.
+pub const ONE_SHOT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Config {
+    /// How long `model` may sit unused before it is unloaded: its own setting, else
+    /// for a one-shot backend the shorter of ONE_SHOT_IDLE and the top level's,
+    /// else the top level's.
+    pub fn idle_timeout_of(&self, model: &Model) -> Timeout {
+        if let Some(t) = model.idle_timeout {
+            return t;
+        }
+        let one_shot = self
+            .backends
+            .get(&model.backend)
+            .is_some_and(|b| b.one_shot);
+        match (one_shot, self.idle_timeout) {
+            (true, Timeout::After(d)) => Timeout::After(d.min(ONE_SHOT_IDLE)),
+            (true, Timeout::Never) => Timeout::After(ONE_SHOT_IDLE),
+            (false, t) => t,
+        }
+    }
+
     /// The model a client's name refers to: the name itself, or an alias of it.
     pub fn resolve(&self, name: &str) -> Option<&str> {
         if let Some((k, _)) = self.models.get_key_value(name) {
@@ -28,5 +52,35 @@ impl Config {
             .iter()
             .find(|(_, m)| m.aliases.iter().any(|a| a == name))
             .map(|(k, _)| k.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn idle(top: &str, model: &str) -> Timeout {
+        let yaml = format!(
+            "{top}\nbackends:\n  tts: {{command: [t, \"${{PORT}}\"], one_shot: true}}\n  llm: {{command: [l, \"${{PORT}}\"]}}\nmodels:\n  kokoro: {{backend: tts, memory: 1GB}}\n  whisper: {{backend: tts, memory: 1GB, idle_timeout: 5m}}\n  chat: {{backend: llm, memory: 1GB}}\n"
+        );
+        let c = load_str("t", &yaml).unwrap().config;
+        c.idle_timeout_of(&c.models[model])
+    }
+
+    #[test]
+    fn one_shot_models_idle_out_after_a_minute_unless_they_say_otherwise() {
+        let min = |m: u64| Timeout::After(Duration::from_secs(m * 60));
+        assert_eq!(idle("idle_timeout: 10m", "kokoro"), min(1));
+        assert_eq!(idle("idle_timeout: 10m", "whisper"), min(5));
+        assert_eq!(idle("idle_timeout: 10m", "chat"), min(10));
+        // Never keeps chat models, not a tool that was meant to be put away.
+        assert_eq!(idle("idle_timeout: never", "kokoro"), min(1));
+        assert_eq!(idle("idle_timeout: never", "chat"), Timeout::Never);
+        // A machine tuned tighter than a minute stays tighter.
+        assert_eq!(
+            idle("idle_timeout: 20s", "kokoro"),
+            Timeout::After(Duration::from_secs(20))
+        );
     }
 }

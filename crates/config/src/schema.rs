@@ -185,6 +185,10 @@ pub struct Backend {
     /// Memory the server holds by itself, charged while its process runs.
     #[serde(default)]
     pub memory: Option<ByteSize>,
+    /// A tool used for one job and then put away (image, speech, video servers):
+    /// its models' idle_timeout defaults to ONE_SHOT_IDLE instead of the top level's.
+    #[serde(default)]
+    pub one_shot: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]

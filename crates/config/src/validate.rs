@@ -160,6 +160,13 @@ fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
                 )),
             }
         }
+        if b.one_shot && b.kind == BackendKind::Remote {
+            out.push(p(
+                "one_shot",
+                "a remote backend's models are never unloaded by this router: remove one_shot"
+                    .into(),
+            ));
+        }
         if !b.health.starts_with('/') {
             out.push(p(
                 "health",

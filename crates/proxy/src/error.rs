@@ -23,6 +23,12 @@ pub enum ApiError {
     /// A field of the request with a value the router cannot use.
     #[error("`{field}` {reason}")]
     InvalidField { field: String, reason: String },
+    #[error("the multipart form cannot be read: {0}")]
+    BadForm(String),
+    #[error("the multipart form has no `model` field; add one (curl: -F model=NAME), before the file so the upload streams")]
+    FormWithoutModel,
+    #[error("the form's `model` field is not within its first {limit} bytes (max_body in routes.yaml): put `model` before the file, so the router can route the upload as it streams")]
+    ModelFieldTooLate { limit: u64 },
     #[error("request body is larger than the limit of {limit} bytes (max_body in routes.yaml)")]
     BodyTooLarge { limit: u64 },
     #[error("could not read the request body: {0}")]
@@ -103,6 +109,24 @@ impl ApiError {
                 "invalid_request_error",
                 Some("model"),
                 "model_not_found",
+            ),
+            BadForm(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "invalid_multipart",
+            ),
+            FormWithoutModel => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("model"),
+                "missing_model",
+            ),
+            ModelFieldTooLate { .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                Some("model"),
+                "model_field_too_late",
             ),
             InvalidField { field, .. } => (
                 StatusCode::BAD_REQUEST,

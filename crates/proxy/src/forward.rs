@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use modelyard_config::LoadingProgress;
 use modelyard_supervisor::Lease;
@@ -26,7 +26,19 @@ pub(crate) async fn model_request(state: Arc<Inner>, req: Request<Incoming>) -> 
     let started = Instant::now();
     // Unknown names stay "-" so a client cannot mint label values.
     let mut model = String::from("-");
-    match forward(&state, req, started, &mut model).await {
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::multipart::form_boundary);
+    let outcome = match form {
+        Some(boundary) => match boundary {
+            Ok(b) => crate::upload::form(&state, req, &b, started, &mut model).await,
+            Err(e) => Err(ApiError::BadForm(e)),
+        },
+        None => forward(&state, req, started, &mut model).await,
+    };
+    match outcome {
         Ok(resp) => resp,
         Err(e) => {
             let resp = e.into_response();
@@ -53,14 +65,7 @@ async fn forward(
     let bytes = read_body(declared, body, state.config().max_body.bytes()).await?;
     let routed = peek_model(&bytes)?;
     let config = state.config();
-    let asked_for = match crate::models::resolve(&config, &routed.model) {
-        Ok(m) => m,
-        // Not ours by name: perhaps another machine's, listed by a remote backend.
-        Err(e) => match state.supervisor.snapshot().await {
-            Some(s) if s.remote_model(&routed.model).is_some() => routed.model.clone(),
-            _ => return Err(e),
-        },
-    };
+    let asked_for = routable(state, &routed.model).await?;
     let choice = fallback::route(state, &config, &asked_for, parts.uri.path(), &bytes).await?;
     let note = choice.note(&asked_for);
     let model = choice.model;
@@ -71,15 +76,9 @@ async fn forward(
         Some(_) => model.clone(),
     };
     label.clone_from(&model);
-    let deadline = Instant::now() + state.config().queue_timeout;
-    let asked = Instant::now();
     let acquire = {
         let (state, model) = (state.clone(), model.clone());
-        async move {
-            let lease = state.supervisor.acquire(&model, deadline).await?;
-            state.metrics.queue_wait(&model, asked.elapsed());
-            Ok::<_, ApiError>(lease)
-        }
+        async move { lease(&state, &model).await }
     };
     let send = Upstream {
         state: state.clone(),
@@ -97,6 +96,27 @@ async fn forward(
         }
     }
     Ok(resp)
+}
+
+/// The model a client's name stands for: a configured model or alias, or a model
+/// a remote backend lists under that name.
+pub(crate) async fn routable(state: &Inner, name: &str) -> Result<String, ApiError> {
+    match crate::models::resolve(&state.config(), name) {
+        Ok(m) => Ok(m),
+        Err(e) => match state.supervisor.snapshot().await {
+            Some(s) if s.remote_model(name).is_some() => Ok(name.to_string()),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Waits (up to queue_timeout) for `model` to be ready and leases it.
+pub(crate) async fn lease(state: &Inner, model: &str) -> Result<Lease, ApiError> {
+    let deadline = Instant::now() + state.config().queue_timeout;
+    let asked = Instant::now();
+    let lease = state.supervisor.acquire(model, deadline).await?;
+    state.metrics.queue_wait(model, asked.elapsed());
+    Ok(lease)
 }
 
 /// Sends once the lease is held; a streamed request that has to wait hears progress.
@@ -177,7 +197,7 @@ impl Upstream {
             started,
         );
         let idle = state.config().upstream_idle_timeout.duration();
-        Ok(relay(response, &client_name, lease, observe, idle))
+        Ok(relay(response, Some(&client_name), lease, observe, idle))
     }
 }
 
@@ -186,7 +206,7 @@ pub(crate) async fn exchange(
     state: &Inner,
     model: &str,
     lease: &Lease,
-    request: Request<Full<Bytes>>,
+    request: Request<Body>,
 ) -> Result<Response<Incoming>, ApiError> {
     let pending = state.client.request(request);
     match state.config().upstream_timeout.duration() {
@@ -225,8 +245,10 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1). `expect`
+/// too: the router already answered the client's 100-continue by reading.
 const HOP_BY_HOP: &[&str] = &[
+    "expect",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -262,7 +284,20 @@ pub(crate) fn upstream_request(
     lease: &Lease,
     path: Option<&str>,
     body: Bytes,
-) -> Request<Full<Bytes>> {
+) -> Request<Body> {
+    let length = body.len() as u64;
+    upstream_streamed(parts, lease, path, crate::body::full(body), Some(length))
+}
+
+/// As [`upstream_request`], with a body that streams: `length` when known, else
+/// it goes chunked.
+pub(crate) fn upstream_streamed(
+    parts: &Parts,
+    lease: &Lease,
+    path: Option<&str>,
+    body: Body,
+    length: Option<u64>,
+) -> Request<Body> {
     let path = path.unwrap_or_else(|| {
         parts
             .uri
@@ -285,8 +320,11 @@ pub(crate) fn upstream_request(
             headers.insert(header::AUTHORIZATION, v);
         }
     }
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    let mut req = Request::new(Full::new(body));
+    match length {
+        Some(n) => headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n)),
+        None => headers.remove(header::CONTENT_LENGTH),
+    };
+    let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
     *req.uri_mut() = uri
         .parse()
@@ -297,10 +335,11 @@ pub(crate) fn upstream_request(
 }
 
 /// The backend's response for the client: its status and headers, and a body that
-/// renames the model in any JSON, holds the lease and counts the request.
+/// renames the model in any JSON (unless `client_name` is None: the client spoke to
+/// the backend directly), holds the lease and counts the request.
 pub(crate) fn relay(
     response: Response<Incoming>,
-    client_name: &str,
+    client_name: Option<&str>,
     lease: Lease,
     observe: Observe,
     idle: Option<std::time::Duration>,
@@ -322,10 +361,10 @@ pub(crate) fn relay(
         Framing::Other
     };
     let textual = sse || content_type.contains("json");
-    let rewriter = textual.then(|| {
+    let rewriter = client_name.filter(|_| textual).map(|name| {
         // The name changes length, so the upstream's length no longer holds.
         parts.headers.remove(header::CONTENT_LENGTH);
-        ModelRewriter::new(client_name)
+        ModelRewriter::new(name)
     });
     if framing != Framing::Other {
         parts

@@ -4,6 +4,7 @@
 
 mod admin;
 mod body;
+mod direct;
 mod error;
 mod fallback;
 mod forward;
@@ -11,17 +12,17 @@ mod guard;
 mod keys;
 mod metrics;
 mod models;
+mod multipart;
 mod ollama;
 mod progress;
 mod relay;
 mod rewrite;
 mod server;
+mod upload;
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -48,7 +49,7 @@ pub(crate) struct Inner {
     /// The file a reload reads again; None for a config with no file (the demo).
     pub source: Option<std::path::PathBuf>,
     pub supervisor: Supervisor,
-    pub client: Client<HttpConnector, Full<Bytes>>,
+    pub client: Client<HttpConnector, Body>,
     pub started_unix: u64,
     /// Turns true when the router starts to stop: endless streams (events, logs)
     /// end then, instead of holding the drain open.
@@ -123,7 +124,7 @@ impl Router {
             return admin::handle(self.inner, req, peer).await;
         }
         let path = req.uri().path();
-        if path.starts_with("/v1/") || path.starts_with("/api/") {
+        if path.starts_with("/v1/") || path.starts_with("/api/") || path.starts_with("/upstream/") {
             if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
                 let dialect = if path.starts_with("/api/") {
                     error::Dialect::Ollama
@@ -138,6 +139,22 @@ impl Router {
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
             return forward::model_request(self.inner, req).await;
+        }
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        if let Some((model, target)) = direct::upstream_target(target) {
+            return direct::upstream(self.inner, req, model, target).await;
+        }
+        if req.method() == Method::GET
+            && req.uri().path().starts_with("/v1/")
+            && !req.uri().path().starts_with("/v1/models")
+        {
+            if let Some(model) = req.uri().query().and_then(direct::query_model) {
+                return direct::by_query(self.inner, req, model).await;
+            }
         }
         let inner = &*self.inner;
         let path = req.uri().path();

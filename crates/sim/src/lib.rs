@@ -10,6 +10,7 @@ mod byte_size;
 mod completions;
 mod embeddings;
 mod flavor;
+mod forms;
 mod memory;
 mod response;
 mod routes;
@@ -23,6 +24,7 @@ use std::process::ExitCode;
 
 pub use args::{Args, Flavor};
 pub use byte_size::parse_byte_size;
+pub use forms::fnv1a64;
 
 /// Runs the sim to completion. Builds its own runtime, so it must not be
 /// called from inside one (the router's `sim` subcommand calls it before

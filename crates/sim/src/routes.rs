@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use crate::completions::{Generation, Kind};
 use crate::embeddings;
 use crate::flavor::FlavorState;
+use crate::forms;
 use crate::response::{
     bad_request, json_response, loading, not_found, openai_error, unix_now, ResponseBody,
 };
@@ -68,6 +69,16 @@ async fn route(state: &Arc<SimState>, request: Request<Incoming>) -> Response<Re
             inference(state, request, Inference::Completion(Kind::Text)).await
         }
         (&Method::POST, "/v1/embeddings") => inference(state, request, Inference::Embeddings).await,
+        (
+            &Method::POST,
+            "/v1/audio/transcriptions"
+            | "/v1/audio/translations"
+            | "/v1/images/edits"
+            | "/v1/images/variations",
+        ) => forms::upload(state, request).await,
+        (_, p) if p.starts_with("/sim/echo") => forms::echo(state, request).await,
+        // GET routes that take ?model= (a voice list, say): described, not served.
+        (&Method::GET, p) if p.starts_with("/v1/") => forms::echo(state, request).await,
         _ => not_found(format!("no route for {method} {path}")),
     }
 }

@@ -364,7 +364,7 @@ impl<E: Effects> Owner<E> {
                 },
                 group: m.group.clone(),
                 pinned: m.pinned,
-                idle: m.idle_timeout.unwrap_or(config.idle_timeout).duration(),
+                idle: config.idle_timeout_of(m).duration(),
                 idle_override: None,
                 upstream: match (&m.upstream, adapter(backend.kind).default_upstream()) {
                     (Some(u), _) => u.clone(),
@@ -417,7 +417,7 @@ impl<E: Effects> Owner<E> {
                     // What can change under a running process, changes now.
                     slot.group.clone_from(&def.group);
                     slot.pinned = def.pinned;
-                    slot.idle = def.idle_timeout.unwrap_or(config.idle_timeout).duration();
+                    slot.idle = config.idle_timeout_of(def).duration();
                     if Some(&slot.def.1) != backend.as_ref()
                         || slot.def.0.backend != def.backend
                         || slot.def.0.memory != def.memory

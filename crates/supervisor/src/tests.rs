@@ -369,6 +369,42 @@ async fn idle_models_unload_after_their_timeout_and_pinned_ones_stay() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_one_shot_tool_is_put_away_a_minute_after_its_last_job() {
+    let (s, _) = start(
+        r#"
+budget: 48GB
+idle_timeout: 10m
+backends:
+  p: {command: [fake, "${PORT}"]}
+  tools: {command: [fake, "${PORT}"], one_shot: true}
+models:
+  daily: {backend: p, memory: 32GB}
+  sd:    {backend: tools, memory: 6GB}
+  tts:   {backend: tools, memory: 1GB, idle_timeout: 5m}
+"#,
+    );
+    // Loaded without a request, as a preload or `modelyard load` does; sd last,
+    // so its minute starts now.
+    for m in ["tts", "daily", "sd"] {
+        s.load(m, soon()).await.unwrap();
+    }
+    // A round trip to the owner: the released leases are counted before time moves.
+    ledger(&s).await;
+    advance(Duration::from_secs(59)).await;
+    assert_eq!(ledger(&s).await.1, vec!["daily", "sd", "tts"]);
+    advance(Duration::from_secs(2)).await;
+    tokio::time::sleep(STOP * 2).await;
+    assert_eq!(
+        ledger(&s).await.1,
+        vec!["daily", "tts"],
+        "sd idles out after the one-shot minute; tts keeps its own 5m"
+    );
+    advance(Duration::from_secs(5 * 60)).await;
+    tokio::time::sleep(STOP * 2).await;
+    assert_eq!(ledger(&s).await.1, vec!["daily"]);
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_time_counts_from_the_end_of_the_last_request() {
     let (s, _) = start(SEED);
     let lease = get(&s, "embed").await;

@@ -168,7 +168,7 @@ async fn passthrough(
     let idle = state.config().upstream_idle_timeout.duration();
     Ok(crate::forward::relay(
         response,
-        &parsed.model,
+        Some(&parsed.model),
         lease,
         observe,
         idle,

@@ -1,0 +1,157 @@
+//! Uploads: multipart forms (`/v1/audio/transcriptions`, `/v1/images/edits`, …)
+//! routed by their `model` field and streamed on. Only the body up to the end of
+//! that field is held; the rest goes upstream chunk by chunk as the client sends it.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http::{header, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{Body, BoxError};
+use crate::error::ApiError;
+use crate::forward;
+use crate::multipart::{FormScanner, Scan};
+use crate::relay::Observe;
+use crate::Inner;
+
+/// Routes and forwards one multipart request. The body read to find `model` is
+/// bounded by max_body; when `model` comes first that is a few hundred bytes.
+pub(crate) async fn form(
+    state: &Arc<Inner>,
+    req: Request<Incoming>,
+    boundary: &[u8],
+    started: Instant,
+    label: &mut String,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, mut body) = req.into_parts();
+    let limit = state.config().max_body.bytes();
+    let (head, asked, span) = read_to_model(&mut body, boundary, limit).await?;
+    let config = state.config();
+    let asked_for = forward::routable(state, &asked).await?;
+    let choice =
+        crate::fallback::route(state, &config, &asked_for, parts.uri.path(), &head).await?;
+    let note = choice.note(&asked_for);
+    let model = choice.model;
+    let client_name = match note {
+        None => asked,
+        Some(_) => model.clone(),
+    };
+    label.clone_from(&model);
+    let lease = forward::lease(state, &model).await?;
+    let upstream = lease.upstream_model.as_bytes();
+    let mut spliced = BytesMut::with_capacity(head.len() + upstream.len());
+    spliced.extend_from_slice(&head[..span.start]);
+    spliced.extend_from_slice(upstream);
+    spliced.extend_from_slice(&head[span.end..]);
+    // The field changed length, and with it the whole body; unknown stays chunked.
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map(|n| n.saturating_sub(span.len() as u64) + upstream.len() as u64);
+    let body = Prefixed::new(spliced.freeze(), body).boxed_unsync();
+    let request = forward::upstream_streamed(&parts, &lease, None, body, length);
+    let response = forward::exchange(state, &model, &lease, request).await?;
+    let observe = Observe::new(
+        state.metrics.clone(),
+        model.clone(),
+        response.status().as_u16(),
+        started,
+    );
+    let idle = state.config().upstream_idle_timeout.duration();
+    let mut resp = forward::relay(response, Some(&client_name), lease, observe, idle);
+    if let Some(v) = note.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert("x-modelyard-fallback", v);
+    }
+    Ok(resp)
+}
+
+/// Reads the body until the form's `model` field has ended: what was read, the
+/// name, and where it stands in what was read.
+async fn read_to_model(
+    body: &mut Incoming,
+    boundary: &[u8],
+    limit: u64,
+) -> Result<(Bytes, String, std::ops::Range<usize>), ApiError> {
+    let mut scanner = FormScanner::new(boundary);
+    let mut head = BytesMut::new();
+    loop {
+        match scanner.scan(&head) {
+            Scan::Found { model, span } => return Ok((head.freeze(), model, span)),
+            Scan::NoModel => return Err(ApiError::FormWithoutModel),
+            Scan::Malformed(why) => return Err(ApiError::BadForm(why)),
+            Scan::NeedMore if head.len() as u64 > limit => {
+                return Err(ApiError::ModelFieldTooLate { limit })
+            }
+            Scan::NeedMore => {}
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    head.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(ApiError::BodyRead(e.to_string())),
+            None => {
+                return Err(ApiError::BadForm(
+                    "the body ends before the form's closing boundary".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// What was already read, then the rest of the client's body as it arrives. A
+/// client that breaks off breaks the upstream request too, so the backend never
+/// takes a truncated file for a whole one.
+pub(crate) struct Prefixed {
+    head: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl Prefixed {
+    pub(crate) fn new(head: Bytes, rest: Incoming) -> Self {
+        Prefixed {
+            head: (!head.is_empty()).then_some(head),
+            rest,
+        }
+    }
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        Pin::new(&mut self.rest)
+            .poll_frame(cx)
+            .map_err(|e| Box::new(e) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let rest = self.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + head);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint
+    }
+}
