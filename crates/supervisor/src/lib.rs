@@ -197,9 +197,7 @@ async fn poll_servers(supervisor: Supervisor) {
             let (http, tx) = (http.clone(), supervisor.tx.clone());
             async move {
                 let asked = Instant::now();
-                let report = backends::adapter(p.kind)
-                    .report(http, p.base, p.health, p.api_key)
-                    .await;
+                let report = backends::adapter(p.kind).report(http, p.probe).await;
                 let _ = tx.send(Msg::Reported {
                     key: p.key,
                     generation: p.generation,

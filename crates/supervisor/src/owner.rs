@@ -14,7 +14,7 @@ use modelyard_config::{Backend, Config};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 
-use crate::backends::{adapter, same_model, Prepare, Report, Target};
+use crate::backends::{adapter, same_model, Prepare, Probe, Report, Target};
 use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::error::SupervisorError;
 use crate::events::{now_ms, Event};
@@ -117,9 +117,7 @@ pub(crate) struct Poll {
     pub key: InstanceKey,
     pub generation: u64,
     pub kind: modelyard_config::BackendKind,
-    pub base: String,
-    pub health: String,
-    pub api_key: Option<String>,
+    pub probe: Probe,
 }
 
 #[derive(Clone, Debug)]
@@ -821,14 +819,7 @@ impl<E: Effects> Owner<E> {
                     if slot.phase == Phase::Starting && loads {
                         self.begin_load(&m);
                     } else if slot.phase == Phase::Starting {
-                        slot.phase = Phase::Ready;
-                        slot.last_error = None;
-                        if slot.recent_loads.len() == RECENT_LOADS {
-                            slot.recent_loads.pop_front();
-                        }
-                        slot.recent_loads.push_back(took);
-                        self.emit_ready(&m, took);
-                        self.serve_queue(&m);
+                        self.mark_ready(&m, took);
                     }
                 }
             }
@@ -975,15 +966,7 @@ impl<E: Effects> Owner<E> {
         match (unload, result) {
             (false, Ok(())) if slot.phase == Phase::Starting => {
                 let took = slot.load_started.elapsed();
-                slot.phase = Phase::Ready;
-                slot.ready_at = Instant::now();
-                slot.last_error = None;
-                if slot.recent_loads.len() == RECENT_LOADS {
-                    slot.recent_loads.pop_front();
-                }
-                slot.recent_loads.push_back(took);
-                self.emit_ready(&m, took);
-                self.serve_queue(&m);
+                self.mark_ready(&m, took);
             }
             (false, Ok(())) => {}
             (false, Err(reason)) => {
@@ -1064,9 +1047,11 @@ impl<E: Effects> Owner<E> {
                     key: k.clone(),
                     generation: i.generation,
                     kind: i.backend.kind,
-                    base: i.endpoint.as_ref()?.base(),
-                    health: i.backend.health.clone(),
-                    api_key: i.backend.api_key.clone(),
+                    probe: Probe {
+                        base: i.endpoint.as_ref()?.base(),
+                        health: i.backend.health.clone(),
+                        api_key: i.backend.api_key.clone(),
+                    },
                 })
             })
             .collect()
@@ -1653,6 +1638,21 @@ impl<E: Effects> Owner<E> {
         if let Some(h) = inst.handle.as_mut() {
             h.stop();
         }
+    }
+
+    /// A model's load finished: it serves its queue, and the load counts toward
+    /// how long the next is expected to take.
+    fn mark_ready(&mut self, m: &ModelKey, took: Duration) {
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.phase = Phase::Ready;
+        slot.ready_at = Instant::now();
+        slot.last_error = None;
+        if slot.recent_loads.len() == RECENT_LOADS {
+            slot.recent_loads.pop_front();
+        }
+        slot.recent_loads.push_back(took);
+        self.emit_ready(m, took);
+        self.serve_queue(m);
     }
 
     fn serve_queue(&mut self, m: &ModelKey) {

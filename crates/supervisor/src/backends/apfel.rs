@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::{default_env, Adapter, Http, Pending, Prepare, Report, POLL_LIMIT};
+use super::{default_env, healthy, Adapter, Http, Pending, Prepare, Probe, Report};
 use crate::process::Spec;
 
 pub(crate) struct Apfel;
@@ -23,20 +23,9 @@ impl Adapter for Apfel {
         Some(MODEL)
     }
 
-    fn report(
-        &self,
-        http: Http,
-        base: String,
-        health: String,
-        api_key: Option<String>,
-    ) -> Pending<Result<Report, String>> {
+    fn report(&self, http: Http, p: Probe) -> Pending<Result<Report, String>> {
         Box::pin(async move {
-            let a = http
-                .get(&format!("{base}{health}"), api_key.as_deref(), POLL_LIMIT)
-                .await?;
-            if !a.status.is_success() {
-                return Err(format!("{health} answered {}", a.status));
-            }
+            let a = healthy(&http, &p).await?;
             Ok(Report {
                 resident: None,
                 context_window: a

@@ -32,6 +32,14 @@ pub(crate) struct Target {
     pub limit: Duration,
 }
 
+/// Where and how to ask a running server about itself.
+#[derive(Clone, Debug)]
+pub(crate) struct Probe {
+    pub base: String,
+    pub health: String,
+    pub api_key: Option<String>,
+}
+
 /// A server's own account of itself, polled while it runs.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Report {
@@ -41,6 +49,31 @@ pub(crate) struct Report {
     pub context_window: Option<u32>,
     /// The model names it serves, where it lists them (another machine's).
     pub listed: Option<Vec<String>>,
+}
+
+impl Report {
+    /// What a server that hosts many models says it holds.
+    fn holding(resident: Vec<Resident>) -> Report {
+        Report {
+            resident: Some(resident),
+            ..Report::default()
+        }
+    }
+}
+
+/// GETs the server's health path, which must answer 2xx.
+async fn healthy(http: &Http, p: &Probe) -> Result<http::Answer, String> {
+    let a = http
+        .get(
+            &format!("{}{}", p.base, p.health),
+            p.api_key.as_deref(),
+            POLL_LIMIT,
+        )
+        .await?;
+    if !a.status.is_success() {
+        return Err(format!("{} answered {}", p.health, a.status));
+    }
+    Ok(a)
 }
 
 #[derive(Clone, Debug)]
@@ -80,22 +113,10 @@ pub(crate) trait Adapter: Sync {
     }
 
     /// What the server reports of itself; an error if it does not answer.
-    fn report(
-        &self,
-        http: Http,
-        base: String,
-        health: String,
-        api_key: Option<String>,
-    ) -> Pending<Result<Report, String>> {
+    fn report(&self, http: Http, p: Probe) -> Pending<Result<Report, String>> {
         Box::pin(async move {
-            let a = http
-                .get(&format!("{base}{health}"), api_key.as_deref(), POLL_LIMIT)
-                .await?;
-            if a.status.is_success() {
-                Ok(Report::default())
-            } else {
-                Err(format!("{health} answered {}", a.status))
-            }
+            healthy(&http, &p).await?;
+            Ok(Report::default())
         })
     }
 }

@@ -7,8 +7,8 @@
 use serde_json::{json, Value};
 
 use super::{
-    confirm, default_env, same_model, Adapter, Http, Pending, Prepare, Report, Resident, Target,
-    POLL_LIMIT,
+    confirm, default_env, same_model, Adapter, Http, Pending, Prepare, Probe, Report, Resident,
+    Target, POLL_LIMIT,
 };
 use crate::process::Spec;
 
@@ -89,19 +89,11 @@ impl Adapter for Ollama {
         })
     }
 
-    fn report(
-        &self,
-        http: Http,
-        base: String,
-        _health: String,
-        api_key: Option<String>,
-    ) -> Pending<Result<Report, String>> {
+    fn report(&self, http: Http, p: Probe) -> Pending<Result<Report, String>> {
         Box::pin(async move {
-            Ok(Report {
-                resident: Some(ps(&http, &base, api_key.as_deref()).await?),
-                context_window: None,
-                listed: None,
-            })
+            Ok(Report::holding(
+                ps(&http, &p.base, p.api_key.as_deref()).await?,
+            ))
         })
     }
 }

@@ -5,29 +5,21 @@
 
 use serde_json::Value;
 
-use super::{Adapter, Http, Pending, Report, POLL_LIMIT};
+use super::{healthy, Adapter, Http, Pending, Probe, Report, POLL_LIMIT};
 
 pub(crate) struct Remote;
 
 impl Adapter for Remote {
-    fn report(
-        &self,
-        http: Http,
-        base: String,
-        health: String,
-        api_key: Option<String>,
-    ) -> Pending<Result<Report, String>> {
+    fn report(&self, http: Http, p: Probe) -> Pending<Result<Report, String>> {
         Box::pin(async move {
-            let key = api_key.as_deref();
-            let a = http
-                .get(&format!("{base}{health}"), key, POLL_LIMIT)
-                .await?;
-            if !a.status.is_success() {
-                return Err(format!("{health} answered {}", a.status));
-            }
+            healthy(&http, &p).await?;
             // A server without a model list is still a server.
             let listed = match http
-                .get(&format!("{base}/v1/models"), key, POLL_LIMIT)
+                .get(
+                    &format!("{}/v1/models", p.base),
+                    p.api_key.as_deref(),
+                    POLL_LIMIT,
+                )
                 .await
             {
                 Ok(m) if m.status.is_success() => {
