@@ -29,4 +29,12 @@ impl Config {
             .find(|(_, m)| m.aliases.iter().any(|a| a == name))
             .map(|(k, _)| k.as_str())
     }
+
+    /// The largest body a request to `path` may send.
+    pub fn max_body_for(&self, path: &str) -> u64 {
+        self.max_body_by_path
+            .get(path)
+            .unwrap_or(&self.max_body)
+            .bytes()
+    }
 }
