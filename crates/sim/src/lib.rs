@@ -11,6 +11,7 @@ mod completions;
 mod embeddings;
 mod flavor;
 mod memory;
+mod misbehave;
 mod response;
 mod routes;
 mod server;
