@@ -180,7 +180,12 @@ fn run(opts: Opts) -> Result<(), String> {
         bins: procs::Bins::find()?,
         dir: dir.clone(),
         near: pinned.then(|| "0".to_string()),
-        far: pinned.then(|| (1..cpus).map(|c| c.to_string()).collect::<Vec<_>>().join(",")),
+        far: pinned.then(|| {
+            (1..cpus)
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -196,7 +201,8 @@ fn run(opts: Opts) -> Result<(), String> {
     // The backends: fast non-streamed, paced streams.
     let (_sim_m, direct) = rig.sim("sim-m", "m", &["--tokens", "16"])?;
     let (_sim_s, direct_s) = rig.sim("sim-s", "s", &["--tokens", "32", "--token-delay", "2ms"])?;
-    let (_sim_c, direct_c) = rig.sim("sim-c", "c", &["--tokens", "200", "--token-delay", "20ms"])?;
+    let (_sim_c, direct_c) =
+        rig.sim("sim-c", "c", &["--tokens", "200", "--token-delay", "20ms"])?;
     let yaml = format!(
         "max_queue: 100000\nbackends:\n  m: {{url: \"{}\"}}\n  s: {{url: \"{}\"}}\n  c: {{url: \"{}\"}}\nmodels:\n  m: {{backend: m}}\n  s: {{backend: s}}\n  c: {{backend: c}}\n",
         direct.base, direct_s.base, direct_c.base
@@ -288,13 +294,27 @@ fn run(opts: Opts) -> Result<(), String> {
     say("20 rps open loop, all legs");
     let load_before = procs::loadavg();
     let low = interleave(&legs, opts.rounds, |t| {
-        load::open_loop(&h, &client, t, &body, 20.0, secs.max(Duration::from_secs(2)), Duration::from_secs(30))
+        load::open_loop(
+            &h,
+            &client,
+            t,
+            &body,
+            20.0,
+            secs.max(Duration::from_secs(2)),
+            Duration::from_secs(30),
+        )
     });
     rep.low = Some((low, load_before));
 
     // 3. Streams: time to first byte and gaps between chunks.
     say("streaming");
-    let mut slegs: Vec<Target> = vec![direct_s.clone(), Target { base: routed.base.clone(), ..routed.clone() }];
+    let mut slegs: Vec<Target> = vec![
+        direct_s.clone(),
+        Target {
+            base: routed.base.clone(),
+            ..routed.clone()
+        },
+    ];
     if let Some((_, t)) = &peer {
         slegs.push(t.clone());
     }
@@ -302,7 +322,14 @@ fn run(opts: Opts) -> Result<(), String> {
     let load_before = procs::loadavg();
     let srefs: Vec<&Target> = slegs.iter().collect();
     let streams: Legs<StreamRound> = interleave(&srefs, opts.rounds, |t| {
-        load::stream_loop(&h, &client, t, &sbody, 50.0, secs.max(Duration::from_secs(2)))
+        load::stream_loop(
+            &h,
+            &client,
+            t,
+            &sbody,
+            50.0,
+            secs.max(Duration::from_secs(2)),
+        )
     });
     rep.streams = Some((streams, load_before));
 
@@ -483,7 +510,10 @@ fn cancellation(
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        cases.push(Cancel { case, seen_ms: seen });
+        cases.push(Cancel {
+            case,
+            seen_ms: seen,
+        });
     }
     std::thread::sleep(Duration::from_millis(300));
     Some(CancelReport {
@@ -511,7 +541,11 @@ pub struct Overload {
 }
 
 /// A model that takes 2 s to load, a queue of 8, 200 requests at once.
-fn overload(rig: &setup::Rig, h: &tokio::runtime::Handle, client: &load::HttpClient) -> Result<Overload, String> {
+fn overload(
+    rig: &setup::Rig,
+    h: &tokio::runtime::Handle,
+    client: &load::HttpClient,
+) -> Result<Overload, String> {
     let sim = rig.bins.sim.join("\", \"");
     let yaml = format!(
         "max_queue: 8\nbackends:\n  sim: {{command: [\"{sim}\", --port, \"${{PORT}}\", --model, \"${{MODEL}}\", --load-time, 2s], health: /health}}\nmodels:\n  slow: {{backend: sim, memory: 100MB}}\n"
@@ -549,7 +583,15 @@ fn overload(rig: &setup::Rig, h: &tokio::runtime::Handle, client: &load::HttpCli
     let admitted = results.iter().filter(|r| r.0 != 503).count();
     // Recovery: once the model is up, a fresh request is answered at once.
     let drained = start.elapsed().as_secs_f64() * 1000.0;
-    let probe = load::open_loop(h, client, &t, &body, 100.0, Duration::from_millis(500), Duration::from_secs(5));
+    let probe = load::open_loop(
+        h,
+        client,
+        &t,
+        &body,
+        100.0,
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    );
     Ok(Overload {
         sent: n,
         refused: refused.len(),
