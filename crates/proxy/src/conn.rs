@@ -130,17 +130,29 @@ impl Spare {
     /// Best effort: hyper has given the connection up, so nothing else writes.
     pub async fn answer(&self, e: &ApiError) {
         let bytes = e.http1_bytes();
-        let mut sent = 0;
+        let stream = &*self.stream;
         let work = async {
+            let mut sent = 0;
             while sent < bytes.len() {
-                self.stream.writable().await?;
-                match self.stream.try_write(&bytes[sent..]) {
+                stream.writable().await?;
+                match stream.try_write(&bytes[sent..]) {
                     Ok(n) => sent += n,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
             }
-            Ok::<_, io::Error>(())
+            socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write)?;
+            // As in `refuse`: unread bytes at close would reset the connection.
+            let mut sink = [0u8; 4096];
+            loop {
+                stream.readable().await?;
+                match stream.try_read(&mut sink) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), work).await;
     }
