@@ -6,6 +6,8 @@ mod error;
 mod keys;
 mod load;
 mod locate;
+#[cfg(test)]
+mod proptests;
 mod schema;
 mod size;
 mod timeout;

@@ -16,6 +16,8 @@ mod metrics;
 mod models;
 mod ollama;
 mod progress;
+#[cfg(test)]
+mod proptests;
 mod relay;
 mod rewrite;
 mod server;
