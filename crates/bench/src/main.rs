@@ -3,6 +3,10 @@
 //! of per-round differences with their spread. Writes docs/benchmarks.md and
 //! docs/benchmarks.svg.
 
+// The workspace bans std's Instant so lifecycle logic runs on tokio's pausable
+// clock; a benchmark measures the real one, on threads without a runtime.
+#![allow(clippy::disallowed_types)]
+
 mod load;
 mod procs;
 mod report;
