@@ -95,6 +95,35 @@ async fn each_request_limit_is_refused_with_its_status_in_openai_shape() {
     let msg = expect_error(resp, 400, "json_too_deep").await;
     assert!(msg.contains("max_json_depth"), "{msg}");
 
+    // Ollama's API hears the same refusals in its own shape.
+    let resp = client()
+        .post(r.url("/api/chat"))
+        .body(format!(
+            "{{\"model\":\"m\",\"x\":{}{}}}",
+            "[".repeat(40),
+            "]".repeat(40)
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("max_json_depth"),
+        "{v}"
+    );
+    let resp = client()
+        .get(r.url(&format!("/api/tags?q={}", "x".repeat(300))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 414);
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("max_uri_length"),
+        "{v}"
+    );
+
     assert_eq!(
         sim_stats(&sim.url).await["requests"],
         1,
@@ -252,6 +281,13 @@ async fn misbehaving_backends_get_clear_errors_while_others_are_served() {
             assert_eq!(resp.json::<Value>().await.unwrap()["model"], "good");
         }
     }
+    // Through Ollama's API the reply is translated, so read whole: the same bound.
+    let ollama = json!({"model": "endless", "stream": false,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post(&r.url("/api/chat"), &ollama).await;
+    assert_eq!(resp.status(), 502);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("max_response"), "{v}");
     if let (Some(before), Some(after)) = (before, vm_rss_kib(r.pid())) {
         println!("router VmRSS: {before} KiB before, {after} KiB after");
         assert!(

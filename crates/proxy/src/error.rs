@@ -97,6 +97,17 @@ pub enum Dialect {
     Ollama,
 }
 
+impl Dialect {
+    /// Ollama's native API lives under `/api/`; everything else speaks OpenAI's.
+    pub fn of(path: &str) -> Dialect {
+        if path.starts_with("/api/") {
+            Dialect::Ollama
+        } else {
+            Dialect::OpenAi
+        }
+    }
+}
+
 fn suggest(close: &[String], dialect: Dialect) -> String {
     let list = match dialect {
         Dialect::OpenAi => "GET /v1/models",

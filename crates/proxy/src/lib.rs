@@ -125,11 +125,12 @@ impl Router {
     /// guard, and only then the handler.
     async fn screened(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let config = self.inner.config();
+        let dialect = error::Dialect::of(req.uri().path());
         if let Err(e) = limits::check_head(&config, req.uri(), req.headers()) {
-            return e.into_response();
+            return e.render(dialect);
         }
         match guard::check(&config, req.uri(), req.headers()) {
-            Err(e) => e.into_response(),
+            Err(e) => e.render(dialect),
             Ok(Some(origin)) if req.method() == Method::OPTIONS => {
                 guard::preflight(origin, req.headers())
             }
@@ -155,12 +156,7 @@ impl Router {
         let path = req.uri().path();
         if path.starts_with("/v1/") || path.starts_with("/api/") {
             if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
-                let dialect = if path.starts_with("/api/") {
-                    error::Dialect::Ollama
-                } else {
-                    error::Dialect::OpenAi
-                };
-                return e.render(dialect);
+                return e.render(error::Dialect::of(path));
             }
         }
         if req.uri().path().starts_with("/api/") {
