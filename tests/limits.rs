@@ -326,3 +326,18 @@ async fn a_backend_that_accepts_no_connection_is_a_504_naming_it() {
         "{msg}"
     );
 }
+
+#[tokio::test]
+async fn header_timeout_does_not_cut_answers_that_take_longer() {
+    let sim = Sim::start(&["--model", "up", "--token-delay", "100ms", "--tokens", "8"]);
+    let r = Router::start(&one_model(&sim, "header_timeout: 300ms"));
+    let c = client();
+    let url = r.url("/v1/chat/completions");
+    for body in [chat("m"), chat_stream("m")] {
+        let resp = c.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.expect("the whole answer arrives");
+        assert!(text.contains("\"model\":\"m\""), "{text}");
+        assert!(!text.contains("\"error\""), "{text}");
+    }
+}
