@@ -750,3 +750,27 @@ fn a_model_on_a_server_someone_else_runs_needs_no_memory() {
     ]);
     check(f.path()).assert_ok();
 }
+
+#[test]
+fn limits_of_zero_and_body_limits_for_non_paths_are_refused_by_line() {
+    let f = yaml(&[
+        "max_connections: 0",
+        "header_timeout: 0s",
+        "max_json_depth: 0",
+        "max_body_by_path:",
+        "  /v1/embeddings: 64MiB",
+        "  embeddings: 1MB",
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(f.path(), 1, "max_connections", &["more than 0"]);
+    r.assert_issue_at(f.path(), 2, "header_timeout", &["more than 0"]);
+    r.assert_issue_at(f.path(), 3, "max_json_depth", &["more than 0"]);
+    r.assert_issue_at(
+        f.path(),
+        6,
+        "max_body_by_path.embeddings",
+        &["not a request path"],
+    );
+    assert_eq!(r.error_count(), 4, "{}", r.describe());
+}

@@ -6,6 +6,8 @@ mod error;
 mod keys;
 mod load;
 mod locate;
+#[cfg(test)]
+mod proptests;
 mod schema;
 mod size;
 mod timeout;
@@ -52,6 +54,14 @@ impl Config {
             .iter()
             .find(|(_, m)| m.aliases.iter().any(|a| a == name))
             .map(|(k, _)| k.as_str())
+    }
+
+    /// The largest body a request to `path` may send.
+    pub fn max_body_for(&self, path: &str) -> u64 {
+        self.max_body_by_path
+            .get(path)
+            .unwrap_or(&self.max_body)
+            .bytes()
     }
 }
 

@@ -13,8 +13,9 @@ use crate::schema::Config;
 use crate::validate::{validate, Problem};
 
 /// Environment variables with the prefix that are not config keys: the config
-/// file's path, the log filter, and a meminfo file read instead of the system's.
-const NOT_KEYS: &[&str] = &["config", "log", "meminfo"];
+/// file's path, the log filter, a meminfo file read instead of the system's, and
+/// a debug build's trigger for testing the panic guard.
+const NOT_KEYS: &[&str] = &["config", "log", "meminfo", "debug_panic_path"];
 const ENV_PREFIX: &str = "MODELYARD_";
 
 /// A config that passed validation, and where it came from.

@@ -45,6 +45,38 @@ pub struct Config {
     /// Largest request body accepted.
     #[serde(default = "defaults::max_body")]
     pub max_body: ByteSize,
+    /// `max_body` for particular request paths (`/v1/embeddings: 64MiB`), so
+    /// batches of embeddings and chats can differ.
+    #[serde(default)]
+    pub max_body_by_path: BTreeMap<String, ByteSize>,
+    /// How deeply a request's JSON may nest; checked on the bytes before parsing.
+    #[serde(default = "defaults::max_json_depth")]
+    pub max_json_depth: usize,
+    /// Headers a request may carry.
+    #[serde(default = "defaults::max_headers")]
+    pub max_headers: usize,
+    /// Bytes all of a request's header lines may take together.
+    #[serde(default = "defaults::max_header_size")]
+    pub max_header_size: ByteSize,
+    /// Bytes of a request's path and query.
+    #[serde(default = "defaults::max_uri_length")]
+    pub max_uri_length: ByteSize,
+    /// How long a client may take to send a request's headers, and how long an
+    /// idle connection stays open.
+    #[serde(default = "defaults::header_timeout", with = "span")]
+    pub header_timeout: Duration,
+    /// How long a client may take to send a request's body.
+    #[serde(default = "defaults::body_timeout", with = "span")]
+    pub body_timeout: Duration,
+    /// Client connections open at once; past it a new one gets 503 and is closed.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// How long connecting to a backend may take.
+    #[serde(default = "defaults::upstream_connect_timeout", with = "span")]
+    pub upstream_connect_timeout: Duration,
+    /// Largest backend reply the router reads whole (non-streamed JSON).
+    #[serde(default = "defaults::max_response")]
+    pub max_response: ByteSize,
     /// How long a backend may take to send response headers.
     #[serde(default = "defaults::upstream_timeout")]
     pub upstream_timeout: Timeout,
@@ -244,6 +276,33 @@ mod defaults {
     }
     pub fn max_body() -> ByteSize {
         ByteSize(32 << 20)
+    }
+    pub fn max_json_depth() -> usize {
+        64
+    }
+    pub fn max_headers() -> usize {
+        100
+    }
+    pub fn max_header_size() -> ByteSize {
+        ByteSize(64 << 10)
+    }
+    pub fn max_uri_length() -> ByteSize {
+        ByteSize(8 << 10)
+    }
+    pub fn header_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn body_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_connections() -> usize {
+        256
+    }
+    pub fn upstream_connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn max_response() -> ByteSize {
+        ByteSize(128 << 20)
     }
     pub fn upstream_timeout() -> Timeout {
         Timeout::After(Duration::from_secs(600))

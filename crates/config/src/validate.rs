@@ -44,6 +44,7 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
             ),
         ));
     }
+    out.extend(limits(cfg));
     for (i, o) in cfg.allowed_origins.iter().enumerate() {
         let idx = i.to_string();
         let ok = o
@@ -289,4 +290,38 @@ fn check_aliases(cfg: &Config, out: &mut Vec<Problem>) {
             }
         }
     }
+}
+
+/// A limit of zero would refuse every request; say so instead of starting a
+/// router that answers nothing.
+fn limits(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let zero = [
+        ("max_headers", cfg.max_headers == 0),
+        ("max_header_size", cfg.max_header_size.bytes() == 0),
+        ("max_uri_length", cfg.max_uri_length.bytes() == 0),
+        ("max_json_depth", cfg.max_json_depth == 0),
+        ("max_connections", cfg.max_connections == 0),
+        ("max_response", cfg.max_response.bytes() == 0),
+        ("header_timeout", cfg.header_timeout.is_zero()),
+        ("body_timeout", cfg.body_timeout.is_zero()),
+        (
+            "upstream_connect_timeout",
+            cfg.upstream_connect_timeout.is_zero(),
+        ),
+    ];
+    for (key, is_zero) in zero {
+        if is_zero {
+            out.push(problem(&[key], "must be more than 0"));
+        }
+    }
+    for path in cfg.max_body_by_path.keys() {
+        if !path.starts_with('/') {
+            out.push(problem(
+                &["max_body_by_path", path],
+                format!("`{path}` is not a request path such as /v1/embeddings"),
+            ));
+        }
+    }
+    out
 }

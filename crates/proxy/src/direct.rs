@@ -135,8 +135,7 @@ async fn send(
         response.status().as_u16(),
         started,
     );
-    let idle = state.config().upstream_idle_timeout.duration();
-    Ok(forward::relay(response, client_name, lease, observe, idle))
+    crate::deliver::deliver(&state.config(), response, client_name, lease, observe).await
 }
 
 fn counted(state: &Inner, e: ApiError, started: Instant) -> Response<Body> {

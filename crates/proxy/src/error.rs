@@ -29,8 +29,36 @@ pub enum ApiError {
     FormWithoutModel,
     #[error("the form's `model` field is not within its first {limit} bytes (max_body in routes.yaml): put `model` before the file, so the router can route the upload as it streams")]
     ModelFieldTooLate { limit: u64 },
-    #[error("request body is larger than the limit of {limit} bytes (max_body in routes.yaml)")]
+    #[error("request body is larger than the limit of {limit} bytes for this path (max_body, or max_body_by_path, in routes.yaml)")]
     BodyTooLarge { limit: u64 },
+    #[error("request JSON nests deeper than {limit} levels (max_json_depth in routes.yaml)")]
+    TooDeep { limit: usize },
+    #[error("request has {count} headers; the limit is {limit} (max_headers in routes.yaml)")]
+    TooManyHeaders { count: usize, limit: usize },
+    #[error(
+        "request headers take {size} bytes; the limit is {limit} (max_header_size in routes.yaml)"
+    )]
+    HeadersTooLarge { size: u64, limit: u64 },
+    #[error(
+        "request URI is {length} bytes long; the limit is {limit} (max_uri_length in routes.yaml)"
+    )]
+    UriTooLong { length: u64, limit: u64 },
+    #[error("the request's headers did not arrive within {:.1}s (header_timeout in routes.yaml)", .after.as_secs_f64())]
+    HeaderTimeout { after: Duration },
+    #[error("the request's body did not arrive within {:.1}s (body_timeout in routes.yaml)", .after.as_secs_f64())]
+    BodyTimeout { after: Duration },
+    #[error("the router already has {limit} connections open (max_connections in routes.yaml); retry shortly")]
+    TooManyConnections { limit: usize },
+    #[error("the router failed while answering this request (a bug; it is logged); other requests are unaffected")]
+    Internal,
+    #[error("backend for model `{model}` sent a reply larger than {limit} bytes (max_response in routes.yaml)")]
+    ResponseTooLarge { model: String, limit: u64 },
+    #[error("backend for model `{model}` at {backend} did not accept a connection within {:.1}s (upstream_connect_timeout)", .after.as_secs_f64())]
+    ConnectTimeout {
+        model: String,
+        backend: String,
+        after: Duration,
+    },
     #[error("could not read the request body: {0}")]
     BodyRead(String),
     #[error("no route for {method} {path}")]
@@ -63,11 +91,27 @@ pub enum ApiError {
     Supervisor(#[from] SupervisorError),
 }
 
+/// What an error response said, for the one log line `Router::traced` writes
+/// with the request's id.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusal(pub String);
+
 /// Which API a request came in on, so its errors come back in that API's shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dialect {
     OpenAi,
     Ollama,
+}
+
+impl Dialect {
+    /// Ollama's native API lives under `/api/`; everything else speaks OpenAI's.
+    pub fn of(path: &str) -> Dialect {
+        if path.starts_with("/api/") {
+            Dialect::Ollama
+        } else {
+            Dialect::OpenAi
+        }
+    }
 }
 
 fn suggest(close: &[String], dialect: Dialect) -> String {
@@ -139,6 +183,60 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 "request_too_large",
+            ),
+            TooDeep { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "json_too_deep",
+            ),
+            TooManyHeaders { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request_error",
+                None,
+                "too_many_headers",
+            ),
+            HeadersTooLarge { .. } => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "invalid_request_error",
+                None,
+                "headers_too_large",
+            ),
+            UriTooLong { .. } => (
+                StatusCode::URI_TOO_LONG,
+                "invalid_request_error",
+                None,
+                "uri_too_long",
+            ),
+            HeaderTimeout { .. } | BodyTimeout { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                None,
+                "request_timeout",
+            ),
+            TooManyConnections { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                "too_many_connections",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "internal_error",
+            ),
+            ResponseTooLarge { .. } => (
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                None,
+                "backend_response_too_large",
+            ),
+            ConnectTimeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "server_error",
+                None,
+                "backend_connect_timeout",
             ),
             BodyRead(_) => (
                 StatusCode::BAD_REQUEST,
@@ -268,6 +366,7 @@ impl ApiError {
                 retry_in.as_secs().max(1)
             }
             ApiError::Supervisor(SupervisorError::QueueFull { .. }) => 1,
+            ApiError::TooManyConnections { .. } => 1,
             _ => 5,
         }
     }
@@ -317,6 +416,7 @@ impl ApiError {
             Dialect::Ollama => serde_json::json!({ "error": message }),
         };
         let mut resp = body::json_response(status, &payload);
+        resp.extensions_mut().insert(Refusal(message));
         let h = resp.headers_mut();
         h.insert("x-modelyard-error", HeaderValue::from_static(code));
         if status == StatusCode::SERVICE_UNAVAILABLE {
@@ -326,5 +426,25 @@ impl ApiError {
             );
         }
         resp
+    }
+}
+
+impl ApiError {
+    /// The whole response as HTTP/1.1 bytes, closing the connection, for a
+    /// client answered before or instead of hyper: one past `max_connections`,
+    /// or one whose headers never finished.
+    pub(crate) fn http1_bytes(&self) -> Vec<u8> {
+        let (status, kind, param, code) = self.parts();
+        let body = Self::json(&self.to_string(), kind, param, code).to_string();
+        let retry = if status == StatusCode::SERVICE_UNAVAILABLE {
+            format!("retry-after: {}\r\n", self.retry_after_secs())
+        } else {
+            String::new()
+        };
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nx-modelyard-error: {code}\r\n{retry}\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
     }
 }

@@ -8,7 +8,6 @@ use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response, Version};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use modelyard_config::LoadingProgress;
 use modelyard_supervisor::Lease;
@@ -17,8 +16,9 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::fallback;
-use crate::relay::{Framing, Observe, Relay};
-use crate::rewrite::{peek_model, ModelRewriter, Routed};
+use crate::limits::read_body;
+use crate::relay::Observe;
+use crate::rewrite::{peek_model, Routed};
 use crate::Inner;
 
 /// Answers one model request; every outcome is counted once in the metrics.
@@ -57,14 +57,9 @@ async fn forward(
     label: &mut String,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let bytes = read_body(declared, body, state.config().max_body.bytes()).await?;
-    let routed = peek_model(&bytes)?;
     let config = state.config();
+    let bytes = read_body(&config, parts.uri.path(), &parts.headers, body).await?;
+    let routed = peek_model(&bytes)?;
     let asked_for = routable(state, &routed.model).await?;
     let choice = fallback::route(state, &config, &asked_for, parts.uri.path(), &bytes).await?;
     let note = choice.note(&asked_for);
@@ -196,8 +191,14 @@ impl Upstream {
             response.status().as_u16(),
             started,
         );
-        let idle = state.config().upstream_idle_timeout.duration();
-        Ok(relay(response, Some(&client_name), lease, observe, idle))
+        crate::deliver::deliver(
+            &state.config(),
+            response,
+            Some(&client_name),
+            lease,
+            observe,
+        )
+        .await
     }
 }
 
@@ -220,28 +221,51 @@ pub(crate) async fn exchange(
         }
         None => pending.await,
     }
-    .map_err(|e| ApiError::Unreachable {
-        model: model.to_string(),
-        reason: describe(&e, lease),
-    })
+    .map_err(|e| failed(&e, model, lease, state.connect_timeout))
 }
 
-/// The request body, read whole but never past `limit` (declared or streamed).
-pub(crate) async fn read_body(
-    declared: Option<u64>,
-    body: Incoming,
-    limit: u64,
-) -> Result<Bytes, ApiError> {
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge { limit });
+/// Why a request got no response: no connection in time (504), a reply that is
+/// not HTTP or has a head too large to read (502, the backend's fault), or no
+/// connection at all (502).
+fn failed(
+    e: &hyper_util::client::legacy::Error,
+    model: &str,
+    lease: &Lease,
+    connect_timeout: std::time::Duration,
+) -> ApiError {
+    let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
+        s.source()
+    });
+    if e.is_connect()
+        && causes.any(|s| {
+            s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        })
+    {
+        return ApiError::ConnectTimeout {
+            model: model.to_string(),
+            backend: lease.authority.to_string(),
+            after: connect_timeout,
+        };
     }
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    match Limited::new(body, limit_usize).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(ApiError::BodyTooLarge { limit })
+    let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
+        s.source()
+    });
+    let unreadable = causes.any(|s| {
+        s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+    });
+    let reason = describe(e, lease);
+    if unreadable {
+        ApiError::BadReply {
+            model: model.to_string(),
+            reason,
         }
-        Err(e) => Err(ApiError::BodyRead(e.to_string())),
+    } else {
+        ApiError::Unreachable {
+            model: model.to_string(),
+            reason,
+        }
     }
 }
 
@@ -260,7 +284,7 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -332,48 +356,6 @@ pub(crate) fn upstream_streamed(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     req
-}
-
-/// The backend's response for the client: its status and headers, and a body that
-/// renames the model in any JSON (unless `client_name` is None: the client spoke to
-/// the backend directly), holds the lease and counts the request.
-pub(crate) fn relay(
-    response: Response<Incoming>,
-    client_name: Option<&str>,
-    lease: Lease,
-    observe: Observe,
-    idle: Option<std::time::Duration>,
-) -> Response<Body> {
-    let (mut parts, upstream) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let sse = content_type.starts_with("text/event-stream");
-    let framing = if sse {
-        Framing::Sse
-    } else if content_type.starts_with("application/x-ndjson") {
-        Framing::Ndjson
-    } else {
-        Framing::Other
-    };
-    let textual = sse || content_type.contains("json");
-    let rewriter = client_name.filter(|_| textual).map(|name| {
-        // The name changes length, so the upstream's length no longer holds.
-        parts.headers.remove(header::CONTENT_LENGTH);
-        ModelRewriter::new(name)
-    });
-    if framing != Framing::Other {
-        parts
-            .headers
-            .insert("x-accel-buffering", HeaderValue::from_static("no"));
-    }
-    parts.version = Version::HTTP_11;
-    let body = Relay::new(upstream, rewriter, framing, lease, observe, idle);
-    Response::from_parts(parts, BodyExt::boxed_unsync(body))
 }
 
 fn describe(e: &hyper_util::client::legacy::Error, lease: &Lease) -> String {

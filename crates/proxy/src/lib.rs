@@ -4,17 +4,22 @@
 
 mod admin;
 mod body;
+mod conn;
+mod deliver;
 mod direct;
 mod error;
 mod fallback;
 mod forward;
 mod guard;
 mod keys;
+mod limits;
 mod metrics;
 mod models;
 mod multipart;
 mod ollama;
 mod progress;
+#[cfg(test)]
+mod proptests;
 mod relay;
 mod rewrite;
 mod server;
@@ -50,6 +55,8 @@ pub(crate) struct Inner {
     pub source: Option<std::path::PathBuf>,
     pub supervisor: Supervisor,
     pub client: Client<HttpConnector, Body>,
+    /// The client's connect timeout, fixed when the client is built.
+    pub connect_timeout: std::time::Duration,
     pub started_unix: u64,
     /// Turns true when the router starts to stop: endless streams (events, logs)
     /// end then, instead of holding the drain open.
@@ -65,6 +72,8 @@ impl Router {
     ) -> Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
+        let connect_timeout = config.upstream_connect_timeout;
+        connector.set_connect_timeout(Some(connect_timeout));
         connector.enforce_http(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(30))
@@ -82,13 +91,15 @@ impl Router {
                 source,
                 supervisor,
                 client,
+                connect_timeout,
                 started_unix,
                 closing: tokio::sync::watch::channel(false).0,
             }),
         }
     }
 
-    /// One line per request at debug level: id, method, path, status, latency.
+    /// One line per request at debug level (id, method, path, status, latency),
+    /// and one more for a refusal or failure, saying why.
     async fn traced(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let started = tokio::time::Instant::now();
         let id = req
@@ -98,13 +109,30 @@ impl Router {
             .unwrap_or("-")
             .to_string();
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
-        let config = self.inner.config();
-        let resp = match guard::check(&config, req.uri(), req.headers()) {
-            Err(e) => {
-                tracing::warn!(%id, %method, %path, "refused: {e}");
-                e.into_response()
+        let mut resp = self.screened(req, peer).await;
+        let status = resp.status().as_u16();
+        if let Some(error::Refusal(why)) = resp.extensions_mut().remove() {
+            if status >= 500 {
+                tracing::warn!(%id, %method, %path, status, "failed: {why}");
+            } else {
+                tracing::info!(%id, %method, %path, status, "refused: {why}");
             }
-            Ok(Some(origin)) if method == Method::OPTIONS => {
+        }
+        tracing::debug!(%id, %method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        resp
+    }
+
+    /// The request's head against the limits, its Host and Origin against the
+    /// guard, and only then the handler.
+    async fn screened(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        let config = self.inner.config();
+        let dialect = error::Dialect::of(req.uri().path());
+        if let Err(e) = limits::check_head(&config, req.uri(), req.headers()) {
+            return e.render(dialect);
+        }
+        match guard::check(&config, req.uri(), req.headers()) {
+            Err(e) => e.render(dialect),
+            Ok(Some(origin)) if req.method() == Method::OPTIONS => {
                 guard::preflight(origin, req.headers())
             }
             Ok(cors) => {
@@ -114,24 +142,22 @@ impl Router {
                 }
                 resp
             }
-        };
-        tracing::debug!(%id, %method, %path, status = resp.status().as_u16(), elapsed_ms = started.elapsed().as_millis() as u64, "request");
-        resp
+        }
     }
 
     async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        // For the end-to-end test of the panic guard; not compiled into release builds.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("MODELYARD_DEBUG_PANIC_PATH").is_some_and(|p| p == req.uri().path()) {
+            panic!("MODELYARD_DEBUG_PANIC_PATH asked for a panic");
+        }
         if req.uri().path().starts_with("/admin/") {
             return admin::handle(self.inner, req, peer).await;
         }
         let path = req.uri().path();
         if path.starts_with("/v1/") || path.starts_with("/api/") || path.starts_with("/upstream/") {
             if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
-                let dialect = if path.starts_with("/api/") {
-                    error::Dialect::Ollama
-                } else {
-                    error::Dialect::OpenAi
-                };
-                return e.render(dialect);
+                return e.render(error::Dialect::of(path));
             }
         }
         if req.uri().path().starts_with("/api/") {

@@ -67,6 +67,17 @@ impl Relay {
 }
 
 impl Relay {
+    /// The length the backend declared for its body, if it did.
+    pub fn declared_len(&self) -> Option<u64> {
+        self.upstream.size_hint().exact()
+    }
+
+    /// The request's outcome is not this body's to count: its caller answers
+    /// (and counts) an error instead.
+    pub fn uncount(&mut self) {
+        self.observe.counted = false;
+    }
+
     /// Ends the response on a backend failure: an SSE error event or an NDJSON
     /// error line for a stream, an error (the connection is cut) for anything else.
     fn broken(&mut self, msg: String) -> Result<Frame<Bytes>, BoxError> {
@@ -169,6 +180,7 @@ pub struct Observe {
     started: Instant,
     first_seen: bool,
     usage: Option<(u64, u64)>,
+    counted: bool,
 }
 
 impl Observe {
@@ -180,6 +192,7 @@ impl Observe {
             started,
             first_seen: false,
             usage: None,
+            counted: true,
         }
     }
 
@@ -208,6 +221,9 @@ impl Observe {
 
 impl Drop for Observe {
     fn drop(&mut self) {
+        if !self.counted {
+            return;
+        }
         self.metrics
             .request(&self.model, self.status, self.started.elapsed());
         if let Some((p, c)) = self.usage {

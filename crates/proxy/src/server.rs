@@ -3,23 +3,29 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use modelyard_config::Config;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use crate::body::Body;
+use crate::body::{Body, BoxError};
+use crate::conn::{self, Gate};
+use crate::error::ApiError;
 use crate::Router;
 
 /// Request ids unique within a run and unlikely to repeat across runs.
@@ -49,19 +55,24 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         next: Arc::new(AtomicU64::new(1)),
     };
     let closing = router.inner.closing.clone();
+    let inner = router.inner.clone();
     // One stack per connection, so the handler knows the peer it answers.
     let stack = move |peer: std::net::SocketAddr| {
         let router = router.clone();
         let handler = tower::service_fn(move |req: Request<Incoming>| {
             let router = router.clone();
-            async move { Ok::<Response<Body>, Infallible>(router.traced(req, peer).await) }
+            let id = request_id(&req);
+            async move {
+                let answer = router.traced(req, peer);
+                Ok::<Response<Body>, Infallible>(caught(&id, answer).await)
+            }
         });
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(ids.clone()))
             .layer(PropagateRequestIdLayer::x_request_id())
             .service(handler)
     };
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let gate = Gate::default();
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -78,13 +89,31 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(stack(peer)))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        // Read per connection, so a reload's limits apply to the next one.
+        let config = inner.config();
+        let Some(slot) = gate.enter(config.max_connections) else {
+            tracing::warn!(%peer, "refused a connection: {} already open (max_connections)", config.max_connections);
+            tokio::spawn(conn::refuse(stream, config.max_connections));
+            continue;
+        };
+        let service = TowerToHyperService::new(stack(peer));
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            let _slot = slot;
+            let header_timeout = config.header_timeout;
+            let (socket, spare) = conn::split(stream);
+            match conn::opening(&spare.stream, header_timeout).await {
+                conn::Opening::Request => {}
+                conn::Opening::Silent => return,
+                conn::Opening::Stalled => {
+                    return ended(Ended::Stalled, spare, peer, header_timeout).await;
+                }
+            }
+            let conn = builder(&config)
+                .serve_connection(TokioIo::new(socket), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                ended(Ended::Error(e), spare, peer, header_timeout).await;
             }
         });
     }
@@ -95,5 +124,99 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
         .is_err()
     {
         tracing::warn!("requests still in flight after {DRAIN:?}; closing them");
+    }
+}
+
+/// hyper's own limits sit well above the configured ones, so that nearly every
+/// oversized request reaches `limits::check_head` and hears why in JSON; only a
+/// head past these gets hyper's bare 431 (or 414, past 64 KiB of URI).
+fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
+    let head = usize::try_from(config.max_header_size.bytes() + config.max_uri_length.bytes())
+        .unwrap_or(usize::MAX);
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_headers(config.max_headers.saturating_mul(4).max(100))
+        .max_buf_size(head.saturating_mul(2).max(128 << 10));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(head.saturating_mul(2)).unwrap_or(u32::MAX));
+    b
+}
+
+/// A connection hyper gave up on. One whose client stalled inside a request's
+/// headers is told so (408) before it closes; an idle one just closes.
+async fn ended(e: Ended, spare: conn::Spare, peer: SocketAddr, header_timeout: Duration) {
+    let timed_out = match &e {
+        Ended::Stalled => true,
+        Ended::Error(e) => e
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout),
+    };
+    let owed = matches!(e, Ended::Stalled) || spare.owed();
+    if timed_out && owed {
+        let refusal = ApiError::HeaderTimeout {
+            after: header_timeout,
+        };
+        tracing::info!(%peer, "refused: {refusal}");
+        spare.answer(&refusal).await;
+    } else if timed_out {
+        tracing::debug!(%peer, "idle connection closed after {header_timeout:?} (header_timeout)");
+    } else if let Ended::Error(e) = e {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+enum Ended {
+    Stalled,
+    Error(BoxError),
+}
+
+fn request_id<B>(req: &Request<B>) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
+/// A handler that panics costs its own request a 500, never the router: the
+/// panic is logged with the request id and the connection keeps serving.
+async fn caught(id: &str, answer: impl Future<Output = Response<Body>>) -> Response<Body> {
+    match AssertUnwindSafe(answer).catch_unwind().await {
+        Ok(resp) => resp,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            tracing::error!(%id, "request handler panicked: {what}");
+            ApiError::Internal.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_a_500_in_json() {
+        let resp = caught("req-1", async { panic!("boom") }).await;
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()["x-modelyard-error"], "internal_error");
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "internal_error");
+        let fine = caught("req-2", async {
+            crate::body::json_response(http::StatusCode::OK, &serde_json::json!({}))
+        })
+        .await;
+        assert_eq!(fine.status(), 200);
     }
 }

@@ -64,8 +64,14 @@ pub(crate) async fn form(
         response.status().as_u16(),
         started,
     );
-    let idle = state.config().upstream_idle_timeout.duration();
-    let mut resp = forward::relay(response, Some(&client_name), lease, observe, idle);
+    let mut resp = crate::deliver::deliver(
+        &state.config(),
+        response,
+        Some(&client_name),
+        lease,
+        observe,
+    )
+    .await?;
     if let Some(v) = note.and_then(|n| http::HeaderValue::from_str(&n).ok()) {
         resp.headers_mut().insert("x-modelyard-fallback", v);
     }

@@ -52,6 +52,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub stall_after: Option<u64>,
 
+    /// Answer inference requests (OpenAI flavor) like a broken backend:
+    /// `garbage` (bytes that are not HTTP), `endless` (a JSON body that never
+    /// ends) or `huge-header` (a 1 MiB response header).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub fail: Option<crate::misbehave::Failure>,
+
     /// Start but never bind the port, like a backend stuck at start.
     #[arg(long)]
     pub hang_start: bool,
@@ -134,6 +140,7 @@ mod tests {
         assert_eq!(args.token_delay, Duration::ZERO);
         assert_eq!(args.tokens, 16);
         assert_eq!(args.crash_after, None);
+        assert_eq!(args.fail, None);
         assert!(!args.hang_start);
         assert!(!args.ignore_sigterm);
         assert_eq!(args.flavor, Flavor::Openai);
@@ -221,5 +228,8 @@ mod tests {
         assert!(Args::try_parse_from(["modelyard-sim", "--flavor", "llamacpp"]).is_err());
         assert!(Args::try_parse_from(["modelyard-sim", "--memory-guard-gb", "-1"]).is_err());
         assert!(Args::try_parse_from(["modelyard-sim", "--token-delay", "soon"]).is_err());
+        assert!(Args::try_parse_from(["modelyard-sim", "--fail", "politely"]).is_err());
+        let args = Args::parse_from(["modelyard-sim", "--fail", "huge-header"]);
+        assert_eq!(args.fail, Some(crate::misbehave::Failure::HugeHeader));
     }
 }

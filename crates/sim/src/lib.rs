@@ -12,6 +12,7 @@ mod embeddings;
 mod flavor;
 mod forms;
 mod memory;
+mod misbehave;
 mod response;
 mod routes;
 mod server;

@@ -134,6 +134,10 @@ async fn inference(
             Some("model_not_found"),
         );
     }
+    if let Some(failure) = state.fail {
+        state.stats.begin().complete();
+        return crate::misbehave::respond(failure);
+    }
     match kind {
         Inference::Completion(kind) => {
             serve_completion(state, &body, model, kind, Serving::default()).await

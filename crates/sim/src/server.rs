@@ -78,6 +78,15 @@ pub async fn run(args: Args) -> Result<Infallible, String> {
         let builder = builder.clone();
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let stream = match state.fail {
+                Some(crate::misbehave::Failure::Garbage) => {
+                    match crate::misbehave::garbage_or_http(stream).await {
+                        Some(stream) => stream,
+                        None => return,
+                    }
+                }
+                _ => stream,
+            };
             let service = service_fn(move |request| routes::handle(Arc::clone(&state), request));
             // Errors here are clients hanging up mid-response, which tests do
             // on purpose; the cancellation is already counted and logged.

@@ -71,8 +71,9 @@ fn modified(state: &Inner) -> SystemTime {
 
 /// `POST /api/show {"model"}` (older clients send `name`).
 async fn show(state: &Inner, req: Request<Incoming>) -> Result<serde_json::Value, ApiError> {
-    let limit = state.config().max_body.bytes();
-    let bytes = crate::forward::read_body(None, req.into_body(), limit).await?;
+    let (parts, body) = req.into_parts();
+    let config = state.config();
+    let bytes = crate::limits::read_body(&config, parts.uri.path(), &parts.headers, body).await?;
     let v: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let name = match v.get("model").or_else(|| v.get("name")) {

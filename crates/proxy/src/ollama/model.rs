@@ -27,9 +27,6 @@ use crate::fallback;
 use crate::relay::{Framing, Observe, Relay};
 use crate::Inner;
 
-/// The most of a translated backend reply read whole (a non-streamed answer or
-/// a batch of embeddings) before it is refused.
-const MAX_REPLY: usize = 256 * 1024 * 1024;
 /// How much of a backend's error body is read for its message.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
@@ -65,13 +62,8 @@ async fn run(
     label: &mut String,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let config = state.config();
-    let bytes = crate::forward::read_body(declared, body, config.max_body.bytes()).await?;
+    let bytes = crate::limits::read_body(&config, parts.uri.path(), &parts.headers, body).await?;
     let mut parsed = request::parse(endpoint, &bytes)?;
     let mut model = super::resolve(&config, &parsed.model)?;
     // apfel's limits hold whichever API a request comes in on.
@@ -165,14 +157,14 @@ async fn passthrough(
         response.status().as_u16(),
         started,
     );
-    let idle = state.config().upstream_idle_timeout.duration();
-    Ok(crate::forward::relay(
+    crate::deliver::deliver(
+        &state.config(),
         response,
         Some(&parsed.model),
         lease,
         observe,
-        idle,
-    ))
+    )
+    .await
 }
 
 /// A request translated for an OpenAI backend.
@@ -243,7 +235,7 @@ impl Call<'_> {
             started,
         );
         let idle = state.config().upstream_idle_timeout.duration();
-        let relay = Relay::new(
+        let mut relay = Relay::new(
             response.into_body(),
             None,
             Framing::Other,
@@ -256,12 +248,25 @@ impl Call<'_> {
             return Ok(ndjson(body.boxed_unsync()));
         }
         // A whole reply (or a backend that answered a stream request whole).
-        let collected = Limited::new(relay, MAX_REPLY)
+        let limit = state.config().max_response.bytes();
+        let collected = Limited::new(&mut relay, usize::try_from(limit).unwrap_or(usize::MAX))
             .collect()
-            .await
-            .map_err(|e| ApiError::BadReply {
-                model: model.clone(),
-                reason: e.to_string(),
+            .await;
+        if collected.is_err() {
+            // The caller answers, and counts, the error instead.
+            relay.uncount();
+        }
+        drop(relay);
+        let collected = collected
+            .map_err(|e| match e.is::<http_body_util::LengthLimitError>() {
+                true => ApiError::ResponseTooLarge {
+                    model: model.clone(),
+                    limit,
+                },
+                false => ApiError::BadReply {
+                    model: model.clone(),
+                    reason: e.to_string(),
+                },
             })?
             .to_bytes();
         let end = Instant::now();

@@ -213,6 +213,9 @@ pub fn error_message(body: &[u8]) -> String {
     from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string())
 }
 
+/// The most of one unfinished SSE event held while waiting for its end.
+const MAX_EVENT: usize = 16 << 20;
+
 /// OpenAI SSE in, Ollama NDJSON out, as the bytes arrive; holds back only an
 /// unfinished event.
 pub struct StreamTranslator {
@@ -245,6 +248,9 @@ impl StreamTranslator {
 
     /// The NDJSON lines the complete events in `chunk` (and before) make.
     pub fn feed(&mut self, chunk: &[u8], created_at: &str) -> Vec<u8> {
+        if self.failed {
+            return Vec::new();
+        }
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
         while let Some((end, sep)) = event_end(&self.buf) {
@@ -252,6 +258,15 @@ impl StreamTranslator {
             if !self.failed {
                 self.event(&event, created_at, &mut out);
             }
+        }
+        if self.buf.len() > MAX_EVENT && !self.failed {
+            // One token's event is a few hundred bytes; this is a backend babbling.
+            self.buf = Vec::new();
+            let msg = format!(
+                "the backend sent an SSE event of more than {} MiB without ending it",
+                MAX_EVENT >> 20
+            );
+            out.extend(self.error_line(&msg));
         }
         out
     }

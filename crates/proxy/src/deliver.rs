@@ -1,0 +1,99 @@
+//! The backend's response for the client. Streams (SSE, NDJSON) and anything
+//! not JSON pass through as they arrive; a whole JSON reply is read first, up to
+//! `max_response`, so a backend that sends an endless or broken one costs the
+//! router a bounded buffer and the client gets a 502 that says so.
+
+use bytes::BytesMut;
+use http::header::{self, HeaderValue};
+use http::{Response, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use modelyard_config::Config;
+use modelyard_supervisor::Lease;
+
+use crate::body::{self, Body};
+use crate::error::ApiError;
+use crate::forward::strip_hop_by_hop;
+use crate::relay::{Framing, Observe, Relay};
+use crate::rewrite::ModelRewriter;
+
+/// The response for the client: a relayed stream, or a whole reply read within
+/// `max_response`. The body holds the lease and counts the request; an Err was
+/// not counted, so the caller counts it.
+pub(crate) async fn deliver(
+    config: &Config,
+    response: Response<Incoming>,
+    client_name: Option<&str>,
+    lease: Lease,
+    observe: Observe,
+) -> Result<Response<Body>, ApiError> {
+    let (mut parts, upstream) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let framing = if content_type.starts_with("text/event-stream") {
+        Framing::Sse
+    } else if content_type.starts_with("application/x-ndjson") {
+        Framing::Ndjson
+    } else {
+        Framing::Other
+    };
+    let textual = framing == Framing::Sse || content_type.contains("json");
+    // None: the client spoke to the backend directly (`/upstream`), names and all.
+    let rewriter = client_name.filter(|_| textual).map(|name| {
+        // The name changes length, so the upstream's length no longer holds.
+        parts.headers.remove(header::CONTENT_LENGTH);
+        ModelRewriter::new(name)
+    });
+    parts.version = Version::HTTP_11;
+    let idle = config.upstream_idle_timeout.duration();
+    let model = lease.model.clone();
+    let relay = Relay::new(upstream, rewriter, framing, lease, observe, idle);
+    if framing != Framing::Other {
+        parts
+            .headers
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    } else if textual {
+        let whole = read_whole(relay, &model, config.max_response.bytes()).await?;
+        return Ok(Response::from_parts(parts, body::full(whole)));
+    }
+    Ok(Response::from_parts(parts, BodyExt::boxed_unsync(relay)))
+}
+
+/// A whole reply, never more than `limit` bytes of it held.
+async fn read_whole(mut relay: Relay, model: &str, limit: u64) -> Result<bytes::Bytes, ApiError> {
+    if relay.declared_len().is_some_and(|n| n > limit) {
+        relay.uncount();
+        return Err(ApiError::ResponseTooLarge {
+            model: model.to_string(),
+            limit,
+        });
+    }
+    let mut whole = BytesMut::new();
+    while let Some(frame) = relay.frame().await {
+        let failure = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) if (whole.len() + d.len()) as u64 <= limit => {
+                    whole.extend_from_slice(&d);
+                    continue;
+                }
+                Ok(_) => ApiError::ResponseTooLarge {
+                    model: model.to_string(),
+                    limit,
+                },
+                Err(_) => continue,
+            },
+            Err(e) => ApiError::BadReply {
+                model: model.to_string(),
+                reason: e.to_string(),
+            },
+        };
+        relay.uncount();
+        return Err(failure);
+    }
+    Ok(whole.freeze())
+}
