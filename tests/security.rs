@@ -51,6 +51,45 @@ async fn a_rebinding_host_is_refused_before_anything_reaches_a_backend() {
 }
 
 #[tokio::test]
+async fn nothing_in_a_request_chooses_where_the_router_connects() {
+    let sim = Sim::start(&["--model", "up"]);
+    let decoy = Sim::start(&["--model", "up"]);
+    let r = Router::start(&config(&sim, ""));
+    let elsewhere = format!("{}/v1", decoy.url);
+    // LiteLLM's CVE-2024-6587: a base URL in the body. Here also in the query and
+    // in the headers proxies read.
+    let mut body = chat("m");
+    for field in ["api_base", "base_url", "url", "endpoint", "host"] {
+        body[field] = elsewhere.clone().into();
+    }
+    let resp = client()
+        .post(r.url(&format!(
+            "/v1/chat/completions?api_base={elsewhere}&base_url={elsewhere}"
+        )))
+        .header("x-forwarded-host", decoy.url.trim_start_matches("http://"))
+        .header(
+            "forwarded",
+            format!("host={}", decoy.url.trim_start_matches("http://")),
+        )
+        .header("x-original-url", elsewhere.as_str())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        sim_stats(&sim.url).await["requests"],
+        1,
+        "routes.yaml's backend"
+    );
+    assert_eq!(
+        sim_stats(&decoy.url).await["requests"],
+        0,
+        "never the decoy"
+    );
+}
+
+#[tokio::test]
 async fn a_foreign_origin_is_refused_and_an_allowed_one_gets_cors() {
     let sim = Sim::start(&["--model", "up"]);
     let r = Router::start(&config(
