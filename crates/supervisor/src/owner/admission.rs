@@ -1,0 +1,252 @@
+//! Who gets memory next, and what goes: the queue in arrival order through the
+//! policy, idle unloads, and the deadlines the owner sleeps until.
+
+use super::*;
+
+impl<E: Effects> Owner<E> {
+    pub(super) fn on_tick(&mut self) {
+        let now = Instant::now();
+        // Waiters out of time get the reason they waited.
+        for (name, slot) in self.slots.iter_mut() {
+            while let Some(pos) = slot.queue.iter().position(|w| w.deadline <= now) {
+                let w = slot.queue.remove(pos).expect("position is in range");
+                let _ = w.reply.send(Err(SupervisorError::Timeout {
+                    model: name.to_string(),
+                    waited: now.saturating_duration_since(w.since),
+                    why: {
+                        let why = if slot.why.is_empty() {
+                            "its backend is still starting"
+                        } else {
+                            &slot.why
+                        };
+                        // What a swap costs, so the client can judge a retry.
+                        match median(&slot.recent_loads) {
+                            Some(t) => format!(
+                                "{why}; {name} usually loads in ~{:.0}s",
+                                t.as_secs_f64().max(1.0)
+                            ),
+                            None => why.to_string(),
+                        }
+                    },
+                }));
+            }
+        }
+        self.unload_idle();
+        self.end_lingering();
+    }
+
+    /// Models that lingered after a swap was decided and saw no new request go now.
+    pub(super) fn end_lingering(&mut self) {
+        let done: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| {
+                s.phase == Phase::Draining
+                    && s.in_flight == 0
+                    && s.serve_until.is_some()
+                    && linger_until(s).is_none()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in done {
+            let key = self.slots[&m].instance.clone();
+            if self.instances[&key].loads {
+                self.try_unload(&m);
+            } else {
+                self.try_stop(&key);
+            }
+        }
+    }
+
+    /// Models idle past their timeout go (a shared server's once all of its are).
+    pub(super) fn unload_idle(&mut self) {
+        let now = Instant::now();
+        let idle: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| idle_deadline(s).is_some_and(|d| d <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in &idle {
+            // A shared server that cannot unload one model goes only when every
+            // model it holds is idle.
+            let inst = &self.instances[&self.slots[m].instance];
+            let all_idle = inst.loads
+                || inst
+                    .models
+                    .iter()
+                    .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
+            if all_idle && self.slots[m].phase == Phase::Ready {
+                let slot = &self.slots[m];
+                let why = match (slot.idle_override, slot.idle) {
+                    (Some(_), _) => "the request's keep_alive ran out".to_string(),
+                    (None, Some(d)) => format!("idle for {}", humantime::format_duration(d)),
+                    (None, None) => "idle".to_string(),
+                };
+                tracing::info!(model = %m, "unloading: {why}");
+                self.begin_drain(m, &why);
+            }
+        }
+    }
+
+    /// Gives waiting models their memory, oldest waiter first.
+    pub(super) fn schedule(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        let now = Instant::now();
+        let mut waiting: Vec<(u64, ModelKey)> = self
+            .slots
+            .iter()
+            .filter_map(|(k, s)| s.queue.front().map(|w| (w.seq, k.clone())))
+            .collect();
+        waiting.sort();
+        let mut promised = 0u64;
+        for (_, m) in waiting {
+            let slot = &self.slots[&m];
+            match slot.phase {
+                Phase::Ready => {
+                    self.serve_queue(&m);
+                    continue;
+                }
+                Phase::Starting | Phase::Draining | Phase::Stopping => continue,
+                Phase::Cold | Phase::Failed => {}
+            }
+            if let Some(at) = slot.retry_at.filter(|at| *at > now) {
+                let why = format!(
+                    "it failed {} times in a row (last: {}); next start in {}s",
+                    slot.failures,
+                    slot.last_error.as_deref().unwrap_or("unknown"),
+                    at.saturating_duration_since(now).as_secs_f64().ceil()
+                );
+                self.slots.get_mut(&m).expect("exists").why = why;
+                continue;
+            }
+            let inst_run = self.instances[&slot.instance].run;
+            if inst_run == Run::Stopping {
+                self.slots.get_mut(&m).expect("exists").why = "its backend is restarting".into();
+                continue;
+            }
+            let inst = &self.instances[&slot.instance];
+            // Starting a shared server also reserves the server's own memory.
+            let need = slot.memory + if inst.run == Run::Down { inst.base } else { 0 };
+            let decision = {
+                let mut target = self.view(&m);
+                target.memory = need;
+                let mut others: Vec<View> = self
+                    .slots
+                    .keys()
+                    .filter(|k| **k != m)
+                    .map(|k| self.view(k))
+                    .collect();
+                others.extend(self.server_views());
+                match admit(self.budget, promised, &target, &others) {
+                    Admission::Start => Ok(()),
+                    Admission::Evict(v) => {
+                        Err(Ok(v.into_iter().map(ModelKey::from).collect::<Vec<_>>()))
+                    }
+                    Admission::Wait(why) => Err(Err((why, true))),
+                    Admission::Blocked(why) => Err(Err((why, false))),
+                }
+            };
+            match decision {
+                Ok(()) => self.start_model(&m),
+                Err(Ok(victims)) => {
+                    let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
+                    tracing::info!(model = %m, "unloading {} to make room", names.join(", "));
+                    let serve_until = now + self.config.max_swap_delay;
+                    for v in &victims {
+                        // Before the drain begins, so a model in a burst can linger.
+                        if let Some(s) = self.slots.get_mut(v) {
+                            s.serve_until = Some(serve_until);
+                        }
+                        self.begin_drain(v, &format!("to make room for {m}"));
+                    }
+                    self.slots.get_mut(&m).expect("exists").why = format!(
+                        "waiting for {} to unload{}",
+                        names.join(", "),
+                        self.budget_note()
+                    );
+                    promised += need;
+                }
+                Err(Err((why, promises))) => {
+                    let why = format!("{why}{}", self.budget_note());
+                    self.slots.get_mut(&m).expect("exists").why = why;
+                    if promises {
+                        promised += need;
+                    }
+                }
+            }
+        }
+        self.check_ledger();
+    }
+
+    pub(super) fn view(&self, m: &ModelKey) -> View<'_> {
+        let (m, s) = self.slots.get_key_value(m).expect("exists");
+        View {
+            name: m,
+            memory: s.memory,
+            group: s.group.as_deref(),
+            // Another machine's models are never ours to unload.
+            pinned: s.pinned || !s.counted,
+            phase: if s.counted { s.phase } else { Phase::Cold },
+            in_flight: s.in_flight,
+            last_used: s.last_used,
+        }
+    }
+
+    /// The running shared servers' own memory, as reservations the policy may not
+    /// choose (it goes when the server's last model does).
+    pub(super) fn server_views(&self) -> Vec<View<'_>> {
+        self.instances
+            .iter()
+            .filter(|(_, i)| i.base > 0 && server_holds(i.run))
+            .map(|(k, i)| View {
+                name: k,
+                memory: i.base,
+                group: None,
+                pinned: true,
+                phase: Phase::Ready,
+                in_flight: 0,
+                last_used: i.up_since,
+            })
+            .collect()
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let now = Instant::now();
+        // An overdue idle unload that waits on a co-resident model is not due again
+        // until that one is; counting it would spin.
+        let later = |d: &Instant| *d > now;
+        self.slots
+            .values()
+            .flat_map(|s| {
+                s.queue
+                    .iter()
+                    .map(|w| w.deadline)
+                    .chain(idle_deadline(s).filter(later))
+                    .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
+                    .chain(linger_until(s))
+            })
+            .min()
+    }
+}
+
+/// Until when a model draining for a swap, with nothing in flight, stays to see
+/// whether its burst goes on: as long as bringing it back would take (its usual
+/// load), never past `serve_until`. Swapping away in a pause shorter than that
+/// only to swap back costs a load; waiting out the pause costs at most one.
+pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
+    if s.phase != Phase::Draining || s.in_flight > 0 {
+        return None;
+    }
+    let until = s.serve_until?.min(s.last_used + median(&s.recent_loads)?);
+    (Instant::now() < until).then_some(until)
+}
+
+pub(super) fn idle_deadline(s: &Slot) -> Option<Instant> {
+    (s.phase == Phase::Ready && s.in_flight == 0 && !s.pinned && s.queue.is_empty() && s.memory > 0)
+        .then_some(s.idle_override.unwrap_or(s.idle))
+        .flatten()
+        .map(|d| s.last_used + d)
+}

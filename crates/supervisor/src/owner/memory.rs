@@ -1,0 +1,139 @@
+//! The budget that follows the machine: measured memory, the system's available
+//! memory and `reserve`, and what goes when they say the models no longer fit.
+
+use super::*;
+
+impl<E: Effects> Owner<E> {
+    /// With a `reserve`, the budget follows the machine: what is available now plus
+    /// what our own processes hold, less the reserve, and never above the
+    /// configured budget. When that falls below what the ledger holds, idle models
+    /// go (least recently used first; never pinned ones, never work in flight);
+    /// new loads wait for room either way.
+    pub(super) fn follow_memory(&mut self, available: Option<u64>) {
+        let Some(reserve) = self.config.reserve.map(|r| r.0) else {
+            self.available = None;
+            self.budget = self.configured;
+            return;
+        };
+        // A sample that could not be read changes nothing.
+        let Some(avail) = available else { return };
+        self.available = Some(avail);
+        let machine = avail
+            .saturating_add(self.held_measured())
+            .saturating_sub(reserve);
+        let budget = self.configured.min(machine);
+        if budget == self.budget {
+            return;
+        }
+        let shrank = budget < self.budget;
+        self.budget = budget;
+        self.ceiling = self.budget.max(self.used());
+        // While a model loads, its memory moves from "available" to "ours" between
+        // two samples; judge once it is in.
+        let loading = self.slots.values().any(|s| s.phase == Phase::Starting);
+        if shrank && !loading {
+            let why = format!(
+                "free memory is short: {} available, {} reserved for the system",
+                modelyard_config::ByteSize(avail),
+                modelyard_config::ByteSize(reserve)
+            );
+            self.fit_budget(&why);
+        }
+    }
+
+    /// Why the budget is lower than routes.yaml says, if it is.
+    pub(super) fn budget_note(&self) -> String {
+        match self.available {
+            Some(avail) if self.budget < self.configured => format!(
+                " (the budget is down from {} to {} while only {} is available)",
+                modelyard_config::ByteSize(self.configured),
+                modelyard_config::ByteSize(self.budget),
+                modelyard_config::ByteSize(avail)
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// What our backends hold now, as measured: their process trees, and the
+    /// models on servers we do not run, as those servers report them.
+    pub(super) fn held_measured(&self) -> u64 {
+        let trees: u64 = self
+            .instances
+            .values()
+            .filter(|i| i.handle.is_some())
+            .filter_map(|i| i.measured)
+            .sum();
+        let attached: u64 = self
+            .slots
+            .values()
+            .filter(|s| s.phase.holds_memory() && s.counted)
+            .filter(|s| self.instances[&s.instance].handle.is_none())
+            .filter_map(|s| s.measured)
+            .sum();
+        trees + attached
+    }
+
+    /// When the budget shrank: idle models go until the ledger fits.
+    pub(super) fn fit_budget(&mut self, why: &str) {
+        // Memory already on its way out counts as gone.
+        let staying = |o: &Self| {
+            o.used()
+                - o.slots
+                    .values()
+                    .filter(|s| matches!(s.phase, Phase::Draining | Phase::Stopping))
+                    .map(|s| s.memory)
+                    .sum::<u64>()
+        };
+        while staying(self) > self.budget {
+            let victim = self
+                .slots
+                .iter()
+                .filter(|(_, s)| {
+                    s.phase == Phase::Ready && !s.pinned && s.in_flight == 0 && s.memory > 0
+                })
+                .min_by_key(|(_, s)| s.last_used)
+                .map(|(k, _)| k.clone());
+            match victim {
+                Some(v) => self.begin_drain(&v, why),
+                None => {
+                    tracing::warn!(
+                        used = self.used(),
+                        budget = self.budget,
+                        "the ledger is above the new budget until busy models finish"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_measured(&mut self, samples: Vec<(u32, Option<u64>)>) {
+        for (key, inst) in self.instances.iter_mut() {
+            let Some(pid) = inst.handle.as_ref().and_then(|h| h.pid()) else {
+                continue;
+            };
+            let Some((_, bytes)) = samples.iter().find(|(p, _)| *p == pid) else {
+                continue;
+            };
+            inst.measured = *bytes;
+            let declared: u64 = inst
+                .models
+                .iter()
+                .map(|m| &self.slots[m])
+                .filter(|s| s.phase.holds_memory())
+                .map(|s| s.memory)
+                .sum();
+            if let Some(b) = *bytes {
+                if declared > 0 && b > declared && !inst.warned {
+                    inst.warned = true;
+                    tracing::warn!(
+                        instance = %key,
+                        measured = %modelyard_config::ByteSize(b),
+                        declared = %modelyard_config::ByteSize(declared),
+                        "backend holds more memory than routes.yaml declares; raise its `memory` so the budget stays true"
+                    );
+                }
+            }
+        }
+    }
+}
