@@ -279,13 +279,11 @@ pub fn stream_loop(
         let req = target.request(body);
         let (client, tx) = (client.clone(), tx.clone());
         rt.spawn(async move {
-            let r = tokio::time::timeout(
-                Duration::from_secs(30),
-                stream_one(&client, req, at, None),
-            )
-            .await
-            .ok()
-            .flatten();
+            let r =
+                tokio::time::timeout(Duration::from_secs(30), stream_one(&client, req, at, None))
+                    .await
+                    .ok()
+                    .flatten();
             let _ = tx.send(r);
         });
     }

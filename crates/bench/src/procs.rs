@@ -177,7 +177,10 @@ pub fn wait_ready(proc: &mut Proc, url: &str, limit: Duration, log: &Path) -> Re
         .map(|f| BufReader::new(f).lines().map_while(Result::ok).collect())
         .unwrap_or_default();
     let tail = tail[tail.len().saturating_sub(15)..].join("\n");
-    Err(format!("{} not ready at {url}; its log:\n{tail}", proc.name))
+    Err(format!(
+        "{} not ready at {url}; its log:\n{tail}",
+        proc.name
+    ))
 }
 
 fn split_url(url: &str) -> (String, String) {

@@ -56,7 +56,10 @@ impl Report {
         } else {
             " (with uncommitted changes)"
         };
-        header.insert(0, ("Date".into(), sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])));
+        header.insert(
+            0,
+            ("Date".into(), sh("date", &["-u", "+%Y-%m-%d %H:%M UTC"])),
+        );
         header.push((
             "Commit".into(),
             format!("{}{dirty}", sh("git", &["rev-parse", "--short", "HEAD"])),
@@ -65,7 +68,8 @@ impl Report {
         header.push((
             "Pinning".into(),
             if pinned {
-                "load generator + backends on CPU 0, router / LiteLLM on the others (taskset)".into()
+                "load generator + backends on CPU 0, router / LiteLLM on the others (taskset)"
+                    .into()
             } else {
                 "none (fewer than 2 CPUs)".into()
             },
@@ -121,14 +125,16 @@ impl Report {
 
     fn sections(&mut self) -> String {
         let mut s = String::new();
-        let _ = writeln!(
+        if !self.rates.is_empty() {
+            let _ = writeln!(
             s,
             "## 1. Non-streamed chat requests, open loop\n\nLatency from each request's *intended* send \
              time (coordinated-omission corrected), keep-alive on both legs. \"added\" = router \
              leg − direct leg, per round, then the median of those.\n"
         );
-        let _ = writeln!(s, "| rate | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | achieved rps | errors | loadavg |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| rate | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | achieved rps | errors | loadavg |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        }
         let rates = std::mem::take(&mut self.rates);
         for (rate, legs, load) in &rates {
             for (i, name) in legs.names.iter().enumerate() {
@@ -192,17 +198,29 @@ impl Report {
                     s,
                     "| {name} | {} | {} | {} | {} | {} | {errors} |",
                     each(legs, i, |r| r.rps()).show(0, ""),
-                    if i == 0 { "1".into() } else { ratio(i).show(2, "") },
+                    if i == 0 {
+                        "1".into()
+                    } else {
+                        ratio(i).show(2, "")
+                    },
                     each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
                     each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
-                    if cpu[i].is_empty() { "".into() } else { Spread::of(&cpu[i]).show(1, "") },
+                    if cpu[i].is_empty() {
+                        "".into()
+                    } else {
+                        Spread::of(&cpu[i]).show(1, "")
+                    },
                 );
             }
             if let Some(i) = legs.names.iter().position(|n| *n == "modelyard") {
                 let c = Spread::of(&cpu[i]);
                 self.summary.push((
                     "router CPU ≤ 40 µs per request at saturation".into(),
-                    format!("{} (throughput ÷ direct {})", c.show(1, " µs"), ratio(i).show(2, "")),
+                    format!(
+                        "{} (throughput ÷ direct {})",
+                        c.show(1, " µs"),
+                        ratio(i).show(2, "")
+                    ),
                     ok(c.median <= 40.0),
                 ));
             }
@@ -237,8 +255,16 @@ impl Report {
                     "| {name} | {} | {} | {} | {} | {errors} |",
                     each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
                     each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
-                    if i == 0 { "".into() } else { added(legs, i, |r| round_p(r, 50.0)).show(0, "") },
-                    if i == 0 { "".into() } else { added(legs, i, |r| round_p(r, 99.0)).show(0, "") },
+                    if i == 0 {
+                        "".into()
+                    } else {
+                        added(legs, i, |r| round_p(r, 50.0)).show(0, "")
+                    },
+                    if i == 0 {
+                        "".into()
+                    } else {
+                        added(legs, i, |r| round_p(r, 99.0)).show(0, "")
+                    },
                 );
             }
             if let (Some(i), Some(j)) = (
@@ -271,8 +297,16 @@ impl Report {
                     "| {name} | {} | {} | {} | {} | {} | {} | {} | {ok_n} | {err} |",
                     each(legs, i, |r| p(&r.ttfb, 50.0)).show(0, ""),
                     each(legs, i, |r| p(&r.ttfb, 99.0)).show(0, ""),
-                    if i == 0 { "".into() } else { added(legs, i, |r| p(&r.ttfb, 50.0)).show(0, "") },
-                    if i == 0 { "".into() } else { added(legs, i, |r| p(&r.ttfb, 99.0)).show(0, "") },
+                    if i == 0 {
+                        "".into()
+                    } else {
+                        added(legs, i, |r| p(&r.ttfb, 50.0)).show(0, "")
+                    },
+                    if i == 0 {
+                        "".into()
+                    } else {
+                        added(legs, i, |r| p(&r.ttfb, 99.0)).show(0, "")
+                    },
                     each(legs, i, |r| p(&r.gaps, 50.0)).show(0, ""),
                     each(legs, i, |r| p(&r.gaps, 99.0)).show(0, ""),
                     each(legs, i, |r| r.frames as f64 / r.ok.max(1) as f64).show(1, ""),
@@ -289,7 +323,11 @@ impl Report {
                 let f = added(legs, i, |r| r.frames as f64 / r.ok.max(1) as f64);
                 self.summary.push((
                     "streaming: no chunk held back".into(),
-                    format!("gap p99 − direct {}; frames/stream − direct {}", g.show(0, " µs"), f.show(1, "")),
+                    format!(
+                        "gap p99 − direct {}; frames/stream − direct {}",
+                        g.show(0, " µs"),
+                        f.show(1, "")
+                    ),
                     ok(f.median.abs() < 0.5 && g.median < 1000.0),
                 ));
             }
@@ -305,7 +343,12 @@ impl Report {
             );
             self.summary.push((
                 format!("{} concurrent streams, RSS < 100 MB, no errors", m.n),
-                format!("{:.1} MiB, {} errors, peak {} open", mib(m.peak_rss), m.errors, m.peak_open),
+                format!(
+                    "{:.1} MiB, {} errors, peak {} open",
+                    mib(m.peak_rss),
+                    m.errors,
+                    m.peak_open
+                ),
                 ok(m.peak_rss < 100_000_000 && m.errors == 0 && m.n >= 10_000),
             ));
         }
@@ -316,7 +359,12 @@ impl Report {
             mib(self.idle_rss), mib(self.load_rss), mib(self.after_rss)
         );
         if let (Some(a), Some(b)) = (self.peer_idle_rss, self.peer_load_rss) {
-            let _ = writeln!(s, "\nLiteLLM, same run: {:.0} MiB idle, {:.0} MiB under load.", mib(a), mib(b));
+            let _ = writeln!(
+                s,
+                "\nLiteLLM, same run: {:.0} MiB idle, {:.0} MiB under load.",
+                mib(a),
+                mib(b)
+            );
         }
         self.summary.push((
             "idle RSS < 15 MB".into(),
@@ -327,16 +375,32 @@ impl Report {
         if let Some(c) = &self.cancel {
             let _ = writeln!(s, "\n## Cancellation\n\nThe client drops the connection; the time until the backend's `/sim/stats` counts the request cancelled (polled every 2 ms).\n\n| case | backend saw the close after |\n|---|---|");
             for k in &c.cases {
-                let _ = writeln!(s, "| {} | {} |", k.case, k.seen_ms.map_or("not within 2 s".into(), |m| format!("{m:.1} ms")));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} |",
+                    k.case,
+                    k.seen_ms
+                        .map_or("not within 2 s".into(), |m| format!("{m:.1} ms"))
+                );
             }
             let _ = writeln!(s, "\nRouter open descriptors before: {}, after: {} (no connection leaked if equal or fewer).", c.fds_before, c.fds_after);
-            let worst = c.cases.iter().map(|k| k.seen_ms.unwrap_or(f64::INFINITY)).fold(0.0, f64::max);
+            let worst = c
+                .cases
+                .iter()
+                .map(|k| k.seen_ms.unwrap_or(f64::INFINITY))
+                .fold(0.0, f64::max);
             self.summary.push((
                 "cancellation reaches the backend within 100 ms".into(),
-                format!("worst {worst:.1} ms; fds {} → {}", c.fds_before, c.fds_after),
+                format!(
+                    "worst {worst:.1} ms; fds {} → {}",
+                    c.fds_before, c.fds_after
+                ),
                 ok(worst <= 100.0 && c.fds_after <= c.fds_before),
             ));
-            let _ = writeln!(s, "\n(Aborts while queued are not measured here: the backend never sees them.)");
+            let _ = writeln!(
+                s,
+                "\n(Aborts while queued are not measured here: the backend never sees them.)"
+            );
         }
         if let Some(o) = &self.overload {
             let _ = writeln!(
@@ -368,10 +432,16 @@ impl Report {
                 let _ = writeln!(
                     s,
                     "| {name} | {} / {} / {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} / {} |",
-                    p.loads, n.loads, b.loads,
-                    p.makespan.as_secs_f64() * 1e3, n.makespan.as_secs_f64() * 1e3, b.makespan.as_secs_f64() * 1e3,
-                    p.worst_wait.as_secs_f64() * 1e3, n.worst_wait.as_secs_f64() * 1e3,
-                    p.errors, n.errors
+                    p.loads,
+                    n.loads,
+                    b.loads,
+                    p.makespan.as_secs_f64() * 1e3,
+                    n.makespan.as_secs_f64() * 1e3,
+                    b.makespan.as_secs_f64() * 1e3,
+                    p.worst_wait.as_secs_f64() * 1e3,
+                    n.worst_wait.as_secs_f64() * 1e3,
+                    p.errors,
+                    n.errors
                 );
                 // Each trace is far shorter than max_swap_delay: no forced switch is due.
                 met &= p.loads <= b.loads + 1;
@@ -379,7 +449,8 @@ impl Report {
                 pol_total += p.loads;
             }
             self.summary.push((
-                "scheduling: loads ≤ offline bound (+1 per forced switch); far fewer than FCFS".into(),
+                "scheduling: loads ≤ offline bound (+1 per forced switch); far fewer than FCFS"
+                    .into(),
                 format!("{pol_total} loads vs FCFS {fcfs_total} over the traces"),
                 ok(met && pol_total < fcfs_total),
             ));
@@ -397,18 +468,35 @@ impl Report {
         }
         let mut bars_b: Vec<(String, f64)> = Vec::new();
         for (rate, legs, _) in &self.rates {
-            bars_b.push((format!("modelyard @{}k", rate / 1000.0), added(legs, 1, |r| round_p(r, 50.0)).median));
+            bars_b.push((
+                format!("modelyard @{}k", rate / 1000.0),
+                added(legs, 1, |r| round_p(r, 50.0)).median,
+            ));
         }
         if let Some((legs, _)) = &self.low {
             for (i, n) in legs.names.iter().enumerate().skip(1) {
-                bars_b.push((format!("{n} @20"), added(legs, i, |r| round_p(r, 50.0)).median));
+                bars_b.push((
+                    format!("{n} @20"),
+                    added(legs, i, |r| round_p(r, 50.0)).median,
+                ));
             }
         }
-        let mut s = String::from(r#"<svg xmlns="http://www.w3.org/2000/svg" width="820" height="340" font-family="sans-serif" font-size="12">
+        let mut s = String::from(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="820" height="340" font-family="sans-serif" font-size="12">
 <rect width="820" height="340" fill="white"/>
-"#);
-        let panel = |s: &mut String, x0: f64, title: &str, bars: &[(String, f64)], log: bool, unit: &str| {
-            let _ = writeln!(s, r#"<text x="{}" y="22" font-size="14" font-weight="bold">{title}</text>"#, x0);
+"#,
+        );
+        let panel = |s: &mut String,
+                     x0: f64,
+                     title: &str,
+                     bars: &[(String, f64)],
+                     log: bool,
+                     unit: &str| {
+            let _ = writeln!(
+                s,
+                r#"<text x="{}" y="22" font-size="14" font-weight="bold">{title}</text>"#,
+                x0
+            );
             let max = bars.iter().map(|b| b.1).fold(1.0, f64::max);
             let h = 230.0;
             let scale = |v: f64| {
@@ -423,18 +511,63 @@ impl Report {
             for (i, (name, v)) in bars.iter().enumerate() {
                 let bh = scale(*v).max(1.0);
                 let x = x0 + i as f64 * w + 8.0;
-                let color = if name.starts_with("litellm") { colors[2] } else if name.starts_with("direct") { colors[0] } else { colors[1] };
-                let _ = writeln!(s, r#"<rect x="{x:.0}" y="{:.0}" width="{:.0}" height="{bh:.0}" fill="{color}"/>"#, 270.0 - bh, w - 16.0);
-                let _ = writeln!(s, r#"<text x="{:.0}" y="{:.0}" text-anchor="middle">{v:.0}{unit}</text>"#, x + (w - 16.0) / 2.0, 265.0 - bh);
-                let _ = writeln!(s, r#"<text x="{:.0}" y="290" text-anchor="middle">{name}</text>"#, x + (w - 16.0) / 2.0);
+                let color = if name.starts_with("litellm") {
+                    colors[2]
+                } else if name.starts_with("direct") {
+                    colors[0]
+                } else {
+                    colors[1]
+                };
+                let _ = writeln!(
+                    s,
+                    r#"<rect x="{x:.0}" y="{:.0}" width="{:.0}" height="{bh:.0}" fill="{color}"/>"#,
+                    270.0 - bh,
+                    w - 16.0
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.0}" y="{:.0}" text-anchor="middle">{v:.0}{unit}</text>"#,
+                    x + (w - 16.0) / 2.0,
+                    265.0 - bh
+                );
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.0}" y="290" text-anchor="middle">{name}</text>"#,
+                    x + (w - 16.0) / 2.0
+                );
             }
-            let _ = writeln!(s, r#"<line x1="{x0}" y1="270" x2="{}" y2="270" stroke="black"/>"#, x0 + 370.0);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{x0}" y1="270" x2="{}" y2="270" stroke="black"/>"#,
+                x0 + 370.0
+            );
         };
-        panel(&mut s, 20.0, "Throughput at saturation (rps)", &bars_a, false, "");
-        panel(&mut s, 430.0, "Added latency p50 (µs, log scale)", &bars_b, true, " µs");
-        let _ = writeln!(s, r##"<text x="20" y="325" fill="#555">{} · commit {} · medians of interleaved rounds</text>"##,
+        panel(
+            &mut s,
+            20.0,
+            "Throughput at saturation (rps)",
+            &bars_a,
+            false,
+            "",
+        );
+        panel(
+            &mut s,
+            430.0,
+            "Added latency p50 (µs, log scale)",
+            &bars_b,
+            true,
+            " µs",
+        );
+        let _ = writeln!(
+            s,
+            r##"<text x="20" y="325" fill="#555">{} · commit {} · medians of interleaved rounds</text>"##,
             self.header.first().map(|h| h.1.as_str()).unwrap_or(""),
-            self.header.iter().find(|h| h.0 == "Commit").map(|h| h.1.as_str()).unwrap_or(""));
+            self.header
+                .iter()
+                .find(|h| h.0 == "Commit")
+                .map(|h| h.1.as_str())
+                .unwrap_or("")
+        );
         s.push_str("</svg>\n");
         s
     }

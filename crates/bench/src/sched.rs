@@ -77,7 +77,12 @@ pub fn bound(t: &Trace) -> Bound {
     models.sort_unstable();
     models.dedup();
     let k = models.len() as u32;
-    let shortest = t.items.iter().map(|i| service(i.2)).min().unwrap_or_default();
+    let shortest = t
+        .items
+        .iter()
+        .map(|i| service(i.2))
+        .min()
+        .unwrap_or_default();
     let by_arrival = t
         .items
         .iter()

@@ -28,7 +28,12 @@ impl Rig {
         let log = self.dir.join(format!("{name}.log"));
         let mut p = Proc::spawn(name, &argv, &[], self.near.as_deref(), &log)?;
         let base = format!("http://127.0.0.1:{port}");
-        wait_ready(&mut p, &format!("{base}/health"), Duration::from_secs(20), &log)?;
+        wait_ready(
+            &mut p,
+            &format!("{base}/health"),
+            Duration::from_secs(20),
+            &log,
+        )?;
         Ok((
             p,
             Target {
@@ -67,7 +72,12 @@ impl Rig {
             &log,
         )?;
         let base = format!("http://127.0.0.1:{port}");
-        wait_ready(&mut p, &format!("{base}/healthz"), Duration::from_secs(20), &log)?;
+        wait_ready(
+            &mut p,
+            &format!("{base}/healthz"),
+            Duration::from_secs(20),
+            &log,
+        )?;
         Ok((
             p,
             Target {
@@ -79,7 +89,11 @@ impl Rig {
     }
 
     /// LiteLLM's proxy in front of the given backends, if it is installed.
-    pub fn litellm(&self, exe: &std::path::Path, models: &[(&str, &Target)]) -> Result<(Proc, Target), String> {
+    pub fn litellm(
+        &self,
+        exe: &std::path::Path,
+        models: &[(&str, &Target)],
+    ) -> Result<(Proc, Target), String> {
         if !exe.exists() {
             return Err(format!("{} is not installed", exe.display()));
         }
@@ -93,7 +107,10 @@ impl Rig {
             ));
         }
         std::fs::write(&config, yaml).map_err(|e| e.to_string())?;
-        let key = format!("sk-bench-{:016x}", std::process::id() as u64 * 0x9e37_79b9_7f4a_7c15);
+        let key = format!(
+            "sk-bench-{:016x}",
+            std::process::id() as u64 * 0x9e37_79b9_7f4a_7c15
+        );
         let argv = vec![
             exe.display().to_string(),
             "--config".into(),
