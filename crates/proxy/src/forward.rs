@@ -233,33 +233,66 @@ pub(crate) async fn read_body(
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1). Typed
+/// names, so removing them does not parse nine strings on every request.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+}
+
+/// The backend's URI for a request: the common case (no base path, the client's
+/// own path) reuses the parsed pieces instead of formatting and parsing again.
+fn upstream_uri(parts: &Parts, lease: &Lease, path: Option<&str>) -> http::Uri {
+    if lease.base_path.is_empty() && path.is_none() {
+        if let Some(pq) = parts.uri.path_and_query() {
+            let built = http::Uri::builder()
+                .scheme(lease.scheme.clone())
+                .authority(lease.authority.clone())
+                .path_and_query(pq.clone())
+                .build();
+            if let Ok(uri) = built {
+                return uri;
+            }
+        }
     }
+    let path = path.unwrap_or_else(|| {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    });
+    format!(
+        "{}://{}{}{}",
+        lease.scheme, lease.authority, lease.base_path, path
+    )
+    .parse()
+    .expect("lease endpoints and request paths form a valid URI")
 }
 
 /// The client's request for the backend: its path (or `path`, for a request
@@ -271,17 +304,7 @@ pub(crate) fn upstream_request(
     path: Option<&str>,
     body: Bytes,
 ) -> Request<Full<Bytes>> {
-    let path = path.unwrap_or_else(|| {
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    });
-    let uri = format!(
-        "{}://{}{}{}",
-        lease.scheme, lease.authority, lease.base_path, path
-    );
+    let uri = upstream_uri(parts, lease, path);
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
@@ -296,9 +319,7 @@ pub(crate) fn upstream_request(
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri
-        .parse()
-        .expect("lease endpoints and request paths form a valid URI");
+    *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     req
@@ -318,18 +339,24 @@ pub(crate) fn relay(
     let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let sse = content_type.starts_with("text/event-stream");
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    let starts = |prefix: &[u8]| {
+        content_type.len() >= prefix.len()
+            && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let sse = starts(b"text/event-stream");
     let framing = if sse {
         Framing::Sse
-    } else if content_type.starts_with("application/x-ndjson") {
+    } else if starts(b"application/x-ndjson") {
         Framing::Ndjson
     } else {
         Framing::Other
     };
-    let textual = sse || content_type.contains("json");
+    let textual = sse
+        || content_type
+            .windows(4)
+            .any(|w| w.eq_ignore_ascii_case(b"json"));
     let rewriter = textual.then(|| {
         // The name changes length, so the upstream's length no longer holds.
         parts.headers.remove(header::CONTENT_LENGTH);
