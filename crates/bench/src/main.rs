@@ -252,7 +252,14 @@ fn run(opts: Opts) -> Result<(), String> {
     let peer: Option<(Proc, Target)> = if opts.peer && peer_needed {
         say("starting LiteLLM");
         match rig.litellm(&opts.litellm, &[("m", &direct), ("s", &direct_s)]) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                let v = setup::litellm_version(&opts.litellm).unwrap_or_else(|| "?".into());
+                rep.notes.push(format!(
+                    "Peer: LiteLLM {v} (`{}`), one worker, master key set, LITELLM_LOCAL_MODEL_COST_MAP=True, pinned with the router",
+                    opts.litellm.display()
+                ));
+                Some(p)
+            }
             Err(e) => {
                 let line = format!("LiteLLM skipped: {e}");
                 say(&line);
@@ -386,7 +393,7 @@ fn run(opts: Opts) -> Result<(), String> {
     // 4. Many open streams at once, through the router.
     if opts.wants("many") {
         say(&format!("{} concurrent streams", opts.streams));
-        rep.many = Some(many_streams(&rig, &h, &client, opts.streams)?);
+        rep.many = Some(many_streams(&rig, &h, opts.streams)?);
     }
 
     // 5. Cancellation and overload.
@@ -442,6 +449,8 @@ pub fn mib(b: u64) -> f64 {
 
 pub struct Many {
     pub n: usize,
+    /// h2 connections the client leg shared out the streams over.
+    pub conns: usize,
     pub peak_open: usize,
     pub ok: usize,
     pub errors: usize,
@@ -451,12 +460,7 @@ pub struct Many {
     pub cpu_share: f64,
 }
 
-fn many_streams(
-    rig: &setup::Rig,
-    h: &tokio::runtime::Handle,
-    client: &load::HttpClient,
-    n: usize,
-) -> Result<Many, String> {
+fn many_streams(rig: &setup::Rig, h: &tokio::runtime::Handle, n: usize) -> Result<Many, String> {
     // 12 chunks a second apart: each stream stays open ~12 s after the ramp.
     let (_sim, direct_h) = rig.sim("sim-h", "h", &["--tokens", "12", "--token-delay", "1s"])?;
     // A router of its own, so its RSS is this scenario's alone.
@@ -469,9 +473,11 @@ fn many_streams(
     let cpu0 = r2.cpu();
     let t0 = Instant::now();
     let rate = 2000.0;
-    let held = load::hold_streams(h, client, &t2, &body, n, rate);
+    let clients = load::h2_clients(n.div_ceil(150).max(1));
+    let held = load::hold_streams(h, &clients, &t2, &body, n, rate);
     let mut m = Many {
         n,
+        conns: clients.len(),
         peak_open: 0,
         ok: 0,
         errors: 0,

@@ -82,9 +82,12 @@ impl Report {
             ),
         ));
         header.push(("Open files limit".into(), nofile.to_string()));
-        let mut command = String::from("cargo run --release -p modelyard-bench");
-        if opts.quick {
-            command.push_str(" -- --quick");
+        let mut command = String::from(
+            "cargo build --release -p modelyard-bench -p modelyard && target/release/modelyard-bench",
+        );
+        for a in std::env::args().skip(1) {
+            command.push(' ');
+            command.push_str(&a);
         }
         Report {
             command,
@@ -105,6 +108,12 @@ impl Report {
              (min…max) in brackets. The load generator, the backends and the router share the \
              machine below, so absolute figures move with its load; compare within one run.\n",
             self.command
+        );
+        let _ = writeln!(
+            s,
+            "The peer, LiteLLM's proxy, runs when `.venv-litellm` exists at the repository's root \
+             (`python3 -m venv .venv-litellm && .venv-litellm/bin/pip install 'litellm[proxy]'`); \
+             without it the run says so below and leaves its columns out.\n"
         );
         for (k, v) in &self.header {
             let _ = writeln!(s, "- **{k}**: {v}");
@@ -336,10 +345,14 @@ impl Report {
         if let Some(m) = &self.many {
             let _ = writeln!(
                 s,
-                "\n## 3. {} concurrent streams through the router\n\nOpened at 2000/s, each 12 chunks 1 s apart, all open together for ~7 s.\n\n\
+                "\n## 3. {} concurrent streams through the router\n\nOpened at 2000/s, each 12 chunks 1 s apart, all open together for ~7 s. \
+                 The client leg is h2 over {} connections (≤ 150 streams each; an h2 server allows 200): \
+                 this machine's hard limit of open files is 20,000 a process, and the router's upstream \
+                 leg is HTTP/1.1, one socket per stream, so one client connection per stream as well would \
+                 not fit. Router CPU per chunk = its utime+stime over the scenario ÷ (completed streams × 14 frames).\n\n\
                  | peak open | completed | errors | router peak RSS | router peak fds | router CPU µs/chunk | router CPU share |\n|---|---|---|---|---|---|---|\n\
                  | {} | {} | {} | {:.1} MiB | {} | {:.1} | {:.0} % |",
-                m.n, m.peak_open, m.ok, m.errors, mib(m.peak_rss), m.peak_fds, m.cpu_per_chunk_us, m.cpu_share * 100.0
+                m.n, m.conns, m.peak_open, m.ok, m.errors, mib(m.peak_rss), m.peak_fds, m.cpu_per_chunk_us, m.cpu_share * 100.0
             );
             self.summary.push((
                 format!("{} concurrent streams, RSS < 100 MB, no errors", m.n),
