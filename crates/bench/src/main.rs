@@ -9,6 +9,7 @@
 
 mod load;
 mod procs;
+mod relay;
 mod report;
 mod sched;
 mod setup;
@@ -34,6 +35,8 @@ pub struct Opts {
     pub litellm: PathBuf,
     /// Scenarios to run (all when None), for working on one at a time.
     pub only: Option<Vec<String>>,
+    /// Pin the load generator and backends to CPU 0 and the proxies to the rest.
+    pub pin: bool,
 }
 
 /// Scenario names `--only` accepts, in the order they run.
@@ -56,7 +59,7 @@ impl Opts {
     }
 }
 
-const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--litellm PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched] [--out FILE.md | --no-write]";
+const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-pin] [--litellm PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched] [--out FILE.md | --no-write]";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -72,6 +75,7 @@ fn parse() -> Result<Opts, String> {
         out: Some(root().join("docs/benchmarks.md")),
         litellm: root().join(".venv-litellm/bin/litellm"),
         only: None,
+        pin: true,
     };
     let mut args = std::env::args().skip(1);
     let mut rounds = None;
@@ -85,6 +89,7 @@ fn parse() -> Result<Opts, String> {
             "--secs" => secs = Some(val("--secs")?.parse().map_err(|_| "--secs S")?),
             "--streams" => streams = Some(val("--streams")?.parse().map_err(|_| "--streams N")?),
             "--no-peer" => o.peer = false,
+            "--no-pin" => o.pin = false,
             "--litellm" => o.litellm = val("--litellm")?.into(),
             "--out" => o.out = Some(val("--out")?.into()),
             "--no-write" => o.out = None,
@@ -207,7 +212,7 @@ fn run(opts: Opts) -> Result<(), String> {
         .map(|n| n.get())
         .unwrap_or(1);
     // Backends and the load generator on core 0, the proxy under test on core 1.
-    let pinned = cpus >= 2 && procs::pin_self(0);
+    let pinned = opts.pin && cpus >= 2 && procs::pin_self(0);
     let dir = std::env::temp_dir().join(format!("modelyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let rig = setup::Rig {
@@ -288,6 +293,8 @@ fn run(opts: Opts) -> Result<(), String> {
     }
 
     // 1. Fixed rates, router vs direct.
+    // The floor: a byte-copying relay on the router's CPU, same two extra hops.
+    let floor = relay::start(&direct.base, pinned.then_some(1))?;
     let rates: &[f64] = if opts.wants("rates") {
         &[1000.0, 5000.0]
     } else {
@@ -297,7 +304,7 @@ fn run(opts: Opts) -> Result<(), String> {
         say(&format!("{rate} rps open loop"));
         let load_before = procs::loadavg();
         let sampler = Sampler::start(router.pid());
-        let legs = interleave(&[&direct, &routed], opts.rounds, |t| {
+        let legs = interleave(&[&direct, &routed, &floor], opts.rounds, |t| {
             load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
         });
         rep.load_rss = rep.load_rss.max(sampler.finish());

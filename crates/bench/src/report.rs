@@ -71,7 +71,7 @@ impl Report {
                 "load generator + backends on CPU 0, router / LiteLLM on the others (taskset)"
                     .into()
             } else {
-                "none (fewer than 2 CPUs)".into()
+                "none (--no-pin, or fewer than 2 CPUs)".into()
             },
         ));
         header.push((
@@ -139,7 +139,9 @@ impl Report {
             s,
             "## 1. Non-streamed chat requests, open loop\n\nLatency from each request's *intended* send \
              time (coordinated-omission corrected), keep-alive on both legs. \"added\" = router \
-             leg − direct leg, per round, then the median of those.\n"
+             leg − direct leg, per round, then the median of those. `tcp-relay` is a relay inside the bench, \
+             on the router's CPU, that only copies bytes both ways (tokio's `copy_bidirectional`): \
+             the two extra loopback hops every proxy adds, before it does any work of its own.\n"
         );
             let _ = writeln!(s, "| rate | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | achieved rps | errors | loadavg |");
             let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
@@ -166,6 +168,25 @@ impl Report {
                     add(99.9),
                     each(legs, i, |r| r.rps()).show(0, ""),
                 );
+            }
+            if let (true, Some(f)) = (
+                *rate == 1000.0,
+                legs.names.iter().position(|n| *n == "tcp-relay"),
+            ) {
+                let floor = added(legs, f, |r| round_p(r, 50.0));
+                let above = {
+                    let d: Vec<f64> = legs.rounds[1]
+                        .iter()
+                        .zip(&legs.rounds[f])
+                        .map(|(x, y)| round_p(x, 50.0) - round_p(y, 50.0))
+                        .collect();
+                    Spread::of(&d)
+                };
+                self.summary.push((
+                    "(context) the hops alone: a byte-copying relay's added p50 at 1k rps; the router above it".into(),
+                    format!("{}; router − relay {}", floor.show(0, " µs"), above.show(0, " µs")),
+                    "floor",
+                ));
             }
             if *rate == 1000.0 && legs.names.len() > 1 {
                 let p50 = added(legs, 1, |r| round_p(r, 50.0));
