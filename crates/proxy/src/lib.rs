@@ -127,8 +127,11 @@ impl Router {
     }
 
     async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        // The handlers' futures are boxed: their state (4-5 KiB for a model
+        // request) would otherwise be inlined into this one and copied whole at
+        // each of the several moves a service future makes before it is pinned.
         if req.uri().path().starts_with("/admin/") {
-            return admin::handle(self.inner, req, peer).await;
+            return Box::pin(admin::handle(self.inner, req, peer)).await;
         }
         let path = req.uri().path();
         if path.starts_with("/v1/") || path.starts_with("/api/") {
@@ -142,10 +145,10 @@ impl Router {
             }
         }
         if req.uri().path().starts_with("/api/") {
-            return ollama::handle(self.inner, req).await;
+            return Box::pin(ollama::handle(self.inner, req)).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
-            return forward::model_request(self.inner, req).await;
+            return Box::pin(forward::model_request(self.inner, req)).await;
         }
         let inner = &*self.inner;
         let path = req.uri().path();
