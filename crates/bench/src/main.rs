@@ -436,6 +436,15 @@ fn run(opts: Opts) -> Result<(), String> {
     let text = rep.markdown();
     println!("{text}");
     if let Some(out) = &opts.out {
+        // What a person wrote below the marker (reading the numbers, the profile)
+        // survives a new run; the numbers above it are replaced.
+        let notes = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|old| old.find(NOTES_MARKER).map(|i| old[i..].to_string()));
+        let text = match notes {
+            Some(n) => format!("{text}\n{n}"),
+            None => text,
+        };
         std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
         let svg = out.with_extension("svg");
         std::fs::write(&svg, rep.svg()).map_err(|e| format!("{}: {e}", svg.display()))?;
@@ -444,6 +453,9 @@ fn run(opts: Opts) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Where the generated part of docs/benchmarks.md ends and notes kept across runs begin.
+const NOTES_MARKER: &str = "<!-- notes: written by hand, kept by the next run -->";
 
 fn rep_clock() -> f64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
