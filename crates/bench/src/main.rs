@@ -427,7 +427,8 @@ fn run(opts: Opts) -> Result<(), String> {
         let policy = sched::run(&rig, &h, &client, &t, false)?;
         let naive = sched::run(&rig, &h, &client, &t, true)?;
         let bound = sched::bound(&t);
-        rep.sched.push((t.name, policy, naive, bound));
+        let strict = sched::strict_fcfs(&t);
+        rep.sched.push((t.name, policy, naive, strict, bound));
     }
     drop(peer);
     drop(router);

@@ -24,7 +24,7 @@ pub struct Report {
     pub many: Option<Many>,
     pub cancel: Option<CancelReport>,
     pub overload: Option<Overload>,
-    pub sched: Vec<(&'static str, Outcome, Outcome, Bound)>,
+    pub sched: Vec<(&'static str, Outcome, Outcome, Outcome, Bound)>,
     pub load_after: String,
     /// (target, measured, met)
     summary: Vec<(String, String, &'static str)>,
@@ -451,42 +451,48 @@ impl Report {
             let _ = writeln!(
                 s,
                 "\n## 5. Scheduling\n\nTwo models of 600 MB under a 1 GB budget (only one fits), each taking {} ms to load; \
-                 short requests {} ms, the long one {} ms. \"policy\" is the router's default (`max_swap_delay: 10s`), \
-                 \"naive FCFS\" the same router with `max_swap_delay: 0s`. The offline bound: every distinct model loaded \
-                 once, loads in sequence, nothing done before it arrives and is served.\n",
+                 short requests {} ms, the long one {} ms. Measured through the router: \"policy\" is its default \
+                 (`max_swap_delay: 10s`: a model draining for a swap still serves its own new requests meanwhile), \
+                 \"msd 0\" the same router with `max_swap_delay: 0s` (it still serves every request queued for a model \
+                 with one load). Computed from the trace: \"strict FCFS\" takes requests in arrival order and never \
+                 reorders across models, so each change of model is a swap; the offline bound loads each distinct \
+                 model once, in sequence, nothing finishing before it arrives and is served.\n",
                 crate::sched::LOAD.as_millis(),
                 (crate::sched::TOKEN * crate::sched::SHORT).as_millis(),
                 (crate::sched::TOKEN * crate::sched::LONG).as_millis(),
             );
-            let _ = writeln!(s, "| trace | loads: policy / FCFS / bound | makespan ms: policy / FCFS / bound | worst latency ms: policy / FCFS | errors |\n|---|---|---|---|---|");
+            let _ = writeln!(s, "| trace | loads: policy / msd 0 / strict FCFS / bound | makespan ms: policy / msd 0 / strict FCFS / bound | worst latency ms: policy / msd 0 / strict FCFS | errors |\n|---|---|---|---|---|");
+            let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
             let mut met = true;
-            let mut fcfs_total = 0;
-            let mut pol_total = 0;
-            for (name, p, n, b) in &self.sched {
+            let (mut pol_total, mut strict_total) = (0, 0);
+            for (name, p, n, f, b) in &self.sched {
                 let _ = writeln!(
                     s,
-                    "| {name} | {} / {} / {} | {:.0} / {:.0} / {:.0} | {:.0} / {:.0} | {} / {} |",
+                    "| {name} | {} / {} / {} / {} | {:.0} / {:.0} / {:.0} / {:.0} | {:.0} / {:.0} / {:.0} | {} / {} |",
                     p.loads,
                     n.loads,
+                    f.loads,
                     b.loads,
-                    p.makespan.as_secs_f64() * 1e3,
-                    n.makespan.as_secs_f64() * 1e3,
-                    b.makespan.as_secs_f64() * 1e3,
-                    p.worst_wait.as_secs_f64() * 1e3,
-                    n.worst_wait.as_secs_f64() * 1e3,
+                    ms(p.makespan),
+                    ms(n.makespan),
+                    ms(f.makespan),
+                    ms(b.makespan),
+                    ms(p.worst_wait),
+                    ms(n.worst_wait),
+                    ms(f.worst_wait),
                     p.errors,
                     n.errors
                 );
                 // Each trace is far shorter than max_swap_delay: no forced switch is due.
                 met &= p.loads <= b.loads + 1;
-                fcfs_total += n.loads;
                 pol_total += p.loads;
+                strict_total += f.loads;
             }
             self.summary.push((
                 "scheduling: loads ≤ offline bound (+1 per forced switch); far fewer than FCFS"
                     .into(),
-                format!("{pol_total} loads vs FCFS {fcfs_total} over the traces"),
-                ok(met && pol_total < fcfs_total),
+                format!("{pol_total} loads vs strict FCFS {strict_total} over the traces"),
+                ok(met && pol_total * 2 <= strict_total),
             ));
         }
         s
