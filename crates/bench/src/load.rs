@@ -26,6 +26,23 @@ pub fn client() -> HttpClient {
         .build(c)
 }
 
+/// `n` clients speaking h2 with prior knowledge, each on a connection of its own.
+/// Many streams then need few sockets on the client leg: with one connection per
+/// stream, 10,000 streams would take the router past a 20,000-descriptor hard
+/// limit (its upstream leg holds one socket per stream too), and an h2 server
+/// allows 200 streams per connection.
+pub fn h2_clients(n: usize) -> Vec<HttpClient> {
+    (0..n)
+        .map(|_| {
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(c)
+        })
+        .collect()
+}
+
 /// Where requests go: the backend itself, the router, or the peer.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -314,7 +331,7 @@ pub struct Held {
 /// Opens `n` streams at `rate` per second; each reports whether it completed.
 pub fn hold_streams(
     rt: &Handle,
-    client: &HttpClient,
+    clients: &[HttpClient],
     target: &Target,
     body: &Bytes,
     n: usize,
@@ -327,7 +344,8 @@ pub fn hold_streams(
         let at = start + Duration::from_secs_f64(i as f64 / rate);
         sleep_until(at);
         let req = target.request(body);
-        let (client, tx, open) = (client.clone(), tx.clone(), open.clone());
+        let client = clients[i % clients.len()].clone();
+        let (tx, open) = (tx.clone(), open.clone());
         rt.spawn(async move {
             let r = tokio::time::timeout(
                 Duration::from_secs(120),

@@ -3,11 +3,13 @@
 //! of per-round differences with their spread. Writes docs/benchmarks.md and
 //! docs/benchmarks.svg.
 
-// A benchmark measures wall-clock time; nothing here runs on the paused test clock.
+// A benchmark measures the real clock, from plain threads as well as tasks;
+// the paused tokio clock the rest of the workspace is held to has no place here.
 #![allow(clippy::disallowed_types)]
 
 mod load;
 mod procs;
+mod relay;
 mod report;
 mod sched;
 mod setup;
@@ -31,9 +33,33 @@ pub struct Opts {
     pub peer: bool,
     pub out: Option<PathBuf>,
     pub litellm: PathBuf,
+    /// Scenarios to run (all when None), for working on one at a time.
+    pub only: Option<Vec<String>>,
+    /// Pin the load generator and backends to CPU 0 and the proxies to the rest.
+    pub pin: bool,
 }
 
-const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--litellm PATH] [--out FILE.md | --no-write]";
+/// Scenario names `--only` accepts, in the order they run.
+const SCENARIOS: &[&str] = &[
+    "rates",
+    "saturation",
+    "low",
+    "streams",
+    "many",
+    "cancel",
+    "overload",
+    "sched",
+];
+
+impl Opts {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|o| o.iter().any(|s| s == scenario))
+    }
+}
+
+const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-pin] [--litellm PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched] [--out FILE.md | --no-write]";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -48,6 +74,8 @@ fn parse() -> Result<Opts, String> {
         peer: true,
         out: Some(root().join("docs/benchmarks.md")),
         litellm: root().join(".venv-litellm/bin/litellm"),
+        only: None,
+        pin: true,
     };
     let mut args = std::env::args().skip(1);
     let mut rounds = None;
@@ -61,9 +89,17 @@ fn parse() -> Result<Opts, String> {
             "--secs" => secs = Some(val("--secs")?.parse().map_err(|_| "--secs S")?),
             "--streams" => streams = Some(val("--streams")?.parse().map_err(|_| "--streams N")?),
             "--no-peer" => o.peer = false,
+            "--no-pin" => o.pin = false,
             "--litellm" => o.litellm = val("--litellm")?.into(),
             "--out" => o.out = Some(val("--out")?.into()),
             "--no-write" => o.out = None,
+            "--only" => {
+                let list: Vec<String> = val("--only")?.split(',').map(str::to_string).collect();
+                if let Some(bad) = list.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    return Err(format!("unknown scenario {bad}\n{USAGE}"));
+                }
+                o.only = Some(list);
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -176,7 +212,7 @@ fn run(opts: Opts) -> Result<(), String> {
         .map(|n| n.get())
         .unwrap_or(1);
     // Backends and the load generator on core 0, the proxy under test on core 1.
-    let pinned = cpus >= 2 && procs::pin_self(0);
+    let pinned = opts.pin && cpus >= 2 && procs::pin_self(0);
     let dir = std::env::temp_dir().join(format!("modelyard-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let rig = setup::Rig {
@@ -215,10 +251,20 @@ fn run(opts: Opts) -> Result<(), String> {
     rep.idle_rss = router.rss();
     say(&format!("router idle RSS {:.1} MiB", mib(rep.idle_rss)));
 
-    let peer: Option<(Proc, Target)> = if opts.peer {
+    let peer_needed = ["saturation", "low", "streams"]
+        .iter()
+        .any(|s| opts.wants(s));
+    let peer: Option<(Proc, Target)> = if opts.peer && peer_needed {
         say("starting LiteLLM");
         match rig.litellm(&opts.litellm, &[("m", &direct), ("s", &direct_s)]) {
-            Ok(p) => Some(p),
+            Ok(p) => {
+                let v = setup::litellm_version(&opts.litellm).unwrap_or_else(|| "?".into());
+                rep.notes.push(format!(
+                    "Peer: LiteLLM {v} (`{}`), one worker, master key set, LITELLM_LOCAL_MODEL_COST_MAP=True, pinned with the router",
+                    opts.litellm.display()
+                ));
+                Some(p)
+            }
             Err(e) => {
                 let line = format!("LiteLLM skipped: {e}");
                 say(&line);
@@ -226,8 +272,10 @@ fn run(opts: Opts) -> Result<(), String> {
                 None
             }
         }
-    } else {
+    } else if peer_needed {
         rep.notes.push("LiteLLM skipped: --no-peer".into());
+        None
+    } else {
         None
     };
     if let Some((p, _)) = &peer {
@@ -245,11 +293,18 @@ fn run(opts: Opts) -> Result<(), String> {
     }
 
     // 1. Fixed rates, router vs direct.
-    for rate in [1000.0, 5000.0] {
+    // The floor: a byte-copying relay on the router's CPU, same two extra hops.
+    let floor = relay::start(&direct.base, pinned.then_some(1))?;
+    let rates: &[f64] = if opts.wants("rates") {
+        &[1000.0, 5000.0]
+    } else {
+        &[]
+    };
+    for &rate in rates {
         say(&format!("{rate} rps open loop"));
         let load_before = procs::loadavg();
         let sampler = Sampler::start(router.pid());
-        let legs = interleave(&[&direct, &routed], opts.rounds, |t| {
+        let legs = interleave(&[&direct, &routed, &floor], opts.rounds, |t| {
             load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
         });
         rep.load_rss = rep.load_rss.max(sampler.finish());
@@ -257,7 +312,9 @@ fn run(opts: Opts) -> Result<(), String> {
     }
 
     // 2. Saturation (closed loop), router CPU per request; the peer too.
-    say("saturation");
+    if opts.wants("saturation") {
+        say("saturation");
+    }
     let mut legs: Vec<&Target> = vec![&direct, &routed];
     if let Some((_, t)) = &peer {
         legs.push(t);
@@ -274,7 +331,7 @@ fn run(opts: Opts) -> Result<(), String> {
         })
         .collect();
     let mut peak_peer = 0;
-    let sat = {
+    let sat = opts.wants("saturation").then(|| {
         let names: Vec<&str> = legs.iter().map(|t| t.name).collect();
         interleave(&legs, opts.rounds, |t| {
             let i = names.iter().position(|n| *n == t.name).unwrap_or(0);
@@ -288,74 +345,90 @@ fn run(opts: Opts) -> Result<(), String> {
             }
             r
         })
-    };
+    });
     rep.load_rss = rep.load_rss.max(sampler.finish());
     rep.peer_load_rss = (peak_peer > 0).then_some(peak_peer);
-    rep.saturation = Some((sat, cpu, load_before));
+    rep.saturation = sat.map(|sat| (sat, cpu, load_before));
 
     // Low rate, all legs: the peer's added latency where it is not overloaded.
-    say("20 rps open loop, all legs");
-    let load_before = procs::loadavg();
-    let low = interleave(&legs, opts.rounds, |t| {
-        load::open_loop(
-            &h,
-            &client,
-            t,
-            &body,
-            20.0,
-            secs.max(Duration::from_secs(2)),
-            Duration::from_secs(30),
-        )
-    });
-    rep.low = Some((low, load_before));
+    if opts.wants("low") {
+        say("20 rps open loop, all legs");
+        let load_before = procs::loadavg();
+        let low = interleave(&legs, opts.rounds, |t| {
+            load::open_loop(
+                &h,
+                &client,
+                t,
+                &body,
+                20.0,
+                secs.max(Duration::from_secs(2)),
+                Duration::from_secs(30),
+            )
+        });
+        rep.low = Some((low, load_before));
+    }
 
     // 3. Streams: time to first byte and gaps between chunks.
-    say("streaming");
-    let mut slegs: Vec<Target> = vec![
-        direct_s.clone(),
-        Target {
-            base: routed.base.clone(),
-            ..routed.clone()
-        },
-    ];
-    if let Some((_, t)) = &peer {
-        slegs.push(t.clone());
+    if opts.wants("streams") {
+        say("streaming");
+        let mut slegs: Vec<Target> = vec![
+            direct_s.clone(),
+            Target {
+                base: routed.base.clone(),
+                ..routed.clone()
+            },
+        ];
+        if let Some((_, t)) = &peer {
+            slegs.push(t.clone());
+        }
+        let sbody = chat_body("s", true, None);
+        let load_before = procs::loadavg();
+        let srefs: Vec<&Target> = slegs.iter().collect();
+        let streams: Legs<StreamRound> = interleave(&srefs, opts.rounds, |t| {
+            load::stream_loop(
+                &h,
+                &client,
+                t,
+                &sbody,
+                50.0,
+                secs.max(Duration::from_secs(2)),
+            )
+        });
+        rep.streams = Some((streams, load_before));
     }
-    let sbody = chat_body("s", true, None);
-    let load_before = procs::loadavg();
-    let srefs: Vec<&Target> = slegs.iter().collect();
-    let streams: Legs<StreamRound> = interleave(&srefs, opts.rounds, |t| {
-        load::stream_loop(
-            &h,
-            &client,
-            t,
-            &sbody,
-            50.0,
-            secs.max(Duration::from_secs(2)),
-        )
-    });
-    rep.streams = Some((streams, load_before));
 
     // 4. Many open streams at once, through the router.
-    say(&format!("{} concurrent streams", opts.streams));
-    rep.many = Some(many_streams(&rig, &h, &client, opts.streams)?);
+    if opts.wants("many") {
+        say(&format!("{} concurrent streams", opts.streams));
+        rep.many = Some(many_streams(&rig, &h, opts.streams)?);
+    }
 
     // 5. Cancellation and overload.
-    say("cancellation");
-    rep.cancel = cancellation(&h, &client, &router, &routed, &direct_c);
-    say("overload");
-    rep.overload = overload(&rig, &h, &client).ok();
+    if opts.wants("cancel") {
+        say("cancellation");
+        rep.cancel = cancellation(&h, &client, &router, &routed, &direct_c);
+    }
+    if opts.wants("overload") {
+        say("overload");
+        rep.overload = overload(&rig, &h, &client).ok();
+    }
 
     std::thread::sleep(Duration::from_millis(500));
     rep.after_rss = router.rss();
 
     // 6. Scheduling.
-    for t in sched::traces() {
+    let traces = if opts.wants("sched") {
+        sched::traces()
+    } else {
+        Vec::new()
+    };
+    for t in traces {
         say(&format!("scheduling: {}", t.name));
         let policy = sched::run(&rig, &h, &client, &t, false)?;
         let naive = sched::run(&rig, &h, &client, &t, true)?;
         let bound = sched::bound(&t);
-        rep.sched.push((t.name, policy, naive, bound));
+        let strict = sched::strict_fcfs(&t);
+        rep.sched.push((t.name, policy, naive, strict, bound));
     }
     drop(peer);
     drop(router);
@@ -364,6 +437,15 @@ fn run(opts: Opts) -> Result<(), String> {
     let text = rep.markdown();
     println!("{text}");
     if let Some(out) = &opts.out {
+        // What a person wrote below the marker (reading the numbers, the profile)
+        // survives a new run; the numbers above it are replaced.
+        let notes = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|old| old.find(NOTES_MARKER).map(|i| old[i..].to_string()));
+        let text = match notes {
+            Some(n) => format!("{text}\n{n}"),
+            None => text,
+        };
         std::fs::write(out, &text).map_err(|e| format!("{}: {e}", out.display()))?;
         let svg = out.with_extension("svg");
         std::fs::write(&svg, rep.svg()).map_err(|e| format!("{}: {e}", svg.display()))?;
@@ -372,6 +454,9 @@ fn run(opts: Opts) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Where the generated part of docs/benchmarks.md ends and notes kept across runs begin.
+const NOTES_MARKER: &str = "<!-- notes: written by hand, kept by the next run -->";
 
 fn rep_clock() -> f64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -384,6 +469,8 @@ pub fn mib(b: u64) -> f64 {
 
 pub struct Many {
     pub n: usize,
+    /// h2 connections the client leg shared out the streams over.
+    pub conns: usize,
     pub peak_open: usize,
     pub ok: usize,
     pub errors: usize,
@@ -393,12 +480,7 @@ pub struct Many {
     pub cpu_share: f64,
 }
 
-fn many_streams(
-    rig: &setup::Rig,
-    h: &tokio::runtime::Handle,
-    client: &load::HttpClient,
-    n: usize,
-) -> Result<Many, String> {
+fn many_streams(rig: &setup::Rig, h: &tokio::runtime::Handle, n: usize) -> Result<Many, String> {
     // 12 chunks a second apart: each stream stays open ~12 s after the ramp.
     let (_sim, direct_h) = rig.sim("sim-h", "h", &["--tokens", "12", "--token-delay", "1s"])?;
     // A router of its own, so its RSS is this scenario's alone.
@@ -411,9 +493,11 @@ fn many_streams(
     let cpu0 = r2.cpu();
     let t0 = Instant::now();
     let rate = 2000.0;
-    let held = load::hold_streams(h, client, &t2, &body, n, rate);
+    let clients = load::h2_clients(n.div_ceil(150).max(1));
+    let held = load::hold_streams(h, &clients, &t2, &body, n, rate);
     let mut m = Many {
         n,
+        conns: clients.len(),
         peak_open: 0,
         ok: 0,
         errors: 0,
@@ -489,16 +573,19 @@ fn cancellation(
         let body = chat_body("c", stream, None);
         let req = routed.request(&body);
         let client = client.clone();
-        // Read `frames` frames (or wait 200 ms for a non-streamed answer), then drop.
+        // Read `frames` frames, then drop. A non-streamed answer has no headers
+        // until it is generated whole, so that case gives up on the response
+        // itself 200 ms in, while the backend is still generating.
         h.block_on(async move {
+            if frames == 0 {
+                let _ = tokio::time::timeout(Duration::from_millis(200), client.request(req)).await;
+                return;
+            }
             let fut = async {
                 let resp = client.request(req).await.ok()?;
                 let mut b = resp.into_body();
                 for _ in 0..frames {
                     b.frame().await?.ok()?;
-                }
-                if frames == 0 {
-                    let _ = tokio::time::timeout(Duration::from_millis(200), b.frame()).await;
                 }
                 Some(())
             };

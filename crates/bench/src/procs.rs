@@ -234,11 +234,25 @@ pub fn machine() -> Vec<(String, String)> {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    // The machine's CPUs, not this process's: the bench pins itself to one.
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count()
+        .max(1);
     vec![
-        ("CPU".into(), format!("{model} × {cpus} logical")),
+        (
+            "CPU".into(),
+            format!(
+                "{model} × {cpus} logical{}",
+                // Wake-ups of an idle virtual CPU cost far more than on bare metal.
+                if cpuinfo.contains(" hypervisor") {
+                    ", a virtual machine"
+                } else {
+                    ""
+                }
+            ),
+        ),
         ("Memory".into(), mem),
         ("Kernel".into(), format!("Linux {kernel}")),
     ]

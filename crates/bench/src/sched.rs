@@ -95,6 +95,34 @@ pub fn bound(t: &Trace) -> Bound {
     }
 }
 
+/// Strict first-come-first-served, simulated: requests are taken in arrival
+/// order and never reordered across models, so every change of model in that
+/// order is a swap, which waits for what is in flight to finish. Requests for
+/// the loaded model run side by side, as the simulated backend serves them.
+pub fn strict_fcfs(t: &Trace) -> Outcome {
+    let mut resident: Option<&str> = None;
+    let (mut ready_at, mut free_at, mut end) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+    let mut loads = 0;
+    let mut worst = Duration::ZERO;
+    for &(at, m, n) in &t.items {
+        if resident != Some(m) {
+            ready_at = at.max(free_at) + LOAD;
+            resident = Some(m);
+            loads += 1;
+        }
+        let done = at.max(ready_at) + service(n);
+        free_at = free_at.max(done);
+        end = end.max(done);
+        worst = worst.max(done - at);
+    }
+    Outcome {
+        loads,
+        makespan: end,
+        worst_wait: worst,
+        errors: 0,
+    }
+}
+
 fn loads(base: &str) -> u64 {
     let host = base.trim_start_matches("http://");
     let Some((_, text)) = http_get(host, "/metrics") else {

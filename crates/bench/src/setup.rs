@@ -149,3 +149,21 @@ impl Rig {
         ))
     }
 }
+
+/// LiteLLM's version, from its wheel's metadata directory beside the executable.
+pub fn litellm_version(exe: &std::path::Path) -> Option<String> {
+    let lib = exe.parent()?.parent()?.join("lib");
+    for py in std::fs::read_dir(lib).ok()?.flatten() {
+        let site = py.path().join("site-packages");
+        for e in std::fs::read_dir(site).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(v) = name
+                .strip_prefix("litellm-")
+                .and_then(|r| r.strip_suffix(".dist-info"))
+            {
+                return Some(v.to_string());
+            }
+        }
+    }
+    None
+}

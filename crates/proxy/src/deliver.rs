@@ -29,20 +29,7 @@ pub(crate) async fn deliver(
 ) -> Result<Response<Body>, ApiError> {
     let (mut parts, upstream) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let framing = if content_type.starts_with("text/event-stream") {
-        Framing::Sse
-    } else if content_type.starts_with("application/x-ndjson") {
-        Framing::Ndjson
-    } else {
-        Framing::Other
-    };
-    let textual = framing == Framing::Sse || content_type.contains("json");
+    let (framing, textual) = framing_of(&parts.headers);
     // None: the client spoke to the backend directly (`/upstream`), names and all.
     let rewriter = client_name.filter(|_| textual).map(|name| {
         // The name changes length, so the upstream's length no longer holds.
@@ -62,6 +49,30 @@ pub(crate) async fn deliver(
         return Ok(Response::from_parts(parts, body::full(whole)));
     }
     Ok(Response::from_parts(parts, BodyExt::boxed_unsync(relay)))
+}
+
+/// How a reply is framed, and whether it is text the model name may be in (SSE or
+/// any JSON type), read from its content type without copying it.
+fn framing_of(headers: &http::HeaderMap) -> (Framing, bool) {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .unwrap_or(b"");
+    let starts = |prefix: &[u8]| {
+        content_type.len() >= prefix.len()
+            && content_type[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    let framing = if starts(b"text/event-stream") {
+        Framing::Sse
+    } else if starts(b"application/x-ndjson") {
+        Framing::Ndjson
+    } else {
+        Framing::Other
+    };
+    let json = content_type
+        .windows(4)
+        .any(|w| w.eq_ignore_ascii_case(b"json"));
+    (framing, framing == Framing::Sse || json)
 }
 
 /// A whole reply, never more than `limit` bytes of it held.
@@ -96,4 +107,25 @@ async fn read_whole(mut relay: Relay, model: &str, limit: u64) -> Result<bytes::
         return Err(failure);
     }
     Ok(whole.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(content_type: &str) -> (Framing, bool) {
+        let mut h = http::HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        framing_of(&h)
+    }
+
+    #[test]
+    fn content_types_decide_framing_and_renaming() {
+        assert_eq!(of("text/event-stream; charset=utf-8"), (Framing::Sse, true));
+        assert_eq!(of("Application/X-NDJSON"), (Framing::Ndjson, true));
+        assert_eq!(of("application/json"), (Framing::Other, true));
+        assert_eq!(of("application/problem+JSON"), (Framing::Other, true));
+        assert_eq!(of("audio/wav"), (Framing::Other, false));
+        assert_eq!(framing_of(&http::HeaderMap::new()), (Framing::Other, false));
+    }
 }

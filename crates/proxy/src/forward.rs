@@ -269,35 +269,68 @@ fn failed(
     }
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1). `expect`
-/// too: the router already answered the client's 100-continue by reading.
-const HOP_BY_HOP: &[&str] = &[
-    "expect",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), and
+/// `expect`: the router already answered the client's 100-continue by reading.
+/// Typed names, so removing them does not parse ten strings on every request.
+static HOP_BY_HOP: [HeaderName; 10] = [
+    header::EXPECT,
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
 
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
+}
+
+/// The backend's URI for a request: the common case (no base path, the client's
+/// own path) reuses the parsed pieces instead of formatting and parsing again.
+fn upstream_uri(parts: &Parts, lease: &Lease, path: Option<&str>) -> http::Uri {
+    if lease.base_path.is_empty() && path.is_none() {
+        if let Some(pq) = parts.uri.path_and_query() {
+            let built = http::Uri::builder()
+                .scheme(lease.scheme.clone())
+                .authority(lease.authority.clone())
+                .path_and_query(pq.clone())
+                .build();
+            if let Ok(uri) = built {
+                return uri;
+            }
+        }
     }
+    let path = path.unwrap_or_else(|| {
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    });
+    format!(
+        "{}://{}{}{}",
+        lease.scheme, lease.authority, lease.base_path, path
+    )
+    .parse()
+    .expect("lease endpoints and request paths form a valid URI")
 }
 
 /// The client's request for the backend: its path (or `path`, for a request
@@ -322,17 +355,7 @@ pub(crate) fn upstream_streamed(
     body: Body,
     length: Option<u64>,
 ) -> Request<Body> {
-    let path = path.unwrap_or_else(|| {
-        parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/")
-    });
-    let uri = format!(
-        "{}://{}{}{}",
-        lease.scheme, lease.authority, lease.base_path, path
-    );
+    let uri = upstream_uri(parts, lease, path);
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
@@ -350,9 +373,7 @@ pub(crate) fn upstream_streamed(
     };
     let mut req = Request::new(body);
     *req.method_mut() = parts.method.clone();
-    *req.uri_mut() = uri
-        .parse()
-        .expect("lease endpoints and request paths form a valid URI");
+    *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     req

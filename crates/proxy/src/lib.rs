@@ -102,23 +102,31 @@ impl Router {
     /// and one more for a refusal or failure, saying why.
     async fn traced(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
         let started = tokio::time::Instant::now();
-        let id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string();
-        let (method, path) = (req.method().clone(), req.uri().path().to_string());
+        // Kept by reference count (no copy) for the log lines, which most
+        // requests never write.
+        let id = req.headers().get("x-request-id").cloned();
+        let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut resp = self.screened(req, peer).await;
         let status = resp.status().as_u16();
+        let id = || {
+            id.as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        let path = uri.path();
         if let Some(error::Refusal(why)) = resp.extensions_mut().remove() {
+            let id = id();
             if status >= 500 {
                 tracing::warn!(%id, %method, %path, status, "failed: {why}");
             } else {
                 tracing::info!(%id, %method, %path, status, "refused: {why}");
             }
         }
-        tracing::debug!(%id, %method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let id = id();
+            tracing::debug!(%id, %method, %path, status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        }
         resp
     }
 
@@ -146,13 +154,16 @@ impl Router {
     }
 
     async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+        // The handlers' futures are boxed: their state (4-5 KiB for a model
+        // request) would otherwise be inlined into this one and copied whole at
+        // each of the several moves a service future makes before it is pinned.
         // For the end-to-end test of the panic guard; not compiled into release builds.
         #[cfg(debug_assertions)]
         if std::env::var_os("MODELYARD_DEBUG_PANIC_PATH").is_some_and(|p| p == req.uri().path()) {
             panic!("MODELYARD_DEBUG_PANIC_PATH asked for a panic");
         }
         if req.uri().path().starts_with("/admin/") {
-            return admin::handle(self.inner, req, peer).await;
+            return Box::pin(admin::handle(self.inner, req, peer)).await;
         }
         let path = req.uri().path();
         if path.starts_with("/v1/") || path.starts_with("/api/") || path.starts_with("/upstream/") {
@@ -161,10 +172,10 @@ impl Router {
             }
         }
         if req.uri().path().starts_with("/api/") {
-            return ollama::handle(self.inner, req).await;
+            return Box::pin(ollama::handle(self.inner, req)).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
-            return forward::model_request(self.inner, req).await;
+            return Box::pin(forward::model_request(self.inner, req)).await;
         }
         let target = req
             .uri()
@@ -172,14 +183,14 @@ impl Router {
             .map(|p| p.as_str())
             .unwrap_or("/");
         if let Some((model, target)) = direct::upstream_target(target) {
-            return direct::upstream(self.inner, req, model, target).await;
+            return Box::pin(direct::upstream(self.inner, req, model, target)).await;
         }
         if req.method() == Method::GET
             && req.uri().path().starts_with("/v1/")
             && !req.uri().path().starts_with("/v1/models")
         {
             if let Some(model) = req.uri().query().and_then(direct::query_model) {
-                return direct::by_query(self.inner, req, model).await;
+                return Box::pin(direct::by_query(self.inner, req, model)).await;
             }
         }
         let inner = &*self.inner;

@@ -2,7 +2,7 @@
 //! metrics are recorded once per request, when its response ends; lifecycle
 //! metrics come from the supervisor's events; the ledger is read at scrape time.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -49,8 +49,20 @@ fn load_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.1, 2.0, 13))
 }
 
+/// Handles on one model's series (each a shared reference into the registry).
+#[derive(Default)]
+struct PerModel {
+    ok: OnceLock<Counter>,
+    duration: OnceLock<Histogram>,
+    first_byte: OnceLock<Histogram>,
+    queue_wait: OnceLock<Histogram>,
+    prompt: OnceLock<Counter>,
+    completion: OnceLock<Counter>,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
+    per_model: std::sync::RwLock<std::collections::HashMap<String, Arc<PerModel>>>,
     requests: Family<RequestLabels, Counter>,
     duration: Histograms,
     first_byte: Histograms,
@@ -86,6 +98,7 @@ impl Metrics {
             measured: Family::default(),
             reserved: Family::default(),
             registry: Registry::default(),
+            per_model: Default::default(),
         };
         r.register(
             "requests",
@@ -160,38 +173,70 @@ impl Metrics {
         Metrics { registry: r, ..m }
     }
 
+    /// The model's series, looked up by name without building a label (a
+    /// String) and hashing it for each of the five a request touches. Each
+    /// series is still created on first use only, so /metrics shows the same.
+    fn of(&self, model: &str) -> Arc<PerModel> {
+        if let Some(m) = self
+            .per_model
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+        {
+            return m.clone();
+        }
+        let mut cache = self.per_model.write().unwrap_or_else(|e| e.into_inner());
+        // Names come from the config (unknown ones are "-"), so this stays small.
+        cache.entry(model.to_string()).or_default().clone()
+    }
+
     pub fn request(&self, model: &str, status: u16, took: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                model: model.to_string(),
-                status,
-            })
-            .inc();
-        self.duration
-            .get_or_create(&label(model))
+        let m = self.of(model);
+        let count = |status| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    model: model.to_string(),
+                    status,
+                })
+                .clone()
+        };
+        if status == 200 {
+            m.ok.get_or_init(|| count(200)).inc();
+        } else {
+            count(status).inc();
+        }
+        m.duration
+            .get_or_init(|| self.duration.get_or_create(&label(model)).clone())
             .observe(took.as_secs_f64());
     }
 
     pub fn first_byte(&self, model: &str, after: Duration) {
-        self.first_byte
-            .get_or_create(&label(model))
+        self.of(model)
+            .first_byte
+            .get_or_init(|| self.first_byte.get_or_create(&label(model)).clone())
             .observe(after.as_secs_f64());
     }
 
     pub fn tokens(&self, model: &str, prompt: u64, completion: u64) {
-        for (kind, n) in [("prompt", prompt), ("completion", completion)] {
+        let m = self.of(model);
+        let token = |kind| {
             self.tokens
                 .get_or_create(&TokenLabels {
                     model: model.to_string(),
                     kind,
                 })
-                .inc_by(n);
-        }
+                .clone()
+        };
+        m.prompt.get_or_init(|| token("prompt")).inc_by(prompt);
+        m.completion
+            .get_or_init(|| token("completion"))
+            .inc_by(completion);
     }
 
     pub fn queue_wait(&self, model: &str, waited: Duration) {
-        self.queue_wait
-            .get_or_create(&label(model))
+        self.of(model)
+            .queue_wait
+            .get_or_init(|| self.queue_wait.get_or_create(&label(model)).clone())
             .observe(waited.as_secs_f64());
     }
 

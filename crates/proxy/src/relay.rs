@@ -16,7 +16,8 @@ use crate::body::BoxError;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::rewrite::ModelRewriter;
-use std::sync::Arc;
+use memchr::memmem::Finder;
+use std::sync::{Arc, LazyLock};
 use tokio::time::Instant;
 
 /// What a body is made of, which says how to tell its client that it broke.
@@ -130,14 +131,28 @@ impl HttpBody for Relay {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {
                         this.observe.saw(&data);
-                        let data = match &mut this.rewriter {
+                        let mut data = match &mut this.rewriter {
                             Some(r) => r.feed(data),
                             None => data,
                         };
+                        // A reply of known length that has all arrived ends with
+                        // this frame: the client's response is then finished in
+                        // the same write, not after one more wake-up.
+                        if this.upstream.is_end_stream() {
+                            this.done = true;
+                            if let Some(rest) =
+                                this.rewriter.as_mut().and_then(ModelRewriter::finish)
+                            {
+                                data = join(data, rest);
+                            }
+                        }
                         // A chunk held back whole waits for the next one.
                         if !data.is_empty() {
                             this.mid_line = data.last() != Some(&b'\n');
                             return Poll::Ready(Some(Ok(Frame::data(data))));
+                        }
+                        if this.done {
+                            return Poll::Ready(None);
                         }
                     }
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
@@ -171,6 +186,16 @@ impl HttpBody for Relay {
     }
 }
 
+fn join(a: Bytes, b: Bytes) -> Bytes {
+    if a.is_empty() {
+        return b;
+    }
+    let mut out = bytes::BytesMut::with_capacity(a.len() + b.len());
+    out.extend_from_slice(&a);
+    out.extend_from_slice(&b);
+    out.freeze()
+}
+
 /// Records a request in the metrics once, when its response ends or is dropped:
 /// duration to the last byte, time to the first, and the tokens its usage reports.
 pub struct Observe {
@@ -201,18 +226,19 @@ impl Observe {
             self.first_seen = true;
             self.metrics.first_byte(&self.model, self.started.elapsed());
         }
-        if memchr::memmem::find(data, b"\"usage\"").is_some() {
+        let f = &*FINDERS;
+        if f.usage.find(data).is_some() {
             if let (Some(p), Some(c)) = (
-                number_after(data, b"\"prompt_tokens\""),
-                number_after(data, b"\"completion_tokens\""),
+                number_after(data, &f.prompt_tokens),
+                number_after(data, &f.completion_tokens),
             ) {
                 self.usage = Some((p, c));
             }
         }
         // Ollama's native replies count on their final object instead.
         if let (Some(p), Some(c)) = (
-            number_after(data, b"\"prompt_eval_count\""),
-            number_after(data, b"\"eval_count\""),
+            number_after(data, &f.prompt_eval_count),
+            number_after(data, &f.eval_count),
         ) {
             self.usage = Some((p, c));
         }
@@ -232,17 +258,34 @@ impl Drop for Observe {
     }
 }
 
+/// The keys usage is read from, each searcher built once: building one costs
+/// more than searching a small reply with it.
+struct Finders {
+    usage: Finder<'static>,
+    prompt_tokens: Finder<'static>,
+    completion_tokens: Finder<'static>,
+    prompt_eval_count: Finder<'static>,
+    eval_count: Finder<'static>,
+}
+
+static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
+    usage: Finder::new(b"\"usage\""),
+    prompt_tokens: Finder::new(b"\"prompt_tokens\""),
+    completion_tokens: Finder::new(b"\"completion_tokens\""),
+    prompt_eval_count: Finder::new(b"\"prompt_eval_count\""),
+    eval_count: Finder::new(b"\"eval_count\""),
+});
+
 /// The integer after `"key":` in `data`, if there is one.
-fn number_after(data: &[u8], key: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(data, key)? + key.len();
+fn number_after(data: &[u8], key: &Finder<'_>) -> Option<u64> {
+    let at = key.find(data)? + key.needle().len();
     let rest = &data[at..];
     let rest = &rest[rest.iter().position(|b| !b.is_ascii_whitespace())?..];
     let rest = rest.strip_prefix(b":")?;
     let start = rest.iter().position(|b| !b.is_ascii_whitespace())?;
-    let digits: Vec<u8> = rest[start..]
+    let digits = rest[start..]
         .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .copied()
-        .collect();
-    std::str::from_utf8(&digits).ok()?.parse().ok()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(&rest[start..], |end| &rest[start..start + end]);
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }

@@ -68,15 +68,17 @@ const MAX_HELD: usize = 4096;
 pub struct ModelRewriter {
     replacement: Vec<u8>,
     held: BytesMut,
-    finder: memmem::Finder<'static>,
 }
+
+/// Built once: building the searcher costs more than a small reply's search.
+static KEY_FINDER: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(KEY));
 
 impl ModelRewriter {
     pub fn new(client_name: &str) -> Self {
         ModelRewriter {
             replacement: serde_json::to_vec(client_name).expect("a string always encodes"),
             held: BytesMut::new(),
-            finder: memmem::Finder::new(KEY),
         }
     }
 
@@ -91,7 +93,7 @@ impl ModelRewriter {
         let mut out: Option<BytesMut> = None;
         let mut copied = 0;
         let mut pos = 0;
-        while let Some(found) = self.finder.find(&data[pos..]) {
+        while let Some(found) = KEY_FINDER.find(&data[pos..]) {
             let key_at = pos + found;
             match value_span(&data, key_at + KEY.len()) {
                 Scan::Value(start, end) => {

@@ -38,7 +38,7 @@ struct Ids {
 impl MakeRequestId for Ids {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("req-{:08x}-{n:06x}", self.prefix))
+        HeaderValue::try_from(format!("req-{:08x}-{n:06x}", self.prefix))
             .ok()
             .map(RequestId::new)
     }
