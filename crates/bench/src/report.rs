@@ -2,10 +2,11 @@
 
 use std::fmt::Write;
 
+use crate::limits::{CancelReport, Many, Overload};
 use crate::load::{Round, StreamRound};
 use crate::sched::{Bound, Outcome};
 use crate::stats::{pct, Spread};
-use crate::{added, each, mib, round_p, us, CancelReport, Legs, Many, Opts, Overload};
+use crate::{added, each, mib, round_p, us, Legs, Opts};
 
 #[derive(Default)]
 pub struct Report {
