@@ -295,6 +295,9 @@ async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_d
 async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_time_of_quiet() {
     let (s, fake) = start(SEED);
     drop(get(&s, "daily").await);
+    // Two requests closer together than its load (2 s): a burst.
+    advance(Duration::from_millis(500)).await;
+    drop(get(&s, "daily").await);
     advance(Duration::from_millis(500)).await;
     let deep = {
         let s = s.clone();
@@ -320,8 +323,29 @@ async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_model_the_user_moved_away_from_is_swapped_out_at_once() {
+    let (s, fake) = start(SEED);
+    drop(get(&s, "daily").await);
+    advance(Duration::from_secs(5)).await;
+    drop(get(&s, "daily").await);
+    // One request, then another model: no burst to wait out.
+    advance(Duration::from_millis(500)).await;
+    let asked = Instant::now();
+    let deep = get(&s, "deep").await;
+    assert_eq!(fake.count("p/deep"), 1);
+    assert!(
+        asked.elapsed() <= STOP + LOAD + Duration::from_millis(100),
+        "a stop and a load, no lingering: {:?}",
+        asked.elapsed()
+    );
+    drop(deep);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_burst_that_never_pauses_yields_after_max_swap_delay() {
     let (s, fake) = start(SEED);
+    drop(get(&s, "daily").await);
     drop(get(&s, "daily").await);
     let deep = {
         let s = s.clone();

@@ -235,9 +235,11 @@ impl<E: Effects> Owner<E> {
 /// Until when a model draining for a swap, with nothing in flight, stays to see
 /// whether its burst goes on: as long as bringing it back would take (its usual
 /// load), never past `serve_until`. Swapping away in a pause shorter than that
-/// only to swap back costs a load; waiting out the pause costs at most one.
+/// only to swap back costs a load; waiting out the pause costs at most one. Only
+/// a model in a burst (its last two requests closer than a load) lingers: one a
+/// user has just moved away from goes at once.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
-    if s.phase != Phase::Draining || s.in_flight > 0 {
+    if s.phase != Phase::Draining || s.in_flight > 0 || !s.burst {
         return None;
     }
     let until = s.serve_until?.min(s.last_used + median(&s.recent_loads)?);

@@ -175,6 +175,10 @@ struct Slot {
     phase: Phase,
     in_flight: usize,
     last_used: Instant,
+    /// When its last request was admitted, and whether the one before came less
+    /// than a load's time earlier: a burst, which a swap waits out (see linger_until).
+    last_admitted: Option<Instant>,
+    burst: bool,
     queue: VecDeque<Waiter>,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     why: String,
@@ -377,6 +381,8 @@ impl<E: Effects> Owner<E> {
                 phase: if counted { Phase::Cold } else { Phase::Ready },
                 in_flight: 0,
                 last_used: now,
+                last_admitted: None,
+                burst: false,
                 queue: VecDeque::new(),
                 why: String::new(),
                 failures: 0,
@@ -1078,8 +1084,14 @@ impl<E: Effects> Owner<E> {
                 backend: inst.backend_name.clone(),
                 reason: "its url is not usable".into(),
             })?;
+        let now = Instant::now();
         slot.in_flight += 1;
-        slot.last_used = Instant::now();
+        slot.last_used = now;
+        slot.burst = slot
+            .last_admitted
+            .zip(median(&slot.recent_loads))
+            .is_some_and(|(before, load)| now.saturating_duration_since(before) < load);
+        slot.last_admitted = Some(now);
         Ok(Lease {
             model: m.to_string(),
             upstream_model: slot.upstream.clone(),
