@@ -5,7 +5,7 @@
 
 use bytes::BytesMut;
 use http::header::{self, HeaderValue};
-use http::{Response, Version};
+use http::{Request, Response, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use modelyard_config::Config;
@@ -16,6 +16,28 @@ use crate::error::ApiError;
 use crate::forward::strip_hop_by_hop;
 use crate::relay::{Framing, Observe, Relay};
 use crate::rewrite::ModelRewriter;
+use crate::Inner;
+use tokio::time::Instant;
+
+/// Sends `request` to the backend on `lease` and delivers its reply, counted
+/// under `model` from `started`.
+pub(crate) async fn round_trip(
+    state: &Inner,
+    model: String,
+    lease: Lease,
+    request: Request<Body>,
+    client_name: Option<&str>,
+    started: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let response = crate::forward::exchange(state, &model, &lease, request).await?;
+    let observe = Observe::new(
+        state.metrics.clone(),
+        model,
+        response.status().as_u16(),
+        started,
+    );
+    deliver(&state.config(), response, client_name, lease, observe).await
+}
 
 /// The response for the client: a relayed stream, or a whole reply read within
 /// `max_response`. The body holds the lease and counts the request; an Err was

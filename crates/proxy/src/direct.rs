@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::body::Body;
 use crate::error::ApiError;
 use crate::forward;
-use crate::relay::Observe;
 use crate::upload::Prefixed;
 use crate::Inner;
 
@@ -128,14 +127,7 @@ async fn send(
     let body = Prefixed::new(bytes::Bytes::new(), body).boxed_unsync();
     let model = lease.model.clone();
     let request = forward::upstream_streamed(&parts, &lease, path, body, length);
-    let response = forward::exchange(state, &model, &lease, request).await?;
-    let observe = Observe::new(
-        state.metrics.clone(),
-        model,
-        response.status().as_u16(),
-        started,
-    );
-    crate::deliver::deliver(&state.config(), response, client_name, lease, observe).await
+    crate::deliver::round_trip(state, model, lease, request, client_name, started).await
 }
 
 fn counted(state: &Inner, e: ApiError, started: Instant) -> Response<Body> {

@@ -17,7 +17,6 @@ use crate::body::Body;
 use crate::error::ApiError;
 use crate::fallback;
 use crate::limits::read_body;
-use crate::relay::Observe;
 use crate::rewrite::{peek_model, Routed};
 use crate::Inner;
 
@@ -184,21 +183,7 @@ impl Upstream {
         let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
         drop(bytes);
         let request = upstream_request(&parts, &lease, None, upstream_body);
-        let response = exchange(&state, &model, &lease, request).await?;
-        let observe = Observe::new(
-            state.metrics.clone(),
-            model,
-            response.status().as_u16(),
-            started,
-        );
-        crate::deliver::deliver(
-            &state.config(),
-            response,
-            Some(&client_name),
-            lease,
-            observe,
-        )
-        .await
+        crate::deliver::round_trip(&state, model, lease, request, Some(&client_name), started).await
     }
 }
 

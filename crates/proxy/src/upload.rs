@@ -17,7 +17,6 @@ use crate::body::{Body, BoxError};
 use crate::error::ApiError;
 use crate::forward;
 use crate::multipart::{FormScanner, Scan};
-use crate::relay::Observe;
 use crate::Inner;
 
 /// Routes and forwards one multipart request. The body read to find `model` is
@@ -57,19 +56,13 @@ pub(crate) async fn form(
         .map(|n| n.saturating_sub(span.len() as u64) + upstream.len() as u64);
     let body = Prefixed::new(spliced.freeze(), body).boxed_unsync();
     let request = forward::upstream_streamed(&parts, &lease, None, body, length);
-    let response = forward::exchange(state, &model, &lease, request).await?;
-    let observe = Observe::new(
-        state.metrics.clone(),
+    let mut resp = crate::deliver::round_trip(
+        state,
         model.clone(),
-        response.status().as_u16(),
-        started,
-    );
-    let mut resp = crate::deliver::deliver(
-        &state.config(),
-        response,
-        Some(&client_name),
         lease,
-        observe,
+        request,
+        Some(&client_name),
+        started,
     )
     .await?;
     if let Some(v) = note.and_then(|n| http::HeaderValue::from_str(&n).ok()) {

@@ -150,21 +150,7 @@ async fn passthrough(
 ) -> Result<Response<Body>, ApiError> {
     let body = super::passthrough::splice(bytes, &lease.upstream_model)?;
     let request = crate::forward::upstream_request(parts, &lease, None, body);
-    let response = crate::forward::exchange(state, &model, &lease, request).await?;
-    let observe = Observe::new(
-        state.metrics.clone(),
-        model,
-        response.status().as_u16(),
-        started,
-    );
-    crate::deliver::deliver(
-        &state.config(),
-        response,
-        Some(&parsed.model),
-        lease,
-        observe,
-    )
-    .await
+    crate::deliver::round_trip(state, model, lease, request, Some(&parsed.model), started).await
 }
 
 /// A request translated for an OpenAI backend.
