@@ -137,12 +137,7 @@ async fn status_load_and_unload_over_the_admin_api() {
 async fn changing_state_needs_the_admin_key_when_one_is_set() {
     let r = Router::start(&format!("admin_key: k-123\n{CONFIG}"));
     assert_eq!(
-        client()
-            .get(r.url("/admin/status"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        get(&r.url("/admin/status")).await.status(),
         200,
         "reading is open"
     );
@@ -358,11 +353,7 @@ async fn logs_show_a_backends_output_and_follow_it() {
         200
     );
     expect_error(
-        client()
-            .get(r.url("/admin/models/kept/logs"))
-            .send()
-            .await
-            .unwrap(),
+        get(&r.url("/admin/models/kept/logs")).await,
         401,
         "admin_key_required",
     )
@@ -443,11 +434,7 @@ async fn open_event_and_log_streams_end_cleanly_when_the_router_stops() {
         200
     );
     let events = client().get(r.url("/admin/events")).send().await.unwrap();
-    let logs = client()
-        .get(r.url("/admin/models/kept/logs?follow=true"))
-        .send()
-        .await
-        .unwrap();
+    let logs = get(&r.url("/admin/models/kept/logs?follow=true")).await;
     r.signal(nix::sys::signal::Signal::SIGTERM);
     // Both bodies come to a proper end instead of holding the drain or being cut.
     let (e, l) = tokio::join!(events.text(), logs.text());

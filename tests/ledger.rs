@@ -422,12 +422,7 @@ models:
     assert_eq!(stream.status(), 200);
     let mut body = stream.bytes_stream();
     let _ = body.next().await;
-    let mut events = client()
-        .get(r.url("/admin/events"))
-        .send()
-        .await
-        .unwrap()
-        .bytes_stream();
+    let mut events = get(&r.url("/admin/events")).await.bytes_stream();
 
     // Another app takes the machine's memory: only ~10 MB is free.
     set_available(meminfo.path(), 10 << 20);

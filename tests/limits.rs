@@ -112,11 +112,7 @@ async fn each_request_limit_is_refused_with_its_status_in_openai_shape() {
         v["error"].as_str().unwrap().contains("max_json_depth"),
         "{v}"
     );
-    let resp = client()
-        .get(r.url(&format!("/api/tags?q={}", "x".repeat(300))))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&r.url(&format!("/api/tags?q={}", "x".repeat(300)))).await;
     assert_eq!(resp.status(), 414);
     let v: Value = resp.json().await.unwrap();
     assert!(

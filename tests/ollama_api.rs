@@ -384,14 +384,7 @@ async fn errors_are_ollama_shaped_with_the_openai_paths_statuses() {
     );
 
     // Counted like the OpenAI path's requests.
-    let metrics = client()
-        .get(r.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(&r.url("/metrics")).await.text().await.unwrap();
     assert!(
         metrics
             .lines()
@@ -712,14 +705,7 @@ models:
         "byte for byte but for the model, and keep_alive: the router unloads, not Ollama"
     );
     // Counted, tokens too (from Ollama's own counts).
-    let metrics = client()
-        .get(r.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get(&r.url("/metrics")).await.text().await.unwrap();
     for want in [
         "modelyard_requests_total{model=\"small\",status=\"200\"} 1",
         "modelyard_tokens_total{model=\"small\",kind=\"prompt\"} 5",

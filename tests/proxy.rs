@@ -102,11 +102,7 @@ async fn lists_models_and_aliases_in_openai_shape() {
     assert_eq!(alias["alias_for"], "alpha");
     let model = get_json(&r.url("/v1/models/alpha")).await;
     assert_eq!(model["aliases"], json!(["first"]));
-    let missing = client()
-        .get(r.url("/v1/models/alpah"))
-        .send()
-        .await
-        .unwrap();
+    let missing = get(&r.url("/v1/models/alpah")).await;
     let msg = expect_error(missing, 404, "model_not_found").await;
     assert!(msg.contains("alpha"), "suggests the close match: {msg}");
 }

@@ -154,11 +154,8 @@ async fn a_real_server_starts_on_first_request_and_answers_chat_and_streams() {
 
     // The backend knows the model by its upstream name: the router rewrote it.
     let authority = s["endpoint"].as_str().unwrap().to_string();
-    let direct: Value = client()
-        .get(format!("http://{authority}/v1/models"))
-        .send()
+    let direct: Value = get(&format!("http://{authority}/v1/models"))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();

@@ -266,11 +266,7 @@ async fn forms_without_a_usable_model_are_refused_in_openai_shape() {
 #[tokio::test]
 async fn a_get_with_a_model_query_goes_to_that_model_renamed() {
     let r = Router::start(&config(""));
-    let resp = client()
-        .get(r.url("/v1/audio/voices?lang=en&model=stt&x=%2F"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&r.url("/v1/audio/voices?lang=en&model=stt&x=%2F")).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     let seen = &v["request"];
@@ -280,18 +276,10 @@ async fn a_get_with_a_model_query_goes_to_that_model_renamed() {
         seen["query"],
         "lang=en&model=mlx-community%2Fwhisper-large-v3-turbo&x=%2F"
     );
-    let resp = client()
-        .get(r.url("/v1/audio/voices?model=nope"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&r.url("/v1/audio/voices?model=nope")).await;
     expect_error(resp, 404, "model_not_found").await;
     // Without a model a GET is still no route.
-    let resp = client()
-        .get(r.url("/v1/audio/voices"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&r.url("/v1/audio/voices")).await;
     expect_error(resp, 404, "unknown_route").await;
 }
 
@@ -340,22 +328,14 @@ async fn upstream_paths_reach_the_models_server_verbatim_and_load_it() {
         "a one-shot tool goes after a minute, not {idle_in}s"
     );
 
-    let resp = client()
-        .get(r.url("/upstream/nope/health"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&r.url("/upstream/nope/health")).await;
     expect_error(resp, 404, "model_not_found").await;
 }
 
 #[tokio::test]
 async fn client_keys_guard_upstream_paths_as_they_guard_v1() {
     let r = Router::start(&config("api_keys: [k-123]"));
-    let resp = client()
-        .get(r.url("/upstream/chat/health"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&r.url("/upstream/chat/health")).await;
     expect_error(resp, 401, "invalid_api_key").await;
     let resp = client()
         .get(r.url("/upstream/chat/health"))
