@@ -119,6 +119,38 @@ fn sleep_until(at: Instant) {
     }
 }
 
+/// Starts `rate` requests a second for `dur` from this (pacing) thread, each at
+/// its intended instant whatever the earlier ones are doing: open loop. `run`
+/// turns one request, due at `at`, into its outcome; the receiver yields every
+/// outcome and ends once all are in. Returns the first request's instant too.
+fn paced<T, Fut>(
+    rt: &Handle,
+    client: &HttpClient,
+    target: &Target,
+    body: &Bytes,
+    rate: f64,
+    dur: Duration,
+    run: impl Fn(HttpClient, Request<Full<Bytes>>, Instant) -> Fut,
+) -> (Instant, mpsc::Receiver<T>)
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = T> + Send + 'static,
+{
+    let n = (rate * dur.as_secs_f64()).round() as usize;
+    let (tx, rx) = mpsc::channel::<T>();
+    let start = Instant::now() + Duration::from_millis(2);
+    for i in 0..n {
+        let at = start + Duration::from_secs_f64(i as f64 / rate);
+        sleep_until(at);
+        let outcome = run(client.clone(), target.request(body), at);
+        let tx = tx.clone();
+        rt.spawn(async move {
+            let _ = tx.send(outcome.await);
+        });
+    }
+    (start, rx)
+}
+
 /// Open loop: `rate` requests per second for `dur`.
 pub fn open_loop(
     rt: &Handle,
@@ -129,22 +161,20 @@ pub fn open_loop(
     dur: Duration,
     timeout: Duration,
 ) -> Round {
-    let n = (rate * dur.as_secs_f64()).round() as usize;
-    let (tx, rx) = mpsc::channel::<Option<u64>>();
-    let start = Instant::now() + Duration::from_millis(2);
-    for i in 0..n {
-        let at = start + Duration::from_secs_f64(i as f64 / rate);
-        sleep_until(at);
-        let req = target.request(body);
-        let (client, tx) = (client.clone(), tx.clone());
-        rt.spawn(async move {
+    let (start, rx) = paced(
+        rt,
+        client,
+        target,
+        body,
+        rate,
+        dur,
+        move |client, req, at| async move {
             let ok = tokio::time::timeout(timeout, one(&client, req))
                 .await
                 .unwrap_or(false);
-            let _ = tx.send(ok.then(|| at.elapsed().as_nanos() as u64));
-        });
-    }
-    drop(tx);
+            ok.then(|| at.elapsed().as_nanos() as u64)
+        },
+    );
     let mut round = Round::default();
     for r in rx {
         match r {
@@ -287,24 +317,20 @@ pub fn stream_loop(
     rate: f64,
     dur: Duration,
 ) -> StreamRound {
-    let n = (rate * dur.as_secs_f64()).round() as usize;
-    let (tx, rx) = mpsc::channel::<Option<StreamOutcome>>();
-    let start = Instant::now() + Duration::from_millis(2);
-    for i in 0..n {
-        let at = start + Duration::from_secs_f64(i as f64 / rate);
-        sleep_until(at);
-        let req = target.request(body);
-        let (client, tx) = (client.clone(), tx.clone());
-        rt.spawn(async move {
-            let r =
-                tokio::time::timeout(Duration::from_secs(30), stream_one(&client, req, at, None))
-                    .await
-                    .ok()
-                    .flatten();
-            let _ = tx.send(r);
-        });
-    }
-    drop(tx);
+    let (_, rx) = paced(
+        rt,
+        client,
+        target,
+        body,
+        rate,
+        dur,
+        |client, req, at| async move {
+            tokio::time::timeout(Duration::from_secs(30), stream_one(&client, req, at, None))
+                .await
+                .ok()
+                .flatten()
+        },
+    );
     let mut round = StreamRound::default();
     for r in rx {
         match r {
