@@ -27,7 +27,7 @@ pub(crate) struct Choice {
 
 /// Whether `model` (a configured name) can fall back at all: only then is the
 /// request worth looking at.
-pub(crate) fn needs_window(config: &Config, model: &str) -> bool {
+pub(crate) fn can_fall_back(config: &Config, model: &str) -> bool {
     kind(config, model) == Some(BackendKind::Apfel)
 }
 
@@ -39,7 +39,7 @@ pub(crate) async fn route(
     path: &str,
     body: &[u8],
 ) -> Result<Choice, ApiError> {
-    let window = if needs_window(config, model) {
+    let window = if can_fall_back(config, model) {
         let snap = state.supervisor.snapshot().await;
         snap.and_then(|s| s.model(model).and_then(|m| m.context_window))
     } else {

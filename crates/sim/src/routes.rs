@@ -95,16 +95,31 @@ fn health(state: &SimState) -> Response<ResponseBody> {
 }
 
 fn models(state: &SimState) -> Response<ResponseBody> {
-    let data: Vec<Value> = state
-        .models
-        .iter()
+    model_list(
+        state.models.iter().map(String::as_str),
+        "modelyard-sim",
+        &[],
+    )
+}
+
+/// OpenAI's `GET /v1/models` for `ids`, each entry with a flavor's own `extra` fields.
+pub fn model_list<'a>(
+    ids: impl Iterator<Item = &'a str>,
+    owned_by: &str,
+    extra: &[(&str, Value)],
+) -> Response<ResponseBody> {
+    let data: Vec<Value> = ids
         .map(|id| {
-            json!({
+            let mut entry = json!({
                 "id": id,
                 "object": "model",
                 "created": MODEL_CREATED,
-                "owned_by": "modelyard-sim",
-            })
+                "owned_by": owned_by,
+            });
+            for (k, v) in extra {
+                entry[*k] = v.clone();
+            }
+            entry
         })
         .collect();
     json_response(StatusCode::OK, &json!({"object": "list", "data": data}))

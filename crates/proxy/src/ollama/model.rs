@@ -71,7 +71,7 @@ async fn run(
     if let Some((path, body)) = parsed
         .openai
         .as_ref()
-        .filter(|_| fallback::needs_window(&config, &model))
+        .filter(|_| fallback::can_fall_back(&config, &model))
     {
         let body = serde_json::to_vec(body).expect("a Value always encodes");
         let choice = fallback::route(state, &config, &model, path, &body).await?;

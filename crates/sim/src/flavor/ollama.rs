@@ -19,7 +19,8 @@ use crate::completions::Kind;
 use crate::embeddings::fnv1a;
 use crate::response::{json_response, openai_error, ResponseBody};
 use crate::routes::{
-    read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES, MODEL_CREATED,
+    model_list, read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES,
+    MODEL_CREATED,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -183,20 +184,8 @@ impl Ollama {
     }
 
     fn openai_models(&self) -> Response<ResponseBody> {
-        let data: Vec<Value> = self
-            .pool
-            .models()
-            .iter()
-            .map(|m| {
-                json!({
-                    "id": m.name,
-                    "object": "model",
-                    "created": MODEL_CREATED,
-                    "owned_by": "library",
-                })
-            })
-            .collect();
-        json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+        let models = self.pool.models();
+        model_list(models.iter().map(|m| m.name.as_str()), "library", &[])
     }
 
     /// `/v1` has no `keep_alive`: models load on demand and stay for

@@ -15,7 +15,7 @@ use crate::args::Args;
 use crate::completions::Kind;
 use crate::response::{json_response, openai_error, ResponseBody};
 use crate::routes::{
-    read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES, MODEL_CREATED,
+    model_list, read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -129,21 +129,12 @@ impl Omlx {
     }
 
     fn models(&self) -> Response<ResponseBody> {
-        let data: Vec<Value> = self
-            .pool
-            .models()
-            .iter()
-            .map(|m| {
-                json!({
-                    "id": m.name,
-                    "object": "model",
-                    "created": MODEL_CREATED,
-                    "owned_by": "omlx",
-                    "max_model_len": MAX_CONTEXT,
-                })
-            })
-            .collect();
-        json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
+        let models = self.pool.models();
+        model_list(
+            models.iter().map(|m| m.name.as_str()),
+            "omlx",
+            &[("max_model_len", json!(MAX_CONTEXT))],
+        )
     }
 
     fn status(&self) -> Response<ResponseBody> {
