@@ -239,10 +239,17 @@ impl<E: Effects> Owner<E> {
 /// a model in a burst (its last two requests closer than a load) lingers: one a
 /// user has just moved away from goes at once.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
-    if s.phase != Phase::Draining || s.in_flight > 0 || !s.burst {
+    if s.phase != Phase::Draining || s.in_flight > 0 {
         return None;
     }
-    let until = s.serve_until?.min(s.last_used + median(&s.recent_loads)?);
+    let load = median(&s.recent_loads)?;
+    let [Some(before), Some(last)] = s.admitted else {
+        return None;
+    };
+    if last.saturating_duration_since(before) >= load {
+        return None;
+    }
+    let until = s.serve_until?.min(s.last_used + load);
     (Instant::now() < until).then_some(until)
 }
 

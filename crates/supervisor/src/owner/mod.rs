@@ -175,10 +175,9 @@ struct Slot {
     phase: Phase,
     in_flight: usize,
     last_used: Instant,
-    /// When its last request was admitted, and whether the one before came less
-    /// than a load's time earlier: a burst, which a swap waits out (see linger_until).
-    last_admitted: Option<Instant>,
-    burst: bool,
+    /// When its last two requests were admitted: closer than a load's time apart,
+    /// they make a burst, which a swap waits out (see linger_until).
+    admitted: [Option<Instant>; 2],
     queue: VecDeque<Waiter>,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     why: String,
@@ -381,8 +380,7 @@ impl<E: Effects> Owner<E> {
                 phase: if counted { Phase::Cold } else { Phase::Ready },
                 in_flight: 0,
                 last_used: now,
-                last_admitted: None,
-                burst: false,
+                admitted: [None, None],
                 queue: VecDeque::new(),
                 why: String::new(),
                 failures: 0,
@@ -1087,11 +1085,7 @@ impl<E: Effects> Owner<E> {
         let now = Instant::now();
         slot.in_flight += 1;
         slot.last_used = now;
-        slot.burst = slot
-            .last_admitted
-            .zip(median(&slot.recent_loads))
-            .is_some_and(|(before, load)| now.saturating_duration_since(before) < load);
-        slot.last_admitted = Some(now);
+        slot.admitted = [slot.admitted[1], Some(now)];
         Ok(Lease {
             model: m.to_string(),
             upstream_model: slot.upstream.clone(),
