@@ -3,11 +3,11 @@
 //! `max_response`, so a backend that sends an endless or broken one costs the
 //! router a bounded buffer and the client gets a 502 that says so.
 
+use crate::client::Reply;
 use bytes::BytesMut;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use modelyard_config::Config;
 use modelyard_supervisor::Lease;
 
@@ -25,7 +25,7 @@ pub(crate) async fn round_trip(
     state: &Inner,
     model: String,
     lease: Lease,
-    request: Request<Body>,
+    request: Request<crate::client::Outgoing>,
     client_name: Option<&str>,
     started: Instant,
 ) -> Result<Response<Body>, ApiError> {
@@ -44,7 +44,7 @@ pub(crate) async fn round_trip(
 /// not counted, so the caller counts it.
 pub(crate) async fn deliver(
     config: &Config,
-    response: Response<Incoming>,
+    response: Response<Reply>,
     client_name: Option<&str>,
     lease: Lease,
     observe: Observe,

@@ -14,6 +14,7 @@ use modelyard_supervisor::Lease;
 use tokio::time::Instant;
 
 use crate::body::Body;
+use crate::client::{Failure, Outgoing, Reply};
 use crate::error::ApiError;
 use crate::fallback;
 use crate::limits::read_body;
@@ -192,9 +193,9 @@ pub(crate) async fn exchange(
     state: &Inner,
     model: &str,
     lease: &Lease,
-    request: Request<Body>,
-) -> Result<Response<Incoming>, ApiError> {
-    let pending = state.client.request(request);
+    request: Request<Outgoing>,
+) -> Result<Response<Reply>, ApiError> {
+    let pending = state.client.send(request);
     match state.config().upstream_timeout.duration() {
         Some(limit) => {
             tokio::time::timeout(limit, pending)
@@ -206,51 +207,39 @@ pub(crate) async fn exchange(
         }
         None => pending.await,
     }
-    .map_err(|e| failed(&e, model, lease, state.connect_timeout))
+    .map_err(|e| failed(e, model, lease, state.connect_timeout))
 }
 
 /// Why a request got no response: no connection in time (504), a reply that is
 /// not HTTP or has a head too large to read (502, the backend's fault), or no
 /// connection at all (502).
 fn failed(
-    e: &hyper_util::client::legacy::Error,
+    e: Failure,
     model: &str,
     lease: &Lease,
     connect_timeout: std::time::Duration,
 ) -> ApiError {
-    let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
-        s.source()
-    });
-    if e.is_connect()
-        && causes.any(|s| {
-            s.downcast_ref::<std::io::Error>()
-                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-        })
-    {
-        return ApiError::ConnectTimeout {
-            model: model.to_string(),
-            backend: lease.authority.to_string(),
+    let model = model.to_string();
+    let backend = &lease.authority;
+    match e {
+        Failure::ConnectTimeout => ApiError::ConnectTimeout {
+            model,
+            backend: backend.to_string(),
             after: connect_timeout,
-        };
-    }
-    let mut causes = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |s| {
-        s.source()
-    });
-    let unreadable = causes.any(|s| {
-        s.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse)
-    });
-    let reason = describe(e, lease);
-    if unreadable {
-        ApiError::BadReply {
-            model: model.to_string(),
-            reason,
-        }
-    } else {
-        ApiError::Unreachable {
-            model: model.to_string(),
-            reason,
-        }
+        },
+        Failure::Connect(e) => ApiError::Unreachable {
+            model,
+            reason: format!("{backend} (cannot connect: {e})"),
+        },
+        Failure::Lost(why) => ApiError::Unreachable {
+            model,
+            reason: format!("{backend} ({why})"),
+        },
+        Failure::BadReply(why) => ApiError::BadReply {
+            model,
+            reason: format!("{backend} ({why})"),
+        },
+        Failure::Body(why) => ApiError::BodyRead(why),
     }
 }
 
@@ -326,9 +315,8 @@ pub(crate) fn upstream_request(
     lease: &Lease,
     path: Option<&str>,
     body: Bytes,
-) -> Request<Body> {
-    let length = body.len() as u64;
-    upstream_streamed(parts, lease, path, crate::body::full(body), Some(length))
+) -> Request<Outgoing> {
+    upstream_with(parts, lease, path, Outgoing::Whole(body), None)
 }
 
 /// As [`upstream_request`], with a body that streams: `length` when known, else
@@ -339,7 +327,17 @@ pub(crate) fn upstream_streamed(
     path: Option<&str>,
     body: Body,
     length: Option<u64>,
-) -> Request<Body> {
+) -> Request<Outgoing> {
+    upstream_with(parts, lease, path, Outgoing::Streamed(body), length)
+}
+
+fn upstream_with(
+    parts: &Parts,
+    lease: &Lease,
+    path: Option<&str>,
+    body: Outgoing,
+    length: Option<u64>,
+) -> Request<Outgoing> {
     let uri = upstream_uri(parts, lease, path);
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
@@ -362,20 +360,4 @@ pub(crate) fn upstream_streamed(
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     req
-}
-
-fn describe(e: &hyper_util::client::legacy::Error, lease: &Lease) -> String {
-    let mut msg = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !msg.contains(&text) {
-            if !msg.is_empty() {
-                msg.push_str(": ");
-            }
-            msg.push_str(&text);
-        }
-        source = s.source();
-    }
-    format!("{} ({msg})", lease.authority)
 }

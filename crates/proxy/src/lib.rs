@@ -4,6 +4,7 @@
 
 mod admin;
 mod body;
+mod client;
 mod conn;
 mod deliver;
 mod direct;
@@ -29,9 +30,6 @@ use std::sync::Arc;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use modelyard_config::Config;
 use modelyard_supervisor::Supervisor;
 
@@ -54,7 +52,7 @@ pub(crate) struct Inner {
     /// The file a reload reads again; None for a config with no file (the demo).
     pub source: Option<std::path::PathBuf>,
     pub supervisor: Supervisor,
-    pub client: Client<HttpConnector, Body>,
+    pub client: client::Client,
     /// The client's connect timeout, fixed when the client is built.
     pub connect_timeout: std::time::Duration,
     pub started_unix: u64,
@@ -70,14 +68,8 @@ impl Router {
         source: Option<std::path::PathBuf>,
         supervisor: Supervisor,
     ) -> Router {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let connect_timeout = config.upstream_connect_timeout;
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
-            .build(connector);
+        let client = client::Client::new(connect_timeout);
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

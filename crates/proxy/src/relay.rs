@@ -7,9 +7,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use crate::client::Reply;
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
 use modelyard_supervisor::Lease;
 
 use crate::body::BoxError;
@@ -32,7 +32,7 @@ pub struct Relay {
     /// Reset by every frame; a backend silent past it has hung.
     idle: Option<(std::time::Duration, Pin<Box<tokio::time::Sleep>>)>,
     observe: Observe,
-    upstream: Incoming,
+    upstream: Reply,
     rewriter: Option<ModelRewriter>,
     /// How a stream that breaks ends: an SSE `error` event, an NDJSON `error`
     /// line (Ollama's way), or, for anything else, a cut.
@@ -46,7 +46,7 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(
-        upstream: Incoming,
+        upstream: Reply,
         rewriter: Option<ModelRewriter>,
         framing: Framing,
         lease: Lease,

@@ -1,0 +1,302 @@
+//! The router's client for backends: HTTP/1.1 over TCP, which is what every
+//! local model server speaks. Written for a relay rather than taken from a
+//! general client because of what an open stream costs: hyper's client keeps a
+//! task, a request channel and 16 KiB of buffers per connection for as long as
+//! a stream is open; here a stream holds its socket and nothing else
+//! (docs/benchmarks.md, 10,000 streams). The request is written from the
+//! caller's task, the reply read as the client takes it, and a connection whose
+//! reply was read to its end goes back to a pool for the next request.
+
+mod chunked;
+mod head;
+mod pool;
+mod reply;
+
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, ReadBuf};
+use tokio::net::TcpStream;
+
+use crate::body::Body;
+use head::{Parsed, Sending};
+pub(crate) use reply::Reply;
+
+/// A request's body as it goes upstream.
+pub(crate) enum Outgoing {
+    /// Held whole: sent with its length, and sent again if a kept connection
+    /// turns out to have been closed by the backend.
+    Whole(Bytes),
+    /// Read from the client as it is sent: with its Content-Length if the
+    /// request has one, else chunked.
+    Streamed(Body),
+}
+
+/// Why an exchange gave no response.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    ConnectTimeout,
+    Connect(io::Error),
+    /// Not HTTP, or a head past the limits.
+    BadReply(String),
+    /// The connection broke before the response head.
+    Lost(String),
+    /// The client's own body failed while it was being sent.
+    Body(String),
+}
+
+pub(crate) struct Client {
+    pool: Arc<pool::Pool>,
+    connect_timeout: Duration,
+}
+
+/// Bodies up to this size go out in the same write as the head.
+const COALESCE: usize = 16 * 1024;
+
+impl Client {
+    pub(crate) fn new(connect_timeout: Duration) -> Client {
+        Client {
+            pool: Arc::default(),
+            connect_timeout,
+        }
+    }
+
+    pub(crate) async fn send(&self, req: Request<Outgoing>) -> Result<Response<Reply>, Failure> {
+        let (mut parts, body) = req.into_parts();
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .ok_or_else(|| Failure::Lost("the backend's URL has no address".into()))?;
+        let mut body = match body {
+            Outgoing::Streamed(b) if b.is_end_stream() => Outgoing::Whole(Bytes::new()),
+            other => other,
+        };
+        let sending = match &body {
+            Outgoing::Whole(b) if b.is_empty() => Sending::None,
+            Outgoing::Whole(b) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                Sending::Length
+            }
+            Outgoing::Streamed(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {
+                Sending::Length
+            }
+            Outgoing::Streamed(_) => Sending::Chunked,
+        };
+        // Where to connect: the URL's port, or HTTP's own.
+        let address = match parts.uri.port_u16() {
+            Some(_) => authority.clone(),
+            None => format!("{}:80", parts.uri.host().unwrap_or_default()),
+        };
+        let head = head::encode_request(&parts, &authority, sending);
+        loop {
+            // A streamed body cannot be sent twice, so it never risks a kept
+            // connection the backend may be closing: a new one costs less than it.
+            let kept = match &body {
+                Outgoing::Whole(_) => self.pool.take(&authority),
+                Outgoing::Streamed(_) => None,
+            };
+            let (conn, reused) = match kept {
+                Some(c) => (c, true),
+                None => (self.connect(&address).await?, false),
+            };
+            let replay = match &body {
+                Outgoing::Whole(b) if reused => Some(b.clone()),
+                _ => None,
+            };
+            match exchange(conn, &head, body, sending, &parts.method).await {
+                Ok((head, conn, early, sent_all)) => {
+                    let park =
+                        (head.reusable && sent_all).then(|| (self.pool.clone(), authority.clone()));
+                    let reply = Reply::new(conn, early, head.framing, park);
+                    return Ok(head.response.map(|()| reply));
+                }
+                // A kept connection the backend had closed: once more on a new one.
+                Err(Attempt::Unanswered(_)) if replay.is_some() => {
+                    body = Outgoing::Whole(replay.unwrap_or_default());
+                }
+                Err(Attempt::Unanswered(why)) => {
+                    return Err(Failure::Lost(format!(
+                        "closed the connection without answering ({why})"
+                    )))
+                }
+                Err(Attempt::Failed(f)) => return Err(f),
+            }
+        }
+    }
+
+    async fn connect(&self, address: &str) -> Result<TcpStream, Failure> {
+        let conn =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Err(_) => return Err(Failure::ConnectTimeout),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                    return Err(Failure::ConnectTimeout)
+                }
+                Ok(Err(e)) => return Err(Failure::Connect(e)),
+                Ok(Ok(c)) => c,
+            };
+        // Small writes (a token's event) go out at once.
+        let _ = conn.set_nodelay(true);
+        Ok(conn)
+    }
+}
+
+enum Attempt {
+    /// Nothing came back: the connection was closed or reset first.
+    Unanswered(String),
+    Failed(Failure),
+}
+
+/// Writes the request and reads the response head: the head, the connection,
+/// body bytes that came with the head, and whether all of the request was sent
+/// (a backend may answer before it has read all of a body).
+async fn exchange(
+    conn: TcpStream,
+    head: &[u8],
+    body: Outgoing,
+    sending: Sending,
+    method: &Method,
+) -> Result<(head::Head, TcpStream, Bytes, bool), Attempt> {
+    let mut conn = conn;
+    let sent = match send_request(&conn, head, body, sending).await {
+        Ok(all) => Ok(all),
+        Err(Attempt::Failed(Failure::Body(b))) => return Err(Attempt::Failed(Failure::Body(b))),
+        // A write that failed may still have an answer waiting (a backend that
+        // refused the body and closed): read it before giving up.
+        Err(e) => Err(e),
+    };
+    let sent_all = matches!(sent, Ok(true));
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if buf.len() == buf.capacity() {
+            buf.reserve(buf.capacity());
+        }
+        let n = match conn.read_buf(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if buf.is_empty() => {
+                return Err(sent.err().unwrap_or(Attempt::Unanswered(e.to_string())))
+            }
+            Err(e) => return Err(Attempt::Failed(Failure::Lost(e.to_string()))),
+        };
+        if n == 0 {
+            if buf.is_empty() {
+                return Err(sent
+                    .err()
+                    .unwrap_or(Attempt::Unanswered("end of stream".into())));
+            }
+            return Err(Attempt::Failed(Failure::BadReply(
+                "the connection closed in the middle of the response head".into(),
+            )));
+        }
+        match head::parse_response(&buf, method)
+            .map_err(|e| Attempt::Failed(Failure::BadReply(e)))?
+        {
+            Parsed::Partial if buf.len() >= head::MAX_HEAD => {
+                return Err(Attempt::Failed(Failure::BadReply(format!(
+                    "response head too large (over {} KiB)",
+                    head::MAX_HEAD / 1024
+                ))))
+            }
+            Parsed::Partial => {}
+            Parsed::Interim(len) => {
+                let _ = buf.split_to(len);
+            }
+            Parsed::Complete(h, len) => {
+                let early = Bytes::copy_from_slice(&buf[len..]);
+                return Ok((h, conn, early, sent_all));
+            }
+        }
+    }
+}
+
+/// Sends the head and body; Ok(false) when the backend answered before the
+/// body was all sent.
+async fn send_request(
+    conn: &TcpStream,
+    head: &[u8],
+    body: Outgoing,
+    sending: Sending,
+) -> Result<bool, Attempt> {
+    let lost = |e: io::Error| Attempt::Unanswered(e.to_string());
+    let mut body = match body {
+        Outgoing::Whole(b) if head.len() + b.len() <= COALESCE => {
+            let mut one = Vec::with_capacity(head.len() + b.len());
+            one.extend_from_slice(head);
+            one.extend_from_slice(&b);
+            return write_all(conn, &one).await.map_err(lost);
+        }
+        Outgoing::Whole(b) => {
+            return Ok(write_all(conn, head).await.map_err(lost)?
+                && write_all(conn, &b).await.map_err(lost)?);
+        }
+        Outgoing::Streamed(body) => body,
+    };
+    if !write_all(conn, head).await.map_err(lost)? {
+        return Ok(false);
+    }
+    loop {
+        let frame = tokio::select! {
+            biased;
+            f = body.frame() => f,
+            () = answered(conn) => return Ok(false),
+        };
+        let data = match frame {
+            None => break,
+            Some(Err(e)) => return Err(Attempt::Failed(Failure::Body(e.to_string()))),
+            Some(Ok(f)) => match f.into_data() {
+                Ok(d) if !d.is_empty() => d,
+                _ => continue,
+            },
+        };
+        let all = if sending == Sending::Chunked {
+            let mut framed = Vec::with_capacity(data.len() + 20);
+            framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            framed.extend_from_slice(&data);
+            framed.extend_from_slice(b"\r\n");
+            write_all(conn, &framed).await
+        } else {
+            write_all(conn, &data).await
+        };
+        if !all.map_err(lost)? {
+            return Ok(false);
+        }
+    }
+    if sending == Sending::Chunked {
+        return write_all(conn, b"0\r\n\r\n").await.map_err(lost);
+    }
+    Ok(true)
+}
+
+/// Writes all of `buf`, unless the backend answers (or closes) first: Ok(false).
+async fn write_all(conn: &TcpStream, buf: &[u8]) -> io::Result<bool> {
+    let mut at = 0;
+    while at < buf.len() {
+        match conn.try_write(&buf[at..]) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::select! {
+                    biased;
+                    r = conn.writable() => r?,
+                    () = answered(conn) => return Ok(false),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Resolves once the backend has sent something, or closed.
+async fn answered(conn: &TcpStream) {
+    let mut byte = [0u8; 1];
+    let _ = poll_fn(|cx| conn.poll_peek(cx, &mut ReadBuf::new(&mut byte))).await;
+}

@@ -1,0 +1,343 @@
+//! The router's own HTTP/1.1 client against backends that behave in every way a
+//! server may: keeping connections or closing them (said or unsaid), framing
+//! bodies by length, by chunks or by closing, sending interim replies, and
+//! answering an upload before reading it.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// What the backend does with one request: `conn` is the connection's number
+/// (from 0), `nth` the request's number on it.
+enum Act {
+    /// Writes these bytes in pieces, pausing between them, and keeps the connection.
+    Send(Vec<Vec<u8>>),
+    /// Writes these bytes and closes.
+    SendAndClose(Vec<u8>),
+    /// Closes without a word.
+    Close,
+    /// Answers after reading the head only, leaving the body unread, and closes
+    /// a moment later.
+    AnswerHeadOnly(Vec<u8>),
+    /// Writes the first bytes, waits for the gate, then writes the rest.
+    Gated(Vec<u8>, Arc<Mutex<std::sync::mpsc::Receiver<()>>>, Vec<u8>),
+}
+
+struct Scripted {
+    url: String,
+    connections: Arc<AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Scripted {
+    fn start(act: impl Fn(usize, usize) -> Act + Send + Sync + 'static) -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen, act) = (connections.clone(), bodies.clone(), Arc::new(act));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let (count, seen, act) = (count.clone(), seen.clone(), act.clone());
+                std::thread::spawn(move || serve(conn, &count, &*act, &seen));
+            }
+        });
+        Scripted {
+            url,
+            connections,
+            bodies,
+        }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+/// Serves one connection: the router's health checks (GET) answered plainly,
+/// everything else as the script says.
+fn serve(
+    conn: TcpStream,
+    count: &AtomicUsize,
+    act: &dyn Fn(usize, usize) -> Act,
+    seen: &Mutex<Vec<Vec<u8>>>,
+) {
+    let mut out = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut n = None;
+    let mut nth = 0;
+    loop {
+        let Some((get, length, chunked)) = read_head(&mut reader) else {
+            return;
+        };
+        if get {
+            let list = "{\"object\":\"list\",\"data\":[]}";
+            let _ = write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{list}", list.len());
+            continue;
+        }
+        let n = *n.get_or_insert_with(|| count.fetch_add(1, Ordering::SeqCst));
+        let act = act(n, nth);
+        nth += 1;
+        if let Act::AnswerHeadOnly(reply) = act {
+            let _ = out.write_all(&reply);
+            std::thread::sleep(Duration::from_millis(500));
+            return;
+        }
+        let body = if chunked {
+            read_chunked(&mut reader)
+        } else {
+            let mut b = vec![0; length];
+            reader.read_exact(&mut b).unwrap();
+            b
+        };
+        seen.lock().unwrap().push(body);
+        match act {
+            Act::Send(pieces) => {
+                for p in pieces {
+                    if out.write_all(&p).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            Act::Gated(first, gate, rest) => {
+                let _ = out.write_all(&first);
+                let _ = gate.lock().unwrap().recv_timeout(Duration::from_secs(10));
+                let _ = out.write_all(&rest);
+            }
+            Act::SendAndClose(bytes) => {
+                let _ = out.write_all(&bytes);
+                return;
+            }
+            Act::Close | Act::AnswerHeadOnly(_) => return,
+        }
+    }
+}
+
+/// Whether the request is a GET, its body's Content-Length and whether it is
+/// chunked; None at end of stream.
+fn read_head(reader: &mut impl BufRead) -> Option<(bool, usize, bool)> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let (mut length, mut chunked) = (0, false);
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        if h.trim().is_empty() {
+            return Some((line.starts_with("GET "), length, chunked));
+        }
+        let (k, v) = h.split_once(':')?;
+        if k.eq_ignore_ascii_case("content-length") {
+            length = v.trim().parse().ok()?;
+        }
+        if k.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = v.to_ascii_lowercase().contains("chunked");
+        }
+    }
+}
+
+fn read_chunked(reader: &mut impl BufRead) -> Vec<u8> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size).unwrap();
+        let n = usize::from_str_radix(size.trim(), 16).unwrap();
+        let mut chunk = vec![0; n + 2];
+        reader.read_exact(&mut chunk).unwrap();
+        if n == 0 {
+            return body;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn json_reply(model: &str, extra: &str) -> Vec<u8> {
+    let body = format!(
+        "{{\"object\":\"chat.completion\",\"model\":\"{model}\",\"choices\":[{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":\"hi\"}}}}]}}"
+    );
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn router_for(backend: &Scripted) -> Router {
+    Router::start(&format!(
+        "backends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, upstream: up, memory: 1MB}}\n",
+        backend.url
+    ))
+}
+
+async fn content(resp: reqwest::Response) -> (u16, Value) {
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn one_kept_connection_carries_request_after_request() {
+    let backend = Scripted::start(|_, _| Act::Send(vec![json_reply("up", "")]));
+    let r = router_for(&backend);
+    for _ in 0..20 {
+        let (status, v) = content(post(&r.url("/v1/chat/completions"), &chat("m")).await).await;
+        assert_eq!((status, v["model"].as_str()), (200, Some("m")));
+    }
+    assert_eq!(
+        backend.connections(),
+        1,
+        "every request on the first connection"
+    );
+    let bodies = backend.bodies.lock().unwrap();
+    assert!(bodies
+        .iter()
+        .all(|b| b.windows(11).any(|w| w == b"\"model\":\"up")));
+}
+
+#[tokio::test]
+async fn a_connection_the_backend_dropped_unannounced_is_retried_on_a_new_one() {
+    // Each connection answers its first request and drops the second unanswered,
+    // as a server does whose keep-alive timer fires as the request arrives.
+    let backend = Scripted::start(|_, nth| match nth {
+        0 => Act::Send(vec![json_reply("up", "")]),
+        _ => Act::Close,
+    });
+    let r = router_for(&backend);
+    for i in 0..5 {
+        let (status, v) = content(post(&r.url("/v1/chat/completions"), &chat("m")).await).await;
+        assert_eq!(status, 200, "request {i}: {v}");
+    }
+    assert_eq!(backend.connections(), 5);
+}
+
+#[tokio::test]
+async fn a_backend_that_closes_or_says_close_gets_a_new_connection_each_time() {
+    let closing = Scripted::start(|_, _| Act::SendAndClose(json_reply("up", "")));
+    let saying = Scripted::start(|_, _| Act::Send(vec![json_reply("up", "connection: close\r\n")]));
+    for backend in [&closing, &saying] {
+        let r = router_for(backend);
+        for _ in 0..3 {
+            // Give a closed connection's FIN time to arrive, so both paths are taken:
+            // a pooled connection found closed, and none pooled at all.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let (status, _) = content(post(&r.url("/v1/chat/completions"), &chat("m")).await).await;
+            assert_eq!(status, 200);
+        }
+        assert_eq!(backend.connections(), 3);
+    }
+}
+
+#[tokio::test]
+async fn a_new_connection_closed_without_an_answer_is_a_502_and_not_retried() {
+    let backend = Scripted::start(|_, _| Act::Close);
+    let r = router_for(&backend);
+    let msg = expect_error(
+        post(&r.url("/v1/chat/completions"), &chat("m")).await,
+        502,
+        "backend_unreachable",
+    )
+    .await;
+    assert!(msg.contains("without answering"), "{msg}");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
+async fn bodies_framed_by_chunks_by_close_and_after_interim_replies_arrive_whole() {
+    let events = [
+        "data: {\"model\":\"up\",\"n\":1}\n\n",
+        "data: {\"model\":\"up\",\"n\":2}\n\n",
+        "data: [DONE]\n\n",
+    ];
+    let mut chunked = vec![b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n".to_vec()];
+    for e in events {
+        // Each chunk's size line, data and end in separate writes, one with an extension.
+        chunked.push(format!("{:x};ext=1\r\n", e.len()).into_bytes());
+        chunked.push(e.as_bytes().to_vec());
+        chunked.push(b"\r\n".to_vec());
+    }
+    chunked.push(b"0\r\nx-trailer: t\r\n\r\n".to_vec());
+    let by_chunks = Scripted::start(move |_, _| Act::Send(chunked.clone()));
+    let r = router_for(&by_chunks);
+    for _ in 0..2 {
+        let resp = post(&r.url("/v1/chat/completions"), &chat_stream("m")).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        let expected = events.concat().replace("\"up\"", "\"m\"");
+        assert_eq!(text, expected);
+    }
+    assert_eq!(
+        by_chunks.connections(),
+        1,
+        "a chunked reply read to its end keeps the connection"
+    );
+
+    let body = "{\"model\":\"up\",\"object\":\"chat.completion\",\"choices\":[]}";
+    let wire =
+        format!("HTTP/1.0 200 OK\r\ncontent-type: application/json\r\n\r\n{body}").into_bytes();
+    let by_close = Scripted::start(move |_, _| Act::SendAndClose(wire.clone()));
+    let r = router_for(&by_close);
+    for _ in 0..2 {
+        let (status, v) = content(post(&r.url("/v1/chat/completions"), &chat("m")).await).await;
+        assert_eq!((status, v["model"].as_str()), (200, Some("m")));
+    }
+    assert_eq!(by_close.connections(), 2);
+}
+
+#[tokio::test]
+async fn a_chunk_is_relayed_before_the_backend_sends_the_next() {
+    // The backend holds its second event until the client has the first: a
+    // router that held a chunk back for more would never deliver it.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let gate = Arc::new(Mutex::new(rx));
+    let first = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n10\r\ndata: {\"n\": 1}\n\n\r\n".to_vec();
+    let rest = b"10\r\ndata: {\"n\": 2}\n\n\r\n0\r\n\r\n".to_vec();
+    let backend =
+        Scripted::start(move |_, _| Act::Gated(first.clone(), gate.clone(), rest.clone()));
+    let r = router_for(&backend);
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("m")).await;
+    let mut stream = resp.bytes_stream();
+    let mut got = Vec::new();
+    let read = async {
+        while let Some(bytes) = futures_util::StreamExt::next(&mut stream).await {
+            got.extend_from_slice(&bytes.unwrap());
+            if got.ends_with(b"{\"n\": 1}\n\n") {
+                tx.send(()).unwrap();
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the first event came before the second was sent");
+    assert_eq!(got, b"data: {\"n\": 1}\n\ndata: {\"n\": 2}\n\n");
+}
+
+#[tokio::test]
+async fn an_upload_the_backend_refuses_before_reading_gets_its_answer() {
+    let refusal = "{\"error\":{\"message\":\"too big\"}}";
+    let wire = format!(
+        "HTTP/1.1 413 Payload Too Large\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{refusal}",
+        refusal.len()
+    )
+    .into_bytes();
+    let backend = Scripted::start(move |_, _| Act::AnswerHeadOnly(wire.clone()));
+    let r = router_for(&backend);
+    // Far more than the socket buffers hold, so sending it would block.
+    let big = vec![b'x'; 24 << 20];
+    let resp = client()
+        .post(r.url("/upstream/m/upload"))
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.text().await.unwrap(), refusal);
+}
