@@ -95,10 +95,14 @@ models:
     // Interleaved and concurrent: every request is answered, still one big model at a time.
     let burst = (0..12).map(|i| {
         let url = url.clone();
-        async move { post(&url, &chat(["a", "b", "tiny"][i % 3])).await.status() }
+        async move {
+            let resp = post(&url, &chat(["a", "b", "tiny"][i % 3])).await;
+            (resp.status(), resp.text().await.unwrap_or_default())
+        }
     });
-    let statuses = futures_util::future::join_all(burst).await;
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let answers = futures_util::future::join_all(burst).await;
+    let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
+    assert!(failed.is_empty(), "{failed:?}");
     let (max_total, max_big) = sampler.finish();
     assert_eq!(max_big, 1, "two 200 MB backends were alive at once");
     // Each sim has a few MB of its own beyond what it was told to hold.

@@ -23,8 +23,8 @@ enum Act {
     SendAndClose(Vec<u8>),
     /// Closes without a word.
     Close,
-    /// Answers after reading the head only, leaving the body unread, and closes
-    /// a moment later.
+    /// Answers after reading the head only, leaving the body unread, and keeps
+    /// the connection open.
     AnswerHeadOnly(Vec<u8>),
     /// Writes the first bytes, waits for the gate, then writes the rest.
     Gated(Vec<u8>, Arc<Mutex<std::sync::mpsc::Receiver<()>>>, Vec<u8>),
@@ -88,7 +88,9 @@ fn serve(
         nth += 1;
         if let Act::AnswerHeadOnly(reply) = act {
             let _ = out.write_all(&reply);
-            std::thread::sleep(Duration::from_millis(500));
+            // Longer than the test waits: only a router that heard the answer
+            // while sending gets it to the client.
+            std::thread::sleep(Duration::from_secs(30));
             return;
         }
         let body = if chunked {
@@ -330,14 +332,46 @@ async fn an_upload_the_backend_refuses_before_reading_gets_its_answer() {
     .into_bytes();
     let backend = Scripted::start(move |_, _| Act::AnswerHeadOnly(wire.clone()));
     let r = router_for(&backend);
-    // Far more than the socket buffers hold, so sending it would block.
-    let big = vec![b'x'; 24 << 20];
-    let resp = client()
-        .post(r.url("/upstream/m/upload"))
-        .body(big)
-        .send()
+    // Far more than the socket buffers hold, so sending it would block. Written
+    // from a raw socket while the answer is read: the router may close its side
+    // once it has answered, which an HTTP client library reports as a failed write.
+    let len = 24 << 20;
+    let addr = r
+        .url("")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = conn.into_split();
+    let writer = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let head = format!(
+            "POST /upstream/m/upload HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {len}\r\n\r\n"
+        );
+        let _ = wr.write_all(head.as_bytes()).await;
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..len / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let read = async {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).ends_with(refusal) {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 413);
-    assert_eq!(resp.text().await.unwrap(), refusal);
+        .expect("an answer");
+    writer.abort();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.ends_with(refusal), "{text}");
 }

@@ -11,8 +11,12 @@ use crate::{round_p, setup, Sampler};
 
 pub struct Many {
     pub n: usize,
-    /// h2 connections the client leg shared out the streams over.
+    /// The client leg spoke h2 (streams shared out over few connections), or
+    /// HTTP/1.1 (a connection per stream).
+    pub h2: bool,
     pub conns: usize,
+    /// The router's RSS before the first stream opened.
+    pub start_rss: u64,
     pub peak_open: usize,
     pub ok: usize,
     pub errors: usize,
@@ -26,6 +30,7 @@ pub fn many_streams(
     rig: &setup::Rig,
     h: &tokio::runtime::Handle,
     n: usize,
+    h2: bool,
 ) -> Result<Many, String> {
     // 12 chunks a second apart: each stream stays open ~12 s after the ramp.
     let (_sim, direct_h) = rig.sim("sim-h", "h", &["--tokens", "12", "--token-delay", "1s"])?;
@@ -34,16 +39,35 @@ pub fn many_streams(
         "max_queue: 100000\nbackends:\n  h: {{url: \"{}\"}}\nmodels:\n  h: {{backend: h}}\n",
         direct_h.base
     );
-    let (r2, t2) = rig.router("router-streams", &yaml)?;
+    let yaml = if h2 {
+        yaml
+    } else {
+        format!("max_connections: {}\n{yaml}", n + 100)
+    };
+    let (r2, t2) = rig.router(
+        if h2 {
+            "router-streams"
+        } else {
+            "router-streams-h1"
+        },
+        &yaml,
+    )?;
+    let start_rss = r2.rss();
     let body = chat_body("h", true, None);
     let cpu0 = r2.cpu();
     let t0 = Instant::now();
     let rate = 2000.0;
-    let clients = load::h2_clients(n.div_ceil(150).max(1));
+    let clients = if h2 {
+        load::h2_clients(n.div_ceil(150).max(1))
+    } else {
+        vec![load::client()]
+    };
     let held = load::hold_streams(h, &clients, &t2, &body, n, rate);
     let mut m = Many {
         n,
-        conns: clients.len(),
+        h2,
+        conns: if h2 { clients.len() } else { n },
+        start_rss,
         peak_open: 0,
         ok: 0,
         errors: 0,

@@ -60,6 +60,10 @@ impl Opts {
     }
 }
 
+/// Streams held over HTTP/1.1 clients: each takes two of the router's
+/// descriptors (client and backend), and the hard limit here is 20,000.
+const H1_STREAMS: usize = 4000;
+
 const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-pin] [--litellm PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched] [--out FILE.md | --no-write]";
 
 fn root() -> PathBuf {
@@ -400,8 +404,13 @@ fn run(opts: Opts) -> Result<(), String> {
 
     // 4. Many open streams at once, through the router.
     if opts.wants("many") {
-        say(&format!("{} concurrent streams", opts.streams));
-        rep.many = Some(limits::many_streams(&rig, &h, opts.streams)?);
+        say(&format!("{} concurrent streams over h2", opts.streams));
+        rep.many
+            .push(limits::many_streams(&rig, &h, opts.streams, true)?);
+        // A connection per stream: two router descriptors each, so fewer fit.
+        let h1 = opts.streams.min(H1_STREAMS);
+        say(&format!("{h1} concurrent streams over HTTP/1.1"));
+        rep.many.push(limits::many_streams(&rig, &h, h1, false)?);
     }
 
     // 5. Cancellation and overload.

@@ -63,7 +63,10 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             let router = router.clone();
             let id = request_id(&req);
             async move {
-                let answer = router.traced(req, peer);
+                // Boxed: a service future's state stays allocated for as long as
+                // its response streams (hyper keeps an h1 connection's slot and an
+                // h2 stream's task), while a box is freed once the head is sent.
+                let answer = Box::pin(router.traced(req, peer));
                 Ok::<Response<Body>, Infallible>(caught(&id, answer).await)
             }
         });
