@@ -102,7 +102,7 @@ models:
     });
     let answers = futures_util::future::join_all(burst).await;
     let failed: Vec<_> = answers.iter().filter(|(s, _)| *s != 200).collect();
-    assert!(failed.is_empty(), "{failed:?}");
+    assert!(failed.is_empty(), "{failed:?}\nrouter log:\n{}", r.logs());
     let (max_total, max_big) = sampler.finish();
     assert_eq!(max_big, 1, "two 200 MB backends were alive at once");
     // Each sim has a few MB of its own beyond what it was told to hold.
