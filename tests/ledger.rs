@@ -73,6 +73,7 @@ async fn switching_between_models_that_do_not_fit_together_never_has_both_alive(
     let r = Router::start(
         r#"
 budget: 300MB
+queue_timeout: 30s
 backends:
   sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --load-time, 100ms]}
 models:

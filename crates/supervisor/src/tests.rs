@@ -323,6 +323,35 @@ async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_linger_that_ends_while_a_message_is_handled_still_ends() {
+    use futures_util::FutureExt;
+    let (s, fake) = start(SEED);
+    drop(get(&s, "daily").await);
+    advance(Duration::from_millis(500)).await;
+    drop(get(&s, "daily").await);
+    let deep = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("deep", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    // daily lingers for a load's time (2 s) of quiet. Its end comes with a
+    // message waiting, which the owner takes first.
+    advance(Duration::from_millis(1990)).await;
+    assert!(!deep.is_finished());
+    let _ = s.snapshot().now_or_never();
+    advance(Duration::from_millis(20)).await;
+    let ended = Instant::now();
+    drop(deep.await.unwrap().unwrap());
+    assert!(
+        ended.elapsed() <= STOP + LOAD + Duration::from_millis(100),
+        "the swap waited {:?} past the linger's end",
+        ended.elapsed()
+    );
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_model_the_user_moved_away_from_is_swapped_out_at_once() {
     let (s, fake) = start(SEED);
     drop(get(&s, "daily").await);

@@ -15,7 +15,8 @@ const MAX_HEADERS: usize = 128;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sending {
     None,
-    Length,
+    /// As declared by the request's Content-Length.
+    Length(u64),
     Chunked,
 }
 

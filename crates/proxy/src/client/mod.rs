@@ -85,12 +85,15 @@ impl Client {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                Sending::Length
+                Sending::Length(b.len() as u64)
             }
-            Outgoing::Streamed(_) if parts.headers.contains_key(header::CONTENT_LENGTH) => {
-                Sending::Length
-            }
-            Outgoing::Streamed(_) => Sending::Chunked,
+            Outgoing::Streamed(_) => match declared_length(&parts.headers) {
+                Some(n) => Sending::Length(n),
+                None => {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                    Sending::Chunked
+                }
+            },
         };
         // Where to connect: the URL's port, or HTTP's own.
         let address = match parts.uri.port_u16() {
@@ -226,6 +229,10 @@ async fn send_request(
     body: Outgoing,
     sending: Sending,
 ) -> Result<bool, Attempt> {
+    let mut left = match sending {
+        Sending::Length(n) => Some(n),
+        _ => None,
+    };
     let lost = |e: io::Error| Attempt::Unanswered(e.to_string());
     let mut body = match body {
         Outgoing::Whole(b) if head.len() + b.len() <= COALESCE => {
@@ -257,6 +264,11 @@ async fn send_request(
                 _ => continue,
             },
         };
+        if let Some(n) = &mut left {
+            *n = n
+                .checked_sub(data.len() as u64)
+                .ok_or_else(|| Attempt::Failed(Failure::Body(TOO_LONG.into())))?;
+        }
         let all = if sending == Sending::Chunked {
             let mut framed = Vec::with_capacity(data.len() + 20);
             framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
@@ -273,8 +285,26 @@ async fn send_request(
     if sending == Sending::Chunked {
         return write_all(conn, b"0\r\n\r\n").await.map_err(lost);
     }
+    if left.is_some_and(|n| n > 0) {
+        // The backend would wait for the rest for ever.
+        return Err(Attempt::Failed(Failure::Body(TOO_SHORT.into())));
+    }
     Ok(true)
 }
+
+/// The Content-Length a request declares, if it declares a readable one.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+const TOO_LONG: &str = "the request body is longer than its Content-Length";
+const TOO_SHORT: &str = "the request body ended before its Content-Length";
 
 /// Writes all of `buf`, unless the backend answers (or closes) first: Ok(false).
 async fn write_all(conn: &TcpStream, buf: &[u8]) -> io::Result<bool> {
@@ -299,4 +329,48 @@ async fn write_all(conn: &TcpStream, buf: &[u8]) -> io::Result<bool> {
 async fn answered(conn: &TcpStream) {
     let mut byte = [0u8; 1];
     let _ = poll_fn(|cx| conn.poll_peek(cx, &mut ReadBuf::new(&mut byte))).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    /// A streamed body of `pieces`, sent with `declared` as its Content-Length.
+    async fn send_streamed(declared: u64, pieces: &[&'static [u8]]) -> Result<(), Failure> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        // A backend that reads and never answers: only the client's checks end it.
+        tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = conn.read_to_end(&mut sink).await;
+        });
+        let frames = pieces
+            .iter()
+            .map(|p| Ok::<_, crate::body::BoxError>(http_body::Frame::data(Bytes::from_static(p))))
+            .collect::<Vec<_>>();
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let req = Request::post(format!("http://{at}/upload"))
+            .header(header::CONTENT_LENGTH, declared)
+            .body(Outgoing::Streamed(body))
+            .unwrap();
+        let client = Client::new(Duration::from_secs(1));
+        match tokio::time::timeout(Duration::from_secs(5), client.send(req)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => panic!("the exchange hung"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_its_content_length_is_stopped() {
+        match send_streamed(3, &[b"ab", b"cde"]).await {
+            Err(Failure::Body(why)) => assert_eq!(why, TOO_LONG),
+            other => panic!("{other:?}"),
+        }
+        match send_streamed(10, &[b"ab", b"cde"]).await {
+            Err(Failure::Body(why)) => assert_eq!(why, TOO_SHORT),
+            other => panic!("{other:?}"),
+        }
+    }
 }

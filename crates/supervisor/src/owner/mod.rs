@@ -524,6 +524,8 @@ impl<E: Effects> Owner<E> {
         loop {
             let next = self.next_deadline();
             let msg = tokio::select! {
+                // Messages first: a request is never kept waiting behind a tick.
+                biased;
                 msg = rx.recv() => msg,
                 _ = sleep_until(next.unwrap_or_else(far_future)), if next.is_some() => {
                     self.on_tick();
@@ -597,6 +599,12 @@ impl<E: Effects> Owner<E> {
                     self.shutdown_done = Some(done);
                     self.shutdown();
                 }
+            }
+            // A deadline that fell due while the message was handled is met now:
+            // the next computation no longer lists what has expired (a linger's
+            // end, an idle unload), so its tick would otherwise be lost.
+            if next.is_some_and(|d| d <= Instant::now()) {
+                self.on_tick();
             }
             if !self.shutting_down {
                 // A zero keep_alive is due the moment its last request ends.
