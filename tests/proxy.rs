@@ -386,6 +386,59 @@ models:
 }
 
 #[tokio::test]
+async fn a_request_abandoned_while_queued_for_a_swap_loads_nothing() {
+    let r = Router::start(
+        r#"
+budget: 300MB
+queue_timeout: 20s
+backends:
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}", --tokens, "15", --token-delay, 100ms]}
+models:
+  a: {backend: sim, memory: 200MB}
+  b: {backend: sim, memory: 200MB}
+"#,
+    );
+    let state = |name: &'static str| {
+        let url = r.url("/admin/status");
+        async move {
+            let s = get_json(&url).await;
+            s["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["name"] == name)
+                .unwrap()["state"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    // a is busy streaming; b needs its memory, so b's request waits for the swap.
+    let busy = post(&r.url("/v1/chat/completions"), &chat_stream("a")).await;
+    assert_eq!(busy.status(), 200);
+    let quick = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let gave_up = quick
+        .post(r.url("/v1/chat/completions"))
+        .json(&chat("b"))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "b's client gave up while queued");
+    // a finishes its stream, and its drain for the swap settles; nobody waits for b.
+    let _ = busy.text().await.unwrap();
+    let settled = eventually(Duration::from_secs(10), || async {
+        matches!(state("a").await.as_str(), "cold" | "ready").then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "a's drain settled");
+    // The owner starts a load in the same step that frees the memory: none came.
+    assert_eq!(state("b").await, "cold", "b was loaded for nobody");
+}
+
+#[tokio::test]
 async fn client_errors_are_openai_shaped() {
     let a = Sim::start(&["--model", "up-alpha", "--model", "up-beta"]);
     let r = Router::start(&format!(

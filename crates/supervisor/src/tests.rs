@@ -515,6 +515,37 @@ async fn past_max_queue_requests_are_refused_at_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn requests_given_up_while_queued_free_their_places_and_load_nothing() {
+    let (s, fake) = start(SEED);
+    let daily = get(&s, "daily").await;
+    let waiting: Vec<_> = (0..20)
+        .map(|_| {
+            let s = s.clone();
+            tokio::spawn(async move { s.acquire("deep", soon()).await })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    // Every client waiting for deep leaves: the queue is full of nobody.
+    for w in &waiting {
+        w.abort();
+    }
+    tokio::task::yield_now().await;
+    let code = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("code", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    drop(daily);
+    let code = code
+        .await
+        .unwrap()
+        .expect("a place in the queue, then served");
+    assert_eq!(fake.count("p/deep"), 0, "nobody waited for deep");
+    drop(code);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn repeated_crashes_back_off_and_say_so() {
     let (s, fake) = start(SEED);
     let crash = |gen: u64| Msg::Exited {

@@ -95,6 +95,7 @@ impl<E: Effects> Owner<E> {
             return;
         }
         let now = Instant::now();
+        self.drop_abandoned();
         let mut waiting: Vec<(u64, ModelKey)> = self
             .slots
             .iter()

@@ -632,6 +632,7 @@ impl<E: Effects> Owner<E> {
             let _ = reply.send(Err(SupervisorError::ShuttingDown));
             return;
         }
+        self.drop_abandoned();
         let queued: usize = self.slots.values().map(|s| s.queue.len()).sum();
         let max_queue = self.config.max_queue;
         // A model a reload removed is gone for new requests, even while it drains.
@@ -1066,6 +1067,14 @@ impl<E: Effects> Owner<E> {
         slot.recent_loads.push_back(took);
         self.emit_ready(m, took);
         self.serve_queue(m);
+    }
+
+    /// Waiters whose client went away (the acquire was dropped) give up their
+    /// places: they count toward no `max_queue` and cause no load.
+    pub(super) fn drop_abandoned(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.queue.retain(|w| !w.reply.is_closed());
+        }
     }
 
     fn serve_queue(&mut self, m: &ModelKey) {
