@@ -448,7 +448,7 @@ impl Report {
             ));
             let _ = writeln!(
                 s,
-                "\n(A client that leaves while its request is queued never reaches a backend: its place in the queue counts toward no `max_queue` and no model is loaded for it; `tests/proxy.rs` `a_request_abandoned_while_queued_for_a_swap_loads_nothing` and the supervisor's paused-clock tests hold that, so it is not timed here.)"
+                "\n(A client that leaves while its request is queued never reaches a backend: its place in the queue counts toward no `max_queue` and no model is loaded for it; `tests/proxy.rs` `a_swap_whose_request_was_abandoned_loads_nothing_and_keeps_the_model` and the supervisor's paused-clock tests hold that, so it is not timed here.)"
             );
         }
         if let Some(o) = &self.overload {

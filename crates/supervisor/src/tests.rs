@@ -546,6 +546,31 @@ async fn requests_given_up_while_queued_free_their_places_and_load_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_swap_whose_requests_were_all_abandoned_keeps_the_model() {
+    let (s, fake) = start(SEED);
+    let daily = get(&s, "daily").await;
+    let deep = {
+        let s = s.clone();
+        tokio::spawn(async move { s.acquire("deep", soon()).await })
+    };
+    tokio::task::yield_now().await;
+    let phase = |s: &Supervisor| {
+        let s = s.clone();
+        async move { s.snapshot().await.unwrap().model("daily").unwrap().phase }
+    };
+    assert_eq!(phase(&s).await, Phase::Draining);
+    deep.abort();
+    tokio::task::yield_now().await;
+    drop(daily);
+    advance(STOP + LOAD).await;
+    assert_eq!(phase(&s).await, Phase::Ready, "kept for its next request");
+    let again = get(&s, "daily").await;
+    assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 0));
+    drop(again);
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn repeated_crashes_back_off_and_say_so() {
     let (s, fake) = start(SEED);
     let crash = |gen: u64| Msg::Exited {

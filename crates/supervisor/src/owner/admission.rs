@@ -37,6 +37,8 @@ impl<E: Effects> Owner<E> {
 
     /// Models that lingered after a swap was decided and saw no new request go now.
     pub(super) fn end_lingering(&mut self) {
+        self.drop_abandoned();
+        self.keep_what_nobody_waits_for();
         let done: Vec<ModelKey> = self
             .slots
             .iter()
@@ -96,6 +98,7 @@ impl<E: Effects> Owner<E> {
         }
         let now = Instant::now();
         self.drop_abandoned();
+        self.keep_what_nobody_waits_for();
         let mut waiting: Vec<(u64, ModelKey)> = self
             .slots
             .iter()
@@ -180,6 +183,28 @@ impl<E: Effects> Owner<E> {
             }
         }
         self.check_ledger();
+    }
+
+    /// A model draining to make room for requests that have all been abandoned
+    /// serves again: swapping it out would only cost its next request a load.
+    pub(super) fn keep_what_nobody_waits_for(&mut self) {
+        if self.slots.values().any(|s| !s.queue.is_empty()) {
+            return;
+        }
+        for (name, s) in self.slots.iter_mut() {
+            if s.phase == Phase::Draining && s.serve_until.is_some() && !s.unloading {
+                s.phase = Phase::Ready;
+                s.serve_until = None;
+                tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
+                let _ = self.events.send(Event {
+                    at_ms: now_ms(),
+                    kind: "kept",
+                    model: name.to_string(),
+                    detail: "the requests it was making room for were abandoned".into(),
+                    load_ms: None,
+                });
+            }
+        }
     }
 
     pub(super) fn view(&self, m: &ModelKey) -> View<'_> {

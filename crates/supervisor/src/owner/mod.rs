@@ -705,6 +705,12 @@ impl<E: Effects> Owner<E> {
         slot.in_flight -= 1;
         slot.last_used = Instant::now();
         if slot.phase == Phase::Draining && slot.in_flight == 0 {
+            // The swap it drained for may have been given up meanwhile.
+            self.drop_abandoned();
+            self.keep_what_nobody_waits_for();
+        }
+        let slot = &self.slots[&model];
+        if slot.phase == Phase::Draining && slot.in_flight == 0 {
             let key = slot.instance.clone();
             if self.instances[&key].loads {
                 self.try_unload(&model);
