@@ -227,10 +227,11 @@ async fn a_backend_that_closes_or_says_close_gets_a_new_connection_each_time() {
     let saying = Scripted::start(|_, _| Act::Send(vec![json_reply("up", "connection: close\r\n")]));
     for backend in [&closing, &saying] {
         let r = router_for(backend);
-        for _ in 0..3 {
-            // Give a closed connection's FIN time to arrive, so both paths are taken:
-            // a pooled connection found closed, and none pooled at all.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        for pause in [0, 600, 20] {
+            // Every path: a kept connection reused at once (the close is found by
+            // sending, and the request sent again), one checked for a close after
+            // a pause, and, when the backend said close, none kept at all.
+            tokio::time::sleep(Duration::from_millis(pause)).await;
             let (status, _) = content(post(&r.url("/v1/chat/completions"), &chat("m")).await).await;
             assert_eq!(status, 200);
         }

@@ -13,6 +13,8 @@ use tokio::time::Instant;
 /// How long an idle connection is kept; backends close theirs sooner or later
 /// (uvicorn after 5 s), which the check on reuse notices.
 const KEEP_IDLE: Duration = Duration::from_secs(30);
+/// Idle longer than this, a connection is checked for a close before reuse.
+const CHECK_AFTER: Duration = Duration::from_millis(500);
 /// Idle connections kept per backend: enough for the concurrency a burst left
 /// behind without holding thousands of descriptors after one.
 const MAX_IDLE: usize = 512;
@@ -29,7 +31,11 @@ impl Pool {
         let parked = idle.get_mut(authority)?;
         let now = Instant::now();
         while let Some((conn, since)) = parked.pop_back() {
-            if now.duration_since(since) < KEEP_IDLE && quiet(&conn) {
+            let idle = now.duration_since(since);
+            // Checked with a syscall only after a pause: a backend's keep-alive
+            // timer is seconds long, and a request on a connection closed sooner
+            // is sent again on a new one anyway.
+            if idle < KEEP_IDLE && (idle < CHECK_AFTER || quiet(&conn)) {
                 return Some(conn);
             }
         }
