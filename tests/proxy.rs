@@ -259,11 +259,7 @@ async fn cancellation_reaches_the_backend_mid_stream_and_while_computing() {
     wait_cancelled(&a, 1).await;
 
     // Non-streamed, while the backend computes (4 s of tokens): give up after 300 ms.
-    let quick = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let quick = impatient(Duration::from_millis(300));
     let err = quick
         .post(r.url("/v1/chat/completions"))
         .json(&chat("alpha"))
@@ -357,11 +353,7 @@ models:
   m: {{backend: slow, memory: 1MB}}
 "#
     ));
-    let quick = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let quick = impatient(Duration::from_millis(300));
     assert!(quick
         .post(r.url("/v1/chat/completions"))
         .json(&chat("m"))
@@ -416,11 +408,7 @@ models:
     // a is busy streaming; b needs its memory, so b's request waits for the swap.
     let busy = post(&r.url("/v1/chat/completions"), &chat_stream("a")).await;
     assert_eq!(busy.status(), 200);
-    let quick = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_millis(300))
-        .build()
-        .unwrap();
+    let quick = impatient(Duration::from_millis(300));
     let gave_up = quick
         .post(r.url("/v1/chat/completions"))
         .json(&chat("b"))

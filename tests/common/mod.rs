@@ -232,6 +232,15 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
+/// A client that gives up after `limit`, as an impatient user does.
+pub fn impatient(limit: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(limit)
+        .build()
+        .unwrap()
+}
+
 pub async fn get(url: &str) -> reqwest::Response {
     client().get(url).send().await.unwrap()
 }

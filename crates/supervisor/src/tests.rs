@@ -166,6 +166,19 @@ pub(crate) fn soon() -> Instant {
     Instant::now() + Duration::from_secs(120)
 }
 
+/// An acquire that waits in the background, as a client would.
+pub(crate) fn acquire_later(
+    s: &Supervisor,
+    model: &'static str,
+) -> tokio::task::JoinHandle<Result<Lease, SupervisorError>> {
+    let s = s.clone();
+    tokio::spawn(async move { s.acquire(model, soon()).await })
+}
+
+pub(crate) async fn phase(s: &Supervisor, model: &str) -> Phase {
+    s.snapshot().await.unwrap().model(model).unwrap().phase
+}
+
 pub(crate) async fn get(s: &Supervisor, model: &str) -> Lease {
     s.acquire(model, soon())
         .await
@@ -232,12 +245,7 @@ async fn swap_never_exceeds_budget() {
 async fn one_swap_serves_every_queued_request_of_the_incoming_model() {
     let (s, fake) = start(SEED);
     let daily = get(&s, "daily").await;
-    let waiting: Vec<_> = (0..5)
-        .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move { s.acquire("deep", soon()).await })
-        })
-        .collect();
+    let waiting: Vec<_> = (0..5).map(|_| acquire_later(&s, "deep")).collect();
     tokio::task::yield_now().await;
     // deep waits while daily is busy; daily takes no new work.
     let snap = s.snapshot().await.unwrap();
@@ -255,15 +263,9 @@ async fn one_swap_serves_every_queued_request_of_the_incoming_model() {
 async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_delay() {
     let (s, fake) = start(SEED);
     let daily = get(&s, "daily").await;
-    let deep = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("deep", soon()).await })
-    };
+    let deep = acquire_later(&s, "deep");
     tokio::task::yield_now().await;
-    assert_eq!(
-        s.snapshot().await.unwrap().model("daily").unwrap().phase,
-        Phase::Draining
-    );
+    assert_eq!(phase(&s, "daily").await, Phase::Draining);
     // Within max_swap_delay (10 s): still loaded, so served now rather than after two swaps.
     advance(Duration::from_secs(3)).await;
     let early = s
@@ -273,10 +275,7 @@ async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_d
     drop(early);
     // Past it: the swap goes ahead; new requests for daily wait for it to come back.
     advance(Duration::from_secs(8)).await;
-    let late = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("daily", soon()).await })
-    };
+    let late = acquire_later(&s, "daily");
     tokio::task::yield_now().await;
     assert!(
         !late.is_finished(),
@@ -299,10 +298,7 @@ async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_
     advance(Duration::from_millis(500)).await;
     drop(get(&s, "daily").await);
     advance(Duration::from_millis(500)).await;
-    let deep = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("deep", soon()).await })
-    };
+    let deep = acquire_later(&s, "deep");
     tokio::task::yield_now().await;
     // daily's burst may go on: swapping now and back would cost a load (2 s) more.
     advance(Duration::from_secs(1)).await;
@@ -329,10 +325,7 @@ async fn a_linger_that_ends_while_a_message_is_handled_still_ends() {
     drop(get(&s, "daily").await);
     advance(Duration::from_millis(500)).await;
     drop(get(&s, "daily").await);
-    let deep = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("deep", soon()).await })
-    };
+    let deep = acquire_later(&s, "deep");
     tokio::task::yield_now().await;
     // daily lingers for a load's time (2 s) of quiet. Its end comes with a
     // message waiting, which the owner takes first.
@@ -376,10 +369,7 @@ async fn a_burst_that_never_pauses_yields_after_max_swap_delay() {
     let (s, fake) = start(SEED);
     drop(get(&s, "daily").await);
     drop(get(&s, "daily").await);
-    let deep = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("deep", soon()).await })
-    };
+    let deep = acquire_later(&s, "deep");
     tokio::task::yield_now().await;
     // A request a second, never a pause as long as a load (2 s).
     let mut served = 0;
@@ -518,22 +508,14 @@ async fn past_max_queue_requests_are_refused_at_once() {
 async fn requests_given_up_while_queued_free_their_places_and_load_nothing() {
     let (s, fake) = start(SEED);
     let daily = get(&s, "daily").await;
-    let waiting: Vec<_> = (0..20)
-        .map(|_| {
-            let s = s.clone();
-            tokio::spawn(async move { s.acquire("deep", soon()).await })
-        })
-        .collect();
+    let waiting: Vec<_> = (0..20).map(|_| acquire_later(&s, "deep")).collect();
     tokio::task::yield_now().await;
     // Every client waiting for deep leaves: the queue is full of nobody.
     for w in &waiting {
         w.abort();
     }
     tokio::task::yield_now().await;
-    let code = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("code", soon()).await })
-    };
+    let code = acquire_later(&s, "code");
     tokio::task::yield_now().await;
     drop(daily);
     let code = code
@@ -549,21 +531,18 @@ async fn requests_given_up_while_queued_free_their_places_and_load_nothing() {
 async fn a_swap_whose_requests_were_all_abandoned_keeps_the_model() {
     let (s, fake) = start(SEED);
     let daily = get(&s, "daily").await;
-    let deep = {
-        let s = s.clone();
-        tokio::spawn(async move { s.acquire("deep", soon()).await })
-    };
+    let deep = acquire_later(&s, "deep");
     tokio::task::yield_now().await;
-    let phase = |s: &Supervisor| {
-        let s = s.clone();
-        async move { s.snapshot().await.unwrap().model("daily").unwrap().phase }
-    };
-    assert_eq!(phase(&s).await, Phase::Draining);
+    assert_eq!(phase(&s, "daily").await, Phase::Draining);
     deep.abort();
     tokio::task::yield_now().await;
     drop(daily);
     advance(STOP + LOAD).await;
-    assert_eq!(phase(&s).await, Phase::Ready, "kept for its next request");
+    assert_eq!(
+        phase(&s, "daily").await,
+        Phase::Ready,
+        "kept for its next request"
+    );
     let again = get(&s, "daily").await;
     assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 0));
     drop(again);
