@@ -163,19 +163,18 @@ enum Attempt {
 /// body bytes that came with the head, and whether all of the request was sent
 /// (a backend may answer before it has read all of a body).
 async fn exchange(
-    conn: TcpStream,
+    mut conn: TcpStream,
     head: &[u8],
     body: Outgoing,
     sending: Sending,
     method: &Method,
 ) -> Result<(head::Head, TcpStream, Bytes, bool), Attempt> {
-    let mut conn = conn;
+    // The client's own body failing ends it here; a write that failed may still
+    // have an answer waiting (a backend that refused the body and closed), so
+    // that is read before giving up.
     let sent = match send_request(&conn, head, body, sending).await {
-        Ok(all) => Ok(all),
-        Err(Attempt::Failed(Failure::Body(b))) => return Err(Attempt::Failed(Failure::Body(b))),
-        // A write that failed may still have an answer waiting (a backend that
-        // refused the body and closed): read it before giving up.
-        Err(e) => Err(e),
+        Err(Attempt::Failed(f)) => return Err(Attempt::Failed(f)),
+        other => other,
     };
     let sent_all = matches!(sent, Ok(true));
     let mut buf = BytesMut::with_capacity(4096);

@@ -37,8 +37,7 @@ impl<E: Effects> Owner<E> {
 
     /// Models that lingered after a swap was decided and saw no new request go now.
     pub(super) fn end_lingering(&mut self) {
-        self.drop_abandoned();
-        self.keep_what_nobody_waits_for();
+        self.settle_abandoned();
         let done: Vec<ModelKey> = self
             .slots
             .iter()
@@ -97,8 +96,7 @@ impl<E: Effects> Owner<E> {
             return;
         }
         let now = Instant::now();
-        self.drop_abandoned();
-        self.keep_what_nobody_waits_for();
+        self.settle_abandoned();
         let mut waiting: Vec<(u64, ModelKey)> = self
             .slots
             .iter()
@@ -185,9 +183,14 @@ impl<E: Effects> Owner<E> {
         self.check_ledger();
     }
 
-    /// A model draining to make room for requests that have all been abandoned
-    /// serves again: swapping it out would only cost its next request a load.
-    pub(super) fn keep_what_nobody_waits_for(&mut self) {
+    /// Waiters whose client went away (the acquire was dropped) give up their
+    /// places: they count toward no `max_queue` and cause no load. A model
+    /// draining to make room for requests that have all been abandoned serves
+    /// again: swapping it out would only cost its next request a load.
+    pub(super) fn settle_abandoned(&mut self) {
+        for slot in self.slots.values_mut() {
+            slot.queue.retain(|w| !w.reply.is_closed());
+        }
         if self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }

@@ -632,7 +632,7 @@ impl<E: Effects> Owner<E> {
             let _ = reply.send(Err(SupervisorError::ShuttingDown));
             return;
         }
-        self.drop_abandoned();
+        self.settle_abandoned();
         let queued: usize = self.slots.values().map(|s| s.queue.len()).sum();
         let max_queue = self.config.max_queue;
         // A model a reload removed is gone for new requests, even while it drains.
@@ -706,8 +706,7 @@ impl<E: Effects> Owner<E> {
         slot.last_used = Instant::now();
         if slot.phase == Phase::Draining && slot.in_flight == 0 {
             // The swap it drained for may have been given up meanwhile.
-            self.drop_abandoned();
-            self.keep_what_nobody_waits_for();
+            self.settle_abandoned();
         }
         let slot = &self.slots[&model];
         if slot.phase == Phase::Draining && slot.in_flight == 0 {
@@ -1073,14 +1072,6 @@ impl<E: Effects> Owner<E> {
         slot.recent_loads.push_back(took);
         self.emit_ready(m, took);
         self.serve_queue(m);
-    }
-
-    /// Waiters whose client went away (the acquire was dropped) give up their
-    /// places: they count toward no `max_queue` and cause no load.
-    pub(super) fn drop_abandoned(&mut self) {
-        for slot in self.slots.values_mut() {
-            slot.queue.retain(|w| !w.reply.is_closed());
-        }
     }
 
     fn serve_queue(&mut self, m: &ModelKey) {
