@@ -40,6 +40,16 @@ fn body_of(resp: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {resp}"))
 }
 
+/// A raw reply with `status` and an OpenAI-shaped error `code` whose message
+/// names `setting`.
+fn assert_refused(resp: &str, status: u16, code: &str, setting: &str) {
+    assert!(resp.starts_with(&format!("HTTP/1.1 {status}")), "{resp}");
+    let v = body_of(resp);
+    assert_eq!(v["error"]["code"], code);
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(setting), "{v}");
+}
+
 #[tokio::test]
 async fn each_request_limit_is_refused_with_its_status_in_openai_shape() {
     let sim = Sim::start(&["--model", "up"]);
@@ -144,16 +154,7 @@ async fn a_client_slow_to_send_headers_is_cut_off_with_408() {
         &r,
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: appl",
     );
-    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
-    let v = body_of(&resp);
-    assert_eq!(v["error"]["code"], "request_timeout");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("header_timeout"),
-        "{v}"
-    );
+    assert_refused(&resp, 408, "request_timeout", "header_timeout");
     // One that sends nothing, or stops inside what could be HTTP/2's preface.
     assert_eq!(
         raw(&r, b""),
@@ -173,16 +174,7 @@ async fn a_client_slow_to_send_its_body_gets_408() {
         &r,
         b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\":",
     );
-    assert!(resp.starts_with("HTTP/1.1 408"), "{resp}");
-    let v = body_of(&resp);
-    assert_eq!(v["error"]["code"], "request_timeout");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("body_timeout"),
-        "{v}"
-    );
+    assert_refused(&resp, 408, "request_timeout", "body_timeout");
     assert_eq!(sim_stats(&sim.url).await["requests"], 0);
 }
 

@@ -238,8 +238,9 @@ async fn wait_cancelled(sim: &Sim, n: u64) -> Value {
     .expect("the backend saw the client leave")
 }
 
-#[tokio::test]
-async fn cancellation_reaches_the_backend_mid_stream_and_while_computing() {
+/// alpha on a backend that takes 4 s to generate a reply (40 tokens 100 ms
+/// apart), far past any abandonment in these tests; gamma on a quick one.
+fn slow_alpha() -> (Sim, Sim, Router) {
     let a = Sim::start(&[
         "--model",
         "up-alpha",
@@ -250,6 +251,12 @@ async fn cancellation_reaches_the_backend_mid_stream_and_while_computing() {
     ]);
     let b = Sim::start(&["--model", "up-gamma"]);
     let r = Router::start(&routing_config(&a, &b));
+    (a, b, r)
+}
+
+#[tokio::test]
+async fn cancellation_reaches_the_backend_mid_stream_and_while_computing() {
+    let (a, _b, r) = slow_alpha();
 
     // Mid-stream: read the first chunk, then hang up.
     let resp = post(&r.url("/v1/chat/completions"), &chat_stream("alpha")).await;
@@ -284,17 +291,7 @@ async fn cancellation_reaches_the_backend_mid_stream_and_while_computing() {
 #[tokio::test]
 async fn a_non_streamed_request_abandoned_mid_generation_is_cancelled_upstream() {
     use tokio::io::AsyncWriteExt;
-    // 40 tokens 100 ms apart: 4 s to generate, far past each abandonment below.
-    let a = Sim::start(&[
-        "--model",
-        "up-alpha",
-        "--token-delay",
-        "100ms",
-        "--tokens",
-        "40",
-    ]);
-    let b = Sim::start(&["--model", "up-gamma"]);
-    let r = Router::start(&routing_config(&a, &b));
+    let (a, _b, r) = slow_alpha();
     let generating = |n: u64| {
         let url = a.url.clone();
         async move {

@@ -37,12 +37,18 @@ pub async fn handle(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let request_id = request.headers().get(REQUEST_ID).cloned();
-    let mut response = match &state.flavor {
-        FlavorState::Openai => route(&state, request).await,
-        FlavorState::Ollama(ollama) => ollama.route(&state, request).await,
-        FlavorState::Omlx(omlx) => omlx.route(&state, request).await,
-        FlavorState::Apfel(apfel) => apfel.route(&state, request).await,
-    };
+    // /sim/* belongs to the simulator, not the emulated API: the same in every
+    // flavor, and never behind a flavor's key.
+    let mut response =
+        match crate::flavor::sim_route(&state, request.method(), request.uri().path()) {
+            Some(ours) => ours,
+            None => match &state.flavor {
+                FlavorState::Openai => route(&state, request).await,
+                FlavorState::Ollama(ollama) => ollama.route(&state, request).await,
+                FlavorState::Omlx(omlx) => omlx.route(&state, request).await,
+                FlavorState::Apfel(apfel) => apfel.route(&state, request).await,
+            },
+        };
     if let Some(id) = request_id {
         response.headers_mut().insert(REQUEST_ID, id);
     }
@@ -57,10 +63,6 @@ async fn route(state: &Arc<SimState>, request: Request<Incoming>) -> Response<Re
     }
     match (&method, path.as_str()) {
         (&Method::GET, "/health") => health(state),
-        (&Method::GET, "/sim/stats") => json_response(StatusCode::OK, &state.stats.snapshot()),
-        (&Method::GET, "/sim/last-request") => {
-            json_response(StatusCode::OK, &state.stats.last_request())
-        }
         (&Method::GET, "/v1/models") => models(state),
         (&Method::POST, "/v1/chat/completions") => {
             inference(state, request, Inference::Completion(Kind::Chat)).await

@@ -9,7 +9,6 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use super::sim_route;
 use crate::args::Args;
 use crate::completions::Kind;
 use crate::response::{json_response, loading, openai_error, ResponseBody};
@@ -61,9 +60,6 @@ impl Apfel {
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        if let Some(response) = sim_route(state, &method, &path) {
-            return response;
-        }
         if path.starts_with("/v1/") && !state.is_ready() {
             return loading();
         }

@@ -11,13 +11,13 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::clock::rfc3339;
+use super::declared_models;
 use super::keep_alive::{self, KeepAlive};
 use super::pool::{AcquireError, Eviction, Lease, ModelView, Pool};
-use super::{declared_models, sim_route};
 use crate::args::Args;
 use crate::completions::Kind;
 use crate::embeddings::fnv1a;
-use crate::response::{json_response, openai_error, ResponseBody};
+use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
     model_list, read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES,
     MODEL_CREATED,
@@ -73,9 +73,6 @@ impl Ollama {
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        if let Some(response) = sim_route(state, &method, &path) {
-            return response;
-        }
         match (&method, path.as_str()) {
             (&Method::GET | &Method::HEAD, "/") => text(StatusCode::OK, "Ollama is running"),
             (&Method::GET, "/health") => text(StatusCode::OK, "Ollama is running"),
@@ -207,15 +204,7 @@ impl Ollama {
         };
         let body = match read_body(state, request, MAX_BODY_BYTES).await {
             Ok(body) => body,
-            Err(e) => {
-                return openai_error(
-                    StatusCode::BAD_REQUEST,
-                    e.to_string(),
-                    "invalid_request_error",
-                    None,
-                    None,
-                )
-            }
+            Err(e) => return bad_request(e.to_string(), None),
         };
         let Some(model) = model_field(&body) else {
             return openai_error(

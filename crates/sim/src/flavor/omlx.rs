@@ -8,12 +8,12 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::clock::{epoch_seconds, monotonic_seconds};
+use super::declared_models;
 use super::keep_alive::KeepAlive;
 use super::pool::{AcquireError, Eviction, Pool, UnloadError};
-use super::{declared_models, sim_route};
 use crate::args::Args;
 use crate::completions::Kind;
-use crate::response::{json_response, openai_error, ResponseBody};
+use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
     model_list, read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES,
 };
@@ -53,11 +53,6 @@ impl Omlx {
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
-        // /sim/* belongs to the simulator, not the emulated API, so tests
-        // can read it without the key.
-        if let Some(response) = sim_route(state, &method, &path) {
-            return response;
-        }
         if path == "/health" && method == Method::GET {
             return self.health();
         }
@@ -212,15 +207,7 @@ impl Omlx {
     ) -> Response<ResponseBody> {
         let body = match read_body(state, request, MAX_BODY_BYTES).await {
             Ok(body) => body,
-            Err(e) => {
-                return openai_error(
-                    StatusCode::BAD_REQUEST,
-                    e.to_string(),
-                    "invalid_request_error",
-                    None,
-                    None,
-                )
-            }
+            Err(e) => return bad_request(e.to_string(), None),
         };
         let Some(model) = body.get("model").and_then(Value::as_str) else {
             return openai_error(
