@@ -25,23 +25,16 @@ impl Rig {
                 .chain(extra)
                 .map(|s| s.to_string()),
         );
-        let log = self.dir.join(format!("{name}.log"));
-        let mut p = Proc::spawn(name, &argv, &[], self.near.as_deref(), &log)?;
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(
-            &mut p,
-            &format!("{base}/health"),
-            Duration::from_secs(20),
-            &log,
-        )?;
-        Ok((
-            p,
-            Target {
-                name: "direct",
-                base,
-                auth: None,
-            },
-        ))
+        let launch = Launch {
+            name,
+            argv: &argv,
+            env: &[],
+            cpus: self.near.as_deref(),
+            port,
+            health: "/health",
+            wait: Duration::from_secs(20),
+        };
+        self.launch(launch, "direct", None)
     }
 
     /// The router, from a routes.yaml body (its `listen` is added here).
@@ -63,29 +56,16 @@ impl Rig {
             "--config".into(),
             config.display().to_string(),
         ];
-        let log = self.dir.join(format!("{name}.log"));
-        let mut p = Proc::spawn(
+        let launch = Launch {
             name,
-            &argv,
-            &[("MODELYARD_LOG", "warn".into())],
-            self.far.as_deref(),
-            &log,
-        )?;
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(
-            &mut p,
-            &format!("{base}/healthz"),
-            Duration::from_secs(20),
-            &log,
-        )?;
-        Ok((
-            p,
-            Target {
-                name: "modelyard",
-                base,
-                auth: None,
-            },
-        ))
+            argv: &argv,
+            env: &[("MODELYARD_LOG", "warn".into())],
+            cpus: self.far.as_deref(),
+            port,
+            health: "/healthz",
+            wait: Duration::from_secs(20),
+        };
+        self.launch(launch, "modelyard", None)
     }
 
     /// LiteLLM's proxy in front of the given backends, if it is installed.
@@ -120,34 +100,53 @@ impl Rig {
             "--port".into(),
             port.to_string(),
         ];
-        let log = self.dir.join("litellm.log");
-        let mut p = Proc::spawn(
-            "litellm",
-            &argv,
-            &[
+        let launch = Launch {
+            name: "litellm",
+            argv: &argv,
+            env: &[
                 ("LITELLM_LOCAL_MODEL_COST_MAP", "True".into()),
                 ("LITELLM_MASTER_KEY", key.clone()),
                 ("LITELLM_LOG", "ERROR".into()),
             ],
-            self.far.as_deref(),
-            &log,
-        )?;
-        let base = format!("http://127.0.0.1:{port}");
-        wait_ready(
-            &mut p,
-            &format!("{base}/health/liveliness"),
-            Duration::from_secs(90),
-            &log,
-        )?;
+            cpus: self.far.as_deref(),
+            port,
+            health: "/health/liveliness",
+            wait: Duration::from_secs(90),
+        };
+        self.launch(launch, "litellm", Some(key))
+    }
+
+    /// Starts a server, its output in `<name>.log`, and waits for its health path.
+    fn launch(
+        &self,
+        l: Launch<'_>,
+        target: &'static str,
+        auth: Option<String>,
+    ) -> Result<(Proc, Target), String> {
+        let log = self.dir.join(format!("{}.log", l.name));
+        let mut p = Proc::spawn(l.name, l.argv, l.env, l.cpus, &log)?;
+        let base = format!("http://127.0.0.1:{}", l.port);
+        wait_ready(&mut p, &format!("{base}{}", l.health), l.wait, &log)?;
         Ok((
             p,
             Target {
-                name: "litellm",
+                name: target,
                 base,
-                auth: Some(key),
+                auth,
             },
         ))
     }
+}
+
+/// A server to start: how, where, and how it says it is ready.
+struct Launch<'a> {
+    name: &'a str,
+    argv: &'a [String],
+    env: &'a [(&'a str, String)],
+    cpus: Option<&'a str>,
+    port: u16,
+    health: &'a str,
+    wait: Duration,
 }
 
 /// LiteLLM's version, from its wheel's metadata directory beside the executable.
