@@ -17,6 +17,15 @@ fn value() -> impl Strategy<Value = Value> {
         any::<f64>()
             .prop_filter("finite", |f| f.is_finite())
             .prop_map(|f| json!(f)),
+        // Edges that any::<i64>/<f64> reach only by luck.
+        prop::sample::select(vec![
+            json!(u64::MAX),
+            json!(i64::MIN),
+            json!(1e300),
+            json!(f64::MIN_POSITIVE),
+            json!(-0.0),
+            json!(0.5),
+        ]),
         prop_oneof![
             Just("48GB"),
             Just("1.5GiB"),
@@ -119,6 +128,10 @@ fn routes() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
+    // The loader is fast; many cases make rare value/key pairings (a huge
+    // number under a duration key) likely in every run, not one run in ten.
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
     #[test]
     fn any_bytes_load_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..400)) {
         let _ = load_str("fuzz", &String::from_utf8_lossy(&bytes));

@@ -31,6 +31,27 @@ impl fmt::Display for Timeout {
     }
 }
 
+/// The longest duration accepted anywhere. Deadlines are `now + duration`,
+/// which overflows (and panics) for durations near `u64::MAX` seconds; nothing
+/// a router waits for is meant to take longer than this, and keys that can be
+/// switched off take `never`.
+pub const LONGEST: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn bounded(d: Duration, written: impl fmt::Display, allow_never: bool) -> Result<Duration, String> {
+    if d <= LONGEST {
+        return Ok(d);
+    }
+    let instead = if allow_never {
+        "; write `never` to switch it off"
+    } else {
+        ""
+    };
+    Err(format!(
+        "`{written}` is longer than the longest duration accepted ({}){instead}",
+        humantime::format_duration(LONGEST)
+    ))
+}
+
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if let Ok(secs) = t.parse::<u64>() {
@@ -54,19 +75,19 @@ impl Visitor<'_> for DurationVisitor {
         }
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<Timeout, E> {
-        Ok(Timeout::After(Duration::from_secs(v)))
+        self.seconds(Duration::from_secs(v), v)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timeout, E> {
-        u64::try_from(v)
-            .map(|s| Timeout::After(Duration::from_secs(s)))
-            .map_err(|_| E::custom("a duration cannot be negative"))
+        let secs = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+        self.visit_u64(secs)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timeout, E> {
-        if v.is_finite() && v >= 0.0 {
-            Ok(Timeout::After(Duration::from_secs_f64(v)))
-        } else {
-            Err(E::custom("a duration must be a positive number of seconds"))
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(E::custom("a duration must be a positive number of seconds"));
         }
+        // Past `LONGEST` the conversion itself can overflow, so bound first.
+        let d = Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX);
+        self.seconds(d, v)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Timeout, E> {
         if v.trim().eq_ignore_ascii_case("never") {
@@ -78,7 +99,18 @@ impl Visitor<'_> for DurationVisitor {
                 ))
             };
         }
-        parse_duration(v).map(Timeout::After).map_err(E::custom)
+        parse_duration(v)
+            .and_then(|d| bounded(d, v, self.allow_never))
+            .map(Timeout::After)
+            .map_err(E::custom)
+    }
+}
+
+impl DurationVisitor {
+    fn seconds<E: de::Error>(&self, d: Duration, written: impl fmt::Display) -> Result<Timeout, E> {
+        bounded(d, written, self.allow_never)
+            .map(Timeout::After)
+            .map_err(E::custom)
     }
 }
 
@@ -124,5 +156,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a duration"));
+    }
+
+    fn number<T: IntoDeserializer<'static, Error>>(v: T) -> Result<Timeout, Error> {
+        Timeout::deserialize(v.into_deserializer())
+    }
+
+    #[test]
+    fn a_duration_longer_than_a_year_is_refused_however_it_is_written() {
+        let year = Timeout::After(LONGEST);
+        assert_eq!(t("365d").unwrap(), year);
+        assert_eq!(number(LONGEST.as_secs()).unwrap(), year);
+        for err in [
+            t("366d").unwrap_err(),
+            t("18446744073709551615").unwrap_err(),
+            number(u64::MAX).unwrap_err(),
+            number(i64::MAX).unwrap_err(),
+            number(1e300_f64).unwrap_err(),
+            number(3.2e7_f64).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(msg.contains("longer than the longest"), "{msg}");
+            assert!(msg.contains("`never`"), "{msg}");
+        }
+        assert!(number(0.5_f64).is_ok());
     }
 }
