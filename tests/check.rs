@@ -459,6 +459,53 @@ fn a_bad_duration_is_refused() {
 }
 
 #[test]
+fn a_duration_past_a_year_is_refused_however_it_is_written() {
+    // One file each: deserialising stops at the first bad value.
+    for (line, key, said) in [
+        ("queue_timeout: 1e300", "queue_timeout", "`1e300"),
+        (
+            "header_timeout: 18446744073709551615",
+            "header_timeout",
+            "`18446744073709551615`",
+        ),
+        ("idle_timeout: 400d", "idle_timeout", "`400d`"),
+    ] {
+        let f = yaml(&[line]);
+        let r = check(f.path());
+        r.assert_failed();
+        let msg = r.assert_issue_at(
+            f.path(),
+            1,
+            key,
+            &[said, "longer than the longest", "(365d)"],
+        );
+        assert_eq!(
+            msg.contains("write `never`"),
+            key == "idle_timeout",
+            "`never` offered where it is allowed: {msg}"
+        );
+    }
+}
+
+#[test]
+fn an_https_backend_is_refused_with_the_way_to_reach_it() {
+    let f = yaml(&[
+        "backends:",
+        "  far:",
+        "    kind: remote",
+        "    url: https://api.example", // 4
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    r.assert_issue_at(
+        f.path(),
+        4,
+        "backends.far.url",
+        &["only http://", "TLS-terminating proxy"],
+    );
+}
+
+#[test]
 fn never_is_accepted_for_idle_timeout() {
     let f = yaml(&[
         "idle_timeout: never",

@@ -28,6 +28,9 @@ enum Act {
     AnswerHeadOnly(Vec<u8>),
     /// Writes the first bytes, waits for the gate, then writes the rest.
     Gated(Vec<u8>, Arc<Mutex<std::sync::mpsc::Receiver<()>>>, Vec<u8>),
+    /// Sends an interim (1xx) reply after the head, before reading the body,
+    /// then reads the body and answers.
+    InterimFirst(Vec<u8>, Vec<Vec<u8>>),
 }
 
 struct Scripted {
@@ -86,6 +89,9 @@ fn serve(
         let n = *n.get_or_insert_with(|| count.fetch_add(1, Ordering::SeqCst));
         let act = act(n, nth);
         nth += 1;
+        if let Act::InterimFirst(interim, _) = &act {
+            let _ = out.write_all(interim);
+        }
         if let Act::AnswerHeadOnly(reply) = act {
             let _ = out.write_all(&reply);
             // Longer than the test waits: only a router that heard the answer
@@ -102,7 +108,7 @@ fn serve(
         };
         seen.lock().unwrap().push(body);
         match act {
-            Act::Send(pieces) => {
+            Act::Send(pieces) | Act::InterimFirst(_, pieces) => {
                 for p in pieces {
                     if out.write_all(&p).is_err() {
                         return;
@@ -222,15 +228,118 @@ async fn a_connection_the_backend_dropped_unannounced_is_retried_on_a_new_one() 
 }
 
 #[tokio::test]
+async fn a_request_is_sent_again_once_and_on_a_new_connection() {
+    // Five kept connections, then a backend that takes every request and
+    // closes without answering: the request is sent twice in all (a kept
+    // connection, then a new one), not once per kept connection.
+    let warm = Arc::new(std::sync::Barrier::new(5));
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (w, b) = (warm.clone(), broken.clone());
+    let backend = Scripted::start(move |_, nth| {
+        if b.load(Ordering::SeqCst) {
+            return Act::Close;
+        }
+        if nth == 0 {
+            // Every warm-up request on its own connection.
+            w.wait();
+        }
+        Act::Send(vec![json_reply("up", "")])
+    });
+    let r = router_for(&backend);
+    let url = r.url("/v1/chat/completions");
+    let warmups = (0..5).map(|_| async { post(&url, &chat("m")).await.status() });
+    let statuses = futures_util::future::join_all(warmups).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(backend.connections(), 5);
+    broken.store(true, Ordering::SeqCst);
+    let before = backend.bodies.lock().unwrap().len();
+    let msg = expect_error(post(&url, &chat("m")).await, 502, "backend_unreachable").await;
+    assert!(msg.contains("without answering"), "{msg}");
+    assert_eq!(
+        backend.bodies.lock().unwrap().len() - before,
+        2,
+        "sent twice"
+    );
+    assert_eq!(
+        backend.connections(),
+        6,
+        "the second time on a new connection"
+    );
+}
+
+#[tokio::test]
+async fn an_interim_reply_that_comes_with_the_answer_does_not_hold_it() {
+    let mut wire = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n".to_vec();
+    wire.extend_from_slice(&json_reply("up", ""));
+    // One write, the connection kept: the answer is already in the router's
+    // buffer behind the 103, and no more bytes will come.
+    let backend = Scripted::start(move |_, _| Act::Send(vec![wire.clone()]));
+    let r = router_for(&backend);
+    let (url, body) = (r.url("/v1/chat/completions"), chat("m"));
+    let resp = tokio::time::timeout(Duration::from_secs(10), post(&url, &body))
+        .await
+        .expect("answered without waiting for more bytes");
+    let (status, v) = content(resp).await;
+    assert_eq!((status, v["model"].as_str()), (200, Some("m")));
+}
+
+#[tokio::test]
+async fn an_interim_reply_during_a_large_upload_lets_the_upload_go_on() {
+    // The backend sends 100 Continue unasked and only then reads the body,
+    // which is far larger than the socket buffers: the router must go on
+    // sending after the 100, or both sides wait for each other.
+    let backend = Scripted::start(|_, _| {
+        Act::InterimFirst(
+            b"HTTP/1.1 100 Continue\r\n\r\n".to_vec(),
+            vec![
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 8\r\n\r\nreceived"
+                    .to_vec(),
+            ],
+        )
+    });
+    let r = router_for(&backend);
+    let body = vec![b'x'; 8 << 20];
+    let send = reqwest::Client::new()
+        .post(r.url("/upstream/m/upload"))
+        .header("content-type", "application/octet-stream")
+        .body(body)
+        .send();
+    let resp = tokio::time::timeout(Duration::from_secs(20), send)
+        .await
+        .expect("the upload went on after the interim reply")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "received");
+    assert_eq!(backend.bodies.lock().unwrap()[0].len(), 8 << 20);
+}
+
+#[tokio::test]
+async fn a_length_beside_chunks_is_not_passed_to_the_client() {
+    // A length that disagrees with the chunks (RFC 9112 §6.3: the chunks
+    // decide, and a relay drops the length).
+    let wire = b"HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n".to_vec();
+    let backend = Scripted::start(move |_, _| Act::Send(vec![wire.clone()]));
+    let r = router_for(&backend);
+    let resp = reqwest::Client::new()
+        .post(r.url("/upstream/m/blob"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), b"hello world");
+}
+
+#[tokio::test]
 async fn a_backend_that_closes_or_says_close_gets_a_new_connection_each_time() {
     let closing = Scripted::start(|_, _| Act::SendAndClose(json_reply("up", "")));
     let saying = Scripted::start(|_, _| Act::Send(vec![json_reply("up", "connection: close\r\n")]));
     for backend in [&closing, &saying] {
         let r = router_for(backend);
         for pause in [0, 600, 20] {
-            // Every path: a kept connection reused at once (the close is found by
-            // sending, and the request sent again), one checked for a close after
-            // a pause, and, when the backend said close, none kept at all.
+            // Every path: a kept connection reused at once (the close may only be
+            // found by sending, and the request sent again), one whose close
+            // was seen before reuse, and, when the backend said close, none kept.
             tokio::time::sleep(Duration::from_millis(pause)).await;
             let (status, _) = content(post(&r.url("/v1/chat/completions"), &chat("m")).await).await;
             assert_eq!(status, 200);

@@ -47,8 +47,7 @@ fn bounded(d: Duration, written: impl fmt::Display, allow_never: bool) -> Result
         ""
     };
     Err(format!(
-        "`{written}` is longer than the longest duration accepted ({}){instead}",
-        humantime::format_duration(LONGEST)
+        "`{written}` is longer than the longest duration accepted (365d){instead}"
     ))
 }
 
@@ -87,7 +86,13 @@ impl Visitor<'_> for DurationVisitor {
         }
         // Past `LONGEST` the conversion itself can overflow, so bound first.
         let d = Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX);
-        self.seconds(d, v)
+        // As the user would have written it: 1e300, not three hundred digits.
+        let written = if v >= 1e9 {
+            format!("{v:e}")
+        } else {
+            v.to_string()
+        };
+        self.seconds(d, written)
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Timeout, E> {
         if v.trim().eq_ignore_ascii_case("never") {

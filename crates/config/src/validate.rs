@@ -153,11 +153,16 @@ fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
         if let Some(url) = &b.url {
             // ${PORT} is filled in at start; any port stands for it here.
             match url.replace("${PORT}", "1").parse::<http::Uri>() {
-                Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {
-                }
+                Ok(u) if u.scheme_str() == Some("http") && u.host().is_some() => {}
+                Ok(u) if u.scheme_str() == Some("https") => out.push(p(
+                    "url",
+                    format!(
+                        "`{url}`: the router speaks only http:// to backends; reach a remote one over a private network (Tailscale, WireGuard) or through a TLS-terminating proxy on this machine"
+                    ),
+                )),
                 _ => out.push(p(
                     "url",
-                    format!("`{url}` is not an http(s) URL such as http://127.0.0.1:8000"),
+                    format!("`{url}` is not an http URL such as http://127.0.0.1:8000"),
                 )),
             }
         }

@@ -1,7 +1,7 @@
 //! HTTP/1.1 chunked transfer coding, decoded as bytes arrive: a chunk's size
 //! line, its data or its closing CRLF may be split across reads at any byte.
 
-use bytes::BytesMut;
+use std::ops::Range;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Chunked {
@@ -35,22 +35,24 @@ impl Chunked {
         }
     }
 
-    /// Decodes `input` into `out`, one chunk's data at most, so that chunks the
-    /// backend sent apart (one event each) stay apart even when they arrive
-    /// together; returns how much of `input` was used. The framing after a chunk
-    /// is read with it, so the last chunk ends the body in the same call.
-    pub(crate) fn decode(&mut self, input: &[u8], out: &mut BytesMut) -> Result<usize, String> {
+    /// Decodes the start of `input`, one chunk's data at most, so that chunks
+    /// the backend sent apart (one event each) stay apart even when they arrive
+    /// together: where in `input` that data lies (a slice for the caller to take
+    /// without copying), and how much of `input` was used. The framing after a
+    /// chunk is read with it, so the last chunk ends the body in the same call.
+    pub(crate) fn decode(&mut self, input: &[u8]) -> Result<(Range<usize>, usize), String> {
+        let mut data = 0..0;
         let mut at = 0;
         while at < input.len() {
             if *self == Chunked::Done {
                 break;
             }
             if let Chunked::Data(left) = *self {
-                if !out.is_empty() {
+                if !data.is_empty() {
                     break;
                 }
                 let take = left.min((input.len() - at) as u64) as usize;
-                out.extend_from_slice(&input[at..at + take]);
+                data = at..at + take;
                 at += take;
                 *self = match left - take as u64 {
                     0 => Chunked::DataCr,
@@ -61,7 +63,7 @@ impl Chunked {
             self.step(input[at])?;
             at += 1;
         }
-        Ok(at)
+        Ok((data, at))
     }
 
     fn step(&mut self, b: u8) -> Result<(), String> {
@@ -122,9 +124,9 @@ mod tests {
         for p in parts {
             let mut at = 0;
             loop {
-                let mut out = BytesMut::new();
-                at += c.decode(&p[at..], &mut out)?;
-                all.extend_from_slice(&out);
+                let (data, used) = c.decode(&p[at..])?;
+                all.extend_from_slice(&p[at..][data]);
+                at += used;
                 if at == p.len() || c == Chunked::Done {
                     break;
                 }
@@ -144,9 +146,9 @@ mod tests {
         let mut pieces = Vec::new();
         let mut at = 0;
         while c != Chunked::Done {
-            let mut out = BytesMut::new();
-            at += c.decode(&wire[at..], &mut out).unwrap();
-            pieces.push(out.to_vec());
+            let (data, used) = c.decode(&wire[at..]).unwrap();
+            pieces.push(wire[at..][data].to_vec());
+            at += used;
         }
         assert_eq!(
             pieces,
@@ -214,7 +216,9 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let mut c = Chunked::new();
-            let _ = c.decode(&bytes, &mut BytesMut::new());
+            if let Ok((data, used)) = c.decode(&bytes) {
+                prop_assert!(data.end <= used && used <= bytes.len());
+            }
         }
     }
 }

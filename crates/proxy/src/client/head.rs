@@ -115,6 +115,11 @@ pub(crate) fn parse_response(buf: &[u8], method: &Method) -> Result<Parsed, Stri
         Version::HTTP_11
     };
     let framing = framing(*method == Method::HEAD, status, &headers)?;
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        // The chunks decide the length (RFC 9112 §6.3); a Content-Length beside
+        // them would misframe the body the client is sent.
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let reusable = code != 101
         && framing != Framing::Close
         && match version {
@@ -141,23 +146,31 @@ fn framing(head: bool, status: StatusCode, headers: &HeaderMap) -> Result<Framin
         return Ok(Framing::Empty);
     }
     if headers.contains_key(header::TRANSFER_ENCODING) {
-        let last = headers
+        // Only chunked is decoded. Any other coding (gzip, …) would reach the
+        // client undeclared once Transfer-Encoding, hop-by-hop, is taken off.
+        let codings = headers
             .get_all(header::TRANSFER_ENCODING)
             .iter()
-            .filter_map(|v| v.to_str().ok())
+            .map(|v| v.to_str().unwrap_or("?"))
             .flat_map(|v| v.split(','))
             .map(str::trim)
-            .rfind(|t| !t.is_empty());
-        return Ok(match last {
-            Some(t) if t.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::Close,
-        });
+            .filter(|t| !t.is_empty());
+        for t in codings {
+            if !t.eq_ignore_ascii_case("chunked") {
+                return Err(format!(
+                    "transfer coding `{t}`, which the router does not decode"
+                ));
+            }
+        }
+        return Ok(Framing::Chunked);
     }
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         let n = std::str::from_utf8(v.as_bytes())
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(str::trim)
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
             .ok_or("a Content-Length that is not a number")?;
         if length.is_some_and(|l| l != n) {
             return Err("two different Content-Lengths".into());
@@ -202,10 +215,14 @@ mod tests {
         );
         assert_eq!((h.framing, h.reusable), (Framing::Length(12), true));
         let h = parse(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n",
             Method::POST,
         );
         assert_eq!(h.framing, Framing::Chunked, "chunked wins over a length");
+        assert!(
+            !h.response.headers().contains_key(header::CONTENT_LENGTH),
+            "and the length is not passed on"
+        );
         let h = parse(
             "HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n",
             Method::HEAD,
@@ -243,6 +260,19 @@ mod tests {
         assert!(parse_response(b"garbage\r\n\r\n", &Method::GET).is_err());
         let two = b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n";
         assert!(parse_response(two, &Method::GET).is_err());
+        for wire in [
+            "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1 2\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(wire.as_bytes(), &Method::GET).is_err(),
+                "{wire}"
+            );
+        }
+        let gzip = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n";
+        let e = parse_response(gzip, &Method::GET).err().unwrap();
+        assert!(e.contains("`gzip`"), "{e}");
         let many = format!("HTTP/1.1 200 OK\r\n{}\r\n", "x: y\r\n".repeat(200));
         let e = parse_response(many.as_bytes(), &Method::GET).err().unwrap();
         assert!(e.contains("header lines"), "{e}");

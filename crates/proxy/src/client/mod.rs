@@ -12,7 +12,6 @@ mod head;
 mod pool;
 mod reply;
 
-use std::future::poll_fn;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +21,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use tokio::io::{AsyncReadExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::body::Body;
@@ -70,6 +68,13 @@ impl Client {
 
     pub(crate) async fn send(&self, req: Request<Outgoing>) -> Result<Response<Reply>, Failure> {
         let (mut parts, body) = req.into_parts();
+        if parts.uri.scheme_str().is_some_and(|s| s != "http") {
+            // routes.yaml refuses such a URL; a request must never go out in
+            // clear text to an address that was meant to have TLS.
+            return Err(Failure::Connect(io::Error::other(
+                "only http:// is spoken to backends",
+            )));
+        }
         let authority = parts
             .uri
             .authority()
@@ -101,12 +106,13 @@ impl Client {
             None => format!("{}:80", parts.uri.host().unwrap_or_default()),
         };
         let head = head::encode_request(&parts, &authority, sending);
+        let mut retried = false;
         loop {
             // A streamed body cannot be sent twice, so it never risks a kept
             // connection the backend may be closing: a new one costs less than it.
             let kept = match &body {
-                Outgoing::Whole(_) => self.pool.take(&authority),
-                Outgoing::Streamed(_) => None,
+                Outgoing::Whole(_) if !retried => self.pool.take(&authority),
+                _ => None,
             };
             let (conn, reused) = match kept {
                 Some(c) => (c, true),
@@ -123,9 +129,15 @@ impl Client {
                     let reply = Reply::new(conn, early, head.framing, park);
                     return Ok(head.response.map(|()| reply));
                 }
-                // A kept connection the backend had closed: once more on a new one.
+                // A kept connection closed with no answer at all: the backend
+                // closing it as idle while the request went out. Once more, on a
+                // new connection, which cannot have that race. Model requests
+                // have no effect but their compute, so should the backend have
+                // taken the request and died, the cost is that it is asked again
+                // (and a dead backend refuses the new connection).
                 Err(Attempt::Unanswered(_)) if replay.is_some() => {
                     body = Outgoing::Whole(replay.unwrap_or_default());
+                    retried = true;
                 }
                 Err(Attempt::Unanswered(why)) => {
                     return Err(Failure::Lost(format!(
@@ -163,70 +175,136 @@ enum Attempt {
 /// body bytes that came with the head, and whether all of the request was sent
 /// (a backend may answer before it has read all of a body).
 async fn exchange(
-    mut conn: TcpStream,
+    conn: TcpStream,
     head: &[u8],
     body: Outgoing,
     sending: Sending,
     method: &Method,
 ) -> Result<(head::Head, TcpStream, Bytes, bool), Attempt> {
+    let mut answer = Answer {
+        buf: BytesMut::new(),
+        method,
+        ended: None,
+    };
     // The client's own body failing ends it here; a write that failed may still
     // have an answer waiting (a backend that refused the body and closed), so
     // that is read before giving up.
-    let sent = match send_request(&conn, head, body, sending).await {
+    let sent = match send_request(&conn, head, body, sending, &mut answer).await {
         Err(Attempt::Failed(f)) => return Err(Attempt::Failed(f)),
         other => other,
     };
     let sent_all = matches!(sent, Ok(true));
-    let mut buf = BytesMut::with_capacity(4096);
     loop {
-        if buf.len() == buf.capacity() {
-            buf.reserve(buf.capacity());
+        if let Some((h, len)) = answer.parse()? {
+            let early = Bytes::copy_from_slice(&answer.buf[len..]);
+            return Ok((h, conn, early, sent_all));
         }
-        let n = match conn.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(e) if buf.is_empty() => {
-                return Err(sent.err().unwrap_or(Attempt::Unanswered(e.to_string())))
-            }
-            Err(e) => return Err(Attempt::Failed(Failure::Lost(e.to_string()))),
-        };
-        if n == 0 {
-            if buf.is_empty() {
-                return Err(sent
-                    .err()
-                    .unwrap_or(Attempt::Unanswered("end of stream".into())));
-            }
-            return Err(Attempt::Failed(Failure::BadReply(
-                "the connection closed in the middle of the response head".into(),
-            )));
+        if let Some(ended) = answer.ended.take() {
+            return Err(match ended {
+                Ended::Closed(why) if answer.buf.is_empty() => {
+                    sent.err().unwrap_or(Attempt::Unanswered(why))
+                }
+                Ended::Closed(_) => Attempt::Failed(Failure::BadReply(
+                    "the connection closed in the middle of the response head".into(),
+                )),
+                Ended::Failed(f) => Attempt::Failed(f),
+            });
         }
-        match head::parse_response(&buf, method)
-            .map_err(|e| Attempt::Failed(Failure::BadReply(e)))?
-        {
-            Parsed::Partial if buf.len() >= head::MAX_HEAD => {
-                return Err(Attempt::Failed(Failure::BadReply(format!(
-                    "response head too large (over {} KiB)",
-                    head::MAX_HEAD / 1024
-                ))))
+        answer.read(&conn).await;
+    }
+}
+
+/// The backend's side of an exchange, read while the request is still being
+/// sent as well as after.
+struct Answer<'a> {
+    buf: BytesMut,
+    method: &'a Method,
+    /// Why nothing more will come.
+    ended: Option<Ended>,
+}
+
+enum Ended {
+    /// Closed or reset.
+    Closed(String),
+    Failed(Failure),
+}
+
+impl Answer<'_> {
+    /// The final response head, once it is all here; 1xx replies before it
+    /// are taken off.
+    fn parse(&mut self) -> Result<Option<(head::Head, usize)>, Attempt> {
+        loop {
+            match head::parse_response(&self.buf, self.method)
+                .map_err(|e| Attempt::Failed(Failure::BadReply(e)))?
+            {
+                Parsed::Interim(len) => {
+                    let _ = self.buf.split_to(len);
+                }
+                Parsed::Complete(h, len) => return Ok(Some((h, len))),
+                Parsed::Partial if self.buf.len() >= head::MAX_HEAD => {
+                    return Err(Attempt::Failed(Failure::BadReply(format!(
+                        "response head too large (over {} KiB)",
+                        head::MAX_HEAD / 1024
+                    ))))
+                }
+                Parsed::Partial => return Ok(None),
             }
-            Parsed::Partial => {}
-            Parsed::Interim(len) => {
-                let _ = buf.split_to(len);
+        }
+    }
+
+    /// Reads what the backend sent next; the end is kept in `ended`.
+    async fn read(&mut self, conn: &TcpStream) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(self.buf.capacity().max(4096));
+        }
+        loop {
+            if let Err(e) = conn.readable().await {
+                self.ended = Some(Ended::Closed(e.to_string()));
+                return;
             }
-            Parsed::Complete(h, len) => {
-                let early = Bytes::copy_from_slice(&buf[len..]);
-                return Ok((h, conn, early, sent_all));
+            match conn.try_read_buf(&mut self.buf) {
+                Ok(0) => self.ended = Some(Ended::Closed("end of stream".into())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => self.ended = Some(Ended::Closed(e.to_string())),
+            }
+            return;
+        }
+    }
+
+    /// While the request is sent: resolves once sending should stop, because
+    /// the backend has answered (a final head, not a 1xx), closed, or sent
+    /// something that is not HTTP. Cancel-safe: what was read is kept.
+    async fn heard(&mut self, conn: &TcpStream) {
+        loop {
+            self.read(conn).await;
+            match self.parse() {
+                Ok(None) if self.ended.is_none() => continue,
+                Ok(_) => return,
+                Err(Attempt::Failed(f)) => {
+                    self.ended = Some(Ended::Failed(f));
+                    return;
+                }
+                Err(Attempt::Unanswered(why)) => {
+                    self.ended = Some(Ended::Closed(why));
+                    return;
+                }
             }
         }
     }
 }
 
-/// Sends the head and body; Ok(false) when the backend answered before the
-/// body was all sent.
+/// Sends the head and body; Ok(false) when the backend answered (or closed)
+/// before the body was all sent.
 async fn send_request(
     conn: &TcpStream,
     head: &[u8],
     body: Outgoing,
     sending: Sending,
+    answer: &mut Answer<'_>,
 ) -> Result<bool, Attempt> {
     let mut left = match sending {
         Sending::Length(n) => Some(n),
@@ -238,22 +316,22 @@ async fn send_request(
             let mut one = Vec::with_capacity(head.len() + b.len());
             one.extend_from_slice(head);
             one.extend_from_slice(&b);
-            return write_all(conn, &one).await.map_err(lost);
+            return write_all(conn, &one, answer).await.map_err(lost);
         }
         Outgoing::Whole(b) => {
-            return Ok(write_all(conn, head).await.map_err(lost)?
-                && write_all(conn, &b).await.map_err(lost)?);
+            return Ok(write_all(conn, head, answer).await.map_err(lost)?
+                && write_all(conn, &b, answer).await.map_err(lost)?);
         }
         Outgoing::Streamed(body) => body,
     };
-    if !write_all(conn, head).await.map_err(lost)? {
+    if !write_all(conn, head, answer).await.map_err(lost)? {
         return Ok(false);
     }
     loop {
         let frame = tokio::select! {
             biased;
             f = body.frame() => f,
-            () = answered(conn) => return Ok(false),
+            () = answer.heard(conn) => return Ok(false),
         };
         let data = match frame {
             None => break,
@@ -273,16 +351,16 @@ async fn send_request(
             framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
             framed.extend_from_slice(&data);
             framed.extend_from_slice(b"\r\n");
-            write_all(conn, &framed).await
+            write_all(conn, &framed, answer).await
         } else {
-            write_all(conn, &data).await
+            write_all(conn, &data, answer).await
         };
         if !all.map_err(lost)? {
             return Ok(false);
         }
     }
     if sending == Sending::Chunked {
-        return write_all(conn, b"0\r\n\r\n").await.map_err(lost);
+        return write_all(conn, b"0\r\n\r\n", answer).await.map_err(lost);
     }
     if left.is_some_and(|n| n > 0) {
         // The backend would wait for the rest for ever.
@@ -306,7 +384,8 @@ const TOO_LONG: &str = "the request body is longer than its Content-Length";
 const TOO_SHORT: &str = "the request body ended before its Content-Length";
 
 /// Writes all of `buf`, unless the backend answers (or closes) first: Ok(false).
-async fn write_all(conn: &TcpStream, buf: &[u8]) -> io::Result<bool> {
+/// A 1xx it sends meanwhile is taken off and the writing goes on.
+async fn write_all(conn: &TcpStream, buf: &[u8], answer: &mut Answer<'_>) -> io::Result<bool> {
     let mut at = 0;
     while at < buf.len() {
         match conn.try_write(&buf[at..]) {
@@ -315,7 +394,7 @@ async fn write_all(conn: &TcpStream, buf: &[u8]) -> io::Result<bool> {
                 tokio::select! {
                     biased;
                     r = conn.writable() => r?,
-                    () = answered(conn) => return Ok(false),
+                    () = answer.heard(conn) => return Ok(false),
                 }
             }
             Err(e) => return Err(e),
@@ -324,16 +403,11 @@ async fn write_all(conn: &TcpStream, buf: &[u8]) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Resolves once the backend has sent something, or closed.
-async fn answered(conn: &TcpStream) {
-    let mut byte = [0u8; 1];
-    let _ = poll_fn(|cx| conn.poll_peek(cx, &mut ReadBuf::new(&mut byte))).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
+    use tokio::io::AsyncReadExt;
 
     /// A streamed body of `pieces`, sent with `declared` as its Content-Length.
     async fn send_streamed(declared: u64, pieces: &[&'static [u8]]) -> Result<(), Failure> {

@@ -13,8 +13,6 @@ use tokio::time::Instant;
 /// How long an idle connection is kept; backends close theirs sooner or later
 /// (uvicorn after 5 s), which the check on reuse notices.
 const KEEP_IDLE: Duration = Duration::from_secs(30);
-/// Idle longer than this, a connection is checked for a close before reuse.
-const CHECK_AFTER: Duration = Duration::from_millis(500);
 /// Idle connections kept per backend: enough for the concurrency a burst left
 /// behind without holding thousands of descriptors after one.
 const MAX_IDLE: usize = 512;
@@ -31,11 +29,10 @@ impl Pool {
         let parked = idle.get_mut(authority)?;
         let now = Instant::now();
         while let Some((conn, since)) = parked.pop_back() {
-            let idle = now.duration_since(since);
-            // Checked with a syscall only after a pause: a backend's keep-alive
-            // timer is seconds long, and a request on a connection closed sooner
-            // is sent again on a new one anyway.
-            if idle < KEEP_IDLE && (idle < CHECK_AFTER || quiet(&conn)) {
+            // Every time: a close (or stray bytes) that came in since the
+            // connection was parked is only a readiness flag to look at until
+            // the socket is seen readable, and then one peek.
+            if now.duration_since(since) < KEEP_IDLE && quiet(&conn) {
                 return Some(conn);
             }
         }

@@ -4,11 +4,12 @@
 //! open but quiet costs the router a socket and a few words.
 
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::TcpStream;
@@ -67,8 +68,9 @@ impl Reply {
         reply
     }
 
-    /// The body of `input`, with its framing taken off.
-    fn decode(&mut self, input: &[u8]) -> Result<Bytes, String> {
+    /// The body at the start of `input`, with its framing taken off: where it
+    /// lies in `input`, and how much of `input` was used.
+    fn decode(&mut self, input: &[u8]) -> Result<(Range<usize>, usize), String> {
         let (data, used) = match &mut self.left {
             Left::Bytes(n) => {
                 let take = (*n).min(input.len() as u64) as usize;
@@ -76,32 +78,23 @@ impl Reply {
                 if *n == 0 {
                     self.left = Left::Done;
                 }
-                (Bytes::copy_from_slice(&input[..take]), take)
+                (0..take, take)
             }
             Left::Chunks(c) => {
-                let mut out = BytesMut::with_capacity(input.len());
-                let used = c.decode(input, &mut out)?;
+                let decoded = c.decode(input)?;
                 if *c == Chunked::Done {
                     self.left = Left::Done;
                 }
-                (out.freeze(), used)
+                decoded
             }
-            Left::UntilClose => (Bytes::copy_from_slice(input), input.len()),
-            Left::Done => (Bytes::new(), 0),
+            Left::UntilClose => (0..input.len(), input.len()),
+            Left::Done => (0..0, 0),
         };
-        if used < input.len() {
-            if self.left == Left::Done {
-                // Bytes past the end of the body: the connection's framing cannot be trusted.
-                self.park = None;
-            } else {
-                // The next chunk, for the next frame.
-                self.early = Bytes::copy_from_slice(&input[used..]);
-            }
+        if used < input.len() && self.left == Left::Done {
+            // Bytes past the end of the body: the connection's framing cannot be trusted.
+            self.park = None;
         }
-        if self.left == Left::Done {
-            self.finish();
-        }
-        Ok(data)
+        Ok((data, used))
     }
 
     fn finish(&mut self) {
@@ -141,7 +134,8 @@ impl HttpBody for Reply {
                 if let Err(e) = ready!(Pin::new(conn).poll_read(cx, &mut buf)) {
                     return this.fail(format!("connection lost: {e}"));
                 }
-                if buf.filled().is_empty() {
+                let input = buf.filled();
+                if input.is_empty() {
                     if this.left == Left::UntilClose {
                         this.finish();
                         return Poll::Ready(None);
@@ -149,11 +143,26 @@ impl HttpBody for Reply {
                     return this
                         .fail("the backend closed the connection before the body ended".into());
                 }
-                this.decode(buf.filled())
+                // Copied off the stack once: the frame, and the rest (the next
+                // chunks) kept for the next frames.
+                this.decode(input).map(|(data, used)| {
+                    if used < input.len() && this.left != Left::Done {
+                        this.early = Bytes::copy_from_slice(&input[used..]);
+                    }
+                    Bytes::copy_from_slice(&input[data])
+                })
             } else {
                 let early = std::mem::take(&mut this.early);
-                this.decode(&early)
+                this.decode(&early).map(|(data, used)| {
+                    if used < early.len() && this.left != Left::Done {
+                        this.early = early.slice(used..);
+                    }
+                    early.slice(data)
+                })
             };
+            if this.left == Left::Done {
+                this.finish();
+            }
             match decoded {
                 Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(_) => continue,
