@@ -183,6 +183,105 @@ fn cli(args: &[&str], url: &str, env: &[(&str, &str)]) -> (bool, String, String)
     )
 }
 
+/// The CLI as a user runs it, with nothing of the test's environment that
+/// points it at a router.
+fn cli_bare(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("MODELYARD_URL")
+        .env_remove("MODELYARD_CONFIG")
+        .env_remove("MODELYARD_ADMIN_KEY");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_cli_refuses_a_config_it_cannot_read_rather_than_guess_the_router() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("routes.yaml");
+    std::fs::write(&broken, "listen: 127.0.0.1:18080\nbudgte: 4GB\n").unwrap();
+    let missing = dir.path().join("nowhere.yaml");
+    for path in [&broken, &missing] {
+        let path = path.to_str().unwrap();
+        for args in [
+            vec!["status", "--config", path],
+            vec!["unload", "--all", "--config", path],
+            // A named config must load even with a URL: it is where the key is.
+            vec!["reload", "--config", path, "--url", "http://127.0.0.1:9"],
+        ] {
+            let (ok, err) = cli_bare(&args, &[]);
+            assert!(!ok, "{args:?}");
+            assert!(err.contains(path), "names the file: {err}");
+            assert!(err.contains("give --url"), "{err}");
+            assert!(!err.contains("cannot reach"), "sent nowhere: {err}");
+        }
+    }
+    // Found rather than named, it is passed over when --url says where to go.
+    let (ok, err) = cli_bare(&["status", "--url", "http://127.0.0.1:9"], &[]);
+    assert!(
+        !ok && err.contains("cannot reach modelyard at http://127.0.0.1:9"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_url_that_is_not_one_is_named_as_such() {
+    for bad in ["notaurl", "ftp://127.0.0.1:1", "http://"] {
+        let (ok, err) = cli_bare(&["status", "--url", bad], &[]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!("--url `{bad}` is not a router URL")),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_router_starts_with_the_cli_s_variables_set_and_logs_plain_text() {
+    // MODELYARD_URL is the CLI's, not a routes.yaml key.
+    let r = Router::start_with_env(CONFIG, &[("MODELYARD_URL", "http://127.0.0.1:9")]);
+    assert_eq!(
+        post(&r.url("/v1/chat/completions"), &chat("a"))
+            .await
+            .status(),
+        200
+    );
+    let logs = eventually(Duration::from_secs(5), || async {
+        let logs = r.logs();
+        logs.contains("big-a").then_some(logs)
+    })
+    .await
+    .expect("the load is logged");
+    assert!(
+        !logs.contains('\u{1b}'),
+        "no colour codes in a log file: {logs}"
+    );
+}
+
+#[test]
+fn listen_on_another_interface_needs_expose_from_the_flag_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    std::fs::write(&path, yaml(CONFIG)).unwrap();
+    let config = path.to_str().unwrap();
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let (ok, err) = cli_bare(&["serve", "--config", config, "--listen", addr], &[]);
+        assert!(!ok, "{addr} refused");
+        assert!(
+            err.contains("--listen") && err.contains("expose: true"),
+            "{err}"
+        );
+    }
+    let (ok, err) = cli_bare(&["demo", "--listen", "0.0.0.0:0"], &[]);
+    assert!(!ok && err.contains("expose: true"), "{err}");
+}
+
 #[tokio::test]
 async fn the_cli_shows_loads_and_unloads() {
     let r = Router::start(&format!("admin_key: k-9\n{CONFIG}"));

@@ -3,7 +3,7 @@ mod cli;
 mod remote;
 mod serve;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
@@ -79,7 +79,10 @@ where
     F: FnOnce(remote::Target) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let target = remote::Target::new(remote);
+    let target = match remote::Target::new(remote) {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -107,6 +110,13 @@ fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAdd
     let source = loaded.path.clone();
     let mut config = loaded.config;
     if let Some(addr) = listen {
+        // The flag meets the same rule as the file's `listen`: no other machine
+        // reaches the router by a flag typed without thinking of it.
+        if !addr.ip().is_loopback() && !config.expose {
+            return fail(format!(
+                "--listen {addr} is reachable from other machines (every model, and the status page); set `expose: true` in routes.yaml (or MODELYARD_EXPOSE=true) if that is meant"
+            ));
+        }
         config.listen = addr;
     }
     let runtime = match tokio::runtime::Runtime::new() {
@@ -126,9 +136,13 @@ fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAdd
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("MODELYARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: a log file (launchd's, a
+    // redirect) gets plain lines. NO_COLOR (no-color.org) turns it off too.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
 }
 

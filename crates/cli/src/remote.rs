@@ -8,6 +8,16 @@ use serde_json::Value;
 
 use crate::cli::Remote;
 
+/// `--url` (or MODELYARD_URL), if it is an http(s) URL with a host.
+fn checked_url(url: &str) -> Result<String, String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url.to_string()),
+        _ => Err(format!(
+            "--url `{url}` is not a router URL such as http://127.0.0.1:11434"
+        )),
+    }
+}
+
 /// The router's URL and admin key, from flags, environment or routes.yaml.
 pub struct Target {
     pub url: String,
@@ -15,12 +25,27 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(remote: &Remote) -> Target {
-        let config = modelyard_config::locate(remote.config.as_deref())
-            .ok()
-            .and_then(|p| modelyard_config::load_file(&p).ok())
-            .map(|l| l.config);
-        let url = remote.url.clone().unwrap_or_else(|| match &config {
+    /// A config that is named (`--config`, MODELYARD_CONFIG) or found
+    /// (./routes.yaml, the user's config dir) must load: guessing the default
+    /// address instead would send the command to whatever router is there.
+    /// With `--url`, a found config only lends its admin key, and one that does
+    /// not load is passed over.
+    pub fn new(remote: &Remote) -> Result<Target, String> {
+        let url = remote.url.as_deref().map(checked_url).transpose()?;
+        let config = match modelyard_config::locate(remote.config.as_deref()) {
+            Err(_) => None,
+            Ok(path) => match modelyard_config::load_file(&path) {
+                Ok(l) => Some(l.config),
+                Err(_) if url.is_some() && remote.config.is_none() => None,
+                Err(e) => {
+                    return Err(format!(
+                        "{e}\n(the router's address and admin key are read from {}; fix it, or give --url)",
+                        path.display()
+                    ))
+                }
+            },
+        };
+        let url = url.unwrap_or_else(|| match &config {
             Some(c) if c.listen.ip().is_unspecified() => {
                 format!("http://127.0.0.1:{}", c.listen.port())
             }
@@ -30,10 +55,10 @@ impl Target {
         let key = std::env::var("MODELYARD_ADMIN_KEY")
             .ok()
             .or(config.and_then(|c| c.admin_key));
-        Target {
+        Ok(Target {
             url: url.trim_end_matches('/').to_string(),
             key,
-        }
+        })
     }
 
     fn request(

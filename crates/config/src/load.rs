@@ -14,8 +14,9 @@ use crate::validate::{validate, Problem};
 
 /// Environment variables with the prefix that are not config keys: the config
 /// file's path, the log filter, a meminfo file read instead of the system's, and
-/// a debug build's trigger for testing the panic guard.
-const NOT_KEYS: &[&str] = &["config", "log", "meminfo", "debug_panic_path"];
+/// a debug build's trigger for testing the panic guard, and the CLI's router URL
+/// (MODELYARD_URL), which the router itself has no use for.
+const NOT_KEYS: &[&str] = &["config", "log", "meminfo", "debug_panic_path", "url"];
 const ENV_PREFIX: &str = "MODELYARD_";
 
 /// A config that passed validation, and where it came from.
