@@ -470,6 +470,20 @@ async fn logs_show_a_backends_output_and_follow_it() {
         .unwrap()
         .contains("modelyard-sim listening on"));
 
+    for bad in ["abc", "-1"] {
+        let resp = client()
+            .get(r.url(&format!("/admin/models/kept/logs?lines={bad}")))
+            .bearer_auth("k-1")
+            .send()
+            .await
+            .unwrap();
+        let msg = expect_error(resp, 400, "invalid_field").await;
+        assert!(
+            msg.contains(&format!("`{bad}` is not a number of lines")),
+            "{msg}"
+        );
+    }
+
     let follow = client()
         .get(r.url("/admin/models/kept/logs?follow=true&lines=0"))
         .bearer_auth("k-1")

@@ -470,6 +470,10 @@ models:
         msg.contains("qwen3-23b") && msg.contains("qwen3-32b"),
         "names the close match: {msg}"
     );
+    for empty in ["", "  "] {
+        let msg = expect_error(post(&url, &chat(empty)).await, 400, "invalid_field").await;
+        assert!(msg.contains("`model` is empty"), "{msg}");
+    }
 
     let big =
         json!({"model": "alpha", "messages": [{"role": "user", "content": "x".repeat(2048)}]});

@@ -63,7 +63,15 @@ async fn route(
                     .split('&')
                     .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
             };
-            let lines = param("lines").and_then(|n| n.parse().ok()).unwrap_or(200);
+            let lines = match param("lines") {
+                None => 200,
+                Some(n) => n.parse().map_err(|_| ApiError::InvalidField {
+                    field: "lines".into(),
+                    reason: format!(
+                        "`{n}` is not a number of lines such as 200 (0 with follow: only new ones)"
+                    ),
+                })?,
+            };
             Ok(logs(
                 ring,
                 lines,

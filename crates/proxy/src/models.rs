@@ -70,6 +70,12 @@ pub(crate) fn one(
 /// The configured model `name` (a model or an alias) stands for, or a 404 that
 /// names the closest matches.
 pub(crate) fn resolve(config: &Config, name: &str) -> Result<String, ApiError> {
+    if name.trim().is_empty() {
+        return Err(ApiError::InvalidField {
+            field: "model".into(),
+            reason: "is empty; name one of the models listed at GET /v1/models".into(),
+        });
+    }
     config
         .resolve(name)
         .map(str::to_string)
@@ -88,9 +94,11 @@ pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
         .flat_map(|(n, m)| std::iter::once(n.as_str()).chain(m.aliases.iter().map(String::as_str)))
         .filter_map(|c| {
             let cl = c.to_lowercase();
-            let d = strsim::levenshtein(&wanted_l, &cl);
+            // A swap of two letters is one slip, and a short name allows one:
+            // `nope` is not a typo of `code`.
+            let d = strsim::damerau_levenshtein(&wanted_l, &cl);
             let related =
-                d <= 2.max(c.len() / 3) || (wanted_l.len() >= 3 && cl.contains(&wanted_l));
+                d <= 1.max(c.len() / 3) || (wanted_l.len() >= 3 && cl.contains(&wanted_l));
             related.then_some((d, c))
         })
         .collect();
@@ -100,4 +108,21 @@ pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
         .take(3)
         .map(|(_, c)| c.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_matches_are_slips_not_other_names() {
+        let yaml = "backends:\n  b: {url: \"http://127.0.0.1:9\"}\nmodels:\n  default: {backend: b}\n  code: {backend: b}\n  qwen3-32b: {backend: b, aliases: [qwen]}\n";
+        let config = modelyard_config::load_str("t", yaml).unwrap().config;
+        let close = |w: &str| close_matches(&config, w);
+        assert_eq!(close("defualt"), ["default"], "a swap is one slip");
+        assert_eq!(close("qwen3-32"), ["qwen3-32b"]);
+        assert_eq!(close("Code"), ["code"]);
+        assert!(close("nope").is_empty(), "{:?}", close("nope"));
+        assert!(close("llama").is_empty());
+    }
 }
