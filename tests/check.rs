@@ -821,3 +821,127 @@ fn limits_of_zero_and_body_limits_for_non_paths_are_refused_by_line() {
     );
     assert_eq!(r.error_count(), 4, "{}", r.describe());
 }
+
+#[test]
+fn every_max_limit_of_zero_is_refused_in_one_run_saying_what_it_would_refuse() {
+    let f = yaml(&[
+        "max_queue: 0",        // 1
+        "max_body: 0",         // 2
+        "max_body_by_path:",   // 3
+        "  /v1/embeddings: 0", // 4
+        "max_json_depth: 0",   // 5
+        "max_headers: 0",      // 6
+        "max_header_size: 0",  // 7
+        "max_uri_length: 0B",  // 8
+        "max_connections: 0",  // 9
+        "max_response: 0",     // 10
+    ]);
+    let r = check(f.path());
+    r.assert_failed();
+    let p = f.path();
+    r.assert_issue_at(
+        p,
+        1,
+        "max_queue",
+        &["more than 0", "no model would ever load"],
+    );
+    r.assert_issue_at(
+        p,
+        2,
+        "max_body",
+        &["more than 0", "every request that has a body"],
+    );
+    r.assert_issue_at(
+        p,
+        4,
+        "max_body_by_path./v1/embeddings",
+        &["more than 0", "every request to /v1/embeddings", "max_body"],
+    );
+    for (line, key) in [
+        (5, "max_json_depth"),
+        (6, "max_headers"),
+        (7, "max_header_size"),
+        (8, "max_uri_length"),
+        (9, "max_connections"),
+        (10, "max_response"),
+    ] {
+        r.assert_issue_at(p, line, key, &["more than 0", "would refuse every", key]);
+    }
+    assert_eq!(r.error_count(), 9, "{}", r.describe());
+}
+
+#[test]
+fn values_that_cannot_be_right_say_what_to_write_instead() {
+    // One file each: reading stops at the first value of the wrong kind.
+    for (line, key, reason) in [
+        (
+            "budget: -5GB",
+            "budget",
+            &["`-5GB`", "cannot be negative"][..],
+        ),
+        (
+            "max_queue: -1",
+            "max_queue",
+            &["whole number of at least 1", "`-1`"],
+        ),
+        (
+            "max_queue: 1.5",
+            "max_queue",
+            &["whole number of at least 1", "`1.5`"],
+        ),
+        (
+            "max_connections: lots",
+            "max_connections",
+            &["whole number of at least 1", "`lots`"],
+        ),
+        (
+            "idle_timeout: -5s",
+            "idle_timeout",
+            &["`-5s`", "cannot be negative"],
+        ),
+        (
+            "listen: localhost:8080",
+            "listen",
+            &["IP address and a port", "127.0.0.1:11434", "not resolved"],
+        ),
+        (
+            "listen: 127.0.0.1",
+            "listen",
+            &["has no port", "127.0.0.1:11434"],
+        ),
+    ] {
+        let f = yaml(&[line]);
+        let r = check(f.path());
+        r.assert_failed();
+        r.assert_issue_at(f.path(), 1, key, reason);
+        assert_eq!(r.error_count(), 1, "{line}: {}", r.describe());
+    }
+}
+
+#[test]
+fn a_negative_count_from_the_environment_names_the_variable() {
+    let f = yaml(&["listen: 127.0.0.1:11434"]);
+    let r = check_env(f.path(), &[("MODELYARD_MAX_QUEUE", "-1")]);
+    r.assert_failed();
+    let l = r.issue("environment MODELYARD_MAX_QUEUE", "max_queue");
+    assert!(l.contains("whole number of at least 1"), "{l}");
+}
+
+#[test]
+fn a_file_without_models_passes_with_a_warning() {
+    for lines in [&[""][..], &["budget: 8GB", "models: {}"]] {
+        let f = yaml(lines);
+        let r = check(f.path());
+        r.assert_ok();
+        assert!(r.stdout.contains("models (0)"), "{}", r.describe());
+        let warning = r
+            .stderr
+            .lines()
+            .find(|l| l.starts_with("warning: "))
+            .unwrap_or_else(|| panic!("no warning line; {}", r.describe()));
+        assert!(
+            warning.contains("models: no models are defined"),
+            "{warning}"
+        );
+    }
+}

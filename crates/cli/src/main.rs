@@ -24,6 +24,9 @@ fn main() -> ExitCode {
         Command::Check { config } => match load(config.as_deref()) {
             Ok(loaded) => {
                 print!("{}", check::summary(&loaded));
+                for w in &loaded.warnings {
+                    eprintln!("warning: {}", w.located(&loaded.origin));
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => fail(e),
@@ -107,6 +110,9 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAddr)) -> ExitCode {
     init_logging();
+    for w in &loaded.warnings {
+        tracing::warn!("{}", w.located(&loaded.origin));
+    }
     let source = loaded.path.clone();
     let mut config = loaded.config;
     if let Some(addr) = listen {

@@ -45,14 +45,31 @@ impl fmt::Display for Invalid<'_> {
             if n == 1 { "" } else { "s" }
         )?;
         for issue in self.issues {
-            write!(f, "\n  ")?;
-            match &issue.origin {
-                Some(Origin::Line(l)) => write!(f, "{}:{l}: ", self.file)?,
-                Some(Origin::Env(var)) => write!(f, "environment {var}: ")?,
-                None => write!(f, "{}: ", self.file)?,
-            }
-            write!(f, "{}: {}", issue.key, issue.message)?;
+            write!(f, "\n  {}", issue.located(self.file))?;
         }
         Ok(())
+    }
+}
+
+impl Issue {
+    /// `FILE:LINE: key.path: message`, or `environment VAR: …` when a variable set it.
+    pub fn located<'a>(&'a self, file: &'a str) -> impl fmt::Display + 'a {
+        Located { issue: self, file }
+    }
+}
+
+struct Located<'a> {
+    issue: &'a Issue,
+    file: &'a str,
+}
+
+impl fmt::Display for Located<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.issue.origin {
+            Some(Origin::Line(l)) => write!(f, "{}:{l}: ", self.file)?,
+            Some(Origin::Env(var)) => write!(f, "environment {var}: ")?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        write!(f, "{}: {}", self.issue.key, self.issue.message)
     }
 }

@@ -2,8 +2,10 @@
 //! (file, then `MODELYARD_*` environment overrides), and the validation that runs
 //! before anything starts, naming the key, the line and the reason for each error.
 
+mod count;
 mod error;
 mod keys;
+mod listen;
 mod load;
 mod locate;
 #[cfg(test)]
@@ -76,6 +78,21 @@ mod tests {
         );
         let c = load_str("t", &yaml).unwrap().config;
         c.idle_timeout_of(&c.models[model])
+    }
+
+    #[test]
+    fn a_file_without_models_loads_with_a_warning_naming_models() {
+        for (text, line) in [("", None), ("budget: 8GB\nmodels: {}\n", Some(2))] {
+            let loaded = load_str("t", text).unwrap();
+            let [w] = loaded.warnings.as_slice() else {
+                panic!("one warning: {:?}", loaded.warnings);
+            };
+            assert_eq!(w.key, "models");
+            assert_eq!(w.origin, line.map(Origin::Line));
+            assert!(w.message.contains("no models are defined"), "{w:?}");
+        }
+        let one = "backends: {s: {url: \"http://127.0.0.1:1\"}}\nmodels: {m: {backend: s}}\n";
+        assert!(load_str("t", one).unwrap().warnings.is_empty());
     }
 
     #[test]

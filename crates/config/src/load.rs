@@ -10,7 +10,7 @@ use figment::Figment;
 use crate::error::{ConfigError, Issue, Origin};
 use crate::locate::LineIndex;
 use crate::schema::Config;
-use crate::validate::{validate, Problem};
+use crate::validate::{validate, warnings, Problem};
 
 /// Environment variables with the prefix that are not config keys: the config
 /// file's path, the log filter, a meminfo file read instead of the system's, and
@@ -26,6 +26,9 @@ pub struct Loaded {
     /// Shown in messages: a path, or a name for an embedded config.
     pub origin: String,
     pub path: Option<PathBuf>,
+    /// What the config allows but is most likely not meant (no models at all),
+    /// for `check` and the log to show; never a reason to refuse it.
+    pub warnings: Vec<Issue>,
 }
 
 /// The file to read: `explicit` if given, else `./routes.yaml`, else the user's
@@ -93,24 +96,33 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         Ok(keys) => config.client_keys = keys,
         Err(p) => problems.push(p),
     }
-    issues.extend(problems.into_iter().map(|Problem { path, message }| Issue {
-        origin: origin_of(&path, &index),
-        key: path.join("."),
-        message,
-    }));
+    issues.extend(problems.into_iter().map(|p| issue_of(p, &index)));
     // In file order, so the list reads top to bottom like the file.
     issues.sort_by_key(|i| match &i.origin {
         Some(Origin::Line(l)) => (0, *l),
         _ => (1, 0),
     });
     if issues.is_empty() {
+        let warnings = warnings(&config)
+            .into_iter()
+            .map(|p| issue_of(p, &index))
+            .collect();
         Ok(Loaded {
             config,
             origin: origin.to_string(),
             path: None,
+            warnings,
         })
     } else {
         Err(invalid(issues))
+    }
+}
+
+fn issue_of(Problem { path, message }: Problem, index: &LineIndex) -> Issue {
+    Issue {
+        origin: origin_of(&path, index),
+        key: path.join("."),
+        message,
     }
 }
 

@@ -9,12 +9,13 @@ use serde::Deserialize;
 
 use crate::size::ByteSize;
 use crate::timeout::{span, Timeout};
+use crate::{count, listen};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Where the router listens; loopback by default.
-    #[serde(default = "defaults::listen")]
+    #[serde(default = "defaults::listen", with = "listen")]
     pub listen: SocketAddr,
     /// What models may hold together. Absent: no limit.
     #[serde(default)]
@@ -40,7 +41,7 @@ pub struct Config {
     #[serde(default)]
     pub loading_progress: LoadingProgress,
     /// Requests that may wait at once, across all models.
-    #[serde(default = "defaults::max_queue")]
+    #[serde(default = "defaults::max_queue", with = "count")]
     pub max_queue: usize,
     /// Largest request body accepted.
     #[serde(default = "defaults::max_body")]
@@ -50,10 +51,10 @@ pub struct Config {
     #[serde(default)]
     pub max_body_by_path: BTreeMap<String, ByteSize>,
     /// How deeply a request's JSON may nest; checked on the bytes before parsing.
-    #[serde(default = "defaults::max_json_depth")]
+    #[serde(default = "defaults::max_json_depth", with = "count")]
     pub max_json_depth: usize,
     /// Headers a request may carry.
-    #[serde(default = "defaults::max_headers")]
+    #[serde(default = "defaults::max_headers", with = "count")]
     pub max_headers: usize,
     /// Bytes all of a request's header lines may take together.
     #[serde(default = "defaults::max_header_size")]
@@ -69,7 +70,7 @@ pub struct Config {
     #[serde(default = "defaults::body_timeout", with = "span")]
     pub body_timeout: Duration,
     /// Client connections open at once; past it a new one gets 503 and is closed.
-    #[serde(default = "defaults::max_connections")]
+    #[serde(default = "defaults::max_connections", with = "count")]
     pub max_connections: usize,
     /// How long connecting to a backend may take.
     #[serde(default = "defaults::upstream_connect_timeout", with = "span")]

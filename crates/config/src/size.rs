@@ -39,6 +39,12 @@ impl FromStr for ByteSize {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let t = s.trim();
+        // Without this, `-5GB` reads as the unit `-5gb`.
+        if t.starts_with('-') {
+            return Err(format!(
+                "`{s}` is not a size: a size cannot be negative; write e.g. 48GB or 512MiB"
+            ));
+        }
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
             .unwrap_or(t.len());
@@ -122,9 +128,11 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v).map(ByteSize).map_err(|_| {
+                    E::custom(format!(
+                        "`{v}` is not a size: a size cannot be negative; write e.g. 48GB or 512MiB"
+                    ))
+                })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 v.parse().map_err(E::custom)
@@ -165,7 +173,10 @@ mod tests {
             .unwrap_err()
             .contains("unknown unit"));
         assert!("GB".parse::<ByteSize>().is_err());
-        assert!("-1GB".parse::<ByteSize>().is_err());
+        assert!("-1GB"
+            .parse::<ByteSize>()
+            .unwrap_err()
+            .contains("cannot be negative"));
         assert!("99999999999TB".parse::<ByteSize>().is_err());
     }
 

@@ -53,11 +53,23 @@ fn bounded(d: Duration, written: impl fmt::Display, allow_never: bool) -> Result
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
+    // humantime's own word for `-5s` is "expected number at 0".
+    if t.starts_with('-') {
+        return Err(format!(
+            "`{s}` is not a duration: a duration cannot be negative; write e.g. 90s, 10m or 1h 30m"
+        ));
+    }
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(t)
         .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 90s, 10m or 1h 30m"))
+}
+
+fn negative<E: de::Error>(written: impl fmt::Display) -> E {
+    E::custom(format!(
+        "`{written}` is not a duration: a duration cannot be negative; write e.g. 90s or 10m"
+    ))
 }
 
 struct DurationVisitor {
@@ -77,12 +89,15 @@ impl Visitor<'_> for DurationVisitor {
         self.seconds(Duration::from_secs(v), v)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<Timeout, E> {
-        let secs = u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative"))?;
+        let secs = u64::try_from(v).map_err(|_| negative(v))?;
         self.visit_u64(secs)
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Timeout, E> {
-        if !(v.is_finite() && v >= 0.0) {
-            return Err(E::custom("a duration must be a positive number of seconds"));
+        if v < 0.0 {
+            return Err(negative(v));
+        }
+        if !v.is_finite() {
+            return Err(E::custom("a duration must be a finite number of seconds"));
         }
         // Past `LONGEST` the conversion itself can overflow, so bound first.
         let d = Duration::try_from_secs_f64(v).unwrap_or(Duration::MAX);
@@ -161,6 +176,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a duration"));
+    }
+
+    #[test]
+    fn a_negative_duration_is_named_as_such_however_it_is_written() {
+        for err in [
+            t("-5s").unwrap_err(),
+            t(" -1h 30m").unwrap_err(),
+            number(-5_i64).unwrap_err(),
+            number(-0.5_f64).unwrap_err(),
+        ] {
+            let msg = err.to_string();
+            assert!(msg.contains("cannot be negative"), "{msg}");
+        }
+        assert!(number(f64::NAN).unwrap_err().to_string().contains("finite"));
     }
 
     fn number<T: IntoDeserializer<'static, Error>>(v: T) -> Result<Timeout, Error> {

@@ -78,6 +78,19 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
     out
 }
 
+/// What is valid but most likely not meant: reported, never refused, so a file
+/// being built up step by step still loads.
+pub(crate) fn warnings(cfg: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if cfg.models.is_empty() {
+        out.push(problem(
+            &["models"],
+            "no models are defined, so the router has nothing to serve; add one under models: (see docs/configuration.md)",
+        ));
+    }
+    out
+}
+
 fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
     for (name, b) in &cfg.backends {
         let at = |key: &str| ["backends", name.as_str(), key].map(str::to_string);
@@ -300,14 +313,12 @@ fn check_aliases(cfg: &Config, out: &mut Vec<Problem>) {
 /// A limit of zero would refuse every request; say so instead of starting a
 /// router that answers nothing.
 fn limits(cfg: &Config) -> Vec<Problem> {
-    let mut out = Vec::new();
-    let zero = [
-        ("max_headers", cfg.max_headers == 0),
-        ("max_header_size", cfg.max_header_size.bytes() == 0),
-        ("max_uri_length", cfg.max_uri_length.bytes() == 0),
-        ("max_json_depth", cfg.max_json_depth == 0),
-        ("max_connections", cfg.max_connections == 0),
-        ("max_response", cfg.max_response.bytes() == 0),
+    let mut out: Vec<Problem> = zero_limits(cfg)
+        .into_iter()
+        .filter(|(_, value, _)| *value == 0)
+        .map(|(key, _, refused)| zero_limit(key, refused))
+        .collect();
+    let zero_time = [
         ("header_timeout", cfg.header_timeout.is_zero()),
         ("body_timeout", cfg.body_timeout.is_zero()),
         (
@@ -315,18 +326,78 @@ fn limits(cfg: &Config) -> Vec<Problem> {
             cfg.upstream_connect_timeout.is_zero(),
         ),
     ];
-    for (key, is_zero) in zero {
+    for (key, is_zero) in zero_time {
         if is_zero {
-            out.push(problem(&[key], "must be more than 0"));
+            out.push(problem(&[key], "must be more than 0s"));
         }
     }
-    for path in cfg.max_body_by_path.keys() {
+    for (path, size) in &cfg.max_body_by_path {
         if !path.starts_with('/') {
             out.push(problem(
                 &["max_body_by_path", path],
                 format!("`{path}` is not a request path such as /v1/embeddings"),
             ));
         }
+        if size.bytes() == 0 {
+            out.push(problem(
+                &["max_body_by_path", path],
+                format!("must be more than 0: 0 would refuse every request to {path} that has a body; write a size such as 64MiB, or remove the path to use max_body"),
+            ));
+        }
     }
     out
+}
+
+/// Every `max_*` key of the top level, its value, and what 0 would refuse.
+fn zero_limits(cfg: &Config) -> [(&'static str, u64, &'static str); 8] {
+    let n = |v: usize| v as u64;
+    [
+        (
+            "max_queue",
+            n(cfg.max_queue),
+            "every request that has to wait for its model, so no model would ever load on demand",
+        ),
+        (
+            "max_body",
+            cfg.max_body.bytes(),
+            "every request that has a body (every completion)",
+        ),
+        (
+            "max_json_depth",
+            n(cfg.max_json_depth),
+            "every JSON request body (an object is one deep)",
+        ),
+        (
+            "max_headers",
+            n(cfg.max_headers),
+            "every request (each has headers)",
+        ),
+        (
+            "max_header_size",
+            cfg.max_header_size.bytes(),
+            "every request (each has headers)",
+        ),
+        (
+            "max_uri_length",
+            cfg.max_uri_length.bytes(),
+            "every request (each has a path)",
+        ),
+        (
+            "max_connections",
+            n(cfg.max_connections),
+            "every connection, and so every request",
+        ),
+        (
+            "max_response",
+            cfg.max_response.bytes(),
+            "every non-streamed JSON reply from a backend",
+        ),
+    ]
+}
+
+fn zero_limit(key: &str, refused: &str) -> Problem {
+    problem(
+        &[key],
+        format!("must be more than 0: 0 would refuse {refused}; write a limit of at least 1, or remove {key} for its default"),
+    )
 }

@@ -142,6 +142,7 @@ pub(crate) fn spawn(
         .kill_on_drop(true);
     die_with_parent(&mut cmd);
     let mut child = cmd.spawn()?;
+    logs.begin_run();
     let pid = child.id().unwrap_or_default();
     let mut readers = Vec::new();
     if let Some(out) = child.stdout.take() {

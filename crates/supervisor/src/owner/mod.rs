@@ -1320,7 +1320,7 @@ fn fail_queue(slot: &mut Slot, model: &str, err: impl Fn(String) -> SupervisorEr
 }
 
 fn tail_note(logs: &LogRing) -> String {
-    let tail = logs.tail(5);
+    let tail = logs.run_tail(5);
     if tail.is_empty() {
         String::new()
     } else {
