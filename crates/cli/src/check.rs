@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use modelyard_config::{ByteSize, Loaded};
 
@@ -71,4 +73,44 @@ pub fn summary(loaded: &Loaded) -> String {
     }
     let _ = writeln!(s);
     s
+}
+
+/// Backends whose program is not there to run: not an error (the router's PATH
+/// may differ, or the program is installed later), but the first request for
+/// such a model would only then find out, with a 502.
+pub fn missing_programs(loaded: &Loaded) -> Vec<String> {
+    let mut out = Vec::new();
+    for (name, b) in &loaded.config.backends {
+        let Some(program) = b.command.as_ref().and_then(|argv| argv.first()) else {
+            continue;
+        };
+        let path = b
+            .env
+            .get("PATH")
+            .cloned()
+            .or_else(|| std::env::var("PATH").ok())
+            .unwrap_or_default();
+        if !runnable(program, &path) {
+            let where_ = if program.contains('/') {
+                "does not exist or is not executable".to_string()
+            } else {
+                "is not on PATH".to_string()
+            };
+            out.push(format!(
+                "backends.{name}.command: `{program}` {where_}; its models will fail with a 502 until it is installed"
+            ));
+        }
+    }
+    out
+}
+
+fn runnable(program: &str, path: &str) -> bool {
+    let executable = |p: &Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return executable(Path::new(program));
+    }
+    std::env::split_paths(path).any(|dir| executable(&dir.join(program)))
 }

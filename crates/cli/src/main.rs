@@ -18,14 +18,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim { args } => {
-            let argv = std::iter::once("modelyard-sim".to_string()).chain(args);
-            modelyard_sim::main_with(<modelyard_sim::Args as Parser>::parse_from(argv))
+            // Its usage lines name the command as it was typed.
+            let argv = std::iter::once("modelyard sim".to_string()).chain(args);
+            let command = <modelyard_sim::Args as clap::CommandFactory>::command()
+                .name("modelyard sim")
+                .bin_name("modelyard sim");
+            let matches = command.get_matches_from(argv);
+            match <modelyard_sim::Args as clap::FromArgMatches>::from_arg_matches(&matches) {
+                Ok(args) => modelyard_sim::main_with(args),
+                Err(e) => e.exit(),
+            }
         }
         Command::Check { config } => match load(config.as_deref()) {
             Ok(loaded) => {
                 print!("{}", check::summary(&loaded));
                 for w in &loaded.warnings {
                     eprintln!("warning: {}", w.located(&loaded.origin));
+                }
+                for w in check::missing_programs(&loaded) {
+                    eprintln!("warning: {}: {w}", loaded.origin);
                 }
                 ExitCode::SUCCESS
             }
@@ -112,6 +123,9 @@ fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAdd
     init_logging();
     for w in &loaded.warnings {
         tracing::warn!("{}", w.located(&loaded.origin));
+    }
+    for w in check::missing_programs(&loaded) {
+        tracing::warn!("{}: {w}", loaded.origin);
     }
     let source = loaded.path.clone();
     let mut config = loaded.config;
