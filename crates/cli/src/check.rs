@@ -2,8 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
 
 use modelyard_config::{ByteSize, Loaded};
 
@@ -84,13 +82,14 @@ pub fn missing_programs(loaded: &Loaded) -> Vec<String> {
         let Some(program) = b.command.as_ref().and_then(|argv| argv.first()) else {
             continue;
         };
+        // A PATH in the backend's env is the one its program is run with.
         let path = b
             .env
             .get("PATH")
-            .cloned()
-            .or_else(|| std::env::var("PATH").ok())
+            .map(std::ffi::OsString::from)
+            .or_else(|| std::env::var_os("PATH"))
             .unwrap_or_default();
-        if !runnable(program, &path) {
+        if modelyard_supervisor::find_program(program, &path).is_none() {
             let where_ = if program.contains('/') {
                 "does not exist or is not executable".to_string()
             } else {
@@ -102,15 +101,4 @@ pub fn missing_programs(loaded: &Loaded) -> Vec<String> {
         }
     }
     out
-}
-
-fn runnable(program: &str, path: &str) -> bool {
-    let executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        return executable(Path::new(program));
-    }
-    std::env::split_paths(path).any(|dir| executable(&dir.join(program)))
 }

@@ -38,7 +38,7 @@ pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
-pub use process::ExitInfo;
+pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
 use effects::{Effects, Processes};

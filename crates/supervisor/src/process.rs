@@ -110,17 +110,34 @@ pub(crate) fn free_port() -> std::io::Result<u16> {
 /// demo finds `modelyard` and `modelyard-sim` wherever cargo put them), then on PATH.
 fn resolve_program(program: &str) -> PathBuf {
     if !program.contains('/') {
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(PathBuf::from))
-        {
-            let sibling = dir.join(program);
-            if sibling.is_file() {
-                return sibling;
-            }
+        if let Some(sibling) = sibling_of_this_binary(program) {
+            return sibling;
         }
     }
     PathBuf::from(program)
+}
+
+fn sibling_of_this_binary(program: &str) -> Option<PathBuf> {
+    let sibling = std::env::current_exe().ok()?.parent()?.join(program);
+    sibling.is_file().then_some(sibling)
+}
+
+/// Where `program` would be run from, as the router looks for it (beside its
+/// own binary, then on `path`), if it is there and executable.
+pub fn find_program(program: &str, path: &std::ffi::OsStr) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        p.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return runnable(&p).then_some(p);
+    }
+    sibling_of_this_binary(program)
+        .into_iter()
+        .chain(std::env::split_paths(path).map(|dir| dir.join(program)))
+        .find(|p| runnable(p))
 }
 
 /// Starts the process; `on_exit` runs once when it has ended, whoever ended it.
