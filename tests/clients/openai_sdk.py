@@ -87,6 +87,18 @@ check(
     final.choices[0].message.content,
 )
 
+# The Responses API, plain and streamed: the answer named as asked.
+resp = client.responses.create(model="default", input="Say hi", max_output_tokens=8)
+check("responses", bool(resp.output_text) and resp.model == "default", f"model={resp.model} text={resp.output_text!r}")
+events = list(client.responses.create(model="chat", input="Say hi", stream=True))
+deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+done = events[-1]
+check(
+    "responses stream",
+    done.type == "response.completed" and done.response.model == "chat" and deltas == done.response.output_text,
+    f"{len(events)} events, last {done.type}, {deltas!r}",
+)
+
 # Embeddings (the SDK asks for base64 unless told; floats come back either way).
 emb = client.embeddings.create(model="embed", input=["one", "two"], dimensions=16)
 lens = [len(d.embedding) for d in emb.data]

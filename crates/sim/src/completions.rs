@@ -1,6 +1,8 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+use crate::reply::Reply;
+
 /// Which OpenAI endpoint a generation answers; they differ only in object
 /// names and whether text lives in `message`/`delta` or `text`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,12 +61,7 @@ impl Generation {
         .into_iter()
         .flatten()
         .min();
-        let tokens = limit.map_or(configured_tokens, |l| l.min(configured_tokens));
-        let finish_reason = if limit.is_some_and(|l| l < configured_tokens) {
-            "length"
-        } else {
-            "stop"
-        };
+        let (tokens, finish_reason) = budget(limit, configured_tokens);
         let prompt_tokens = match kind {
             Kind::Chat => {
                 let Some(messages) = body.get("messages").and_then(Value::as_array) else {
@@ -90,51 +87,11 @@ impl Generation {
         })
     }
 
-    /// Ids carry the request number so logs and replies can be matched up;
-    /// the number is only assigned once a request has passed validation.
-    pub fn set_number(&mut self, number: u64) {
-        self.id = match self.kind {
-            Kind::Chat => format!("chatcmpl-sim-{number}"),
-            Kind::Text => format!("cmpl-sim-{number}"),
-        };
-    }
-
     pub fn usage(&self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.tokens,
             "total_tokens": self.prompt_tokens + self.tokens,
-        })
-    }
-
-    pub fn full_response(&self) -> Value {
-        let text: String = (0..self.tokens).map(token_text).collect();
-        let (object, choice) = match self.kind {
-            Kind::Chat => (
-                "chat.completion",
-                json!({
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": self.finish_reason,
-                }),
-            ),
-            Kind::Text => (
-                "text_completion",
-                json!({
-                    "index": 0,
-                    "text": text,
-                    "logprobs": null,
-                    "finish_reason": self.finish_reason,
-                }),
-            ),
-        };
-        json!({
-            "id": self.id,
-            "object": object,
-            "created": self.created,
-            "model": self.model,
-            "choices": [choice],
-            "usage": self.usage(),
         })
     }
 
@@ -205,6 +162,98 @@ impl Generation {
     }
 }
 
+impl Reply for Generation {
+    fn set_number(&mut self, number: u64) {
+        self.id = match self.kind {
+            Kind::Chat => format!("chatcmpl-sim-{number}"),
+            Kind::Text => format!("cmpl-sim-{number}"),
+        };
+    }
+
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn streamed(&self) -> bool {
+        self.stream
+    }
+
+    fn tokens(&self) -> u64 {
+        self.tokens
+    }
+
+    fn full_response(&self) -> Value {
+        let text = answer_text(self.tokens);
+        let (object, choice) = match self.kind {
+            Kind::Chat => (
+                "chat.completion",
+                json!({
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": self.finish_reason,
+                }),
+            ),
+            Kind::Text => (
+                "text_completion",
+                json!({
+                    "index": 0,
+                    "text": text,
+                    "logprobs": null,
+                    "finish_reason": self.finish_reason,
+                }),
+            ),
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": self.usage(),
+        })
+    }
+
+    fn opening_events(&self) -> Vec<Bytes> {
+        self.opening_chunk().iter().map(sse_event).collect()
+    }
+
+    fn token_event(&self, i: u64) -> Bytes {
+        sse_event(&self.token_chunk(i))
+    }
+
+    fn closing_events(&self) -> Vec<Bytes> {
+        let mut tail = vec![sse_event(&self.finish_chunk())];
+        if self.include_usage {
+            tail.push(sse_event(&self.usage_chunk()));
+        }
+        tail.push(Bytes::from_static(DONE_EVENT));
+        tail
+    }
+
+    /// How oMLX ends a stream whose model was unloaded under it.
+    fn abort_events(&self, _sent: u64) -> Vec<Bytes> {
+        let error = json!({"error": {
+            "message": "Request aborted: the model was unloaded",
+            "type": "server_error",
+        }});
+        vec![sse_event(&error), Bytes::from_static(DONE_EVENT)]
+    }
+}
+
+/// The whole text of a reply `tokens` long.
+pub fn answer_text(tokens: u64) -> String {
+    (0..tokens).map(token_text).collect()
+}
+
+/// How many of the `configured` tokens to generate under a request's own
+/// `limit`, and the finish reason: "length" when the limit cut it short.
+pub fn budget(limit: Option<u64>, configured: u64) -> (u64, &'static str) {
+    match limit {
+        Some(l) if l < configured => (l, "length"),
+        _ => (configured, "stop"),
+    }
+}
+
 /// A stand-in for tokenisation: whitespace-separated words across all text
 /// in a prompt, message content or array of content parts.
 pub fn count_words(value: &Value) -> u64 {
@@ -223,7 +272,7 @@ pub fn count_words(value: &Value) -> u64 {
     }
 }
 
-fn optional_bool(
+pub fn optional_bool(
     body: &Value,
     field: &'static str,
 ) -> Result<Option<bool>, (String, &'static str)> {
@@ -234,7 +283,10 @@ fn optional_bool(
     }
 }
 
-fn optional_u64(body: &Value, field: &'static str) -> Result<Option<u64>, (String, &'static str)> {
+pub fn optional_u64(
+    body: &Value,
+    field: &'static str,
+) -> Result<Option<u64>, (String, &'static str)> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v

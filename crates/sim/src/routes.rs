@@ -11,9 +11,11 @@ use crate::completions::{Generation, Kind};
 use crate::embeddings;
 use crate::flavor::FlavorState;
 use crate::forms;
+use crate::reply::Reply;
 use crate::response::{
     bad_request, json_response, loading, not_found, openai_error, unix_now, ResponseBody,
 };
+use crate::responses::Answer;
 use crate::state::SimState;
 use crate::streaming::{aborted, spawn_stream, StreamExtras};
 
@@ -29,6 +31,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 #[derive(Debug, Clone, Copy)]
 enum Inference {
     Completion(Kind),
+    Responses,
     Embeddings,
 }
 
@@ -70,6 +73,7 @@ async fn route(state: &Arc<SimState>, request: Request<Incoming>) -> Response<Re
         (&Method::POST, "/v1/completions") => {
             inference(state, request, Inference::Completion(Kind::Text)).await
         }
+        (&Method::POST, "/v1/responses") => inference(state, request, Inference::Responses).await,
         (&Method::POST, "/v1/embeddings") => inference(state, request, Inference::Embeddings).await,
         (
             &Method::POST,
@@ -159,6 +163,7 @@ async fn inference(
         Inference::Completion(kind) => {
             serve_completion(state, &body, model, kind, Serving::default()).await
         }
+        Inference::Responses => serve_responses(state, &body, model, Serving::default()).await,
         Inference::Embeddings => serve_embeddings(state, &body, model, Serving::default()),
     }
 }
@@ -258,25 +263,46 @@ pub async fn serve_completion(
     kind: Kind,
     serving: Serving,
 ) -> Response<ResponseBody> {
-    let mut generation = match Generation::from_request(kind, body, model, state.tokens, unix_now())
-    {
-        Ok(generation) => generation,
+    let generation = Generation::from_request(kind, body, model, state.tokens, unix_now());
+    serve_reply(state, generation, serving).await
+}
+
+/// `POST /v1/responses`, stateless.
+pub async fn serve_responses(
+    state: &Arc<SimState>,
+    body: &Value,
+    model: &str,
+    serving: Serving,
+) -> Response<ResponseBody> {
+    let answer = Answer::from_request(body, model, state.tokens, unix_now());
+    serve_reply(state, answer, serving).await
+}
+
+/// Serves a validated request (a 400 otherwise) with every knob applied the
+/// same way whatever the API's shape: numbering, crashes, pacing, abort.
+async fn serve_reply(
+    state: &Arc<SimState>,
+    reply: Result<impl Reply, (String, &'static str)>,
+    serving: Serving,
+) -> Response<ResponseBody> {
+    let mut reply = match reply {
+        Ok(reply) => reply,
         Err((message, param)) => return bad_request(message, Some(param)),
     };
     let guard = state.stats.begin();
-    generation.set_number(guard.number());
+    reply.set_number(guard.number());
     let crash = state.should_crash(guard.number());
     let Serving {
         stream: mut extras,
         leading_space,
     } = serving;
-    if generation.stream {
+    if reply.streamed() {
         if let Some(prelude) = extras.prelude.as_mut() {
             // The keep-alive chunk reuses the stream's id.
-            prelude["id"] = json!(generation.id);
+            prelude["id"] = json!(reply.id());
         }
         let body = spawn_stream(
-            generation,
+            reply,
             guard,
             state.token_delay,
             crash,
@@ -295,7 +321,7 @@ pub async fn serve_completion(
     }
     // If the client leaves during this wait hyper drops this future, and with
     // it the guard, which records the cancellation.
-    let ticks = u32::try_from(generation.tokens).unwrap_or(u32::MAX);
+    let ticks = u32::try_from(reply.tokens()).unwrap_or(u32::MAX);
     let work = state.token_delay.saturating_mul(ticks);
     // A zero sleep still waits for the timer wheel's next 1 ms tick.
     if !work.is_zero() {
@@ -311,7 +337,7 @@ pub async fn serve_completion(
         }
     }
     guard.complete();
-    reply_json(&generation.full_response(), leading_space)
+    reply_json(&reply.full_response(), leading_space)
 }
 
 pub fn crash_before_reply(number: u64) -> ! {

@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use crate::completions::{sse_event, Generation, DONE_EVENT};
+use crate::completions::sse_event;
+use crate::reply::Reply;
 use crate::stats::RequestGuard;
 
 /// How long a crashing stream lingers after its first token was handed to
@@ -75,10 +76,10 @@ impl Body for ChannelBody {
     }
 }
 
-/// Starts generating `generation` as server-sent events, with a flavor's
+/// Starts generating `reply` as server-sent events, with a flavor's
 /// additions, and returns the body that carries them.
 pub fn spawn_stream(
-    generation: Generation,
+    reply: impl Reply,
     guard: RequestGuard,
     token_delay: Duration,
     crash: bool,
@@ -90,7 +91,7 @@ pub fn spawn_stream(
     let (tx, rx) = mpsc::channel(1);
     tokio::spawn(generate(
         tx,
-        generation,
+        reply,
         guard,
         token_delay,
         crash,
@@ -102,7 +103,7 @@ pub fn spawn_stream(
 
 async fn generate(
     tx: mpsc::Sender<Bytes>,
-    generation: Generation,
+    reply: impl Reply,
     guard: RequestGuard,
     token_delay: Duration,
     crash: bool,
@@ -120,12 +121,10 @@ async fn generate(
             return;
         }
     }
-    if let Some(opening) = generation.opening_chunk() {
-        if tx.send(sse_event(&opening)).await.is_err() {
-            return;
-        }
+    if !send_all(&tx, reply.opening_events()).await {
+        return;
     }
-    for i in 0..generation.tokens {
+    for i in 0..reply.tokens() {
         if !token_delay.is_zero() {
             // Watching `closed` notices a departed client during the delay
             // instead of only at the next send.
@@ -137,19 +136,15 @@ async fn generate(
                 () = aborted(&mut abort) => unloaded = true,
             }
             if unloaded {
-                send_abort(&tx).await;
+                send_all(&tx, reply.abort_events(i)).await;
                 return;
             }
         }
         if has_aborted(&abort) {
-            send_abort(&tx).await;
+            send_all(&tx, reply.abort_events(i)).await;
             return;
         }
-        if tx
-            .send(sse_event(&generation.token_chunk(i)))
-            .await
-            .is_err()
-        {
+        if tx.send(reply.token_event(i)).await.is_err() {
             return;
         }
         if crash {
@@ -164,15 +159,8 @@ async fn generate(
     if crash {
         crash_after_flush(&tx, guard.number()).await;
     }
-    let mut tail = vec![sse_event(&generation.finish_chunk())];
-    if generation.include_usage {
-        tail.push(sse_event(&generation.usage_chunk()));
-    }
-    tail.push(Bytes::from_static(DONE_EVENT));
-    for event in tail {
-        if tx.send(event).await.is_err() {
-            return;
-        }
+    if !send_all(&tx, reply.closing_events()).await {
+        return;
     }
     // Only once hyper has taken the last event is the response complete; a
     // client leaving before that still counts as cancelled.
@@ -182,17 +170,14 @@ async fn generate(
     guard.complete();
 }
 
-/// How oMLX ends a stream whose model was unloaded under it.
-async fn send_abort(tx: &mpsc::Sender<Bytes>) {
-    let error = json!({"error": {
-        "message": "Request aborted: the model was unloaded",
-        "type": "server_error",
-    }});
-    for event in [sse_event(&error), Bytes::from_static(DONE_EVENT)] {
+/// False once the client has gone.
+async fn send_all(tx: &mpsc::Sender<Bytes>, events: Vec<Bytes>) -> bool {
+    for event in events {
         if tx.send(event).await.is_err() {
-            return;
+            return false;
         }
     }
+    true
 }
 
 async fn crash_after_flush(tx: &mpsc::Sender<Bytes>, number: u64) -> ! {
