@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use load::{chat_body, client, Round, StreamRound, Target};
 use procs::Proc;
-use report::Report;
+use report::{Layout, Report};
 use stats::{pct, Spread};
 
 pub struct Opts {
@@ -305,6 +305,26 @@ fn run(opts: Opts) -> Result<(), String> {
     } else {
         &[]
     };
+    // The same legs with the backend on the router's CPU: there, client →
+    // backend crosses between the two CPUs as often as client → router does,
+    // where in the layout above the direct leg never leaves CPU 0 and the
+    // proxied one crosses four times (wake-ups that cost ~30 µs each on a VM).
+    let shared = match (pinned, rates.is_empty()) {
+        (true, false) => {
+            let (sim, direct) = rig.sim_beside_proxy("sim-m-shared", "m", &["--tokens", "16"])?;
+            let yaml = format!(
+                "max_queue: 100000\nbackends:\n  m: {{url: \"{}\"}}\nmodels:\n  m: {{backend: m}}\n",
+                direct.base
+            );
+            let (router, routed) = rig.router("router-shared", &yaml)?;
+            let floor = relay::start(&direct.base, Some(1))?;
+            for t in [&direct, &routed, &floor] {
+                load::closed_loop(&h, &client, t, &body, 8, Duration::from_millis(500));
+            }
+            Some((sim, router, [direct, routed, floor]))
+        }
+        _ => None,
+    };
     for &rate in rates {
         say(&format!("{rate} rps open loop"));
         let load_before = procs::loadavg();
@@ -313,8 +333,17 @@ fn run(opts: Opts) -> Result<(), String> {
             load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
         });
         rep.load_rss = rep.load_rss.max(sampler.finish());
-        rep.rates.push((rate, legs, load_before));
+        rep.rates.push((rate, Layout::Split, legs, load_before));
+        if let Some((_, _, [direct, routed, floor])) = &shared {
+            say(&format!("{rate} rps open loop, backend beside the router"));
+            let load_before = procs::loadavg();
+            let legs = interleave(&[direct, routed, floor], opts.rounds, |t| {
+                load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
+            });
+            rep.rates.push((rate, Layout::Shared, legs, load_before));
+        }
     }
+    drop(shared);
 
     // 2. Saturation (closed loop), router CPU per request; the peer too.
     if opts.wants("saturation") {

@@ -17,6 +17,26 @@ pub struct Rig {
 
 impl Rig {
     pub fn sim(&self, name: &str, model: &str, extra: &[&str]) -> Result<(Proc, Target), String> {
+        self.sim_on(self.near.as_deref(), name, model, extra)
+    }
+
+    /// A backend on the proxies' cores instead, beside the router.
+    pub fn sim_beside_proxy(
+        &self,
+        name: &str,
+        model: &str,
+        extra: &[&str],
+    ) -> Result<(Proc, Target), String> {
+        self.sim_on(self.far.as_deref(), name, model, extra)
+    }
+
+    fn sim_on(
+        &self,
+        cpus: Option<&str>,
+        name: &str,
+        model: &str,
+        extra: &[&str],
+    ) -> Result<(Proc, Target), String> {
         let port = free_port();
         let mut argv = self.bins.sim.clone();
         argv.extend(
@@ -29,7 +49,7 @@ impl Rig {
             name,
             argv: &argv,
             env: &[],
-            cpus: self.near.as_deref(),
+            cpus,
             port,
             health: "/health",
             wait: Duration::from_secs(20),
