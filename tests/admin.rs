@@ -167,11 +167,27 @@ async fn changing_state_needs_the_admin_key_when_one_is_set() {
 }
 
 fn cli(args: &[&str], url: &str, env: &[(&str, &str)]) -> (bool, String, String) {
+    cli_at(Some(url), args, env)
+}
+
+/// The CLI as a user runs it, with nothing of the test's environment that
+/// points it at a router: whether it succeeded, and its stderr.
+fn cli_bare(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let (ok, _, err) = cli_at(None, args, env);
+    (ok, err)
+}
+
+/// The CLI, pointed at `url` through MODELYARD_URL if given, with no admin key
+/// or config from the test's environment.
+fn cli_at(url: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
-        .env("MODELYARD_URL", url)
+        .env_remove("MODELYARD_URL")
         .env_remove("MODELYARD_ADMIN_KEY")
         .env_remove("MODELYARD_CONFIG");
+    if let Some(url) = url {
+        cmd.env("MODELYARD_URL", url);
+    }
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -179,24 +195,6 @@ fn cli(args: &[&str], url: &str, env: &[(&str, &str)]) -> (bool, String, String)
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The CLI as a user runs it, with nothing of the test's environment that
-/// points it at a router.
-fn cli_bare(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_remove("MODELYARD_URL")
-        .env_remove("MODELYARD_CONFIG")
-        .env_remove("MODELYARD_ADMIN_KEY");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }

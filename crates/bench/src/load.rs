@@ -104,11 +104,29 @@ impl Round {
 }
 
 async fn one(client: &HttpClient, req: Request<Full<Bytes>>) -> bool {
-    let Ok(resp) = client.request(req).await else {
-        return false;
+    let resp = match client.request(req).await {
+        Ok(r) => r,
+        Err(e) => return failed(format_args!("{e:?}")),
     };
-    let ok = resp.status() == http::StatusCode::OK;
-    ok && resp.into_body().collect().await.is_ok()
+    let status = resp.status();
+    match resp.into_body().collect().await {
+        Ok(_) if status == http::StatusCode::OK => true,
+        Ok(body) => failed(format_args!(
+            "{status}: {}",
+            String::from_utf8_lossy(&body.to_bytes())
+        )),
+        Err(e) => failed(format_args!("{status}, body: {e}")),
+    }
+}
+
+/// Says why a request failed, for the first few: an error count alone does
+/// not tell a timeout from a refusal.
+fn failed(why: std::fmt::Arguments) -> bool {
+    static SAID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    if SAID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < 10 {
+        eprintln!("request failed: {why}");
+    }
+    false
 }
 
 /// Sleeps the pacing thread until `at` (nanosleep: tens of µs of slack).
