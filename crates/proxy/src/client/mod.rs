@@ -21,6 +21,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
 use http_body::Body as _;
 use http_body_util::BodyExt;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use crate::body::Body;
@@ -175,7 +176,7 @@ enum Attempt {
 /// body bytes that came with the head, and whether all of the request was sent
 /// (a backend may answer before it has read all of a body).
 async fn exchange(
-    conn: TcpStream,
+    mut conn: TcpStream,
     head: &[u8],
     body: Outgoing,
     sending: Sending,
@@ -210,7 +211,7 @@ async fn exchange(
                 Ended::Failed(f) => Attempt::Failed(f),
             });
         }
-        answer.read(&conn).await;
+        answer.read(&mut conn).await;
     }
 }
 
@@ -252,26 +253,48 @@ impl Answer<'_> {
         }
     }
 
-    /// Reads what the backend sent next; the end is kept in `ended`.
-    async fn read(&mut self, conn: &TcpStream) {
+    /// Reads what the backend sent next, once the request is sent; the end is
+    /// kept in `ended`. Through `AsyncRead`, which clears the socket's
+    /// readiness after a short read: the pool's check before reuse is then a
+    /// flag test, not a syscall.
+    async fn read(&mut self, conn: &mut TcpStream) {
+        if self.ended.is_none() {
+            self.make_room();
+            let r = conn.read_buf(&mut self.buf).await;
+            self.took(r);
+        }
+    }
+
+    /// Reads what the backend sent while the request is still being sent,
+    /// from a socket the writer holds too.
+    async fn read_shared(&mut self, conn: &TcpStream) {
         if self.ended.is_some() {
             return;
         }
+        self.make_room();
+        loop {
+            let r = match conn.readable().await {
+                Ok(()) => conn.try_read_buf(&mut self.buf),
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return self.took(r),
+            }
+        }
+    }
+
+    fn make_room(&mut self) {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(self.buf.capacity().max(4096));
         }
-        loop {
-            if let Err(e) = conn.readable().await {
-                self.ended = Some(Ended::Closed(e.to_string()));
-                return;
-            }
-            match conn.try_read_buf(&mut self.buf) {
-                Ok(0) => self.ended = Some(Ended::Closed("end of stream".into())),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => self.ended = Some(Ended::Closed(e.to_string())),
-            }
-            return;
+    }
+
+    fn took(&mut self, read: io::Result<usize>) {
+        match read {
+            Ok(0) => self.ended = Some(Ended::Closed("end of stream".into())),
+            Ok(_) => {}
+            Err(e) => self.ended = Some(Ended::Closed(e.to_string())),
         }
     }
 
@@ -280,7 +303,7 @@ impl Answer<'_> {
     /// something that is not HTTP. Cancel-safe: what was read is kept.
     async fn heard(&mut self, conn: &TcpStream) {
         loop {
-            self.read(conn).await;
+            self.read_shared(conn).await;
             match self.parse() {
                 Ok(None) if self.ended.is_none() => continue,
                 Ok(_) => return,
@@ -407,7 +430,6 @@ async fn write_all(conn: &TcpStream, buf: &[u8], answer: &mut Answer<'_>) -> io:
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
-    use tokio::io::AsyncReadExt;
 
     /// A streamed body of `pieces`, sent with `declared` as its Content-Length.
     async fn send_streamed(declared: u64, pieces: &[&'static [u8]]) -> Result<(), Failure> {
