@@ -28,8 +28,10 @@ pub const MODEL_CREATED: u64 = 1_700_000_000;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// What an OpenAI-style inference route asks for; every flavor maps its paths
+/// onto these.
 #[derive(Debug, Clone, Copy)]
-enum Inference {
+pub(crate) enum Inference {
     Completion(Kind),
     Responses,
     Embeddings,

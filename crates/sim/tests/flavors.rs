@@ -1121,3 +1121,72 @@ async fn apfel_limits_concurrent_requests() {
     assert_eq!(next.status, StatusCode::OK);
     next.rest().await;
 }
+
+#[tokio::test]
+async fn omlx_and_ollama_serve_the_responses_api() {
+    let port = free_port();
+    let omlx = spawn(
+        &["--flavor", "omlx", "--model", "m=1MiB", "--tokens", "3"],
+        &[("OMLX_PORT", port.to_string().as_str())],
+    )
+    .await;
+    let port = free_port();
+    let host = format!("http://127.0.0.1:{port}");
+    let ollama = spawn(
+        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "3"],
+        &[("OLLAMA_HOST", host.as_str())],
+    )
+    .await;
+    for sim in [&omlx, &ollama] {
+        let plain = sim
+            .call(
+                Method::POST,
+                "/v1/responses",
+                Some(json!({"model": "m", "input": "hi"})),
+                &[],
+            )
+            .await;
+        assert_eq!(plain.status, StatusCode::OK);
+        let answer: Value = serde_json::from_str(plain.text().trim_start()).unwrap();
+        assert_eq!(answer["object"], "response");
+        assert_eq!(answer["model"], "m");
+        assert_eq!(answer["usage"]["output_tokens"], 3);
+
+        let streamed = sim
+            .call(
+                Method::POST,
+                "/v1/responses",
+                Some(json!({"model": "m", "input": "hi", "stream": true})),
+                &[],
+            )
+            .await
+            .text();
+        let events: Vec<&str> = streamed
+            .lines()
+            .filter_map(|l| l.strip_prefix("event: "))
+            .collect();
+        assert_eq!(events.first(), Some(&"response.created"), "{streamed}");
+        assert_eq!(events.last(), Some(&"response.completed"), "{streamed}");
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| **e == "response.output_text.delta")
+                .count(),
+            3
+        );
+        assert!(
+            !streamed.contains("keepalive"),
+            "no chat keep-alive chunk in a Responses stream: {streamed}"
+        );
+    }
+    // oMLX sends its non-streamed JSON after a leading space, as for chat.
+    let plain = omlx
+        .call(
+            Method::POST,
+            "/v1/responses",
+            Some(json!({"model": "m", "input": "hi"})),
+            &[],
+        )
+        .await;
+    assert!(plain.text().starts_with(' '));
+}

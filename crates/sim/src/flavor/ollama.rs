@@ -19,8 +19,8 @@ use crate::completions::Kind;
 use crate::embeddings::fnv1a;
 use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
-    model_list, read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES,
-    MODEL_CREATED,
+    model_list, read_body, serve_completion, serve_embeddings, serve_responses, Inference, Serving,
+    MAX_BODY_BYTES, MODEL_CREATED,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -96,12 +96,20 @@ impl Ollama {
             }
             (&Method::GET, "/v1/models") => self.openai_models(),
             (&Method::POST, "/v1/chat/completions") => {
-                self.openai(state, request, Some(Kind::Chat)).await
+                self.openai(state, request, Inference::Completion(Kind::Chat))
+                    .await
             }
             (&Method::POST, "/v1/completions") => {
-                self.openai(state, request, Some(Kind::Text)).await
+                self.openai(state, request, Inference::Completion(Kind::Text))
+                    .await
             }
-            (&Method::POST, "/v1/embeddings") => self.openai(state, request, None).await,
+            // Stateless, as Ollama serves it since 0.13.3.
+            (&Method::POST, "/v1/responses") => {
+                self.openai(state, request, Inference::Responses).await
+            }
+            (&Method::POST, "/v1/embeddings") => {
+                self.openai(state, request, Inference::Embeddings).await
+            }
             _ => text(StatusCode::NOT_FOUND, "404 page not found"),
         }
     }
@@ -191,7 +199,7 @@ impl Ollama {
         &self,
         state: &Arc<SimState>,
         request: Request<Incoming>,
-        kind: Option<Kind>,
+        kind: Inference,
     ) -> Response<ResponseBody> {
         let openai_404 = |message: String| {
             openai_error(
@@ -236,8 +244,11 @@ impl Ollama {
             leading_space: false,
         };
         match kind {
-            Some(kind) => serve_completion(state, &body, model, kind, serving).await,
-            None => serve_embeddings(state, &body, model, serving),
+            Inference::Completion(kind) => {
+                serve_completion(state, &body, model, kind, serving).await
+            }
+            Inference::Responses => serve_responses(state, &body, model, serving).await,
+            Inference::Embeddings => serve_embeddings(state, &body, model, serving),
         }
     }
 

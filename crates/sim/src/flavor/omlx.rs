@@ -15,7 +15,8 @@ use crate::args::Args;
 use crate::completions::Kind;
 use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
-    model_list, read_body, serve_completion, serve_embeddings, Serving, MAX_BODY_BYTES,
+    model_list, read_body, serve_completion, serve_embeddings, serve_responses, Inference, Serving,
+    MAX_BODY_BYTES,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -73,12 +74,19 @@ impl Omlx {
             (&Method::GET, "/v1/models") => self.models(),
             (&Method::GET, "/v1/models/status") => self.status(),
             (&Method::POST, "/v1/chat/completions") => {
-                self.inference(state, request, Some(Kind::Chat)).await
+                self.inference(state, request, Inference::Completion(Kind::Chat))
+                    .await
             }
             (&Method::POST, "/v1/completions") => {
-                self.inference(state, request, Some(Kind::Text)).await
+                self.inference(state, request, Inference::Completion(Kind::Text))
+                    .await
             }
-            (&Method::POST, "/v1/embeddings") => self.inference(state, request, None).await,
+            (&Method::POST, "/v1/responses") => {
+                self.inference(state, request, Inference::Responses).await
+            }
+            (&Method::POST, "/v1/embeddings") => {
+                self.inference(state, request, Inference::Embeddings).await
+            }
             // FastAPI's own 404.
             _ => json_response(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"})),
         }
@@ -203,7 +211,7 @@ impl Omlx {
         &self,
         state: &Arc<SimState>,
         request: Request<Incoming>,
-        kind: Option<Kind>,
+        kind: Inference,
     ) -> Response<ResponseBody> {
         let body = match read_body(state, request, MAX_BODY_BYTES).await {
             Ok(body) => body,
@@ -225,18 +233,24 @@ impl Omlx {
             Err(e) => return acquire_error(model, e),
         };
         let abort = Some(lease.abort_signal());
-        let Some(kind) = kind else {
-            return serve_embeddings(state, &body, model, Serving::default());
-        };
-        let serving = Serving {
+        let serving = |prelude| Serving {
             stream: StreamExtras {
                 hold: Some(Box::new(lease)),
                 abort,
-                prelude: Some(keepalive_chunk(kind)),
+                prelude,
             },
             leading_space: true,
         };
-        serve_completion(state, &body, model, kind, serving).await
+        match kind {
+            Inference::Embeddings => serve_embeddings(state, &body, model, Serving::default()),
+            Inference::Completion(kind) => {
+                let serving = serving(Some(keepalive_chunk(kind)));
+                serve_completion(state, &body, model, kind, serving).await
+            }
+            // Its keep-alive chunk is a chat or text chunk; a Responses stream
+            // has events of its own, so it goes without.
+            Inference::Responses => serve_responses(state, &body, model, serving(None)).await,
+        }
     }
 }
 
