@@ -228,6 +228,35 @@ fn the_cli_refuses_a_config_it_cannot_read_rather_than_guess_the_router() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_found_config_s_admin_key_goes_only_to_its_own_router() {
+    let r = Router::start(&format!("admin_key: k-9\n{CONFIG}"));
+    // A routes.yaml in the working directory, of another router with the same key.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("routes.yaml");
+    std::fs::write(&file, "listen: 127.0.0.1:9\nadmin_key: k-9\n").unwrap();
+    let load = |config: Option<&std::path::Path>| {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir.path())
+            .args(["load", "a", "--url", &r.url])
+            .env_remove("MODELYARD_URL")
+            .env_remove("MODELYARD_CONFIG")
+            .env_remove("MODELYARD_ADMIN_KEY");
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = tokio::task::block_in_place(|| load(None));
+    assert!(!ok && err.contains("admin key"), "found, not sent: {err}");
+    let (ok, err) = tokio::task::block_in_place(|| load(Some(&file)));
+    assert!(ok, "named, sent: {err}");
+}
+
 #[test]
 fn a_url_that_is_not_one_is_named_as_such() {
     for bad in ["notaurl", "ftp://127.0.0.1:1", "http://"] {

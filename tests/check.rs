@@ -986,3 +986,21 @@ fn a_program_that_is_not_there_is_a_warning_not_an_error() {
     );
     assert!(warnings.iter().all(|w| w.contains("502")), "{warnings:?}");
 }
+
+#[test]
+fn a_limit_meant_as_no_limit_is_refused_before_it_costs_memory() {
+    for (line, key) in [
+        ("max_headers: 1000000000", "max_headers"),
+        ("max_header_size: 18446744073709551615", "max_header_size"),
+        ("max_uri_length: 1GB", "max_uri_length"),
+        ("max_json_depth: 100000", "max_json_depth"),
+        ("max_queue: 10000000", "max_queue"),
+    ] {
+        let f = yaml(&[line]);
+        let r = check(f.path());
+        r.assert_failed();
+        r.assert_issue_at(f.path(), 1, key, &["past the most this router accepts"]);
+    }
+    let f = yaml(&["max_queue: 1e10"]);
+    check(f.path()).assert_issue_at(f.path(), 1, "max_queue", &["`1e10` is too large"]);
+}

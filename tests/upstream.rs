@@ -268,6 +268,23 @@ async fn a_request_is_sent_again_once_and_on_a_new_connection() {
 }
 
 #[tokio::test]
+async fn a_connection_closed_after_an_interim_reply_is_not_sent_again() {
+    // The 103 shows the backend had the request: a close after it is the
+    // backend's failure, not a kept connection it had given up.
+    let backend = Scripted::start(|_, nth| match nth {
+        0 => Act::Send(vec![json_reply("up", "")]),
+        _ => Act::SendAndClose(b"HTTP/1.1 103 Early Hints\r\n\r\n".to_vec()),
+    });
+    let r = router_for(&backend);
+    let url = r.url("/v1/chat/completions");
+    assert_eq!(post(&url, &chat("m")).await.status(), 200);
+    let msg = expect_error(post(&url, &chat("m")).await, 502, "backend_bad_reply").await;
+    assert!(msg.contains("after an interim (1xx) reply"), "{msg}");
+    assert_eq!(backend.bodies.lock().unwrap().len(), 2, "sent once each");
+    assert_eq!(backend.connections(), 1);
+}
+
+#[tokio::test]
 async fn an_interim_reply_that_comes_with_the_answer_does_not_hold_it() {
     let mut wire = b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>\r\n\r\n".to_vec();
     wire.extend_from_slice(&json_reply("up", ""));

@@ -28,15 +28,15 @@ impl Target {
     /// A config that is named (`--config`, MODELYARD_CONFIG) or found
     /// (./routes.yaml, the user's config dir) must load: guessing the default
     /// address instead would send the command to whatever router is there.
-    /// With `--url`, a found config only lends its admin key, and one that does
-    /// not load is passed over.
+    /// With `--url` and no named config, a found one is not read: it may
+    /// describe another router, whose admin key must not go to this one.
     pub fn new(remote: &Remote) -> Result<Target, String> {
         let url = remote.url.as_deref().map(checked_url).transpose()?;
         let config = match modelyard_config::locate(remote.config.as_deref()) {
+            Ok(_) if url.is_some() && remote.config.is_none() => None,
             Err(_) => None,
             Ok(path) => match modelyard_config::load_file(&path) {
                 Ok(l) => Some(l.config),
-                Err(_) if url.is_some() && remote.config.is_none() => None,
                 Err(e) => {
                     return Err(format!(
                         "{e}\n(the router's address and admin key are read from {}; fix it, or give --url)",

@@ -40,6 +40,9 @@ impl Visitor<'_> for CountVisitor {
         if v.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&v) {
             return Ok(v as usize);
         }
+        if v.fract() == 0.0 && v > 0.0 {
+            return Err(E::custom(format!("`{v:e}` is too large")));
+        }
         Err(not_a_count(v))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {

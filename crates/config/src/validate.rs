@@ -318,6 +318,14 @@ fn limits(cfg: &Config) -> Vec<Problem> {
         .filter(|(_, value, _)| *value == 0)
         .map(|(key, _, refused)| zero_limit(key, refused))
         .collect();
+    for (key, value, ceiling, why) in ceilings(cfg) {
+        if value > ceiling {
+            out.push(problem(
+                &[key],
+                format!("{value} is past the most this router accepts ({ceiling}): {why}; remove {key} for its default"),
+            ));
+        }
+    }
     let zero_time = [
         ("header_timeout", cfg.header_timeout.is_zero()),
         ("body_timeout", cfg.body_timeout.is_zero()),
@@ -391,6 +399,50 @@ fn zero_limits(cfg: &Config) -> [(&'static str, u64, &'static str); 8] {
             "max_response",
             cfg.max_response.bytes(),
             "every non-streamed JSON reply from a backend",
+        ),
+    ]
+}
+
+/// Limits with a most, and why: a limit meant as "no limit" must not turn
+/// into memory set aside for every request or connection.
+fn ceilings(cfg: &Config) -> [(&'static str, u64, u64, &'static str); 6] {
+    let n = |v: usize| v as u64;
+    [
+        (
+            "max_headers",
+            n(cfg.max_headers),
+            10_000,
+            "the HTTP parser sets aside room for this many headers (four times over) for every request",
+        ),
+        (
+            "max_header_size",
+            cfg.max_header_size.bytes(),
+            1 << 20,
+            "a connection's read buffer may grow to twice it",
+        ),
+        (
+            "max_uri_length",
+            cfg.max_uri_length.bytes(),
+            1 << 20,
+            "a connection's read buffer may grow to twice it",
+        ),
+        (
+            "max_json_depth",
+            n(cfg.max_json_depth),
+            1_000,
+            "the JSON reader recurses once per level",
+        ),
+        (
+            "max_queue",
+            n(cfg.max_queue),
+            1_000_000,
+            "a queue that long holds requests, not a limit",
+        ),
+        (
+            "max_connections",
+            n(cfg.max_connections),
+            1_000_000,
+            "past any descriptor limit a system allows",
         ),
     ]
 }

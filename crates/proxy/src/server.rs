@@ -134,8 +134,13 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
 /// oversized request reaches `limits::check_head` and hears why in JSON; only a
 /// head past these gets hyper's bare 431 (or 414, past 64 KiB of URI).
 fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let head = usize::try_from(config.max_header_size.bytes() + config.max_uri_length.bytes())
-        .unwrap_or(usize::MAX);
+    let head = usize::try_from(
+        config
+            .max_header_size
+            .bytes()
+            .saturating_add(config.max_uri_length.bytes()),
+    )
+    .unwrap_or(usize::MAX);
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())

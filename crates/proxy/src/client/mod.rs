@@ -186,6 +186,7 @@ async fn exchange(
         buf: BytesMut::new(),
         method,
         ended: None,
+        heard_any: false,
     };
     // The client's own body failing ends it here; a write that failed may still
     // have an answer waiting (a backend that refused the body and closed), so
@@ -202,9 +203,15 @@ async fn exchange(
         }
         if let Some(ended) = answer.ended.take() {
             return Err(match ended {
-                Ended::Closed(why) if answer.buf.is_empty() => {
+                // Nothing at all came back, not even a 1xx: the request may
+                // be sent again.
+                Ended::Closed(why) if !answer.heard_any => {
                     sent.err().unwrap_or(Attempt::Unanswered(why))
                 }
+                Ended::Closed(_) if answer.buf.is_empty() => Attempt::Failed(Failure::BadReply(
+                    "the connection closed after an interim (1xx) reply, before the response"
+                        .into(),
+                )),
                 Ended::Closed(_) => Attempt::Failed(Failure::BadReply(
                     "the connection closed in the middle of the response head".into(),
                 )),
@@ -222,6 +229,8 @@ struct Answer<'a> {
     method: &'a Method,
     /// Why nothing more will come.
     ended: Option<Ended>,
+    /// Some byte came back (a skipped 1xx too): the backend had the request.
+    heard_any: bool,
 }
 
 enum Ended {
@@ -293,7 +302,7 @@ impl Answer<'_> {
     fn took(&mut self, read: io::Result<usize>) {
         match read {
             Ok(0) => self.ended = Some(Ended::Closed("end of stream".into())),
-            Ok(_) => {}
+            Ok(_) => self.heard_any = true,
             Err(e) => self.ended = Some(Ended::Closed(e.to_string())),
         }
     }
