@@ -1137,30 +1137,20 @@ async fn omlx_and_ollama_serve_the_responses_api() {
         &[("OLLAMA_HOST", host.as_str())],
     )
     .await;
+    async fn responses(sim: &Sim, stream: bool) -> Done {
+        let body = json!({"model": "m", "input": "hi", "stream": stream});
+        sim.call(Method::POST, "/v1/responses", Some(body), &[])
+            .await
+    }
     for sim in [&omlx, &ollama] {
-        let plain = sim
-            .call(
-                Method::POST,
-                "/v1/responses",
-                Some(json!({"model": "m", "input": "hi"})),
-                &[],
-            )
-            .await;
+        let plain = responses(sim, false).await;
         assert_eq!(plain.status, StatusCode::OK);
         let answer: Value = serde_json::from_str(plain.text().trim_start()).unwrap();
         assert_eq!(answer["object"], "response");
         assert_eq!(answer["model"], "m");
         assert_eq!(answer["usage"]["output_tokens"], 3);
 
-        let streamed = sim
-            .call(
-                Method::POST,
-                "/v1/responses",
-                Some(json!({"model": "m", "input": "hi", "stream": true})),
-                &[],
-            )
-            .await
-            .text();
+        let streamed = responses(sim, true).await.text();
         let events: Vec<&str> = streamed
             .lines()
             .filter_map(|l| l.strip_prefix("event: "))
@@ -1180,13 +1170,5 @@ async fn omlx_and_ollama_serve_the_responses_api() {
         );
     }
     // oMLX sends its non-streamed JSON after a leading space, as for chat.
-    let plain = omlx
-        .call(
-            Method::POST,
-            "/v1/responses",
-            Some(json!({"model": "m", "input": "hi"})),
-            &[],
-        )
-        .await;
-    assert!(plain.text().starts_with(' '));
+    assert!(responses(&omlx, false).await.text().starts_with(' '));
 }
