@@ -73,10 +73,26 @@ pub fn summary(loaded: &Loaded) -> String {
     s
 }
 
+/// What a valid config most likely does not mean, each line located in its
+/// file: the loader's warnings, and programs that are not there to run.
+pub fn warnings(loaded: &Loaded) -> Vec<String> {
+    let origin = &loaded.origin;
+    loaded
+        .warnings
+        .iter()
+        .map(|w| w.located(origin).to_string())
+        .chain(
+            missing_programs(loaded)
+                .into_iter()
+                .map(|w| format!("{origin}: {w}")),
+        )
+        .collect()
+}
+
 /// Backends whose program is not there to run: not an error (the router's PATH
 /// may differ, or the program is installed later), but the first request for
 /// such a model would only then find out, with a 502.
-pub fn missing_programs(loaded: &Loaded) -> Vec<String> {
+fn missing_programs(loaded: &Loaded) -> Vec<String> {
     let mut out = Vec::new();
     for (name, b) in &loaded.config.backends {
         let Some(program) = b.command.as_ref().and_then(|argv| argv.first()) else {
@@ -91,9 +107,9 @@ pub fn missing_programs(loaded: &Loaded) -> Vec<String> {
             .unwrap_or_default();
         if modelyard_supervisor::find_program(program, &path).is_none() {
             let where_ = if program.contains('/') {
-                "does not exist or is not executable".to_string()
+                "does not exist or is not executable"
             } else {
-                "is not on PATH".to_string()
+                "is not on PATH"
             };
             out.push(format!(
                 "backends.{name}.command: `{program}` {where_}; its models will fail with a 502 until it is installed"

@@ -32,11 +32,8 @@ fn main() -> ExitCode {
         Command::Check { config } => match load(config.as_deref()) {
             Ok(loaded) => {
                 print!("{}", check::summary(&loaded));
-                for w in &loaded.warnings {
-                    eprintln!("warning: {}", w.located(&loaded.origin));
-                }
-                for w in check::missing_programs(&loaded) {
-                    eprintln!("warning: {}: {w}", loaded.origin);
+                for w in check::warnings(&loaded) {
+                    eprintln!("warning: {w}");
                 }
                 ExitCode::SUCCESS
             }
@@ -121,11 +118,8 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 
 fn run(loaded: Loaded, listen: Option<SocketAddr>, banner: impl FnOnce(SocketAddr)) -> ExitCode {
     init_logging();
-    for w in &loaded.warnings {
-        tracing::warn!("{}", w.located(&loaded.origin));
-    }
-    for w in check::missing_programs(&loaded) {
-        tracing::warn!("{}: {w}", loaded.origin);
+    for w in check::warnings(&loaded) {
+        tracing::warn!("{w}");
     }
     let source = loaded.path.clone();
     let mut config = loaded.config;
