@@ -80,6 +80,7 @@ const TOP: &[&str] = &[
     "body_timeout",
     "max_connections",
     "upstream_connect_timeout",
+    "upstream_pool_idle",
     "max_response",
     "upstream_timeout",
     "expose",

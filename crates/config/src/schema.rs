@@ -75,6 +75,9 @@ pub struct Config {
     /// How long connecting to a backend may take.
     #[serde(default = "defaults::upstream_connect_timeout", with = "span")]
     pub upstream_connect_timeout: Duration,
+    /// How long an unused connection to a backend is kept for the next request.
+    #[serde(default = "defaults::upstream_pool_idle", with = "span")]
+    pub upstream_pool_idle: Duration,
     /// Largest backend reply the router reads whole (non-streamed JSON).
     #[serde(default = "defaults::max_response")]
     pub max_response: ByteSize,
@@ -301,6 +304,9 @@ mod defaults {
     }
     pub fn upstream_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn upstream_pool_idle() -> Duration {
+        Duration::from_secs(90)
     }
     pub fn max_response() -> ByteSize {
         ByteSize(128 << 20)

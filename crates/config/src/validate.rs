@@ -333,6 +333,7 @@ fn limits(cfg: &Config) -> Vec<Problem> {
             "upstream_connect_timeout",
             cfg.upstream_connect_timeout.is_zero(),
         ),
+        ("upstream_pool_idle", cfg.upstream_pool_idle.is_zero()),
     ];
     for (key, is_zero) in zero_time {
         if is_zero {

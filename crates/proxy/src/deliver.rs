@@ -50,6 +50,20 @@ pub(crate) async fn deliver(
     observe: Observe,
 ) -> Result<Response<Body>, ApiError> {
     let (mut parts, upstream) = response.into_parts();
+    if matches!(
+        parts.status,
+        http::StatusCode::NO_CONTENT | http::StatusCode::NOT_MODIFIED
+    ) {
+        // Neither may have a body: bytes after the head break the connection
+        // (hyper reads them in the same pass as the head), and the reply with it.
+        tokio::task::yield_now().await;
+        if let Some(why) = upstream.broken() {
+            return Err(ApiError::BadReply {
+                model: lease.model.clone(),
+                reason: format!("a {} with a body ({why})", parts.status.as_u16()),
+            });
+        }
+    }
     strip_hop_by_hop(&mut parts.headers);
     let (framing, textual) = framing_of(&parts.headers);
     // None: the client spoke to the backend directly (`/upstream`), names and all.
@@ -127,6 +141,15 @@ async fn read_whole(mut relay: Relay, model: &str, limit: u64) -> Result<bytes::
         };
         relay.uncount();
         return Err(failure);
+    }
+    if let Some(why) = relay.upstream_broken() {
+        // More bytes than the reply's framing allowed: which of them are the
+        // answer cannot be known.
+        relay.uncount();
+        return Err(ApiError::BadReply {
+            model: model.to_string(),
+            reason: format!("the reply broke its framing ({why})"),
+        });
     }
     Ok(whole.freeze())
 }

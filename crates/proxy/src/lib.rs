@@ -69,7 +69,7 @@ impl Router {
         supervisor: Supervisor,
     ) -> Router {
         let connect_timeout = config.upstream_connect_timeout;
-        let client = client::Client::new(connect_timeout);
+        let client = client::Client::new(connect_timeout, config.upstream_pool_idle);
         let started_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

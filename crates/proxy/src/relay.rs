@@ -73,6 +73,12 @@ impl Relay {
         self.upstream.size_hint().exact()
     }
 
+    /// Why the backend's connection broke, if it did: once the body has ended,
+    /// bytes past the end of the reply (its framing cannot be trusted).
+    pub fn upstream_broken(&self) -> Option<String> {
+        self.upstream.broken()
+    }
+
     /// The request's outcome is not this body's to count: its caller answers
     /// (and counts) an error instead.
     pub fn uncount(&mut self) {

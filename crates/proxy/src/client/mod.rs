@@ -1,14 +1,20 @@
 //! The router's client for backends: HTTP/1.1 over TCP, which is what every
-//! local model server speaks. Written for a relay rather than taken from a
-//! general client because of what an open stream costs: hyper's client keeps a
-//! task, a request channel and 16 KiB of buffers per connection for as long as
-//! a stream is open; here a stream holds its socket and nothing else
-//! (docs/benchmarks.md, 10,000 streams). The request is written from the
-//! caller's task, the reply read as the client takes it, and a connection whose
-//! reply was read to its end goes back to a pool for the next request.
+//! local model server speaks, spoken by hyper (`hyper::client::conn::http1`)
+//! under a pool of our own. The pool is ours because of what a relay must know
+//! that a general client hides: whether a request went out on a kept
+//! connection (it is then sent again once, on a new one, if that connection
+//! turns out to have been closed unanswered), whether anything came back, and
+//! whether the backend broke its framing after a reply that is still being
+//! held (that reply is then a 502, not a truncated 200).
+//!
+//! What the pool guarantees: an answer belongs to exactly one request. hyper
+//! reads every kept connection while it idles and ends it at the first byte
+//! nobody asked for or at the backend's close; a connection is checked at the
+//! socket before it is written to again (see [`conn`]); a reply that breaks
+//! its framing (bytes past its Content-Length, garbage after the last chunk)
+//! ends its connection.
 
-mod chunked;
-mod head;
+mod conn;
 mod pool;
 mod reply;
 
@@ -16,17 +22,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
-use http_body_util::BodyExt;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
 
-use crate::body::Body;
-use head::{Parsed, Sending};
+use crate::body::{Body, BoxError};
 pub(crate) use reply::Reply;
+
+type Sender = http1::SendRequest<Body>;
 
 /// A request's body as it goes upstream.
 pub(crate) enum Outgoing {
@@ -43,7 +49,7 @@ pub(crate) enum Outgoing {
 pub(crate) enum Failure {
     ConnectTimeout,
     Connect(io::Error),
-    /// Not HTTP, or a head past the limits.
+    /// Not HTTP, a head past the limits, or a reply HTTP does not allow.
     BadReply(String),
     /// The connection broke before the response head.
     Lost(String),
@@ -56,19 +62,28 @@ pub(crate) struct Client {
     connect_timeout: Duration,
 }
 
-/// Bodies up to this size go out in the same write as the head.
-const COALESCE: usize = 16 * 1024;
+/// How long a kept connection may wait for the end of its last reply to be
+/// seen by its task before it is passed over for a new one.
+const READY_WAIT: Duration = Duration::from_millis(50);
 
 impl Client {
-    pub(crate) fn new(connect_timeout: Duration) -> Client {
+    /// `keep_idle`: how long an unused connection is kept for the next request.
+    pub(crate) fn new(connect_timeout: Duration, keep_idle: Duration) -> Client {
+        let pool = Arc::new(pool::Pool::new(keep_idle));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            pool::Pool::spawn_sweeper(
+                &pool,
+                (keep_idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(15)),
+            );
+        }
         Client {
-            pool: Arc::default(),
+            pool,
             connect_timeout,
         }
     }
 
     pub(crate) async fn send(&self, req: Request<Outgoing>) -> Result<Response<Reply>, Failure> {
-        let (mut parts, body) = req.into_parts();
+        let (parts, body) = req.into_parts();
         if parts.uri.scheme_str().is_some_and(|s| s != "http") {
             // routes.yaml refuses such a URL; a request must never go out in
             // clear text to an address that was meant to have TLS.
@@ -81,328 +96,167 @@ impl Client {
             .authority()
             .map(|a| a.as_str().to_string())
             .ok_or_else(|| Failure::Lost("the backend's URL has no address".into()))?;
-        let mut body = match body {
-            Outgoing::Streamed(b) if b.is_end_stream() => Outgoing::Whole(Bytes::new()),
-            other => other,
-        };
-        let sending = match &body {
-            Outgoing::Whole(b) if b.is_empty() => Sending::None,
-            Outgoing::Whole(b) => {
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
-                Sending::Length(b.len() as u64)
-            }
-            Outgoing::Streamed(_) => match declared_length(&parts.headers) {
-                Some(n) => Sending::Length(n),
-                None => {
-                    parts.headers.remove(header::CONTENT_LENGTH);
-                    Sending::Chunked
-                }
-            },
-        };
         // Where to connect: the URL's port, or HTTP's own.
         let address = match parts.uri.port_u16() {
             Some(_) => authority.clone(),
             None => format!("{}:80", parts.uri.host().unwrap_or_default()),
         };
-        let head = head::encode_request(&parts, &authority, sending);
+        let mut head = Head {
+            method: parts.method,
+            // hyper writes the target as given: origin form, and the address in Host.
+            uri: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone())),
+            headers: parts.headers,
+        };
+        if let Ok(host) = HeaderValue::from_str(&authority) {
+            head.headers.insert(header::HOST, host);
+        }
+        let mut body = match body {
+            Outgoing::Streamed(b) if b.is_end_stream() => Outgoing::Whole(Bytes::new()),
+            other => other,
+        };
+        match &body {
+            Outgoing::Whole(b) => {
+                if !b.is_empty()
+                    || matches!(head.method, Method::POST | Method::PUT | Method::PATCH)
+                {
+                    head.headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(b.len()));
+                }
+            }
+            Outgoing::Streamed(_) => {}
+        }
+        let declared = declared_length(&head.headers);
         let mut retried = false;
         loop {
             // A streamed body cannot be sent twice, so it never risks a kept
             // connection the backend may be closing: a new one costs less than it.
             let kept = match &body {
-                Outgoing::Whole(_) if !retried => self.pool.take(&authority),
+                Outgoing::Whole(_) if !retried => self.take_ready(&authority).await,
                 _ => None,
             };
-            let (conn, reused) = match kept {
-                Some(c) => (c, true),
-                None => (self.connect(&address).await?, false),
+            let reused = kept.is_some();
+            let (mut sender, shared) = match kept {
+                Some(c) => c,
+                None => conn::open(&address, self.connect_timeout).await?,
             };
             let replay = match &body {
-                Outgoing::Whole(b) if reused => Some(b.clone()),
-                _ => None,
+                Outgoing::Whole(b) => Some(b.clone()),
+                Outgoing::Streamed(_) => None,
             };
-            match exchange(conn, &head, body, sending, &parts.method).await {
-                Ok((head, conn, early, sent_all)) => {
-                    let park =
-                        (head.reusable && sent_all).then(|| (self.pool.clone(), authority.clone()));
-                    let reply = Reply::new(conn, early, head.framing, park);
-                    return Ok(head.response.map(|()| reply));
+            let read_before = shared.bytes_read();
+            let request = head.request(body, declared);
+            let err = match sender.try_send_request(request).await {
+                Ok(mut response) => {
+                    check_reply(&mut response)?;
+                    let park = (self.pool.clone(), authority);
+                    return Ok(response.map(|incoming| Reply::new(incoming, sender, shared, park)));
                 }
-                // A kept connection closed with no answer at all: the backend
-                // closing it as idle while the request went out. Once more, on a
-                // new connection, which cannot have that race. Model requests
-                // have no effect but their compute, so should the backend have
-                // taken the request and died, the cost is that it is asked again
-                // (and a dead backend refuses the new connection).
-                Err(Attempt::Unanswered(_)) if replay.is_some() => {
-                    body = Outgoing::Whole(replay.unwrap_or_default());
+                Err(e) => e,
+            };
+            let answered = shared.bytes_read() != read_before;
+            let mut err = err;
+            // Never written (the connection was found closed first): it goes
+            // out on a new connection, whatever its body.
+            if let Some(unsent) = err.take_message() {
+                if !retried {
                     retried = true;
+                    body = match replay {
+                        Some(whole) => Outgoing::Whole(whole),
+                        None => Outgoing::Streamed(unsent.into_body()),
+                    };
+                    continue;
                 }
-                Err(Attempt::Unanswered(why)) => {
-                    return Err(Failure::Lost(format!(
-                        "closed the connection without answering ({why})"
-                    )))
-                }
-                Err(Attempt::Failed(f)) => return Err(f),
             }
+            let err = err.into_error();
+            // A kept connection closed with no answer at all: the backend
+            // closing it as idle while the request went out (or bytes found
+            // waiting on it). Once more, on a new connection, which cannot have
+            // that race. Model requests have no effect but their compute, so
+            // should the backend have taken the request and died, the cost is
+            // that it is asked again (and a dead backend refuses the new
+            // connection).
+            if reused && !answered && !retried && replay.is_some() && body_error(&err).is_none() {
+                body = Outgoing::Whole(replay.unwrap_or_default());
+                retried = true;
+                continue;
+            }
+            return Err(failure(&err, answered));
         }
     }
 
-    async fn connect(&self, address: &str) -> Result<TcpStream, Failure> {
-        let conn =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Err(_) => return Err(Failure::ConnectTimeout),
-                Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                    return Err(Failure::ConnectTimeout)
-                }
-                Ok(Err(e)) => return Err(Failure::Connect(e)),
-                Ok(Ok(c)) => c,
-            };
-        // Small writes (a token's event) go out at once.
-        let _ = conn.set_nodelay(true);
-        Ok(conn)
-    }
-}
-
-enum Attempt {
-    /// Nothing came back: the connection was closed or reset first.
-    Unanswered(String),
-    Failed(Failure),
-}
-
-/// Writes the request and reads the response head: the head, the connection,
-/// body bytes that came with the head, and whether all of the request was sent
-/// (a backend may answer before it has read all of a body).
-async fn exchange(
-    mut conn: TcpStream,
-    head: &[u8],
-    body: Outgoing,
-    sending: Sending,
-    method: &Method,
-) -> Result<(head::Head, TcpStream, Bytes, bool), Attempt> {
-    let mut answer = Answer {
-        buf: BytesMut::new(),
-        method,
-        ended: None,
-        heard_any: false,
-    };
-    // The client's own body failing ends it here; a write that failed may still
-    // have an answer waiting (a backend that refused the body and closed), so
-    // that is read before giving up.
-    let sent = match send_request(&conn, head, body, sending, &mut answer).await {
-        Err(Attempt::Failed(f)) => return Err(Attempt::Failed(f)),
-        other => other,
-    };
-    let sent_all = matches!(sent, Ok(true));
-    loop {
-        if let Some((h, len)) = answer.parse()? {
-            let early = Bytes::copy_from_slice(&answer.buf[len..]);
-            return Ok((h, conn, early, sent_all));
-        }
-        if let Some(ended) = answer.ended.take() {
-            return Err(match ended {
-                // Nothing at all came back, not even a 1xx: the request may
-                // be sent again.
-                Ended::Closed(why) if !answer.heard_any => {
-                    sent.err().unwrap_or(Attempt::Unanswered(why))
-                }
-                Ended::Closed(_) if answer.buf.is_empty() => Attempt::Failed(Failure::BadReply(
-                    "the connection closed after an interim (1xx) reply, before the response"
-                        .into(),
-                )),
-                Ended::Closed(_) => Attempt::Failed(Failure::BadReply(
-                    "the connection closed in the middle of the response head".into(),
-                )),
-                Ended::Failed(f) => Attempt::Failed(f),
-            });
-        }
-        answer.read(&mut conn).await;
-    }
-}
-
-/// The backend's side of an exchange, read while the request is still being
-/// sent as well as after.
-struct Answer<'a> {
-    buf: BytesMut,
-    method: &'a Method,
-    /// Why nothing more will come.
-    ended: Option<Ended>,
-    /// Some byte came back (a skipped 1xx too): the backend had the request.
-    heard_any: bool,
-}
-
-enum Ended {
-    /// Closed or reset.
-    Closed(String),
-    Failed(Failure),
-}
-
-impl Answer<'_> {
-    /// The final response head, once it is all here; 1xx replies before it
-    /// are taken off.
-    fn parse(&mut self) -> Result<Option<(head::Head, usize)>, Attempt> {
+    /// A kept connection to `authority` that can take a request now.
+    async fn take_ready(&self, authority: &str) -> Option<(Sender, Arc<conn::Shared>)> {
         loop {
-            match head::parse_response(&self.buf, self.method)
-                .map_err(|e| Attempt::Failed(Failure::BadReply(e)))?
-            {
-                Parsed::Interim(len) => {
-                    let _ = self.buf.split_to(len);
-                }
-                Parsed::Complete(h, len) => return Ok(Some((h, len))),
-                Parsed::Partial if self.buf.len() >= head::MAX_HEAD => {
-                    return Err(Attempt::Failed(Failure::BadReply(format!(
-                        "response head too large (over {} KiB)",
-                        head::MAX_HEAD / 1024
-                    ))))
-                }
-                Parsed::Partial => return Ok(None),
+            let mut idle = self.pool.take(authority)?;
+            if idle.sender.is_ready() {
+                return Some((idle.sender, idle.shared));
             }
-        }
-    }
-
-    /// Reads what the backend sent next, once the request is sent; the end is
-    /// kept in `ended`. Through `AsyncRead`, which clears the socket's
-    /// readiness after a short read: the pool's check before reuse is then a
-    /// flag test, not a syscall.
-    async fn read(&mut self, conn: &mut TcpStream) {
-        if self.ended.is_none() {
-            self.make_room();
-            let r = conn.read_buf(&mut self.buf).await;
-            self.took(r);
-        }
-    }
-
-    /// Reads what the backend sent while the request is still being sent,
-    /// from a socket the writer holds too.
-    async fn read_shared(&mut self, conn: &TcpStream) {
-        if self.ended.is_some() {
-            return;
-        }
-        self.make_room();
-        loop {
-            let r = match conn.readable().await {
-                Ok(()) => conn.try_read_buf(&mut self.buf),
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                r => return self.took(r),
-            }
-        }
-    }
-
-    fn make_room(&mut self) {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(self.buf.capacity().max(4096));
-        }
-    }
-
-    fn took(&mut self, read: io::Result<usize>) {
-        match read {
-            Ok(0) => self.ended = Some(Ended::Closed("end of stream".into())),
-            Ok(_) => self.heard_any = true,
-            Err(e) => self.ended = Some(Ended::Closed(e.to_string())),
-        }
-    }
-
-    /// While the request is sent: resolves once sending should stop, because
-    /// the backend has answered (a final head, not a 1xx), closed, or sent
-    /// something that is not HTTP. Cancel-safe: what was read is kept.
-    async fn heard(&mut self, conn: &TcpStream) {
-        loop {
-            self.read_shared(conn).await;
-            match self.parse() {
-                Ok(None) if self.ended.is_none() => continue,
-                Ok(_) => return,
-                Err(Attempt::Failed(f)) => {
-                    self.ended = Some(Ended::Failed(f));
-                    return;
-                }
-                Err(Attempt::Unanswered(why)) => {
-                    self.ended = Some(Ended::Closed(why));
-                    return;
-                }
+            if let Ok(Ok(())) = tokio::time::timeout(READY_WAIT, idle.sender.ready()).await {
+                return Some((idle.sender, idle.shared));
             }
         }
     }
 }
 
-/// Sends the head and body; Ok(false) when the backend answered (or closed)
-/// before the body was all sent.
-async fn send_request(
-    conn: &TcpStream,
-    head: &[u8],
-    body: Outgoing,
-    sending: Sending,
-    answer: &mut Answer<'_>,
-) -> Result<bool, Attempt> {
-    let mut left = match sending {
-        Sending::Length(n) => Some(n),
-        _ => None,
-    };
-    let lost = |e: io::Error| Attempt::Unanswered(e.to_string());
-    let mut body = match body {
-        Outgoing::Whole(b) if head.len() + b.len() <= COALESCE => {
-            let mut one = Vec::with_capacity(head.len() + b.len());
-            one.extend_from_slice(head);
-            one.extend_from_slice(&b);
-            return write_all(conn, &one, answer).await.map_err(lost);
-        }
-        Outgoing::Whole(b) => {
-            return Ok(write_all(conn, head, answer).await.map_err(lost)?
-                && write_all(conn, &b, answer).await.map_err(lost)?);
-        }
-        Outgoing::Streamed(body) => body,
-    };
-    if !write_all(conn, head, answer).await.map_err(lost)? {
-        return Ok(false);
-    }
-    loop {
-        let frame = tokio::select! {
-            biased;
-            f = body.frame() => f,
-            () = answer.heard(conn) => return Ok(false),
-        };
-        let data = match frame {
-            None => break,
-            Some(Err(e)) => return Err(Attempt::Failed(Failure::Body(e.to_string()))),
-            Some(Ok(f)) => match f.into_data() {
-                Ok(d) if !d.is_empty() => d,
-                _ => continue,
+/// The parts of a request that are sent again as they were.
+struct Head {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Head {
+    fn request(&self, body: Outgoing, declared: Option<u64>) -> Request<Body> {
+        let body = match body {
+            Outgoing::Whole(b) => Full::new(b).map_err(|never| match never {}).boxed_unsync(),
+            Outgoing::Streamed(b) => match declared {
+                Some(n) => Checked { inner: b, left: n }.boxed_unsync(),
+                None => b,
             },
         };
-        if let Some(n) = &mut left {
-            *n = n
-                .checked_sub(data.len() as u64)
-                .ok_or_else(|| Attempt::Failed(Failure::Body(TOO_LONG.into())))?;
-        }
-        let all = if sending == Sending::Chunked {
-            let mut framed = Vec::with_capacity(data.len() + 20);
-            framed.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
-            framed.extend_from_slice(&data);
-            framed.extend_from_slice(b"\r\n");
-            write_all(conn, &framed, answer).await
-        } else {
-            write_all(conn, &data, answer).await
-        };
-        if !all.map_err(lost)? {
-            return Ok(false);
-        }
+        let mut req = Request::new(body);
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = self.headers.clone();
+        req
     }
-    if sending == Sending::Chunked {
-        return write_all(conn, b"0\r\n\r\n", answer).await.map_err(lost);
-    }
-    if left.is_some_and(|n| n > 0) {
-        // The backend would wait for the rest for ever.
-        return Err(Attempt::Failed(Failure::Body(TOO_SHORT.into())));
-    }
-    Ok(true)
 }
 
-/// The Content-Length a request declares, if it declares a readable one.
-fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+/// A reply HTTP does not allow is the backend's fault, whatever hyper made of
+/// it: a status outside 100-599, a switch of protocols nobody asked for (the
+/// router never asks), a 204 that declares a body.
+fn check_reply(response: &mut Response<hyper::body::Incoming>) -> Result<(), Failure> {
+    let status = response.status();
+    if !(100..600).contains(&status.as_u16()) {
+        return Err(Failure::BadReply(format!(
+            "status {} is not an HTTP status",
+            status.as_u16()
+        )));
+    }
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err(Failure::BadReply(
+            "101 Switching Protocols to a request that asked for no upgrade".into(),
+        ));
+    }
+    let declares_body = response.headers().contains_key(header::TRANSFER_ENCODING)
+        || declared_length(response.headers()).is_some_and(|n| n > 0);
+    if status == StatusCode::NO_CONTENT && declares_body {
+        return Err(Failure::BadReply("a 204 (No Content) with a body".into()));
+    }
+    // A length beside chunks: the chunks decide (RFC 9112 §6.3), and a relay
+    // drops the length rather than pass on one the body does not keep.
+    if response.headers().contains_key(header::TRANSFER_ENCODING) {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    Ok(())
+}
+
+/// The Content-Length a message declares, if it declares a readable one.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -412,33 +266,125 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The client's own body's failure, if that is what ended the exchange.
+fn body_error(err: &hyper::Error) -> Option<String> {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<BodyFailed>() {
+            return Some(b.0.clone());
+        }
+        if err.is_user() {
+            // Any other error of the body the router streams is the client's.
+            return Some(s.to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// hyper's error, said as the router says it.
+fn failure(err: &hyper::Error, answered: bool) -> Failure {
+    if let Some(why) = body_error(err) {
+        return Failure::Body(why);
+    }
+    let why = describe(err);
+    if err.is_incomplete_message() || err.is_canceled() {
+        return if answered {
+            Failure::BadReply(format!(
+                "the connection closed after an interim (1xx) reply or in the middle of the response head ({why})"
+            ))
+        } else {
+            Failure::Lost(format!("closed the connection without answering ({why})"))
+        };
+    }
+    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
+        return Failure::BadReply(why);
+    }
+    if answered {
+        Failure::BadReply(why)
+    } else {
+        Failure::Lost(format!("closed the connection without answering ({why})"))
+    }
+}
+
+/// An error and its causes on one line.
+fn describe(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !out.contains(&s_text) {
+            out.push_str(": ");
+            out.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    out
+}
+
+#[derive(Debug)]
+struct BodyFailed(String);
+
+impl std::fmt::Display for BodyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for BodyFailed {}
+
 const TOO_LONG: &str = "the request body is longer than its Content-Length";
 const TOO_SHORT: &str = "the request body ended before its Content-Length";
 
-/// Writes all of `buf`, unless the backend answers (or closes) first: Ok(false).
-/// A 1xx it sends meanwhile is taken off and the writing goes on.
-async fn write_all(conn: &TcpStream, buf: &[u8], answer: &mut Answer<'_>) -> io::Result<bool> {
-    let mut at = 0;
-    while at < buf.len() {
-        match conn.try_write(&buf[at..]) {
-            Ok(n) => at += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                tokio::select! {
-                    biased;
-                    r = conn.writable() => r?,
-                    () = answer.heard(conn) => return Ok(false),
+/// A streamed body held to the length it declared: a backend would wait for
+/// ever for the rest of a short one, or read a long one's tail as a request.
+struct Checked {
+    inner: Body,
+    left: u64,
+}
+
+impl http_body::Body for Checked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    match this.left.checked_sub(data.len() as u64) {
+                        Some(n) => this.left = n,
+                        None => return Poll::Ready(Some(Err(BodyFailed(TOO_LONG.into()).into()))),
+                    }
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
-            Err(e) => return Err(e),
+            Poll::Ready(None) if this.left > 0 => {
+                Poll::Ready(Some(Err(BodyFailed(TOO_SHORT.into()).into())))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyFailed(e.to_string()).into()))),
+            other => other,
         }
     }
-    Ok(true)
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, StreamBody};
+    use http_body_util::StreamBody;
+    use tokio::io::AsyncReadExt;
 
     /// A streamed body of `pieces`, sent with `declared` as its Content-Length.
     async fn send_streamed(declared: u64, pieces: &[&'static [u8]]) -> Result<(), Failure> {
@@ -452,14 +398,14 @@ mod tests {
         });
         let frames = pieces
             .iter()
-            .map(|p| Ok::<_, crate::body::BoxError>(http_body::Frame::data(Bytes::from_static(p))))
+            .map(|p| Ok::<_, BoxError>(http_body::Frame::data(Bytes::from_static(p))))
             .collect::<Vec<_>>();
         let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
         let req = Request::post(format!("http://{at}/upload"))
             .header(header::CONTENT_LENGTH, declared)
             .body(Outgoing::Streamed(body))
             .unwrap();
-        let client = Client::new(Duration::from_secs(1));
+        let client = Client::new(Duration::from_secs(1), Duration::from_secs(90));
         match tokio::time::timeout(Duration::from_secs(5), client.send(req)).await {
             Ok(r) => r.map(|_| ()),
             Err(_) => panic!("the exchange hung"),
@@ -475,6 +421,120 @@ mod tests {
         match send_streamed(10, &[b"ab", b"cde"]).await {
             Err(Failure::Body(why)) => assert_eq!(why, TOO_SHORT),
             other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod reuse {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    /// A backend that answers every request on a connection with `wire`,
+    /// counting connections.
+    async fn backend(wire: &'static [u8]) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let at = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            loop {
+                let (conn, _) = listener.accept().await.unwrap();
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut conn = BufReader::new(conn);
+                    loop {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if conn.read_line(&mut line).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        conn.get_mut().write_all(wire).await.unwrap();
+                    }
+                });
+            }
+        });
+        (format!("http://{at}/x"), count)
+    }
+
+    async fn get(client: &Client, url: &str) -> Bytes {
+        let req = Request::get(url)
+            .body(Outgoing::Whole(Bytes::new()))
+            .unwrap();
+        let resp = client.send(req).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_chunked_reply_with_trailers_leaves_its_connection_for_the_next() {
+        let (url, count) = backend(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nx-trailer: t\r\n\r\n",
+        )
+        .await;
+        let client = Client::new(Duration::from_secs(1), Duration::from_secs(90));
+        for _ in 0..3 {
+            assert_eq!(get(&client, &url).await.as_ref(), b"hello");
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    /// A backend that follows each answer, a moment later, with a second one
+    /// nobody asked for.
+    async fn stray_backend() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().unwrap();
+                    let mut reader = std::io::BufReader::new(conn);
+                    for n in 0.. {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let answer = format!("answer-{n}");
+                        let _ = write!(
+                            out,
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        std::thread::sleep(Duration::from_millis(5));
+                        let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTRAY");
+                    }
+                });
+            }
+        });
+        format!("http://{at}/x")
+    }
+
+    #[tokio::test]
+    async fn bytes_that_reached_an_idle_connection_are_seen_even_before_the_runtime_sees_them() {
+        let url = stray_backend().await;
+        let client = Client::new(Duration::from_secs(1), Duration::from_secs(90));
+        for _ in 0..20 {
+            // Each stray reply reaches the socket while this runtime's one
+            // thread is busy: its readiness, as the runtime caches it, is stale.
+            std::thread::sleep(Duration::from_millis(30));
+            let answer = get(&client, &url).await;
+            assert!(
+                answer.starts_with(b"answer-"),
+                "a stray reply was taken for the answer: {answer:?}"
+            );
         }
     }
 }

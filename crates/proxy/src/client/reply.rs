@@ -1,114 +1,61 @@
-//! A backend's response body, read straight off its connection as the client
-//! takes it. Between reads it holds no buffer, only the socket: each read lands
-//! on the stack and leaves as a frame of exactly its size, so a stream that is
-//! open but quiet costs the router a socket and a few words.
+//! A backend's response body as hyper reads it. Once the body has ended as its
+//! framing says, the connection goes back to the pool for the next request; a
+//! body that fails, or is dropped before its end (the client went away), takes
+//! its connection down with it, which is how the backend learns of the
+//! cancellation.
 
-use std::mem::MaybeUninit;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::io::{AsyncRead, ReadBuf};
-use tokio::net::TcpStream;
+use hyper::body::Incoming;
 
-use super::chunked::Chunked;
-use super::head::Framing;
+use super::conn::Shared;
 use super::pool::Pool;
+use super::Sender;
 use crate::body::BoxError;
 
-/// Bytes taken from the socket at once.
-const READ: usize = 16 * 1024;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Left {
-    Bytes(u64),
-    Chunks(Chunked),
-    UntilClose,
-    Done,
-}
-
 pub(crate) struct Reply {
-    conn: Option<TcpStream>,
-    /// Body bytes that came with the head.
-    early: Bytes,
-    left: Left,
-    /// Where the connection goes once the body is read, if it may carry another
-    /// request.
-    park: Option<(Arc<Pool>, String)>,
+    body: Incoming,
+    /// The connection's handle, until the body ends and it is parked.
+    sender: Option<Sender>,
+    shared: Arc<Shared>,
+    park: (Arc<Pool>, String),
 }
 
 impl Reply {
     pub(crate) fn new(
-        conn: TcpStream,
-        early: Bytes,
-        framing: Framing,
-        park: Option<(Arc<Pool>, String)>,
+        body: Incoming,
+        sender: Sender,
+        shared: Arc<Shared>,
+        park: (Arc<Pool>, String),
     ) -> Reply {
-        let left = match framing {
-            Framing::Empty => Left::Done,
-            Framing::Length(n) => Left::Bytes(n),
-            Framing::Chunked => Left::Chunks(Chunked::new()),
-            Framing::Close => Left::UntilClose,
-        };
         let mut reply = Reply {
-            conn: Some(conn),
-            early,
-            left,
+            body,
+            sender: Some(sender),
+            shared,
             park,
         };
-        if reply.left == Left::Done {
-            if !reply.early.is_empty() {
-                reply.park = None;
-            }
+        if reply.body.is_end_stream() {
             reply.finish();
         }
         reply
     }
 
-    /// The body at the start of `input`, with its framing taken off: where it
-    /// lies in `input`, and how much of `input` was used.
-    fn decode(&mut self, input: &[u8]) -> Result<(Range<usize>, usize), String> {
-        let (data, used) = match &mut self.left {
-            Left::Bytes(n) => {
-                let take = (*n).min(input.len() as u64) as usize;
-                *n -= take as u64;
-                if *n == 0 {
-                    self.left = Left::Done;
-                }
-                (0..take, take)
-            }
-            Left::Chunks(c) => {
-                let decoded = c.decode(input)?;
-                if *c == Chunked::Done {
-                    self.left = Left::Done;
-                }
-                decoded
-            }
-            Left::UntilClose => (0..input.len(), input.len()),
-            Left::Done => (0..0, 0),
-        };
-        if used < input.len() && self.left == Left::Done {
-            // Bytes past the end of the body: the connection's framing cannot be trusted.
-            self.park = None;
-        }
-        Ok((data, used))
+    /// Why the connection broke, if it did: asked once the body has ended, it
+    /// says whether the backend sent more than its reply's framing allowed (a
+    /// reply still held by the router is then not to be trusted).
+    pub(crate) fn broken(&self) -> Option<String> {
+        self.shared.broken()
     }
 
     fn finish(&mut self) {
-        self.left = Left::Done;
-        let conn = self.conn.take();
-        if let (Some(conn), Some((pool, authority))) = (conn, self.park.take()) {
-            pool.put(&authority, conn);
+        if let Some(sender) = self.sender.take() {
+            let (pool, authority) = &self.park;
+            pool.put(authority, sender, self.shared.clone());
         }
-    }
-
-    fn fail(&mut self, why: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.park = None;
-        self.finish();
-        Poll::Ready(Some(Err(why.into())))
     }
 }
 
@@ -121,65 +68,39 @@ impl HttpBody for Reply {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        loop {
-            if this.left == Left::Done {
-                return Poll::Ready(None);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                // The connection is done for; its handle goes with it.
+                this.sender = None;
             }
-            let decoded = if this.early.is_empty() {
-                let Some(conn) = this.conn.as_mut() else {
-                    return Poll::Ready(None);
-                };
-                let mut stack = [MaybeUninit::<u8>::uninit(); READ];
-                let mut buf = ReadBuf::uninit(&mut stack);
-                if let Err(e) = ready!(Pin::new(conn).poll_read(cx, &mut buf)) {
-                    return this.fail(format!("connection lost: {e}"));
-                }
-                let input = buf.filled();
-                if input.is_empty() {
-                    if this.left == Left::UntilClose {
-                        this.finish();
-                        return Poll::Ready(None);
-                    }
-                    return this
-                        .fail("the backend closed the connection before the body ended".into());
-                }
-                // Copied off the stack once: the frame, and the rest (the next
-                // chunks) kept for the next frames.
-                this.decode(input).map(|(data, used)| {
-                    if used < input.len() && this.left != Left::Done {
-                        this.early = Bytes::copy_from_slice(&input[used..]);
-                    }
-                    Bytes::copy_from_slice(&input[data])
-                })
-            } else {
-                let early = std::mem::take(&mut this.early);
-                this.decode(&early).map(|(data, used)| {
-                    if used < early.len() && this.left != Left::Done {
-                        this.early = early.slice(used..);
-                    }
-                    early.slice(data)
-                })
-            };
-            if this.left == Left::Done {
-                this.finish();
+            // Trailers are the last frame, and whoever relays them may not
+            // ask for the end after them.
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() || this.body.is_end_stream() => {
+                this.finish()
             }
-            match decoded {
-                Ok(data) if !data.is_empty() => return Poll::Ready(Some(Ok(Frame::data(data)))),
-                Ok(_) => continue,
-                Err(e) => return this.fail(format!("bad chunked body: {e}")),
-            }
+            _ => {}
         }
+        polled.map(|frame| frame.map(|r| r.map_err(|e| describe_body_error(&e).into())))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.left == Left::Done
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self.left {
-            Left::Bytes(n) => SizeHint::with_exact(n),
-            Left::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
-        }
+        self.body.size_hint()
     }
+}
+
+fn describe_body_error(e: &hyper::Error) -> String {
+    let mut out = format!("connection lost: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
