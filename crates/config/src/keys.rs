@@ -19,7 +19,7 @@ pub(crate) fn client_keys(config: &Config) -> Result<Vec<String>, Problem> {
             path: vec!["api_keys_file".into()],
             message,
         };
-        let text = std::fs::read_to_string(path)
+        let text = crate::load::read_bounded(path)
             .map_err(|e| problem(format!("cannot read {}: {e}", path.display())))?;
         for (n, line) in text.lines().enumerate() {
             let key = line.split('#').next().unwrap_or("").trim();

@@ -50,13 +50,50 @@ pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
 }
 
 pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = read_bounded(path).map_err(|source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     let mut loaded = load_str(&path.display().to_string(), &text)?;
     loaded.path = Some(path.to_path_buf());
     Ok(loaded)
+}
+
+/// The most a config file (routes.yaml, api_keys_file) may hold: hundreds of
+/// times a real one, and what keeps `/dev/zero` from growing the router.
+pub const MAX_FILE: u64 = 1 << 20;
+
+/// A config file's text: a regular file (a FIFO would block the reader for
+/// ever, a device never end) of at most [`MAX_FILE`] bytes.
+pub fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, device or directory cannot be a config file)",
+        ));
+    }
+    let too_large = || {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "larger than {} KiB, the most a config file may be",
+                MAX_FILE >> 10
+            ),
+        )
+    };
+    if meta.len() > MAX_FILE {
+        return Err(too_large());
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE {
+        return Err(too_large());
+    }
+    Ok(text)
 }
 
 /// Reads a config from text (an embedded one, or a file already read).

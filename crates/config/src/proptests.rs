@@ -81,6 +81,7 @@ const TOP: &[&str] = &[
     "max_connections",
     "upstream_connect_timeout",
     "upstream_pool_idle",
+    "idle_connection_timeout",
     "max_response",
     "upstream_timeout",
     "expose",

@@ -69,6 +69,10 @@ pub struct Config {
     /// How long a client may take to send a request's body.
     #[serde(default = "defaults::body_timeout", with = "span")]
     pub body_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed
+    /// (HTTP/2 with a GOAWAY).
+    #[serde(default = "defaults::idle_connection_timeout", with = "span")]
+    pub idle_connection_timeout: Duration,
     /// Client connections open at once; past it a new one gets 503 and is closed.
     #[serde(default = "defaults::max_connections", with = "count")]
     pub max_connections: usize,
@@ -304,6 +308,9 @@ mod defaults {
     }
     pub fn upstream_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn idle_connection_timeout() -> Duration {
+        Duration::from_secs(60)
     }
     pub fn upstream_pool_idle() -> Duration {
         Duration::from_secs(90)

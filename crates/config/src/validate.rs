@@ -334,6 +334,10 @@ fn limits(cfg: &Config) -> Vec<Problem> {
             cfg.upstream_connect_timeout.is_zero(),
         ),
         ("upstream_pool_idle", cfg.upstream_pool_idle.is_zero()),
+        (
+            "idle_connection_timeout",
+            cfg.idle_connection_timeout.is_zero(),
+        ),
     ];
     for (key, is_zero) in zero_time {
         if is_zero {

@@ -103,7 +103,7 @@ async fn route(
         }
         _ => Err(ApiError::NoRoute {
             method: method.to_string(),
-            path,
+            path: crate::echo::shown(&path),
         }),
     }
 }
@@ -114,14 +114,15 @@ fn ok(v: Value) -> Response<Body> {
 
 /// Mutating calls: from this machine (unless allowed), with the key (if set).
 fn allowed(config: &Config, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
-    if !peer.ip().is_loopback() && !config.admin_remote {
+    // A dual-stack listener sees an IPv4 client as ::ffff:127.0.0.1.
+    if !peer.ip().to_canonical().is_loopback() && !config.admin_remote {
         return Err(ApiError::AdminRemote);
     }
     if let Some(key) = &config.admin_key {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(crate::keys::bearer)
             .unwrap_or("");
         if !crate::keys::same(given.as_bytes(), key.as_bytes()) {
             return Err(ApiError::AdminKey);

@@ -24,6 +24,11 @@ pub(crate) struct Gate {
 pub(crate) struct Slot(Arc<AtomicUsize>);
 
 impl Gate {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
     pub fn enter(&self, limit: usize) -> Option<Slot> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

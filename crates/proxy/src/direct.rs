@@ -124,7 +124,7 @@ async fn send(
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     // Without a length the body goes chunked, or not at all when there is none.
     let length = length.filter(|_| !parts.headers.contains_key(header::TRANSFER_ENCODING));
-    let body = Prefixed::new(bytes::Bytes::new(), body).boxed_unsync();
+    let body = Prefixed::new(bytes::Bytes::new(), body, state.config().body_timeout).boxed_unsync();
     let model = lease.model.clone();
     let request = forward::upstream_streamed(&parts, &lease, path, body, length);
     crate::deliver::round_trip(state, model, lease, request, client_name, started).await

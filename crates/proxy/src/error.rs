@@ -18,6 +18,9 @@ pub enum ApiError {
     MissingModel,
     #[error("`model` must be a string")]
     ModelNotString,
+    /// A key the router reads appears twice, as a backend may compare keys.
+    #[error("the request has both `{first}` and `{second}`: a backend may read either (keys are compared ignoring case), so the router refuses to guess; send the key once, as `{}`", first.to_lowercase())]
+    RepeatedKey { first: String, second: String },
     #[error("the model `{name}` does not exist{}", suggest(.close, Dialect::OpenAi))]
     UnknownModel { name: String, close: Vec<String> },
     /// A field of the request with a value the router cannot use.
@@ -77,6 +80,8 @@ pub enum ApiError {
     AdminRemote,
     #[error("Host `{0}` is not this router (DNS rebinding?); add it to allowed_hosts in routes.yaml if it is")]
     HostNotAllowed(String),
+    #[error("the request has no Host header; HTTP/1.1 requires one")]
+    MissingHost,
     #[error("browser origin `{0}` may not call this router; add it to allowed_origins in routes.yaml to allow it")]
     OriginNotAllowed(String),
     #[error("model `{model}` cannot take this request: {reason}; give it a `fallback:` in routes.yaml to send such requests to another model")]
@@ -147,6 +152,12 @@ impl ApiError {
                 "invalid_request_error",
                 Some("model"),
                 "invalid_model",
+            ),
+            RepeatedKey { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "repeated_key",
             ),
             UnknownModel { .. } => (
                 StatusCode::NOT_FOUND,
@@ -267,6 +278,12 @@ impl ApiError {
                 "server_error",
                 None,
                 "backend_timeout",
+            ),
+            MissingHost => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                None,
+                "missing_host",
             ),
             HostNotAllowed(_) => (
                 StatusCode::FORBIDDEN,

@@ -240,6 +240,7 @@ fn failed(
             reason: format!("{backend} ({why})"),
         },
         Failure::Body(why) => ApiError::BodyRead(why),
+        Failure::BodyStalled(after) => ApiError::BodyTimeout { after },
     }
 }
 

@@ -12,6 +12,7 @@ use crate::error::ApiError;
 /// Checks a request's Host and Origin. Ok(Some(origin)) when CORS headers are due.
 pub(crate) fn check(
     config: &Config,
+    version: http::Version,
     uri: &http::Uri,
     headers: &HeaderMap,
 ) -> Result<Option<HeaderValue>, ApiError> {
@@ -21,10 +22,17 @@ pub(crate) fn check(
             .and_then(|h| h.to_str().ok())
             .map(str::to_string)
     });
-    if let Some(host) = &host {
-        if !host_allowed(config, host) {
-            return Err(ApiError::HostNotAllowed(host.clone()));
+    match &host {
+        Some(host) if !host_allowed(config, host) => {
+            return Err(ApiError::HostNotAllowed(crate::echo::shown(host)));
         }
+        Some(_) => {}
+        // HTTP/1.1 requires a Host (RFC 9112 §3.2) and h2 an :authority; only
+        // HTTP/1.0, which predates it, may go without.
+        None if version != http::Version::HTTP_10 => {
+            return Err(ApiError::MissingHost);
+        }
+        None => {}
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(None);
@@ -67,8 +75,19 @@ fn host_allowed(config: &Config, host_port: &str) -> bool {
 
 fn strip_port(host_port: &str) -> &str {
     if let Some(rest) = host_port.strip_prefix('[') {
-        // [::1]:8080
-        return rest.split(']').next().unwrap_or(rest);
+        // [::1]:8080; anything else after the bracket (`[::1]evil.example`) is
+        // not a port, and the whole is then no address.
+        return match rest.split_once(']') {
+            Some((ip, "")) => ip,
+            Some((ip, port))
+                if port.len() > 1
+                    && port.starts_with(':')
+                    && port[1..].chars().all(|c| c.is_ascii_digit()) =>
+            {
+                ip
+            }
+            _ => host_port,
+        };
     }
     match host_port.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) && !h.contains(':') => h,
@@ -126,7 +145,24 @@ mod tests {
         if let Some(o) = origin {
             h.insert(header::ORIGIN, o.parse().unwrap());
         }
-        check(c, &"/v1/chat/completions".parse().unwrap(), &h)
+        check(
+            c,
+            http::Version::HTTP_11,
+            &"/v1/chat/completions".parse().unwrap(),
+            &h,
+        )
+    }
+
+    #[test]
+    fn a_request_without_a_host_is_refused_but_from_http_1_0() {
+        let c = cfg("");
+        let uri = "/v1/models".parse().unwrap();
+        let none = HeaderMap::new();
+        assert!(matches!(
+            check(&c, http::Version::HTTP_11, &uri, &none),
+            Err(ApiError::MissingHost)
+        ));
+        assert!(check(&c, http::Version::HTTP_10, &uri, &none).is_ok());
     }
 
     #[test]
@@ -147,6 +183,9 @@ mod tests {
             "evil.example:11434",
             "attacker.test",
             "studio.lan.evil.example",
+            "[::1]evil.example",
+            "[::1]:evil.example",
+            "[::1]:",
         ] {
             assert!(
                 matches!(run(&c, bad, None), Err(ApiError::HostNotAllowed(_))),

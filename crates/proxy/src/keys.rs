@@ -11,9 +11,18 @@ pub(crate) fn presented(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
+}
+
+/// The credentials of an `Authorization: Bearer …` value; the scheme's name is
+/// case-insensitive (RFC 9110 §11.1), so `bearer` and `BEARER` count too.
+pub(crate) fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start())
 }
 
 /// Whether a request may use the model APIs: always when no client keys are
@@ -48,6 +57,15 @@ pub(crate) fn same(a: &[u8], b: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(super::bearer("Bearer k1"), Some("k1"));
+        assert_eq!(super::bearer("bearer k1"), Some("k1"));
+        assert_eq!(super::bearer("BEARER  k1"), Some("k1"));
+        assert_eq!(super::bearer("Basic k1"), None);
+        assert_eq!(super::bearer("Bearerk1"), None);
+    }
+
     #[test]
     fn compares_keys_exactly() {
         assert!(super::same(b"secret", b"secret"));

@@ -4,14 +4,17 @@
 
 mod admin;
 mod body;
+mod body_keys;
 mod client;
 mod conn;
 mod deliver;
 mod direct;
+mod echo;
 mod error;
 mod fallback;
 mod forward;
 mod guard;
+mod idle;
 mod keys;
 mod limits;
 mod metrics;
@@ -130,7 +133,7 @@ impl Router {
         if let Err(e) = limits::check_head(&config, req.uri(), req.headers()) {
             return e.render(dialect);
         }
-        match guard::check(&config, req.uri(), req.headers()) {
+        match guard::check(&config, req.version(), req.uri(), req.headers()) {
             Err(e) => e.render(dialect),
             Ok(Some(origin)) if req.method() == Method::OPTIONS => {
                 guard::preflight(origin, req.headers())
@@ -182,6 +185,9 @@ impl Router {
             && !req.uri().path().starts_with("/v1/models")
         {
             if let Some(model) = req.uri().query().and_then(direct::query_model) {
+                if let Err(e) = body_keys::check_query(req.uri().query().unwrap_or("")) {
+                    return e.into_response();
+                }
                 return Box::pin(direct::by_query(self.inner, req, model)).await;
             }
         }
@@ -219,7 +225,7 @@ impl Router {
             }
             (m, p) => ApiError::NoRoute {
                 method: m.to_string(),
-                path: p.to_string(),
+                path: echo::shown(p),
             }
             .into_response(),
         }
@@ -257,7 +263,11 @@ impl Inner {
             .source
             .as_ref()
             .ok_or("this router's config is built in (the demo); there is no file to reload")?;
-        let mut next = modelyard_config::load_file(path)
+        // Off the runtime: reading a file is blocking I/O, however bounded.
+        let file = path.clone();
+        let mut next = tokio::task::spawn_blocking(move || modelyard_config::load_file(&file))
+            .await
+            .map_err(|e| format!("reading the config failed: {e}"))?
             .map_err(|e| e.to_string())?
             .config;
         let current = self.config();

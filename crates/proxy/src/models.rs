@@ -60,7 +60,7 @@ pub(crate) fn one(
     match entry(config, created, id).or_else(|| remote.map(|m| remote_entry(created, m))) {
         Some(v) => body::json_response(StatusCode::OK, &v),
         None => ApiError::UnknownModel {
-            name: id.to_string(),
+            name: crate::echo::shown(id),
             close: close_matches(config, id),
         }
         .into_response(),
@@ -81,12 +81,23 @@ pub(crate) fn resolve(config: &Config, name: &str) -> Result<String, ApiError> {
         .map(str::to_string)
         .ok_or_else(|| ApiError::UnknownModel {
             close: close_matches(config, name),
-            name: name.to_string(),
+            name: crate::echo::shown(name),
         })
 }
 
 /// Up to three configured names or aliases that `wanted` is probably a typo of.
 pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
+    // A slip changes a name by a few letters; a name far longer than any
+    // configured one is no slip, and measuring it would cost time in its length.
+    let longest = config
+        .models
+        .iter()
+        .flat_map(|(n, m)| std::iter::once(n.len()).chain(m.aliases.iter().map(String::len)))
+        .max()
+        .unwrap_or(0);
+    if wanted.len() > longest + 8 {
+        return Vec::new();
+    }
     let wanted_l = wanted.to_lowercase();
     let mut scored: Vec<(usize, &str)> = config
         .models

@@ -36,6 +36,7 @@ pub fn peek_model(body: &[u8]) -> Result<Routed, ApiError> {
     if text.trim_start().as_bytes().first() != Some(&b'{') {
         return Err(ApiError::BadJson("the body must be a JSON object".into()));
     }
+    crate::body_keys::check(text)?;
     let peek: Peek = serde_json::from_str(text).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let raw = peek.model.ok_or(ApiError::MissingModel)?;
     let model: String = serde_json::from_str(raw.get()).map_err(|_| ApiError::ModelNotString)?;
@@ -224,7 +225,7 @@ mod tests {
         ));
         assert!(matches!(
             peek_model(b"{\"model\":\"a\",\"model\":\"b\"}"),
-            Err(ApiError::BadJson(_))
+            Err(ApiError::RepeatedKey { .. })
         ));
     }
 

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use modelyard_config::Config;
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use tower_http::request_id::{
 use crate::body::{Body, BoxError};
 use crate::conn::{self, Gate};
 use crate::error::ApiError;
+use crate::idle;
 use crate::Router;
 
 /// Request ids unique within a run and unlikely to repeat across runs.
@@ -44,6 +45,9 @@ impl MakeRequestId for Ids {
     }
 }
 
+/// How long an idle connection told to close may take to do so.
+const IDLE_GRACE: Duration = Duration::from_secs(1);
+
 /// How long requests in flight get to finish once a stop is asked for.
 const DRAIN: Duration = Duration::from_secs(10);
 
@@ -57,17 +61,22 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
     let closing = router.inner.closing.clone();
     let inner = router.inner.clone();
     // One stack per connection, so the handler knows the peer it answers.
-    let stack = move |peer: std::net::SocketAddr| {
+    let stack = move |peer: std::net::SocketAddr, activity: Arc<idle::Activity>| {
         let router = router.clone();
         let handler = tower::service_fn(move |req: Request<Incoming>| {
             let router = router.clone();
             let id = request_id(&req);
+            let busy = activity.begin();
             async move {
                 // Boxed: a service future's state stays allocated for as long as
                 // its response streams (hyper keeps an h1 connection's slot and an
                 // h2 stream's task), while a box is freed once the head is sent.
                 let answer = Box::pin(router.traced(req, peer));
-                Ok::<Response<Body>, Infallible>(caught(&id, answer).await)
+                let resp = caught(&id, answer).await;
+                // The connection stays busy until the response's last byte.
+                Ok::<Response<Body>, Infallible>(
+                    resp.map(|b| idle::Tracked::new(b, busy).boxed_unsync()),
+                )
             }
         });
         ServiceBuilder::new()
@@ -76,7 +85,6 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             .service(handler)
     };
     let gate = Gate::default();
-    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -99,8 +107,9 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             tokio::spawn(conn::refuse(stream, config.max_connections));
             continue;
         };
-        let service = TowerToHyperService::new(stack(peer));
-        let watcher = graceful.watcher();
+        let activity = idle::Activity::new();
+        let service = TowerToHyperService::new(stack(peer, activity.clone()));
+        let mut stopping = closing.subscribe();
         tokio::spawn(async move {
             let _slot = slot;
             let header_timeout = config.header_timeout;
@@ -115,17 +124,50 @@ pub async fn serve(listener: TcpListener, router: Router, shutdown: impl Future<
             let conn = builder(&config)
                 .serve_connection(TokioIo::new(socket), service)
                 .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            let mut conn = std::pin::pin!(conn);
+            let idle_limit = config.idle_connection_timeout;
+            let idle = activity.idle_for(idle_limit);
+            let mut idle = std::pin::pin!(idle);
+            let mut ending = false;
+            let mut idle_ended = false;
+            // A stop, or a connection idle past idle_connection_timeout: hyper
+            // ends it gracefully (an HTTP/2 GOAWAY; requests in flight finish).
+            // An idle HTTP/2 connection whose client does not answer the
+            // GOAWAY's PING is dropped after a moment, as it has nothing in flight.
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    () = &mut idle, if !ending => {
+                        tracing::debug!(%peer, "idle connection closed after {idle_limit:?} (idle_connection_timeout)");
+                        conn.as_mut().graceful_shutdown();
+                        ending = true;
+                        idle_ended = true;
+                    }
+                    () = tokio::time::sleep(IDLE_GRACE), if idle_ended => {
+                        if activity.in_flight() == 0 {
+                            break Ok(());
+                        }
+                    }
+                    _ = stopping.wait_for(|stop| *stop), if !ending => {
+                        conn.as_mut().graceful_shutdown();
+                        ending = true;
+                    }
+                }
+            };
+            if let Err(e) = result {
                 ended(Ended::Error(e), spare, peer, header_timeout).await;
             }
         });
     }
     drop(listener);
     let _ = closing.send(true);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    // Every connection holds its slot until it has ended.
+    let drained = async {
+        while gate.open() > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    if tokio::time::timeout(DRAIN, drained).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN:?}; closing them");
     }
 }

@@ -2,6 +2,7 @@
 //! routed by their `model` field and streamed on. Only the body up to the end of
 //! that field is held; the rest goes upstream chunk by chunk as the client sends it.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,7 +31,8 @@ pub(crate) async fn form(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, mut body) = req.into_parts();
     let limit = state.config().max_body.bytes();
-    let (head, asked, span) = read_to_model(&mut body, boundary, limit).await?;
+    let (head, asked, span) =
+        read_to_model(&mut body, boundary, limit, state.config().body_timeout).await?;
     let config = state.config();
     let asked_for = forward::routable(state, &asked).await?;
     let choice =
@@ -54,7 +56,7 @@ pub(crate) async fn form(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map(|n| n.saturating_sub(span.len() as u64) + upstream.len() as u64);
-    let body = Prefixed::new(spliced.freeze(), body).boxed_unsync();
+    let body = Prefixed::new(spliced.freeze(), body, config.body_timeout).boxed_unsync();
     let request = forward::upstream_streamed(&parts, &lease, None, body, length);
     let mut resp = crate::deliver::round_trip(
         state,
@@ -77,6 +79,7 @@ async fn read_to_model(
     body: &mut Incoming,
     boundary: &[u8],
     limit: u64,
+    every: std::time::Duration,
 ) -> Result<(Bytes, String, std::ops::Range<usize>), ApiError> {
     let mut scanner = FormScanner::new(boundary);
     let mut head = BytesMut::new();
@@ -90,7 +93,10 @@ async fn read_to_model(
             }
             Scan::NeedMore => {}
         }
-        match body.frame().await {
+        let next = tokio::time::timeout(every, body.frame())
+            .await
+            .map_err(|_| ApiError::BodyTimeout { after: every })?;
+        match next {
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     head.extend_from_slice(&data);
@@ -108,17 +114,41 @@ async fn read_to_model(
 
 /// What was already read, then the rest of the client's body as it arrives. A
 /// client that breaks off breaks the upstream request too, so the backend never
-/// takes a truncated file for a whole one.
+/// takes a truncated file for a whole one; one that goes silent for longer than
+/// `body_timeout` while its body is asked for does too ([`Stalled`]), so a
+/// stalled upload holds neither a model's lease nor a connection slot.
 pub(crate) struct Prefixed {
     head: Option<Bytes>,
     rest: Incoming,
+    every: std::time::Duration,
+    /// Started when a wait for the client begins, not while the backend is
+    /// not asking (its own pace is not the client's fault).
+    clock: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
+/// The client stopped sending its body for longer than `body_timeout`.
+#[derive(Debug)]
+pub(crate) struct Stalled(pub std::time::Duration);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the request's body stalled for {:.1}s (body_timeout in routes.yaml)",
+            self.0.as_secs_f64()
+        )
+    }
+}
+
+impl std::error::Error for Stalled {}
+
 impl Prefixed {
-    pub(crate) fn new(head: Bytes, rest: Incoming) -> Self {
+    pub(crate) fn new(head: Bytes, rest: Incoming, every: std::time::Duration) -> Self {
         Prefixed {
             head: (!head.is_empty()).then_some(head),
             rest,
+            every,
+            clock: None,
         }
     }
 }
@@ -131,12 +161,25 @@ impl HttpBody for Prefixed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(head) = self.head.take() {
+        let this = &mut *self;
+        if let Some(head) = this.head.take() {
             return Poll::Ready(Some(Ok(Frame::data(head))));
         }
-        Pin::new(&mut self.rest)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
+        match Pin::new(&mut this.rest).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                this.clock = None;
+                Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
+            }
+            Poll::Pending => {
+                let every = this.every;
+                let clock = this
+                    .clock
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(every)));
+                std::task::ready!(clock.as_mut().poll(cx));
+                this.clock = None;
+                Poll::Ready(Some(Err(Box::new(Stalled(every)))))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {

@@ -55,6 +55,8 @@ pub(crate) enum Failure {
     Lost(String),
     /// The client's own body failed while it was being sent.
     Body(String),
+    /// The client's body stalled past `body_timeout` while it was being sent.
+    BodyStalled(Duration),
 }
 
 pub(crate) struct Client {
@@ -284,6 +286,13 @@ fn body_error(err: &hyper::Error) -> Option<String> {
 
 /// hyper's error, said as the router says it.
 fn failure(err: &hyper::Error, answered: bool) -> Failure {
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if let Some(crate::upload::Stalled(after)) = s.downcast_ref() {
+            return Failure::BodyStalled(*after);
+        }
+        source = s.source();
+    }
     if let Some(why) = body_error(err) {
         return Failure::Body(why);
     }
@@ -366,7 +375,6 @@ impl http_body::Body for Checked {
             Poll::Ready(None) if this.left > 0 => {
                 Poll::Ready(Some(Err(BodyFailed(TOO_SHORT.into()).into())))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyFailed(e.to_string()).into()))),
             other => other,
         }
     }

@@ -59,7 +59,7 @@ pub(crate) async fn handle(state: Arc<Inner>, req: Request<Incoming>) -> Respons
 fn no_route(method: &Method, path: &str) -> ApiError {
     ApiError::NoRoute {
         method: method.to_string(),
-        path: path.to_string(),
+        path: crate::echo::shown(path),
     }
 }
 

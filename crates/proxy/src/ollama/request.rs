@@ -86,6 +86,7 @@ pub fn parse(endpoint: Endpoint, body: &[u8]) -> Result<Parsed, ApiError> {
     if text.trim_start().as_bytes().first() != Some(&b'{') {
         return Err(ApiError::BadJson("the body must be a JSON object".into()));
     }
+    crate::body_keys::check(text)?;
     let v: Map<String, Value> =
         serde_json::from_str(text).map_err(|e| ApiError::BadJson(e.to_string()))?;
     let model = match v.get("model") {
