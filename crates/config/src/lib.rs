@@ -17,7 +17,7 @@ mod validate;
 
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
-pub use schema::{Backend, BackendKind, Config, LoadingProgress, Model};
+pub use schema::{Backend, BackendKind, Capability, Config, LoadingProgress, Model};
 pub use size::ByteSize;
 pub use timeout::Timeout;
 pub use validate::closest;

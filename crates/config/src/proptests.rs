@@ -90,6 +90,7 @@ const TOP: &[&str] = &[
     "api_keys",
     "preload",
     "loading_progress",
+    "progress_after",
 ];
 const BACKEND: &[&str] = &[
     "kind",

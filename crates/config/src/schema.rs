@@ -40,6 +40,10 @@ pub struct Config {
     /// What a streamed request hears while its model loads.
     #[serde(default)]
     pub loading_progress: LoadingProgress,
+    /// How long a streamed request waits for its model before the router
+    /// commits a 200 and sends progress; a failure sooner keeps its status.
+    #[serde(default = "defaults::progress_after", with = "span")]
+    pub progress_after: Duration,
     /// Requests that may wait at once, across all models.
     #[serde(default = "defaults::max_queue", with = "count")]
     pub max_queue: usize,
@@ -256,9 +260,58 @@ pub struct Model {
     /// window, or with parameters it refuses).
     #[serde(default)]
     pub fallback: Option<String>,
+    /// What the model can do, as Ollama's `/api/show` says it (clients such as
+    /// Open WebUI and LangChain read it); guessed from the name when not given.
+    #[serde(default)]
+    pub capabilities: Vec<Capability>,
+    /// The model's context window in tokens, when known.
+    #[serde(default)]
+    pub context: Option<u64>,
+}
+
+/// One thing a model can do, in Ollama's words.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    Completion,
+    Embedding,
+    Tools,
+    Vision,
+    Thinking,
+}
+
+impl Capability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Completion => "completion",
+            Capability::Embedding => "embedding",
+            Capability::Tools => "tools",
+            Capability::Vision => "vision",
+            Capability::Thinking => "thinking",
+        }
+    }
 }
 
 impl Model {
+    /// The capabilities routes.yaml declares, or, when it declares none, a
+    /// guess from the names: embedding models are named so by convention
+    /// (`nomic-embed-text`, `bge-m3`, `Qwen3-Embedding`), and such a model
+    /// cannot complete.
+    pub fn capabilities(&self, name: &str) -> Vec<Capability> {
+        if !self.capabilities.is_empty() {
+            return self.capabilities.clone();
+        }
+        let names = format!("{name} {}", self.upstream_name(name)).to_ascii_lowercase();
+        if ["embed", "bge-", "minilm", "e5-"]
+            .iter()
+            .any(|k| names.contains(k))
+        {
+            vec![Capability::Embedding]
+        } else {
+            vec![Capability::Completion]
+        }
+    }
+
     pub fn upstream_name<'a>(&'a self, name: &'a str) -> &'a str {
         self.upstream.as_deref().unwrap_or(name)
     }
@@ -308,6 +361,9 @@ mod defaults {
     }
     pub fn upstream_connect_timeout() -> Duration {
         Duration::from_secs(5)
+    }
+    pub fn progress_after() -> Duration {
+        Duration::from_secs(2)
     }
     pub fn idle_connection_timeout() -> Duration {
         Duration::from_secs(60)

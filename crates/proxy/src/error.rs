@@ -106,22 +106,41 @@ pub(crate) struct Refusal(pub String);
 pub enum Dialect {
     OpenAi,
     Ollama,
+    /// Anthropic's Messages API (`/v1/messages`, and its `count_tokens`).
+    Anthropic,
 }
 
 impl Dialect {
-    /// Ollama's native API lives under `/api/`; everything else speaks OpenAI's.
+    /// Ollama's native API lives under `/api/`, Anthropic's under
+    /// `/v1/messages`; everything else speaks OpenAI's.
     pub fn of(path: &str) -> Dialect {
         if path.starts_with("/api/") {
             Dialect::Ollama
+        } else if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Dialect::Anthropic
         } else {
             Dialect::OpenAi
         }
     }
 }
 
+/// Anthropic's error `type` for a status, as its SDKs map them to exceptions.
+fn anthropic_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 408 | 414 | 422 | 431 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        503 | 529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
 fn suggest(close: &[String], dialect: Dialect) -> String {
     let list = match dialect {
-        Dialect::OpenAi => "GET /v1/models",
+        Dialect::OpenAi | Dialect::Anthropic => "GET /v1/models",
         Dialect::Ollama => "GET /api/tags",
     };
     match close {
@@ -431,6 +450,10 @@ impl ApiError {
         let payload = match dialect {
             Dialect::OpenAi => Self::json(&message, kind, param, code),
             Dialect::Ollama => serde_json::json!({ "error": message }),
+            Dialect::Anthropic => serde_json::json!({
+                "type": "error",
+                "error": {"type": anthropic_type(status), "message": message},
+            }),
         };
         let mut resp = body::json_response(status, &payload);
         resp.extensions_mut().insert(Refusal(message));

@@ -31,6 +31,7 @@ pub(crate) async fn model_request(state: Arc<Inner>, req: Request<Incoming>) -> 
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(crate::multipart::form_boundary);
+    let dialect = crate::error::Dialect::of(req.uri().path());
     let outcome = match form {
         Some(boundary) => match boundary {
             Ok(b) => crate::upload::form(&state, req, &b, started, &mut model).await,
@@ -41,7 +42,7 @@ pub(crate) async fn model_request(state: Arc<Inner>, req: Request<Incoming>) -> 
     match outcome {
         Ok(resp) => resp,
         Err(e) => {
-            let resp = e.into_response();
+            let resp = e.render(dialect);
             state
                 .metrics
                 .request(&model, resp.status().as_u16(), started.elapsed());
@@ -123,7 +124,11 @@ async fn answer(
     if routed_stream(&send) && state.config().loading_progress != LoadingProgress::Off {
         let mut acquire = Box::pin(acquire);
         // A ready model's lease comes back at once; only a wait earns progress.
-        match tokio::time::timeout(PROGRESS_AFTER, &mut acquire).await {
+        // A failure within the grace (missing program, crash at start, backoff,
+        // full queue) keeps its real status, Retry-After and x-modelyard-error;
+        // only a longer wait earns a committed 200 and progress.
+        let grace = state.config().progress_after;
+        match tokio::time::timeout(grace, &mut acquire).await {
             Ok(lease) => send.send(lease?).await,
             Err(_) => {
                 // Said in the progress comments: how long this model's loads take.
@@ -139,9 +144,6 @@ async fn answer(
         send.send(acquire.await?).await
     }
 }
-
-/// How long a streamed request waits for its lease before progress is sent.
-const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 
 fn routed_stream(u: &Upstream) -> bool {
     u.routed.stream && u.parts.uri.path().ends_with("/completions")
@@ -161,6 +163,16 @@ pub(crate) struct Upstream {
 impl Upstream {
     pub(crate) fn metrics_handle(&self) -> Arc<crate::metrics::Metrics> {
         self.state.metrics.clone()
+    }
+
+    /// The request's id, for the log line of a failure after the 200 was sent.
+    pub(crate) fn request_id(&self) -> String {
+        self.parts
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string()
     }
 
     pub(crate) fn started(&self) -> Instant {
@@ -343,6 +355,13 @@ fn upstream_with(
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
+    // The reply's model name is rewritten as it passes, which a compressed
+    // reply would hide: backends are asked for it as it is. (Loopback has no
+    // use for compression anyway.)
+    headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     // The client's credentials are for the router; the backend gets its own, if any.
     headers.remove(header::AUTHORIZATION);
     headers.remove("x-api-key");

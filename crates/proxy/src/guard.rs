@@ -50,10 +50,34 @@ pub(crate) fn check(
         .allowed_origins
         .iter()
         .any(|a| a.eq_ignore_ascii_case(o))
+        || local_origin(o)
     {
         return Ok(Some(origin.clone()));
     }
     Err(ApiError::OriginNotAllowed(o.to_string()))
+}
+
+/// The origins Ollama allows without configuration, so the same local apps work
+/// against the router: pages served from this machine (localhost, 127.0.0.1 or
+/// [::1], any port, http or https) and desktop apps' own schemes. A page on
+/// another host never passes, and the Host check still stops DNS rebinding.
+fn local_origin(origin: &str) -> bool {
+    let lower = origin.to_ascii_lowercase();
+    if ["app://", "file://", "tauri://", "vscode-webview://"]
+        .iter()
+        .any(|s| lower.starts_with(s))
+    {
+        return true;
+    }
+    let Some(rest) = lower
+        .strip_prefix("http://")
+        .or_else(|| lower.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    // strip_port leaves anything that is not `host[:digits]` whole, so it
+    // cannot match below.
+    !rest.contains('/') && matches!(strip_port(rest), "localhost" | "127.0.0.1" | "::1")
 }
 
 fn host_allowed(config: &Config, host_port: &str) -> bool {
@@ -213,5 +237,42 @@ mod tests {
             run(&c, "127.0.0.1:11434", Some("null")),
             Err(ApiError::OriginNotAllowed(_))
         ));
+    }
+
+    #[test]
+    fn local_pages_and_app_schemes_get_cors_as_ollama_gives_them() {
+        let c = cfg("");
+        for ok in [
+            "http://localhost:3000",
+            "https://localhost:8443",
+            "http://127.0.0.1:5173",
+            "http://[::1]:8080",
+            "http://localhost",
+            "app://obsidian.md",
+            "tauri://localhost",
+            "vscode-webview://abc",
+            "file://",
+        ] {
+            assert!(
+                matches!(run(&c, "127.0.0.1:11434", Some(ok)), Ok(Some(_))),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://localhost.evil.example",
+            "http://localhost:3000.evil.example",
+            "http://127.0.0.1.nip.io",
+            "http://[::1]evil",
+            "https://evil.example",
+            "http://192.168.1.5:3000",
+        ] {
+            assert!(
+                matches!(
+                    run(&c, "127.0.0.1:11434", Some(bad)),
+                    Err(ApiError::OriginNotAllowed(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 }

@@ -44,6 +44,7 @@ struct Progress {
     tick: Interval,
     said_reasoning: bool,
     model: String,
+    request_id: String,
     client_name: String,
     mode: LoadingProgress,
     started: Instant,
@@ -62,6 +63,7 @@ pub(crate) fn respond(
         tick: tokio::time::interval(EVERY),
         said_reasoning: false,
         model: send.model.clone(),
+        request_id: send.request_id(),
         client_name: send.client_name.clone(),
         mode: send.progress_mode(),
         started: send.started(),
@@ -118,6 +120,9 @@ impl Progress {
         self.stage = Stage::Done;
         self.metrics
             .request(&self.model, status, self.started.elapsed());
+        // The client saw 200; the log is where the failure is told once.
+        let why = event["error"]["message"].as_str().unwrap_or("");
+        tracing::warn!(id = %self.request_id, model = %self.model, status, "failed after the stream began: {why}");
         frame(format!("data: {event}\n\n"))
     }
 }

@@ -128,19 +128,24 @@ pub fn ps(config: &Config, snap: &Snapshot, now: SystemTime) -> Value {
 /// `POST /api/show` for a configured name (or alias).
 pub fn show(config: &Config, name: &str, modified: SystemTime) -> Result<Value, ApiError> {
     let model = super::resolve(config, name)?;
-    let upstream = config
-        .models
-        .get(&model)
-        .map_or(model.as_str(), |m| m.upstream_name(&model));
+    let entry = config.models.get(&model);
+    let upstream = entry.map_or(model.as_str(), |m| m.upstream_name(&model));
+    let capabilities: Vec<&str> = entry.map_or(vec!["completion"], |m| {
+        m.capabilities(&model).iter().map(|c| c.as_str()).collect()
+    });
+    let mut model_info = json!({"general.architecture": "", "general.basename": upstream});
+    if let Some(n) = entry.and_then(|m| m.context) {
+        // Clients look for a key ending in `.context_length`.
+        model_info["modelyard.context_length"] = json!(n);
+    }
     Ok(json!({
         "license": "",
         "modelfile": format!("# served by modelyard as {model}\nFROM {upstream}\n"),
         "parameters": "",
         "template": "",
         "details": details(config, &model),
-        "model_info": {"general.architecture": "", "general.basename": upstream},
-        // Every model routed here can complete; what else it can do the router does not know.
-        "capabilities": ["completion"],
+        "model_info": model_info,
+        "capabilities": capabilities,
         "modified_at": rfc3339(modified),
     }))
 }

@@ -146,22 +146,74 @@ fn chat(v: &Map<String, Value>, stream: bool) -> Result<Option<OpenAiCall>, ApiE
         Some(Value::Array(m)) => m,
         Some(_) => return Err(invalid("messages", "must be a list of messages")),
     };
-    let messages = messages
+    let mut translated = messages
         .iter()
         .enumerate()
         .map(|(i, m)| message(i, m))
         .collect::<Result<Vec<_>, _>>()?;
+    link_tool_results(messages, &mut translated);
     let mut out = Map::new();
-    out.insert("messages".into(), Value::Array(messages));
-    if let Some(tools) = v.get("tools").filter(|t| !t.is_null()) {
-        if !tools.is_array() {
-            return Err(invalid("tools", "must be a list of tools"));
-        }
+    out.insert("messages".into(), Value::Array(translated));
+    match v.get("tools") {
+        None | Some(Value::Null) => {}
+        // ollama-python sends `tools: []` with every chat; OpenAI's API (and
+        // servers that follow it strictly) refuse an empty list.
+        Some(Value::Array(t)) if t.is_empty() => {}
         // Ollama's tool definitions are OpenAI's: {type, function:{name, description, parameters}}.
-        out.insert("tools".into(), tools.clone());
+        Some(tools @ Value::Array(_)) => {
+            out.insert("tools".into(), tools.clone());
+        }
+        Some(_) => return Err(invalid("tools", "must be a list of tools")),
     }
     common(v, &mut out, stream)?;
     Ok(Some(("/v1/chat/completions", out)))
+}
+
+/// Gives each tool result the id of the call it answers. Ollama's messages
+/// carry no ids (a result names its tool in `tool_name`, or follows the calls in
+/// order), OpenAI's must: a `role: tool` message without `tool_call_id` is
+/// refused by strict servers, which broke every agent loop's second turn. A
+/// result is matched to the latest assistant message's calls by `tool_name`,
+/// else by position among the results that follow it.
+fn link_tool_results(ollama: &[Value], openai: &mut [Value]) {
+    let mut calls: Vec<(String, String)> = Vec::new();
+    let mut taken: Vec<bool> = Vec::new();
+    for (theirs, ours) in ollama.iter().zip(openai.iter_mut()) {
+        let Some(out) = ours.as_object_mut() else {
+            continue;
+        };
+        match out.get("role").and_then(Value::as_str) {
+            Some("assistant") => {
+                calls = out
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .map(|cs| {
+                        cs.iter()
+                            .map(|c| {
+                                let id = c["id"].as_str().unwrap_or_default().to_string();
+                                let name = c["function"]["name"].as_str().unwrap_or_default();
+                                (id, name.to_string())
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                taken = vec![false; calls.len()];
+            }
+            Some("tool") if !out.contains_key("tool_call_id") => {
+                let named = theirs
+                    .get("tool_name")
+                    .or_else(|| theirs.get("name"))
+                    .and_then(Value::as_str);
+                let by_name =
+                    named.and_then(|n| (0..calls.len()).find(|&k| !taken[k] && calls[k].1 == n));
+                if let Some(k) = by_name.or_else(|| taken.iter().position(|t| !t)) {
+                    taken[k] = true;
+                    out.insert("tool_call_id".into(), json!(calls[k].0));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 /// One Ollama message as an OpenAI one: images become `image_url` parts, tool
@@ -422,6 +474,38 @@ mod tests {
 
     fn body(p: &Parsed) -> Value {
         Value::Object(p.openai.as_ref().unwrap().1.clone())
+    }
+
+    #[test]
+    fn tool_results_carry_the_id_of_the_call_they_answer() {
+        let p = ok(
+            Endpoint::Chat,
+            json!({"model": "m", "tools": [], "messages": [
+                {"role": "user", "content": "weather and time?"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"function": {"name": "weather", "arguments": {"city": "Oslo"}}},
+                    {"function": {"name": "time", "arguments": {}}}]},
+                // Out of order, named: matched by name.
+                {"role": "tool", "tool_name": "time", "content": "12:00"},
+                // Unnamed: the first call not yet answered.
+                {"role": "tool", "content": "rain"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"id": "call_given", "function": {"name": "weather", "arguments": {}}}]},
+                {"role": "tool", "content": "sun"}
+            ]}),
+        );
+        let b = body(&p);
+        let m = &b["messages"];
+        assert_eq!(m[1]["tool_calls"][0]["id"], "call_1_0");
+        assert_eq!(m[1]["tool_calls"][1]["id"], "call_1_1");
+        assert_eq!(m[2]["tool_call_id"], "call_1_1", "{m}");
+        assert_eq!(m[3]["tool_call_id"], "call_1_0", "{m}");
+        assert_eq!(m[5]["tool_call_id"], "call_given", "{m}");
+        assert!(m[2].get("tool_name").is_none());
+        assert!(
+            b.get("tools").is_none(),
+            "an empty tools list is not sent: {b}"
+        );
     }
 
     #[test]

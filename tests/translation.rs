@@ -1,0 +1,254 @@
+//! What clients send reaches the backend as the backend's API wants it, and
+//! what comes back reaches each client in its own API's shape: tool calls keep
+//! their ids through the Ollama → OpenAI translation, compressed replies are
+//! still renamed, errors come in each API's own shape and with a real status
+//! whenever the router has not committed one, and `/api/show` tells the truth.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// One request as the backend received it.
+#[derive(Clone, Debug)]
+struct Seen {
+    head: String,
+    body: Vec<u8>,
+}
+
+/// A backend that records every request and answers a chat completion; it
+/// gzips (in name: the bytes are not a chat completion) when asked to.
+struct Recorder {
+    url: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let log = log.clone();
+                std::thread::spawn(move || serve(conn, &log));
+            }
+        });
+        Recorder { url, seen }
+    }
+
+    fn last_body(&self) -> Value {
+        let seen = self.seen.lock().unwrap();
+        let last = seen
+            .iter()
+            .rev()
+            .find(|s| s.head.starts_with("POST"))
+            .unwrap();
+        serde_json::from_slice(&last.body).unwrap()
+    }
+
+    fn last_head(&self) -> String {
+        self.seen.lock().unwrap().last().unwrap().head.clone()
+    }
+}
+
+fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) {
+    let mut out = conn.try_clone().unwrap();
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut head = String::new();
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            head.push_str(&line);
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let gzip = head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("accept-encoding:") && l.contains("gzip"));
+        log.lock().unwrap().push(Seen { head, body });
+        let reply = json!({"id": "x", "object": "chat.completion", "model": "up",
+            "choices": [{"index": 0, "finish_reason": "stop",
+                "message": {"role": "assistant", "content": "done"}}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+        .to_string();
+        let (encoding, reply) = if gzip {
+            (
+                "content-encoding: gzip\r\n",
+                "\u{1f}\u{8b}compressed".to_string(),
+            )
+        } else {
+            ("", reply)
+        };
+        let _ = write!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n{encoding}content-length: {}\r\n\r\n{reply}",
+            reply.len()
+        );
+    }
+}
+
+fn router_for(backend: &Recorder, extra: &str) -> Router {
+    Router::start(&format!(
+        "{extra}backends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, upstream: up, memory: 1MB}}\n  nomic-embed-text: {{backend: b, memory: 1MB}}\n",
+        backend.url
+    ))
+}
+
+#[tokio::test]
+async fn an_ollama_tool_round_trip_reaches_an_openai_backend_with_linked_ids() {
+    let backend = Recorder::start();
+    let r = router_for(&backend, "");
+    // ollama-python's second turn of an agent loop: the call it got back, the
+    // tool's result named by tool_name, and `tools: []` as it always sends.
+    let turn = json!({"model": "m", "stream": false, "tools": [], "messages": [
+        {"role": "user", "content": "what is the weather in Oslo?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+        {"role": "tool", "tool_name": "get_weather", "content": "rain, 4 °C"}
+    ]});
+    let resp = post(&r.url("/api/chat"), &turn).await;
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["message"]["content"], "done");
+    let sent = backend.last_body();
+    let call_id = sent["messages"][1]["tool_calls"][0]["id"].as_str().unwrap();
+    assert!(!call_id.is_empty());
+    assert_eq!(sent["messages"][2]["tool_call_id"], call_id, "{sent}");
+    assert_eq!(
+        sent["messages"][1]["tool_calls"][0]["function"]["arguments"],
+        "{\"city\":\"Oslo\"}"
+    );
+    assert!(
+        sent.get("tools").is_none(),
+        "an empty tools list was sent: {sent}"
+    );
+    assert!(sent["messages"][2].get("tool_name").is_none());
+}
+
+#[tokio::test]
+async fn a_reply_the_backend_would_compress_is_asked_for_plain_and_renamed() {
+    let backend = Recorder::start();
+    let r = router_for(&backend, "");
+    let resp = client()
+        .post(r.url("/v1/chat/completions"))
+        .header("accept-encoding", "gzip, br")
+        .json(&chat("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers().get("content-encoding").is_none());
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["model"], "m", "the backend's name was renamed");
+    let head = backend.last_head().to_ascii_lowercase();
+    assert!(head.contains("accept-encoding: identity"), "{head}");
+}
+
+#[tokio::test]
+async fn a_streamed_request_that_fails_fast_keeps_its_status_and_headers() {
+    let r = Router::start(
+        "backends:\n  gone: {command: [/nonexistent/llama-server, --port, \"${PORT}\"]}\nmodels:\n  m: {backend: gone, memory: 1MB}\n",
+    );
+    let resp = post(&r.url("/v1/chat/completions"), &chat_stream("m")).await;
+    assert_eq!(resp.status(), 502, "a real status, not a committed 200");
+    assert!(resp.headers().get("x-modelyard-error").is_some());
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"]["message"].as_str().unwrap().contains("m"), "{v}");
+}
+
+#[tokio::test]
+async fn router_errors_on_the_messages_api_are_anthropic_shaped() {
+    let backend = Recorder::start();
+    let r = router_for(&backend, "");
+    let resp = post(
+        &r.url("/v1/messages"),
+        &json!({"model": "nope", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-modelyard-error"], "model_not_found");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert_eq!(v["error"]["type"], "not_found_error", "{v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("nope"));
+    let resp = client()
+        .post(r.url("/v1/messages/count_tokens"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+}
+
+#[tokio::test]
+async fn api_show_tells_an_embedding_model_from_a_chat_model() {
+    let backend = Recorder::start();
+    let r = Router::start(&format!(
+        "backends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB, capabilities: [completion, tools], context: 32768}}\n  nomic-embed-text: {{backend: b, memory: 1MB}}\n",
+        backend.url
+    ));
+    let show = |name: &str| {
+        let url = r.url("/api/show");
+        let body = json!({"model": name});
+        async move { post(&url, &body).await.json::<Value>().await.unwrap() }
+    };
+    let embed = show("nomic-embed-text").await;
+    assert_eq!(embed["capabilities"], json!(["embedding"]), "{embed}");
+    let chat = show("m").await;
+    assert_eq!(
+        chat["capabilities"],
+        json!(["completion", "tools"]),
+        "{chat}"
+    );
+    assert_eq!(chat["model_info"]["modelyard.context_length"], 32768);
+}
+
+#[tokio::test]
+async fn a_page_on_localhost_gets_cors_as_ollama_gives_it() {
+    let backend = Recorder::start();
+    let r = router_for(&backend, "");
+    let resp = client()
+        .post(r.url("/v1/chat/completions"))
+        .header("origin", "http://localhost:3000")
+        .json(&chat("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "http://localhost:3000"
+    );
+    let foreign = client()
+        .post(r.url("/v1/chat/completions"))
+        .header("origin", "https://evil.example")
+        .json(&chat("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 403);
+}
