@@ -16,6 +16,7 @@ mod health;
 mod lease;
 mod logs;
 mod measure;
+mod os;
 mod owner;
 pub mod policy;
 mod process;
@@ -39,6 +40,7 @@ pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use process::{find_program, ExitInfo};
+pub use os::{gpu_wired_limit, raise_open_files, OPEN_FILES_CAP};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
 use effects::{Effects, Processes};

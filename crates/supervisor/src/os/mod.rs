@@ -1,0 +1,158 @@
+//! What the router reads from the operating system about processes and memory,
+//! one implementation per OS (`linux`, `macos`). The arithmetic and parsing that
+//! turn the OS's raw numbers into answers are plain functions here, so they are
+//! tested on any machine with values captured from the real one.
+
+#[cfg(target_os = "linux")]
+mod linux;
+#[cfg(target_os = "linux")]
+use linux as sys;
+#[cfg(target_os = "macos")]
+mod macos;
+#[cfg(target_os = "macos")]
+use macos as sys;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+mod other;
+#[cfg(not(any(target_os = "linux", target_os = "macos")))]
+use other as sys;
+
+/// What deciding whether a process group is still ours needs to know, so the
+/// decision is tested against captured process tables as well as the live one.
+pub(crate) trait ProcessTable {
+    /// When `pid` started, in a unit of the OS's own (only ever compared for
+    /// equality, to tell a process from a later one given the same pid); None if
+    /// it is gone or cannot be read.
+    fn start_time(&self, pid: u32) -> Option<u64>;
+    /// Whether `pid` exists (a zombie counts: its pid is still taken).
+    fn exists(&self, pid: u32) -> bool;
+    /// Whether any process of group `pgid` still runs (a zombie does not).
+    fn group_alive(&self, pgid: u32) -> bool;
+}
+
+/// The machine's own process table.
+pub(crate) struct Host;
+
+impl ProcessTable for Host {
+    fn start_time(&self, pid: u32) -> Option<u64> {
+        sys::start_time(pid)
+    }
+
+    fn exists(&self, pid: u32) -> bool {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+    }
+
+    fn group_alive(&self, pgid: u32) -> bool {
+        nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid as i32), None).is_ok()
+            && sys::group_has_live_member(pgid)
+    }
+}
+
+/// Resident bytes of one process (phys_footprint on macOS), None if it is gone.
+pub(crate) fn rss(pid: u32) -> Option<u64> {
+    sys::rss(pid)
+}
+
+/// The direct children of `pid`.
+pub(crate) fn children(pid: u32) -> Vec<u32> {
+    sys::children(pid)
+}
+
+/// Memory the system could give to new work now without swapping.
+pub(crate) fn available() -> Option<u64> {
+    sys::available()
+}
+
+/// How much memory the GPU may wire (lock for its buffers) on this machine:
+/// Apple silicon's unified memory only; None elsewhere.
+pub fn gpu_wired_limit() -> Option<u64> {
+    sys::gpu_wired_limit()
+}
+
+// Compiled on every OS, so tested on every OS; used by the Linux reader.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+/// Field 22 of a /proc/PID/stat line (the start time in clock ticks since boot),
+/// counted after the parenthesised command name, which may hold spaces and ')'.
+pub(crate) fn stat_start_time(stat: &str) -> Option<u64> {
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+// Compiled on every OS, so tested on every OS; used by the Linux reader.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+/// The process group and whether the process is a zombie, from a /proc/PID/stat line.
+pub(crate) fn stat_group(stat: &str) -> Option<(u32, bool)> {
+    // After the command name: state, ppid, pgrp.
+    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
+    let zombie = f.next()? == "Z";
+    let pgrp = f.nth(1)?.parse().ok()?;
+    Some((pgrp, zombie))
+}
+
+// Compiled on every OS, so tested on every OS; used by the macOS reader.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+/// A macOS start time (proc_bsdinfo's `pbi_start_tvsec`/`pbi_start_tvusec`) as
+/// one number, in microseconds since the epoch.
+pub(crate) fn darwin_start_time(sec: u64, usec: u64) -> u64 {
+    sec.saturating_mul(1_000_000).saturating_add(usec)
+}
+
+// Compiled on every OS, so tested on every OS; used by the macOS reader.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+/// Free memory from macOS's host statistics (HOST_VM_INFO64), in bytes: free
+/// pages (which include the speculative ones) and inactive pages, which the
+/// system hands out before it compresses or swaps. Purgeable pages sit in the
+/// active and inactive queues already, so adding them would count them twice.
+pub(crate) fn darwin_available(free: u32, inactive: u32, page_size: u64) -> u64 {
+    (u64::from(free) + u64::from(inactive)).saturating_mul(page_size)
+}
+
+// Compiled on every OS, so tested on every OS; used by the macOS reader.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+/// How much of the machine's memory (`memsize`, bytes) the GPU may wire, given
+/// the `iogpu.wired_limit_mb` sysctl. 0 there means macOS's own default, which is
+/// not published: the figure widely measured is 2/3 of memory up to 36 GB and 3/4
+/// above (recent macOS releases allow somewhat more on large machines, so this
+/// errs low). A value set by hand is what the GPU gets.
+pub(crate) fn wired_limit(wired_limit_mb: u64, memsize: u64) -> u64 {
+    const GIB: u64 = 1 << 30;
+    if wired_limit_mb > 0 {
+        return wired_limit_mb.saturating_mul(1 << 20).min(memsize);
+    }
+    if memsize <= 36 * GIB {
+        memsize / 3 * 2
+    } else {
+        memsize / 4 * 3
+    }
+}
+
+/// The most descriptors the router asks for, however high the hard limit: each
+/// client connection and each backend connection and pipe takes one.
+pub const OPEN_FILES_CAP: u64 = 65_536;
+
+/// What the soft limit on open descriptors becomes: the hard limit, at most
+/// `cap`, at most what the OS allows one process (macOS refuses a soft limit above
+/// `kern.maxfilesperproc`, even under an unlimited hard limit), and never lower
+/// than it already is.
+pub(crate) fn open_files_target(soft: u64, hard: u64, cap: u64, per_process: Option<u64>) -> u64 {
+    let target = hard.min(cap).min(per_process.unwrap_or(u64::MAX));
+    target.max(soft)
+}
+
+/// Raises the soft limit on open descriptors as far as [`open_files_target`]
+/// allows; returns the limit in force afterwards (launchd starts jobs at 256).
+pub fn raise_open_files() -> std::io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    let target = open_files_target(soft, hard, OPEN_FILES_CAP, sys::max_files_per_process());
+    if target > soft {
+        setrlimit(Resource::RLIMIT_NOFILE, target, hard)?;
+    }
+    Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
+}
+
+#[cfg(test)]
+mod tests;
