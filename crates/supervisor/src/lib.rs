@@ -12,6 +12,8 @@ mod backends;
 mod effects;
 mod error;
 mod events;
+#[cfg(debug_assertions)]
+mod fault;
 mod health;
 mod lease;
 mod logs;
@@ -32,15 +34,15 @@ mod tests_servers;
 use std::sync::Arc;
 
 use modelyard_config::Config;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
-pub use process::{find_program, ExitInfo};
 pub use os::{gpu_wired_limit, raise_open_files, OPEN_FILES_CAP};
+pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
 use effects::{Effects, Processes};
@@ -51,6 +53,8 @@ use owner::{Msg, Owner};
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Set once, to the panic's message, if the owner task panics.
+    failure: watch::Receiver<Option<Arc<str>>>,
 }
 
 impl Supervisor {
@@ -83,8 +87,51 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = tokio::sync::broadcast::channel(events::BACKLOG);
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
-        tokio::spawn(owner.run(rx));
-        Supervisor { tx, events }
+        let (failed, failure) = watch::channel(None);
+        let owner = tokio::spawn(owner.run(rx));
+        // Ends with the owner. Without the owner nothing is started, stopped or
+        // released again, so its panic must not go unnoticed: it is logged here
+        // and the binary exits on it (see `failed`).
+        tokio::spawn(async move {
+            if let Err(e) = owner.await {
+                if e.is_panic() {
+                    let why = panic_message(e.into_panic());
+                    tracing::error!("the supervisor's owner task panicked: {why}");
+                    let _ = failed.send(Some(why.into()));
+                }
+            }
+        });
+        Supervisor {
+            tx,
+            events,
+            failure,
+        }
+    }
+
+    /// Resolves, with the panic's message, if the owner task panics; never if
+    /// it ends normally (after `shutdown`). The router then exits non-zero, so
+    /// that launchd or systemd start a new one (which ends the backends this
+    /// one leaves).
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.clone();
+        let why = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.as_deref().unwrap_or_default().to_string());
+        match why {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Whether the owner answers a ping within `limit`: a live process whose
+    /// owner is stuck or gone serves nothing, and says so on /healthz.
+    pub async fn responds_within(&self, limit: std::time::Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Ping { reply }).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 
     /// Waits until `model` (a configured name, not an alias) is ready, starting it
@@ -174,6 +221,14 @@ impl Supervisor {
             let _ = rx.await;
         }
     }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// How often backends' real memory is read.
