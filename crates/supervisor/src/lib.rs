@@ -41,7 +41,7 @@ pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
-pub use os::{gpu_wired_limit, raise_open_files, OPEN_FILES_CAP};
+pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files, OPEN_FILES_CAP};
 pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 

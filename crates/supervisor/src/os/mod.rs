@@ -68,6 +68,21 @@ pub fn gpu_wired_limit() -> Option<u64> {
     sys::gpu_wired_limit()
 }
 
+/// What to say when a model declares more memory than the GPU may wire
+/// (`limit`, from [`gpu_wired_limit`]): Metal cannot keep such a model's
+/// weights resident, so it fails to load or pages; None when it fits.
+pub fn gpu_wired_warning(model: &str, declared: u64, limit: u64) -> Option<String> {
+    use modelyard_config::ByteSize;
+    (declared > limit).then(|| {
+        format!(
+            "models.{model}.memory: {} is more than the GPU may wire on this Mac ({}); \
+             raise the limit with `sudo sysctl iogpu.wired_limit_mb=<MB>` (until reboot) or use a smaller model",
+            ByteSize(declared),
+            ByteSize(limit)
+        )
+    })
+}
+
 // Compiled on every OS, so tested on every OS; used by the Linux reader.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 /// Field 22 of a /proc/PID/stat line (the start time in clock ticks since boot),

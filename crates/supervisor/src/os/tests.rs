@@ -97,3 +97,18 @@ fn this_process_is_in_the_live_table() {
     assert!(rss(me).is_some_and(|b| b > 1_000_000));
     assert!(available().is_some_and(|b| b > 0));
 }
+
+#[test]
+fn a_model_larger_than_the_gpu_may_wire_is_named() {
+    const GB: u64 = 1_000_000_000;
+    let limit = wired_limit(0, 64 << 30);
+    assert_eq!(gpu_wired_warning("qwen3-30b", 41 * GB, limit), None);
+    let w = gpu_wired_warning("qwen3-235b", 56 * GB, limit).unwrap();
+    assert!(
+        w.starts_with(
+            "models.qwen3-235b.memory: 56 GB is more than the GPU may wire on this Mac (48 GiB)"
+        ),
+        "{w}"
+    );
+    assert!(w.contains("iogpu.wired_limit_mb"), "{w}");
+}
