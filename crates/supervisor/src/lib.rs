@@ -53,8 +53,9 @@ use owner::{Msg, Owner};
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
     events: tokio::sync::broadcast::Sender<Event>,
-    /// Set once, to the panic's message, if the owner task panics.
-    failure: watch::Receiver<Option<Arc<str>>>,
+    /// Set once, to what happened, if a task the supervisor cannot do without
+    /// panics.
+    failure: Failure,
 }
 
 impl Supervisor {
@@ -67,8 +68,18 @@ impl Supervisor {
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
         let supervisor = Self::spawn(config, Processes::default(), state);
-        tokio::spawn(sample_memory(supervisor.clone()));
-        tokio::spawn(poll_servers(supervisor.clone()));
+        // Both end with the owner; a panic in either would leave the ledger
+        // blind to real memory or to what servers unloaded on their own.
+        must_live(
+            "memory sampler",
+            &supervisor.failure,
+            sample_memory(supervisor.clone()),
+        );
+        must_live(
+            "server poller",
+            &supervisor.failure,
+            poll_servers(supervisor.clone()),
+        );
         supervisor
     }
 
@@ -87,20 +98,8 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = tokio::sync::broadcast::channel(events::BACKLOG);
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
-        let (failed, failure) = watch::channel(None);
-        let owner = tokio::spawn(owner.run(rx));
-        // Ends with the owner. Without the owner nothing is started, stopped or
-        // released again, so its panic must not go unnoticed: it is logged here
-        // and the binary exits on it (see `failed`).
-        tokio::spawn(async move {
-            if let Err(e) = owner.await {
-                if e.is_panic() {
-                    let why = panic_message(e.into_panic());
-                    tracing::error!("the supervisor's owner task panicked: {why}");
-                    let _ = failed.send(Some(why.into()));
-                }
-            }
-        });
+        let failure = Arc::new(watch::channel(None).0);
+        must_live("owner", &failure, owner.run(rx));
         Supervisor {
             tx,
             events,
@@ -108,12 +107,13 @@ impl Supervisor {
         }
     }
 
-    /// Resolves, with the panic's message, if the owner task panics; never if
-    /// it ends normally (after `shutdown`). The router then exits non-zero, so
+    /// Resolves, with the panic's message, if the owner task (or another the
+    /// supervisor cannot do without) panics; never if they end normally (after
+    /// `shutdown`). The router then exits non-zero, so
     /// that launchd or systemd start a new one (which ends the backends this
     /// one leaves).
     pub async fn failed(&self) -> String {
-        let mut failure = self.failure.clone();
+        let mut failure = self.failure.subscribe();
         let why = failure
             .wait_for(Option::is_some)
             .await
@@ -221,6 +221,30 @@ impl Supervisor {
             let _ = rx.await;
         }
     }
+}
+
+type Failure = Arc<watch::Sender<Option<Arc<str>>>>;
+
+/// Spawns a task the supervisor cannot do without: without the owner nothing is
+/// started, stopped or released again. Its panic must not go unnoticed: it is
+/// logged with its message and sets `failure`, on which the binary exits.
+fn must_live(
+    name: &'static str,
+    failure: &Failure,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let failure = failure.clone();
+    let task = tokio::spawn(task);
+    // Ends with the task.
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                let why = panic_message(e.into_panic());
+                tracing::error!("the supervisor's {name} task panicked: {why}");
+                let _ = failure.send(Some(format!("{name}: {why}").into()));
+            }
+        }
+    });
 }
 
 fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
