@@ -182,3 +182,63 @@ async fn started_with_256_open_files_it_serves_600_keep_alive_clients() {
     assert!(!logs.contains("accept failed"), "{logs}");
     assert!(!logs.contains("refused a connection"), "{logs}");
 }
+
+#[tokio::test]
+async fn no_backend_of_a_router_that_panicked_outlives_the_one_started_after_it() {
+    // The server runs as a grandchild that ignores SIGTERM: the parent-death
+    // signal (Linux only) reaches only `sh`. The failed router's last stops or,
+    // failing those, the next router's reaping must end it.
+    let config = r#"
+backends:
+  wrapped:
+    command: [sh, -c, "$BIN sim --port \"$0\" --model m --ignore-sigterm & wait", "${PORT}"]
+    stop_timeout: 30s
+  sim: {command: [$BIN, sim, --port, "${PORT}", --model, "${MODEL}"]}
+models:
+  m: {backend: wrapped, memory: 1MB}
+  boom: {backend: sim, memory: 1MB}
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("routes.yaml");
+    let state = dir.path().join("state.json");
+    std::fs::write(&path, yaml(config)).unwrap();
+    let mut first = Router::start_at(
+        &path,
+        &state,
+        tempfile::tempdir().unwrap(),
+        &[("TEST_MODELYARD_FAULT", "owner-panic:boom")],
+    );
+    assert_eq!(
+        post(&first.url("/v1/chat/completions"), &chat("m"))
+            .await
+            .status(),
+        200
+    );
+    let shell = first.children()[0];
+    let server = children_of(shell)[0];
+    let _ = impatient(Duration::from_secs(15))
+        .post(first.url("/v1/chat/completions"))
+        .json(&chat("boom"))
+        .send()
+        .await;
+    let status = first.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{}", first.logs());
+
+    let second = Router::start_at(&path, &state, tempfile::tempdir().unwrap(), &[]);
+    let gone = eventually(Duration::from_secs(10), || async {
+        (!alive(server)).then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "the server outlived both routers:\n{}\n{}",
+        first.logs(),
+        second.logs()
+    );
+    assert_eq!(
+        post(&second.url("/v1/chat/completions"), &chat("m"))
+            .await
+            .status(),
+        200
+    );
+}

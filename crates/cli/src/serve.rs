@@ -15,6 +15,8 @@ pub async fn run(
     source: Option<std::path::PathBuf>,
     banner: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
+    // Before anything holds a descriptor, and logged before the banner.
+    open_files(&config);
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another modelyard or an Ollama already running there? set `listen` in routes.yaml, MODELYARD_LISTEN or --listen)"
@@ -31,7 +33,6 @@ pub async fn run(
         );
     }
     banner(addr);
-    open_files(&config);
     let config = Arc::new(config);
     let supervisor = Supervisor::start(config.clone());
     let router = Router::new(config, source, supervisor.clone());

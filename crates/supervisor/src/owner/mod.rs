@@ -540,8 +540,8 @@ impl<E: Effects> Owner<E> {
             };
             let Some(msg) = msg else { return };
             #[cfg(debug_assertions)]
-            if matches!(msg, Msg::Acquire { .. }) {
-                crate::fault::on_acquire().await;
+            if let Msg::Acquire { model, .. } = &msg {
+                crate::fault::on_acquire(model).await;
             }
             match msg {
                 Msg::Acquire {
