@@ -158,6 +158,7 @@ async fn started_with_256_open_files_it_serves_600_keep_alive_clients() {
         .collect();
     all_connected.wait().await;
     let open = open_files(r.pid()).expect("the router's descriptors");
+    println!("router: {open} descriptors open with {CLIENTS} clients connected (limit {limit})");
     assert!(
         open > CLIENTS,
         "{open} descriptors open with {CLIENTS} clients connected"
