@@ -41,7 +41,7 @@ pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
-pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files, OPEN_FILES_CAP};
+pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};
 pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
@@ -109,9 +109,8 @@ impl Supervisor {
 
     /// Resolves, with the panic's message, if the owner task (or another the
     /// supervisor cannot do without) panics; never if they end normally (after
-    /// `shutdown`). The router then exits non-zero, so
-    /// that launchd or systemd start a new one (which ends the backends this
-    /// one leaves).
+    /// `shutdown`). The router then exits non-zero, so that launchd or systemd
+    /// start a new one (which ends the backends this one leaves).
     pub async fn failed(&self) -> String {
         let mut failure = self.failure.subscribe();
         let why = failure
@@ -241,7 +240,8 @@ fn must_live(
             if e.is_panic() {
                 let why = panic_message(e.into_panic());
                 tracing::error!("the supervisor's {name} task panicked: {why}");
-                let _ = failure.send(Some(format!("{name}: {why}").into()));
+                // Kept even while nobody waits for it yet (send would drop it).
+                failure.send_replace(Some(format!("{name}: {why}").into()));
             }
         }
     });

@@ -763,6 +763,10 @@ async fn a_panic_in_a_task_that_must_live_fails_the_supervisor_with_its_message(
     crate::must_live("test", &s.failure, async {
         panic!("an invariant broke");
     });
+    // Nobody waits for the failure until after it happened.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
     let why = tokio::time::timeout(Duration::from_secs(1), s.failed())
         .await
         .expect("failed() resolves");

@@ -146,7 +146,7 @@ pub(crate) fn wired_limit(wired_limit_mb: u64, memsize: u64) -> u64 {
 
 /// The most descriptors the router asks for, however high the hard limit: each
 /// client connection and each backend connection and pipe takes one.
-pub const OPEN_FILES_CAP: u64 = 65_536;
+pub(crate) const OPEN_FILES_CAP: u64 = 65_536;
 
 /// What the soft limit on open descriptors becomes: the hard limit, at most
 /// `cap`, at most what the OS allows one process (macOS refuses a soft limit above
