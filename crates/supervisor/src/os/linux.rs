@@ -1,7 +1,7 @@
 //! Linux: everything from /proc.
 
 pub fn start_time(pid: u32) -> Option<u64> {
-    super::stat_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+    super::procfs::start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
 }
 
 /// An ended orphan may linger as a zombie where nothing reaps it (a container's
@@ -13,7 +13,7 @@ pub fn group_has_live_member(pgid: u32) -> bool {
     procs.flatten().any(|p| {
         std::fs::read_to_string(p.path().join("stat"))
             .ok()
-            .and_then(|s| super::stat_group(&s))
+            .and_then(|s| super::procfs::group(&s))
             .is_some_and(|(group, zombie)| group == pgid && !zombie)
     })
 }

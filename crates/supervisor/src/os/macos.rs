@@ -26,7 +26,7 @@ fn bsd_info(pid: u32) -> Option<libc::proc_bsdinfo> {
 
 pub fn start_time(pid: u32) -> Option<u64> {
     let info = bsd_info(pid)?;
-    Some(super::darwin_start_time(
+    Some(super::darwin::start_time(
         info.pbi_start_tvsec,
         info.pbi_start_tvusec,
     ))
@@ -113,7 +113,7 @@ pub fn available() -> Option<u64> {
     // SAFETY: initialised by the successful call above.
     let s = unsafe { stats.assume_init() };
     let page = u64::try_from(sysconf_page_size()?).ok()?;
-    Some(super::darwin_available(
+    Some(super::darwin::available(
         s.free_count,
         s.inactive_count,
         page,
@@ -155,7 +155,7 @@ pub fn sysctl_u64(name: &CStr) -> Option<u64> {
 pub fn gpu_wired_limit() -> Option<u64> {
     let limit_mb = sysctl_u64(c"iogpu.wired_limit_mb")?;
     let memsize = sysctl_u64(c"hw.memsize")?;
-    Some(super::wired_limit(limit_mb, memsize))
+    Some(super::darwin::wired_limit(limit_mb, memsize))
 }
 
 /// setrlimit refuses a soft limit on descriptors above this.

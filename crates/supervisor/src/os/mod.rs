@@ -3,6 +3,9 @@
 //! turn the OS's raw numbers into answers are plain functions here, so they are
 //! tested on any machine with values captured from the real one.
 
+mod darwin;
+mod procfs;
+
 #[cfg(target_os = "linux")]
 mod linux;
 #[cfg(target_os = "linux")]
@@ -81,67 +84,6 @@ pub fn gpu_wired_warning(model: &str, declared: u64, limit: u64) -> Option<Strin
             ByteSize(limit)
         )
     })
-}
-
-// Compiled on every OS, so tested on every OS; used by the Linux reader.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-/// Field 22 of a /proc/PID/stat line (the start time in clock ticks since boot),
-/// counted after the parenthesised command name, which may hold spaces and ')'.
-pub(crate) fn stat_start_time(stat: &str) -> Option<u64> {
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(19)?
-        .parse()
-        .ok()
-}
-
-// Compiled on every OS, so tested on every OS; used by the Linux reader.
-#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-/// The process group and whether the process is a zombie, from a /proc/PID/stat line.
-pub(crate) fn stat_group(stat: &str) -> Option<(u32, bool)> {
-    // After the command name: state, ppid, pgrp.
-    let mut f = stat.rsplit_once(')')?.1.split_whitespace();
-    let zombie = f.next()? == "Z";
-    let pgrp = f.nth(1)?.parse().ok()?;
-    Some((pgrp, zombie))
-}
-
-// Compiled on every OS, so tested on every OS; used by the macOS reader.
-#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
-/// A macOS start time (proc_bsdinfo's `pbi_start_tvsec`/`pbi_start_tvusec`) as
-/// one number, in microseconds since the epoch.
-pub(crate) fn darwin_start_time(sec: u64, usec: u64) -> u64 {
-    sec.saturating_mul(1_000_000).saturating_add(usec)
-}
-
-// Compiled on every OS, so tested on every OS; used by the macOS reader.
-#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
-/// Free memory from macOS's host statistics (HOST_VM_INFO64), in bytes: free
-/// pages (which include the speculative ones) and inactive pages, which the
-/// system hands out before it compresses or swaps. Purgeable pages sit in the
-/// active and inactive queues already, so adding them would count them twice.
-pub(crate) fn darwin_available(free: u32, inactive: u32, page_size: u64) -> u64 {
-    (u64::from(free) + u64::from(inactive)).saturating_mul(page_size)
-}
-
-// Compiled on every OS, so tested on every OS; used by the macOS reader.
-#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
-/// How much of the machine's memory (`memsize`, bytes) the GPU may wire, given
-/// the `iogpu.wired_limit_mb` sysctl. 0 there means macOS's own default, which is
-/// not published: the figure widely measured is 2/3 of memory up to 36 GB and 3/4
-/// above (recent macOS releases allow somewhat more on large machines, so this
-/// errs low). A value set by hand is what the GPU gets.
-pub(crate) fn wired_limit(wired_limit_mb: u64, memsize: u64) -> u64 {
-    const GIB: u64 = 1 << 30;
-    if wired_limit_mb > 0 {
-        return wired_limit_mb.saturating_mul(1 << 20).min(memsize);
-    }
-    if memsize <= 36 * GIB {
-        memsize / 3 * 2
-    } else {
-        memsize / 4 * 3
-    }
 }
 
 /// The most descriptors the router asks for, however high the hard limit: each

@@ -9,38 +9,38 @@ const STAT_ODD_NAME: &str = "77 (a) b (c) Z 1 4242 4242 0 -1 4194560 0 0 0 0 0 0
 
 #[test]
 fn linux_start_time_is_field_22_after_any_command_name() {
-    assert_eq!(stat_start_time(STAT), Some(351_646));
-    assert_eq!(stat_start_time(STAT_ODD_NAME), Some(98_765));
-    assert_eq!(stat_start_time("13902 (cat) R 1"), None);
-    assert_eq!(stat_start_time(""), None);
+    assert_eq!(procfs::start_time(STAT), Some(351_646));
+    assert_eq!(procfs::start_time(STAT_ODD_NAME), Some(98_765));
+    assert_eq!(procfs::start_time("13902 (cat) R 1"), None);
+    assert_eq!(procfs::start_time(""), None);
 }
 
 #[test]
 fn linux_group_and_zombie_state_come_after_the_command_name() {
-    assert_eq!(stat_group(STAT), Some((13_900, false)));
-    assert_eq!(stat_group(STAT_ODD_NAME), Some((4242, true)));
-    assert_eq!(stat_group("1 (x)"), None);
+    assert_eq!(procfs::group(STAT), Some((13_900, false)));
+    assert_eq!(procfs::group(STAT_ODD_NAME), Some((4242, true)));
+    assert_eq!(procfs::group("1 (x)"), None);
 }
 
 #[test]
 fn darwin_start_time_keeps_microseconds_apart() {
     // proc_bsdinfo of a process started at 2026-12-04 16:00:48.123456 UTC.
-    let a = darwin_start_time(1_796_400_048, 123_456);
+    let a = darwin::start_time(1_796_400_048, 123_456);
     assert_eq!(a, 1_796_400_048_123_456);
     // The same second, a microsecond later: a different process.
-    assert_ne!(a, darwin_start_time(1_796_400_048, 123_457));
-    assert_eq!(darwin_start_time(u64::MAX, 1), u64::MAX, "saturates");
+    assert_ne!(a, darwin::start_time(1_796_400_048, 123_457));
+    assert_eq!(darwin::start_time(u64::MAX, 1), u64::MAX, "saturates");
 }
 
 #[test]
 fn darwin_available_is_free_plus_inactive_pages() {
     // `vm_stat` on a 64 GB M1 Max (16 KiB pages): free 203841 (speculative
     // included), inactive 1265007, purgeable 21110 (already in the queues).
-    let bytes = darwin_available(203_841, 1_265_007, 16_384);
+    let bytes = darwin::available(203_841, 1_265_007, 16_384);
     assert_eq!(bytes, (203_841 + 1_265_007) * 16_384);
     assert_eq!(bytes / (1 << 20), 22_950, "about 22.4 GiB");
     assert_eq!(
-        darwin_available(u32::MAX, u32::MAX, 16_384),
+        darwin::available(u32::MAX, u32::MAX, 16_384),
         2 * u64::from(u32::MAX) * 16_384
     );
 }
@@ -49,16 +49,16 @@ fn darwin_available_is_free_plus_inactive_pages() {
 fn the_gpu_wired_limit_follows_the_sysctl_or_macos_default() {
     const GIB: u64 = 1 << 30;
     // A 64 GB M1 Max left at iogpu.wired_limit_mb = 0: three quarters.
-    assert_eq!(wired_limit(0, 64 * GIB), 48 * GIB);
+    assert_eq!(darwin::wired_limit(0, 64 * GIB), 48 * GIB);
     // 16 GB and 36 GB machines: two thirds.
-    assert_eq!(wired_limit(0, 16 * GIB), 16 * GIB / 3 * 2);
-    assert_eq!(wired_limit(0, 36 * GIB), 24 * GIB);
+    assert_eq!(darwin::wired_limit(0, 16 * GIB), 16 * GIB / 3 * 2);
+    assert_eq!(darwin::wired_limit(0, 36 * GIB), 24 * GIB);
     // Just above 36 GB: three quarters.
-    assert_eq!(wired_limit(0, 48 * GIB), 36 * GIB);
+    assert_eq!(darwin::wired_limit(0, 48 * GIB), 36 * GIB);
     // Set by hand (`sudo sysctl iogpu.wired_limit_mb=57344`): what it says.
-    assert_eq!(wired_limit(57_344, 64 * GIB), 56 * GIB);
+    assert_eq!(darwin::wired_limit(57_344, 64 * GIB), 56 * GIB);
     // More than the machine has is never what the GPU gets.
-    assert_eq!(wired_limit(1 << 40, 64 * GIB), 64 * GIB);
+    assert_eq!(darwin::wired_limit(1 << 40, 64 * GIB), 64 * GIB);
 }
 
 #[test]
@@ -101,7 +101,7 @@ fn this_process_is_in_the_live_table() {
 #[test]
 fn a_model_larger_than_the_gpu_may_wire_is_named() {
     const GB: u64 = 1_000_000_000;
-    let limit = wired_limit(0, 64 << 30);
+    let limit = darwin::wired_limit(0, 64 << 30);
     assert_eq!(gpu_wired_warning("qwen3-30b", 41 * GB, limit), None);
     let w = gpu_wired_warning("qwen3-235b", 56 * GB, limit).unwrap();
     assert!(
