@@ -1,7 +1,7 @@
 //! What the router reads from the operating system about processes and memory,
-//! one implementation per OS (`linux`, `macos`). The arithmetic and parsing that
-//! turn the OS's raw numbers into answers are plain functions here, so they are
-//! tested on any machine with values captured from the real one.
+//! one implementation per OS (`linux`, `macos`). The parsing and arithmetic that
+//! turn the OS's raw numbers into answers are plain functions (`procfs`,
+//! `darwin`), tested on any machine with values captured from the real one.
 
 mod darwin;
 mod procfs;
