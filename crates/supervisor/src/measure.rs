@@ -46,7 +46,7 @@ pub(crate) fn mem_available(meminfo: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     #[test]
     fn reads_mem_available_in_bytes() {
