@@ -14,15 +14,7 @@ use serde_json::Value;
 const MB: u64 = 1_000_000;
 
 fn rss_bytes(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    rss_kib(pid).map_or(0, |kb| kb * 1024)
 }
 
 /// Samples the router's children every 5 ms on a thread of its own.

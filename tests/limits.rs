@@ -226,9 +226,7 @@ async fn a_panic_in_a_handler_is_a_500_and_the_router_keeps_serving() {
 }
 
 fn vm_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    rss_kib(pid)
 }
 
 #[tokio::test]

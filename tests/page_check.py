@@ -1,5 +1,6 @@
 """Drives the status page in headless Chromium: python page_check.py URL SCREENSHOT."""
 import json
+import os
 import sys
 import urllib.request
 
@@ -10,7 +11,10 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+    # Debian's Chromium where .ci/run installs it; elsewhere (a Mac, a GitHub
+    # runner) the one `playwright install chromium` downloads.
+    chromium = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+    browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
     page = browser.new_page(viewport={"width": 1200, "height": 760})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))

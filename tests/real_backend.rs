@@ -83,16 +83,7 @@ fn servers(r: &Router) -> Vec<u32> {
 }
 
 fn rss_mb(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb / 1024)
+    Some(rss_kib(pid)? / 1024)
 }
 
 async fn state(r: &Router, model: &str) -> Value {

@@ -2,6 +2,11 @@
 //! simulated backends (`modelyard sim`) as real child processes.
 #![allow(dead_code)]
 
+mod procs;
+// Each test file uses some of them.
+#[allow(unused_imports)]
+pub use procs::{alive, children_of, environ, open_files, rss_kib};
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -90,7 +95,28 @@ impl Router {
         dir: tempfile::TempDir,
         env: &[(&str, &str)],
     ) -> Router {
-        let mut cmd = Command::new(BIN);
+        Self::start_cmd(Command::new(BIN), config, state, dir, env)
+    }
+
+    /// A router started by `sh -c '{prelude}; exec modelyard serve …'`, to start
+    /// it as a service manager would (e.g. `ulimit -Sn 256`, launchd's default).
+    pub fn start_after(config: &str, prelude: &str, env: &[(&str, &str)]) -> Router {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("routes.yaml");
+        std::fs::write(&path, yaml(config)).unwrap();
+        let state = dir.path().join("state.json");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", &format!("{prelude}; exec \"$0\" \"$@\""), BIN]);
+        Self::start_cmd(cmd, &path, &state, dir, env)
+    }
+
+    fn start_cmd(
+        mut cmd: Command,
+        config: &std::path::Path,
+        state: &std::path::Path,
+        dir: tempfile::TempDir,
+        env: &[(&str, &str)],
+    ) -> Router {
         cmd.args(["serve", "--config"])
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
@@ -165,34 +191,6 @@ impl Drop for Router {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
-                out.extend(s.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
-            }
-        }
-    }
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
-/// Whether a process exists and is not a zombie.
-pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat
-                .rsplit(')')
-                .next()
-                .and_then(|r| r.split_whitespace().next());
-            state != Some("Z")
-        }
-        Err(_) => false,
     }
 }
 

@@ -84,8 +84,25 @@ pub fn warnings(loaded: &Loaded) -> Vec<String> {
         .chain(
             missing_programs(loaded)
                 .into_iter()
+                .chain(wired_limit_warnings(
+                    &loaded.config,
+                    modelyard_supervisor::gpu_wired_limit(),
+                ))
                 .map(|w| format!("{origin}: {w}")),
         )
+        .collect()
+}
+
+/// Models that declare more than the GPU may wire (`limit`; None off Apple
+/// silicon, where there is no such limit).
+fn wired_limit_warnings(config: &modelyard_config::Config, limit: Option<u64>) -> Vec<String> {
+    let Some(limit) = limit else {
+        return Vec::new();
+    };
+    config
+        .models
+        .iter()
+        .filter_map(|(name, m)| modelyard_supervisor::gpu_wired_warning(name, m.memory?.0, limit))
         .collect()
 }
 
@@ -117,4 +134,27 @@ fn missing_programs(loaded: &Loaded) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn models_past_the_gpu_wired_limit_are_warned_about() {
+        let loaded = modelyard_config::load_str(
+            "t",
+            "backends: {omlx: {url: \"http://127.0.0.1:1\"}}\nmodels:\n  small: {backend: omlx, memory: 32GB}\n  large: {backend: omlx, memory: 56GB}\n  unsized: {backend: omlx}\n",
+        )
+        .unwrap();
+        // A 64 GB Mac at the default limit (48 GiB).
+        let w = super::wired_limit_warnings(&loaded.config, Some(48 << 30));
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].starts_with("models.large.memory: 56 GB is more than the GPU may wire"),
+            "{w:?}"
+        );
+        assert!(
+            super::wired_limit_warnings(&loaded.config, None).is_empty(),
+            "Linux"
+        );
+    }
 }

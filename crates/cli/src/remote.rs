@@ -210,6 +210,9 @@ pub fn render_status(url: &str, v: &Value) -> String {
             m["last_error"].as_str().unwrap_or("")
         );
     }
+    for w in strings(&v["warnings"]) {
+        let _ = writeln!(s, "\nwarning: {w}");
+    }
     s
 }
 
@@ -347,4 +350,25 @@ pub async fn reload(t: &Target) -> Result<(), String> {
         println!("reloaded: {}", changes.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_ends_with_the_routers_warnings() {
+        // /admin/status of a router on a 64 GB Mac with a 56 GB model declared.
+        let v = serde_json::json!({
+            "budget": 60_000_000_000u64, "used": 0, "free": 60_000_000_000u64,
+            "gpu_wired_limit": 51_539_607_552u64,
+            "warnings": ["models.large.memory: 56 GB is more than the GPU may wire on this Mac (48 GiB); raise it"],
+            "models": [{"name": "large", "state": "cold", "declared": 56_000_000_000u64, "reserved": 0}],
+        });
+        let s = super::render_status("http://127.0.0.1:11434", &v);
+        assert!(
+            s.ends_with("\nwarning: models.large.memory: 56 GB is more than the GPU may wire on this Mac (48 GiB); raise it\n"),
+            "{s}"
+        );
+        let quiet = super::render_status("http://x", &serde_json::json!({"models": []}));
+        assert!(!quiet.contains("warning"), "{quiet}");
+    }
 }

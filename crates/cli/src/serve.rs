@@ -15,6 +15,8 @@ pub async fn run(
     source: Option<std::path::PathBuf>,
     banner: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
+    // Before anything holds a descriptor, and logged before the banner.
+    open_files(&config);
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another modelyard or an Ollama already running there? set `listen` in routes.yaml, MODELYARD_LISTEN or --listen)"
@@ -37,11 +39,55 @@ pub async fn run(
     // After the bind and the banner: the listener never waits for a preload.
     router.preload();
     reload_on_sighup(router.clone());
-    modelyard_proxy::serve(listener, router, stop_signal()).await;
+    let (broke, broken) = tokio::sync::oneshot::channel();
+    let stop = async {
+        tokio::select! {
+            _ = stop_signal() => {}
+            why = supervisor.failed() => { let _ = broke.send(why); }
+        }
+    };
+    modelyard_proxy::serve(listener, router, stop).await;
+    if let Ok(why) = broken.await {
+        // Its backends are stopped as their handles drop with the owner (and on
+        // Linux die with this process); the next run ends any that remain.
+        return Err(format!(
+            "the supervisor failed ({why}); exiting so that launchd or systemd start modelyard again"
+        ));
+    }
     tracing::info!("stopping backends");
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Descriptors each client connection may need besides its own: the backend
+/// connection of its request in flight.
+const FILES_PER_CONNECTION: u64 = 2;
+/// Descriptors kept for everything else: the listener, backends' output pipes,
+/// the state file, logs.
+const FILES_SPARE: u64 = 128;
+
+/// Raises the open-file limit (launchd starts jobs at 256, far below what
+/// `max_connections` needs) and says whether `max_connections` fits in it.
+fn open_files(config: &Config) {
+    let limit = match modelyard_supervisor::raise_open_files() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!("cannot raise the open-file limit: {e}");
+            return;
+        }
+    };
+    tracing::info!("open-file limit {limit}");
+    let needs = (config.max_connections as u64)
+        .saturating_mul(FILES_PER_CONNECTION)
+        .saturating_add(FILES_SPARE);
+    if needs > limit {
+        tracing::warn!(
+            "max_connections {} may need {needs} open files, more than this process may open ({limit}): \
+             connections past the limit fail to be accepted; lower max_connections or raise the hard limit (ulimit -Hn)",
+            config.max_connections
+        );
+    }
 }
 
 async fn stop_signal() {

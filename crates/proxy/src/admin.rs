@@ -228,9 +228,21 @@ async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
     let models: Vec<Value> = snap.models.iter().map(|m| model_json(inner, m)).collect();
     let budget = (snap.budget != u64::MAX).then_some(snap.budget);
     let configured = (snap.configured_budget != u64::MAX).then_some(snap.configured_budget);
+    // Apple silicon: a model the GPU cannot wire whole fails or pages.
+    let gpu_wired_limit = modelyard_supervisor::gpu_wired_limit();
+    let warnings: Vec<String> = gpu_wired_limit
+        .map(|limit| {
+            snap.models
+                .iter()
+                .filter_map(|m| modelyard_supervisor::gpu_wired_warning(&m.name, m.declared, limit))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(ok(json!({
         "budget": budget,
         "configured_budget": configured,
+        "gpu_wired_limit": gpu_wired_limit,
+        "warnings": warnings,
         "available": snap.available,
         "used": snap.used,
         "free": budget.map(|b| b.saturating_sub(snap.used)),

@@ -43,6 +43,10 @@ pub use server::serve;
 /// The live status page: one file, no build step, nothing fetched from elsewhere.
 const STATUS_PAGE: &str = include_str!("page.html");
 
+/// How long /healthz waits for the supervisor's owner to answer a ping: it
+/// answers in microseconds unless it is stuck.
+const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Everything a request needs; cheap to clone.
 #[derive(Clone)]
 pub struct Router {
@@ -221,7 +225,21 @@ impl Router {
                 resp
             }
             (&Method::GET, "/healthz") => {
-                body::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                // Alive means able to serve: the supervisor's owner answers, not
+                // just this task (launchd and systemd see the process either way).
+                if inner.supervisor.responds_within(HEALTH_DEADLINE).await {
+                    body::json_response(StatusCode::OK, &serde_json::json!({"status": "ok"}))
+                } else {
+                    body::json_response(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({
+                            "status": "unresponsive",
+                            "reason": format!(
+                                "the supervisor did not answer within {HEALTH_DEADLINE:?}"
+                            ),
+                        }),
+                    )
+                }
             }
             (m, p) => ApiError::NoRoute {
                 method: m.to_string(),

@@ -2,6 +2,11 @@
 //! what the router's adapters rely on: route shapes, real memory on load
 //! and unload, and each backend's own scheduler.
 
+// The workspace tests' process readers (/proc on Linux, ps on macOS).
+#[path = "../../../tests/common/procs.rs"]
+#[allow(dead_code)]
+mod procs;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -76,13 +81,7 @@ impl Sim {
     /// Resident memory of the sim process, from the kernel's own count.
     fn rss(&self) -> u64 {
         let pid = self.child.id().expect("running");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let kb: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS line");
-        kb * 1024
+        procs::rss_kib(pid).expect("the sim's resident memory") * 1024
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {

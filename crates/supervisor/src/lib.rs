@@ -12,10 +12,13 @@ mod backends;
 mod effects;
 mod error;
 mod events;
+#[cfg(debug_assertions)]
+mod fault;
 mod health;
 mod lease;
 mod logs;
 mod measure;
+mod os;
 mod owner;
 pub mod policy;
 mod process;
@@ -31,13 +34,14 @@ mod tests_servers;
 use std::sync::Arc;
 
 use modelyard_config::Config;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
+pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};
 pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
@@ -49,6 +53,9 @@ use owner::{Msg, Owner};
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
     events: tokio::sync::broadcast::Sender<Event>,
+    /// Set once, to what happened, if a task the supervisor cannot do without
+    /// panics.
+    failure: Failure,
 }
 
 impl Supervisor {
@@ -61,8 +68,18 @@ impl Supervisor {
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
         let supervisor = Self::spawn(config, Processes::default(), state);
-        tokio::spawn(sample_memory(supervisor.clone()));
-        tokio::spawn(poll_servers(supervisor.clone()));
+        // Both end with the owner; a panic in either would leave the ledger
+        // blind to real memory or to what servers unloaded on their own.
+        must_live(
+            "memory sampler",
+            &supervisor.failure,
+            sample_memory(supervisor.clone()),
+        );
+        must_live(
+            "server poller",
+            &supervisor.failure,
+            poll_servers(supervisor.clone()),
+        );
         supervisor
     }
 
@@ -81,8 +98,39 @@ impl Supervisor {
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = tokio::sync::broadcast::channel(events::BACKLOG);
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
-        tokio::spawn(owner.run(rx));
-        Supervisor { tx, events }
+        let failure = Arc::new(watch::channel(None).0);
+        must_live("owner", &failure, owner.run(rx));
+        Supervisor {
+            tx,
+            events,
+            failure,
+        }
+    }
+
+    /// Resolves, with the panic's message, if the owner task (or another the
+    /// supervisor cannot do without) panics; never if they end normally (after
+    /// `shutdown`). The router then exits non-zero, so that launchd or systemd
+    /// start a new one (which ends the backends this one leaves).
+    pub async fn failed(&self) -> String {
+        let mut failure = self.failure.subscribe();
+        let why = failure
+            .wait_for(Option::is_some)
+            .await
+            .map(|why| why.as_deref().unwrap_or_default().to_string());
+        match why {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Whether the owner answers a ping within `limit`: a live process whose
+    /// owner is stuck or gone serves nothing, and says so on /healthz.
+    pub async fn responds_within(&self, limit: std::time::Duration) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Ping { reply }).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, rx).await, Ok(Ok(())))
     }
 
     /// Waits until `model` (a configured name, not an alias) is ready, starting it
@@ -172,6 +220,39 @@ impl Supervisor {
             let _ = rx.await;
         }
     }
+}
+
+type Failure = Arc<watch::Sender<Option<Arc<str>>>>;
+
+/// Spawns a task the supervisor cannot do without: without the owner nothing is
+/// started, stopped or released again. Its panic must not go unnoticed: it is
+/// logged with its message and sets `failure`, on which the binary exits.
+fn must_live(
+    name: &'static str,
+    failure: &Failure,
+    task: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let failure = failure.clone();
+    let task = tokio::spawn(task);
+    // Ends with the task.
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            if e.is_panic() {
+                let why = panic_message(e.into_panic());
+                tracing::error!("the supervisor's {name} task panicked: {why}");
+                // Kept even while nobody waits for it yet (send would drop it).
+                failure.send_replace(Some(format!("{name}: {why}").into()));
+            }
+        }
+    });
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// How often backends' real memory is read.

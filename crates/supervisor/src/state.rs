@@ -8,9 +8,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::signal::{kill, killpg, Signal};
+use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+
+use crate::os::{Host, ProcessTable};
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct State {
@@ -52,7 +54,8 @@ impl StateFile {
             tracing::warn!(path = %self.path.display(), "state file unreadable; ignoring it");
             return 0;
         };
-        if old.router_pid != std::process::id() && same_process(old.router_pid, old.router_started)
+        if old.router_pid != std::process::id()
+            && same_process(old.router_pid, old.router_started, &Host)
         {
             tracing::warn!(
                 pid = old.router_pid,
@@ -62,7 +65,7 @@ impl StateFile {
             return 0;
         }
         let mut ended = 0;
-        for g in old.groups.iter().filter(|g| ours(g)) {
+        for g in old.groups.iter().filter(|g| ours(g, &Host)) {
             tracing::warn!(pid = g.pid, backend = %g.name, "ending a backend left running by a previous run");
             end_group(g.pid).await;
             ended += 1;
@@ -105,57 +108,26 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Whether the group is still the one we started: its leader is that same
 /// process, or the leader is gone but members remain (the kernel does not hand
 /// out a pid that is still some group's id, so the group is ours).
-fn ours(g: &Group) -> bool {
-    if !group_alive(g.pid) {
+pub(crate) fn ours(g: &Group, procs: &impl ProcessTable) -> bool {
+    if !procs.group_alive(g.pid) {
         return false;
     }
-    match start_time(g.pid) {
+    match procs.start_time(g.pid) {
         Some(now) => Some(now) == g.started,
-        None => kill(Pid::from_raw(g.pid as i32), None).is_err(),
+        None => !procs.exists(g.pid),
     }
 }
 
-/// Whether any process of the group still runs. An ended orphan may linger as a
-/// zombie where nothing reaps it (a container's init); that is not running.
-fn group_alive(pgid: u32) -> bool {
-    if killpg(Pid::from_raw(pgid as i32), None).is_err() {
-        return false;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        let Ok(procs) = std::fs::read_dir("/proc") else {
-            return true;
-        };
-        procs.flatten().any(|p| {
-            let Ok(stat) = std::fs::read_to_string(p.path().join("stat")) else {
-                return false;
-            };
-            // After the command name: state, ppid, pgrp.
-            let mut f = stat
-                .rsplit_once(')')
-                .map(|(_, r)| r.split_whitespace())
-                .into_iter()
-                .flatten();
-            let state = f.next();
-            let pgrp = f.nth(1).and_then(|g| g.parse::<u32>().ok());
-            pgrp == Some(pgid) && state != Some("Z")
-        })
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        true
-    }
-}
-
-fn same_process(pid: u32, started: Option<u64>) -> bool {
-    kill(Pid::from_raw(pid as i32), None).is_ok() && start_time(pid) == started
+/// Whether the router that wrote a state file still runs.
+pub(crate) fn same_process(pid: u32, started: Option<u64>, procs: &impl ProcessTable) -> bool {
+    procs.exists(pid) && procs.start_time(pid) == started
 }
 
 async fn end_group(pgid: u32) {
     let group = Pid::from_raw(pgid as i32);
     let _ = killpg(group, Signal::SIGTERM);
     for _ in 0..100 {
-        if !group_alive(pgid) {
+        if !Host.group_alive(pgid) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
@@ -163,29 +135,102 @@ async fn end_group(pgid: u32) {
     let _ = killpg(group, Signal::SIGKILL);
 }
 
-/// A process's start time in clock ticks since boot (Linux), None elsewhere or if gone.
+/// A process's start time (clock ticks since boot on Linux, microseconds since
+/// the epoch on macOS), None if it is gone.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // Field 22, counted after the parenthesised command name, which may hold spaces.
-        stat.rsplit_once(')')?
-            .1
-            .split_whitespace()
-            .nth(19)?
-            .parse()
-            .ok()
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = pid;
-        None
-    }
+    Host.start_time(pid)
 }
 
-#[cfg(all(test, target_os = "linux"))]
+#[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    /// A process table as captured from a machine: start times of the pids that
+    /// exist, and the groups that still have a running member.
+    #[derive(Default)]
+    struct Captured {
+        started: HashMap<u32, Option<u64>>,
+        live_groups: HashSet<u32>,
+    }
+
+    impl ProcessTable for Captured {
+        fn start_time(&self, pid: u32) -> Option<u64> {
+            self.started.get(&pid).copied().flatten()
+        }
+        fn exists(&self, pid: u32) -> bool {
+            self.started.contains_key(&pid)
+        }
+        fn group_alive(&self, pgid: u32) -> bool {
+            self.live_groups.contains(&pgid)
+        }
+    }
+
+    fn group(pid: u32, started: u64) -> Group {
+        Group {
+            pid,
+            started: Some(started),
+            name: "omlx".into(),
+        }
+    }
+
+    #[test]
+    fn a_group_whose_leader_started_when_recorded_is_ours() {
+        // macOS values: pbi_start_tvsec/usec as microseconds since the epoch.
+        let t = Captured {
+            started: HashMap::from([(5151, Some(1_796_400_048_123_456))]),
+            live_groups: HashSet::from([5151]),
+        };
+        assert!(ours(&group(5151, 1_796_400_048_123_456), &t));
+    }
+
+    #[test]
+    fn a_pid_reused_by_another_process_is_not_ours() {
+        let t = Captured {
+            started: HashMap::from([(5151, Some(351_646))]),
+            live_groups: HashSet::from([5151]),
+        };
+        assert!(!ours(&group(5151, 351_600), &t));
+    }
+
+    #[test]
+    fn a_group_that_outlived_its_leader_is_ours() {
+        // `sh -c 'server & wait'` killed: the server runs on in the group.
+        let t = Captured {
+            started: HashMap::new(),
+            live_groups: HashSet::from([5151]),
+        };
+        assert!(ours(&group(5151, 351_646), &t));
+    }
+
+    #[test]
+    fn a_group_with_nothing_running_is_left_alone() {
+        let t = Captured {
+            started: HashMap::from([(5151, Some(351_646))]),
+            live_groups: HashSet::new(),
+        };
+        assert!(!ours(&group(5151, 351_646), &t), "zombies only, or gone");
+    }
+
+    #[test]
+    fn a_leader_whose_start_cannot_be_read_is_not_killed() {
+        let t = Captured {
+            started: HashMap::from([(5151, None)]),
+            live_groups: HashSet::from([5151]),
+        };
+        assert!(!ours(&group(5151, 351_646), &t));
+    }
+
+    #[test]
+    fn a_router_still_running_is_told_from_one_whose_pid_was_reused() {
+        let t = Captured {
+            started: HashMap::from([(700, Some(42))]),
+            live_groups: HashSet::new(),
+        };
+        assert!(same_process(700, Some(42), &t));
+        assert!(!same_process(700, Some(41), &t), "pid reused");
+        assert!(!same_process(701, Some(42), &t), "gone");
+    }
 
     #[test]
     fn start_time_tells_processes_apart() {
@@ -197,7 +242,7 @@ mod tests {
             started: Some(me + 1),
             name: "x".into(),
         };
-        assert!(!ours(&g), "a different start time is someone else");
+        assert!(!ours(&g, &Host), "a different start time is someone else");
     }
 
     #[tokio::test]

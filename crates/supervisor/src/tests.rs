@@ -756,3 +756,36 @@ async fn a_requests_keep_alive_sets_the_idle_timeout_until_the_next_unload() {
     advance(Duration::from_secs(60 * 60)).await;
     assert_eq!(ledger(&s).await.1, vec!["keep", "small"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panic_in_a_task_that_must_live_fails_the_supervisor_with_its_message() {
+    let (s, _fake) = start(SEED);
+    crate::must_live("test", &s.failure, async {
+        panic!("an invariant broke");
+    });
+    // Nobody waits for the failure until after it happened.
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    let why = tokio::time::timeout(Duration::from_secs(1), s.failed())
+        .await
+        .expect("failed() resolves");
+    assert_eq!(why, "test: an invariant broke");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_owner_that_answers_is_alive_and_a_normal_shutdown_is_no_failure() {
+    let (s, _fake) = start(SEED);
+    assert!(s.responds_within(Duration::from_secs(1)).await);
+    s.shutdown().await;
+    assert!(
+        !s.responds_within(Duration::from_secs(1)).await,
+        "the owner is gone after shutdown"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(60), s.failed())
+            .await
+            .is_err(),
+        "a shutdown is not a failure"
+    );
+}

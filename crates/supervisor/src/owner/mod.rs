@@ -107,6 +107,10 @@ pub(crate) enum Msg {
     Shutdown {
         done: oneshot::Sender<()>,
     },
+    /// Answered at once: proof that the owner still takes messages.
+    Ping {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// How many recent loads the typical load time is the median of.
@@ -535,6 +539,10 @@ impl<E: Effects> Owner<E> {
                 }
             };
             let Some(msg) = msg else { return };
+            #[cfg(debug_assertions)]
+            if let Msg::Acquire { model, .. } = &msg {
+                crate::fault::on_acquire(model).await;
+            }
             match msg {
                 Msg::Acquire {
                     model,
@@ -594,6 +602,9 @@ impl<E: Effects> Owner<E> {
                 }
                 Msg::Unload { model, reply } => {
                     let _ = reply.send(self.on_unload(model));
+                }
+                Msg::Ping { reply } => {
+                    let _ = reply.send(());
                 }
                 Msg::Shutdown { done } => {
                     self.shutdown_done = Some(done);
