@@ -279,7 +279,7 @@ async fn client_input_in_errors_and_logs_is_cut_and_escaped() {
         sim.url
     ));
     let url = r.url("/v1/chat/completions");
-    let before_rss = rss_kib(r.pid());
+    let before_rss = rss_kib(r.pid()).unwrap();
     let huge = "x".repeat(30 << 20);
     for _ in 0..4 {
         let msg = expect_error(post(&url, &chat(&huge)).await, 404, "model_not_found").await;
@@ -299,17 +299,8 @@ async fn client_input_in_errors_and_logs_is_cut_and_escaped() {
         !logs.lines().any(|l| l.starts_with("2026-01-01T00:00:00Z")),
         "a log line was forged:\n{logs}"
     );
-    let grown = rss_kib(r.pid()).saturating_sub(before_rss);
+    let grown = rss_kib(r.pid()).unwrap().saturating_sub(before_rss);
     assert!(grown < 200 << 10, "RSS grew by {grown} KiB");
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]

@@ -249,30 +249,7 @@ async fn replies_that_break_http_are_502s_and_their_connection_is_not_reused() {
 /// Descriptors the process has open, and how many of them are TCP sockets in
 /// CLOSE-WAIT (the peer closed, the router never did).
 fn descriptors(pid: u32) -> (usize, usize) {
-    let mut inodes = Vec::new();
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
-    let mut open = 0;
-    for fd in fds.flatten() {
-        open += 1;
-        if let Ok(target) = std::fs::read_link(fd.path()) {
-            let t = target.to_string_lossy().to_string();
-            if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
-                inodes.push(inode.to_string());
-            }
-        }
-    }
-    let mut close_wait = 0;
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            // st 08 is CLOSE_WAIT; column 9 the socket's inode.
-            if cols.len() > 9 && cols[3] == "08" && inodes.iter().any(|i| i == cols[9]) {
-                close_wait += 1;
-            }
-        }
-    }
-    (open, close_wait)
+    (open_files(pid).unwrap(), close_wait(pid).unwrap())
 }
 
 #[tokio::test]

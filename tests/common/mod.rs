@@ -5,7 +5,7 @@
 mod procs;
 // Each test file uses some of them.
 #[allow(unused_imports)]
-pub use procs::{alive, children_of, environ, open_files, rss_kib};
+pub use procs::{alive, children_of, close_wait, environ, open_files, rss_kib};
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

@@ -25,6 +25,12 @@ pub fn open_files(pid: u32) -> Option<usize> {
     os::open_files(pid)
 }
 
+/// How many of `pid`'s TCP sockets are in CLOSE-WAIT: the peer closed and the
+/// process never did.
+pub fn close_wait(pid: u32) -> Option<usize> {
+    os::close_wait(pid)
+}
+
 /// The environment `pid` was started with, one `NAME=value` each.
 pub fn environ(pid: u32) -> Option<Vec<String>> {
     os::environ(pid)
@@ -71,6 +77,30 @@ mod os {
 
     pub fn open_files(pid: u32) -> Option<usize> {
         Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    }
+
+    pub fn close_wait(pid: u32) -> Option<usize> {
+        let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .ok()?
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|t| {
+                let t = t.to_string_lossy().into_owned();
+                Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect();
+        let mut n = 0;
+        for table in ["tcp", "tcp6"] {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+            // Column 4 is the state (08 is CLOSE_WAIT), column 10 the inode.
+            n += text
+                .lines()
+                .skip(1)
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|c| c.len() > 9 && c[3] == "08" && inodes.iter().any(|i| i == c[9]))
+                .count();
+        }
+        Some(n)
     }
 
     pub fn environ(pid: u32) -> Option<Vec<String>> {
@@ -129,6 +159,26 @@ mod os {
                 })
                 .count(),
         )
+    }
+
+    pub fn close_wait(pid: u32) -> Option<usize> {
+        // lsof exits 1 when nothing matches.
+        let out = run(
+            "lsof",
+            &[
+                "-n",
+                "-P",
+                "-a",
+                "-p",
+                &pid.to_string(),
+                "-iTCP",
+                "-sTCP:CLOSE_WAIT",
+                "-F",
+                "f",
+            ],
+        )
+        .unwrap_or_default();
+        Some(out.lines().filter(|l| l.starts_with('f')).count())
     }
 
     /// `ps -E` prints the command, then the environment, space-separated; a
