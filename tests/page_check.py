@@ -1,16 +1,16 @@
-"""Drives the status page in headless Chromium: python page_check.py URL SCREENSHOT."""
+"""Drives the status page in headless Chromium: python page_check.py URL SCREENSHOT CHROMIUM."""
 import json
 import sys
 import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-url, shot = sys.argv[1], sys.argv[2]
+url, shot, chromium = sys.argv[1], sys.argv[2], sys.argv[3]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 with sync_playwright() as p:
-    browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+    browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
     page = browser.new_page(viewport={"width": 1200, "height": 760})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
