@@ -271,8 +271,14 @@ fn a_url_that_is_not_one_is_named_as_such() {
 
 #[tokio::test]
 async fn the_router_starts_with_the_cli_s_variables_set_and_logs_plain_text() {
-    // MODELYARD_URL is the CLI's, not a routes.yaml key.
-    let r = Router::start_with_env(CONFIG, &[("MODELYARD_URL", "http://127.0.0.1:9")]);
+    // MODELYARD_URL is the CLI's and MODELYARD_TEST_PYTHON the tests', not routes.yaml keys.
+    let r = Router::start_with_env(
+        CONFIG,
+        &[
+            ("MODELYARD_URL", "http://127.0.0.1:9"),
+            ("MODELYARD_TEST_PYTHON", "x"),
+        ],
+    );
     assert_eq!(
         post(&r.url("/v1/chat/completions"), &chat("a"))
             .await

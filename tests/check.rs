@@ -656,12 +656,29 @@ fn a_nested_key_is_overridden_with_double_underscores() {
 }
 
 #[test]
-fn an_unknown_modelyard_variable_is_refused_by_its_name() {
+fn a_modelyard_variable_that_is_no_key_is_ignored() {
     let f = yaml(&["listen: 127.0.0.1:11434"]);
-    let r = check_env(f.path(), &[("MODELYARD_FOO", "1")]);
-    r.assert_failed();
-    let l = r.issue("environment MODELYARD_FOO", "foo");
-    assert!(l.contains("unknown key"), "{l}");
+    let r = check_env(
+        f.path(),
+        &[("MODELYARD_FOO", "1"), ("MODELYARD_TEST_PYTHON", "x")],
+    );
+    r.assert_ok();
+    assert!(!r.stderr.contains("MODELYARD_"), "{}", r.describe());
+}
+
+#[test]
+fn a_misspelt_key_variable_is_a_warning_naming_the_key() {
+    let f = yaml(&["listen: 127.0.0.1:11434"]);
+    let r = check_env(f.path(), &[("MODELYARD_BUGDET", "8GB")]);
+    r.assert_ok();
+    assert!(
+        r.stderr.contains(
+            "environment MODELYARD_BUGDET: bugdet: not a routes.yaml key, so ignored; \
+             did you mean MODELYARD_BUDGET?"
+        ),
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! before anything starts, naming the key, the line and the reason for each error.
 
 mod count;
+mod env;
 mod error;
 mod keys;
 mod listen;

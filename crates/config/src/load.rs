@@ -7,17 +7,11 @@ use figment::error::Kind;
 use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 
+use crate::env::PREFIX as ENV_PREFIX;
 use crate::error::{ConfigError, Issue, Origin};
 use crate::locate::LineIndex;
 use crate::schema::Config;
 use crate::validate::{validate, warnings, Problem};
-
-/// Environment variables with the prefix that are not config keys: the config
-/// file's path, the log filter, a meminfo file read instead of the system's, and
-/// a debug build's trigger for testing the panic guard, and the CLI's router URL
-/// (MODELYARD_URL), which the router itself has no use for.
-const NOT_KEYS: &[&str] = &["config", "log", "meminfo", "debug_panic_path", "url"];
-const ENV_PREFIX: &str = "MODELYARD_";
 
 /// A config that passed validation, and where it came from.
 #[derive(Clone, Debug)]
@@ -82,8 +76,11 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         })
         .collect();
 
-    let figment = Figment::from(Yaml::string(text))
-        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_KEYS));
+    let figment = Figment::from(Yaml::string(text)).merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| crate::env::is_config_key(k.as_str()))
+            .split("__"),
+    );
     let mut config: Config = match figment.extract() {
         Ok(c) => c,
         Err(errors) => {
@@ -103,10 +100,19 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         _ => (1, 0),
     });
     if issues.is_empty() {
-        let warnings = warnings(&config)
+        let mut warnings: Vec<Issue> = warnings(&config)
             .into_iter()
             .map(|p| issue_of(p, &index))
             .collect();
+        warnings.extend(
+            crate::env::near_misses()
+                .into_iter()
+                .map(|(var, key, meant)| Issue {
+                    key,
+                    origin: Some(Origin::Env(var)),
+                    message: format!("not a routes.yaml key, so ignored; did you mean {meant}?"),
+                }),
+        );
         Ok(Loaded {
             config,
             origin: origin.to_string(),
