@@ -1021,3 +1021,21 @@ fn a_limit_meant_as_no_limit_is_refused_before_it_costs_memory() {
     let f = yaml(&["max_queue: 1e10"]);
     check(f.path()).assert_issue_at(f.path(), 1, "max_queue", &["`1e10` is too large"]);
 }
+
+#[test]
+fn the_version_names_the_release_and_the_commit() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let head = Command::new("git")
+        .args(["-C", repo, "rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("modelyard {} (commit {head})\n", env!("CARGO_PKG_VERSION"))
+    );
+}

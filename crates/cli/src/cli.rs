@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "modelyard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MODELYARD_COMMIT"), ")"),
     about = "One local base URL for every model server on this machine"
 )]
 pub struct Cli {
