@@ -808,3 +808,18 @@ models:
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn serve_warns_of_a_budget_past_the_machine_s_memory_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let meminfo = dir.path().join("meminfo");
+    std::fs::write(&meminfo, "MemTotal: 200000 kB\nMemAvailable: 100000 kB\n").unwrap();
+    let r = Router::start_with_env(CONFIG, &[("MODELYARD_MEMINFO", meminfo.to_str().unwrap())]);
+    let logs = r.logs();
+    assert!(
+        logs.contains("budget: 300 MB is more than this machine's physical memory (204.8 MB)"),
+        "{logs}"
+    );
+    assert!(logs.contains("routes.yaml:2: budget"), "located: {logs}");
+    assert_eq!(status(&r).await["budget"], 300_000_000);
+}

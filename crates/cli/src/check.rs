@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use modelyard_config::{ByteSize, Loaded};
+use modelyard_config::{ByteSize, Issue, Loaded};
 
 pub fn summary(loaded: &Loaded) -> String {
     let c = &loaded.config;
@@ -74,25 +74,46 @@ pub fn summary(loaded: &Loaded) -> String {
 }
 
 /// What a valid config most likely does not mean, each line located in its
-/// file: the loader's warnings, and programs that are not there to run.
+/// file: the loader's warnings, programs that are not there to run, and a budget
+/// the machine cannot hold.
 pub fn warnings(loaded: &Loaded) -> Vec<String> {
     let origin = &loaded.origin;
     loaded
         .warnings
         .iter()
+        .cloned()
+        .chain(missing_programs(loaded))
+        .chain(budget_past_memory(
+            loaded,
+            modelyard_supervisor::physical_memory(),
+        ))
         .map(|w| w.located(origin).to_string())
-        .chain(
-            missing_programs(loaded)
-                .into_iter()
-                .map(|w| format!("{origin}: {w}")),
-        )
         .collect()
+}
+
+/// A budget above physical memory is never reached: the machine swaps (or, on
+/// macOS, compresses and kills) long before, while the router still thinks there
+/// is room. Not an error: the file may be meant for another machine.
+fn budget_past_memory(loaded: &Loaded, physical: Option<u64>) -> Option<Issue> {
+    let budget = loaded.config.budget?;
+    let physical = physical?;
+    (budget.0 > physical).then(|| {
+        loaded.issue(
+            &["budget"],
+            format!(
+                "{budget} is more than this machine's physical memory ({}); models would be \
+                 loaded into swap long before the budget is reached: lower it, or set \
+                 `reserve` to let the budget follow free memory",
+                ByteSize(physical)
+            ),
+        )
+    })
 }
 
 /// Backends whose program is not there to run: not an error (the router's PATH
 /// may differ, or the program is installed later), but the first request for
 /// such a model would only then find out, with a 502.
-fn missing_programs(loaded: &Loaded) -> Vec<String> {
+fn missing_programs(loaded: &Loaded) -> Vec<Issue> {
     let mut out = Vec::new();
     for (name, b) in &loaded.config.backends {
         let Some(program) = b.command.as_ref().and_then(|argv| argv.first()) else {
@@ -111,8 +132,11 @@ fn missing_programs(loaded: &Loaded) -> Vec<String> {
             } else {
                 "is not on PATH"
             };
-            out.push(format!(
-                "backends.{name}.command: `{program}` {where_}; its models will fail with a 502 until it is installed"
+            out.push(loaded.issue(
+                &["backends", name, "command", "0"],
+                format!(
+                    "`{program}` {where_}; its models will fail with a 502 until it is installed"
+                ),
             ));
         }
     }

@@ -2,6 +2,7 @@
 //! (file, then `MODELYARD_*` environment overrides), and the validation that runs
 //! before anything starts, naming the key, the line and the reason for each error.
 
+mod argv;
 mod count;
 mod env;
 mod error;
@@ -13,6 +14,7 @@ mod locate;
 mod proptests;
 mod schema;
 mod size;
+mod syntax;
 mod timeout;
 mod validate;
 

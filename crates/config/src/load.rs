@@ -23,6 +23,21 @@ pub struct Loaded {
     /// What the config allows but is most likely not meant (no models at all),
     /// for `check` and the log to show; never a reason to refuse it.
     pub warnings: Vec<Issue>,
+    lines: std::sync::Arc<LineIndex>,
+}
+
+impl Loaded {
+    /// An issue about `path` found after loading (a program missing, a budget past
+    /// the machine's memory), placed on its line or environment variable as the
+    /// loader's own are.
+    pub fn issue(&self, path: &[&str], message: String) -> Issue {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        Issue {
+            origin: origin_of(&path, &self.lines),
+            key: path.join("."),
+            message,
+        }
+    }
 }
 
 /// The file to read: `explicit` if given, else `./routes.yaml`, else the user's
@@ -60,6 +75,7 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         issues,
     };
     let index = LineIndex::parse(text).map_err(|e| {
+        let e = crate::syntax::explain(text, e);
         invalid(vec![Issue {
             key: format!("column {}", e.col),
             origin: Some(Origin::Line(e.line)),
@@ -89,6 +105,11 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         }
     };
     let mut problems = validate(&config);
+    problems.extend(
+        crate::size::unitless_memory(&figment)
+            .into_iter()
+            .map(|(path, message)| Problem { path, message }),
+    );
     match crate::keys::client_keys(&config) {
         Ok(keys) => config.client_keys = keys,
         Err(p) => problems.push(p),
@@ -118,6 +139,7 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
             origin: origin.to_string(),
             path: None,
             warnings,
+            lines: std::sync::Arc::new(index),
         })
     } else {
         Err(invalid(issues))

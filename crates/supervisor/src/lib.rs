@@ -17,6 +17,7 @@ mod lease;
 mod logs;
 mod measure;
 mod owner;
+mod physical;
 pub mod policy;
 mod process;
 #[cfg(test)]
@@ -38,6 +39,7 @@ pub use error::SupervisorError;
 pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
+pub use physical::physical_memory;
 pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
