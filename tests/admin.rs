@@ -3,6 +3,9 @@
 mod common;
 
 use std::process::Command;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::time::Duration;
 
 use common::*;
@@ -180,11 +183,14 @@ fn cli_bare(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 /// The CLI, pointed at `url` through MODELYARD_URL if given, with no admin key
 /// or config from the test's environment.
 fn cli_at(url: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    // No router recorded as running: only what the test names is reached.
+    let runtime = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("MODELYARD_URL")
         .env_remove("MODELYARD_ADMIN_KEY")
-        .env_remove("MODELYARD_CONFIG");
+        .env_remove("MODELYARD_CONFIG")
+        .env("XDG_RUNTIME_DIR", runtime.path());
     if let Some(url) = url {
         cmd.env("MODELYARD_URL", url);
     }
@@ -822,4 +828,96 @@ async fn serve_warns_of_a_budget_past_the_machine_s_memory_and_starts() {
     );
     assert!(logs.contains("routes.yaml:2: budget"), "located: {logs}");
     assert_eq!(status(&r).await["budget"], 300_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_a_demo_started_on_another_port_without_url() {
+    let runtime = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", &format!("localhost:{port}")])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("MODELYARD_LISTEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first.trim(),
+        format!("modelyard listening on http://127.0.0.1:{port}"),
+        "localhost is 127.0.0.1"
+    );
+    // From a directory with no routes.yaml, no --url, no config: the record leads.
+    let status = |runtime: &std::path::Path| {
+        Command::new(BIN)
+            .arg("status")
+            .current_dir(elsewhere.path())
+            .env("XDG_RUNTIME_DIR", runtime)
+            .env("HOME", elsewhere.path())
+            .env("XDG_CONFIG_HOME", elsewhere.path())
+            .env_remove("MODELYARD_URL")
+            .env_remove("MODELYARD_CONFIG")
+            .env_remove("MODELYARD_ADMIN_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| status(runtime.path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("qwen3-30b-a3b"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = runtime.path().join("modelyard/router.json");
+    assert!(record.exists());
+
+    // A demo that stopped takes its record with it.
+    kill(Pid::from_raw(demo.id() as i32), Signal::SIGTERM).unwrap();
+    tokio::task::block_in_place(|| demo.wait()).unwrap();
+    assert!(!record.exists(), "the record goes with the router");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_left_by_a_killed_router_is_passed_over() {
+    let r = Router::start(CONFIG);
+    let record = r.dir.path().join("modelyard/router.json");
+    assert!(record.exists(), "serve records its URL too");
+    r.signal(Signal::SIGKILL);
+    let mut r = r;
+    r.wait_exit(Duration::from_secs(5));
+    assert!(record.exists(), "nobody removed it");
+    // Its pid is gone: the CLI goes by the routes.yaml it finds instead.
+    let other = Router::start(CONFIG);
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = other.url.trim_start_matches("http://");
+    std::fs::write(cwd.path().join("routes.yaml"), format!("listen: {addr}\n")).unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN)
+            .arg("status")
+            .current_dir(cwd.path())
+            .env("XDG_RUNTIME_DIR", r.dir.path())
+            .env_remove("MODELYARD_URL")
+            .env_remove("MODELYARD_CONFIG")
+            .env_remove("MODELYARD_ADMIN_KEY")
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("big-a"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

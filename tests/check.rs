@@ -928,7 +928,7 @@ fn values_that_cannot_be_right_say_what_to_write_instead() {
             &["`-5s`", "cannot be negative"],
         ),
         (
-            "listen: localhost:8080",
+            "listen: router.lan:8080",
             "listen",
             &["IP address and a port", "127.0.0.1:11434", "not resolved"],
         ),

@@ -95,7 +95,9 @@ impl Router {
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
             .env("MODELYARD_STATE_FILE", state)
-            .env("MODELYARD_LOG", "debug");
+            .env("MODELYARD_LOG", "debug")
+            // Where it records its URL for the CLI: its own, not the user's.
+            .env("XDG_RUNTIME_DIR", dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }

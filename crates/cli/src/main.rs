@@ -1,6 +1,7 @@
 mod check;
 mod cli;
 mod remote;
+mod runtime;
 mod serve;
 
 use std::io::{IsTerminal, Write};

@@ -30,8 +30,24 @@ impl Target {
     /// address instead would send the command to whatever router is there.
     /// With `--url` and no named config, a found one is not read: it may
     /// describe another router, whose admin key must not go to this one.
+    ///
+    /// With neither `--url` nor a named config, a router that recorded where it
+    /// listens (`serve`, `demo`) is the one meant: it is what runs, on whatever
+    /// port it was given, and its own config holds its admin key.
     pub fn new(remote: &Remote) -> Result<Target, String> {
         let url = remote.url.as_deref().map(checked_url).transpose()?;
+        if url.is_none() && remote.config.is_none() {
+            if let Some(found) = crate::runtime::find() {
+                let key = std::env::var("MODELYARD_ADMIN_KEY").ok().or_else(|| {
+                    let path = found.config.as_deref()?;
+                    modelyard_config::load_file(path).ok()?.config.admin_key
+                });
+                return Ok(Target {
+                    url: found.url.trim_end_matches('/').to_string(),
+                    key,
+                });
+            }
+        }
         let config = match modelyard_config::locate(remote.config.as_deref()) {
             Ok(_) if url.is_some() && remote.config.is_none() => None,
             Err(_) => None,
@@ -79,7 +95,7 @@ impl Target {
 
     fn unreachable(&self, e: &reqwest::Error) -> String {
         format!(
-            "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`",
+            "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`, or name its URL with --url",
             self.url,
             root_cause(e)
         )

@@ -7,7 +7,7 @@ mod count;
 mod env;
 mod error;
 mod keys;
-mod listen;
+pub mod listen;
 mod load;
 mod locate;
 #[cfg(test)]
