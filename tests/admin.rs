@@ -359,6 +359,33 @@ async fn the_cli_shows_loads_and_unloads() {
     );
     let (ok, out, _) = run(vec!["unload", "--all"], key.to_vec()).await.unwrap();
     assert!(ok && out.contains("unloading big-a"), "{out}");
+    // Afterwards, status says what happened and why, and the groups.
+    let out = eventually(Duration::from_secs(10), || {
+        let run = run.clone();
+        async move {
+            let (_, out, _) = run(vec!["status"], vec![]).await.unwrap();
+            out.contains("unloaded").then_some(out)
+        }
+    })
+    .await
+    .expect("the unload shows in status");
+    let said: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("recent events"))
+        .collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("ready    big-a") && l.contains("loaded in")),
+        "{out}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.contains("unloaded big-a") && l.contains("asked to (unload from the CLI")),
+        "{out}"
+    );
+    let row = out.lines().find(|l| l.starts_with("big-b")).unwrap();
+    assert!(row.contains("large"), "the group shows: {row}");
+    assert!(out.contains("* pinned: never unloaded"), "{out}");
     let (ok, _, err) = run(vec!["unload", "nosuch"], key.to_vec()).await.unwrap();
     assert!(!ok && err.contains("does not exist"), "{err}");
     let (ok, _, err) = run(vec!["unload"], vec![]).await.unwrap();
@@ -696,8 +723,28 @@ models:
         .await
         .unwrap();
     assert!(
-        ok && out.contains("reloaded: no model changes"),
+        ok && out.contains("reloaded: nothing changed"),
         "{out}{err}"
+    );
+    // A change of the budget alone is a change, and said as one.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("budget: 1GB\n{text}")).unwrap();
+    let url2 = r.url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&["reload"], &url2, &[]))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("reloaded: budget no limit → 1 GB"),
+        "{out}{err}"
+    );
+    let events = get_json(&r.url("/admin/status")).await["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "budget" && e["detail"] == "reload: budget no limit → 1 GB"),
+        "{events}"
     );
 
     tokio::time::sleep(Duration::from_millis(300)).await;

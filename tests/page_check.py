@@ -46,5 +46,20 @@ with sync_playwright() as p:
     page.click('button[data-unload="big-b"]')
     page.wait_for_selector('tr[data-model="big-b"][data-state="cold"]', timeout=20000)
     assert not errors, errors
+
+    # A page opened now, after the fact, still says why each model left: the
+    # router keeps the recent events. And it shows groups and pinned models.
+    fresh = browser.new_page(viewport={"width": 1200, "height": 760})
+    fresh.on("pageerror", lambda e: errors.append(str(e)))
+    fresh.goto(url)
+    fresh.wait_for_selector('#events li[data-kind="unloaded"]')
+    history = fresh.inner_text("#events")
+    assert "unloaded big-a to make room for big-b" in history, history
+    assert "unloaded big-b asked to" in history, history
+    assert history.index("unloaded big-b asked to") < history.index("unloaded big-a to make room"), "newest first: " + history
+    assert fresh.inner_text('tr[data-model="big-a"] td.group').startswith("large")
+    assert fresh.inner_text('tr[data-model="kept"] td.group').startswith("–")
+    assert "pinned" in fresh.inner_text('tr[data-model="kept"]')
+    assert not errors, errors
     browser.close()
 print("page ok")

@@ -178,6 +178,9 @@ pub fn render_status(url: &str, v: &Value) -> String {
         ),
         None => writeln!(s, "modelyard at {url}: {} used (no budget)", ByteSize(used)),
     };
+    if let Some(why) = v["budget_why"].as_str() {
+        let _ = writeln!(s, "budget {why}");
+    }
     let models = v["models"].as_array().cloned().unwrap_or_default();
     if let Some(budget) = v["budget"].as_u64().filter(|b| *b > 0) {
         const WIDTH: u64 = 50;
@@ -204,19 +207,20 @@ pub fn render_status(url: &str, v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<18} {:<9} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  LAST ERROR",
-        "MODEL", "STATE", "DECLARED", "MEASURED", "BUSY", "QUEUED", "IDLE UNLOAD", "PID"
+        "\n{:<18} {:<9} {:<8} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  LAST ERROR",
+        "MODEL", "STATE", "GROUP", "DECLARED", "MEASURED", "BUSY", "QUEUED", "IDLE UNLOAD", "PID"
     );
     for m in &models {
         let _ = writeln!(
             s,
-            "{:<18} {:<9} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  {}",
+            "{:<18} {:<9} {:<8} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  {}",
             m["name"].as_str().unwrap_or("?"),
             format!(
                 "{}{}",
                 m["state"].as_str().unwrap_or("?"),
                 if m["pinned"] == true { "*" } else { "" }
             ),
+            m["group"].as_str().unwrap_or("-"),
             size(&m["declared"]),
             size(&m["measured"]),
             m["in_flight"].as_u64().unwrap_or(0),
@@ -226,7 +230,48 @@ pub fn render_status(url: &str, v: &Value) -> String {
             m["last_error"].as_str().unwrap_or("")
         );
     }
+    if models.iter().any(|m| m["pinned"] == true) {
+        let _ = writeln!(s, "* pinned: never unloaded to make room or for being idle");
+    }
+    // Why models came and went, from the router's memory of recent events.
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let said: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["kind"].as_str(),
+                Some("ready" | "unloaded" | "crashed" | "failed" | "budget" | "kept")
+            )
+        })
+        .collect();
+    if !said.is_empty() {
+        let now = now_ms();
+        let _ = writeln!(s, "\nrecent events (oldest first):");
+        for e in said.iter().skip(said.len().saturating_sub(RECENT_SHOWN)) {
+            let at = e["at_ms"].as_u64().unwrap_or(now);
+            let _ = writeln!(
+                s,
+                "  {:>8} ago  {:<8} {:<18} {}",
+                ago(Some(now.saturating_sub(at) / 1000)),
+                e["kind"].as_str().unwrap_or("?"),
+                e["model"]
+                    .as_str()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("(router)"),
+                e["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
     s
+}
+
+/// How many of the recent events `status` prints; the page and `--json` have more.
+const RECENT_SHOWN: usize = 12;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub async fn load(t: &Target, model: &str) -> Result<(), String> {
@@ -358,7 +403,7 @@ pub async fn reload(t: &Target) -> Result<(), String> {
     let v = t.call(reqwest::Method::POST, "/admin/reload").await?;
     let changes = strings(&v["changes"]);
     if changes.is_empty() {
-        println!("reloaded: no model changes");
+        println!("reloaded: nothing changed");
     } else {
         println!("reloaded: {}", changes.join(", "));
     }

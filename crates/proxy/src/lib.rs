@@ -282,7 +282,7 @@ impl Inner {
             "config reloaded from {}: {}",
             path.display(),
             if changes.is_empty() {
-                "no model changes".to_string()
+                "nothing changed".to_string()
             } else {
                 changes.join(", ")
             }

@@ -50,7 +50,7 @@ use owner::{Msg, Owner};
 #[derive(Clone, Debug)]
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
-    events: tokio::sync::broadcast::Sender<Event>,
+    events: events::EventLog,
 }
 
 impl Supervisor {
@@ -81,7 +81,7 @@ impl Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
         // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let (events, _) = tokio::sync::broadcast::channel(events::BACKLOG);
+        let events = events::EventLog::new();
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
         tokio::spawn(owner.run(rx));
         Supervisor { tx, events }
@@ -157,6 +157,12 @@ impl Supervisor {
     /// Every model event from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// The last events (at most [`events::RECENT`]), oldest first: why models came
+    /// and went before anyone was watching.
+    pub fn recent_events(&self) -> Vec<Event> {
+        self.events.recent()
     }
 
     /// The ledger and every model's state, as the owner sees it now.
