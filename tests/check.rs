@@ -167,6 +167,12 @@ fn the_repository_routes_yaml_passes_and_is_summarised() {
     assert!(r.stdout.contains("backends (3)"), "{}", r.describe());
     assert!(r.stdout.contains("budget 48 GB"), "{}", r.describe());
     assert!(
+        r.stdout
+            .contains("more than the 48 GB budget: models are unloaded to make room"),
+        "the peak beside the budget says what it means; {}",
+        r.describe()
+    );
+    assert!(
         r.stdout.contains("listen 127.0.0.1:11434"),
         "{}",
         r.describe()

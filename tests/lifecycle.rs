@@ -122,8 +122,13 @@ models:
     let url = r.url("/v1/chat/completions");
     assert_eq!(post(&url, &chat("m")).await.status(), 200);
     let first = r.children();
-    // The second request kills the process mid-request: a clear 502, not a hang.
-    expect_error(post(&url, &chat("m")).await, 502, "backend_unreachable").await;
+    // The second request kills the process mid-request: a clear 502, not a hang,
+    // that says the backend crashed and how.
+    let msg = expect_error(post(&url, &chat("m")).await, 502, "backend_unreachable").await;
+    assert!(
+        msg.contains("it crashed (the process exited with code"),
+        "{msg}"
+    );
     let served = eventually(Duration::from_secs(5), || async {
         let resp = post(&url, &chat("m")).await;
         (resp.status() == 200).then_some(())

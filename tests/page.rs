@@ -27,6 +27,10 @@ models:
         "self-contained: nothing fetched from elsewhere"
     );
 
+    // The icon browsers ask for on every view: an answer, not a logged refusal.
+    assert_eq!(get(&r.url("/favicon.ico")).await.status(), 204);
+    assert!(!r.logs().contains("refused"), "{}", r.logs());
+
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/page_check.py");
     let (url, shot2) = (r.url.clone(), shot.clone());

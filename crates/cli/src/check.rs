@@ -62,13 +62,18 @@ pub fn summary(loaded: &Loaded) -> String {
     let peak = ungrouped + groups.values().sum::<u64>();
     let _ = write!(
         s,
-        "\nmemory: {} declared in all; at most {} at once (one model per group); budget {budget}",
+        "\nmemory: {} declared in all; loading every model it can at once (one per group) would take {}",
         ByteSize(total),
         ByteSize(peak)
     );
-    if c.budget.is_some_and(|b| b.0 < peak) {
-        let _ = write!(s, " (models are unloaded to make room)");
-    }
+    let _ = match c.budget {
+        Some(b) if b.0 < peak => write!(
+            s,
+            ", more than the {b} budget: models are unloaded to make room"
+        ),
+        Some(b) => write!(s, ", within the {b} budget"),
+        None => write!(s, "; no budget"),
+    };
     let _ = writeln!(s);
     s
 }

@@ -197,6 +197,12 @@ impl Router {
                 let snap = inner.supervisor.snapshot().await;
                 models::one(&inner.config(), snap.as_ref(), inner.started_unix, &id)
             }
+            // Browsers ask for it on every page view; no icon is no error worth a log line.
+            (&Method::GET, "/favicon.ico") => {
+                let mut resp = Response::new(body::full(""));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
             (&Method::GET, "/") => {
                 let mut resp = Response::new(body::full(STATUS_PAGE));
                 resp.headers_mut().insert(
