@@ -208,10 +208,20 @@ pub(crate) async fn exchange(
         };
     match sent {
         Ok(reply) => Ok(reply),
-        // A connection that broke once made: most likely the backend died.
+        // A connection that broke, or none at all, to a ready backend: most
+        // likely it died.
         Err(Failure::Lost(why)) => Err(ApiError::Unreachable {
             model: model.to_string(),
             reason: with_crash(state, model, format!("{} ({why})", lease.authority)).await,
+        }),
+        Err(Failure::Connect(e)) => Err(ApiError::Unreachable {
+            model: model.to_string(),
+            reason: with_crash(
+                state,
+                model,
+                format!("{} (cannot connect: {e})", lease.authority),
+            )
+            .await,
         }),
         Err(e) => Err(failed(e, model, lease, state.connect_timeout)),
     }
@@ -226,14 +236,16 @@ async fn with_crash(state: &Inner, model: &str, reason: String) -> String {
     let deadline = Instant::now() + std::time::Duration::from_millis(500);
     loop {
         let snap = state.supervisor.snapshot().await;
-        let crashed = snap.as_ref().and_then(|s| s.model(model)).and_then(|m| {
-            let gone = !matches!(m.phase, Phase::Ready | Phase::Draining);
-            m.last_error.as_deref().filter(|_| gone)
-        });
-        if let Some(exit) = crashed {
+        let Some(m) = snap.as_ref().and_then(|s| s.model(model)) else {
+            return reason;
+        };
+        let gone = !matches!(m.phase, Phase::Ready | Phase::Draining);
+        if let Some(exit) = m.last_error.as_deref().filter(|_| gone) {
             return format!("{reason}: it crashed ({exit})");
         }
-        if Instant::now() >= deadline {
+        // No process of ours serves it (another machine's, a server someone else
+        // runs): there is no exit to wait for.
+        if m.pid.is_none() || Instant::now() >= deadline {
             return reason;
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
