@@ -15,7 +15,30 @@ pub(crate) mod optional {
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<Vec<String>>, D::Error> {
-        super::deserialize(d).map(Some)
+        d.deserialize_any(MaybeWords)
+    }
+
+    /// `command: ~` is no command, as an absent key is.
+    struct MaybeWords;
+
+    impl<'de> Visitor<'de> for MaybeWords {
+        type Value = Option<Vec<String>>;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            Words.expecting(f)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+            Words.visit_seq(seq).map(Some)
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            Words.visit_str(s).map(Some)
+        }
     }
 }
 
@@ -152,5 +175,35 @@ mod tests {
             r#"[llama-server, --port, "${PORT}", -c, 4096, -m, /m/q.gguf]"#
         );
         assert_eq!(as_list(r#"sh -c "exit 3""#), r#"[sh, -c, "exit 3"]"#);
+    }
+
+    #[derive(serde::Deserialize)]
+    struct B {
+        #[serde(default, deserialize_with = "optional::deserialize")]
+        command: Option<Vec<String>>,
+        #[serde(default, deserialize_with = "deserialize")]
+        args: Vec<String>,
+    }
+
+    fn parse(yaml: &str) -> Result<B, String> {
+        use figment::providers::{Format, Yaml};
+        figment::Figment::from(Yaml::string(yaml))
+            .extract()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn words_of_any_scalar_are_their_text_and_null_is_no_command() {
+        let b =
+            parse("command: [srv, -c, 4096, --fa, true, --t, 0.5, --n, -1]\nargs: [1]").unwrap();
+        assert_eq!(
+            b.command.unwrap(),
+            ["srv", "-c", "4096", "--fa", "true", "--t", "0.5", "--n", "-1"]
+        );
+        assert_eq!(b.args, ["1"]);
+        assert!(parse("command: ~").unwrap().command.is_none());
+        assert!(parse("{}").unwrap().command.is_none());
+        let one = parse("command: srv --port 1").err().unwrap();
+        assert!(one.contains("write [srv, --port, 1]"), "{one}");
     }
 }
