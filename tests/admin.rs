@@ -3,6 +3,9 @@
 mod common;
 
 use std::process::Command;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use std::time::Duration;
 
 use common::*;
@@ -180,11 +183,14 @@ fn cli_bare(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
 /// The CLI, pointed at `url` through MODELYARD_URL if given, with no admin key
 /// or config from the test's environment.
 fn cli_at(url: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    // No router recorded as running: only what the test names is reached.
+    let runtime = tempfile::tempdir().unwrap();
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("MODELYARD_URL")
         .env_remove("MODELYARD_ADMIN_KEY")
-        .env_remove("MODELYARD_CONFIG");
+        .env_remove("MODELYARD_CONFIG")
+        .env("XDG_RUNTIME_DIR", runtime.path());
     if let Some(url) = url {
         cmd.env("MODELYARD_URL", url);
     }
@@ -271,8 +277,14 @@ fn a_url_that_is_not_one_is_named_as_such() {
 
 #[tokio::test]
 async fn the_router_starts_with_the_cli_s_variables_set_and_logs_plain_text() {
-    // MODELYARD_URL is the CLI's, not a routes.yaml key.
-    let r = Router::start_with_env(CONFIG, &[("MODELYARD_URL", "http://127.0.0.1:9")]);
+    // MODELYARD_URL is the CLI's and MODELYARD_TEST_PYTHON the tests', not routes.yaml keys.
+    let r = Router::start_with_env(
+        CONFIG,
+        &[
+            ("MODELYARD_URL", "http://127.0.0.1:9"),
+            ("MODELYARD_TEST_PYTHON", "x"),
+        ],
+    );
     assert_eq!(
         post(&r.url("/v1/chat/completions"), &chat("a"))
             .await
@@ -347,6 +359,33 @@ async fn the_cli_shows_loads_and_unloads() {
     );
     let (ok, out, _) = run(vec!["unload", "--all"], key.to_vec()).await.unwrap();
     assert!(ok && out.contains("unloading big-a"), "{out}");
+    // Afterwards, status says what happened and why, and the groups.
+    let out = eventually(Duration::from_secs(10), || {
+        let run = run.clone();
+        async move {
+            let (_, out, _) = run(vec!["status"], vec![]).await.unwrap();
+            out.contains("unloaded").then_some(out)
+        }
+    })
+    .await
+    .expect("the unload shows in status");
+    let said: Vec<&str> = out
+        .lines()
+        .skip_while(|l| !l.starts_with("recent events"))
+        .collect();
+    assert!(
+        said.iter()
+            .any(|l| l.contains("ready    big-a") && l.contains("loaded in")),
+        "{out}"
+    );
+    assert!(
+        said.iter()
+            .any(|l| l.contains("unloaded big-a") && l.contains("asked to (unload from the CLI")),
+        "{out}"
+    );
+    let row = out.lines().find(|l| l.starts_with("big-b")).unwrap();
+    assert!(row.contains("large"), "the group shows: {row}");
+    assert!(out.contains("* pinned: never unloaded"), "{out}");
     let (ok, _, err) = run(vec!["unload", "nosuch"], key.to_vec()).await.unwrap();
     assert!(!ok && err.contains("does not exist"), "{err}");
     let (ok, _, err) = run(vec!["unload"], vec![]).await.unwrap();
@@ -684,8 +723,28 @@ models:
         .await
         .unwrap();
     assert!(
-        ok && out.contains("reloaded: no model changes"),
+        ok && out.contains("reloaded: nothing changed"),
         "{out}{err}"
+    );
+    // A change of the budget alone is a change, and said as one.
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("budget: 1GB\n{text}")).unwrap();
+    let url2 = r.url.clone();
+    let (ok, out, err) = tokio::task::spawn_blocking(move || cli(&["reload"], &url2, &[]))
+        .await
+        .unwrap();
+    assert!(
+        ok && out.contains("reloaded: budget no limit → 1 GB"),
+        "{out}{err}"
+    );
+    let events = get_json(&r.url("/admin/status")).await["events"].clone();
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "budget" && e["detail"] == "reload: budget no limit → 1 GB"),
+        "{events}"
     );
 
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -800,5 +859,112 @@ models:
             && err.contains(":2: preload.0:")
             && err.contains("did you mean `daily`"),
         "{err}"
+    );
+}
+
+#[tokio::test]
+async fn serve_warns_of_a_budget_past_the_machine_s_memory_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let meminfo = dir.path().join("meminfo");
+    std::fs::write(&meminfo, "MemTotal: 200000 kB\nMemAvailable: 100000 kB\n").unwrap();
+    let r = Router::start_with_env(CONFIG, &[("MODELYARD_MEMINFO", meminfo.to_str().unwrap())]);
+    let logs = r.logs();
+    assert!(
+        logs.contains("budget: 300 MB is more than this machine's physical memory (204.8 MB)"),
+        "{logs}"
+    );
+    assert!(logs.contains("routes.yaml:2: budget"), "located: {logs}");
+    assert_eq!(status(&r).await["budget"], 300_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_a_demo_started_on_another_port_without_url() {
+    let runtime = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", &format!("localhost:{port}")])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("MODELYARD_LISTEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        line
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        first.trim(),
+        format!("modelyard listening on http://127.0.0.1:{port}"),
+        "localhost is 127.0.0.1"
+    );
+    // From a directory with no routes.yaml, no --url, no config: the record leads.
+    let status = |runtime: &std::path::Path| {
+        Command::new(BIN)
+            .arg("status")
+            .current_dir(elsewhere.path())
+            .env("XDG_RUNTIME_DIR", runtime)
+            .env("HOME", elsewhere.path())
+            .env("XDG_CONFIG_HOME", elsewhere.path())
+            .env_remove("MODELYARD_URL")
+            .env_remove("MODELYARD_CONFIG")
+            .env_remove("MODELYARD_ADMIN_KEY")
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::block_in_place(|| status(runtime.path()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("qwen3-30b-a3b"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = runtime.path().join("modelyard/router.json");
+    assert!(record.exists());
+
+    // A demo that stopped takes its record with it.
+    kill(Pid::from_raw(demo.id() as i32), Signal::SIGTERM).unwrap();
+    tokio::task::block_in_place(|| demo.wait()).unwrap();
+    assert!(!record.exists(), "the record goes with the router");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_left_by_a_killed_router_is_passed_over() {
+    let r = Router::start(CONFIG);
+    let record = r.dir.path().join("modelyard/router.json");
+    assert!(record.exists(), "serve records its URL too");
+    r.signal(Signal::SIGKILL);
+    let mut r = r;
+    r.wait_exit(Duration::from_secs(5));
+    assert!(record.exists(), "nobody removed it");
+    // Its pid is gone: the CLI goes by the routes.yaml it finds instead.
+    let other = Router::start(CONFIG);
+    let cwd = tempfile::tempdir().unwrap();
+    let addr = other.url.trim_start_matches("http://");
+    std::fs::write(cwd.path().join("routes.yaml"), format!("listen: {addr}\n")).unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN)
+            .arg("status")
+            .current_dir(cwd.path())
+            .env("XDG_RUNTIME_DIR", r.dir.path())
+            .env_remove("MODELYARD_URL")
+            .env_remove("MODELYARD_CONFIG")
+            .env_remove("MODELYARD_ADMIN_KEY")
+            .output()
+            .unwrap()
+    });
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("big-a"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -28,16 +28,16 @@ async fn the_openai_python_sdk_works_against_the_router() {
         "/../../tests/clients/openai_sdk.py"
     );
     let url = r.url.clone();
-    let py = python();
+    let py = python_with("openai", "openai==3.57.0");
     let out = tokio::task::spawn_blocking(move || Command::new(&py).arg(script).arg(&url).output())
         .await
         .unwrap()
-        .expect("python runs (run .ci/run, or pip install openai==3.57.0)");
+        .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.contains("all openai sdk checks passed"),
-        "the OpenAI SDK script failed ({}); run .ci/run if `openai` is missing\n{stdout}\n{stderr}\nrouter logs:\n{}",
+        "the OpenAI SDK script failed ({}); run tools/test if `openai` is missing\n{stdout}\n{stderr}\nrouter logs:\n{}",
         out.status,
         r.logs()
     );

@@ -453,6 +453,24 @@ models:
     );
     assert!(status["budget"].as_u64().unwrap() < 400_000_000, "{status}");
     assert_eq!(status["configured_budget"], 400_000_000);
+    // Why the budget is down, where the budget shows, and in the history.
+    let why = status["budget_why"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with("down from 400 MB: 10 MiB available now, 100 MB reserved"),
+        "{status}"
+    );
+    let said = |kind: &str, start: &str| {
+        status["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == kind && e["detail"].as_str().unwrap().starts_with(start))
+    };
+    assert!(said("budget", "down to "), "{status}");
+    assert!(
+        said("evicting", "free memory is short: 10 MiB available"),
+        "{status}"
+    );
 
     // A new load does not fit now: it waits, then hears why.
     let msg = expect_error(post(&url, &chat("later")).await, 503, "model_not_ready").await;

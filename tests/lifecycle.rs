@@ -131,8 +131,13 @@ models:
     let url = r.url("/v1/chat/completions");
     assert_eq!(post(&url, &chat("m")).await.status(), 200);
     let first = r.children();
-    // The second request kills the process mid-request: a clear 502, not a hang.
-    expect_error(post(&url, &chat("m")).await, 502, "backend_unreachable").await;
+    // The second request kills the process mid-request: a clear 502, not a hang,
+    // that says the backend crashed and how.
+    let msg = expect_error(post(&url, &chat("m")).await, 502, "backend_unreachable").await;
+    assert!(
+        msg.contains("it crashed (the process exited with code"),
+        "{msg}"
+    );
     let served = eventually(Duration::from_secs(5), || async {
         let resp = post(&url, &chat("m")).await;
         (resp.status() == 200).then_some(())
@@ -186,6 +191,7 @@ async fn demo_serves_the_readme_examples() {
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0"])
+        .env("XDG_RUNTIME_DIR", dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
         .spawn()

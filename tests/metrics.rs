@@ -22,13 +22,16 @@ print(json.dumps(out))
 
 /// Every sample, as the reference parser reads them.
 fn parse(text: &str) -> Vec<Value> {
-    let mut child = Command::new(python())
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (run .ci/run, or pip install prometheus-client==0.26.0)");
+    let mut child = Command::new(python_with(
+        "prometheus_client",
+        "prometheus-client==0.26.0",
+    ))
+    .args(["-c", PARSE])
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("python runs");
     child
         .stdin
         .take()

@@ -723,11 +723,11 @@ async fn the_official_ollama_python_client_works_against_the_router() {
         env!("CARGO_MANIFEST_DIR"),
         "/../../tests/clients/ollama_client.py"
     );
-    let out = std::process::Command::new(python())
+    let out = std::process::Command::new(python_with("ollama", "ollama==0.6.3"))
         .arg(script)
         .args([r.url.as_str(), "local", "emb"])
         .output()
-        .expect("python runs (run .ci/run, or pip install ollama==0.6.3)");
+        .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

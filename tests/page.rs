@@ -27,21 +27,26 @@ models:
         "self-contained: nothing fetched from elsewhere"
     );
 
+    // The icon browsers ask for on every view: an answer, not a logged refusal.
+    assert_eq!(get(&r.url("/favicon.ico")).await.status(), 204);
+    assert!(!r.logs().contains("refused"), "{}", r.logs());
+
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/page_check.py");
     let (url, shot2) = (r.url.clone(), shot.clone());
+    let browser = chromium();
+    let py = python_with("playwright", "playwright==1.65.2");
     let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
+        Command::new(py)
             .arg(script)
             .arg(&url)
             .arg(&shot2)
+            .arg(&browser)
             .output()
     })
     .await
     .unwrap()
-    .expect(
-        "python runs (run .ci/run, or pip install playwright==1.65.2 and apt-get install chromium)",
-    );
+    .expect("python runs");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("page ok"),
         "{}\n{}",

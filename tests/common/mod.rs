@@ -121,7 +121,9 @@ impl Router {
             .arg(config)
             .args(["--listen", "127.0.0.1:0"])
             .env("MODELYARD_STATE_FILE", state)
-            .env("MODELYARD_LOG", "debug");
+            .env("MODELYARD_LOG", "debug")
+            // Where it records its URL for the CLI: its own, not the user's.
+            .env("XDG_RUNTIME_DIR", dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -300,8 +302,8 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> S
     e["message"].as_str().unwrap().to_string()
 }
 
-/// The Python with the test tools (prometheus_client, playwright):
-/// MODELYARD_TEST_PYTHON, else the venv `.ci/run` makes, else python3.
+/// The Python with the test tools (prometheus_client, playwright, openai, ollama):
+/// MODELYARD_TEST_PYTHON, else the venv `tools/test` makes, else python3.
 pub fn python() -> String {
     if let Ok(p) = std::env::var("MODELYARD_TEST_PYTHON") {
         return p;
@@ -311,6 +313,60 @@ pub fn python() -> String {
         venv.to_string()
     } else {
         "python3".to_string()
+    }
+}
+
+/// `python()`, once it is known to import `module`; otherwise the test fails with the
+/// package and how to get it on the first line, not under a traceback.
+pub fn python_with(module: &str, package: &str) -> String {
+    let py = python();
+    let imports = Command::new(&py)
+        .args(["-c", &format!("import {module}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        imports,
+        "this test needs the Python package {package} (module `{module}`), which `{py}` \
+         cannot import: run tools/test (it installs it into .venv-test), or \
+         `{py} -m pip install {package}` (MODELYARD_TEST_PYTHON picks another Python)"
+    );
+    py
+}
+
+/// The Chromium Playwright drives: MODELYARD_TEST_CHROMIUM, else the first of the
+/// usual names on PATH, else the macOS applications; a failure naming how to get it.
+pub fn chromium() -> String {
+    if let Ok(p) = std::env::var("MODELYARD_TEST_CHROMIUM") {
+        return p;
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let names = [
+        "chromium",
+        "chromium-browser",
+        "google-chrome",
+        "google-chrome-stable",
+    ];
+    let on_path = names.iter().find_map(|name| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    });
+    let apps = [
+        "/Applications/Chromium.app/Contents/MacOS/Chromium",
+        "/Applications/Google Chrome.app/Contents/MacOS/Google Chrome",
+    ];
+    let found = on_path.or_else(|| apps.iter().map(PathBuf::from).find(|p| p.is_file()));
+    match found {
+        Some(p) => p.display().to_string(),
+        None => panic!(
+            "this test needs Chromium, found neither on PATH ({}) nor in /Applications: run \
+             tools/test as root (it runs apt-get install chromium), or `sudo apt-get install \
+             chromium` (macOS: `brew install --cask chromium`); MODELYARD_TEST_CHROMIUM \
+             names another",
+            names.join(", ")
+        ),
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-use modelyard_config::{ByteSize, Loaded};
+use modelyard_config::{ByteSize, Issue, Loaded};
 
 pub fn summary(loaded: &Loaded) -> String {
     let c = &loaded.config;
@@ -62,32 +62,40 @@ pub fn summary(loaded: &Loaded) -> String {
     let peak = ungrouped + groups.values().sum::<u64>();
     let _ = write!(
         s,
-        "\nmemory: {} declared in all; at most {} at once (one model per group); budget {budget}",
+        "\nmemory: {} declared in all; loading every model it can at once (one per group) would take {}",
         ByteSize(total),
         ByteSize(peak)
     );
-    if c.budget.is_some_and(|b| b.0 < peak) {
-        let _ = write!(s, " (models are unloaded to make room)");
-    }
+    let _ = match c.budget {
+        Some(b) if b.0 < peak => write!(
+            s,
+            ", more than the {b} budget: models are unloaded to make room"
+        ),
+        Some(b) => write!(s, ", within the {b} budget"),
+        None => write!(s, "; no budget"),
+    };
     let _ = writeln!(s);
     s
 }
 
 /// What a valid config most likely does not mean, each line located in its
-/// file: the loader's warnings, and programs that are not there to run.
+/// file: the loader's warnings, programs that are not there to run, and a budget
+/// the machine cannot hold.
 pub fn warnings(loaded: &Loaded) -> Vec<String> {
     let origin = &loaded.origin;
     loaded
         .warnings
         .iter()
+        .cloned()
+        .chain(missing_programs(loaded))
+        .chain(budget_past_memory(
+            loaded,
+            modelyard_supervisor::physical_memory(),
+        ))
         .map(|w| w.located(origin).to_string())
         .chain(
-            missing_programs(loaded)
+            wired_limit_warnings(&loaded.config, modelyard_supervisor::gpu_wired_limit())
                 .into_iter()
-                .chain(wired_limit_warnings(
-                    &loaded.config,
-                    modelyard_supervisor::gpu_wired_limit(),
-                ))
                 .map(|w| format!("{origin}: {w}")),
         )
         .collect()
@@ -106,10 +114,29 @@ fn wired_limit_warnings(config: &modelyard_config::Config, limit: Option<u64>) -
         .collect()
 }
 
+/// A budget above physical memory is never reached: the machine swaps (or, on
+/// macOS, compresses and kills) long before, while the router still thinks there
+/// is room. Not an error: the file may be meant for another machine.
+fn budget_past_memory(loaded: &Loaded, physical: Option<u64>) -> Option<Issue> {
+    let budget = loaded.config.budget?;
+    let physical = physical?;
+    (budget.0 > physical).then(|| {
+        loaded.issue(
+            &["budget"],
+            format!(
+                "{budget} is more than this machine's physical memory ({}); models would be \
+                 loaded into swap long before the budget is reached: lower it, or set \
+                 `reserve` to let the budget follow free memory",
+                ByteSize(physical)
+            ),
+        )
+    })
+}
+
 /// Backends whose program is not there to run: not an error (the router's PATH
 /// may differ, or the program is installed later), but the first request for
 /// such a model would only then find out, with a 502.
-fn missing_programs(loaded: &Loaded) -> Vec<String> {
+fn missing_programs(loaded: &Loaded) -> Vec<Issue> {
     let mut out = Vec::new();
     for (name, b) in &loaded.config.backends {
         let Some(program) = b.command.as_ref().and_then(|argv| argv.first()) else {
@@ -128,8 +155,11 @@ fn missing_programs(loaded: &Loaded) -> Vec<String> {
             } else {
                 "is not on PATH"
             };
-            out.push(format!(
-                "backends.{name}.command: `{program}` {where_}; its models will fail with a 502 until it is installed"
+            out.push(loaded.issue(
+                &["backends", name, "command", "0"],
+                format!(
+                    "`{program}` {where_}; its models will fail with a 502 until it is installed"
+                ),
             ));
         }
     }

@@ -6,7 +6,7 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "modelyard",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("MODELYARD_COMMIT"), ")"),
     about = "One local base URL for every model server on this machine"
 )]
 pub struct Cli {
@@ -21,8 +21,8 @@ pub enum Command {
         /// Config file [default: ./routes.yaml, then the user's config dir]
         #[arg(long, env = "MODELYARD_CONFIG")]
         config: Option<PathBuf>,
-        /// Listen address, overriding `listen` in the config
-        #[arg(long)]
+        /// Listen address (IP:PORT or localhost:PORT), overriding `listen` in the config
+        #[arg(long, value_parser = modelyard_config::listen::parse)]
         listen: Option<SocketAddr>,
     },
     /// Validate a config and print what it describes; exits 1 when it is invalid
@@ -32,8 +32,8 @@ pub enum Command {
     },
     /// Run the router on simulated models (a built-in config) to try it out
     Demo {
-        /// Listen address [default: 127.0.0.1:11434, or MODELYARD_LISTEN]
-        #[arg(long)]
+        /// Listen address, IP:PORT or localhost:PORT [default: 127.0.0.1:11434, or MODELYARD_LISTEN]
+        #[arg(long, value_parser = modelyard_config::listen::parse)]
         listen: Option<SocketAddr>,
     },
     /// Show what a running router has loaded, its memory and why
@@ -96,7 +96,8 @@ pub enum Command {
 /// Where the router to talk to is.
 #[derive(Debug, clap::Args)]
 pub struct Remote {
-    /// Router URL [default: from routes.yaml's listen, else http://127.0.0.1:11434]
+    /// Router URL [default: the running router's (serve and demo record it), else
+    /// routes.yaml's listen, else http://127.0.0.1:11434]
     #[arg(long, env = "MODELYARD_URL")]
     pub url: Option<String>,
     /// Config file to read the router's address and admin key from

@@ -1,6 +1,7 @@
 mod check;
 mod cli;
 mod remote;
+mod runtime;
 mod serve;
 
 use std::io::{IsTerminal, Write};
@@ -172,6 +173,7 @@ try:
        -d '{{"model":"default","messages":[{{"role":"user","content":"hi"}}]}}'
   curl -sN {url}/v1/chat/completions -H 'content-type: application/json' \
        -d '{{"model":"deep","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
+  modelyard status      (what is loaded, and why; it finds this router by itself)
 stop with Ctrl-C"#
     );
 }

@@ -30,8 +30,24 @@ impl Target {
     /// address instead would send the command to whatever router is there.
     /// With `--url` and no named config, a found one is not read: it may
     /// describe another router, whose admin key must not go to this one.
+    ///
+    /// With neither `--url` nor a named config, a router that recorded where it
+    /// listens (`serve`, `demo`) is the one meant: it is what runs, on whatever
+    /// port it was given, and its own config holds its admin key.
     pub fn new(remote: &Remote) -> Result<Target, String> {
         let url = remote.url.as_deref().map(checked_url).transpose()?;
+        if url.is_none() && remote.config.is_none() {
+            if let Some(found) = crate::runtime::find() {
+                let key = std::env::var("MODELYARD_ADMIN_KEY").ok().or_else(|| {
+                    let path = found.config.as_deref()?;
+                    modelyard_config::load_file(path).ok()?.config.admin_key
+                });
+                return Ok(Target {
+                    url: found.url.trim_end_matches('/').to_string(),
+                    key,
+                });
+            }
+        }
         let config = match modelyard_config::locate(remote.config.as_deref()) {
             Ok(_) if url.is_some() && remote.config.is_none() => None,
             Err(_) => None,
@@ -79,7 +95,7 @@ impl Target {
 
     fn unreachable(&self, e: &reqwest::Error) -> String {
         format!(
-            "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`",
+            "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`, or name its URL with --url",
             self.url,
             root_cause(e)
         )
@@ -162,6 +178,9 @@ pub fn render_status(url: &str, v: &Value) -> String {
         ),
         None => writeln!(s, "modelyard at {url}: {} used (no budget)", ByteSize(used)),
     };
+    if let Some(why) = v["budget_why"].as_str() {
+        let _ = writeln!(s, "budget {why}");
+    }
     let models = v["models"].as_array().cloned().unwrap_or_default();
     if let Some(budget) = v["budget"].as_u64().filter(|b| *b > 0) {
         const WIDTH: u64 = 50;
@@ -188,19 +207,20 @@ pub fn render_status(url: &str, v: &Value) -> String {
     }
     let _ = writeln!(
         s,
-        "\n{:<18} {:<9} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  LAST ERROR",
-        "MODEL", "STATE", "DECLARED", "MEASURED", "BUSY", "QUEUED", "IDLE UNLOAD", "PID"
+        "\n{:<18} {:<9} {:<8} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  LAST ERROR",
+        "MODEL", "STATE", "GROUP", "DECLARED", "MEASURED", "BUSY", "QUEUED", "IDLE UNLOAD", "PID"
     );
     for m in &models {
         let _ = writeln!(
             s,
-            "{:<18} {:<9} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  {}",
+            "{:<18} {:<9} {:<8} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  {}",
             m["name"].as_str().unwrap_or("?"),
             format!(
                 "{}{}",
                 m["state"].as_str().unwrap_or("?"),
                 if m["pinned"] == true { "*" } else { "" }
             ),
+            m["group"].as_str().unwrap_or("-"),
             size(&m["declared"]),
             size(&m["measured"]),
             m["in_flight"].as_u64().unwrap_or(0),
@@ -210,10 +230,51 @@ pub fn render_status(url: &str, v: &Value) -> String {
             m["last_error"].as_str().unwrap_or("")
         );
     }
+    if models.iter().any(|m| m["pinned"] == true) {
+        let _ = writeln!(s, "* pinned: never unloaded to make room or for being idle");
+    }
+    // Why models came and went, from the router's memory of recent events.
+    let events = v["events"].as_array().cloned().unwrap_or_default();
+    let said: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            matches!(
+                e["kind"].as_str(),
+                Some("ready" | "unloaded" | "crashed" | "failed" | "budget" | "kept")
+            )
+        })
+        .collect();
+    if !said.is_empty() {
+        let now = now_ms();
+        let _ = writeln!(s, "\nrecent events (oldest first):");
+        for e in said.iter().skip(said.len().saturating_sub(RECENT_SHOWN)) {
+            let at = e["at_ms"].as_u64().unwrap_or(now);
+            let _ = writeln!(
+                s,
+                "  {:>8} ago  {:<8} {:<18} {}",
+                ago(Some(now.saturating_sub(at) / 1000)),
+                e["kind"].as_str().unwrap_or("?"),
+                e["model"]
+                    .as_str()
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or("(router)"),
+                e["detail"].as_str().unwrap_or("")
+            );
+        }
+    }
     for w in strings(&v["warnings"]) {
         let _ = writeln!(s, "\nwarning: {w}");
     }
     s
+}
+
+/// How many of the recent events `status` prints; the page and `--json` have more.
+const RECENT_SHOWN: usize = 12;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub async fn load(t: &Target, model: &str) -> Result<(), String> {
@@ -345,7 +406,7 @@ pub async fn reload(t: &Target) -> Result<(), String> {
     let v = t.call(reqwest::Method::POST, "/admin/reload").await?;
     let changes = strings(&v["changes"]);
     if changes.is_empty() {
-        println!("reloaded: no model changes");
+        println!("reloaded: nothing changed");
     } else {
         println!("reloaded: {}", changes.join(", "));
     }

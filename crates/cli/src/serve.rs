@@ -32,6 +32,8 @@ pub async fn run(
              mutating admin calls stay loopback-only unless admin_remote is set"
         );
     }
+    // Before the banner: whoever saw it may run the CLI at once.
+    let _recorded = crate::runtime::record(addr, source.as_deref());
     banner(addr);
     let config = Arc::new(config);
     let supervisor = Supervisor::start(config.clone());

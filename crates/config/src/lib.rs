@@ -2,16 +2,19 @@
 //! (file, then `MODELYARD_*` environment overrides), and the validation that runs
 //! before anything starts, naming the key, the line and the reason for each error.
 
+mod argv;
 mod count;
+mod env;
 mod error;
 mod keys;
-mod listen;
+pub mod listen;
 mod load;
 mod locate;
 #[cfg(test)]
 mod proptests;
 mod schema;
 mod size;
+mod syntax;
 mod timeout;
 mod validate;
 

@@ -1,6 +1,7 @@
-//! `listen`: an IP address and a port, as `SocketAddr` parses them. Host names are
-//! not resolved: what `localhost` means differs between machines (IPv4, IPv6 or
-//! both), and the router must know which loopback it binds before it starts.
+//! `listen`: an IP address and a port, as `SocketAddr` parses them, or
+//! `localhost:PORT`, which means 127.0.0.1 (what the default listens on). Other
+//! host names are not resolved: what a name means differs between machines, and
+//! the router must know which address it binds before it starts.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -23,8 +24,23 @@ fn instead(s: &str) -> String {
         );
     }
     format!(
-        "`{s}` is not an IP address and a port: write e.g. {EXAMPLE} (or [::1]:11434); names such as localhost are not resolved"
+        "`{s}` is not an IP address and a port: write e.g. {EXAMPLE}, localhost:11434 or [::1]:11434; other host names are not resolved"
     )
+}
+
+/// An address to listen on, as `listen` and `--listen` take it.
+pub fn parse(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    if let Some(port) = t
+        .strip_prefix("localhost:")
+        .or_else(|| t.strip_prefix("LOCALHOST:"))
+    {
+        return port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|_| format!("`{s}`: `{port}` is not a port (0 to 65535)"));
+    }
+    t.parse().map_err(|_| instead(s))
 }
 
 struct ListenVisitor;
@@ -35,7 +51,7 @@ impl Visitor<'_> for ListenVisitor {
         write!(f, "an IP address and a port such as {EXAMPLE}")
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<SocketAddr, E> {
-        v.trim().parse().map_err(|_| E::custom(instead(v)))
+        parse(v).map_err(E::custom)
     }
     /// A bare number is most likely a port the user meant on loopback.
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<SocketAddr, E> {
@@ -64,9 +80,13 @@ mod tests {
         assert!(no_port.contains("has no port"), "{no_port}");
         assert!(no_port.contains("127.0.0.1:11434"), "{no_port}");
         assert!(listen("::1").unwrap_err().contains("[::1]:11434"));
-        let name = listen("localhost:8080").unwrap_err();
+        assert_eq!(listen("localhost:8080").as_deref(), Ok("127.0.0.1:8080"));
+        let name = listen("router.lan:8080").unwrap_err();
         assert!(name.contains("not resolved"), "{name}");
         assert!(name.contains("127.0.0.1:11434"), "{name}");
+        assert!(listen("localhost:99999")
+            .unwrap_err()
+            .contains("not a port"));
         assert!(listen(8080_u64).unwrap_err().contains("127.0.0.1:8080"));
     }
 }

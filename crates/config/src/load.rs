@@ -7,17 +7,11 @@ use figment::error::Kind;
 use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 
+use crate::env::PREFIX as ENV_PREFIX;
 use crate::error::{ConfigError, Issue, Origin};
 use crate::locate::LineIndex;
 use crate::schema::Config;
 use crate::validate::{validate, warnings, Problem};
-
-/// Environment variables with the prefix that are not config keys: the config
-/// file's path, the log filter, a meminfo file read instead of the system's, and
-/// a debug build's trigger for testing the panic guard, and the CLI's router URL
-/// (MODELYARD_URL), which the router itself has no use for.
-const NOT_KEYS: &[&str] = &["config", "log", "meminfo", "debug_panic_path", "url"];
-const ENV_PREFIX: &str = "MODELYARD_";
 
 /// A config that passed validation, and where it came from.
 #[derive(Clone, Debug)]
@@ -29,6 +23,21 @@ pub struct Loaded {
     /// What the config allows but is most likely not meant (no models at all),
     /// for `check` and the log to show; never a reason to refuse it.
     pub warnings: Vec<Issue>,
+    lines: std::sync::Arc<LineIndex>,
+}
+
+impl Loaded {
+    /// An issue about `path` found after loading (a program missing, a budget past
+    /// the machine's memory), placed on its line or environment variable as the
+    /// loader's own are.
+    pub fn issue(&self, path: &[&str], message: String) -> Issue {
+        let path: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        Issue {
+            origin: origin_of(&path, &self.lines),
+            key: path.join("."),
+            message,
+        }
+    }
 }
 
 /// The file to read: `explicit` if given, else `./routes.yaml`, else the user's
@@ -103,6 +112,7 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         issues,
     };
     let index = LineIndex::parse(text).map_err(|e| {
+        let e = crate::syntax::explain(text, e);
         invalid(vec![Issue {
             key: format!("column {}", e.col),
             origin: Some(Origin::Line(e.line)),
@@ -119,8 +129,11 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         })
         .collect();
 
-    let figment = Figment::from(Yaml::string(text))
-        .merge(Env::prefixed(ENV_PREFIX).split("__").ignore(NOT_KEYS));
+    let figment = Figment::from(Yaml::string(text)).merge(
+        Env::prefixed(ENV_PREFIX)
+            .filter(|k| crate::env::is_config_key(k.as_str()))
+            .split("__"),
+    );
     let mut config: Config = match figment.extract() {
         Ok(c) => c,
         Err(errors) => {
@@ -129,6 +142,11 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         }
     };
     let mut problems = validate(&config);
+    problems.extend(
+        crate::size::unitless_memory(&figment)
+            .into_iter()
+            .map(|(path, message)| Problem { path, message }),
+    );
     match crate::keys::client_keys(&config) {
         Ok(keys) => config.client_keys = keys,
         Err(p) => problems.push(p),
@@ -140,15 +158,25 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         _ => (1, 0),
     });
     if issues.is_empty() {
-        let warnings = warnings(&config)
+        let mut warnings: Vec<Issue> = warnings(&config)
             .into_iter()
             .map(|p| issue_of(p, &index))
             .collect();
+        warnings.extend(
+            crate::env::near_misses()
+                .into_iter()
+                .map(|(var, key, meant)| Issue {
+                    key,
+                    origin: Some(Origin::Env(var)),
+                    message: format!("not a routes.yaml key, so ignored; did you mean {meant}?"),
+                }),
+        );
         Ok(Loaded {
             config,
             origin: origin.to_string(),
             path: None,
             warnings,
+            lines: std::sync::Arc::new(index),
         })
     } else {
         Err(invalid(issues))

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::Marker;
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct LineIndex {
     lines: HashMap<Vec<String>, usize>,
     /// (path, line of the repeat, line of the first)

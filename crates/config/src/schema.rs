@@ -208,7 +208,7 @@ pub struct Backend {
     #[serde(default)]
     pub kind: BackendKind,
     /// argv of the server; `${PORT}` becomes a free port, `${MODEL}` the upstream name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::argv::optional::deserialize")]
     pub command: Option<Vec<String>>,
     /// Where the server listens, for one the router does not start or one with a fixed port.
     #[serde(default)]
@@ -254,7 +254,7 @@ pub struct Model {
     #[serde(default)]
     pub idle_timeout: Option<Timeout>,
     /// Appended to the backend's command when each model runs its own process.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::argv::deserialize")]
     pub args: Vec<String>,
     /// Where requests this model cannot take go instead (apfel: past its context
     /// window, or with parameters it refuses).

@@ -148,6 +148,50 @@ impl Serialize for ByteSize {
     }
 }
 
+/// Memory sizes written as a bare number under 1 MB (`memory: 50`, a budget of
+/// 48): bytes, as written, but never what anyone means for a model or a machine.
+/// Their path and how they read, from the merged file and environment.
+pub(crate) fn unitless_memory(figment: &figment::Figment) -> Vec<(Vec<String>, String)> {
+    use figment::value::Value;
+    let bare = |v: &Value| -> Option<String> {
+        let text = match v {
+            Value::Num(_, n) => n.to_u128().map(|n| n.to_string())?,
+            Value::String(_, s) if s.trim().chars().all(|c| c.is_ascii_digit()) => {
+                s.trim().to_string()
+            }
+            _ => return None,
+        };
+        let n: u64 = text.parse().ok()?;
+        (n > 0 && n < 1_000_000).then_some(text)
+    };
+    let mut found = Vec::new();
+    for key in ["budget", "reserve"] {
+        if let Some(text) = figment.find_value(key).ok().as_ref().and_then(bare) {
+            found.push((vec![key.to_string()], text));
+        }
+    }
+    for table in ["models", "backends"] {
+        if let Ok(Value::Dict(_, entries)) = figment.find_value(table) {
+            for (name, entry) in entries {
+                if let Value::Dict(_, keys) = entry {
+                    if let Some(text) = keys.get("memory").and_then(bare) {
+                        found.push((vec![table.into(), name, "memory".into()], text));
+                    }
+                }
+            }
+        }
+    }
+    found
+        .into_iter()
+        .map(|(path, n)| {
+            let why = format!(
+                "`{n}` has no unit, so it is {n} bytes; write {n}MB or {n}GB (or {n}B if bytes are meant)"
+            );
+            (path, why)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,7 @@ pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
         }
     }
     check_backends(cfg, &mut out);
+    check_placeholder_case(cfg, &mut out);
     check_models(cfg, &mut out);
     check_aliases(cfg, &mut out);
     out
@@ -89,6 +90,56 @@ pub(crate) fn warnings(cfg: &Config) -> Vec<Problem> {
         ));
     }
     out
+}
+
+/// The first placeholder written in the wrong case (`${port}`), and what it means.
+fn miscased(text: &str) -> Option<(&str, &'static str)> {
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        let after = &rest[start + 2..];
+        let end = after.find('}')?;
+        let name = &after[..end];
+        for meant in ["PORT", "MODEL"] {
+            if name != meant && name.eq_ignore_ascii_case(meant) {
+                return Some((&rest[start..start + 3 + end], meant));
+            }
+        }
+        rest = &after[end..];
+    }
+    None
+}
+
+/// `${port}` is left as it is (only `${PORT}` is filled in), so the server would
+/// be told a port named `${port}`: said at the very element.
+fn check_placeholder_case(cfg: &Config, out: &mut Vec<Problem>) {
+    let mut texts: Vec<(Vec<String>, &str)> = Vec::new();
+    let at = |parts: &[&str]| parts.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    for (name, b) in &cfg.backends {
+        for (i, a) in b.command.iter().flatten().enumerate() {
+            texts.push((at(&["backends", name, "command", &i.to_string()]), a));
+        }
+        for (k, v) in &b.env {
+            texts.push((at(&["backends", name, "env", k]), v));
+        }
+        if let Some(url) = &b.url {
+            texts.push((at(&["backends", name, "url"]), url));
+        }
+    }
+    for (name, m) in &cfg.models {
+        for (i, a) in m.args.iter().enumerate() {
+            texts.push((at(&["models", name, "args", &i.to_string()]), a));
+        }
+    }
+    for (path, text) in texts {
+        if let Some((written, meant)) = miscased(text) {
+            out.push(Problem {
+                path,
+                message: format!(
+                    "`{written}` is not filled in; did you mean ${{{meant}}}? (placeholders are written in capitals)"
+                ),
+            });
+        }
+    }
 }
 
 fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
@@ -119,7 +170,7 @@ fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
                     ],
                     message: "the program name is empty".into(),
                 });
-            } else if !has_port && b.url.is_none() {
+            } else if !has_port && b.url.is_none() && !argv.iter().any(|a| miscased(a).is_some()) {
                 out.push(p(
                     "command",
                     "has no ${PORT} and the backend has no url, so the router cannot know where it listens: put \"${PORT}\" in the argv or set url".into(),

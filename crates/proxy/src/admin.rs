@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use modelyard_config::Config;
+use modelyard_config::{ByteSize, Config};
 use modelyard_supervisor::ModelStatus;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -238,32 +238,44 @@ async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
                 .collect()
         })
         .unwrap_or_default();
+    let reserve = inner.config().reserve;
+    // A budget below routes.yaml's is the reserve at work: said where it shows.
+    let budget_why = match (budget, configured, snap.available, reserve) {
+        (Some(b), c, Some(avail), Some(reserve)) if c.is_none_or(|c| b < c) => Some(format!(
+            "down from {}: {} available now, {reserve} reserved for the system",
+            c.map_or("no limit".to_string(), |c| ByteSize(c).to_string()),
+            ByteSize(avail)
+        )),
+        _ => None,
+    };
     Ok(ok(json!({
         "budget": budget,
         "configured_budget": configured,
+        "budget_why": budget_why,
         "gpu_wired_limit": gpu_wired_limit,
         "warnings": warnings,
         "available": snap.available,
+        "reserve": reserve.map(|r| r.bytes()),
         "used": snap.used,
         "free": budget.map(|b| b.saturating_sub(snap.used)),
         "servers": snap.servers,
         "models": models,
+        "events": inner.supervisor.recent_events(),
     })))
 }
 
 fn model_json(inner: &Inner, m: &ModelStatus) -> Value {
-    let aliases = inner
-        .config()
-        .models
-        .get(&m.name)
-        .map(|c| c.aliases.clone())
-        .unwrap_or_default();
+    let config = inner.config();
+    let def = config.models.get(&m.name);
+    let aliases = def.map(|c| c.aliases.clone()).unwrap_or_default();
+    let group = def.and_then(|c| c.group.clone());
     json!({
         "name": m.name,
         "state": m.phase.as_str(),
         "backend": m.backend,
         "upstream": m.upstream,
         "aliases": aliases,
+        "group": group,
         "pinned": m.pinned,
         "declared": m.declared,
         "measured": m.measured,

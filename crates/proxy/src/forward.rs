@@ -208,18 +208,60 @@ pub(crate) async fn exchange(
     request: Request<Outgoing>,
 ) -> Result<Response<Reply>, ApiError> {
     let pending = state.client.send(request);
-    match state.config().upstream_timeout.duration() {
-        Some(limit) => {
-            tokio::time::timeout(limit, pending)
-                .await
-                .map_err(|_| ApiError::UpstreamTimeout {
+    let sent =
+        match state.config().upstream_timeout.duration() {
+            Some(limit) => tokio::time::timeout(limit, pending).await.map_err(|_| {
+                ApiError::UpstreamTimeout {
                     model: model.to_string(),
                     after: limit,
-                })?
-        }
-        None => pending.await,
+                }
+            })?,
+            None => pending.await,
+        };
+    match sent {
+        Ok(reply) => Ok(reply),
+        // A connection that broke, or none at all, to a ready backend: most
+        // likely it died.
+        Err(Failure::Lost(why)) => Err(ApiError::Unreachable {
+            model: model.to_string(),
+            reason: with_crash(state, model, format!("{} ({why})", lease.authority)).await,
+        }),
+        Err(Failure::Connect(e)) => Err(ApiError::Unreachable {
+            model: model.to_string(),
+            reason: with_crash(
+                state,
+                model,
+                format!("{} (cannot connect: {e})", lease.authority),
+            )
+            .await,
+        }),
+        Err(e) => Err(failed(e, model, lease, state.connect_timeout)),
     }
-    .map_err(|e| failed(e, model, lease, state.connect_timeout))
+}
+
+/// A connection that broke because the backend died says so, with the exit
+/// ("killed by signal 9") rather than only "reset by peer". The supervisor hears
+/// of the exit a moment after the socket closes, so it is asked for a short while;
+/// only this error path waits.
+async fn with_crash(state: &Inner, model: &str, reason: String) -> String {
+    use modelyard_supervisor::policy::Phase;
+    let deadline = Instant::now() + std::time::Duration::from_millis(500);
+    loop {
+        let snap = state.supervisor.snapshot().await;
+        let Some(m) = snap.as_ref().and_then(|s| s.model(model)) else {
+            return reason;
+        };
+        let gone = !matches!(m.phase, Phase::Ready | Phase::Draining);
+        if let Some(exit) = m.last_error.as_deref().filter(|_| gone) {
+            return format!("{reason}: it crashed ({exit})");
+        }
+        // No process of ours serves it (another machine's, a server someone else
+        // runs): there is no exit to wait for.
+        if m.pid.is_none() || Instant::now() >= deadline {
+            return reason;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Why a request got no response: no connection in time (504), a reply that is

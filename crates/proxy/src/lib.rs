@@ -207,6 +207,12 @@ impl Router {
                 let snap = inner.supervisor.snapshot().await;
                 models::one(&inner.config(), snap.as_ref(), inner.started_unix, &id)
             }
+            // Browsers ask for it on every page view; no icon is no error worth a log line.
+            (&Method::GET, "/favicon.ico") => {
+                let mut resp = Response::new(body::full(""));
+                *resp.status_mut() = StatusCode::NO_CONTENT;
+                resp
+            }
             (&Method::GET, "/") => {
                 let mut resp = Response::new(body::full(STATUS_PAGE));
                 resp.headers_mut().insert(
@@ -310,7 +316,7 @@ impl Inner {
             "config reloaded from {}: {}",
             path.display(),
             if changes.is_empty() {
-                "no model changes".to_string()
+                "nothing changed".to_string()
             } else {
                 changes.join(", ")
             }

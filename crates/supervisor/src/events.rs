@@ -1,17 +1,27 @@
 //! What happens to models, as it happens: the owner publishes, the admin API's
 //! `/admin/events` and the status page subscribe. A slow subscriber misses events
-//! (and is told how many) rather than slowing the owner.
+//! (and is told how many) rather than slowing the owner. The last RECENT events
+//! are also kept, so a page opened later (or `modelyard status`) can still say why
+//! a model left.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
+use tokio::sync::broadcast;
 
 /// How many events a subscriber may fall behind before it misses some.
 pub(crate) const BACKLOG: usize = 1024;
+
+/// How many past events are kept for whoever looks later.
+pub const RECENT: usize = 200;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// queued, loading, ready, failed, evicting, unloaded or crashed.
+    /// queued, loading, ready, failed, evicting, unloaded, crashed, kept, or
+    /// budget (for the whole router: `model` is empty).
     pub kind: &'static str,
     pub model: String,
     /// Why, in words: "to make room for qwen3-32b", "idle for 10m", the error.
@@ -21,8 +31,73 @@ pub struct Event {
     pub load_ms: Option<u64>,
 }
 
+/// The live stream and the recent past, written by the owner alone.
+#[derive(Clone, Debug)]
+pub(crate) struct EventLog {
+    live: broadcast::Sender<Event>,
+    recent: Arc<Mutex<VecDeque<Event>>>,
+}
+
+impl EventLog {
+    pub(crate) fn new() -> EventLog {
+        EventLog {
+            live: broadcast::channel(BACKLOG).0,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
+        }
+    }
+
+    /// Keeps `e` and sends it to every subscriber; having none is no error.
+    pub(crate) fn send(&self, e: Event) {
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+            if recent.len() == RECENT {
+                recent.pop_front();
+            }
+            recent.push_back(e.clone());
+        }
+        let _ = self.live.send(e);
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.live.subscribe()
+    }
+
+    /// The last RECENT events, oldest first.
+    pub(crate) fn recent(&self) -> Vec<Event> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().cloned().collect()
+    }
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: usize) -> Event {
+        Event {
+            at_ms: n as u64,
+            kind: "ready",
+            model: format!("m{n}"),
+            detail: String::new(),
+            load_ms: None,
+        }
+    }
+
+    #[test]
+    fn the_last_events_are_kept_oldest_first_and_no_more() {
+        let log = EventLog::new();
+        for n in 0..RECENT + 5 {
+            log.send(event(n));
+        }
+        let kept = log.recent();
+        assert_eq!(kept.len(), RECENT);
+        assert_eq!(kept[0].model, "m5");
+        assert_eq!(kept[RECENT - 1].model, format!("m{}", RECENT + 4));
+    }
 }

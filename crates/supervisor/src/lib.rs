@@ -20,6 +20,7 @@ mod logs;
 mod measure;
 mod os;
 mod owner;
+mod physical;
 pub mod policy;
 mod process;
 #[cfg(test)]
@@ -42,6 +43,7 @@ pub use events::Event;
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};
+pub use physical::physical_memory;
 pub use process::{find_program, ExitInfo};
 pub use snapshot::{ModelStatus, RemoteModel, Snapshot};
 
@@ -52,7 +54,7 @@ use owner::{Msg, Owner};
 #[derive(Clone, Debug)]
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
-    events: tokio::sync::broadcast::Sender<Event>,
+    events: events::EventLog,
     /// Set once, to what happened, if a task the supervisor cannot do without
     /// panics.
     failure: Failure,
@@ -96,7 +98,7 @@ impl Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
         // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let (events, _) = tokio::sync::broadcast::channel(events::BACKLOG);
+        let events = events::EventLog::new();
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
         let failure = Arc::new(watch::channel(None).0);
         must_live("owner", &failure, owner.run(rx));
@@ -203,6 +205,12 @@ impl Supervisor {
     /// Every model event from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// The last events (at most [`events::RECENT`]), oldest first: why models came
+    /// and went before anyone was watching.
+    pub fn recent_events(&self) -> Vec<Event> {
+        self.events.recent()
     }
 
     /// The ledger and every model's state, as the owner sees it now.

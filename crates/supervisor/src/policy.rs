@@ -163,6 +163,10 @@ pub fn blocked_message(budget: u64, target: &View, others: &[View]) -> String {
         gb(budget)
     );
     let holders: Vec<&View> = others.iter().filter(|v| v.phase.holds_memory()).collect();
+    if holders.is_empty() {
+        // Only a budget smaller than the model (a reserve at work) stands in the way.
+        s.push_str(" nothing else is loaded");
+    }
     for (i, v) in holders.iter().enumerate() {
         let why = if v.pinned {
             "pinned".to_string()
@@ -192,6 +196,15 @@ mod tests {
     use std::time::Duration;
 
     const GB: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_model_larger_than_an_empty_budget_is_said_without_a_dangling_list() {
+        let msg = blocked_message(4 * GB, &v("small", 6, Phase::Cold), &[]);
+        assert_eq!(
+            msg,
+            "small needs 6 GB of the 4 GB budget; nothing else is loaded"
+        );
+    }
 
     fn v(name: &'static str, gbs: u64, phase: Phase) -> View<'static> {
         View {

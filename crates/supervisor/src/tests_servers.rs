@@ -207,9 +207,26 @@ async fn short_free_memory_unloads_idle_models_first_and_never_busy_ones() {
         "the idle ones went, the busy one stayed"
     );
     assert_eq!(used, 32 * GB);
+    // First the budget, and why; then what goes for it.
+    let e = events.recv().await.unwrap();
+    assert_eq!(
+        (e.kind, e.detail.as_str()),
+        (
+            "budget",
+            "down to 20 GB (routes.yaml says 48 GB): 36 GB available, 16 GB reserved for the system"
+        )
+    );
     let e = events.recv().await.unwrap();
     assert_eq!(e.kind, "evicting");
     assert!(e.detail.contains("free memory is short"), "{}", e.detail);
+    // Kept for whoever looks later, the unload with its reason too.
+    let recent = s.recent_events();
+    assert!(
+        recent.iter().any(|e| e.kind == "unloaded"
+            && e.detail
+                .starts_with("free memory is short: 36 GB available")),
+        "{recent:?}"
+    );
     let snap = s.snapshot().await.unwrap();
     assert_eq!((snap.budget, snap.configured_budget), (20 * GB, 48 * GB));
     assert_eq!(snap.available, Some(36 * GB));
@@ -224,6 +241,17 @@ async fn short_free_memory_unloads_idle_models_first_and_never_busy_ones() {
     drop(busy);
     available(&s, 60 * GB).await;
     assert_eq!(s.snapshot().await.unwrap().budget, 44 * GB);
+    let e = s.recent_events().pop().unwrap();
+    assert_eq!(
+        (e.kind, e.detail.as_str()),
+        (
+            "budget",
+            "up to 44 GB (routes.yaml says 48 GB): 60 GB available, 16 GB reserved for the system"
+        )
+    );
+    // A few MB more or less free is not news.
+    available(&s, 60 * GB + 500_000_000).await;
+    assert_eq!(s.recent_events().last().unwrap().detail, e.detail);
     drop(get(&s, "small").await);
 }
 

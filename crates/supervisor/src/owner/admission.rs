@@ -84,7 +84,6 @@ impl<E: Effects> Owner<E> {
                     (None, Some(d)) => format!("idle for {}", humantime::format_duration(d)),
                     (None, None) => "idle".to_string(),
                 };
-                tracing::info!(model = %m, "unloading: {why}");
                 self.begin_drain(m, &why);
             }
         }
@@ -155,7 +154,6 @@ impl<E: Effects> Owner<E> {
                 Ok(()) => self.start_model(&m),
                 Err(Ok(victims)) => {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
-                    tracing::info!(model = %m, "unloading {} to make room", names.join(", "));
                     let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
                         // Before the drain begins, so a model in a burst can linger.
@@ -199,7 +197,7 @@ impl<E: Effects> Owner<E> {
                 s.phase = Phase::Ready;
                 s.serve_until = None;
                 tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
-                let _ = self.events.send(Event {
+                self.events.send(Event {
                     at_ms: now_ms(),
                     kind: "kept",
                     model: name.to_string(),

@@ -28,6 +28,7 @@ impl<E: Effects> Owner<E> {
         let shrank = budget < self.budget;
         self.budget = budget;
         self.ceiling = self.budget.max(self.used());
+        self.announce_budget(avail, reserve);
         // While a model loads, its memory moves from "available" to "ours" between
         // two samples; judge once it is in.
         let loading = self.slots.values().any(|s| s.phase == Phase::Starting);
@@ -39,6 +40,39 @@ impl<E: Effects> Owner<E> {
             );
             self.fit_budget(&why);
         }
+    }
+
+    /// A `budget` event when the budget moved by a twentieth or more since the
+    /// last one, or came back to routes.yaml's: what it is now and why.
+    fn announce_budget(&mut self, avail: u64, reserve: u64) {
+        let (was, now) = (self.announced, self.budget);
+        let step = was.max(now) / 20;
+        let back = now == self.configured;
+        if was == now || (!back && was.abs_diff(now) < step) {
+            return;
+        }
+        self.announced = now;
+        let b = modelyard_config::ByteSize;
+        let configured = match self.configured {
+            u64::MAX => "no limit".to_string(),
+            c => b(c).to_string(),
+        };
+        let detail = if back {
+            format!(
+                "back to routes.yaml's {configured}: {} available, {} reserved for the system",
+                b(avail),
+                b(reserve)
+            )
+        } else {
+            format!(
+                "{} {} (routes.yaml says {configured}): {} available, {} reserved for the system",
+                if now < was { "down to" } else { "up to" },
+                b(now),
+                b(avail),
+                b(reserve)
+            )
+        };
+        self.emit_budget(detail);
     }
 
     /// Why the budget is lower than routes.yaml says, if it is.

@@ -207,6 +207,8 @@ struct Slot {
     ready_at: Instant,
     /// An unload was asked of its server and has not answered yet.
     unloading: bool,
+    /// Why it is draining or stopping, for the `unloaded` event that ends it.
+    unload_why: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,12 +261,15 @@ pub(crate) struct Owner<E: Effects> {
     /// What the ledger may hold: the budget, except after a reload shrank it,
     /// when it is what was held then, until the ledger has come down to the budget.
     ceiling: u64,
+    /// The budget the last `budget` event named: small moves of free memory
+    /// change the budget every sample, and only a real change is worth saying.
+    announced: u64,
     slots: HashMap<ModelKey, Slot>,
     instances: HashMap<InstanceKey, Instance>,
     tx: mpsc::UnboundedSender<Msg>,
     effects: E,
     shutting_down: bool,
-    events: tokio::sync::broadcast::Sender<Event>,
+    events: crate::events::EventLog,
     state: Option<StateFile>,
     arrivals: u64,
     /// Answered once every process has exited after a shutdown.
@@ -287,13 +292,14 @@ impl<E: Effects> Owner<E> {
         tx: mpsc::UnboundedSender<Msg>,
         effects: E,
         state: Option<StateFile>,
-        events: tokio::sync::broadcast::Sender<Event>,
+        events: crate::events::EventLog,
     ) -> Owner<E> {
         let mut owner = Owner {
             budget: config.budget.map_or(u64::MAX, |b| b.0),
             configured: config.budget.map_or(u64::MAX, |b| b.0),
             available: None,
             ceiling: config.budget.map_or(u64::MAX, |b| b.0),
+            announced: config.budget.map_or(u64::MAX, |b| b.0),
             config: config.clone(),
             slots: HashMap::new(),
             instances: HashMap::new(),
@@ -399,6 +405,7 @@ impl<E: Effects> Owner<E> {
                 load_started: now,
                 ready_at: now,
                 unloading: false,
+                unload_why: None,
             },
         );
     }
@@ -408,8 +415,22 @@ impl<E: Effects> Owner<E> {
     fn on_reload(&mut self, config: Arc<Config>) -> Vec<String> {
         let mut changes = Vec::new();
         let previous = std::mem::replace(&mut self.config, config.clone());
+        for (key, was, now, unset) in [
+            ("budget", previous.budget, config.budget, "no limit"),
+            ("reserve", previous.reserve, config.reserve, "none"),
+        ] {
+            if was != now {
+                let say = |b: Option<modelyard_config::ByteSize>| {
+                    b.map_or(unset.to_string(), |b| b.to_string())
+                };
+                let change = format!("{key} {} → {}", say(was), say(now));
+                self.emit_budget(format!("reload: {change}"));
+                changes.push(change);
+            }
+        }
         self.configured = config.budget.map_or(u64::MAX, |b| b.0);
         self.budget = self.configured;
+        self.announced = self.configured;
         self.follow_memory(self.available);
         self.ceiling = self.budget.max(self.used());
         let names: Vec<ModelKey> = self.slots.keys().cloned().collect();
@@ -453,7 +474,7 @@ impl<E: Effects> Owner<E> {
                 changes.push(format!("added {name}"));
             }
         }
-        self.fit_budget("the budget shrank");
+        self.fit_budget("reload: the budget shrank");
         changes
     }
 
@@ -472,9 +493,9 @@ impl<E: Effects> Owner<E> {
             let run = inst.run;
             if slot.phase == Phase::Ready && slot.in_flight == 0 && slot.counted {
                 let why = if self.config.models.contains_key(&*m) {
-                    "its definition changed"
+                    "reload: its definition changed"
                 } else {
-                    "removed from the config"
+                    "reload: removed from the config"
                 };
                 self.begin_drain(&m, why);
                 continue;
@@ -690,7 +711,7 @@ impl<E: Effects> Owner<E> {
         self.arrivals += 1;
         let seq = self.arrivals;
         let slot = self.slots.get_mut(&key).expect("looked up above");
-        let _ = self.events.send(Event {
+        self.events.send(Event {
             at_ms: now_ms(),
             kind: "queued",
             model: key.to_string(),
@@ -802,12 +823,14 @@ impl<E: Effects> Owner<E> {
             slot.unloading = false;
             slot.in_flight = 0;
             slot.serve_until = None;
-            let (kind, detail) = match (requested, phase) {
-                (true, _) => ("unloaded", String::new()),
-                (false, Phase::Stopping) => ("unloaded", reason.clone()),
-                (false, _) => ("crashed", reason.clone()),
+            let why = slot.unload_why.take();
+            let (kind, detail) = match (requested, phase, why) {
+                (true, _, why) => ("unloaded", why.unwrap_or_default()),
+                (false, Phase::Stopping, Some(why)) => ("unloaded", format!("{why}; {reason}")),
+                (false, Phase::Stopping, None) => ("unloaded", reason.clone()),
+                (false, _, _) => ("crashed", reason.clone()),
             };
-            let _ = self.events.send(Event {
+            self.events.send(Event {
                 at_ms: now_ms(),
                 kind,
                 model: m.to_string(),
@@ -842,6 +865,11 @@ impl<E: Effects> Owner<E> {
     /// `m`'s reservation goes: its memory is back.
     fn now_cold(&mut self, m: &ModelKey, kind: &'static str, detail: String) {
         let slot = self.slots.get_mut(m).expect("exists");
+        // An unload we asked for says why we asked.
+        let detail = match slot.unload_why.take() {
+            Some(why) if detail.is_empty() => why,
+            _ => detail,
+        };
         slot.phase = Phase::Cold;
         slot.in_flight = 0;
         slot.serve_until = None;
@@ -851,8 +879,20 @@ impl<E: Effects> Owner<E> {
         self.emit(m, kind, detail);
     }
 
+    /// A change of the budget, for the whole router.
+    fn emit_budget(&self, detail: String) {
+        tracing::info!("budget: {detail}");
+        self.events.send(Event {
+            at_ms: now_ms(),
+            kind: "budget",
+            model: String::new(),
+            detail,
+            load_ms: None,
+        });
+    }
+
     fn emit(&self, m: &ModelKey, kind: &'static str, detail: String) {
-        let _ = self.events.send(Event {
+        self.events.send(Event {
             at_ms: now_ms(),
             kind,
             model: m.to_string(),
@@ -883,8 +923,10 @@ impl<E: Effects> Owner<E> {
         let mut unloaded = Vec::new();
         for m in targets {
             if self.slots[&m].phase == Phase::Ready && self.slots[&m].counted {
-                tracing::info!(model = %m, "unloading: asked to");
-                self.begin_drain(&m, "asked to");
+                self.begin_drain(
+                    &m,
+                    "asked to (unload from the CLI, the status page or the admin API)",
+                );
                 unloaded.push(m.to_string());
             }
         }
@@ -913,7 +955,7 @@ impl<E: Effects> Owner<E> {
 
     fn start_model(&mut self, m: &ModelKey) {
         let key = self.slots[m].instance.clone();
-        let _ = self.events.send(Event {
+        self.events.send(Event {
             at_ms: now_ms(),
             kind: "loading",
             model: m.to_string(),
@@ -975,7 +1017,7 @@ impl<E: Effects> Owner<E> {
     }
 
     fn emit_ready(&self, m: &ModelKey, took: Duration) {
-        let _ = self.events.send(Event {
+        self.events.send(Event {
             at_ms: now_ms(),
             kind: "ready",
             model: m.to_string(),
@@ -994,7 +1036,7 @@ impl<E: Effects> Owner<E> {
             if slot.phase == Phase::Starting {
                 slot.phase = then;
                 note_failure(slot, reason);
-                let _ = self.events.send(Event {
+                self.events.send(Event {
                     at_ms: now_ms(),
                     kind: "failed",
                     model: m.to_string(),
@@ -1031,7 +1073,9 @@ impl<E: Effects> Owner<E> {
                 } else {
                     format!("{why} (shares a server with {m})")
                 };
-                let _ = self.events.send(Event {
+                tracing::info!(model = %other, "unloading: {detail}");
+                s.unload_why = Some(detail.clone());
+                self.events.send(Event {
                     at_ms: now_ms(),
                     kind: "evicting",
                     model: other.to_string(),
