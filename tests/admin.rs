@@ -364,7 +364,8 @@ async fn the_cli_shows_loads_and_unloads() {
         let run = run.clone();
         async move {
             let (_, out, _) = run(vec!["status"], vec![]).await.unwrap();
-            out.contains("unloaded").then_some(out)
+            // Not just "unloaded": the pinned legend says that word too.
+            out.contains("unloaded big-a").then_some(out)
         }
     })
     .await

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,36 +54,13 @@ fn serve(conn: TcpStream, answer: &dyn Fn(&str) -> Vec<Vec<u8>>) {
     let _ = conn.set_nodelay(true);
     let mut out = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut length = 0;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            if h.trim().is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        if line.starts_with("GET ") {
+    while let Some(req) = RawRequest::read(&mut reader) {
+        if req.is_get() {
             let list = "{\"object\":\"list\",\"data\":[]}";
             let _ = write!(out, "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{list}", list.len());
             continue;
         }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        for piece in answer(&String::from_utf8_lossy(&body)) {
+        for piece in answer(&req.body_text()) {
             if out.write_all(&piece).is_err() {
                 return;
             }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
@@ -61,32 +61,15 @@ impl Recorder {
 fn serve(conn: TcpStream, log: &Mutex<Vec<Seen>>) {
     let mut out = conn.try_clone().unwrap();
     let mut reader = BufReader::new(conn);
-    loop {
-        let mut head = String::new();
-        let mut length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            if line.trim().is_empty() {
-                break;
-            }
-            if let Some((k, v)) = line.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
-            }
-            head.push_str(&line);
-        }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let gzip = head
+    while let Some(req) = RawRequest::read(&mut reader) {
+        let gzip = req
+            .head
             .lines()
             .any(|l| l.to_ascii_lowercase().starts_with("accept-encoding:") && l.contains("gzip"));
-        log.lock().unwrap().push(Seen { head, body });
+        log.lock().unwrap().push(Seen {
+            head: format!("{}\r\n{}", req.line, req.head),
+            body: req.body,
+        });
         let reply = json!({"id": "x", "object": "chat.completion", "model": "up",
             "choices": [{"index": 0, "finish_reason": "stop",
                 "message": {"role": "assistant", "content": "done"}}],

@@ -3,9 +3,12 @@
 #![allow(dead_code)]
 
 mod procs;
+mod raw;
 // Each test file uses some of them.
 #[allow(unused_imports)]
 pub use procs::{alive, children_of, close_wait, environ, open_files, rss_kib};
+#[allow(unused_imports)]
+pub use raw::RawRequest;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;

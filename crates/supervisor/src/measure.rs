@@ -36,9 +36,19 @@ pub fn available() -> Option<u64> {
 
 /// `MemAvailable` of a /proc/meminfo text, in bytes.
 pub(crate) fn mem_available(meminfo: &str) -> Option<u64> {
+    meminfo_bytes(meminfo, "MemAvailable:")
+}
+
+/// `MemTotal` of a /proc/meminfo text, in bytes.
+pub(crate) fn mem_total(meminfo: &str) -> Option<u64> {
+    meminfo_bytes(meminfo, "MemTotal:")
+}
+
+/// One `Name:   N kB` line of a /proc/meminfo text, in bytes.
+fn meminfo_bytes(meminfo: &str, field: &str) -> Option<u64> {
     let kb = meminfo
         .lines()
-        .find(|l| l.starts_with("MemAvailable:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse::<u64>()

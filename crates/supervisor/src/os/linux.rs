@@ -49,6 +49,10 @@ pub fn available() -> Option<u64> {
     crate::measure::mem_available(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
+pub fn physical_memory() -> Option<u64> {
+    crate::measure::mem_total(&std::fs::read_to_string("/proc/meminfo").ok()?)
+}
+
 /// A discrete GPU has memory of its own; the budget is about system memory.
 pub fn gpu_wired_limit() -> Option<u64> {
     None

@@ -152,6 +152,10 @@ pub fn sysctl_u64(name: &CStr) -> Option<u64> {
 }
 
 /// Apple silicon only: Intel Macs have no `iogpu` sysctls.
+pub fn physical_memory() -> Option<u64> {
+    sysctl_u64(c"hw.memsize")
+}
+
 pub fn gpu_wired_limit() -> Option<u64> {
     let limit_mb = sysctl_u64(c"iogpu.wired_limit_mb")?;
     let memsize = sysctl_u64(c"hw.memsize")?;

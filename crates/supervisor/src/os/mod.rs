@@ -65,6 +65,11 @@ pub(crate) fn available() -> Option<u64> {
     sys::available()
 }
 
+/// The machine's physical memory in bytes.
+pub(crate) fn physical_memory() -> Option<u64> {
+    sys::physical_memory()
+}
+
 /// How much memory the GPU may wire (lock for its buffers) on this machine:
 /// Apple silicon's unified memory only; None elsewhere.
 pub fn gpu_wired_limit() -> Option<u64> {

@@ -15,6 +15,10 @@ pub fn children(_pid: u32) -> Vec<u32> {
 pub fn available() -> Option<u64> {
     None
 }
+pub fn physical_memory() -> Option<u64> {
+    None
+}
+
 pub fn gpu_wired_limit() -> Option<u64> {
     None
 }
