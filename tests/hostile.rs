@@ -107,6 +107,33 @@ async fn a_key_the_router_reads_given_twice_in_any_case_is_refused_on_every_api(
             assert!(msg.contains("send the key once"), "{path}: {msg}");
         }
     }
+    // A form names its model once too: right after the first, or after a
+    // file long enough that the second arrives while the upload streams.
+    for file_size in [10, 2 << 20] {
+        let mut form = Vec::new();
+        for (name, file, content) in [
+            ("model", "", b"small".to_vec()),
+            ("file", "; filename=\"a.wav\"", vec![b'x'; file_size]),
+            ("MODEL", "", b"huge:70b".to_vec()),
+        ] {
+            form.extend_from_slice(
+                format!("--XX\r\ncontent-disposition: form-data; name=\"{name}\"{file}\r\n\r\n")
+                    .as_bytes(),
+            );
+            form.extend_from_slice(&content);
+            form.extend_from_slice(b"\r\n");
+        }
+        form.extend_from_slice(b"--XX--\r\n");
+        let resp = client()
+            .post(r.url("/v1/audio/transcriptions"))
+            .header("content-type", "multipart/form-data; boundary=XX")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "a file of {file_size} bytes");
+        assert_eq!(resp.headers()["x-modelyard-error"], "repeated_key");
+    }
     // A query names its model once too.
     let resp = get(&r.url("/v1/audio/voices?model=small&MODEL=huge")).await;
     assert_eq!(resp.status(), 400);

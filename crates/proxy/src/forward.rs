@@ -295,6 +295,7 @@ fn failed(
         },
         Failure::Body(why) => ApiError::BodyRead(why),
         Failure::BodyStalled(after) => ApiError::BodyTimeout { after },
+        Failure::RepeatedPart => crate::upload::repeated_part(),
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! The scanner is fed the same growing prefix again and again and resumes where
 //! it stopped, so a file part that comes before `model` costs one pass, not one
-//! per chunk. It reads no more than it must: the first `model` part wins, and
-//! whatever follows it is never looked at.
+//! per chunk. It reads no more than it must: the first `model` part routes the
+//! upload. What follows is streamed on, watched by [`LaterModel`] for a second
+//! `model` part, which a server that reads the last one would obey instead.
 
 use std::ops::Range;
 
@@ -242,6 +243,55 @@ impl FormScanner {
     }
 }
 
+/// Watches the rest of a form as it streams past for a second part named
+/// `model` (in any case): the router routed and charged the first, and a
+/// backend that keeps the last value of a repeated field would run the other.
+/// It holds at most one delimiter and one part's headers between chunks.
+pub(crate) struct LaterModel {
+    delimiter: Vec<u8>,
+    /// The unread end of the previous chunk: a delimiter, or a part's headers,
+    /// may straddle two chunks.
+    carry: Vec<u8>,
+}
+
+impl LaterModel {
+    pub(crate) fn new(boundary: &[u8]) -> Self {
+        LaterModel {
+            delimiter: [b"\r\n--".as_slice(), boundary].concat(),
+            carry: Vec::new(),
+        }
+    }
+
+    /// Feeds the next bytes of the body; true once a `model` part has begun.
+    pub(crate) fn feed(&mut self, data: &[u8]) -> bool {
+        self.carry.extend_from_slice(data);
+        let buf = std::mem::take(&mut self.carry);
+        let mut from = 0;
+        while let Some(i) = memmem::find(&buf[from..], &self.delimiter) {
+            let headers_at = from + i + self.delimiter.len();
+            let Some(end) = memmem::find(&buf[headers_at..], b"\r\n\r\n") else {
+                // Headers not all here yet: keep them, within reason.
+                if buf.len() - (from + i) <= MAX_PART_HEADERS {
+                    self.carry = buf[from + i..].to_vec();
+                } else {
+                    self.carry = buf[buf.len() - (self.delimiter.len() - 1)..].to_vec();
+                }
+                return false;
+            };
+            let headers = &buf[headers_at..headers_at + end + 2];
+            if let Ok(Some(name)) = field_name(headers) {
+                if name.eq_ignore_ascii_case("model") {
+                    return true;
+                }
+            }
+            from = headers_at + end;
+        }
+        let keep = buf.len().saturating_sub(self.delimiter.len() - 1).max(from);
+        self.carry = buf[keep..].to_vec();
+        false
+    }
+}
+
 /// The `name` of a part from its headers (each line ending in CRLF): None for a
 /// part without a form-data Content-Disposition.
 fn field_name(headers: &[u8]) -> Result<Option<String>, String> {
@@ -464,5 +514,32 @@ mod tests {
             let mut s = FormScanner::new(b"b");
             let _ = s.scan(&data);
         }
+    }
+
+    #[test]
+    fn a_second_model_part_is_seen_however_the_chunks_fall() {
+        let body = form(&[
+            ("model", None, b"whisper"),
+            ("file", Some("a.wav"), &[b'x'; 3000]),
+            ("MODEL", None, b"huge"),
+        ]);
+        let Scan::Found { span, .. } = scan_whole(&body) else {
+            panic!("no model")
+        };
+        let rest = &body[span.end..];
+        for size in [1, 7, 64, 1000, rest.len()] {
+            let mut watch = LaterModel::new(B.as_bytes());
+            let seen = rest.chunks(size).any(|c| watch.feed(c));
+            assert!(seen, "chunks of {size}");
+        }
+        let one = form(&[
+            ("model", None, b"whisper"),
+            ("file", Some("a.wav"), b"model"),
+        ]);
+        let Scan::Found { span, .. } = scan_whole(&one) else {
+            panic!("no model")
+        };
+        let mut watch = LaterModel::new(B.as_bytes());
+        assert!(!one[span.end..].chunks(5).any(|c| watch.feed(c)));
     }
 }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::error::ApiError;
 use crate::forward;
-use crate::multipart::{FormScanner, Scan};
+use crate::multipart::{FormScanner, LaterModel, Scan};
 use crate::Inner;
 
 /// Routes and forwards one multipart request. The body read to find `model` is
@@ -33,6 +33,11 @@ pub(crate) async fn form(
     let limit = state.config().max_body.bytes();
     let (head, asked, span) =
         read_to_model(&mut body, boundary, limit, state.config().body_timeout).await?;
+    // What was read past the first `model` part may already hold a second.
+    let mut watch = LaterModel::new(boundary);
+    if watch.feed(&head[span.end..]) {
+        return Err(repeated_part());
+    }
     let config = state.config();
     let asked_for = forward::routable(state, &asked).await?;
     let choice =
@@ -56,7 +61,9 @@ pub(crate) async fn form(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         .map(|n| n.saturating_sub(span.len() as u64) + upstream.len() as u64);
-    let body = Prefixed::new(spliced.freeze(), body, config.body_timeout).boxed_unsync();
+    let body = Prefixed::new(spliced.freeze(), body, config.body_timeout)
+        .watching(watch)
+        .boxed_unsync();
     let request = forward::upstream_streamed(&parts, &lease, None, body, length);
     let mut resp = crate::deliver::round_trip(
         state,
@@ -120,6 +127,8 @@ async fn read_to_model(
 pub(crate) struct Prefixed {
     head: Option<Bytes>,
     rest: Incoming,
+    /// A form's later parts, watched for a second `model`.
+    watch: Option<LaterModel>,
     every: std::time::Duration,
     /// Started when a wait for the client begins, not while the backend is
     /// not asking (its own pace is not the client's fault).
@@ -147,11 +156,38 @@ impl Prefixed {
         Prefixed {
             head: (!head.is_empty()).then_some(head),
             rest,
+            watch: None,
             every,
             clock: None,
         }
     }
+
+    pub(crate) fn watching(mut self, watch: LaterModel) -> Self {
+        self.watch = Some(watch);
+        self
+    }
 }
+
+/// A form whose `model` part comes twice: refused, as a JSON body with two
+/// `model` keys is.
+pub(crate) fn repeated_part() -> ApiError {
+    ApiError::RepeatedKey {
+        first: "model".into(),
+        second: "model (a second form part)".into(),
+    }
+}
+
+/// A second `model` part turned up in the streamed rest of a form.
+#[derive(Debug)]
+pub(crate) struct RepeatedPart;
+
+impl std::fmt::Display for RepeatedPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the form has a second `model` part")
+    }
+}
+
+impl std::error::Error for RepeatedPart {}
 
 impl HttpBody for Prefixed {
     type Data = Bytes;
@@ -168,6 +204,12 @@ impl HttpBody for Prefixed {
         match Pin::new(&mut this.rest).poll_frame(cx) {
             Poll::Ready(frame) => {
                 this.clock = None;
+                if let (Some(watch), Some(Ok(f))) = (&mut this.watch, &frame) {
+                    if f.data_ref().is_some_and(|d| watch.feed(d)) {
+                        // Cut off: the backend never sees a whole form with both.
+                        return Poll::Ready(Some(Err(Box::new(RepeatedPart))));
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(|e| Box::new(e) as BoxError)))
             }
             Poll::Pending => {

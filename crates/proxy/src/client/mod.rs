@@ -57,6 +57,8 @@ pub(crate) enum Failure {
     Body(String),
     /// The client's body stalled past `body_timeout` while it was being sent.
     BodyStalled(Duration),
+    /// A form's streamed rest held a second `model` part.
+    RepeatedPart,
 }
 
 pub(crate) struct Client {
@@ -290,6 +292,9 @@ fn failure(err: &hyper::Error, answered: bool) -> Failure {
     while let Some(s) = source {
         if let Some(crate::upload::Stalled(after)) = s.downcast_ref() {
             return Failure::BodyStalled(*after);
+        }
+        if s.is::<crate::upload::RepeatedPart>() {
+            return Failure::RepeatedPart;
         }
         source = s.source();
     }
