@@ -341,5 +341,14 @@ mod tests {
             allowed(&keyed, &bearer("s3cret"), lan),
             Err(ApiError::AdminRemote)
         ));
+        // A dual-stack listener sees this machine's IPv4 clients as v4-mapped,
+        // and other machines' too.
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:5000".parse().unwrap();
+        assert!(allowed(&config(""), &none, mapped).is_ok());
+        let mapped_lan: SocketAddr = "[::ffff:192.0.2.7]:5000".parse().unwrap();
+        assert!(matches!(
+            allowed(&config(""), &none, mapped_lan),
+            Err(ApiError::AdminRemote)
+        ));
     }
 }
