@@ -27,6 +27,16 @@ impl Layout {
     }
 }
 
+/// One fixed rate in one layout: its legs' rounds, each leg's proxy CPU per
+/// request by round (empty for direct), and the load average before.
+pub struct Rate {
+    pub rate: f64,
+    pub layout: Layout,
+    pub legs: Legs<Round>,
+    pub cpu: Vec<Vec<f64>>,
+    pub load: String,
+}
+
 #[derive(Default)]
 pub struct Report {
     pub command: String,
@@ -37,7 +47,7 @@ pub struct Report {
     pub after_rss: u64,
     pub peer_idle_rss: Option<u64>,
     pub peer_load_rss: Option<u64>,
-    pub rates: Vec<(f64, Layout, Legs<Round>, String)>,
+    pub rates: Vec<Rate>,
     pub saturation: Option<(Legs<Round>, Vec<Vec<f64>>, String)>,
     pub low: Option<(Legs<Round>, String)>,
     pub streams: Option<(Legs<StreamRound>, String)>,
@@ -133,7 +143,9 @@ impl Report {
             s,
             "The peer, LiteLLM's proxy, runs when `.venv-litellm` exists at the repository's root \
              (`python3 -m venv .venv-litellm && .venv-litellm/bin/pip install 'litellm[proxy]'`); \
-             without it the run says so below and leaves its columns out.\n"
+             without it the run says so below and leaves its columns out. The reference proxy, \
+             nginx, runs when it is installed (`apt-get install nginx-light`), with the same \
+             rule.\n"
         );
         for (k, v) in &self.header {
             let _ = writeln!(s, "- **{k}**: {v}");
@@ -161,23 +173,33 @@ impl Report {
              time (coordinated-omission corrected), keep-alive on both legs. \"added\" = router \
              leg − direct leg, per round, then the median of those. `tcp-relay` is a relay inside the bench, \
              on the router's CPU, that only copies bytes both ways (tokio's `copy_bidirectional`): \
-             the two extra loopback hops every proxy adds, before it does any work of its own.\n\n\
+             the two extra loopback hops every proxy adds, before it does any work of its own. \
+             `nginx` (when installed) is the reference C reverse proxy in front of the same backend: \
+             one worker, keep-alive upstream, on the router's CPU. Proxy CPU per request = the \
+             proxy's utime+stime over a round ÷ requests it answered (the relay: its thread's).\n\n\
              Two layouts of the three programs on two CPUs, each with its own backend and router: \
              *split* puts the backend with the load generator on CPU 0 and the router alone on CPU 1, \
              so the direct leg never crosses between CPUs and the proxied one crosses four times; \
              *shared* puts the backend beside the router on CPU 1, so both legs cross twice and \
              what is added is the proxy's own work. The targets are read from *shared*.\n"
         );
-            let _ = writeln!(s, "| rate | layout | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | achieved rps | errors | loadavg |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| rate | layout | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | proxy CPU µs/request | achieved rps | errors | loadavg |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         let rates = std::mem::take(&mut self.rates);
-        let judged = if rates.iter().any(|r| r.1 == Layout::Shared) {
+        let judged = if rates.iter().any(|r| r.layout == Layout::Shared) {
             Layout::Shared
         } else {
             Layout::Split
         };
-        for (rate, layout, legs, load) in &rates {
+        for Rate {
+            rate,
+            layout,
+            legs,
+            cpu,
+            load,
+        } in &rates
+        {
             for (i, name) in legs.names.iter().enumerate() {
                 let add = |p: f64| {
                     if i == 0 {
@@ -189,7 +211,7 @@ impl Report {
                 let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
                 let _ = writeln!(
                     s,
-                    "| {rate} | {} | {name} | {} | {} | {} | {} | {} | {} | {} | {errors} | {load} |",
+                    "| {rate} | {} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} | {load} |",
                     layout.name(),
                     each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
                     each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
@@ -197,6 +219,11 @@ impl Report {
                     add(50.0),
                     add(99.0),
                     add(99.9),
+                    if cpu[i].is_empty() {
+                        "".into()
+                    } else {
+                        Spread::of(&cpu[i]).show(1, "")
+                    },
                     each(legs, i, |r| r.rps()).show(0, ""),
                 );
             }
@@ -243,6 +270,28 @@ impl Report {
                 p99.show(0, " µs"),
                 ok(p99.median <= 1000.0),
             ));
+            if let Some(n) = legs.names.iter().position(|n| *n == "nginx") {
+                // Both legs minus the same direct round: the difference of p50s.
+                let d: Vec<f64> = legs.rounds[1]
+                    .iter()
+                    .zip(&legs.rounds[n])
+                    .map(|(x, y)| round_p(x, 50.0) - round_p(y, 50.0))
+                    .collect();
+                let over = Spread::of(&d);
+                self.summary.push((
+                    format!(
+                        "added latency p50 ≤ nginx's + 15 µs at 1k rps ({})",
+                        layout.name()
+                    ),
+                    format!(
+                        "modelyard {}, nginx {}: modelyard − nginx {}",
+                        p50.show(0, " µs"),
+                        added(legs, n, |r| round_p(r, 50.0)).show(0, " µs"),
+                        over.show(0, " µs")
+                    ),
+                    ok(over.median <= 15.0),
+                ));
+            }
         }
         self.rates = rates;
 
@@ -309,6 +358,28 @@ impl Report {
                     "≥ 20× LiteLLM's throughput".into(),
                     x.show(1, "×"),
                     ok(x.median >= 20.0),
+                ));
+            }
+            if let (Some(i), Some(j)) = (
+                legs.names.iter().position(|n| *n == "modelyard"),
+                legs.names.iter().position(|n| *n == "nginx"),
+            ) {
+                let d: Vec<f64> = legs.rounds[i]
+                    .iter()
+                    .zip(&legs.rounds[j])
+                    .map(|(a, b)| a.rps() / b.rps().max(1e-9))
+                    .collect();
+                let x = Spread::of(&d);
+                let c = |k: usize| Spread::of(&cpu[k]).show(1, " µs");
+                self.summary.push((
+                    "throughput at saturation ≥ 0.9 × nginx's".into(),
+                    format!(
+                        "{} (CPU per request: modelyard {}, nginx {})",
+                        x.show(2, "×"),
+                        c(i),
+                        c(j)
+                    ),
+                    ok(x.median >= 0.9),
                 ));
             }
         }
@@ -440,6 +511,28 @@ impl Report {
                 ),
                 ok(first.peak_rss < 100_000_000 && first.errors == 0 && first.n >= 10_000),
             ));
+            let per = |m: &Many| {
+                m.peak_rss.saturating_sub(m.start_rss) as f64 / m.n.max(1) as f64 / 1024.0
+            };
+            let shown: Vec<String> = self
+                .many
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: {:.1} KiB ({} streams, {} errors)",
+                        if m.h2 { "h2" } else { "HTTP/1.1" },
+                        per(m),
+                        m.n,
+                        m.errors
+                    )
+                })
+                .collect();
+            self.summary.push((
+                "memory per open stream < 64 KiB, h2 and HTTP/1.1 clients".into(),
+                shown.join("; "),
+                ok(self.many.len() == 2
+                    && self.many.iter().all(|m| per(m) < 64.0 && m.errors == 0)),
+            ));
         }
 
         let _ = writeln!(
@@ -562,11 +655,16 @@ impl Report {
             }
         }
         let mut bars_b: Vec<(String, f64)> = Vec::new();
-        for (rate, layout, legs, _) in &self.rates {
-            bars_b.push((
-                format!("modelyard @{}k {}", rate / 1000.0, layout.name()),
-                added(legs, 1, |r| round_p(r, 50.0)).median,
-            ));
+        for r in &self.rates {
+            for (i, n) in r.legs.names.iter().enumerate() {
+                if !matches!(*n, "modelyard" | "nginx") || (*n == "nginx" && r.rate != 1000.0) {
+                    continue;
+                }
+                bars_b.push((
+                    format!("{n} @{}k {}", r.rate / 1000.0, r.layout.name()),
+                    added(&r.legs, i, |x| round_p(x, 50.0)).median,
+                ));
+            }
         }
         if let Some((legs, _)) = &self.low {
             for (i, n) in legs.names.iter().enumerate().skip(1) {
@@ -608,6 +706,8 @@ impl Report {
                 let x = x0 + i as f64 * w + 8.0;
                 let color = if name.starts_with("litellm") {
                     colors[2]
+                } else if name.starts_with("nginx") {
+                    colors[3]
                 } else if name.starts_with("direct") {
                     colors[0]
                 } else {
