@@ -14,6 +14,7 @@ mod relay;
 mod report;
 mod sched;
 mod setup;
+mod soak;
 mod stats;
 
 use std::collections::HashMap;
@@ -41,6 +42,8 @@ pub struct Opts {
     pub only: Option<Vec<String>>,
     /// Pin the load generator and backends to CPU 0 and the proxies to the rest.
     pub pin: bool,
+    /// How long the soak runs, seconds.
+    pub soak_secs: f64,
 }
 
 /// Scenario names `--only` accepts, in the order they run.
@@ -53,6 +56,7 @@ const SCENARIOS: &[&str] = &[
     "cancel",
     "overload",
     "sched",
+    "soak",
 ];
 
 impl Opts {
@@ -72,7 +76,7 @@ const LIMITS: &str = "max_queue: 100000\nmax_connections: 4096\n";
 /// descriptors (client and backend), and the hard limit here is 20,000.
 const H1_STREAMS: usize = 4000;
 
-const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-nginx] [--nginx PATH] [--no-pin] [--litellm PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched] [--out FILE.md | --no-write]";
+const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-nginx] [--nginx PATH] [--no-pin] [--litellm PATH] [--soak-secs S] [--only rates,saturation,low,streams,many,cancel,overload,sched,soak] [--out FILE.md | --no-write]";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -90,11 +94,13 @@ fn parse() -> Result<Opts, String> {
         nginx: Some(find_nginx()),
         only: None,
         pin: true,
+        soak_secs: 600.0,
     };
     let mut args = std::env::args().skip(1);
     let mut rounds = None;
     let mut secs = None;
     let mut streams = None;
+    let mut soak_secs = None;
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -102,6 +108,15 @@ fn parse() -> Result<Opts, String> {
             "--rounds" => rounds = Some(val("--rounds")?.parse().map_err(|_| "--rounds N")?),
             "--secs" => secs = Some(val("--secs")?.parse().map_err(|_| "--secs S")?),
             "--streams" => streams = Some(val("--streams")?.parse().map_err(|_| "--streams N")?),
+            "--soak-secs" => {
+                soak_secs = Some(
+                    val("--soak-secs")?
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s >= 30.0)
+                        .ok_or("--soak-secs S: seconds, at least 30")?,
+                )
+            }
             "--no-peer" => o.peer = false,
             "--no-pin" => o.pin = false,
             "--litellm" => o.litellm = val("--litellm")?.into(),
@@ -124,10 +139,12 @@ fn parse() -> Result<Opts, String> {
         o.rounds = 3;
         o.secs = 1.0;
         o.streams = 1000;
+        o.soak_secs = 60.0;
     }
     o.rounds = rounds.unwrap_or(o.rounds).max(1);
     o.secs = secs.unwrap_or(o.secs);
     o.streams = streams.unwrap_or(o.streams);
+    o.soak_secs = soak_secs.unwrap_or(o.soak_secs);
     Ok(o)
 }
 
@@ -572,6 +589,16 @@ fn run(opts: Opts) -> Result<(), String> {
     }
     drop(peer);
     drop(nginx);
+
+    // 7. A day of swaps, reloads and crashes, compressed.
+    if opts.wants("soak") {
+        say(&format!("soak, {:.0} s", opts.soak_secs));
+        let s = soak::run(&rig, &h, opts.soak_secs, &say)?;
+        for f in &s.failures {
+            say(&format!("SOAK FAILED: {f}"));
+        }
+        rep.soak = Some(s);
+    }
     drop(router);
     rep.load_after = procs::loadavg();
 
@@ -593,7 +620,10 @@ fn run(opts: Opts) -> Result<(), String> {
         eprintln!("wrote {} and {}", out.display(), svg.display());
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    match rep.soak.as_ref().map(|s| &s.failures) {
+        Some(f) if !f.is_empty() => Err(format!("the soak FAILED: {}", f.join("; "))),
+        _ => Ok(()),
+    }
 }
 
 /// Where the generated part of docs/benchmarks.md ends and notes kept across runs begin.

@@ -238,12 +238,17 @@ fn split_url(url: &str) -> (String, String) {
 
 /// A blocking GET, for set-up and polling only (never timed).
 pub fn http_get(host: &str, path: &str) -> Option<(u16, String)> {
+    http_call(host, "GET", path)
+}
+
+/// A blocking request without a body (GET, or a POST such as /admin/reload).
+pub fn http_call(host: &str, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = Vec::new();

@@ -55,6 +55,7 @@ pub struct Report {
     pub cancel: Option<CancelReport>,
     pub overload: Option<Overload>,
     pub sched: Vec<(&'static str, Outcome, Outcome, Outcome, Bound)>,
+    pub soak: Option<crate::soak::Soak>,
     pub load_after: String,
     /// (target, measured, met)
     summary: Vec<(String, String, &'static str)>,
@@ -643,7 +644,109 @@ impl Report {
                 ok(met && pol_total * 2 <= strict_total),
             ));
         }
+        if let Some(k) = self.soak.take() {
+            self.soak_section(&mut s, &k);
+            self.soak = Some(k);
+        }
         s
+    }
+
+    fn soak_section(&mut self, s: &mut String, k: &crate::soak::Soak) {
+        let _ = writeln!(
+            s,
+            "\n## 6. Soak: a day of swaps in {:.0} s\n\n\
+             The seed's machine scaled down like the demo (`modelyard sim` backends, one process per model, \
+             loads of 100–400 ms): the three large models in one `group` take turns every 3 s (each turn a swap), \
+             8 requests/s to the one in turn (half streamed, every fourth stream left after three chunks), \
+             4 streams/s to the small model (every fifth left), 2/s to apfel, embeddings at 5/s in 2 s bursts \
+             every 8 s with `idle_timeout: 3s` (so they idle out in between). Every {:.0} s routes.yaml is \
+             reloaded (SIGHUP and `POST /admin/reload` by turns, an alias added or removed), and every {:.0} s, \
+             half a period later, the backend of the large model in turn is killed (SIGKILL). The router's RSS, \
+             open descriptors, threads and sockets in CLOSE-WAIT are read from /proc every second. \
+             Start = median of the samples in the {:.0} s after a warm-up of {:.0} s; end = median of the last \
+             {:.0} s under load; peak = the highest sample. The run fails if descriptors end above start + 10 % + 8, \
+             RSS above start + 10 %, or any request is unanswered (no response, or none within 60 s). \
+             A 502/503 or a cut stream for the killed model within 5 s of the kill is the crash's answer, counted apart.\n",
+            k.secs, k.every, k.every, k.window, k.warmup, k.window
+        );
+        let _ = writeln!(
+            s,
+            "| router | start | peak | end |\n|---|---|---|---|\n\
+             | RSS | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n\
+             | open descriptors | {:.0} | {:.0} | {:.0} (at rest after: {}) |\n\
+             | threads | {:.0} | {:.0} | {:.0} |\n\
+             | sockets in CLOSE-WAIT | {:.0} | {:.0} | {:.0} |\n",
+            mib(k.rss.start as u64),
+            mib(k.rss.peak as u64),
+            mib(k.rss.end as u64),
+            k.fds.start,
+            k.fds.peak,
+            k.fds.end,
+            k.fds_at_rest,
+            k.threads.start,
+            k.threads.peak,
+            k.threads.end,
+            k.close_wait.start,
+            k.close_wait.peak,
+            k.close_wait.end,
+        );
+        let tenth = |f: &dyn Fn(&(f64, f64)) -> String| {
+            k.tenths.iter().map(f).collect::<Vec<_>>().join(" · ")
+        };
+        let _ = writeln!(
+            s,
+            "By tenth of the run (medians): RSS {} MiB; descriptors {}.\n",
+            tenth(&|t| format!("{:.1}", mib(t.0 as u64))),
+            tenth(&|t| format!("{:.0}", t.1)),
+        );
+        let other: u64 = k.other.values().map(|v| v.0).sum();
+        let _ = writeln!(
+            s,
+            "| requests | answered 200 | left mid-stream on purpose | crash's 502/503/cut | other errors | unanswered | latency p50 / p99 of 200s |\n|---|---|---|---|---|---|---|\n\
+             | {} | {} | {} | {} | {other} | {} | {:.0} / {:.0} ms |\n",
+            k.sent,
+            k.ok,
+            k.vanished,
+            k.crash_answers,
+            k.unanswered,
+            k.latency_p50_ms,
+            k.latency_p99_ms
+        );
+        for (status, (n, why)) in &k.other {
+            let why: String = why.replace('|', "/").replace('\n', " ");
+            let _ = writeln!(s, "- {n} × {status}, e.g. {why}");
+        }
+        let _ = writeln!(
+            s,
+            "\nEvents: {} reloads ({} refused), {} backends killed; the router's /metrics at the end: {} loads, {} idle unloads, {} crashes seen. {}\n",
+            k.reloads,
+            k.reload_errors.len(),
+            k.kills,
+            k.loads,
+            k.idle_unloads,
+            k.crashes_seen,
+            if k.failures.is_empty() {
+                "**Passed.**".to_string()
+            } else {
+                format!("**FAILED**: {}.", k.failures.join("; "))
+            }
+        );
+        self.summary.push((
+            format!(
+                "soak ({:.0} s): descriptors and RSS flat, every request answered",
+                k.secs
+            ),
+            format!(
+                "fds {:.0} → {:.0}, RSS {:.1} → {:.1} MiB, {} unanswered of {}",
+                k.fds.start,
+                k.fds.end,
+                mib(k.rss.start as u64),
+                mib(k.rss.end as u64),
+                k.unanswered,
+                k.sent
+            ),
+            ok(k.failures.is_empty()),
+        ));
     }
 
     /// Two panels: throughput at saturation, added p50 latency (log scale).
