@@ -357,11 +357,11 @@ fn run(opts: Opts) -> Result<(), String> {
         match rig.nginx(exe, name, backend, rig.far()) {
             Ok((p, t)) => {
                 meters.insert(t.base.clone(), Meter::Tree(p.pid()));
-                Some((p, t))
+                Some(Ok((p, t)))
             }
             Err(e) => {
                 say(&format!("nginx skipped: {e}"));
-                None
+                Some(Err(e))
             }
         }
     };
@@ -372,23 +372,26 @@ fn run(opts: Opts) -> Result<(), String> {
         None
     } else {
         say("starting nginx");
-        let n = start_nginx("nginx", &direct, &mut meters);
         let exe = opts
             .nginx
             .as_deref()
             .unwrap_or(std::path::Path::new("nginx"));
-        rep.notes.push(match &n {
-            Some(_) => format!(
-                "Reference proxy: nginx {} (`{}`), one worker, `proxy_pass` to a keep-alive upstream (`keepalive 64`, HTTP/1.1, `proxy_buffering off`), access log off, pinned with the router; its CPU is master + worker",
-                setup::nginx_version(exe).unwrap_or_else(|| "?".into()),
-                exe.display()
-            ),
-            None => format!(
-                "nginx skipped: `{}` could not be started (`apt-get install nginx-light`); its rows are left out",
-                exe.display()
-            ),
-        });
-        n
+        match start_nginx("nginx", &direct, &mut meters) {
+            Some(Ok(n)) => {
+                rep.notes.push(format!(
+                    "Reference proxy: nginx {} (`{}`), one worker, `proxy_pass` to a keep-alive upstream (`keepalive 64`, HTTP/1.1, `proxy_buffering off`), access log off, pinned with the router; its CPU is master + worker",
+                    setup::nginx_version(exe).unwrap_or_else(|| "?".into()),
+                    exe.display()
+                ));
+                Some(n)
+            }
+            Some(Err(e)) => {
+                rep.notes
+                    .push(format!("nginx skipped: {e}; its rows are left out"));
+                None
+            }
+            None => None,
+        }
     };
 
     let body = chat_body("m", false, None);
@@ -429,7 +432,7 @@ fn run(opts: Opts) -> Result<(), String> {
             let (floor, floor_meter) = relay::start(&direct.base, Some(1))?;
             meters.extend(floor_meter.map(|m| (floor.base.clone(), m)));
             let ngx = if nginx.is_some() {
-                start_nginx("nginx-shared", &direct, &mut meters)
+                start_nginx("nginx-shared", &direct, &mut meters).and_then(Result::ok)
             } else {
                 None
             };
