@@ -536,7 +536,10 @@ pub fn run(
     // Start: the samples in a window after the warm-up; end: the last window
     // under load. Medians, so one busy second moves neither.
     let samples = samples.lock().expect("samples").clone();
-    let window = (secs * 0.05).max(3.0);
+    // At least a whole turn of the three large models and of the embedding
+    // bursts, so both windows hold the same mix of loaded models (each holds
+    // a connection and its output pipes).
+    let window = (secs * 0.05).max(9.0);
     soak.window = window;
     soak.samples = samples.len();
     let at_start: Vec<&Sample> = samples
