@@ -177,7 +177,9 @@ impl Report {
              the two extra loopback hops every proxy adds, before it does any work of its own. \
              `nginx` (when installed) is the reference C reverse proxy in front of the same backend: \
              one worker, keep-alive upstream, on the router's CPU. Proxy CPU per request = the \
-             proxy's utime+stime over a round ÷ requests it answered (the relay: its thread's).\n\n\
+             proxy's utime+stime over a round ÷ requests it answered (the relay: its thread's). \
+             LiteLLM serves ~100 requests a second at most, so it is measured at saturation and \
+             at 20 rps below, not at these rates.\n\n\
              Two layouts of the three programs on two CPUs, each with its own backend and router: \
              *split* puts the backend with the load generator on CPU 0 and the router alone on CPU 1, \
              so the direct leg never crosses between CPUs and the proxied one crosses four times; \
@@ -299,12 +301,23 @@ impl Report {
         if let Some((legs, cpu, load)) = &self.saturation {
             let _ = writeln!(
                 s,
-                "\n## Saturation, closed loop (16 connections)\n\nPeak throughput only (closed loop \
+                "\n## Saturation, closed loop ({} connections)\n\nPeak throughput only (closed loop \
                  hides queueing; latencies here are not the router's added latency). Proxy CPU per \
-                 request = the proxy process's own utime+stime over a round ÷ requests it served. \
-                 loadavg before: {load}.\n"
+                 request = the proxy process's own utime+stime over a round ÷ requests it served \
+                 (nginx: master + worker; the relay: its thread's); CPU share = that CPU time ÷ the \
+                 round's wall time: a proxy well under 100 % was not what limited its leg (on a \
+                 virtual machine, wake-ups between the CPUs often are). loadavg before: {load}.\n",
+                crate::SAT_CONNS
             );
-            let _ = writeln!(s, "| leg | rps | ÷ direct | p50 µs | p99 µs | proxy CPU µs/request | errors |\n|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| leg | rps | ÷ direct | p50 µs | p99 µs | proxy CPU µs/request | proxy CPU share | errors |\n|---|---|---|---|---|---|---|---|");
+            let share = |i: usize| {
+                let v: Vec<f64> = cpu[i]
+                    .iter()
+                    .zip(&legs.rounds[i])
+                    .map(|(c, r)| c * r.rps() / 1e6 * 100.0)
+                    .collect();
+                Spread::of(&v)
+            };
             let ratio = |i: usize| {
                 let d: Vec<f64> = legs.rounds[i]
                     .iter()
@@ -317,7 +330,7 @@ impl Report {
                 let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {} | {errors} |",
+                    "| {name} | {} | {} | {} | {} | {} | {} | {errors} |",
                     each(legs, i, |r| r.rps()).show(0, ""),
                     if i == 0 {
                         "1".into()
@@ -330,6 +343,11 @@ impl Report {
                         "".into()
                     } else {
                         Spread::of(&cpu[i]).show(1, "")
+                    },
+                    if cpu[i].is_empty() {
+                        "".into()
+                    } else {
+                        share(i).show(0, " %")
                     },
                 );
             }
@@ -375,10 +393,11 @@ impl Report {
                 self.summary.push((
                     "throughput at saturation ≥ 0.9 × nginx's".into(),
                     format!(
-                        "{} (CPU per request: modelyard {}, nginx {})",
+                        "{} (CPU per request: modelyard {}, nginx {}; nginx's CPU share {})",
                         x.show(2, "×"),
                         c(i),
-                        c(j)
+                        c(j),
+                        share(j).show(0, " %")
                     ),
                     ok(x.median >= 0.9),
                 ));
@@ -803,7 +822,7 @@ impl Report {
                 }
             };
             let w = 360.0 / bars.len().max(1) as f64;
-            let colors = ["#888", "#2a7", "#c44", "#48c"];
+            let colors = ["#888", "#2a7", "#c44", "#48c", "#bbb"];
             for (i, (name, v)) in bars.iter().enumerate() {
                 let bh = scale(*v).max(1.0);
                 let x = x0 + i as f64 * w + 8.0;
@@ -811,6 +830,8 @@ impl Report {
                     colors[2]
                 } else if name.starts_with("nginx") {
                     colors[3]
+                } else if name.starts_with("tcp-relay") {
+                    colors[4]
                 } else if name.starts_with("direct") {
                     colors[0]
                 } else {
