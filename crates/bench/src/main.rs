@@ -14,15 +14,17 @@ mod relay;
 mod report;
 mod sched;
 mod setup;
+mod soak;
 mod stats;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use load::{chat_body, client, Round, StreamRound, Target};
-use procs::Proc;
+use procs::{Meter, Proc};
 use report::{Layout, Report};
 use stats::{pct, Spread};
 
@@ -34,10 +36,14 @@ pub struct Opts {
     pub peer: bool,
     pub out: Option<PathBuf>,
     pub litellm: PathBuf,
+    /// nginx, the reference proxy (None: --no-nginx).
+    pub nginx: Option<PathBuf>,
     /// Scenarios to run (all when None), for working on one at a time.
     pub only: Option<Vec<String>>,
     /// Pin the load generator and backends to CPU 0 and the proxies to the rest.
     pub pin: bool,
+    /// How long the soak runs, seconds.
+    pub soak_secs: f64,
 }
 
 /// Scenario names `--only` accepts, in the order they run.
@@ -50,6 +56,7 @@ const SCENARIOS: &[&str] = &[
     "cancel",
     "overload",
     "sched",
+    "soak",
 ];
 
 impl Opts {
@@ -65,11 +72,15 @@ impl Opts {
 /// only the overload scenario meets the limits, on purpose.
 const LIMITS: &str = "max_queue: 100000\nmax_connections: 4096\n";
 
+/// Connections of the closed loop at saturation. 32 gave the same
+/// throughput on every leg here (2 vCPUs), at twice the latency.
+pub const SAT_CONNS: usize = 16;
+
 /// Streams held over HTTP/1.1 clients: each takes two of the router's
 /// descriptors (client and backend), and the hard limit here is 20,000.
 const H1_STREAMS: usize = 4000;
 
-const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-pin] [--litellm PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched] [--out FILE.md | --no-write]";
+const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-nginx] [--nginx PATH] [--no-pin] [--litellm PATH] [--soak-secs S] [--only rates,saturation,low,streams,many,cancel,overload,sched,soak] [--out FILE.md | --no-write]";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -84,13 +95,16 @@ fn parse() -> Result<Opts, String> {
         peer: true,
         out: Some(root().join("docs/benchmarks.md")),
         litellm: root().join(".venv-litellm/bin/litellm"),
+        nginx: Some(find_nginx()),
         only: None,
         pin: true,
+        soak_secs: 600.0,
     };
     let mut args = std::env::args().skip(1);
     let mut rounds = None;
     let mut secs = None;
     let mut streams = None;
+    let mut soak_secs = None;
     while let Some(a) = args.next() {
         let mut val = |name: &str| args.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -98,9 +112,20 @@ fn parse() -> Result<Opts, String> {
             "--rounds" => rounds = Some(val("--rounds")?.parse().map_err(|_| "--rounds N")?),
             "--secs" => secs = Some(val("--secs")?.parse().map_err(|_| "--secs S")?),
             "--streams" => streams = Some(val("--streams")?.parse().map_err(|_| "--streams N")?),
+            "--soak-secs" => {
+                soak_secs = Some(
+                    val("--soak-secs")?
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|s| s.is_finite() && *s >= 30.0)
+                        .ok_or("--soak-secs S: seconds, at least 30")?,
+                )
+            }
             "--no-peer" => o.peer = false,
             "--no-pin" => o.pin = false,
             "--litellm" => o.litellm = val("--litellm")?.into(),
+            "--nginx" => o.nginx = Some(val("--nginx")?.into()),
+            "--no-nginx" => o.nginx = None,
             "--out" => o.out = Some(val("--out")?.into()),
             "--no-write" => o.out = None,
             "--only" => {
@@ -118,11 +143,23 @@ fn parse() -> Result<Opts, String> {
         o.rounds = 3;
         o.secs = 1.0;
         o.streams = 1000;
+        o.soak_secs = 60.0;
     }
     o.rounds = rounds.unwrap_or(o.rounds).max(1);
     o.secs = secs.unwrap_or(o.secs);
     o.streams = streams.unwrap_or(o.streams);
+    o.soak_secs = soak_secs.unwrap_or(o.soak_secs);
     Ok(o)
+}
+
+/// nginx on PATH, else where Debian puts it (/usr/sbin is not on every PATH).
+fn find_nginx() -> PathBuf {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nginx"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
 }
 
 /// Samples a process's peak RSS until stopped.
@@ -182,6 +219,28 @@ fn interleave<T>(legs: &[&Target], n: usize, mut f: impl FnMut(&Target) -> T) ->
         names: legs.iter().map(|t| t.name).collect(),
         rounds,
     }
+}
+
+/// `interleave` over rounds of load, each leg's proxy CPU per answered request
+/// (µs) beside it, read from the meter of the leg's base URL (none for direct).
+fn metered(
+    legs: &[&Target],
+    meters: &HashMap<String, Meter>,
+    n: usize,
+    mut f: impl FnMut(&Target) -> Round,
+) -> (Legs<Round>, Vec<Vec<f64>>) {
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); legs.len()];
+    let out = interleave(legs, n, |t| {
+        let meter = meters.get(&t.base).copied();
+        let before = meter.map(Meter::seconds);
+        let r = f(t);
+        if let (Some(m), Some(b)) = (meter, before) {
+            let i = legs.iter().position(|l| l.base == t.base).unwrap_or(0);
+            cpu[i].push((m.seconds() - b) / r.ok.max(1) as f64 * 1e6);
+        }
+        r
+    });
+    (out, cpu)
 }
 
 /// Median over rounds of `g(leg round) - g(direct round)` (leg 0 is direct).
@@ -257,6 +316,8 @@ fn run(opts: Opts) -> Result<(), String> {
         direct.base, direct_s.base, direct_c.base
     );
     let (router, routed) = rig.router("router", &yaml)?;
+    let mut meters: HashMap<String, Meter> = HashMap::new();
+    meters.insert(routed.base.clone(), Meter::Process(router.pid()));
     std::thread::sleep(Duration::from_millis(300));
     rep.idle_rss = router.rss();
     say(&format!("router idle RSS {:.1} MiB", mib(rep.idle_rss)));
@@ -288,14 +349,62 @@ fn run(opts: Opts) -> Result<(), String> {
     } else {
         None
     };
-    if let Some((p, _)) = &peer {
+    if let Some((p, t)) = &peer {
         rep.peer_idle_rss = Some(p.rss());
+        meters.insert(t.base.clone(), Meter::Process(p.pid()));
     }
+
+    // The reference proxy: nginx in front of the same backend, on the router's cores.
+    let nginx_needed = ["rates", "saturation", "low"].iter().any(|s| opts.wants(s));
+    let start_nginx = |name: &str, backend: &Target, meters: &mut HashMap<String, Meter>| {
+        let exe = opts.nginx.as_ref()?;
+        match rig.nginx(exe, name, backend, rig.far()) {
+            Ok((p, t)) => {
+                meters.insert(t.base.clone(), Meter::Tree(p.pid()));
+                Some(Ok((p, t)))
+            }
+            Err(e) => {
+                say(&format!("nginx skipped: {e}"));
+                Some(Err(e))
+            }
+        }
+    };
+    let nginx: Option<(Proc, Target)> = if !nginx_needed {
+        None
+    } else if opts.nginx.is_none() {
+        rep.notes.push("nginx skipped: --no-nginx".into());
+        None
+    } else {
+        say("starting nginx");
+        let exe = opts
+            .nginx
+            .as_deref()
+            .unwrap_or(std::path::Path::new("nginx"));
+        match start_nginx("nginx", &direct, &mut meters) {
+            Some(Ok(n)) => {
+                rep.notes.push(format!(
+                    "Reference proxy: nginx {} (`{}`), one worker, `proxy_pass` to a keep-alive upstream (`keepalive 64`, HTTP/1.1, `proxy_buffering off`), access log off, pinned with the router; its CPU is master + worker",
+                    setup::nginx_version(exe).unwrap_or_else(|| "?".into()),
+                    exe.display()
+                ));
+                Some(n)
+            }
+            Some(Err(e)) => {
+                rep.notes
+                    .push(format!("nginx skipped: {e}; its rows are left out"));
+                None
+            }
+            None => None,
+        }
+    };
 
     let body = chat_body("m", false, None);
     // Warm-up: connections open on both legs, caches warm.
     say("warm-up");
-    for t in [&direct, &routed] {
+    for t in [Some(&direct), Some(&routed), nginx.as_ref().map(|n| &n.1)]
+        .into_iter()
+        .flatten()
+    {
         load::closed_loop(&h, &client, t, &body, 8, Duration::from_millis(500));
     }
     if let Some((_, t)) = &peer {
@@ -304,7 +413,8 @@ fn run(opts: Opts) -> Result<(), String> {
 
     // 1. Fixed rates, router vs direct.
     // The floor: a byte-copying relay on the router's CPU, same two extra hops.
-    let floor = relay::start(&direct.base, pinned.then_some(1))?;
+    let (floor, floor_meter) = relay::start(&direct.base, pinned.then_some(1))?;
+    meters.extend(floor_meter.map(|m| (floor.base.clone(), m)));
     let rates: &[f64] = if opts.wants("rates") {
         &[1000.0, 5000.0]
     } else {
@@ -322,11 +432,20 @@ fn run(opts: Opts) -> Result<(), String> {
                 direct.base
             );
             let (router, routed) = rig.router("router-shared", &yaml)?;
-            let floor = relay::start(&direct.base, Some(1))?;
-            for t in [&direct, &routed, &floor] {
+            meters.insert(routed.base.clone(), Meter::Process(router.pid()));
+            let (floor, floor_meter) = relay::start(&direct.base, Some(1))?;
+            meters.extend(floor_meter.map(|m| (floor.base.clone(), m)));
+            let ngx = if nginx.is_some() {
+                start_nginx("nginx-shared", &direct, &mut meters).and_then(Result::ok)
+            } else {
+                None
+            };
+            let mut legs = vec![direct, routed, floor];
+            legs.extend(ngx.as_ref().map(|n| n.1.clone()));
+            for t in &legs {
                 load::closed_loop(&h, &client, t, &body, 8, Duration::from_millis(500));
             }
-            Some((sim, router, [direct, routed, floor]))
+            Some((sim, router, ngx.map(|n| n.0), legs))
         }
         _ => None,
     };
@@ -334,18 +453,33 @@ fn run(opts: Opts) -> Result<(), String> {
         say(&format!("{rate} rps open loop"));
         let load_before = procs::loadavg();
         let sampler = Sampler::start(router.pid());
-        let legs = interleave(&[&direct, &routed, &floor], opts.rounds, |t| {
+        let mut split: Vec<&Target> = vec![&direct, &routed, &floor];
+        split.extend(nginx.as_ref().map(|n| &n.1));
+        let (legs, cpu) = metered(&split, &meters, opts.rounds, |t| {
             load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
         });
         rep.load_rss = rep.load_rss.max(sampler.finish());
-        rep.rates.push((rate, Layout::Split, legs, load_before));
-        if let Some((_, _, [direct, routed, floor])) = &shared {
+        rep.rates.push(report::Rate {
+            rate,
+            layout: Layout::Split,
+            legs,
+            cpu,
+            load: load_before,
+        });
+        if let Some((_, _, _, legs)) = &shared {
             say(&format!("{rate} rps open loop, backend beside the router"));
             let load_before = procs::loadavg();
-            let legs = interleave(&[direct, routed, floor], opts.rounds, |t| {
+            let refs: Vec<&Target> = legs.iter().collect();
+            let (legs, cpu) = metered(&refs, &meters, opts.rounds, |t| {
                 load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
             });
-            rep.rates.push((rate, Layout::Shared, legs, load_before));
+            rep.rates.push(report::Rate {
+                rate,
+                layout: Layout::Shared,
+                legs,
+                cpu,
+                load: load_before,
+            });
         }
     }
     drop(shared);
@@ -354,40 +488,26 @@ fn run(opts: Opts) -> Result<(), String> {
     if opts.wants("saturation") {
         say("saturation");
     }
-    let mut legs: Vec<&Target> = vec![&direct, &routed];
+    let mut legs: Vec<&Target> = vec![&direct, &routed, &floor];
+    legs.extend(nginx.as_ref().map(|n| &n.1));
     if let Some((_, t)) = &peer {
         legs.push(t);
     }
     let load_before = procs::loadavg();
     let sampler = Sampler::start(router.pid());
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); legs.len()];
-    let proxies: Vec<Option<i32>> = legs
-        .iter()
-        .map(|t| match t.name {
-            "modelyard" => Some(router.pid()),
-            "litellm" => peer.as_ref().map(|(p, _)| p.pid()),
-            _ => None,
-        })
-        .collect();
     let mut peak_peer = 0;
     let sat = opts.wants("saturation").then(|| {
-        let names: Vec<&str> = legs.iter().map(|t| t.name).collect();
-        interleave(&legs, opts.rounds, |t| {
-            let i = names.iter().position(|n| *n == t.name).unwrap_or(0);
-            let before = proxies[i].map(procs::cpu_seconds);
-            let r = load::closed_loop(&h, &client, t, &body, 16, secs);
-            if let (Some(pid), Some(b)) = (proxies[i], before) {
-                cpu[i].push((procs::cpu_seconds(pid) - b) / r.ok.max(1) as f64 * 1e6);
-                if t.name == "litellm" {
-                    peak_peer = peak_peer.max(procs::rss(pid));
-                }
+        metered(&legs, &meters, opts.rounds, |t| {
+            let r = load::closed_loop(&h, &client, t, &body, SAT_CONNS, secs);
+            if let (true, Some((p, _))) = (t.name == "litellm", &peer) {
+                peak_peer = peak_peer.max(p.rss());
             }
             r
         })
     });
     rep.load_rss = rep.load_rss.max(sampler.finish());
     rep.peer_load_rss = (peak_peer > 0).then_some(peak_peer);
-    rep.saturation = sat.map(|sat| (sat, cpu, load_before));
+    rep.saturation = sat.map(|(sat, cpu)| (sat, cpu, load_before));
 
     // Low rate, all legs: the peer's added latency where it is not overloaded.
     if opts.wants("low") {
@@ -475,6 +595,17 @@ fn run(opts: Opts) -> Result<(), String> {
         rep.sched.push((t.name, policy, naive, strict, bound));
     }
     drop(peer);
+    drop(nginx);
+
+    // 7. A day of swaps, reloads and crashes, compressed.
+    if opts.wants("soak") {
+        say(&format!("soak, {:.0} s", opts.soak_secs));
+        let s = soak::run(&rig, &h, opts.soak_secs, &say)?;
+        for f in &s.failures {
+            say(&format!("SOAK FAILED: {f}"));
+        }
+        rep.soak = Some(s);
+    }
     drop(router);
     rep.load_after = procs::loadavg();
 
@@ -496,7 +627,10 @@ fn run(opts: Opts) -> Result<(), String> {
         eprintln!("wrote {} and {}", out.display(), svg.display());
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(())
+    match rep.soak.as_ref().map(|s| &s.failures) {
+        Some(f) if !f.is_empty() => Err(format!("the soak FAILED: {}", f.join("; "))),
+        _ => Ok(()),
+    }
 }
 
 /// Where the generated part of docs/benchmarks.md ends and notes kept across runs begin.

@@ -143,7 +143,52 @@ pub fn rss(pid: i32) -> u64 {
 }
 
 pub fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+/// Where a proxy's CPU time is read: a process, a process with its children
+/// (nginx's master and its worker), or a thread of the bench itself (the relay).
+#[derive(Clone, Copy, Debug)]
+pub enum Meter {
+    Process(i32),
+    Tree(i32),
+    Thread(i32),
+}
+
+impl Meter {
+    /// utime + stime so far, seconds.
+    pub fn seconds(self) -> f64 {
+        match self {
+            Meter::Process(pid) => cpu_seconds(pid),
+            Meter::Tree(pid) => {
+                cpu_seconds(pid) + children(pid).into_iter().map(cpu_seconds).sum::<f64>()
+            }
+            Meter::Thread(tid) => {
+                stat_cpu_seconds(&format!("/proc/{}/task/{tid}/stat", std::process::id()))
+            }
+        }
+    }
+}
+
+/// A process's children (all its threads'), from /proc.
+pub fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+fn stat_cpu_seconds(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     let Some(after) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
         return 0.0;
     };
@@ -193,12 +238,17 @@ fn split_url(url: &str) -> (String, String) {
 
 /// A blocking GET, for set-up and polling only (never timed).
 pub fn http_get(host: &str, path: &str) -> Option<(u16, String)> {
+    http_call(host, "GET", path)
+}
+
+/// A blocking request without a body (GET, or a POST such as /admin/reload).
+pub fn http_call(host: &str, method: &str, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(host).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = Vec::new();

@@ -27,6 +27,16 @@ impl Layout {
     }
 }
 
+/// One fixed rate in one layout: its legs' rounds, each leg's proxy CPU per
+/// request by round (empty for direct), and the load average before.
+pub struct Rate {
+    pub rate: f64,
+    pub layout: Layout,
+    pub legs: Legs<Round>,
+    pub cpu: Vec<Vec<f64>>,
+    pub load: String,
+}
+
 #[derive(Default)]
 pub struct Report {
     pub command: String,
@@ -37,7 +47,7 @@ pub struct Report {
     pub after_rss: u64,
     pub peer_idle_rss: Option<u64>,
     pub peer_load_rss: Option<u64>,
-    pub rates: Vec<(f64, Layout, Legs<Round>, String)>,
+    pub rates: Vec<Rate>,
     pub saturation: Option<(Legs<Round>, Vec<Vec<f64>>, String)>,
     pub low: Option<(Legs<Round>, String)>,
     pub streams: Option<(Legs<StreamRound>, String)>,
@@ -45,6 +55,7 @@ pub struct Report {
     pub cancel: Option<CancelReport>,
     pub overload: Option<Overload>,
     pub sched: Vec<(&'static str, Outcome, Outcome, Outcome, Bound)>,
+    pub soak: Option<crate::soak::Soak>,
     pub load_after: String,
     /// (target, measured, met)
     summary: Vec<(String, String, &'static str)>,
@@ -133,7 +144,9 @@ impl Report {
             s,
             "The peer, LiteLLM's proxy, runs when `.venv-litellm` exists at the repository's root \
              (`python3 -m venv .venv-litellm && .venv-litellm/bin/pip install 'litellm[proxy]'`); \
-             without it the run says so below and leaves its columns out.\n"
+             without it the run says so below and leaves its columns out. The reference proxy, \
+             nginx, runs when it is installed (`apt-get install nginx-light`), with the same \
+             rule.\n"
         );
         for (k, v) in &self.header {
             let _ = writeln!(s, "- **{k}**: {v}");
@@ -161,23 +174,35 @@ impl Report {
              time (coordinated-omission corrected), keep-alive on both legs. \"added\" = router \
              leg − direct leg, per round, then the median of those. `tcp-relay` is a relay inside the bench, \
              on the router's CPU, that only copies bytes both ways (tokio's `copy_bidirectional`): \
-             the two extra loopback hops every proxy adds, before it does any work of its own.\n\n\
+             the two extra loopback hops every proxy adds, before it does any work of its own. \
+             `nginx` (when installed) is the reference C reverse proxy in front of the same backend: \
+             one worker, keep-alive upstream, on the router's CPU. Proxy CPU per request = the \
+             proxy's utime+stime over a round ÷ requests it answered (the relay: its thread's). \
+             LiteLLM serves ~100 requests a second at most, so it is measured at saturation and \
+             at 20 rps below, not at these rates.\n\n\
              Two layouts of the three programs on two CPUs, each with its own backend and router: \
              *split* puts the backend with the load generator on CPU 0 and the router alone on CPU 1, \
              so the direct leg never crosses between CPUs and the proxied one crosses four times; \
              *shared* puts the backend beside the router on CPU 1, so both legs cross twice and \
              what is added is the proxy's own work. The targets are read from *shared*.\n"
         );
-            let _ = writeln!(s, "| rate | layout | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | achieved rps | errors | loadavg |");
-            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| rate | layout | leg | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | proxy CPU µs/request | achieved rps | errors | loadavg |");
+            let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         }
         let rates = std::mem::take(&mut self.rates);
-        let judged = if rates.iter().any(|r| r.1 == Layout::Shared) {
+        let judged = if rates.iter().any(|r| r.layout == Layout::Shared) {
             Layout::Shared
         } else {
             Layout::Split
         };
-        for (rate, layout, legs, load) in &rates {
+        for Rate {
+            rate,
+            layout,
+            legs,
+            cpu,
+            load,
+        } in &rates
+        {
             for (i, name) in legs.names.iter().enumerate() {
                 let add = |p: f64| {
                     if i == 0 {
@@ -189,7 +214,7 @@ impl Report {
                 let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
                 let _ = writeln!(
                     s,
-                    "| {rate} | {} | {name} | {} | {} | {} | {} | {} | {} | {} | {errors} | {load} |",
+                    "| {rate} | {} | {name} | {} | {} | {} | {} | {} | {} | {} | {} | {errors} | {load} |",
                     layout.name(),
                     each(legs, i, |r| round_p(r, 50.0)).show(0, ""),
                     each(legs, i, |r| round_p(r, 99.0)).show(0, ""),
@@ -197,6 +222,11 @@ impl Report {
                     add(50.0),
                     add(99.0),
                     add(99.9),
+                    if cpu[i].is_empty() {
+                        "".into()
+                    } else {
+                        Spread::of(&cpu[i]).show(1, "")
+                    },
                     each(legs, i, |r| r.rps()).show(0, ""),
                 );
             }
@@ -243,18 +273,51 @@ impl Report {
                 p99.show(0, " µs"),
                 ok(p99.median <= 1000.0),
             ));
+            if let Some(n) = legs.names.iter().position(|n| *n == "nginx") {
+                // Both legs minus the same direct round: the difference of p50s.
+                let d: Vec<f64> = legs.rounds[1]
+                    .iter()
+                    .zip(&legs.rounds[n])
+                    .map(|(x, y)| round_p(x, 50.0) - round_p(y, 50.0))
+                    .collect();
+                let over = Spread::of(&d);
+                self.summary.push((
+                    format!(
+                        "added latency p50 ≤ nginx's + 15 µs at 1k rps ({})",
+                        layout.name()
+                    ),
+                    format!(
+                        "modelyard {}, nginx {}: modelyard − nginx {}",
+                        p50.show(0, " µs"),
+                        added(legs, n, |r| round_p(r, 50.0)).show(0, " µs"),
+                        over.show(0, " µs")
+                    ),
+                    ok(over.median <= 15.0),
+                ));
+            }
         }
         self.rates = rates;
 
         if let Some((legs, cpu, load)) = &self.saturation {
             let _ = writeln!(
                 s,
-                "\n## Saturation, closed loop (16 connections)\n\nPeak throughput only (closed loop \
+                "\n## Saturation, closed loop ({} connections)\n\nPeak throughput only (closed loop \
                  hides queueing; latencies here are not the router's added latency). Proxy CPU per \
-                 request = the proxy process's own utime+stime over a round ÷ requests it served. \
-                 loadavg before: {load}.\n"
+                 request = the proxy process's own utime+stime over a round ÷ requests it served \
+                 (nginx: master + worker; the relay: its thread's); CPU share = that CPU time ÷ the \
+                 round's wall time: a proxy well under 100 % was not what limited its leg (on a \
+                 virtual machine, wake-ups between the CPUs often are). loadavg before: {load}.\n",
+                crate::SAT_CONNS
             );
-            let _ = writeln!(s, "| leg | rps | ÷ direct | p50 µs | p99 µs | proxy CPU µs/request | errors |\n|---|---|---|---|---|---|---|");
+            let _ = writeln!(s, "| leg | rps | ÷ direct | p50 µs | p99 µs | proxy CPU µs/request | proxy CPU share | errors |\n|---|---|---|---|---|---|---|---|");
+            let share = |i: usize| {
+                let v: Vec<f64> = cpu[i]
+                    .iter()
+                    .zip(&legs.rounds[i])
+                    .map(|(c, r)| c * r.rps() / 1e6 * 100.0)
+                    .collect();
+                Spread::of(&v)
+            };
             let ratio = |i: usize| {
                 let d: Vec<f64> = legs.rounds[i]
                     .iter()
@@ -267,7 +330,7 @@ impl Report {
                 let errors: u64 = legs.rounds[i].iter().map(|r| r.errors).sum();
                 let _ = writeln!(
                     s,
-                    "| {name} | {} | {} | {} | {} | {} | {errors} |",
+                    "| {name} | {} | {} | {} | {} | {} | {} | {errors} |",
                     each(legs, i, |r| r.rps()).show(0, ""),
                     if i == 0 {
                         "1".into()
@@ -280,6 +343,11 @@ impl Report {
                         "".into()
                     } else {
                         Spread::of(&cpu[i]).show(1, "")
+                    },
+                    if cpu[i].is_empty() {
+                        "".into()
+                    } else {
+                        share(i).show(0, " %")
                     },
                 );
             }
@@ -309,6 +377,29 @@ impl Report {
                     "≥ 20× LiteLLM's throughput".into(),
                     x.show(1, "×"),
                     ok(x.median >= 20.0),
+                ));
+            }
+            if let (Some(i), Some(j)) = (
+                legs.names.iter().position(|n| *n == "modelyard"),
+                legs.names.iter().position(|n| *n == "nginx"),
+            ) {
+                let d: Vec<f64> = legs.rounds[i]
+                    .iter()
+                    .zip(&legs.rounds[j])
+                    .map(|(a, b)| a.rps() / b.rps().max(1e-9))
+                    .collect();
+                let x = Spread::of(&d);
+                let c = |k: usize| Spread::of(&cpu[k]).show(1, " µs");
+                self.summary.push((
+                    "throughput at saturation ≥ 0.9 × nginx's".into(),
+                    format!(
+                        "{} (CPU per request: modelyard {}, nginx {}; nginx's CPU share {})",
+                        x.show(2, "×"),
+                        c(i),
+                        c(j),
+                        share(j).show(0, " %")
+                    ),
+                    ok(x.median >= 0.9),
                 ));
             }
         }
@@ -440,6 +531,28 @@ impl Report {
                 ),
                 ok(first.peak_rss < 100_000_000 && first.errors == 0 && first.n >= 10_000),
             ));
+            let per = |m: &Many| {
+                m.peak_rss.saturating_sub(m.start_rss) as f64 / m.n.max(1) as f64 / 1024.0
+            };
+            let shown: Vec<String> = self
+                .many
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}: {:.1} KiB ({} streams, {} errors)",
+                        if m.h2 { "h2" } else { "HTTP/1.1" },
+                        per(m),
+                        m.n,
+                        m.errors
+                    )
+                })
+                .collect();
+            self.summary.push((
+                "memory per open stream < 64 KiB, h2 and HTTP/1.1 clients".into(),
+                shown.join("; "),
+                ok(self.many.len() == 2
+                    && self.many.iter().all(|m| per(m) < 64.0 && m.errors == 0)),
+            ));
         }
 
         let _ = writeln!(
@@ -550,7 +663,109 @@ impl Report {
                 ok(met && pol_total * 2 <= strict_total),
             ));
         }
+        if let Some(k) = self.soak.take() {
+            self.soak_section(&mut s, &k);
+            self.soak = Some(k);
+        }
         s
+    }
+
+    fn soak_section(&mut self, s: &mut String, k: &crate::soak::Soak) {
+        let _ = writeln!(
+            s,
+            "\n## 6. Soak: a day of swaps in {:.0} s\n\n\
+             The seed's machine scaled down like the demo (`modelyard sim` backends, one process per model, \
+             loads of 100–400 ms): the three large models in one `group` take turns every 3 s (each turn a swap), \
+             8 requests/s to the one in turn (half streamed, every fourth stream left after three chunks), \
+             4 streams/s to the small model (every fifth left), 2/s to apfel, embeddings at 5/s in 2 s bursts \
+             every 8 s with `idle_timeout: 3s` (so they idle out in between). Every {:.0} s routes.yaml is \
+             reloaded (SIGHUP and `POST /admin/reload` by turns, an alias added or removed), and every {:.0} s, \
+             half a period later, the backend of the large model in turn is killed (SIGKILL). The router's RSS, \
+             open descriptors, threads and sockets in CLOSE-WAIT are read from /proc every second. \
+             Start = median of the samples in the {:.0} s after a warm-up of {:.0} s; end = median of the last \
+             {:.0} s under load; peak = the highest sample. The run fails if descriptors end above start + 10 % + 8, \
+             RSS above start + 10 %, or any request is unanswered (no response, or none within 60 s). \
+             A 502/503 or a cut stream for the killed model within 5 s of the kill is the crash's answer, counted apart.\n",
+            k.secs, k.every, k.every, k.window, k.warmup, k.window
+        );
+        let _ = writeln!(
+            s,
+            "| router | start | peak | end |\n|---|---|---|---|\n\
+             | RSS | {:.1} MiB | {:.1} MiB | {:.1} MiB |\n\
+             | open descriptors | {:.0} | {:.0} | {:.0} (at rest after: {}) |\n\
+             | threads | {:.0} | {:.0} | {:.0} |\n\
+             | sockets in CLOSE-WAIT | {:.0} | {:.0} | {:.0} |\n",
+            mib(k.rss.start as u64),
+            mib(k.rss.peak as u64),
+            mib(k.rss.end as u64),
+            k.fds.start,
+            k.fds.peak,
+            k.fds.end,
+            k.fds_at_rest,
+            k.threads.start,
+            k.threads.peak,
+            k.threads.end,
+            k.close_wait.start,
+            k.close_wait.peak,
+            k.close_wait.end,
+        );
+        let tenth = |f: &dyn Fn(&(f64, f64)) -> String| {
+            k.tenths.iter().map(f).collect::<Vec<_>>().join(" · ")
+        };
+        let _ = writeln!(
+            s,
+            "By tenth of the run (medians): RSS {} MiB; descriptors {}.\n",
+            tenth(&|t| format!("{:.1}", mib(t.0 as u64))),
+            tenth(&|t| format!("{:.0}", t.1)),
+        );
+        let other: u64 = k.other.values().map(|v| v.0).sum();
+        let _ = writeln!(
+            s,
+            "| requests | answered 200 | left mid-stream on purpose | crash's 502/503/cut | other errors | unanswered | latency p50 / p99 of 200s |\n|---|---|---|---|---|---|---|\n\
+             | {} | {} | {} | {} | {other} | {} | {:.0} / {:.0} ms |\n",
+            k.sent,
+            k.ok,
+            k.vanished,
+            k.crash_answers,
+            k.unanswered,
+            k.latency_p50_ms,
+            k.latency_p99_ms
+        );
+        for (status, (n, why)) in &k.other {
+            let why: String = why.replace('|', "/").replace('\n', " ");
+            let _ = writeln!(s, "- {n} × {status}, e.g. {why}");
+        }
+        let _ = writeln!(
+            s,
+            "\nEvents: {} reloads ({} refused), {} backends killed; the router's /metrics at the end: {} loads, {} idle unloads, {} crashes seen. {}\n",
+            k.reloads,
+            k.reload_errors.len(),
+            k.kills,
+            k.loads,
+            k.idle_unloads,
+            k.crashes_seen,
+            if k.failures.is_empty() {
+                "**Passed.**".to_string()
+            } else {
+                format!("**FAILED**: {}.", k.failures.join("; "))
+            }
+        );
+        self.summary.push((
+            format!(
+                "soak ({:.0} s): descriptors and RSS flat, every request answered",
+                k.secs
+            ),
+            format!(
+                "fds {:.0} → {:.0}, RSS {:.1} → {:.1} MiB, {} unanswered of {}",
+                k.fds.start,
+                k.fds.end,
+                mib(k.rss.start as u64),
+                mib(k.rss.end as u64),
+                k.unanswered,
+                k.sent
+            ),
+            ok(k.failures.is_empty()),
+        ));
     }
 
     /// Two panels: throughput at saturation, added p50 latency (log scale).
@@ -562,11 +777,16 @@ impl Report {
             }
         }
         let mut bars_b: Vec<(String, f64)> = Vec::new();
-        for (rate, layout, legs, _) in &self.rates {
-            bars_b.push((
-                format!("modelyard @{}k {}", rate / 1000.0, layout.name()),
-                added(legs, 1, |r| round_p(r, 50.0)).median,
-            ));
+        for r in &self.rates {
+            for (i, n) in r.legs.names.iter().enumerate() {
+                if !matches!(*n, "modelyard" | "nginx") || (*n == "nginx" && r.rate != 1000.0) {
+                    continue;
+                }
+                bars_b.push((
+                    format!("{n} @{}k {}", r.rate / 1000.0, r.layout.name()),
+                    added(&r.legs, i, |x| round_p(x, 50.0)).median,
+                ));
+            }
         }
         if let Some((legs, _)) = &self.low {
             for (i, n) in legs.names.iter().enumerate().skip(1) {
@@ -602,12 +822,16 @@ impl Report {
                 }
             };
             let w = 360.0 / bars.len().max(1) as f64;
-            let colors = ["#888", "#2a7", "#c44", "#48c"];
+            let colors = ["#888", "#2a7", "#c44", "#48c", "#bbb"];
             for (i, (name, v)) in bars.iter().enumerate() {
                 let bh = scale(*v).max(1.0);
                 let x = x0 + i as f64 * w + 8.0;
                 let color = if name.starts_with("litellm") {
                     colors[2]
+                } else if name.starts_with("nginx") {
+                    colors[3]
+                } else if name.starts_with("tcp-relay") {
+                    colors[4]
                 } else if name.starts_with("direct") {
                     colors[0]
                 } else {

@@ -136,6 +136,51 @@ impl Rig {
         self.launch(launch, "litellm", Some(key))
     }
 
+    /// nginx as a plain reverse proxy in front of `backend`: one worker, no
+    /// daemon, keep-alive both ways, nothing buffered, on the router's cores.
+    /// Its `/health` is the backend's, proxied, so ready means proxying.
+    pub fn nginx(
+        &self,
+        exe: &std::path::Path,
+        name: &str,
+        backend: &Target,
+        cpus: Option<&str>,
+    ) -> Result<(Proc, Target), String> {
+        if !exe.exists() {
+            return Err(format!(
+                "{} is not installed (apt-get install nginx-light)",
+                exe.display()
+            ));
+        }
+        let port = free_port();
+        let prefix = self.dir.join(name);
+        std::fs::create_dir_all(&prefix).map_err(|e| e.to_string())?;
+        let config = prefix.join("nginx.conf");
+        std::fs::write(&config, nginx_conf(&prefix, port, backend)).map_err(|e| e.to_string())?;
+        let argv = vec![
+            exe.display().to_string(),
+            "-p".into(),
+            prefix.display().to_string(),
+            "-c".into(),
+            config.display().to_string(),
+        ];
+        let launch = Launch {
+            name,
+            argv: &argv,
+            env: &[],
+            cpus,
+            port,
+            health: "/health",
+            wait: Duration::from_secs(20),
+        };
+        self.launch(launch, "nginx", None)
+    }
+
+    /// The cores the proxies run on (None unpinned).
+    pub fn far(&self) -> Option<&str> {
+        self.far.as_deref()
+    }
+
     /// Starts a server, its output in `<name>.log`, and waits for its health path.
     fn launch(
         &self,
@@ -185,4 +230,55 @@ pub fn litellm_version(exe: &std::path::Path) -> Option<String> {
         }
     }
     None
+}
+
+/// nginx's config for one upstream: keep-alive to the backend (HTTP/1.1, the
+/// Connection header cleared), nothing buffered so streams pass as they come,
+/// no access log, and keep-alive limits far above a round's requests so that
+/// neither leg reconnects mid-run (nginx's default closes after 1,000).
+fn nginx_conf(prefix: &std::path::Path, port: u16, backend: &Target) -> String {
+    let p = prefix.display();
+    let up = backend.base.trim_start_matches("http://");
+    format!(
+        "worker_processes 1;
+daemon off;
+master_process on;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  client_body_temp_path {p}/body;
+  proxy_temp_path {p}/proxy;
+  fastcgi_temp_path {p}/fastcgi;
+  uwsgi_temp_path {p}/uwsgi;
+  scgi_temp_path {p}/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  upstream be {{
+    server {up};
+    keepalive 64;
+    keepalive_requests 10000000;
+    keepalive_timeout 120s;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://be;
+      proxy_http_version 1.1;
+      proxy_set_header Connection \"\";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"
+    )
+}
+
+/// `nginx -v` says "nginx version: nginx/1.22.1" on stderr.
+pub fn nginx_version(exe: &std::path::Path) -> Option<String> {
+    let out = std::process::Command::new(exe).arg("-v").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    text.trim().rsplit('/').next().map(str::to_string)
 }
