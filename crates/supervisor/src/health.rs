@@ -80,7 +80,10 @@ mod tests {
     async fn readiness_is_noticed_within_20_ms_of_being_true() {
         for ms in [0, 1, 9, 250, 1_000, 1_005, 18_777, 60_001] {
             let late = noticed_after(Duration::from_millis(ms)).await;
-            assert!(late <= Duration::from_millis(20), "{ms} ms load noticed {late:?} late");
+            assert!(
+                late <= Duration::from_millis(20),
+                "{ms} ms load noticed {late:?} late"
+            );
         }
     }
 
