@@ -222,3 +222,85 @@ models:
         assert_eq!(s["type"], want, "{s}");
     }
 }
+
+/// `modelyard_evictions_total` for `model` and `reason`, read from the text
+/// exposition (0 when the series does not exist yet).
+async fn evictions(r: &Router, model: &str, reason: &str) -> u64 {
+    let text = get(&r.url("/metrics")).await.text().await.unwrap();
+    let series = format!("modelyard_evictions_total{{model=\"{model}\",reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+async fn counted(r: &Router, model: &str, reason: &str) {
+    let seen = eventually(Duration::from_secs(10), || async {
+        (evictions(r, model, reason).await == 1).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "{model} unloaded for {reason} is not counted:\n{}",
+        get(&r.url("/metrics")).await.text().await.unwrap()
+    );
+}
+
+#[tokio::test]
+async fn each_eviction_is_counted_under_its_real_reason() {
+    let sim = |name: &str| {
+        format!("  {name}: {{command: [$BIN, sim, --port, \"${{PORT}}\", --model, {name}]}}\n")
+    };
+    let models = "models:\n  idler: {backend: idler, memory: 1MB, idle_timeout: 1s}\n  kept: {backend: kept, memory: 1MB}\n  asked: {backend: asked, memory: 1MB}\n  changed: {backend: changed, memory: 1MB}\n  big-a: {backend: big-a, memory: 100MB, group: g}\n  big-b: {backend: big-b, memory: 100MB, group: g}\n";
+    let mut backends = String::from("backends:\n");
+    for name in ["idler", "kept", "asked", "changed", "big-a", "big-b"] {
+        backends += &sim(name);
+    }
+    let config = yaml(&format!("{backends}{models}"));
+    let r = Router::start(&config);
+    let chat_to = |m: &str| post_owned(r.url("/v1/chat/completions"), chat(m));
+
+    // idle: its idle_timeout runs out.
+    assert_eq!(chat_to("idler").await.status(), 200);
+    counted(&r, "idler", "idle").await;
+
+    // keep_alive: an Ollama request's keep_alive of 0 unloads it after the answer.
+    let resp = post(
+        &r.url("/api/generate"),
+        &serde_json::json!({"model": "kept", "prompt": "hi", "stream": false, "keep_alive": 0}),
+    )
+    .await;
+    assert_eq!(resp.status(), 200);
+    counted(&r, "kept", "keep_alive").await;
+
+    // manual: the admin API.
+    assert_eq!(chat_to("asked").await.status(), 200);
+    let resp = client()
+        .post(r.url("/admin/models/asked/unload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    counted(&r, "asked", "manual").await;
+
+    // make_room: one of a group makes way for the other.
+    assert_eq!(chat_to("big-a").await.status(), 200);
+    assert_eq!(chat_to("big-b").await.status(), 200);
+    counted(&r, "big-a", "make_room").await;
+
+    // reload: its definition changed.
+    assert_eq!(chat_to("changed").await.status(), 200);
+    let path = r.dir.path().join("routes.yaml");
+    let changed = config.replace(
+        "changed: {backend: changed, memory: 1MB}",
+        "changed: {backend: changed, memory: 2MB}",
+    );
+    std::fs::write(&path, changed).unwrap();
+    let resp = client().post(r.url("/admin/reload")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    counted(&r, "changed", "reload").await;
+    // (memory_pressure: the supervisor's reserve test checks the event's reason.)
+}
+
+async fn post_owned(url: String, body: Value) -> reqwest::Response {
+    post(&url, &body).await
+}

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use modelyard_supervisor::{Event, Snapshot, Supervisor};
+use modelyard_supervisor::{Event, Reason, Snapshot, Supervisor};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabel {
@@ -137,7 +137,7 @@ impl Metrics {
         );
         r.register(
             "evictions",
-            "Models unloaded, by reason (make_room, idle, manual)",
+            "Models unloaded, by reason (idle, keep_alive, make_room, memory_pressure, reload, manual)",
             m.evictions.clone(),
         );
         r.register(
@@ -250,13 +250,9 @@ impl Metrics {
                     .observe(secs);
             }
             "evicting" => {
-                let reason = if e.detail.starts_with("to make room") {
-                    "make_room"
-                } else if e.detail.starts_with("idle") {
-                    "idle"
-                } else {
-                    "manual"
-                };
+                // The supervisor says why; an event without a reason is none
+                // of these (it should not happen) and is counted apart.
+                let reason = e.reason.map_or("other", Reason::as_str);
                 self.evictions
                     .get_or_create(&EvictionLabels {
                         model: e.model.clone(),

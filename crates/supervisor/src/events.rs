@@ -29,6 +29,40 @@ pub struct Event {
     /// For `ready`: how long the load took.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_ms: Option<u64>,
+    /// For `evicting`: why, as a value metrics and scripts can count by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Reason>,
+}
+
+/// Why a model is unloaded. `detail` says it in words, with the figures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// Unused for its `idle_timeout`.
+    Idle,
+    /// The `keep_alive` of its last (Ollama API) request ran out.
+    KeepAlive,
+    /// Another model needed its memory (a swap).
+    MakeRoom,
+    /// The budget shrank below what is loaded (`reserve`: free memory fell).
+    MemoryPressure,
+    /// A reload changed or removed its definition.
+    Reload,
+    /// Someone asked: the CLI, the status page or the admin API.
+    Manual,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Idle => "idle",
+            Reason::KeepAlive => "keep_alive",
+            Reason::MakeRoom => "make_room",
+            Reason::MemoryPressure => "memory_pressure",
+            Reason::Reload => "reload",
+            Reason::Manual => "manual",
+        }
+    }
 }
 
 /// The live stream and the recent past, written by the owner alone.
@@ -86,6 +120,7 @@ mod tests {
             model: format!("m{n}"),
             detail: String::new(),
             load_ms: None,
+            reason: None,
         }
     }
 

@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
-pub use events::Event;
+pub use events::{Event, Reason};
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};

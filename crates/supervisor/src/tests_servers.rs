@@ -218,6 +218,7 @@ async fn short_free_memory_unloads_idle_models_first_and_never_busy_ones() {
     );
     let e = events.recv().await.unwrap();
     assert_eq!(e.kind, "evicting");
+    assert_eq!(e.reason, Some(crate::Reason::MemoryPressure));
     assert!(e.detail.contains("free memory is short"), "{}", e.detail);
     // Kept for whoever looks later, the unload with its reason too.
     let recent = s.recent_events();

@@ -79,12 +79,18 @@ impl<E: Effects> Owner<E> {
                     .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
             if all_idle && self.slots[m].phase == Phase::Ready {
                 let slot = &self.slots[m];
-                let why = match (slot.idle_override, slot.idle) {
-                    (Some(_), _) => "the request's keep_alive ran out".to_string(),
-                    (None, Some(d)) => format!("idle for {}", humantime::format_duration(d)),
-                    (None, None) => "idle".to_string(),
+                let (reason, why) = match (slot.idle_override, slot.idle) {
+                    (Some(_), _) => (
+                        Reason::KeepAlive,
+                        "the request's keep_alive ran out".to_string(),
+                    ),
+                    (None, Some(d)) => (
+                        Reason::Idle,
+                        format!("idle for {}", humantime::format_duration(d)),
+                    ),
+                    (None, None) => (Reason::Idle, "idle".to_string()),
                 };
-                self.begin_drain(m, &why);
+                self.begin_drain(m, reason, &why);
             }
         }
     }
@@ -160,7 +166,7 @@ impl<E: Effects> Owner<E> {
                         if let Some(s) = self.slots.get_mut(v) {
                             s.serve_until = Some(serve_until);
                         }
-                        self.begin_drain(v, &format!("to make room for {m}"));
+                        self.begin_drain(v, Reason::MakeRoom, &format!("to make room for {m}"));
                     }
                     self.slots.get_mut(&m).expect("exists").why = format!(
                         "waiting for {} to unload{}",
@@ -203,6 +209,7 @@ impl<E: Effects> Owner<E> {
                     model: name.to_string(),
                     detail: "the requests it was making room for were abandoned".into(),
                     load_ms: None,
+                    reason: None,
                 });
             }
         }

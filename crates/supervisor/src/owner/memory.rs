@@ -128,7 +128,7 @@ impl<E: Effects> Owner<E> {
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
             match victim {
-                Some(v) => self.begin_drain(&v, why),
+                Some(v) => self.begin_drain(&v, Reason::MemoryPressure, why),
                 None => {
                     tracing::warn!(
                         used = self.used(),

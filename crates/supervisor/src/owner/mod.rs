@@ -21,7 +21,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::backends::{adapter, same_model, Prepare, Probe, Report, Target};
 use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::error::SupervisorError;
-use crate::events::{now_ms, Event};
+use crate::events::{now_ms, Event, Reason};
 use crate::lease::{Lease, Release};
 use crate::logs::LogRing;
 use crate::policy::{admit, Admission, Phase, View};
@@ -497,7 +497,7 @@ impl<E: Effects> Owner<E> {
                 } else {
                     "reload: removed from the config"
                 };
-                self.begin_drain(&m, why);
+                self.begin_drain(&m, Reason::Reload, why);
                 continue;
             }
             let cold = !slot.phase.holds_memory() || !slot.counted;
@@ -717,6 +717,7 @@ impl<E: Effects> Owner<E> {
             model: key.to_string(),
             detail: format!("{} waiting", slot.queue.len() + 1),
             load_ms: None,
+            reason: None,
         });
         slot.queue.push_back(Waiter {
             reply,
@@ -836,6 +837,7 @@ impl<E: Effects> Owner<E> {
                 model: m.to_string(),
                 detail,
                 load_ms: None,
+                reason: None,
             });
             let slot = self.slots.get_mut(&m).expect("instance models exist");
             if requested {
@@ -888,6 +890,7 @@ impl<E: Effects> Owner<E> {
             model: String::new(),
             detail,
             load_ms: None,
+            reason: None,
         });
     }
 
@@ -898,6 +901,7 @@ impl<E: Effects> Owner<E> {
             model: m.to_string(),
             detail,
             load_ms: None,
+            reason: None,
         });
     }
 
@@ -925,6 +929,7 @@ impl<E: Effects> Owner<E> {
             if self.slots[&m].phase == Phase::Ready && self.slots[&m].counted {
                 self.begin_drain(
                     &m,
+                    Reason::Manual,
                     "asked to (unload from the CLI, the status page or the admin API)",
                 );
                 unloaded.push(m.to_string());
@@ -961,6 +966,7 @@ impl<E: Effects> Owner<E> {
             model: m.to_string(),
             detail: String::new(),
             load_ms: None,
+            reason: None,
         });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.phase = Phase::Starting;
@@ -1023,6 +1029,7 @@ impl<E: Effects> Owner<E> {
             model: m.to_string(),
             detail: format!("loaded in {:.1}s", took.as_secs_f64()),
             load_ms: Some(took.as_millis() as u64),
+            reason: None,
         });
     }
 
@@ -1042,6 +1049,7 @@ impl<E: Effects> Owner<E> {
                     model: m.to_string(),
                     detail: reason.to_string(),
                     load_ms: None,
+                    reason: None,
                 });
                 fail_queue(slot, &m, |model| SupervisorError::StartFailed {
                     model,
@@ -1054,7 +1062,7 @@ impl<E: Effects> Owner<E> {
 
     /// Takes no new requests for `m` (and the models sharing its process, which go
     /// with it), lets what is in flight finish, then stops.
-    fn begin_drain(&mut self, m: &ModelKey, why: &str) {
+    fn begin_drain(&mut self, m: &ModelKey, reason: Reason, why: &str) {
         let key = self.slots[m].instance.clone();
         let inst = &self.instances[&key];
         let loads = inst.loads;
@@ -1081,6 +1089,7 @@ impl<E: Effects> Owner<E> {
                     model: other.to_string(),
                     detail,
                     load_ms: None,
+                    reason: Some(reason),
                 });
             }
         }
