@@ -1,3 +1,4 @@
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 pub const DEFAULT_DIMENSIONS: u64 = 8;
@@ -42,14 +43,34 @@ pub fn respond(body: &Value, model: &str) -> Result<Value, (String, &'static str
                 )
             })?,
     };
+    // OpenAI's SDKs for Node ask for base64 by default (little-endian f32s)
+    // and decode it themselves; a float list there decodes to zeros.
+    let base64 = match body.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(_) => {
+            return Err((
+                "'encoding_format' must be \"float\" or \"base64\"".into(),
+                "encoding_format",
+            ))
+        }
+    };
     let data: Vec<Value> = inputs
         .iter()
         .enumerate()
         .map(|(index, text)| {
+            let vector = embed(text, dimensions as usize);
+            let embedding = if base64 {
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
             json!({
                 "object": "embedding",
                 "index": index,
-                "embedding": embed(text, dimensions as usize),
+                "embedding": embedding,
             })
         })
         .collect();
@@ -106,6 +127,26 @@ mod tests {
         let wide = embed("hello world", 300);
         assert_eq!(wide.len(), 300);
         assert!((norm(&wide) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn base64_is_the_same_vector_as_little_endian_f32s() {
+        let reply = respond(
+            &json!({"input": "a b", "dimensions": 4, "encoding_format": "base64"}),
+            "emb",
+        )
+        .unwrap();
+        let text = reply["data"][0]["embedding"].as_str().unwrap();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .unwrap();
+        let back: Vec<f32> = bytes
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(back, embed("a b", 4));
+        let err = respond(&json!({"input": "a", "encoding_format": "hex"}), "emb").unwrap_err();
+        assert_eq!(err.1, "encoding_format");
     }
 
     #[test]
