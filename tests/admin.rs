@@ -96,6 +96,8 @@ async fn status_load_and_unload_over_the_admin_api() {
     let s = status(&r).await;
     assert_eq!(model(&s, "big-a")["state"], "cold");
     assert_eq!(model(&s, "big-b")["state"], "ready");
+    // A stopped model has no address: its next start picks another port.
+    assert!(model(&s, "big-a")["endpoint"].is_null(), "{s}");
 
     // Unload one; unload all leaves the pinned model; a pinned model goes by name.
     assert_eq!(

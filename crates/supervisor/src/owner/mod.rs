@@ -1284,7 +1284,13 @@ impl<E: Effects> Owner<E> {
                     last_used_ago: s.last_used.elapsed(),
                     idle_unload_in: idle_deadline(s)
                         .map(|d| d.saturating_duration_since(Instant::now())),
-                    endpoint: inst.endpoint.as_ref().map(|e| e.authority.to_string()),
+                    // A stopped process's port is no address: the next start
+                    // picks another.
+                    endpoint: inst
+                        .endpoint
+                        .as_ref()
+                        .filter(|_| !matches!(inst.run, Run::Down))
+                        .map(|e| e.authority.to_string()),
                     typical_load: median(&s.recent_loads),
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
