@@ -208,7 +208,7 @@ pub fn render_status(url: &str, v: &Value) -> String {
     let _ = writeln!(
         s,
         "\n{:<18} {:<9} {:<8} {:>9} {:>10} {:>6} {:>6} {:>11}  {:>7}  LAST ERROR",
-        "MODEL", "STATE", "GROUP", "DECLARED", "MEASURED", "BUSY", "QUEUED", "IDLE UNLOAD", "PID"
+        "MODEL", "STATE", "GROUP", "DECLARED", "MEASURED", "BUSY", "QUEUED", "UNLOAD IN", "PID"
     );
     for m in &models {
         let _ = writeln!(
