@@ -971,3 +971,34 @@ async fn a_record_left_by_a_killed_router_is_passed_over() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_router_whose_stdout_reader_is_gone_keeps_serving() {
+    // `modelyard demo | head -1`, or a supervisor that closed the pipe: the
+    // banner's write fails with a broken pipe, which must not end the router.
+    let runtime = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut demo = Command::new(BIN)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env_remove("MODELYARD_LISTEN")
+        .stdout(writer)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let up = eventually(Duration::from_secs(20), || async {
+        let r = client().get(&url).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let exited = demo.try_wait().unwrap();
+    let _ = kill(Pid::from_raw(demo.id() as i32), Signal::SIGTERM);
+    let _ = tokio::task::block_in_place(|| demo.wait());
+    assert!(
+        up.is_some() && exited.is_none(),
+        "the router died when its stdout went away: {exited:?}"
+    );
+}

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e),
             };
             run(loaded, listen, |addr| {
-                println!("modelyard listening on http://{addr}");
+                say(&format!("modelyard listening on http://{addr}"));
             })
         }
         Command::Status { remote, json } => {
@@ -161,10 +161,18 @@ fn init_logging() {
         .init();
 }
 
+/// Writes a line to stdout for whoever started the router. A reader that has
+/// gone (`modelyard serve | head -1`, a test that read the first line) is no
+/// reason to stop serving: println! would panic on the broken pipe.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
 fn demo_banner(addr: SocketAddr) {
     let url = format!("http://{addr}");
-    println!("modelyard listening on {url}");
-    println!(
+    say(&format!("modelyard listening on {url}"));
+    say(&format!(
         r#"
 demo: six simulated models shaped like a 64 GB Mac's (sizes scaled 1:100, budget 480 MB).
 try:
@@ -175,5 +183,5 @@ try:
        -d '{{"model":"deep","stream":true,"messages":[{{"role":"user","content":"hi"}}]}}'
   modelyard status      (what is loaded, and why; it finds this router by itself)
 stop with Ctrl-C"#
-    );
+    ));
 }
