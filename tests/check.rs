@@ -1162,6 +1162,14 @@ fn a_budget_past_physical_memory_is_a_warning_naming_both_figures() {
     assert!(!r.stderr.contains("physical memory"), "{}", r.describe());
 }
 
+/// `check` fails on `f` with an issue at `line`, `column`, that says `says`.
+fn refused_at(f: &tempfile::NamedTempFile, line: usize, column: &str, says: &str) {
+    let r = check(f.path());
+    r.assert_failed();
+    let l = r.issue(&format!("{}:{line}", f.path().display()), column);
+    assert!(l.contains(says), "{l}");
+}
+
 #[test]
 fn an_unclosed_bracket_is_named_on_its_own_line() {
     let f = yaml(&[
@@ -1173,12 +1181,11 @@ fn an_unclosed_bracket_is_named_on_its_own_line() {
         "models:",
         "  a: {backend: srv, memory: 1GB}",
     ]);
-    let r = check(f.path());
-    r.assert_failed();
-    let l = r.issue(&format!("{}:4", f.path().display()), "column 14");
-    assert!(
-        l.contains("not valid YAML: the `[` on this line is never closed; end it with `]`"),
-        "{l}"
+    refused_at(
+        &f,
+        4,
+        "column 14",
+        "not valid YAML: the `[` on this line is never closed; end it with `]`",
     );
 }
 
@@ -1191,12 +1198,11 @@ fn a_bare_port_placeholder_in_a_flow_list_is_told_to_be_quoted() {
         "models:",
         "  a: {backend: srv, memory: 1GB}",
     ]);
-    let r = check(f.path());
-    r.assert_failed();
-    let l = r.issue(&format!("{}:3", f.path().display()), "column 37");
-    assert!(
-        l.contains(r#"`${PORT}` must be quoted inside [ ]: write "${PORT}""#),
-        "{l}"
+    refused_at(
+        &f,
+        3,
+        "column 37",
+        r#"`${PORT}` must be quoted inside [ ]: write "${PORT}""#,
     );
 }
 
@@ -1208,12 +1214,11 @@ fn a_tab_in_the_indentation_is_told_to_be_spaces() {
         "    url: http://127.0.0.1:8000",
         "\thealth: /health",
     ]);
-    let r = check(f.path());
-    r.assert_failed();
-    let l = r.issue(&format!("{}:4", f.path().display()), "column 1");
-    assert!(
-        l.contains("a tab in the indentation; indent with spaces"),
-        "{l}"
+    refused_at(
+        &f,
+        4,
+        "column 1",
+        "a tab in the indentation; indent with spaces",
     );
 }
 

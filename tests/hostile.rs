@@ -152,6 +152,13 @@ fn stall(url: &str, head: &[u8]) -> TcpStream {
     s
 }
 
+/// A router with one model, `m`, on the backend at `url`, and `extra` keys.
+fn router_on(url: &str, extra: &str) -> Router {
+    Router::start(&format!(
+        "{extra}backends:\n  b: {{url: \"{url}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB}}\n"
+    ))
+}
+
 /// A one-off GET /healthz on a connection of its own: what came back.
 fn probe(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -180,10 +187,7 @@ fn read_to_close(s: &mut TcpStream, limit: Duration) -> Option<String> {
 async fn a_stalled_upload_is_timed_out_and_frees_its_slot_and_lease() {
     // A backend that reads a body to its declared end before it answers.
     let backend = Recorder::start();
-    let r = Router::start(&format!(
-        "body_timeout: 1s\nmax_connections: 6\nbackends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB}}\n",
-        backend.url
-    ));
+    let r = router_on(&backend.url, "body_timeout: 1s\nmax_connections: 6\n");
     let addr = r.url.trim_start_matches("http://").to_string();
     // Before the model field: the form's first bytes, then silence.
     let form_head = format!(
@@ -233,10 +237,10 @@ async fn a_stalled_upload_is_timed_out_and_frees_its_slot_and_lease() {
 #[tokio::test]
 async fn idle_connections_of_either_protocol_are_closed_and_their_slots_freed() {
     let sim = Sim::start(&["--model", "m"]);
-    let r = Router::start(&format!(
-        "idle_connection_timeout: 1s\nmax_connections: 40\nbackends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB}}\n",
-        sim.url
-    ));
+    let r = router_on(
+        &sim.url,
+        "idle_connection_timeout: 1s\nmax_connections: 40\n",
+    );
     let addr = r.url.trim_start_matches("http://").to_string();
     let mut idle = Vec::new();
     // HTTP/1.1: one request answered, then the connection kept and left quiet.
@@ -278,10 +282,7 @@ async fn idle_connections_of_either_protocol_are_closed_and_their_slots_freed() 
 #[tokio::test]
 async fn client_input_in_errors_and_logs_is_cut_and_escaped() {
     let sim = Sim::start(&["--model", "m"]);
-    let r = Router::start(&format!(
-        "max_body: 64MB\nbackends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB}}\n",
-        sim.url
-    ));
+    let r = router_on(&sim.url, "max_body: 64MB\n");
     let url = r.url("/v1/chat/completions");
     let before_rss = rss_kib(r.pid()).unwrap();
     let huge = "x".repeat(30 << 20);
@@ -359,10 +360,7 @@ async fn a_fifo_or_a_huge_file_as_routes_yaml_is_refused_on_reload_while_request
 #[tokio::test]
 async fn host_and_credentials_are_read_as_the_rfcs_say() {
     let sim = Sim::start(&["--model", "m"]);
-    let r = Router::start(&format!(
-        "admin_key: k-admin-123456\nbackends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB}}\n",
-        sim.url
-    ));
+    let r = router_on(&sim.url, "admin_key: k-admin-123456\n");
     let addr = r.url.trim_start_matches("http://").to_string();
     let raw = |req: String| {
         let mut s = TcpStream::connect(&addr).unwrap();
