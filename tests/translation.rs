@@ -235,3 +235,44 @@ async fn a_page_on_localhost_gets_cors_as_ollama_gives_it() {
         .unwrap();
     assert_eq!(foreign.status(), 403);
 }
+
+#[tokio::test]
+async fn an_agent_loop_runs_against_the_simulator_through_either_api() {
+    let sim = Sim::start(&["--model", "m"]);
+    let r = Router::start(&format!(
+        "backends:\n  b: {{url: \"{}\"}}\nmodels:\n  m: {{backend: b, memory: 1MB}}\n",
+        sim.url
+    ));
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {}}}}]);
+    // Ollama's API: the call comes back in Ollama's shape (arguments an object).
+    let ask = json!({"model": "m", "stream": false, "tools": tools,
+        "messages": [{"role": "user", "content": "weather?"}]});
+    let v: Value = post(&r.url("/api/chat"), &ask).await.json().await.unwrap();
+    let call = &v["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{v}");
+    assert_eq!(call["function"]["arguments"], json!({}), "{v}");
+    // The second turn, with the tool's result, is answered in words.
+    let turn = json!({"model": "m", "stream": false, "tools": tools, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_name": "get_weather", "content": "rain"}]});
+    let v: Value = post(&r.url("/api/chat"), &turn).await.json().await.unwrap();
+    assert!(
+        v["message"]["content"].as_str().unwrap().starts_with("t0"),
+        "{v}"
+    );
+    // OpenAI's API, streamed: the call arrives as a delta.
+    let ask = json!({"model": "m", "stream": true, "tools": tools,
+        "messages": [{"role": "user", "content": "weather?"}]});
+    let text = post(&r.url("/v1/chat/completions"), &ask)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("\"tool_calls\"") && text.contains("get_weather"),
+        "{text}"
+    );
+    assert!(text.contains("\"finish_reason\":\"tool_calls\""), "{text}");
+}

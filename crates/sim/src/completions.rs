@@ -25,6 +25,10 @@ pub struct Generation {
     pub finish_reason: &'static str,
     pub stream: bool,
     pub include_usage: bool,
+    /// The tool this reply calls instead of answering: the first of the
+    /// request's `tools`, unless the conversation already ends with a tool's
+    /// result, which is then answered in words (an agent loop's two turns).
+    pub tool_call: Option<String>,
 }
 
 /// Token `i` of every reply. Fixed text keeps replies deterministic, so tests
@@ -61,7 +65,14 @@ impl Generation {
         .into_iter()
         .flatten()
         .min();
-        let (tokens, finish_reason) = budget(limit, configured_tokens);
+        let (mut tokens, mut finish_reason) = budget(limit, configured_tokens);
+        let tool_call = match kind {
+            Kind::Chat => tool_to_call(body),
+            Kind::Text => None,
+        };
+        if tool_call.is_some() {
+            (tokens, finish_reason) = (1, "tool_calls");
+        }
         let prompt_tokens = match kind {
             Kind::Chat => {
                 let Some(messages) = body.get("messages").and_then(Value::as_array) else {
@@ -84,7 +95,22 @@ impl Generation {
             finish_reason,
             stream,
             include_usage,
+            tool_call,
         })
+    }
+
+    /// The call this reply makes, as OpenAI writes it (arguments are a JSON
+    /// text); `index` is there in stream deltas only.
+    fn call(&self, name: &str, streamed: bool) -> Value {
+        let mut call = json!({
+            "id": format!("call_{}", self.id),
+            "type": "function",
+            "function": {"name": name, "arguments": "{}"},
+        });
+        if streamed {
+            call["index"] = json!(0);
+        }
+        call
     }
 
     pub fn usage(&self) -> Value {
@@ -109,6 +135,13 @@ impl Generation {
     }
 
     pub fn token_chunk(&self, i: u64) -> Value {
+        if let Some(name) = &self.tool_call {
+            return self.chunk(vec![json!({
+                "index": 0,
+                "delta": {"tool_calls": [self.call(name, true)]},
+                "finish_reason": null,
+            })]);
+        }
         self.choice_chunk(json!(token_text(i)), Value::Null)
     }
 
@@ -185,14 +218,21 @@ impl Reply for Generation {
     fn full_response(&self) -> Value {
         let text = answer_text(self.tokens);
         let (object, choice) = match self.kind {
-            Kind::Chat => (
-                "chat.completion",
-                json!({
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": self.finish_reason,
-                }),
-            ),
+            Kind::Chat => {
+                let message = match &self.tool_call {
+                    Some(name) => json!({"role": "assistant", "content": null,
+                        "tool_calls": [self.call(name, false)]}),
+                    None => json!({"role": "assistant", "content": text}),
+                };
+                (
+                    "chat.completion",
+                    json!({
+                        "index": 0,
+                        "message": message,
+                        "finish_reason": self.finish_reason,
+                    }),
+                )
+            }
             Kind::Text => (
                 "text_completion",
                 json!({
@@ -238,6 +278,24 @@ impl Reply for Generation {
         }});
         vec![sse_event(&error), Bytes::from_static(DONE_EVENT)]
     }
+}
+
+/// The first tool a chat request offers, unless its last message is a tool's
+/// result.
+fn tool_to_call(body: &Value) -> Option<String> {
+    let after_result = body["messages"]
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|m| m["role"] == "tool");
+    if after_result {
+        return None;
+    }
+    body["tools"]
+        .as_array()?
+        .first()?
+        .pointer("/function/name")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// The whole text of a reply `tokens` long.
@@ -328,6 +386,41 @@ mod tests {
                 "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
             })
         );
+    }
+
+    #[test]
+    fn a_chat_with_tools_calls_the_first_then_answers_its_result() {
+        let tools =
+            json!([{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]);
+        let g =
+            chat(json!({"messages": [{"role": "user", "content": "weather?"}], "tools": tools}));
+        let r = g.full_response();
+        assert_eq!(r["choices"][0]["finish_reason"], "tool_calls");
+        let call = &r["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(call["function"]["arguments"], "{}");
+        assert_eq!(call["id"], "call_chatcmpl-sim-7");
+        assert!(call.get("index").is_none());
+        let delta = &g.token_chunk(0)["choices"][0]["delta"]["tool_calls"][0];
+        assert_eq!(
+            (delta["index"].clone(), delta["id"].clone()),
+            (json!(0), call["id"].clone())
+        );
+        assert_eq!(
+            g.finish_chunk()["choices"][0]["finish_reason"],
+            "tool_calls"
+        );
+        // The second turn, with the tool's result: words.
+        let g = chat(json!({"tools": tools, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "content": "rain"},
+        ]}));
+        assert_eq!(
+            g.full_response()["choices"][0]["message"]["content"],
+            "t0 t1 t2 t3 "
+        );
+        assert_eq!(g.finish_reason, "stop");
     }
 
     #[test]

@@ -4,6 +4,9 @@
 //! The router's demo, end-to-end tests and benchmarks run it in place of a
 //! real backend: it loads slowly, streams tokens at a set pace, holds real
 //! memory, and can crash or ignore SIGTERM on request, all deterministically.
+//! Enough of the API for agent frameworks: a chat that offers `tools` gets a
+//! call to the first one (and, once the conversation ends with its result, an
+//! answer in words), and embeddings come as base64 when asked for.
 
 mod args;
 mod byte_size;
