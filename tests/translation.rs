@@ -53,8 +53,15 @@ impl Recorder {
         serde_json::from_slice(&last.body).unwrap()
     }
 
+    /// The last model request's head (the router's health checks are GETs).
     fn last_head(&self) -> String {
-        self.seen.lock().unwrap().last().unwrap().head.clone()
+        let seen = self.seen.lock().unwrap();
+        let last = seen
+            .iter()
+            .rev()
+            .find(|s| s.head.starts_with("POST"))
+            .unwrap();
+        last.head.clone()
     }
 }
 

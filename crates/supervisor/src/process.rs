@@ -99,11 +99,52 @@ impl Drop for Running {
     }
 }
 
-/// A port nobody listens on right now, for `${PORT}`.
+/// A port nobody listens on right now, for `${PORT}`. Taken below the
+/// system's ephemeral range: a port from that range (what `bind(0)` gives)
+/// may be handed to any outgoing connection on the machine between our check
+/// and the backend's bind, which then fails with "address already in use".
+/// Falls back to `bind(0)` when no port below the range is free.
 pub(crate) fn free_port() -> std::io::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
+    let (low, _) = ephemeral_range();
+    // Ports from 10000 up to the ephemeral range, in a random order.
+    let span = u64::from(low.saturating_sub(FIXED_LOW).max(1));
+    let mut seed = std::collections::hash_map::RandomState::new().build_hasher();
+    seed.write_u32(std::process::id());
+    let start = seed.finish();
+    for i in 0..64 {
+        let port = FIXED_LOW + ((start.wrapping_add(i * 7919)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?
         .local_addr()?
         .port())
+}
+
+/// The lowest port `free_port` picks: above the well-known and most
+/// registered services' ports.
+const FIXED_LOW: u16 = 10000;
+
+/// The range outgoing connections take their local ports from.
+fn ephemeral_range() -> (u16, u16) {
+    #[cfg(target_os = "linux")]
+    if let Some(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| parse_range(&t))
+    {
+        return range;
+    }
+    // macOS and BSDs (IANA's range), and Linux if unreadable.
+    (49152, 65535)
+}
+
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn parse_range(text: &str) -> Option<(u16, u16)> {
+    let mut it = text.split_whitespace().map(|n| n.parse::<u16>().ok());
+    let (low, high) = (it.next()??, it.next()??);
+    (low > FIXED_LOW && low <= high).then_some((low, high))
 }
 
 /// A bare program name is looked for next to the modelyard binary first (so the
@@ -227,6 +268,23 @@ fn die_with_parent(_cmd: &mut Command) {}
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_backend_port_is_free_and_outside_the_range_outgoing_connections_use() {
+        let (low, _) = super::ephemeral_range();
+        for _ in 0..20 {
+            let port = super::free_port().unwrap();
+            assert!(
+                (super::FIXED_LOW..low).contains(&port),
+                "{port} (ephemeral from {low})"
+            );
+            // Free now: the backend can bind it.
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
+        assert_eq!(super::parse_range("32768\t60999\n"), Some((32768, 60999)));
+        assert_eq!(super::parse_range("1024 65535"), None, "no room below");
+        assert_eq!(super::parse_range("junk"), None);
+    }
+
     #[test]
     fn backends_inherit_what_programs_need_and_no_secrets() {
         for name in ["PATH", "HOME", "LC_ALL", "OLLAMA_MODELS", "HF_HOME"] {
