@@ -27,12 +27,19 @@ pub fn yaml(s: &str) -> String {
     s.replace("$BIN", BIN)
 }
 
+/// A port free now, for a test to give a process it starts. From below the
+/// ephemeral range (32768 up on Linux, 49152 on macOS), as the router picks
+/// its backends' ports: one from that range can be taken by any outgoing
+/// connection before the process binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    let start = h.finish();
+    (0..256u64)
+        .map(|i| 10_000 + (start.wrapping_add(i * 7919) % 22_000) as u16)
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// Spawns `cmd`, waits for its "listening on http://…" line, returns the URL.
