@@ -105,6 +105,17 @@ fn router_for(backend: &Recorder, extra: &str) -> Router {
     ))
 }
 
+/// A chat for `m` with one header of the client's.
+async fn chat_with_header(r: &Router, name: &str, value: &str) -> reqwest::Response {
+    client()
+        .post(r.url("/v1/chat/completions"))
+        .header(name, value)
+        .json(&chat("m"))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn an_ollama_tool_round_trip_reaches_an_openai_backend_with_linked_ids() {
     let backend = Recorder::start();
@@ -140,13 +151,7 @@ async fn an_ollama_tool_round_trip_reaches_an_openai_backend_with_linked_ids() {
 async fn a_reply_the_backend_would_compress_is_asked_for_plain_and_renamed() {
     let backend = Recorder::start();
     let r = router_for(&backend, "");
-    let resp = client()
-        .post(r.url("/v1/chat/completions"))
-        .header("accept-encoding", "gzip, br")
-        .json(&chat("m"))
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_with_header(&r, "accept-encoding", "gzip, br").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("content-encoding").is_none());
     let v: Value = resp.json().await.unwrap();
@@ -221,25 +226,13 @@ async fn api_show_tells_an_embedding_model_from_a_chat_model() {
 async fn a_page_on_localhost_gets_cors_as_ollama_gives_it() {
     let backend = Recorder::start();
     let r = router_for(&backend, "");
-    let resp = client()
-        .post(r.url("/v1/chat/completions"))
-        .header("origin", "http://localhost:3000")
-        .json(&chat("m"))
-        .send()
-        .await
-        .unwrap();
+    let resp = chat_with_header(&r, "origin", "http://localhost:3000").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["access-control-allow-origin"],
         "http://localhost:3000"
     );
-    let foreign = client()
-        .post(r.url("/v1/chat/completions"))
-        .header("origin", "https://evil.example")
-        .json(&chat("m"))
-        .send()
-        .await
-        .unwrap();
+    let foreign = chat_with_header(&r, "origin", "https://evil.example").await;
     assert_eq!(foreign.status(), 403);
 }
 

@@ -136,20 +136,9 @@ pub(crate) struct Prefixed {
 }
 
 /// The client stopped sending its body for longer than `body_timeout`.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the request's body stalled for {:.1}s (body_timeout in routes.yaml)", .0.as_secs_f64())]
 pub(crate) struct Stalled(pub std::time::Duration);
-
-impl std::fmt::Display for Stalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the request's body stalled for {:.1}s (body_timeout in routes.yaml)",
-            self.0.as_secs_f64()
-        )
-    }
-}
-
-impl std::error::Error for Stalled {}
 
 impl Prefixed {
     pub(crate) fn new(head: Bytes, rest: Incoming, every: std::time::Duration) -> Self {
@@ -178,16 +167,9 @@ pub(crate) fn repeated_part() -> ApiError {
 }
 
 /// A second `model` part turned up in the streamed rest of a form.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("the form has a second `model` part")]
 pub(crate) struct RepeatedPart;
-
-impl std::fmt::Display for RepeatedPart {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the form has a second `model` part")
-    }
-}
-
-impl std::error::Error for RepeatedPart {}
 
 impl HttpBody for Prefixed {
     type Data = Bytes;

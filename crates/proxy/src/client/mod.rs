@@ -270,33 +270,30 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-/// The client's own body's failure, if that is what ended the exchange.
+/// The first error of type `E` among `err`'s causes.
+fn cause<E: std::error::Error + 'static>(err: &hyper::Error) -> Option<&E> {
+    std::iter::successors(std::error::Error::source(err), |s| s.source())
+        .find_map(|s| s.downcast_ref::<E>())
+}
+
+/// The client's own body's failure, if that is what ended the exchange: a
+/// check of ours, or any error of the body the router streams (hyper calls
+/// those the user's).
 fn body_error(err: &hyper::Error) -> Option<String> {
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(b) = s.downcast_ref::<BodyFailed>() {
-            return Some(b.0.clone());
-        }
-        if err.is_user() {
-            // Any other error of the body the router streams is the client's.
-            return Some(s.to_string());
-        }
-        source = s.source();
-    }
-    None
+    cause::<BodyFailed>(err).map(|b| b.0.clone()).or_else(|| {
+        err.is_user()
+            .then(|| std::error::Error::source(err).map(|s| s.to_string()))
+            .flatten()
+    })
 }
 
 /// hyper's error, said as the router says it.
 fn failure(err: &hyper::Error, answered: bool) -> Failure {
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        if let Some(crate::upload::Stalled(after)) = s.downcast_ref() {
-            return Failure::BodyStalled(*after);
-        }
-        if s.is::<crate::upload::RepeatedPart>() {
-            return Failure::RepeatedPart;
-        }
-        source = s.source();
+    if let Some(crate::upload::Stalled(after)) = cause(err) {
+        return Failure::BodyStalled(*after);
+    }
+    if cause::<crate::upload::RepeatedPart>(err).is_some() {
+        return Failure::RepeatedPart;
     }
     if let Some(why) = body_error(err) {
         return Failure::Body(why);
@@ -311,10 +308,7 @@ fn failure(err: &hyper::Error, answered: bool) -> Failure {
             Failure::Lost(format!("closed the connection without answering ({why})"))
         };
     }
-    if err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
-        return Failure::BadReply(why);
-    }
-    if answered {
+    if answered || err.is_parse() || err.is_parse_status() || err.is_parse_too_large() {
         Failure::BadReply(why)
     } else {
         Failure::Lost(format!("closed the connection without answering ({why})"))
@@ -322,7 +316,7 @@ fn failure(err: &hyper::Error, answered: bool) -> Failure {
 }
 
 /// An error and its causes on one line.
-fn describe(err: &dyn std::error::Error) -> String {
+pub(super) fn describe(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
@@ -336,16 +330,9 @@ fn describe(err: &dyn std::error::Error) -> String {
     out
 }
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 struct BodyFailed(String);
-
-impl std::fmt::Display for BodyFailed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for BodyFailed {}
 
 const TOO_LONG: &str = "the request body is longer than its Content-Length";
 const TOO_SHORT: &str = "the request body ended before its Content-Length";

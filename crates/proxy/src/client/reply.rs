@@ -82,7 +82,9 @@ impl HttpBody for Reply {
             }
             _ => {}
         }
-        polled.map(|frame| frame.map(|r| r.map_err(|e| describe_body_error(&e).into())))
+        polled.map(|frame| {
+            frame.map(|r| r.map_err(|e| format!("connection lost: {}", super::describe(&e)).into()))
+        })
     }
 
     fn is_end_stream(&self) -> bool {
@@ -92,15 +94,4 @@ impl HttpBody for Reply {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
-}
-
-fn describe_body_error(e: &hyper::Error) -> String {
-    let mut out = format!("connection lost: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
