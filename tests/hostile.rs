@@ -72,6 +72,7 @@ async fn a_key_the_router_reads_given_twice_in_any_case_is_refused_on_every_api(
     // another model, another keep_alive, another stream.
     let bodies = [
         format!(r#"{{"model":"small","messages":{msgs},"MODEL":"huge:70b"}}"#),
+        format!(r#"{{"MODEL":"huge:70b","model":"small","messages":{msgs}}}"#),
         format!(r#"{{"model":"small","messages":{msgs},"model":"huge:70b"}}"#),
         format!(r#"{{"model":"small","messages":{msgs},"Mod\u0065l":"huge:70b"}}"#),
         format!(r#"{{"model":"small","messages":{msgs},"keep_alive":-1,"Keep_Alive":"0s"}}"#),

@@ -73,17 +73,23 @@ impl<'de> Visitor<'de> for Keys {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut seen: [Option<String>; GUARDED.len()] = Default::default();
+        let mut collision = None;
+        // Every entry is read, a collision or not: serde_json refuses a map
+        // left half read, and that error would pass for "not JSON".
         while let Some(key) = map.next_key::<String>()? {
             map.next_value::<IgnoredAny>()?;
             let f = folded(&key);
             if let Some(i) = GUARDED.iter().position(|g| *g == f) {
                 match &seen[i] {
-                    Some(first) => return Ok(Some((first.clone(), key))),
+                    Some(first) if collision.is_none() => {
+                        collision = Some((first.clone(), key));
+                    }
+                    Some(_) => {}
                     None => seen[i] = Some(key),
                 }
             }
         }
-        Ok(None)
+        Ok(collision)
     }
 }
 
@@ -131,6 +137,19 @@ mod tests {
         assert_eq!(
             refused(r#"{"options":{},"OPTIONS":{"num_ctx":1}}"#),
             pair("options", "OPTIONS")
+        );
+    }
+
+    #[test]
+    fn a_repeated_key_is_found_wherever_it_stands() {
+        let pair = |a: &str, b: &str| Some((a.to_string(), b.to_string()));
+        assert_eq!(
+            refused(r#"{"Model":"x","model":"m","messages":[]}"#),
+            pair("Model", "model")
+        );
+        assert_eq!(
+            refused(r#"{"model":"x","model":"m","messages":[{"role":"user"}]}"#),
+            pair("model", "model")
         );
     }
 
