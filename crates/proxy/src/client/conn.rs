@@ -7,11 +7,19 @@
 //! socket while the runtime has not yet been told (its readiness is cached, and
 //! under load the cache lags): before a kept connection carries another
 //! request, [`Counted`] asks the socket itself (`recv` with `MSG_PEEK`).
+//!
+//! Bytes nobody asked for are more than a reason to close one connection: a
+//! backend that sends them may send the next ones just after the router has
+//! written another request on a kept connection, where no HTTP/1.1 client can
+//! tell them from the answer. So the first sign of one (bytes on a parked
+//! connection, bytes past a reply's end, an answer to nothing) is reported to
+//! the pool, which stops reusing connections to that backend (see
+//! [`super::pool::Pool::distrust`]).
 
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,6 +28,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::pool::Pool;
 use super::{Failure, Sender};
 
 /// What the router knows of a connection beyond hyper's handle.
@@ -30,8 +39,13 @@ pub(crate) struct Shared {
     /// Set when a kept connection is taken from the pool: its next write first
     /// makes sure nothing came in while it was idle.
     check_before_write: AtomicBool,
+    /// Set while the connection is parked: whatever it reads then, nobody
+    /// asked for.
+    parked: AtomicBool,
     /// Why the connection ended in error, once it has (a clean close leaves None).
     broken: Mutex<Option<String>>,
+    /// The pool and the backend (its authority) to tell of a stray reply.
+    owner: Option<(Weak<Pool>, String)>,
 }
 
 impl Shared {
@@ -39,8 +53,23 @@ impl Shared {
         self.read.load(Ordering::Acquire)
     }
 
+    /// The connection was taken from the pool to carry a request.
     pub(crate) fn check_next_write(&self) {
+        self.parked.store(false, Ordering::Release);
         self.check_before_write.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn park(&self) {
+        self.parked.store(true, Ordering::Release);
+    }
+
+    /// The backend sent bytes nobody asked for.
+    fn stray(&self, what: &str) {
+        if let Some((pool, authority)) = &self.owner {
+            if let Some(pool) = pool.upgrade() {
+                pool.distrust(authority, what);
+            }
+        }
     }
 
     /// Why hyper ended the connection with an error (bytes past the end of a
@@ -72,10 +101,11 @@ impl Counted {
                 io::ErrorKind::ConnectionAborted,
                 "the backend had closed the kept connection",
             )),
-            Ok(_) => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "the backend sent bytes nobody asked for on a kept connection",
-            )),
+            Ok(_) => {
+                const WHY: &str = "the backend sent bytes nobody asked for on a kept connection";
+                self.shared.stray(WHY);
+                Err(io::Error::new(io::ErrorKind::InvalidData, WHY))
+            }
         }
     }
 }
@@ -92,6 +122,10 @@ impl AsyncRead for Counted {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.shared.read.fetch_add(n as u64, Ordering::AcqRel);
+            if this.shared.parked.load(Ordering::Acquire) {
+                this.shared
+                    .stray("the backend sent bytes nobody asked for on an idle connection");
+            }
         }
         polled
     }
@@ -141,10 +175,12 @@ impl AsyncWrite for Counted {
 const MAX_HEADERS: usize = 128;
 const MAX_BUF: usize = 64 * 1024;
 
-/// A new connection to `address`, its hyper task running.
+/// A new connection to `address`, its hyper task running; `owner` is told if
+/// the backend sends bytes nobody asked for.
 pub(crate) async fn open(
     address: &str,
     connect_timeout: Duration,
+    owner: (Weak<Pool>, String),
 ) -> Result<(Sender, Arc<Shared>), Failure> {
     let stream = match tokio::time::timeout(connect_timeout, TcpStream::connect(address)).await {
         Err(_) => return Err(Failure::ConnectTimeout),
@@ -154,7 +190,10 @@ pub(crate) async fn open(
     };
     // Small writes (a token's event) go out at once.
     let _ = stream.set_nodelay(true);
-    let shared = Arc::new(Shared::default());
+    let shared = Arc::new(Shared {
+        owner: Some(owner),
+        ..Shared::default()
+    });
     let io = TokioIo::new(Counted {
         stream,
         shared: shared.clone(),
@@ -170,8 +209,21 @@ pub(crate) async fn open(
     // and ends (closing the socket) as soon as the backend closes its side.
     tokio::spawn(async move {
         if let Err(e) = connection.await {
+            if answered_nothing(&e) {
+                watch.stray(
+                    "the backend sent a reply nobody asked for, or bytes past a reply's end",
+                );
+            }
             *watch.broken.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
         }
     });
     Ok((sender, shared))
+}
+
+/// hyper ended the connection because of bytes that answered no request: a
+/// message while no request was out, or bytes left after a reply's end that do
+/// not parse as anything. hyper says the first only in words (its error kinds
+/// are private), so both the words and the parse errors are taken.
+fn answered_nothing(err: &hyper::Error) -> bool {
+    err.is_parse() || err.is_parse_status() || err.to_string().contains("unexpected message")
 }

@@ -144,7 +144,10 @@ impl Client {
             let reused = kept.is_some();
             let (mut sender, shared) = match kept {
                 Some(c) => c,
-                None => conn::open(&address, self.connect_timeout).await?,
+                None => {
+                    let owner = (Arc::downgrade(&self.pool), authority.clone());
+                    conn::open(&address, self.connect_timeout, owner).await?
+                }
             };
             let replay = match &body {
                 Outgoing::Whole(b) => Some(b.clone()),
@@ -520,6 +523,87 @@ mod reuse {
             }
         });
         format!("http://{at}/x")
+    }
+
+    /// A backend whose second answer on each connection comes after a reply
+    /// nobody asked for, as if it had sent an earlier answer twice and the
+    /// copy arrived just after the router wrote the next request: the one
+    /// case no HTTP/1.1 client can tell from the answer.
+    async fn late_stray_backend() -> (String, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        std::thread::spawn(move || {
+            use std::io::{BufRead, Write};
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { return };
+                let id = c.fetch_add(1, Ordering::SeqCst);
+                std::thread::spawn(move || {
+                    let mut out = conn.try_clone().unwrap();
+                    let mut reader = std::io::BufReader::new(conn);
+                    for n in 0.. {
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        if n == 0 {
+                            // Both first requests are out before either is
+                            // answered, so the client holds two connections.
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        let answer = format!("answer-{id}-{n}");
+                        let mut wire = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
+                            answer.len()
+                        );
+                        if n == 1 {
+                            wire.insert_str(0, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTRAY");
+                        }
+                        let _ = out.write_all(wire.as_bytes());
+                    }
+                });
+            }
+        });
+        (format!("http://{at}/x"), count)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_one_stray_reply_no_connection_to_its_backend_is_reused() {
+        let (url, connections) = late_stray_backend().await;
+        let client = Client::new(Duration::from_secs(1), Duration::from_secs(90));
+        let (a, b) = tokio::join!(get(&client, &url), get(&client, &url));
+        assert!(a.starts_with(b"answer-") && b.starts_with(b"answer-"));
+        assert_eq!(connections.load(Ordering::SeqCst), 2);
+        // The first stray reply is taken for the answer: nothing on the wire
+        // tells them apart. The real answer behind it arrives on a connection
+        // with no request out, and gives the backend away.
+        assert_eq!(get(&client, &url).await.as_ref(), b"STRAY");
+        let authority = url.trim_start_matches("http://").trim_end_matches("/x");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !client.pool.is_distrusted(authority) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the stray was never noticed"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The other kept connection would give its next request the stray
+        // reply too; from now on every request has a connection of its own.
+        for _ in 0..5 {
+            let answer = get(&client, &url).await;
+            assert!(
+                answer.ends_with(b"-0"),
+                "a second request on a connection to a distrusted backend: {answer:?}"
+            );
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 7);
     }
 
     #[tokio::test]

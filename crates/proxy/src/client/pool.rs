@@ -6,6 +6,11 @@
 //! of it here, a handle to a closed connection, is dropped on the next visit to
 //! that address or by the sweep, which also ends connections idle for longer
 //! than `keep_idle`.
+//!
+//! A backend that has sent a reply nobody asked for is distrusted: for
+//! [`DISTRUST_FOR`], none of its connections is kept, so every request to it
+//! goes out on a connection of its own and a late stray reply can only ever
+//! land on the connection that provoked it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +25,12 @@ use super::Sender;
 /// behind without holding thousands of descriptors after one.
 const MAX_IDLE: usize = 512;
 
+/// How long a backend that sent a stray reply goes without kept connections.
+/// A backend is restarted on a new port, a new address to the pool, so this
+/// lasts at most as long as one run of a remote server with the fault; a new
+/// connection per request costs it tens of microseconds on loopback.
+pub(crate) const DISTRUST_FOR: Duration = Duration::from_secs(3600);
+
 pub(crate) struct Idle {
     pub sender: Sender,
     pub shared: Arc<Shared>,
@@ -29,6 +40,8 @@ pub(crate) struct Idle {
 pub(crate) struct Pool {
     idle: Mutex<HashMap<String, Vec<Idle>>>,
     keep_idle: Duration,
+    /// Backends (by authority) whose connections are not kept, and until when.
+    distrusted: Mutex<HashMap<String, Instant>>,
 }
 
 impl Pool {
@@ -36,7 +49,37 @@ impl Pool {
         Pool {
             idle: Mutex::default(),
             keep_idle,
+            distrusted: Mutex::default(),
         }
+    }
+
+    /// `authority` sent bytes nobody asked for (`what`): its kept connections
+    /// are closed and no connection to it is kept for [`DISTRUST_FOR`].
+    pub(crate) fn distrust(&self, authority: &str, what: &str) {
+        let until = Instant::now() + DISTRUST_FOR;
+        let first = self
+            .distrusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(authority.to_string(), until)
+            .is_none();
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(authority);
+        if first {
+            tracing::warn!(
+                backend = authority,
+                "{what}; its connections are no longer reused, so that no reply can reach a client it was not meant for"
+            );
+        }
+    }
+
+    pub(crate) fn is_distrusted(&self, authority: &str) -> bool {
+        let distrusted = self.distrusted.lock().unwrap_or_else(|p| p.into_inner());
+        distrusted
+            .get(authority)
+            .is_some_and(|until| Instant::now() < *until)
     }
 
     /// The most recently parked connection to `authority` that is still open;
@@ -44,6 +87,9 @@ impl Pool {
     /// last reply (hyper signals readiness a moment after the body's end):
     /// the caller waits for that.
     pub(crate) fn take(&self, authority: &str) -> Option<Idle> {
+        if self.is_distrusted(authority) {
+            return None;
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let parked = idle.get_mut(authority)?;
         let now = Instant::now();
@@ -64,9 +110,10 @@ impl Pool {
     }
 
     pub(crate) fn put(&self, authority: &str, sender: Sender, shared: Arc<Shared>) {
-        if sender.is_closed() {
+        if sender.is_closed() || self.is_distrusted(authority) {
             return;
         }
+        shared.park();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let parked = match idle.get_mut(authority) {
             Some(p) => p,
@@ -93,6 +140,11 @@ impl Pool {
                 .retain(|c| !c.sender.is_closed() && now.duration_since(c.since) < self.keep_idle);
             !parked.is_empty()
         });
+        drop(idle);
+        self.distrusted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, until| now < *until);
     }
 
     /// Sweeps every `every` for as long as the pool is in use.
