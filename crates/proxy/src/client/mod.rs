@@ -487,86 +487,44 @@ mod reuse {
         assert_eq!(count.load(Ordering::SeqCst), 1);
     }
 
-    /// A backend that follows each answer, a moment later, with a second one
-    /// nobody asked for.
-    async fn stray_backend() -> String {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let at = listener.local_addr().unwrap();
-        std::thread::spawn(move || {
-            use std::io::{BufRead, Write};
-            for conn in listener.incoming() {
-                let Ok(conn) = conn else { return };
-                std::thread::spawn(move || {
-                    let mut out = conn.try_clone().unwrap();
-                    let mut reader = std::io::BufReader::new(conn);
-                    for n in 0.. {
-                        let mut line = String::new();
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                        }
-                        let answer = format!("answer-{n}");
-                        let _ = write!(
-                            out,
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
-                            answer.len()
-                        );
-                        std::thread::sleep(Duration::from_millis(5));
-                        let _ = out.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTRAY");
-                    }
-                });
+    /// Reads a request's head (the tests' requests have no body): false once
+    /// the client has closed.
+    fn read_head(reader: &mut impl std::io::BufRead) -> bool {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
             }
-        });
-        format!("http://{at}/x")
+            if line == "\r\n" {
+                return true;
+            }
+        }
     }
 
-    /// A backend whose second answer on each connection comes after a reply
-    /// nobody asked for, as if it had sent an earlier answer twice and the
-    /// copy arrived just after the router wrote the next request: the one
-    /// case no HTTP/1.1 client can tell from the answer.
-    async fn late_stray_backend() -> (String, Arc<AtomicUsize>) {
+    /// A backend on plain threads (so that it writes while the client's
+    /// runtime is busy): `answer(connection, n, socket)` writes the reply to
+    /// the connection's `n`th request. Counts connections.
+    fn thread_backend(
+        answer: impl Fn(usize, usize, &mut std::net::TcpStream) + Send + Sync + 'static,
+    ) -> (String, Arc<AtomicUsize>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let at = listener.local_addr().unwrap();
         let count = Arc::new(AtomicUsize::new(0));
-        let c = count.clone();
+        let (c, answer) = (count.clone(), Arc::new(answer));
         std::thread::spawn(move || {
-            use std::io::{BufRead, Write};
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { return };
                 let id = c.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
                 std::thread::spawn(move || {
                     let mut out = conn.try_clone().unwrap();
                     let mut reader = std::io::BufReader::new(conn);
                     for n in 0.. {
-                        let mut line = String::new();
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
+                        if !read_head(&mut reader) {
+                            return;
                         }
-                        if n == 0 {
-                            // Both first requests are out before either is
-                            // answered, so the client holds two connections.
-                            std::thread::sleep(Duration::from_millis(100));
-                        }
-                        let answer = format!("answer-{id}-{n}");
-                        let mut wire = format!(
-                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{answer}",
-                            answer.len()
-                        );
-                        if n == 1 {
-                            wire.insert_str(0, "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nSTRAY");
-                        }
-                        let _ = out.write_all(wire.as_bytes());
+                        answer(id, n, &mut out);
                     }
                 });
             }
@@ -574,9 +532,49 @@ mod reuse {
         (format!("http://{at}/x"), count)
     }
 
+    /// `body`, framed by its length.
+    fn framed(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// A backend that follows each answer, a moment later, with a second one
+    /// nobody asked for.
+    fn stray_backend() -> String {
+        thread_backend(|_, n, out| {
+            use std::io::Write;
+            let _ = out.write_all(framed(&format!("answer-{n}")).as_bytes());
+            std::thread::sleep(Duration::from_millis(5));
+            let _ = out.write_all(framed("STRAY").as_bytes());
+        })
+        .0
+    }
+
+    /// A backend whose second answer on each connection comes after a reply
+    /// nobody asked for, as if it had sent an earlier answer twice and the
+    /// copy arrived just after the router wrote the next request: the one
+    /// case no HTTP/1.1 client can tell from the answer.
+    fn late_stray_backend() -> (String, Arc<AtomicUsize>) {
+        thread_backend(|id, n, out| {
+            use std::io::Write;
+            if n == 0 {
+                // Both first requests are out before either is answered, so
+                // the client holds two connections.
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let mut wire = framed(&format!("answer-{id}-{n}"));
+            if n == 1 {
+                wire.insert_str(0, &framed("STRAY"));
+            }
+            let _ = out.write_all(wire.as_bytes());
+        })
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn after_one_stray_reply_no_connection_to_its_backend_is_reused() {
-        let (url, connections) = late_stray_backend().await;
+        let (url, connections) = late_stray_backend();
         let client = Client::new(Duration::from_secs(1), Duration::from_secs(90));
         let (a, b) = tokio::join!(get(&client, &url), get(&client, &url));
         assert!(a.starts_with(b"answer-") && b.starts_with(b"answer-"));
@@ -608,7 +606,7 @@ mod reuse {
 
     #[tokio::test]
     async fn bytes_that_reached_an_idle_connection_are_seen_even_before_the_runtime_sees_them() {
-        let url = stray_backend().await;
+        let url = stray_backend();
         let client = Client::new(Duration::from_secs(1), Duration::from_secs(90));
         for _ in 0..20 {
             // Each stray reply reaches the socket while this runtime's one
