@@ -148,6 +148,31 @@ async fn an_ollama_tool_round_trip_reaches_an_openai_backend_with_linked_ids() {
 }
 
 #[tokio::test]
+async fn ollama_think_reaches_an_openai_backend_as_reasoning_effort() {
+    let backend = Recorder::start();
+    let r = router_for(&backend, "");
+    for (think, effort) in [(json!("high"), "high"), (json!(false), "none")] {
+        let ask = json!({"model": "m", "stream": false, "think": think,
+            "options": {"temperature": 0.2, "seed": 7, "num_predict": 9},
+            "messages": [{"role": "user", "content": "why?"}]});
+        let resp = post(&r.url("/api/chat"), &ask).await;
+        assert_eq!(resp.status(), 200);
+        let sent = backend.last_body();
+        assert_eq!(sent["reasoning_effort"], effort, "{sent}");
+        assert_eq!(
+            (&sent["temperature"], &sent["seed"], &sent["max_tokens"]),
+            (&json!(0.2), &json!(7), &json!(9)),
+            "{sent}"
+        );
+    }
+    let bad = json!({"model": "m", "think": "max", "messages": [{"role": "user", "content": "x"}]});
+    let resp = post(&r.url("/api/chat"), &bad).await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("think"), "{v}");
+}
+
+#[tokio::test]
 async fn a_reply_the_backend_would_compress_is_asked_for_plain_and_renamed() {
     let backend = Recorder::start();
     let r = router_for(&backend, "");

@@ -16,6 +16,8 @@ mod passthrough;
 mod proptests;
 mod reply;
 mod request;
+#[cfg(test)]
+mod round_trip;
 mod stream;
 
 use std::sync::Arc;
