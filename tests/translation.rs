@@ -301,3 +301,77 @@ async fn an_agent_loop_runs_against_the_simulator_through_either_api() {
     );
     assert!(text.contains("\"finish_reason\":\"tool_calls\""), "{text}");
 }
+
+#[tokio::test]
+async fn capabilities_an_ollama_backend_reports_are_learned_and_shown_everywhere() {
+    let sim = Sim::start(&["--flavor", "ollama", "--model", "qwen3:8b"]);
+    let r = Router::start(&format!(
+        "backends:\n  o: {{kind: ollama, url: \"{}\"}}\nmodels:\n  \
+         q: {{backend: o, upstream: \"qwen3:8b\", memory: 1MB}}\n  \
+         said: {{backend: o, upstream: \"qwen3:8b\", memory: 1MB, capabilities: [completion, vision], context: 1000}}\n",
+        sim.url
+    ));
+    // Nothing asked while the model is not loaded: the guess.
+    let show = |name: &'static str| {
+        let url = r.url("/api/show");
+        async move {
+            let resp = post(&url, &json!({"model": name})).await;
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let shown = show("q").await;
+    assert_eq!(shown["capabilities"], json!(["completion"]), "{shown}");
+    // Once it runs, Ollama's own /api/show is asked: tools, its context, its details.
+    for name in ["q", "said"] {
+        let ask = json!({"model": name, "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(post(&r.url("/api/chat"), &ask).await.status(), 200);
+    }
+    let shown = show("q").await;
+    assert_eq!(
+        last_request(&sim.url).await["path"],
+        "/api/show",
+        "asked the backend"
+    );
+    assert_eq!(
+        shown["capabilities"],
+        json!(["completion", "tools"]),
+        "{shown}"
+    );
+    assert_eq!(shown["model_info"]["modelyard.context_length"], 4096);
+    assert_eq!(shown["details"]["family"], "sim", "{shown}");
+    // routes.yaml wins over what the backend says.
+    let shown = show("said").await;
+    assert_eq!(shown["capabilities"], json!(["completion", "vision"]));
+    assert_eq!(shown["model_info"]["modelyard.context_length"], 1000);
+    // The lists say the same.
+    let tags = get_json(&r.url("/api/tags")).await;
+    let q = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "q")
+        .unwrap();
+    assert_eq!(q["capabilities"], json!(["completion", "tools"]), "{tags}");
+    let models = get_json(&r.url("/v1/models")).await;
+    let q = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "q")
+        .unwrap();
+    assert_eq!(
+        q["capabilities"],
+        json!(["completion", "tools"]),
+        "{models}"
+    );
+    assert_eq!(q["context_length"], 4096, "{models}");
+    // Asked once, not on every /api/show: after a chat, the backend's last
+    // request stays that chat.
+    let ask =
+        json!({"model": "q", "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post(&r.url("/api/chat"), &ask).await.status(), 200);
+    show("q").await;
+    show("q").await;
+    assert_eq!(last_request(&sim.url).await["path"], "/api/chat");
+}
