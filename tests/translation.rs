@@ -375,3 +375,49 @@ async fn capabilities_an_ollama_backend_reports_are_learned_and_shown_everywhere
     show("q").await;
     assert_eq!(last_request(&sim.url).await["path"], "/api/chat");
 }
+
+#[tokio::test]
+async fn a_failure_after_the_stream_began_comes_in_each_apis_framing() {
+    // progress_after 100ms: the 200 is committed long before the start times out.
+    let r = Router::start(
+        "progress_after: 100ms\nqueue_timeout: 30s\nbackends:\n  \
+         stuck: {command: [$BIN, sim, --port, \"${PORT}\", --hang-start], start_timeout: 1s}\n\
+         models:\n  m: {backend: stuck, memory: 1MB, upstream: sim}\n",
+    );
+    let ask = |path: &'static str, body: Value| {
+        let url = r.url(path);
+        async move {
+            let resp = post(&url, &body).await;
+            assert_eq!(resp.status(), 200, "{path}: committed");
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            resp.text().await.unwrap()
+        }
+    };
+    let text = ask(
+        "/v1/messages",
+        json!({"model": "m", "max_tokens": 5, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert!(
+        text.starts_with(": modelyard: loading m"),
+        "progress first: {text}"
+    );
+    let tail = text.rsplit("\n\n").nth(1).unwrap();
+    let (event, data) = tail.split_once('\n').unwrap();
+    assert_eq!(event, "event: error", "{text}");
+    let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["error"]["type"].is_string() && v["error"]["message"].as_str().unwrap().contains('m')
+    );
+
+    let text = ask(
+        "/v1/responses",
+        json!({"model": "m", "input": "hi", "stream": true}),
+    )
+    .await;
+    assert!(text.starts_with(": modelyard: loading m"), "{text}");
+    assert!(text.contains("event: error\ndata: {"), "{text}");
+    assert!(text.contains("\"code\":\"backend_start_failed\""), "{text}");
+}
