@@ -90,7 +90,7 @@ fn script_name(stdout: &str) -> String {
 
 #[tokio::test]
 async fn the_python_client_matrix_works_against_the_router() {
-    let r = Router::start(CONFIG);
+    let r = Router::start(&format!("progress_after: 200ms{CONFIG}"));
     let python = clients_python();
     run_client_script(
         &r,
@@ -103,7 +103,7 @@ async fn the_python_client_matrix_works_against_the_router() {
 
 #[tokio::test]
 async fn the_node_client_matrix_works_against_the_router() {
-    let r = Router::start(CONFIG);
+    let r = Router::start(&format!("progress_after: 200ms{CONFIG}"));
     let node = clients_node();
     run_client_script(
         &r,

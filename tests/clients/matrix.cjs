@@ -77,6 +77,11 @@ async function openaiChecks() {
   check("embeddings (base64 default)", emb.data.length === 2 && emb.data[0].embedding.some((x) => x !== 0), emb.data[0].embedding.slice(0, 4));
   const e = await rejects("unknown model", () => oa.chat.completions.create({ model: "qwen3-chta", messages: MSG }));
   check("unknown model: NotFoundError naming the model it meant", e instanceof NotFoundError && e.message.includes("qwen3-chat"), String(e));
+  // Committed (progress_after: 200ms) before the model failed: the SDK still throws.
+  const late = await rejects("failure after the stream began", async () => {
+    for await (const _ of await oa.chat.completions.create({ model: "slowpoke", messages: MSG, stream: true }));
+  });
+  check("failure after the stream began throws", String(late).includes("slowpoke"), String(late));
 }
 
 async function ollamaChecks() {

@@ -4,7 +4,8 @@ pointed at it by its base URL only. Pins: tools/test (.venv-clients).
     python matrix.py ROUTER_URL
 
 Expects the router of tests/clients.rs: `qwen3-chat` (aliases `default`, `chat`),
-`embed-small` (alias `embed`), `slowpoke` (never ready), all on modelyard-sim.
+`embed-small` (alias `embed`), `slowpoke` (never ready), all on modelyard-sim, with
+`progress_after` short enough that a stream to `slowpoke` is committed before it fails.
 Each client does what it can of: list models, chat, stream, a tool-call round
 trip (an agent loop's two turns), JSON mode, embeddings, and an error it can act
 on. Prints one line per check; exits non-zero on the first failure.
@@ -57,6 +58,8 @@ started = time.monotonic()
 
 def client(name):
     global current, started
+    if current != "?":
+        print(f"    ({time.monotonic() - started:.1f}s)", flush=True)
     current = name
     started = time.monotonic()
     print(f"--- {name}", flush=True)
@@ -111,6 +114,18 @@ check("embeddings (base64, the SDK's default)", len(emb.data) == 2 and any(x != 
 e = raises(openai.NotFoundError, "unknown model", lambda: oa.chat.completions.create(model="qwen3-chta", messages=MSG))
 check("unknown model: 404 naming the model it meant", "qwen3-chat" in e.message and e.code == "model_not_found", e.message)
 
+
+def drain(stream):
+    for _ in stream:
+        pass
+
+
+# The router committed a 200 and progress (progress_after: 200ms) before the model
+# failed to load: the SDK must still raise, with the router's message.
+e = raises(openai.APIError, "failure after the stream began",
+           lambda: drain(oa.chat.completions.create(model="slowpoke", messages=MSG, stream=True)))
+check("failure after the stream began raises", "slowpoke" in e.message, e.message)
+
 # ---------------------------------------------------------------- anthropic
 import anthropic
 
@@ -135,6 +150,12 @@ check("tool result answered", second.stop_reason == "end_turn" and second.conten
 with an.messages.stream(model=CHAT, max_tokens=64, messages=MSG, tools=tools) as s:
     final = s.get_final_message()
 check("streamed tool_use", final.content[0].type == "tool_use" and arguments_follow_schema(final.content[0].input), final)
+n = an.messages.count_tokens(model=CHAT, messages=MSG)
+check("count_tokens", n.input_tokens == 6, n)
+e = raises(anthropic.APIStatusError, "failure after the stream began",
+           lambda: drain(an.messages.stream(model="slowpoke", max_tokens=8, messages=MSG).__enter__()))
+check("failure after the stream began: event: error, Anthropic's shape",
+      e.body["type"] == "error" and "slowpoke" in e.body["error"]["message"], e.body)
 e = raises(anthropic.NotFoundError, "unknown model", lambda: an.messages.create(model="qwen3-chta", max_tokens=8, messages=MSG))
 check("unknown model: Anthropic's error shape", e.body["type"] == "error" and e.body["error"]["type"] == "not_found_error", e.body)
 
@@ -280,4 +301,5 @@ e = raises(litellm.ServiceUnavailableError, "model not ready",
            lambda: litellm.completion(model="openai/slowpoke", messages=MSG, num_retries=0, **kw))
 check("model not ready: 503 (retryable)", e.status_code == 503, e)
 
+client("done")
 print("all client matrix checks passed", flush=True)

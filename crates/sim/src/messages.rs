@@ -42,22 +42,8 @@ impl Message {
                 "max_tokens",
             ));
         };
-        let Some(messages) = body.get("messages").and_then(Value::as_array) else {
-            return Err(("messages: Field required".into(), "messages"));
-        };
-        let mut input_tokens = match body.get("system") {
-            None | Some(Value::Null) => 0,
-            Some(system) => count_words(system),
-        };
-        for m in messages {
-            if !matches!(m["role"].as_str(), Some("user" | "assistant")) {
-                return Err((
-                    "messages: each role must be 'user' or 'assistant'".into(),
-                    "messages",
-                ));
-            }
-            input_tokens += count_words(&m["content"]);
-        }
+        let input_tokens = input_tokens(body).map_err(|m| (m, "messages"))?;
+        let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
         let (mut tokens, mut stop_reason) = match budget(Some(max_tokens), configured_tokens) {
             (n, "length") => (n, "max_tokens"),
             (n, _) => (n, "end_turn"),
@@ -180,6 +166,25 @@ impl Reply for Message {
             error_body("api_error", "Request aborted: the model was unloaded"),
         )]
     }
+}
+
+/// What a request's `system` and `messages` count as input, or why they
+/// cannot be read (as `count_tokens` and `messages` both refuse them).
+pub fn input_tokens(body: &Value) -> Result<u64, String> {
+    let Some(messages) = body.get("messages").and_then(Value::as_array) else {
+        return Err("messages: Field required".into());
+    };
+    let mut tokens = match body.get("system") {
+        None | Some(Value::Null) => 0,
+        Some(system) => count_words(system),
+    };
+    for m in messages {
+        if !matches!(m["role"].as_str(), Some("user" | "assistant")) {
+            return Err("messages: each role must be 'user' or 'assistant'".into());
+        }
+        tokens += count_words(&m["content"]);
+    }
+    Ok(tokens)
 }
 
 /// The tool to call: the first offered (or the one `tool_choice` names),

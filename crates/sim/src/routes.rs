@@ -79,6 +79,7 @@ async fn route(state: &Arc<SimState>, request: Request<Incoming>) -> Response<Re
         (&Method::POST, "/v1/responses") => inference(state, request, Inference::Responses).await,
         (&Method::POST, "/v1/embeddings") => inference(state, request, Inference::Embeddings).await,
         (&Method::POST, "/v1/messages") => messages(state, request).await,
+        (&Method::POST, "/v1/messages/count_tokens") => count_tokens(state, request).await,
         (
             &Method::POST,
             "/v1/audio/transcriptions"
@@ -198,6 +199,21 @@ async fn messages(state: &Arc<SimState>, request: Request<Incoming>) -> Response
     match Message::from_request(&body, model, state.tokens) {
         Ok(message) => serve_reply(state, Ok(message), Serving::default()).await,
         Err((message, _)) => invalid(&message),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: the words the reply would count as input.
+async fn count_tokens(state: &Arc<SimState>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let invalid = |message: &str| {
+        crate::messages::error_response(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    };
+    let body = match read_body(state, request, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return invalid(&e.to_string()),
+    };
+    match crate::messages::input_tokens(&body) {
+        Ok(n) => json_response(StatusCode::OK, &json!({"input_tokens": n})),
+        Err(message) => invalid(&message),
     }
 }
 
