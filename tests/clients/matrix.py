@@ -11,6 +11,7 @@ trip (an agent loop's two turns), JSON mode, embeddings, and an error it can act
 on. Prints one line per check; exits non-zero on the first failure.
 """
 
+import asyncio
 import json
 import os
 import sys
@@ -109,6 +110,22 @@ parsed = oa.chat.completions.parse(model=CHAT, messages=MSG, response_format=Per
 check("structured output (json_schema)", isinstance(parsed, Person), parsed)
 r = oa.chat.completions.create(model=CHAT, messages=MSG, response_format={"type": "json_object"})
 check("json_object", isinstance(json.loads(r.choices[0].message.content), dict), r.choices[0].message.content)
+resp = oa.responses.create(model=CHAT, input="hi", max_output_tokens=8)
+check("responses", resp.output_text and resp.model == CHAT, resp)
+events = list(oa.responses.create(model=CHAT, input="hi", stream=True))
+check("responses stream", events[-1].type == "response.completed", events[-1].type)
+
+
+async def twenty():
+    aclient = openai.AsyncOpenAI(base_url=V1, api_key="unused", max_retries=0, timeout=30)
+    replies = await asyncio.gather(*(aclient.chat.completions.create(model=CHAT, messages=MSG) for _ in range(20)))
+    await aclient.close()
+    return replies
+
+
+replies = asyncio.run(twenty())
+check("async x20", len({r.id for r in replies}) == 20 and all(r.choices[0].message.content for r in replies),
+      [r.id for r in replies])
 emb = oa.embeddings.create(model=EMBED, input=["a", "b"])
 check("embeddings (base64, the SDK's default)", len(emb.data) == 2 and any(x != 0 for x in emb.data[0].embedding), emb.data[0].embedding[:4])
 e = raises(openai.NotFoundError, "unknown model", lambda: oa.chat.completions.create(model="qwen3-chta", messages=MSG))
