@@ -421,3 +421,25 @@ async fn a_failure_after_the_stream_began_comes_in_each_apis_framing() {
     assert!(text.contains("event: error\ndata: {"), "{text}");
     assert!(text.contains("\"code\":\"backend_start_failed\""), "{text}");
 }
+
+#[tokio::test]
+async fn anthropics_messages_api_reaches_an_ollama_backend_renamed() {
+    let sim = Sim::start(&["--flavor", "ollama", "--model", "qwen3:8b"]);
+    let r = Router::start(&format!(
+        "backends:\n  o: {{kind: ollama, url: \"{}\"}}\nmodels:\n  \
+         q: {{backend: o, upstream: \"qwen3:8b\", memory: 1MB, aliases: [claude-local]}}\n",
+        sim.url
+    ));
+    let ask = json!({"model": "claude-local", "max_tokens": 20, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post(&r.url("/v1/messages"), &ask).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("event: message_start\n"), "{text}");
+    assert!(
+        text.contains("\"model\":\"claude-local\""),
+        "renamed back: {text}"
+    );
+    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    assert_eq!(last_request(&sim.url).await["body"]["model"], "qwen3:8b");
+}

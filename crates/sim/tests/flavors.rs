@@ -1171,3 +1171,35 @@ async fn omlx_and_ollama_serve_the_responses_api() {
     // oMLX sends its non-streamed JSON after a leading space, as for chat.
     assert!(responses(&omlx, false).await.text().starts_with(' '));
 }
+
+#[tokio::test]
+async fn ollama_serves_anthropics_messages_api_loading_on_demand() {
+    let port = free_port();
+    let host = format!("http://127.0.0.1:{port}");
+    let ollama = spawn(
+        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "2"],
+        &[("OLLAMA_HOST", host.as_str())],
+    )
+    .await;
+    let ask =
+        json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, reply) = ollama.post("/v1/messages", ask).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply["content"],
+        json!([{"type": "text", "text": "t0 t1 "}])
+    );
+    // Loaded by the request, as Ollama loads for any API.
+    assert_eq!(
+        ollama.get("/api/ps").await.1["models"][0]["name"],
+        "m:latest"
+    );
+    let (status, error) = ollama
+        .post(
+            "/v1/messages",
+            json!({"model": "nope", "max_tokens": 1, "messages": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["type"], "not_found_error", "{error}");
+}
