@@ -36,6 +36,8 @@ pub(crate) enum Inference {
     Completion(Kind),
     Responses,
     Embeddings,
+    /// Anthropic's `/v1/messages`.
+    Messages,
 }
 
 pub async fn handle(
@@ -170,6 +172,7 @@ async fn inference(
         }
         Inference::Responses => serve_responses(state, &body, model, Serving::default()).await,
         Inference::Embeddings => serve_embeddings(state, &body, model, Serving::default()),
+        Inference::Messages => serve_messages(state, &body, model, Serving::default()).await,
     }
 }
 

@@ -1203,3 +1203,29 @@ async fn ollama_serves_anthropics_messages_api_loading_on_demand() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"]["type"], "not_found_error", "{error}");
 }
+
+#[tokio::test]
+async fn omlx_serves_anthropics_messages_api() {
+    let port = free_port();
+    let omlx = spawn(
+        &["--flavor", "omlx", "--model", "m=1MiB", "--tokens", "2"],
+        &[("OMLX_PORT", port.to_string().as_str())],
+    )
+    .await;
+    let ask = json!({"model": "m", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let streamed = omlx
+        .call(Method::POST, "/v1/messages", Some(ask), &[])
+        .await
+        .text();
+    let events: Vec<&str> = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"), "{streamed}");
+    assert_eq!(events.last(), Some(&"message_stop"), "{streamed}");
+    assert!(
+        !streamed.contains("keepalive"),
+        "no chat keep-alive chunk in a Messages stream: {streamed}"
+    );
+}

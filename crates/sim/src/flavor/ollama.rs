@@ -251,6 +251,7 @@ impl Ollama {
             }
             Inference::Responses => serve_responses(state, &body, model, serving).await,
             Inference::Embeddings => serve_embeddings(state, &body, model, serving),
+            Inference::Messages => serve_messages(state, &body, model, serving).await,
         }
     }
 

@@ -15,8 +15,8 @@ use crate::args::Args;
 use crate::completions::Kind;
 use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
-    model_list, read_body, serve_completion, serve_embeddings, serve_responses, Inference, Serving,
-    MAX_BODY_BYTES,
+    model_list, read_body, serve_completion, serve_embeddings, serve_messages, serve_responses,
+    Inference, Serving, MAX_BODY_BYTES,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -86,6 +86,9 @@ impl Omlx {
             }
             (&Method::POST, "/v1/embeddings") => {
                 self.inference(state, request, Inference::Embeddings).await
+            }
+            (&Method::POST, "/v1/messages") => {
+                self.inference(state, request, Inference::Messages).await
             }
             // FastAPI's own 404.
             _ => json_response(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"})),
@@ -250,6 +253,8 @@ impl Omlx {
             // Its keep-alive chunk is a chat or text chunk; a Responses stream
             // has events of its own, so it goes without.
             Inference::Responses => serve_responses(state, &body, model, serving(None)).await,
+            // Anthropic's stream has its own keep-alive, the `ping` it opens with.
+            Inference::Messages => serve_messages(state, &body, model, serving(None)).await,
         }
     }
 }
