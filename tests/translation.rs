@@ -443,3 +443,41 @@ async fn anthropics_messages_api_reaches_an_ollama_backend_renamed() {
     assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
     assert_eq!(last_request(&sim.url).await["body"]["model"], "qwen3:8b");
 }
+
+#[tokio::test]
+async fn an_omlx_backend_tells_its_models_engine_and_window() {
+    let r = Router::start(
+        "backends:\n  omlx:\n    kind: omlx\n    \
+         command: [$BIN, sim, --flavor, omlx, --model, \"Qwen3-8B=1MB\", --model, \"Qwen3-Embedding=1MB\"]\n\
+         models:\n  q: {backend: omlx, upstream: Qwen3-8B, memory: 5MB}\n  \
+         e: {backend: omlx, upstream: Qwen3-Embedding, memory: 5MB}\n",
+    );
+    assert_eq!(
+        post(&r.url("/v1/chat/completions"), &chat("q"))
+            .await
+            .status(),
+        200
+    );
+    let embed = json!({"model": "e", "input": "hi"});
+    assert_eq!(post(&r.url("/v1/embeddings"), &embed).await.status(), 200);
+    let show = |name: &'static str| {
+        let url = r.url("/api/show");
+        async move {
+            post(&url, &json!({"model": name}))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let q = show("q").await;
+    assert_eq!(q["capabilities"], json!(["completion"]), "{q}");
+    assert_eq!(
+        q["model_info"]["modelyard.context_length"], 32768,
+        "oMLX's max_context_window: {q}"
+    );
+    let e = show("e").await;
+    assert_eq!(e["capabilities"], json!(["embedding"]), "{e}");
+    let models = get_json(&r.url("/v1/models")).await;
+    assert_eq!(models["data"][0]["context_length"], 32768, "{models}");
+}

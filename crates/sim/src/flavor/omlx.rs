@@ -157,7 +157,8 @@ impl Omlx {
                     "estimated_size": m.size,
                     "actual_size": m.loaded.then_some(m.size),
                     "pinned": false,
-                    "engine_type": "batched",
+                    // As oMLX tells them apart: by what the model is.
+                    "engine_type": if m.name.to_ascii_lowercase().contains("embed") { "embedding" } else { "batched" },
                     "model_type": "llm",
                     "last_access": m.last_access.map(epoch_seconds),
                     "max_context_window": MAX_CONTEXT,
