@@ -145,8 +145,10 @@ async fn answer(
     }
 }
 
+/// A streamed request on a route whose clients read SSE: the completions,
+/// Anthropic's Messages and OpenAI's Responses.
 fn routed_stream(u: &Upstream) -> bool {
-    u.routed.stream && u.parts.uri.path().ends_with("/completions")
+    u.routed.stream && crate::progress::Framing::of(u.parts.uri.path()).is_some()
 }
 
 /// Everything needed to send a request upstream once its model is leased.
@@ -177,6 +179,10 @@ impl Upstream {
 
     pub(crate) fn started(&self) -> Instant {
         self.started
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.parts.uri.path()
     }
 
     pub(crate) fn progress_mode(&self) -> LoadingProgress {

@@ -16,6 +16,7 @@ mod forward;
 mod guard;
 mod idle;
 mod keys;
+mod learned;
 mod limits;
 mod metrics;
 mod models;
@@ -67,6 +68,8 @@ pub(crate) struct Inner {
     /// end then, instead of holding the drain open.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub metrics: Arc<metrics::Metrics>,
+    /// What backends said about their models (capabilities, context).
+    pub learned: learned::Learned,
 }
 
 impl Router {
@@ -93,6 +96,7 @@ impl Router {
                 connect_timeout,
                 started_unix,
                 closing: tokio::sync::watch::channel(false).0,
+                learned: learned::Learned::default(),
             }),
         }
     }
@@ -200,12 +204,23 @@ impl Router {
         match (req.method(), path) {
             (&Method::GET, "/v1/models") => {
                 let snap = inner.supervisor.snapshot().await;
-                models::list(&inner.config(), snap.as_ref(), inner.started_unix)
+                models::list(
+                    &inner.config(),
+                    &inner.learned,
+                    snap.as_ref(),
+                    inner.started_unix,
+                )
             }
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
                 let snap = inner.supervisor.snapshot().await;
-                models::one(&inner.config(), snap.as_ref(), inner.started_unix, &id)
+                models::one(
+                    &inner.config(),
+                    &inner.learned,
+                    snap.as_ref(),
+                    inner.started_unix,
+                    &id,
+                )
             }
             // Browsers ask for it on every page view; no icon is no error worth a log line.
             (&Method::GET, "/favicon.ico") => {
@@ -305,6 +320,7 @@ impl Inner {
             .await
             .map_err(|e| e.to_string())?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        self.learned.clear();
         // Preloads the reload brought in: listed now and not before, or new models.
         let fresh = next
             .preload
