@@ -157,7 +157,8 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
                 200,
                 &json!({"id": "x", "object": "chat.completion", "model": "talk",
                         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}),
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                        "timings": {"cache_n": 500, "prompt_n": 5}}),
             ),
         }
     }
@@ -354,6 +355,11 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
     );
     assert!(
         metrics.contains("modelyard_kv_cache_failures_total{model=\"talk\"} 1"),
+        "{metrics}"
+    );
+    // Three answers from talk, each saying 500 prompt tokens came from its cache.
+    assert!(
+        metrics.contains("modelyard_prompt_cached_tokens_total{model=\"talk\"} 1500"),
         "{metrics}"
     );
 }
