@@ -30,6 +30,8 @@ struct Fake {
     save: Act,
     restore: Act,
     build: String,
+    /// Whether /slots says slot 0 served a task (a restored slot says not).
+    busy: bool,
     /// Bytes a save writes.
     bytes: usize,
     /// Request lines received, in order.
@@ -53,6 +55,7 @@ impl Llama {
             save: Act::Ok,
             restore: Act::Ok,
             build: "b100-test".into(),
+            busy: true,
             bytes: 300_000,
             seen: Vec::new(),
         }));
@@ -106,10 +109,10 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = RawRequest::read(&mut reader) {
         let path = req.line.split(' ').nth(1).unwrap_or("").to_string();
-        let (save, restore, build, bytes) = {
+        let (save, restore, build, bytes, busy) = {
             let mut s = state.lock().unwrap();
             s.seen.push(req.line.clone());
-            (s.save, s.restore, s.build.clone(), s.bytes)
+            (s.save, s.restore, s.build.clone(), s.bytes, s.busy)
         };
         let act = |out: &mut TcpStream, act: Act, ok: &dyn Fn() -> Value| match act {
             Act::Ok => reply(out, 200, &ok()),
@@ -141,7 +144,11 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
             "/slots" => reply(
                 &mut out,
                 200,
-                &json!([{"id": 0, "n_ctx": 4096, "is_processing": false, "id_task": 3, "n_prompt_tokens": 500}]),
+                &if busy {
+                    json!([{"id": 0, "n_ctx": 4096, "is_processing": false, "id_task": 3, "n_prompt_tokens": 500}])
+                } else {
+                    json!([{"id": 0, "n_ctx": 4096, "is_processing": false}])
+                },
             ),
             "/slots/0?action=save" => act(&mut out, save, &|| {
                 let f = file();
@@ -486,4 +493,42 @@ async fn the_cache_directory_stays_within_max_and_a_full_disk_only_costs_the_sav
         "{ev:?}"
     );
     chat_ok(&r, "a").await;
+}
+
+#[tokio::test]
+async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = tmp.path().join("kv");
+    let talk = Llama::start(tmp.path(), "talk");
+    let r = Router::start(&config(&[(
+        "talk",
+        talk.backend(&format!("{{dir: {}}}", kv.display())),
+    )]));
+    chat_ok(&r, "talk").await;
+    chat_ok(&r, "other").await;
+    wait_event(&r, "kv_saved talk").await;
+
+    // Loaded (and restored) by a load that sends no chat: llama.cpp's /slots
+    // then lists no task, though the slot holds the restored conversation.
+    talk.set(|f| f.busy = false);
+    let load = client()
+        .post(r.url("/admin/models/talk/load"))
+        .send()
+        .await
+        .unwrap();
+    assert!(load.status().is_success(), "{}", load.text().await.unwrap());
+    wait_event(&r, "kv_restored talk").await;
+    chat_ok(&r, "other").await;
+    chat_ok(&r, "talk").await;
+    let ev = eventually(Duration::from_secs(10), || async {
+        let ev = kv_events(&r).await;
+        (ev.iter().filter(|e| e.starts_with("kv_restored")).count() == 2).then_some(ev)
+    })
+    .await;
+    assert!(ev.is_some(), "restored again: {:?}", kv_events(&r).await);
+    assert_eq!(
+        talk.seen("action=save"),
+        1,
+        "the set on disk was kept, not overwritten"
+    );
 }
