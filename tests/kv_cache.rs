@@ -329,6 +329,18 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
         );
     }
 
+    // `modelyard status` tells it too.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--url", &r.url("")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kv_restored") && text.contains("slot 0: 500 tokens, 300 KB"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Next time the server refuses the file: the model serves all the same,
     // and the set it refused is gone.
     talk.set(|f| f.restore = Act::Fail(400));
