@@ -30,6 +30,8 @@ struct Fake {
     save: Act,
     restore: Act,
     build: String,
+    /// Whether /slots says slot 0 served a task (a restored slot says not).
+    busy: bool,
     /// Bytes a save writes.
     bytes: usize,
     /// Request lines received, in order.
@@ -53,6 +55,7 @@ impl Llama {
             save: Act::Ok,
             restore: Act::Ok,
             build: "b100-test".into(),
+            busy: true,
             bytes: 300_000,
             seen: Vec::new(),
         }));
@@ -106,10 +109,10 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = RawRequest::read(&mut reader) {
         let path = req.line.split(' ').nth(1).unwrap_or("").to_string();
-        let (save, restore, build, bytes) = {
+        let (save, restore, build, bytes, busy) = {
             let mut s = state.lock().unwrap();
             s.seen.push(req.line.clone());
-            (s.save, s.restore, s.build.clone(), s.bytes)
+            (s.save, s.restore, s.build.clone(), s.bytes, s.busy)
         };
         let act = |out: &mut TcpStream, act: Act, ok: &dyn Fn() -> Value| match act {
             Act::Ok => reply(out, 200, &ok()),
@@ -141,7 +144,11 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
             "/slots" => reply(
                 &mut out,
                 200,
-                &json!([{"id": 0, "n_ctx": 4096, "is_processing": false, "id_task": 3, "n_prompt_tokens": 500}]),
+                &if busy {
+                    json!([{"id": 0, "n_ctx": 4096, "is_processing": false, "id_task": 3, "n_prompt_tokens": 500}])
+                } else {
+                    json!([{"id": 0, "n_ctx": 4096, "is_processing": false}])
+                },
             ),
             "/slots/0?action=save" => act(&mut out, save, &|| {
                 let f = file();
@@ -157,7 +164,8 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
                 200,
                 &json!({"id": "x", "object": "chat.completion", "model": "talk",
                         "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "ok"}}],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}}),
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+                        "timings": {"cache_n": 500, "prompt_n": 5}}),
             ),
         }
     }
@@ -321,6 +329,18 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
         );
     }
 
+    // `modelyard status` tells it too.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--url", &r.url("")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("kv_restored") && text.contains("slot 0: 500 tokens, 300 KB"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Next time the server refuses the file: the model serves all the same,
     // and the set it refused is gone.
     talk.set(|f| f.restore = Act::Fail(400));
@@ -354,6 +374,11 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
     );
     assert!(
         metrics.contains("modelyard_kv_cache_failures_total{model=\"talk\"} 1"),
+        "{metrics}"
+    );
+    // Three answers from talk, each saying 500 prompt tokens came from its cache.
+    assert!(
+        metrics.contains("modelyard_prompt_cached_tokens_total{model=\"talk\"} 1500"),
         "{metrics}"
     );
 }
@@ -480,4 +505,42 @@ async fn the_cache_directory_stays_within_max_and_a_full_disk_only_costs_the_sav
         "{ev:?}"
     );
     chat_ok(&r, "a").await;
+}
+
+#[tokio::test]
+async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = tmp.path().join("kv");
+    let talk = Llama::start(tmp.path(), "talk");
+    let r = Router::start(&config(&[(
+        "talk",
+        talk.backend(&format!("{{dir: {}}}", kv.display())),
+    )]));
+    chat_ok(&r, "talk").await;
+    chat_ok(&r, "other").await;
+    wait_event(&r, "kv_saved talk").await;
+
+    // Loaded (and restored) by a load that sends no chat: llama.cpp's /slots
+    // then lists no task, though the slot holds the restored conversation.
+    talk.set(|f| f.busy = false);
+    let load = client()
+        .post(r.url("/admin/models/talk/load"))
+        .send()
+        .await
+        .unwrap();
+    assert!(load.status().is_success(), "{}", load.text().await.unwrap());
+    wait_event(&r, "kv_restored talk").await;
+    chat_ok(&r, "other").await;
+    chat_ok(&r, "talk").await;
+    let ev = eventually(Duration::from_secs(10), || async {
+        let ev = kv_events(&r).await;
+        (ev.iter().filter(|e| e.starts_with("kv_restored")).count() == 2).then_some(ev)
+    })
+    .await;
+    assert!(ev.is_some(), "restored again: {:?}", kv_events(&r).await);
+    assert_eq!(
+        talk.seen("action=save"),
+        1,
+        "the set on disk was kept, not overwritten"
+    );
 }

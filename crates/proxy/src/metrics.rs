@@ -46,6 +46,8 @@ struct KvSeries {
     failures: Family<ModelLabel, Counter>,
     bytes: Family<KvLabels, Counter>,
     restored_tokens: Family<ModelLabel, Counter>,
+    /// From responses: what the backend's prompt cache (restored or not) saved.
+    cached_tokens: Family<ModelLabel, Counter>,
     lock: std::sync::Mutex<()>,
 }
 
@@ -235,6 +237,11 @@ impl Metrics {
             "Prompt tokens put back by restores, which the next turns need not prefill",
             m.kv.restored_tokens.clone(),
         );
+        r.register(
+            "prompt_cached_tokens",
+            "Prompt tokens a backend took from its cache instead of evaluating them, as its replies say (llama.cpp's timings.cache_n)",
+            m.kv.cached_tokens.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -296,6 +303,10 @@ impl Metrics {
         m.completion
             .get_or_init(|| token("completion"))
             .inc_by(completion);
+    }
+
+    pub fn cached_tokens(&self, model: &str, n: u64) {
+        self.kv.cached_tokens.get_or_create(&label(model)).inc_by(n);
     }
 
     pub fn queue_wait(&self, model: &str, waited: Duration) {

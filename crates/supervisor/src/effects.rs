@@ -95,8 +95,10 @@ impl Handle for Real {
         self.proc.stop();
     }
     fn stop_after_save(&mut self) {
+        // Not ready yet (or still restoring): there is nothing of this run to save.
+        let ready = self.health.is_finished();
         self.health.abort();
-        let Some((plan, http, report)) = self.kv.take() else {
+        let Some((plan, http, report)) = self.kv.take().filter(|_| ready) else {
             return self.stop();
         };
         let Some(stop) = self.proc.take_stop() else {

@@ -245,13 +245,24 @@ pub(crate) async fn save(http: &Http, plan: &Plan, report: &Reporter) {
 async fn save_slots(http: &Http, plan: &Plan) -> Result<Option<Done>, String> {
     let server = plan.server(http, plan.save_timeout);
     let props = server.props().await?;
-    let in_use = server.slots_in_use().await?;
+    let mut in_use = server.slots_in_use().await?;
+    if in_use.is_empty() {
+        // Nothing new since the last save or restore (a model loaded and let go
+        // unused): the set on disk is still the conversation to come back to.
+        return Ok(None);
+    }
+    // Slots restored this run and not used since still hold their conversation,
+    // though /slots lists no task for them.
+    let dir = plan.dir.clone();
+    if let Ok(Some(old)) = blocking(move || files::read(&dir)).await {
+        let restored = old.slots.iter().map(|s| s.id);
+        in_use.extend(restored.filter(|id| *id < props.total_slots));
+        in_use.sort_unstable();
+        in_use.dedup();
+    }
     let dir = plan.dir.clone();
     // The old set is overwritten slot by slot: from here on it is no set.
     blocking(move || files::forget(&dir)).await?;
-    if in_use.is_empty() {
-        return Ok(None);
-    }
     let mut done = Done::default();
     let mut slots = Vec::new();
     for id in in_use {
