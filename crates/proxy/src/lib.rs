@@ -238,7 +238,8 @@ impl Router {
             }
             (&Method::GET, "/metrics") => {
                 let snap = inner.supervisor.snapshot().await;
-                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref())));
+                let kv = inner.supervisor.kv_counts();
+                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref(), &kv)));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

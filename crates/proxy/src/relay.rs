@@ -211,6 +211,8 @@ pub struct Observe {
     started: Instant,
     first_seen: bool,
     usage: Option<(u64, u64)>,
+    /// Prompt tokens the backend took from its cache (llama.cpp's `timings.cache_n`).
+    cached: Option<u64>,
     counted: bool,
 }
 
@@ -223,6 +225,7 @@ impl Observe {
             started,
             first_seen: false,
             usage: None,
+            cached: None,
             counted: true,
         }
     }
@@ -240,6 +243,9 @@ impl Observe {
             ) {
                 self.usage = Some((p, c));
             }
+        }
+        if let Some(n) = number_after(data, &f.cache_n) {
+            self.cached = Some(n);
         }
         // Ollama's native replies count on their final object instead.
         if let (Some(p), Some(c)) = (
@@ -261,6 +267,9 @@ impl Drop for Observe {
         if let Some((p, c)) = self.usage {
             self.metrics.tokens(&self.model, p, c);
         }
+        if let Some(n) = self.cached {
+            self.metrics.cached_tokens(&self.model, n);
+        }
     }
 }
 
@@ -272,6 +281,7 @@ struct Finders {
     completion_tokens: Finder<'static>,
     prompt_eval_count: Finder<'static>,
     eval_count: Finder<'static>,
+    cache_n: Finder<'static>,
 }
 
 static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
@@ -280,6 +290,7 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     completion_tokens: Finder::new(b"\"completion_tokens\""),
     prompt_eval_count: Finder::new(b"\"prompt_eval_count\""),
     eval_count: Finder::new(b"\"eval_count\""),
+    cache_n: Finder::new(b"\"cache_n\""),
 });
 
 /// The integer after `"key":` in `data`, if there is one.

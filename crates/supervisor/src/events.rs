@@ -20,8 +20,9 @@ pub const RECENT: usize = 200;
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// queued, loading, ready, failed, evicting, unloaded, crashed, kept, or
-    /// budget (for the whole router: `model` is empty).
+    /// queued, loading, ready, failed, evicting, unloaded, crashed, kept,
+    /// kv_saved, kv_restored, kv_failed (its KV cache on disk), or budget (for
+    /// the whole router: `model` is empty).
     pub kind: &'static str,
     pub model: String,
     /// Why, in words: "to make room for qwen3-32b", "idle for 10m", the error.

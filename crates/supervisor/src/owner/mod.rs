@@ -1003,6 +1003,12 @@ impl<E: Effects> Owner<E> {
                 health_url: endpoint.url(&inst.backend.health),
                 start_timeout: inst.backend.start_timeout,
                 logs: inst.logs.clone(),
+                kv_cache: crate::kv_cache::Plan::new(
+                    &inst.backend,
+                    key,
+                    inst.model.as_deref(),
+                    endpoint.base(),
+                ),
             };
             self.effects
                 .start(launch, self.tx.clone())
@@ -1119,7 +1125,7 @@ impl<E: Effects> Owner<E> {
         tracing::info!(instance = %key, "stopping backend");
         inst.run = Run::Stopping;
         if let Some(h) = inst.handle.as_mut() {
-            h.stop();
+            h.stop_after_save();
         }
     }
 
@@ -1434,6 +1440,7 @@ fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoint), String>
         port,
         budget: config.budget.map(|b| b.0),
         models: inst.models.len(),
+        kv_cache: crate::kv_cache::Place::of(b, &spec.name),
     };
     adapter(b.kind).prepare(&mut spec, &ctx);
     Ok((spec, endpoint))
