@@ -97,6 +97,8 @@ async function ollamaChecks() {
   let text = "";
   for await (const part of await ol.chat({ model: CHAT, messages: MSG, stream: true })) text += part.message.content;
   check("stream", text, text);
+  const thought = await ol.chat({ model: CHAT, messages: MSG, think: true });
+  check("think: the reasoning comes back as thinking", thought.message.thinking && thought.message.content, thought.message);
   const tool = { type: "function", function: { name: "get_weather", description: "weather", parameters: SCHEMA } };
   const first = await ol.chat({ model: CHAT, messages: MSG, tools: [tool] });
   const calls = first.message.tool_calls || [];

@@ -32,7 +32,14 @@ pub struct Generation {
     /// The whole content when `response_format` asks for JSON: one JSON
     /// text, sent as a single token so a stream's deltas join into it.
     pub structured: Option<String>,
+    /// Asked to think (`reasoning_effort` other than "none"): the reply
+    /// carries `reasoning_content` first, as llama.cpp writes a thinking
+    /// model's reasoning.
+    pub reasoning: bool,
 }
+
+/// The reasoning a thinking reply carries, before its answer.
+pub const REASONING: &str = "the user wants an answer. ";
 
 /// A call the reply makes: the tool's name and its arguments as a JSON text,
 /// made to follow the tool's `parameters` schema.
@@ -102,6 +109,16 @@ impl Generation {
             }
             Kind::Text => count_words(body.get("prompt").unwrap_or(&Value::Null)),
         };
+        let reasoning = match body.get("reasoning_effort") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(effort)) => kind == Kind::Chat && effort != "none",
+            Some(_) => {
+                return Err((
+                    "'reasoning_effort' must be a string".into(),
+                    "reasoning_effort",
+                ))
+            }
+        };
         Ok(Self {
             kind,
             id: String::new(),
@@ -114,6 +131,7 @@ impl Generation {
             include_usage,
             tool_call,
             structured,
+            reasoning,
         })
     }
 
@@ -246,11 +264,14 @@ impl Reply for Generation {
         let text = self.content(None);
         let (object, choice) = match self.kind {
             Kind::Chat => {
-                let message = match &self.tool_call {
+                let mut message = match &self.tool_call {
                     Some(call) => json!({"role": "assistant", "content": null,
                         "tool_calls": [self.call(call, false)]}),
                     None => json!({"role": "assistant", "content": text}),
                 };
+                if self.reasoning {
+                    message["reasoning_content"] = json!(REASONING);
+                }
                 (
                     "chat.completion",
                     json!({
@@ -281,7 +302,15 @@ impl Reply for Generation {
     }
 
     fn opening_events(&self) -> Vec<Bytes> {
-        self.opening_chunk().iter().map(sse_event).collect()
+        let mut events: Vec<Bytes> = self.opening_chunk().iter().map(sse_event).collect();
+        if self.reasoning {
+            events.push(sse_event(&self.chunk(vec![json!({
+                "index": 0,
+                "delta": {"reasoning_content": REASONING},
+                "finish_reason": null,
+            })])));
+        }
+        events
     }
 
     fn token_event(&self, i: u64) -> Bytes {
@@ -546,6 +575,23 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.1, "response_format");
+    }
+
+    #[test]
+    fn asked_to_reason_the_reply_reasons_first() {
+        let g = chat(json!({"messages": [], "reasoning_effort": "high", "stream": true}));
+        let full = g.full_response();
+        assert_eq!(
+            full["choices"][0]["message"]["reasoning_content"],
+            REASONING
+        );
+        let opening = g.opening_events();
+        assert_eq!(opening.len(), 2);
+        assert!(String::from_utf8_lossy(&opening[1]).contains("reasoning_content"));
+        let g = chat(json!({"messages": [], "reasoning_effort": "none"}));
+        assert!(g.full_response()["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
     }
 
     #[test]
