@@ -382,7 +382,11 @@ fn structured_content(body: &Value) -> Result<Option<String>, (String, &'static 
     };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(json!({"answer": "t0"}).to_string())),
+        // A model in JSON mode follows the schema its prompt describes, if any.
+        Some("json_object") => Ok(Some(match schema_in_prompt(body) {
+            Some(schema) => crate::schema::example(&schema).to_string(),
+            None => json!({"answer": "t0"}).to_string(),
+        })),
         Some("json_schema") => match format.pointer("/json_schema/schema") {
             Some(schema) => Ok(Some(crate::schema::example(schema).to_string())),
             None => Err((
@@ -395,6 +399,40 @@ fn structured_content(body: &Value) -> Result<Option<String>, (String, &'static 
             "response_format",
         )),
     }
+}
+
+/// How much of a prompt is searched for a schema, and at how many `{`s.
+const SCHEMA_SEARCH_BYTES: usize = 64 * 1024;
+const SCHEMA_SEARCH_STARTS: usize = 64;
+
+/// The first JSON schema (an object with `properties`) written into a chat's
+/// messages, as instructor's JSON mode and many prompts put one: what a
+/// model asked for `json_object` would follow.
+fn schema_in_prompt(body: &Value) -> Option<Value> {
+    let messages = body["messages"].as_array()?;
+    let texts = messages.iter().filter_map(|m| m["content"].as_str());
+    for text in texts {
+        let text = &text[..floor_char_boundary(text, SCHEMA_SEARCH_BYTES)];
+        for (start, _) in text.match_indices('{').take(SCHEMA_SEARCH_STARTS) {
+            let mut values =
+                serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+            if let Some(Ok(v)) = values.next() {
+                if v.get("properties").is_some_and(Value::is_object) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The largest char boundary at or below `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// The whole text of a reply `tokens` long.
@@ -565,6 +603,17 @@ mod tests {
         assert!(serde_json::from_str::<Value>(text.as_str().unwrap())
             .unwrap()
             .is_object());
+        // JSON mode with the schema in the prompt, as instructor's Mode.JSON writes it.
+        let prompt = format!(
+            "Return JSON matching this json_schema:\n\n{schema:#}\n\nNot the schema. Ünïcode {{ stray"
+        );
+        let g = chat(json!({"messages": [{"role": "system", "content": prompt}],
+            "response_format": {"type": "json_object"}}));
+        let text = g.full_response()["choices"][0]["message"]["content"].clone();
+        assert_eq!(
+            serde_json::from_str::<Value>(text.as_str().unwrap()).unwrap(),
+            json!({"name": "sim", "age": 1})
+        );
         let err = Generation::from_request(
             Kind::Chat,
             &json!({"messages": [],
