@@ -16,6 +16,7 @@ mod events;
 mod fault;
 mod health;
 mod lease;
+mod ledger;
 mod logs;
 mod measure;
 mod os;

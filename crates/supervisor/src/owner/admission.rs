@@ -147,7 +147,7 @@ impl<E: Effects> Owner<E> {
                     .map(|k| self.view(k))
                     .collect();
                 others.extend(self.server_views());
-                match admit(self.budget, promised, &target, &others) {
+                match admit(self.ledger.budget(), promised, &target, &others) {
                     Admission::Start => Ok(()),
                     Admission::Evict(v) => {
                         Err(Ok(v.into_iter().map(ModelKey::from).collect::<Vec<_>>()))
@@ -198,20 +198,24 @@ impl<E: Effects> Owner<E> {
         if self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }
-        for (name, s) in self.slots.iter_mut() {
-            if s.phase == Phase::Draining && s.serve_until.is_some() && !s.unloading {
-                s.phase = Phase::Ready;
-                s.serve_until = None;
-                tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
-                self.events.send(Event {
-                    at_ms: now_ms(),
-                    kind: "kept",
-                    model: name.to_string(),
-                    detail: "the requests it was making room for were abandoned".into(),
-                    load_ms: None,
-                    reason: None,
-                });
-            }
+        let kept: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.phase == Phase::Draining && s.serve_until.is_some() && !s.unloading)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in kept {
+            self.enter(&name, Phase::Ready);
+            self.slots.get_mut(&name).expect("listed").serve_until = None;
+            tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
+            self.events.send(Event {
+                at_ms: now_ms(),
+                kind: "kept",
+                model: name.to_string(),
+                detail: "the requests it was making room for were abandoned".into(),
+                load_ms: None,
+                reason: None,
+            });
         }
     }
 

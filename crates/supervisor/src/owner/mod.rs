@@ -23,6 +23,7 @@ use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::error::SupervisorError;
 use crate::events::{now_ms, Event, Reason};
 use crate::lease::{Lease, Release};
+use crate::ledger::{Holder, Ledger, Overdraw};
 use crate::logs::LogRing;
 use crate::policy::{admit, Admission, Phase, View};
 use crate::process::{self, ExitInfo, Spec};
@@ -252,15 +253,10 @@ struct Instance {
 
 pub(crate) struct Owner<E: Effects> {
     config: Arc<Config>,
-    /// What the ledger may hold now: `configured`, or less while the machine is
-    /// short of memory (see `follow_memory`).
-    budget: u64,
-    configured: u64,
+    /// Every reservation and the budget they must fit (see ledger.rs).
+    ledger: Ledger,
     /// The last available-memory sample, while a `reserve` is set.
     available: Option<u64>,
-    /// What the ledger may hold: the budget, except after a reload shrank it,
-    /// when it is what was held then, until the ledger has come down to the budget.
-    ceiling: u64,
     /// The budget the last `budget` event named: small moves of free memory
     /// change the budget every sample, and only a real change is worth saying.
     announced: u64,
@@ -295,10 +291,8 @@ impl<E: Effects> Owner<E> {
         events: crate::events::EventLog,
     ) -> Owner<E> {
         let mut owner = Owner {
-            budget: config.budget.map_or(u64::MAX, |b| b.0),
-            configured: config.budget.map_or(u64::MAX, |b| b.0),
+            ledger: Ledger::new(config.budget.map_or(u64::MAX, |b| b.0)),
             available: None,
-            ceiling: config.budget.map_or(u64::MAX, |b| b.0),
             announced: config.budget.map_or(u64::MAX, |b| b.0),
             config: config.clone(),
             slots: HashMap::new(),
@@ -428,11 +422,10 @@ impl<E: Effects> Owner<E> {
                 changes.push(change);
             }
         }
-        self.configured = config.budget.map_or(u64::MAX, |b| b.0);
-        self.budget = self.configured;
-        self.announced = self.configured;
+        self.ledger
+            .set_configured(config.budget.map_or(u64::MAX, |b| b.0));
+        self.announced = self.ledger.configured();
         self.follow_memory(self.available);
-        self.ceiling = self.budget.max(self.used());
         let names: Vec<ModelKey> = self.slots.keys().cloned().collect();
         for m in names {
             let slot = self.slots.get_mut(&m).expect("listed");
@@ -802,6 +795,8 @@ impl<E: Effects> Owner<E> {
         inst.run = Run::Down;
         inst.handle = None;
         inst.measured = None;
+        // The process is gone: so is the server's own memory.
+        self.ledger.release(&Holder::Server(key.clone()));
         self.record_processes();
         let inst = self.instances.get_mut(&key).expect("looked up above");
         let ran_for = inst.up_since.elapsed();
@@ -818,7 +813,8 @@ impl<E: Effects> Owner<E> {
                 continue;
             }
             // The memory is back: the reservation goes.
-            slot.phase = Phase::Cold;
+            self.enter(&m, Phase::Cold);
+            let slot = self.slots.get_mut(&m).expect("instance models exist");
             slot.idle_override = None;
             slot.measured = None;
             slot.unloading = false;
@@ -864,6 +860,36 @@ impl<E: Effects> Owner<E> {
         }
     }
 
+    /// The one place a model's phase changes. Into a phase that holds memory it
+    /// reserves the model's memory (refused if that would overdraw the budget);
+    /// out of one it releases it: every caller moves a model out of memory only
+    /// once the memory is back.
+    fn try_enter(&mut self, m: &ModelKey, next: Phase) -> Result<(), Overdraw> {
+        let slot = self.slots.get_mut(m).expect("exists");
+        match (slot.phase.holds_memory(), next.holds_memory()) {
+            (false, true) => self.ledger.reserve(Holder::Model(m.clone()), slot.memory)?,
+            (true, false) => {
+                self.ledger.release(&Holder::Model(m.clone()));
+            }
+            _ => {}
+        }
+        slot.phase = next;
+        Ok(())
+    }
+
+    /// [`Self::try_enter`] where the policy has made room: an overdraw is a bug,
+    /// refused (and said) rather than applied. Whether it entered.
+    fn enter(&mut self, m: &ModelKey, next: Phase) -> bool {
+        match self.try_enter(m, next) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(model = %m, "ledger refused a reservation the policy made room for: {e}");
+                debug_assert!(false, "ledger refused: {e}");
+                false
+            }
+        }
+    }
+
     /// `m`'s reservation goes: its memory is back.
     fn now_cold(&mut self, m: &ModelKey, kind: &'static str, detail: String) {
         let slot = self.slots.get_mut(m).expect("exists");
@@ -872,7 +898,8 @@ impl<E: Effects> Owner<E> {
             Some(why) if detail.is_empty() => why,
             _ => detail,
         };
-        slot.phase = Phase::Cold;
+        self.enter(m, Phase::Cold);
+        let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
         slot.serve_until = None;
         slot.idle_override = None;
@@ -960,6 +987,9 @@ impl<E: Effects> Owner<E> {
 
     fn start_model(&mut self, m: &ModelKey) {
         let key = self.slots[m].instance.clone();
+        if !self.enter(m, Phase::Starting) {
+            return;
+        }
         self.events.send(Event {
             at_ms: now_ms(),
             kind: "loading",
@@ -969,7 +999,6 @@ impl<E: Effects> Owner<E> {
             reason: None,
         });
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.phase = Phase::Starting;
         slot.retry_at = None;
         slot.load_started = Instant::now();
         slot.why = "its backend is starting".into();
@@ -981,7 +1010,7 @@ impl<E: Effects> Owner<E> {
             }
             Run::Up => {
                 // A shared server already running: the model is there.
-                slot.phase = Phase::Ready;
+                self.enter(m, Phase::Ready);
                 self.emit_ready(m, Duration::ZERO);
                 self.serve_queue(m);
             }
@@ -992,6 +1021,21 @@ impl<E: Effects> Owner<E> {
     }
 
     fn launch(&mut self, key: &InstanceKey) {
+        // A shared server's own memory is held from its start until its exit.
+        let server = Holder::Server(key.clone());
+        if let Err(e) = self
+            .ledger
+            .reserve(server.clone(), self.instances[key].base)
+        {
+            tracing::error!(instance = %key, "ledger refused a server the policy made room for: {e}");
+            debug_assert!(false, "ledger refused: {e}");
+            self.fail_starting(
+                key,
+                "no room in the budget for the server itself",
+                Phase::Cold,
+            );
+            return;
+        }
         let inst = self.instances.get_mut(key).expect("instance exists");
         inst.generation += 1;
         let prepared = prepare(inst, &self.config);
@@ -1018,7 +1062,10 @@ impl<E: Effects> Owner<E> {
                 inst.launched_at = Instant::now();
                 self.record_processes();
             }
-            Err(reason) => self.fail_starting(key, &reason, Phase::Cold),
+            Err(reason) => {
+                self.ledger.release(&server);
+                self.fail_starting(key, &reason, Phase::Cold);
+            }
         }
     }
 
@@ -1039,9 +1086,9 @@ impl<E: Effects> Owner<E> {
         let inst = &self.instances[key];
         let backend = inst.backend_name.clone();
         for m in inst.models.clone() {
-            let slot = self.slots.get_mut(&m).expect("instance models exist");
-            if slot.phase == Phase::Starting {
-                slot.phase = then;
+            if self.slots[&m].phase == Phase::Starting {
+                self.enter(&m, then);
+                let slot = self.slots.get_mut(&m).expect("instance models exist");
                 note_failure(slot, reason);
                 self.events.send(Event {
                     at_ms: now_ms(),
@@ -1073,9 +1120,9 @@ impl<E: Effects> Owner<E> {
             inst.models.clone()
         };
         for other in models {
-            let s = self.slots.get_mut(&other).expect("exists");
-            if s.phase == Phase::Ready {
-                s.phase = Phase::Draining;
+            if self.slots[&other].phase == Phase::Ready {
+                self.enter(&other, Phase::Draining);
+                let s = self.slots.get_mut(&other).expect("exists");
                 let detail = if other == *m {
                     why.to_string()
                 } else {
@@ -1111,12 +1158,12 @@ impl<E: Effects> Owner<E> {
             return;
         }
         for m in inst.models.clone() {
-            let s = self.slots.get_mut(&m).expect("exists");
-            if s.phase == Phase::Draining {
-                s.phase = Phase::Stopping;
+            if self.slots[&m].phase == Phase::Draining {
+                self.enter(&m, Phase::Stopping);
             }
         }
         tracing::info!(instance = %key, "stopping backend");
+        let inst = self.instances.get_mut(key).expect("instance exists");
         inst.run = Run::Stopping;
         if let Some(h) = inst.handle.as_mut() {
             h.stop();
@@ -1126,8 +1173,8 @@ impl<E: Effects> Owner<E> {
     /// A model's load finished: it serves its queue, and the load counts toward
     /// how long the next is expected to take.
     fn mark_ready(&mut self, m: &ModelKey, took: Duration) {
+        self.enter(m, Phase::Ready);
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.phase = Phase::Ready;
         slot.ready_at = Instant::now();
         slot.last_error = None;
         if slot.recent_loads.len() == RECENT_LOADS {
@@ -1223,7 +1270,9 @@ impl<E: Effects> Owner<E> {
             .min_by(|a, b| a.backend_name.cmp(&b.backend_name))
     }
 
-    fn used(&self) -> u64 {
+    /// The ledger as the states say it should be: a check on the transitions
+    /// that reserve and release.
+    fn used_by_states(&self) -> u64 {
         self.slots
             .values()
             .filter(|s| s.phase.holds_memory())
@@ -1240,22 +1289,21 @@ impl<E: Effects> Owner<E> {
             .sum()
     }
 
-    fn check_ledger(&mut self) {
-        let used = self.used();
-        if used <= self.budget {
-            self.ceiling = self.budget;
+    fn check_ledger(&self) {
+        let used = self.ledger.held();
+        if !self.ledger.within_ceiling() {
+            tracing::error!(used, budget = self.ledger.budget(), "ledger above budget");
+            debug_assert!(false, "ledger {used} above {}", self.ledger.ceiling());
         }
-        if used > self.ceiling {
-            tracing::error!(used, budget = self.budget, "ledger above budget");
-            debug_assert!(
-                used <= self.ceiling,
-                "ledger {used} above budget {}",
-                self.ceiling
-            );
-        }
+        debug_assert_eq!(
+            used,
+            self.used_by_states(),
+            "the ledger and the models' states disagree"
+        );
     }
 
     fn snapshot(&self) -> Snapshot {
+        self.check_ledger();
         let mut models: Vec<ModelStatus> = self
             .slots
             .iter()
@@ -1317,12 +1365,12 @@ impl<E: Effects> Owner<E> {
         remote_models.sort_by(|a, b| a.name.cmp(&b.name));
         remote_models.dedup_by(|a, b| a.name == b.name);
         Snapshot {
-            configured_budget: self.configured,
+            configured_budget: self.ledger.configured(),
             available: self.available,
             remote_models,
             servers: self.servers_reserved(),
-            budget: self.budget,
-            used: self.used(),
+            budget: self.ledger.budget(),
+            used: self.ledger.held(),
             models,
         }
     }

@@ -69,7 +69,8 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(model = %m, "{backend} could not load it: {reason}");
                 if slot.phase == Phase::Starting {
                     // The server says it holds nothing of it: the reservation goes.
-                    slot.phase = Phase::Cold;
+                    self.enter(&m, Phase::Cold);
+                    let slot = self.slots.get_mut(&m).expect("exists");
                     note_failure(slot, &reason);
                     self.emit(&m, "failed", reason.clone());
                     let slot = self.slots.get_mut(&m).expect("exists");
@@ -212,11 +213,11 @@ impl<E: Effects> Owner<E> {
                 .values()
                 .any(|o| o.phase.holds_memory() && o.group.as_ref() == Some(g))
         });
-        if group_taken || self.used() + slot.memory > self.budget {
+        // Counted only if the ledger has room for it.
+        if group_taken || self.try_enter(m, Phase::Ready).is_err() {
             return;
         }
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.phase = Phase::Ready;
         slot.ready_at = Instant::now();
         slot.last_used = Instant::now();
         let backend = self.instances[&slot.instance].backend_name.clone();
@@ -236,8 +237,8 @@ impl<E: Effects> Owner<E> {
         let Some(op) = self.model_op(m, true) else {
             return;
         };
+        self.enter(m, Phase::Stopping);
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.phase = Phase::Stopping;
         slot.unloading = true;
         tracing::info!(model = %m, "unloading from its server");
         self.effects.model_op(op, self.tx.clone());
