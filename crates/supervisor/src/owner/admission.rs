@@ -8,8 +8,7 @@ impl<E: Effects> Owner<E> {
         let now = Instant::now();
         // Waiters out of time get the reason they waited.
         for (name, slot) in self.slots.iter_mut() {
-            while let Some(pos) = slot.queue.iter().position(|w| w.deadline <= now) {
-                let w = slot.queue.remove(pos).expect("position is in range");
+            for w in slot.queue.take_expired(now) {
                 let _ = w.reply.send(Err(SupervisorError::Timeout {
                     model: name.to_string(),
                     waited: now.saturating_duration_since(w.since),
@@ -193,7 +192,7 @@ impl<E: Effects> Owner<E> {
     /// again: swapping it out would only cost its next request a load.
     pub(super) fn settle_abandoned(&mut self) {
         for slot in self.slots.values_mut() {
-            slot.queue.retain(|w| !w.reply.is_closed());
+            slot.queue.retain_open();
         }
         if self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
@@ -251,6 +250,10 @@ impl<E: Effects> Owner<E> {
             .collect()
     }
 
+    /// When the owner must next wake: the earliest waiter's deadline (read from
+    /// each queue's index: O(log n), not a scan of every waiter), an idle unload,
+    /// the end of a backoff someone waits for, the end of a linger. The loop asks
+    /// after every message, so this costs O(models), never O(waiters).
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         // An overdue idle unload that waits on a co-resident model is not due again
@@ -260,8 +263,8 @@ impl<E: Effects> Owner<E> {
             .values()
             .flat_map(|s| {
                 s.queue
-                    .iter()
-                    .map(|w| w.deadline)
+                    .next_deadline()
+                    .into_iter()
                     .chain(idle_deadline(s).filter(later))
                     .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
                     .chain(linger_until(s))

@@ -6,6 +6,7 @@
 
 mod admission;
 mod memory;
+mod queue;
 mod servers;
 
 use std::collections::{HashMap, VecDeque};
@@ -30,6 +31,7 @@ use crate::process::{self, ExitInfo, Spec};
 use crate::snapshot::{ModelStatus, Snapshot};
 use crate::state::{self, Group, StateFile};
 use admission::{idle_deadline, linger_until};
+use queue::{Queue, Waiter};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -159,14 +161,6 @@ impl Endpoint {
     }
 }
 
-struct Waiter {
-    reply: Reply,
-    deadline: Instant,
-    since: Instant,
-    /// Arrival order; instants can tie, this cannot.
-    seq: u64,
-}
-
 struct Slot {
     instance: InstanceKey,
     /// Declared memory plus, for a process of its own, its backend's.
@@ -183,7 +177,7 @@ struct Slot {
     /// When its last two requests were admitted: closer than a load's time apart,
     /// they make a burst, which a swap waits out (see linger_until).
     admitted: [Option<Instant>; 2],
-    queue: VecDeque<Waiter>,
+    queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     why: String,
     failures: u32,
@@ -385,7 +379,7 @@ impl<E: Effects> Owner<E> {
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
-                queue: VecDeque::new(),
+                queue: Queue::default(),
                 why: String::new(),
                 failures: 0,
                 retry_at: None,
@@ -1432,7 +1426,7 @@ fn note_failure(slot: &mut Slot, reason: &str) {
 }
 
 fn fail_queue(slot: &mut Slot, model: &str, err: impl Fn(String) -> SupervisorError) {
-    for w in slot.queue.drain(..) {
+    for w in slot.queue.drain() {
         let _ = w.reply.send(Err(err(model.to_string())));
     }
 }
