@@ -17,6 +17,7 @@ mod fault;
 mod health;
 mod lease;
 mod ledger;
+mod lifecycle;
 mod logs;
 mod measure;
 mod os;

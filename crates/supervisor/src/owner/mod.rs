@@ -24,7 +24,8 @@ use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::error::SupervisorError;
 use crate::events::{now_ms, Event, Reason};
 use crate::lease::{Lease, Release};
-use crate::ledger::{Holder, Ledger, Overdraw};
+use crate::ledger::{Holder, Ledger};
+use crate::lifecycle::{self, Refused};
 use crate::logs::LogRing;
 use crate::policy::{admit, Admission, Phase, View};
 use crate::process::{self, ExitInfo, Spec};
@@ -113,6 +114,11 @@ pub(crate) enum Msg {
     /// Answered at once: proof that the owner still takes messages.
     Ping {
         reply: oneshot::Sender<()>,
+    },
+    /// Every move made and refused so far (tests only).
+    #[cfg(test)]
+    Audit {
+        reply: oneshot::Sender<lifecycle::Audit>,
     },
 }
 
@@ -264,6 +270,8 @@ pub(crate) struct Owner<E: Effects> {
     arrivals: u64,
     /// Answered once every process has exited after a shutdown.
     shutdown_done: Option<oneshot::Sender<()>>,
+    #[cfg(test)]
+    audit: lifecycle::Audit,
 }
 
 fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> {
@@ -298,6 +306,8 @@ impl<E: Effects> Owner<E> {
             state,
             arrivals: 0,
             shutdown_done: None,
+            #[cfg(test)]
+            audit: lifecycle::Audit::default(),
         };
         for name in config.models.keys() {
             owner.add_model(name);
@@ -614,6 +624,10 @@ impl<E: Effects> Owner<E> {
                 Msg::Ping { reply } => {
                     let _ = reply.send(());
                 }
+                #[cfg(test)]
+                Msg::Audit { reply } => {
+                    let _ = reply.send(self.audit.clone());
+                }
                 Msg::Shutdown { done } => {
                     self.shutdown_done = Some(done);
                     self.shutdown();
@@ -854,13 +868,17 @@ impl<E: Effects> Owner<E> {
         }
     }
 
-    /// The one place a model's phase changes. Into a phase that holds memory it
-    /// reserves the model's memory (refused if that would overdraw the budget);
-    /// out of one it releases it: every caller moves a model out of memory only
-    /// once the memory is back.
-    fn try_enter(&mut self, m: &ModelKey, next: Phase) -> Result<(), Overdraw> {
+    /// The one place a model's phase changes. A move not in lifecycle.rs's table
+    /// is refused. Into a phase that holds memory it reserves the model's memory
+    /// (refused if that would overdraw the budget); out of one it releases it:
+    /// every caller moves a model out of memory only once the memory is back.
+    fn try_enter(&mut self, m: &ModelKey, next: Phase) -> Result<(), Refused> {
         let slot = self.slots.get_mut(m).expect("exists");
-        match (slot.phase.holds_memory(), next.holds_memory()) {
+        let from = slot.phase;
+        if !lifecycle::legal(from, next) {
+            return Err(Refused::Illegal { from, to: next });
+        }
+        match (from.holds_memory(), next.holds_memory()) {
             (false, true) => self.ledger.reserve(Holder::Model(m.clone()), slot.memory)?,
             (true, false) => {
                 self.ledger.release(&Holder::Model(m.clone()));
@@ -868,20 +886,32 @@ impl<E: Effects> Owner<E> {
             _ => {}
         }
         slot.phase = next;
+        #[cfg(test)]
+        self.audit.moves.push((from, next));
         Ok(())
     }
 
-    /// [`Self::try_enter`] where the policy has made room: an overdraw is a bug,
-    /// refused (and said) rather than applied. Whether it entered.
+    /// [`Self::try_enter`] where the move must be possible (the table lists it,
+    /// the policy made room): a refusal is a bug, said and not applied. Whether
+    /// it moved.
     fn enter(&mut self, m: &ModelKey, next: Phase) -> bool {
         match self.try_enter(m, next) {
             Ok(()) => true,
             Err(e) => {
-                tracing::error!(model = %m, "ledger refused a reservation the policy made room for: {e}");
-                debug_assert!(false, "ledger refused: {e}");
+                self.bug(format!("{m}: {e}"));
                 false
             }
         }
+    }
+
+    /// A move or a reservation refused where none should be: logged; tests
+    /// record it and fail on it; other debug builds stop here.
+    fn bug(&mut self, what: String) {
+        tracing::error!("supervisor bug, refused: {what}");
+        #[cfg(test)]
+        self.audit.refused.push(what);
+        #[cfg(not(test))]
+        debug_assert!(false, "supervisor bug, refused: {what}");
     }
 
     /// `m`'s reservation goes: its memory is back.
@@ -1021,8 +1051,7 @@ impl<E: Effects> Owner<E> {
             .ledger
             .reserve(server.clone(), self.instances[key].base)
         {
-            tracing::error!(instance = %key, "ledger refused a server the policy made room for: {e}");
-            debug_assert!(false, "ledger refused: {e}");
+            self.bug(format!("{key}: {e}"));
             self.fail_starting(
                 key,
                 "no room in the budget for the server itself",

@@ -213,9 +213,14 @@ impl<E: Effects> Owner<E> {
                 .values()
                 .any(|o| o.phase.holds_memory() && o.group.as_ref() == Some(g))
         });
-        // Counted only if the ledger has room for it.
-        if group_taken || self.try_enter(m, Phase::Ready).is_err() {
+        if group_taken {
             return;
+        }
+        match self.try_enter(m, Phase::Ready) {
+            Ok(()) => {}
+            // Counted only if the ledger has room for it; else left to its server.
+            Err(Refused::Overdraw(_)) => return,
+            Err(e) => return self.bug(format!("{m}: {e}")),
         }
         let slot = self.slots.get_mut(m).expect("exists");
         slot.ready_at = Instant::now();

@@ -1,0 +1,167 @@
+//! A model's lifecycle: its states and every legal move between them, in one
+//! table. The owner changes a model's state in one place (`Owner::enter` in
+//! owner/mod.rs), which reserves memory on the way into a state that holds it,
+//! releases it on the way out, and refuses (debug builds: panics) a move this
+//! table does not list. docs/scheduling.md shows the same table; a test below
+//! keeps the two equal.
+//!
+//! The main line is Cold → Starting → Ready → Draining → Stopping → Cold; the
+//! table adds the detours: a failed start, a crash, a model adopted from its
+//! server, a drain called off.
+//!
+//! `Failed` is not a state of its own: it is a Cold model waiting out a backoff
+//! (see `Slot::retry_at`), shown as failed on the status page.
+
+use crate::ledger::Overdraw;
+use crate::policy::Phase;
+
+/// Every legal move: (from, to, when). Only moves between different states are
+/// listed; staying is no move.
+pub(crate) const TRANSITIONS: &[(Phase, Phase, &str)] = &[
+    (
+        Phase::Cold,
+        Phase::Starting,
+        "a request is admitted: its memory is reserved, its backend starts or its server loads it",
+    ),
+    (
+        Phase::Cold,
+        Phase::Ready,
+        "its server holds it though we did not load it, and it fits (adopted)",
+    ),
+    (
+        Phase::Starting,
+        Phase::Ready,
+        "its backend answers its health check, or its server has loaded it",
+    ),
+    (
+        Phase::Starting,
+        Phase::Cold,
+        "the start or the load failed, or the process exited before it was ready",
+    ),
+    (
+        Phase::Starting,
+        Phase::Stopping,
+        "the start failed while the process still runs: it is stopped",
+    ),
+    (
+        Phase::Ready,
+        Phase::Draining,
+        "chosen to go: idle, keep_alive, a swap, memory pressure, a reload or a manual unload",
+    ),
+    (
+        Phase::Ready,
+        Phase::Cold,
+        "its process crashed, or its server dropped it on its own",
+    ),
+    (
+        Phase::Draining,
+        Phase::Ready,
+        "kept: every request it was making room for was abandoned",
+    ),
+    (
+        Phase::Draining,
+        Phase::Stopping,
+        "nothing in flight and no linger: its process is stopped or its server unloads it",
+    ),
+    (Phase::Draining, Phase::Cold, "its process crashed"),
+    (
+        Phase::Stopping,
+        Phase::Cold,
+        "the memory is back: the process exited, or the server confirmed the unload",
+    ),
+];
+
+/// A move the owner refused to apply: a bug in its caller (or, for an
+/// adoption, a model that does not fit).
+#[derive(Clone, Debug, thiserror::Error)]
+pub(crate) enum Refused {
+    #[error("{} → {} is not a legal move", .from.as_str(), .to.as_str())]
+    Illegal { from: Phase, to: Phase },
+    #[error(transparent)]
+    Overdraw(#[from] Overdraw),
+}
+
+/// What tests check after each step: every move the owner made, and every move
+/// it refused where none should have been refused.
+#[cfg(test)]
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Audit {
+    pub moves: Vec<(Phase, Phase)>,
+    pub refused: Vec<String>,
+}
+
+#[cfg(test)]
+impl Audit {
+    /// Panics with what went wrong, if anything did.
+    pub fn check(&self) {
+        assert!(
+            self.refused.is_empty(),
+            "the owner refused: {:?}",
+            self.refused
+        );
+        for (f, t) in &self.moves {
+            assert!(legal(*f, *t), "{f:?} → {t:?} is not in the table");
+        }
+    }
+}
+
+/// Whether `from → to` is in the table.
+pub(crate) fn legal(from: Phase, to: Phase) -> bool {
+    TRANSITIONS.iter().any(|(f, t, _)| *f == from && *t == to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows of the table in docs/scheduling.md that follows `marker`.
+    fn documented() -> Vec<(String, String, String)> {
+        let doc = include_str!("../../../docs/scheduling.md");
+        let marker =
+            "<!-- transitions: kept equal to crates/supervisor/src/lifecycle.rs by a test -->";
+        let (_, after) = doc
+            .split_once(marker)
+            .expect("docs/scheduling.md has the transitions table");
+        after
+            .lines()
+            .skip_while(|l| l.trim().is_empty())
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // header and rule
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+                assert_eq!(cells.len(), 3, "three columns: {l}");
+                (
+                    cells[0].to_string(),
+                    cells[1].to_string(),
+                    cells[2].to_string(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_documented_transitions_are_the_codes() {
+        let code: Vec<(String, String, String)> = TRANSITIONS
+            .iter()
+            .map(|(f, t, when)| (f.as_str().into(), t.as_str().into(), when.to_string()))
+            .collect();
+        assert_eq!(documented(), code);
+    }
+
+    #[test]
+    fn no_state_moves_to_itself_and_failed_is_never_entered() {
+        for (f, t, _) in TRANSITIONS {
+            assert_ne!(f, t);
+            assert!(*f != Phase::Failed && *t != Phase::Failed);
+        }
+        assert!(legal(Phase::Stopping, Phase::Cold));
+        assert!(
+            !legal(Phase::Cold, Phase::Stopping),
+            "never stop what is not there"
+        );
+        assert!(
+            !legal(Phase::Stopping, Phase::Ready),
+            "a stop is not undone"
+        );
+    }
+}
