@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
-pub use events::{Event, Reason};
+pub use events::{Event, Kind, Reason};
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};

@@ -207,14 +207,11 @@ impl<E: Effects> Owner<E> {
             self.enter(&name, Phase::Ready);
             self.slots.get_mut(&name).expect("listed").serve_until = None;
             tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
-            self.events.send(Event {
-                at_ms: now_ms(),
-                kind: "kept",
-                model: name.to_string(),
-                detail: "the requests it was making room for were abandoned".into(),
-                load_ms: None,
-                reason: None,
-            });
+            self.emit(Event::new(
+                Kind::Kept,
+                &name,
+                "the requests it was making room for were abandoned",
+            ));
         }
     }
 

@@ -22,7 +22,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::backends::{adapter, same_model, Prepare, Probe, Report, Target};
 use crate::effects::{Effects, Handle, Launch, ModelOp};
 use crate::error::SupervisorError;
-use crate::events::{now_ms, Event, Reason};
+use crate::events::{Event, Kind, Reason};
 use crate::lease::{Lease, Release};
 use crate::ledger::{Holder, Ledger};
 use crate::lifecycle::{self, Refused};
@@ -712,14 +712,11 @@ impl<E: Effects> Owner<E> {
         self.arrivals += 1;
         let seq = self.arrivals;
         let slot = self.slots.get_mut(&key).expect("looked up above");
-        self.events.send(Event {
-            at_ms: now_ms(),
-            kind: "queued",
-            model: key.to_string(),
-            detail: format!("{} waiting", slot.queue.len() + 1),
-            load_ms: None,
-            reason: None,
-        });
+        self.events.send(Event::new(
+            Kind::Queued,
+            &key,
+            format!("{} waiting", slot.queue.len() + 1),
+        ));
         slot.queue.push_back(Waiter {
             reply,
             deadline,
@@ -820,29 +817,15 @@ impl<E: Effects> Owner<E> {
             if !phase.holds_memory() {
                 continue;
             }
-            // The memory is back: the reservation goes.
-            self.enter(&m, Phase::Cold);
-            let slot = self.slots.get_mut(&m).expect("instance models exist");
-            slot.idle_override = None;
-            slot.measured = None;
-            slot.unloading = false;
-            slot.in_flight = 0;
-            slot.serve_until = None;
             let why = slot.unload_why.take();
             let (kind, detail) = match (requested, phase, why) {
-                (true, _, why) => ("unloaded", why.unwrap_or_default()),
-                (false, Phase::Stopping, Some(why)) => ("unloaded", format!("{why}; {reason}")),
-                (false, Phase::Stopping, None) => ("unloaded", reason.clone()),
-                (false, _, _) => ("crashed", reason.clone()),
+                (true, _, why) => (Kind::Unloaded, why.unwrap_or_default()),
+                (false, Phase::Stopping, Some(why)) => (Kind::Unloaded, format!("{why}; {reason}")),
+                (false, Phase::Stopping, None) => (Kind::Unloaded, reason.clone()),
+                (false, _, _) => (Kind::Crashed, reason.clone()),
             };
-            self.events.send(Event {
-                at_ms: now_ms(),
-                kind,
-                model: m.to_string(),
-                detail,
-                load_ms: None,
-                reason: None,
-            });
+            // The memory is back: the reservation goes.
+            self.now_cold(&m, kind, detail);
             let slot = self.slots.get_mut(&m).expect("instance models exist");
             if requested {
                 // A clean stop after a clean start ends a run of failures.
@@ -914,8 +897,10 @@ impl<E: Effects> Owner<E> {
         debug_assert!(false, "supervisor bug, refused: {what}");
     }
 
-    /// `m`'s reservation goes: its memory is back.
-    fn now_cold(&mut self, m: &ModelKey, kind: &'static str, detail: String) {
+    /// `m`'s memory is back: its reservation goes, and with it everything that
+    /// only holds while it is loaded. `detail` empty: the reason its unload was
+    /// asked for.
+    fn now_cold(&mut self, m: &ModelKey, kind: Kind, detail: String) {
         let slot = self.slots.get_mut(m).expect("exists");
         // An unload we asked for says why we asked.
         let detail = match slot.unload_why.take() {
@@ -929,31 +914,18 @@ impl<E: Effects> Owner<E> {
         slot.idle_override = None;
         slot.measured = None;
         slot.unloading = false;
-        self.emit(m, kind, detail);
+        self.emit(Event::new(kind, m, detail));
     }
 
     /// A change of the budget, for the whole router.
     fn emit_budget(&self, detail: String) {
         tracing::info!("budget: {detail}");
-        self.events.send(Event {
-            at_ms: now_ms(),
-            kind: "budget",
-            model: String::new(),
-            detail,
-            load_ms: None,
-            reason: None,
-        });
+        self.emit(Event::new(Kind::Budget, "", detail));
     }
 
-    fn emit(&self, m: &ModelKey, kind: &'static str, detail: String) {
-        self.events.send(Event {
-            at_ms: now_ms(),
-            kind,
-            model: m.to_string(),
-            detail,
-            load_ms: None,
-            reason: None,
-        });
+    /// Publishes `e` to the events stream, the status page and the metrics.
+    fn emit(&self, e: Event) {
+        self.events.send(e);
     }
 
     fn on_unload(&mut self, model: Option<String>) -> Result<Vec<String>, SupervisorError> {
@@ -1014,14 +986,7 @@ impl<E: Effects> Owner<E> {
         if !self.enter(m, Phase::Starting) {
             return;
         }
-        self.events.send(Event {
-            at_ms: now_ms(),
-            kind: "loading",
-            model: m.to_string(),
-            detail: String::new(),
-            load_ms: None,
-            reason: None,
-        });
+        self.emit(Event::new(Kind::Loading, m, ""));
         let slot = self.slots.get_mut(m).expect("exists");
         slot.retry_at = None;
         slot.load_started = Instant::now();
@@ -1093,14 +1058,7 @@ impl<E: Effects> Owner<E> {
     }
 
     fn emit_ready(&self, m: &ModelKey, took: Duration) {
-        self.events.send(Event {
-            at_ms: now_ms(),
-            kind: "ready",
-            model: m.to_string(),
-            detail: format!("loaded in {:.1}s", took.as_secs_f64()),
-            load_ms: Some(took.as_millis() as u64),
-            reason: None,
-        });
+        self.emit(Event::ready(m, took));
     }
 
     /// Every model of `key` that was starting: counted as a failure, its waiters
@@ -1113,14 +1071,8 @@ impl<E: Effects> Owner<E> {
                 self.enter(&m, then);
                 let slot = self.slots.get_mut(&m).expect("instance models exist");
                 note_failure(slot, reason);
-                self.events.send(Event {
-                    at_ms: now_ms(),
-                    kind: "failed",
-                    model: m.to_string(),
-                    detail: reason.to_string(),
-                    load_ms: None,
-                    reason: None,
-                });
+                self.emit(Event::new(Kind::Failed, &m, reason));
+                let slot = self.slots.get_mut(&m).expect("instance models exist");
                 fail_queue(slot, &m, |model| SupervisorError::StartFailed {
                     model,
                     backend: backend.clone(),
@@ -1153,14 +1105,7 @@ impl<E: Effects> Owner<E> {
                 };
                 tracing::info!(model = %other, "unloading: {detail}");
                 s.unload_why = Some(detail.clone());
-                self.events.send(Event {
-                    at_ms: now_ms(),
-                    kind: "evicting",
-                    model: other.to_string(),
-                    detail,
-                    load_ms: None,
-                    reason: Some(reason),
-                });
+                self.emit(Event::evicting(&other, reason, detail));
             }
         }
         if loads {

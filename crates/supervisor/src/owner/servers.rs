@@ -72,7 +72,7 @@ impl<E: Effects> Owner<E> {
                     self.enter(&m, Phase::Cold);
                     let slot = self.slots.get_mut(&m).expect("exists");
                     note_failure(slot, &reason);
-                    self.emit(&m, "failed", reason.clone());
+                    self.emit(Event::new(Kind::Failed, &m, reason.clone()));
                     let slot = self.slots.get_mut(&m).expect("exists");
                     fail_queue(slot, &m, |model| SupervisorError::StartFailed {
                         model,
@@ -84,7 +84,7 @@ impl<E: Effects> Owner<E> {
             }
             (true, Ok(())) => {
                 if slot.phase == Phase::Stopping {
-                    self.now_cold(&m, "unloaded", String::new());
+                    self.now_cold(&m, Kind::Unloaded, String::new());
                 }
                 self.maybe_stop_server(&key);
             }
@@ -184,10 +184,14 @@ impl<E: Effects> Owner<E> {
             match (slot.phase, found.is_some()) {
                 (Phase::Ready, false) if slot.ready_at < asked && slot.in_flight == 0 => {
                     tracing::warn!(model = %m, "{backend} unloaded it on its own");
-                    self.now_cold(&m, "unloaded", format!("{backend} unloaded it on its own"));
+                    self.now_cold(
+                        &m,
+                        Kind::Unloaded,
+                        format!("{backend} unloaded it on its own"),
+                    );
                 }
                 (Phase::Stopping, false) if !slot.unloading => {
-                    self.now_cold(&m, "unloaded", String::new());
+                    self.now_cold(&m, Kind::Unloaded, String::new());
                 }
                 (Phase::Stopping, true) if !slot.unloading => {
                     if let Some(op) = self.model_op(&m, true) {
@@ -226,7 +230,11 @@ impl<E: Effects> Owner<E> {
         slot.ready_at = Instant::now();
         slot.last_used = Instant::now();
         let backend = self.instances[&slot.instance].backend_name.clone();
-        self.emit(m, "ready", format!("found loaded in {backend}"));
+        self.emit(Event::new(
+            Kind::Ready,
+            m,
+            format!("found loaded in {backend}"),
+        ));
     }
 
     /// Unloads a drained `m` from a server that loads models one by one.
