@@ -186,6 +186,37 @@ impl<E: Effects> Owner<E> {
         self.check_ledger();
     }
 
+    /// Reserves `m`'s memory (the policy has made room) and starts it: its
+    /// backend launches, its server loads it, or a running shared server already
+    /// has it.
+    pub(super) fn start_model(&mut self, m: &ModelKey) {
+        let key = self.slots[m].instance.clone();
+        if !self.enter(m, Phase::Starting) {
+            return;
+        }
+        self.emit(Event::new(Kind::Loading, m, ""));
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.retry_at = None;
+        slot.load_started = Instant::now();
+        slot.why = "its backend is starting".into();
+        let inst = self.instances.get_mut(&key).expect("instance exists");
+        match inst.run {
+            Run::Up | Run::External if inst.loads => {
+                slot.why = "its server is loading it".into();
+                self.begin_load(m);
+            }
+            Run::Up => {
+                // A shared server already running: the model is there.
+                self.enter(m, Phase::Ready);
+                self.emit_ready(m, Duration::ZERO);
+                self.serve_queue(m);
+            }
+            Run::Starting => {}
+            Run::Down => self.launch(&key),
+            Run::External | Run::Stopping => unreachable!("schedule skips these"),
+        }
+    }
+
     /// Waiters whose client went away (the acquire was dropped) give up their
     /// places: they count toward no `max_queue` and cause no load. A model
     /// draining to make room for requests that have all been abandoned serves
