@@ -223,7 +223,7 @@ fn from_figment(e: figment::Error, index: &LineIndex) -> Issue {
             if path.last() != Some(field) {
                 path.push(field.clone());
             }
-            let hint = crate::validate::closest(field, expected.iter().copied())
+            let hint = crate::closest(field, expected.iter().copied())
                 .map(|c| format!("did you mean `{c}`? "))
                 .unwrap_or_default();
             format!(
