@@ -18,6 +18,7 @@ mod suggest;
 mod syntax;
 mod timeout;
 mod validate;
+mod yaml;
 
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
