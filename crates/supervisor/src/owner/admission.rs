@@ -146,18 +146,11 @@ impl<E: Effects> Owner<E> {
                     .map(|k| self.view(k))
                     .collect();
                 others.extend(self.server_views());
-                match admit(self.ledger.budget(), promised, &target, &others) {
-                    Admission::Start => Ok(()),
-                    Admission::Evict(v) => {
-                        Err(Ok(v.into_iter().map(ModelKey::from).collect::<Vec<_>>()))
-                    }
-                    Admission::Wait(why) => Err(Err((why, true))),
-                    Admission::Blocked(why) => Err(Err((why, false))),
-                }
+                Decision::from(admit(self.ledger.budget(), promised, &target, &others))
             };
             match decision {
-                Ok(()) => self.start_model(&m),
-                Err(Ok(victims)) => {
+                Decision::Start => self.start_model(&m),
+                Decision::Evict(victims) => {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
@@ -174,12 +167,16 @@ impl<E: Effects> Owner<E> {
                     );
                     promised += need;
                 }
-                Err(Err((why, promises))) => {
+                Decision::Wait(why) => {
+                    // Memory on its way back is promised to this waiter.
+                    promised += need;
                     let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
-                    if promises {
-                        promised += need;
-                    }
+                }
+                Decision::Blocked(why) => {
+                    // Memory nothing can free is promised to nobody.
+                    let why = format!("{why}{}", self.budget_note());
+                    self.slots.get_mut(&m).expect("exists").why = why;
                 }
             }
         }
@@ -298,6 +295,26 @@ impl<E: Effects> Owner<E> {
                     .chain(linger_until(s))
             })
             .min()
+    }
+}
+
+/// `policy::admit`'s answer, owned (it borrows the views, which borrow the
+/// owner), so the owner can act on it.
+enum Decision {
+    Start,
+    Evict(Vec<ModelKey>),
+    Wait(String),
+    Blocked(String),
+}
+
+impl From<Admission<'_>> for Decision {
+    fn from(a: Admission<'_>) -> Decision {
+        match a {
+            Admission::Start => Decision::Start,
+            Admission::Evict(v) => Decision::Evict(v.into_iter().map(ModelKey::from).collect()),
+            Admission::Wait(why) => Decision::Wait(why),
+            Admission::Blocked(why) => Decision::Blocked(why),
+        }
     }
 }
 
