@@ -9,6 +9,10 @@
 //! table adds the detours: a failed start, a crash, a model adopted from its
 //! server, a drain called off.
 //!
+//! The owner keeps each model's state as `owner::slots::State`, whose variants
+//! carry what exists only in them (a Draining model's `serve_until`); this
+//! table is in terms of its [`Phase`], what the status page shows.
+//!
 //! `Failed` is not a state of its own: it is a Cold model waiting out a backoff
 //! (see `Slot::retry_at`), shown as failed on the status page.
 

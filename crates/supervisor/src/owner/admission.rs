@@ -41,9 +41,9 @@ impl<E: Effects> Owner<E> {
             .slots
             .iter()
             .filter(|(_, s)| {
-                s.phase == Phase::Draining
+                s.phase() == Phase::Draining
                     && s.in_flight == 0
-                    && s.serve_until.is_some()
+                    && s.serve_until().is_some()
                     && linger_until(s).is_none()
             })
             .map(|(k, _)| k.clone())
@@ -75,8 +75,8 @@ impl<E: Effects> Owner<E> {
                 || inst
                     .models
                     .iter()
-                    .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
-            if all_idle && self.slots[m].phase == Phase::Ready {
+                    .all(|o| !self.slots[o].phase().holds_memory() || idle.contains(o));
+            if all_idle && self.slots[m].phase() == Phase::Ready {
                 let slot = &self.slots[m];
                 let (reason, why) = match (slot.idle_override, slot.idle) {
                     (Some(_), _) => (
@@ -110,7 +110,7 @@ impl<E: Effects> Owner<E> {
         let mut promised = 0u64;
         for (_, m) in waiting {
             let slot = &self.slots[&m];
-            match slot.phase {
+            match slot.phase() {
                 Phase::Ready => {
                     self.serve_queue(&m);
                     continue;
@@ -154,11 +154,12 @@ impl<E: Effects> Owner<E> {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
-                        // Before the drain begins, so a model in a burst can linger.
-                        if let Some(s) = self.slots.get_mut(v) {
-                            s.serve_until = Some(serve_until);
-                        }
-                        self.begin_drain(v, Reason::MakeRoom, &format!("to make room for {m}"));
+                        self.begin_drain_until(
+                            v,
+                            Reason::MakeRoom,
+                            &format!("to make room for {m}"),
+                            Some(serve_until),
+                        );
                     }
                     self.slots.get_mut(&m).expect("exists").why = format!(
                         "waiting for {} to unload{}",
@@ -188,7 +189,7 @@ impl<E: Effects> Owner<E> {
     /// has it.
     pub(super) fn start_model(&mut self, m: &ModelKey) {
         let key = self.slots[m].instance.clone();
-        if !self.enter(m, Phase::Starting) {
+        if !self.enter(m, State::Starting) {
             return;
         }
         self.emit(Event::new(Kind::Loading, m, ""));
@@ -204,7 +205,7 @@ impl<E: Effects> Owner<E> {
             }
             Run::Up => {
                 // A shared server already running: the model is there.
-                self.enter(m, Phase::Ready);
+                self.enter(m, State::Ready);
                 self.emit_ready(m, Duration::ZERO);
                 self.serve_queue(m);
             }
@@ -228,12 +229,11 @@ impl<E: Effects> Owner<E> {
         let kept: Vec<ModelKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.phase == Phase::Draining && s.serve_until.is_some() && !s.unloading)
+            .filter(|(_, s)| s.serve_until().is_some() && !s.unloading)
             .map(|(k, _)| k.clone())
             .collect();
         for name in kept {
-            self.enter(&name, Phase::Ready);
-            self.slots.get_mut(&name).expect("listed").serve_until = None;
+            self.enter(&name, State::Ready);
             tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
             self.emit(Event::new(
                 Kind::Kept,
@@ -251,7 +251,7 @@ impl<E: Effects> Owner<E> {
             group: s.group.as_deref(),
             // Another machine's models are never ours to unload.
             pinned: s.pinned || !s.counted,
-            phase: if s.counted { s.phase } else { Phase::Cold },
+            phase: if s.counted { s.phase() } else { Phase::Cold },
             in_flight: s.in_flight,
             last_used: s.last_used,
         }
@@ -325,7 +325,7 @@ impl From<Admission<'_>> for Decision {
 /// a model in a burst (its last two requests closer than a load) lingers: one a
 /// user has just moved away from goes at once.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
-    if s.phase != Phase::Draining || s.in_flight > 0 {
+    if s.phase() != Phase::Draining || s.in_flight > 0 {
         return None;
     }
     let load = median(&s.recent_loads)?;
@@ -335,12 +335,16 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if last.saturating_duration_since(before) >= load {
         return None;
     }
-    let until = s.serve_until?.min(s.last_used + load);
+    let until = s.serve_until()?.min(s.last_used + load);
     (Instant::now() < until).then_some(until)
 }
 
 pub(super) fn idle_deadline(s: &Slot) -> Option<Instant> {
-    (s.phase == Phase::Ready && s.in_flight == 0 && !s.pinned && s.queue.is_empty() && s.memory > 0)
+    (s.phase() == Phase::Ready
+        && s.in_flight == 0
+        && !s.pinned
+        && s.queue.is_empty()
+        && s.memory > 0)
         .then_some(s.idle_override.unwrap_or(s.idle))
         .flatten()
         .map(|d| s.last_used + d)

@@ -153,7 +153,7 @@ impl<E: Effects> Owner<E> {
             self.fail_starting(
                 key,
                 "no room in the budget for the server itself",
-                Phase::Cold,
+                State::Cold,
             );
             return;
         }
@@ -185,7 +185,7 @@ impl<E: Effects> Owner<E> {
             }
             Err(reason) => {
                 self.ledger.release(&server);
-                self.fail_starting(key, &reason, Phase::Cold);
+                self.fail_starting(key, &reason, State::Cold);
             }
         }
     }
@@ -212,9 +212,9 @@ impl<E: Effects> Owner<E> {
                 let loads = inst.loads;
                 for m in models {
                     let slot = self.slots.get_mut(&m).expect("instance models exist");
-                    if slot.phase == Phase::Starting && loads {
+                    if slot.phase() == Phase::Starting && loads {
                         self.begin_load(&m);
-                    } else if slot.phase == Phase::Starting {
+                    } else if slot.phase() == Phase::Starting {
                         self.mark_ready(&m, took);
                     }
                 }
@@ -227,7 +227,7 @@ impl<E: Effects> Owner<E> {
                 }
                 inst.run = Run::Stopping;
                 // Its memory is not back until the process has exited.
-                self.fail_starting(&key, &reason, Phase::Stopping);
+                self.fail_starting(&key, &reason, State::Stopping);
             }
         }
     }
@@ -258,7 +258,7 @@ impl<E: Effects> Owner<E> {
         }
         for m in models {
             let slot = self.slots.get_mut(&m).expect("instance models exist");
-            let phase = slot.phase;
+            let phase = slot.phase();
             if !phase.holds_memory() {
                 continue;
             }
@@ -300,15 +300,15 @@ impl<E: Effects> Owner<E> {
         let inst = self.instances.get_mut(key).expect("instance exists");
         let all_done = inst.models.iter().all(|m| {
             let s = &self.slots[m];
-            !s.phase.holds_memory()
-                || (s.phase == Phase::Draining && s.in_flight == 0 && linger_until(s).is_none())
+            !s.phase().holds_memory()
+                || (s.phase() == Phase::Draining && s.in_flight == 0 && linger_until(s).is_none())
         });
         if !all_done || !matches!(inst.run, Run::Up | Run::Starting) {
             return;
         }
         for m in inst.models.clone() {
-            if self.slots[&m].phase == Phase::Draining {
-                self.enter(&m, Phase::Stopping);
+            if self.slots[&m].phase() == Phase::Draining {
+                self.enter(&m, State::Stopping);
             }
         }
         tracing::info!(instance = %key, "stopping backend");
@@ -356,7 +356,7 @@ impl<E: Effects> Owner<E> {
             .iter()
             .filter(|(_, s)| {
                 let inst = &self.instances[&s.instance];
-                inst.run == Run::External && inst.loads && s.phase.holds_memory() && !s.unloading
+                inst.run == Run::External && inst.loads && s.phase().holds_memory() && !s.unloading
             })
             .map(|(k, _)| k.clone())
             .collect();

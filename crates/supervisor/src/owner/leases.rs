@@ -27,9 +27,9 @@ impl<E: Effects> Owner<E> {
         let key = key.clone();
         // A model draining for a swap still serves its own requests for a while:
         // one swap later instead of two (there and back).
-        let swap_grace = slot.phase == Phase::Draining
+        let swap_grace = slot.phase() == Phase::Draining
             && (slot.in_flight > 0 || linger_until(slot).is_some())
-            && slot.serve_until.is_some_and(|t| Instant::now() < t);
+            && slot.serve_until().is_some_and(|t| Instant::now() < t);
         if let Some(why) = &self.instances[&slot.instance].down {
             let _ = reply.send(Err(SupervisorError::Unreachable {
                 model,
@@ -38,7 +38,7 @@ impl<E: Effects> Owner<E> {
             }));
             return;
         }
-        if (slot.phase == Phase::Ready || swap_grace) && slot.queue.is_empty() {
+        if (slot.phase() == Phase::Ready || swap_grace) && slot.queue.is_empty() {
             let lease = self.lease(&key);
             let _ = reply.send(lease);
             return;
@@ -82,12 +82,12 @@ impl<E: Effects> Owner<E> {
         }
         slot.in_flight -= 1;
         slot.last_used = Instant::now();
-        if slot.phase == Phase::Draining && slot.in_flight == 0 {
+        if slot.phase() == Phase::Draining && slot.in_flight == 0 {
             // The swap it drained for may have been given up meanwhile.
             self.settle_abandoned();
         }
         let slot = &self.slots[&model];
-        if slot.phase == Phase::Draining && slot.in_flight == 0 {
+        if slot.phase() == Phase::Draining && slot.in_flight == 0 {
             let key = slot.instance.clone();
             if self.instances[&key].loads {
                 self.try_unload(&model);

@@ -30,7 +30,7 @@ impl<E: Effects> Owner<E> {
         self.announce_budget(avail, reserve);
         // While a model loads, its memory moves from "available" to "ours" between
         // two samples; judge once it is in.
-        let loading = self.slots.values().any(|s| s.phase == Phase::Starting);
+        let loading = self.slots.values().any(|s| s.phase() == Phase::Starting);
         if shrank && !loading {
             let why = format!(
                 "free memory is short: {} available, {} reserved for the system",
@@ -99,7 +99,7 @@ impl<E: Effects> Owner<E> {
         let attached: u64 = self
             .slots
             .values()
-            .filter(|s| s.phase.holds_memory() && s.counted)
+            .filter(|s| s.phase().holds_memory() && s.counted)
             .filter(|s| self.instances[&s.instance].handle.is_none())
             .filter_map(|s| s.measured)
             .sum();
@@ -113,7 +113,7 @@ impl<E: Effects> Owner<E> {
             o.ledger.held()
                 - o.slots
                     .values()
-                    .filter(|s| matches!(s.phase, Phase::Draining | Phase::Stopping))
+                    .filter(|s| matches!(s.phase(), Phase::Draining | Phase::Stopping))
                     .map(|s| s.memory)
                     .sum::<u64>()
         };
@@ -122,7 +122,7 @@ impl<E: Effects> Owner<E> {
                 .slots
                 .iter()
                 .filter(|(_, s)| {
-                    s.phase == Phase::Ready && !s.pinned && s.in_flight == 0 && s.memory > 0
+                    s.phase() == Phase::Ready && !s.pinned && s.in_flight == 0 && s.memory > 0
                 })
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
@@ -153,7 +153,7 @@ impl<E: Effects> Owner<E> {
                 .models
                 .iter()
                 .map(|m| &self.slots[m])
-                .filter(|s| s.phase.holds_memory())
+                .filter(|s| s.phase().holds_memory())
                 .map(|s| s.memory)
                 .sum();
             if let Some(b) = *bytes {

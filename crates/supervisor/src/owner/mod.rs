@@ -58,7 +58,7 @@ use admission::{idle_deadline, linger_until};
 use instances::{instance_key, server_holds, Endpoint, Instance, Run};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
-use slots::{fail_queue, median, note_failure, Slot};
+use slots::{fail_queue, median, note_failure, Slot, State};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -190,7 +190,7 @@ impl<E: Effects> Owner<E> {
                 }
                 Msg::KeepAlive { model, idle } => {
                     if let Some(slot) = self.slots.get_mut(model.as_str()) {
-                        if slot.phase.holds_memory() {
+                        if slot.phase().holds_memory() {
                             slot.idle_override = Some(idle);
                         }
                     }
@@ -264,7 +264,7 @@ impl<E: Effects> Owner<E> {
                     .slots
                     .get_key_value(name.as_str())
                     .ok_or_else(|| SupervisorError::UnknownModel(name.clone()))?;
-                if slot.phase == Phase::Starting {
+                if slot.phase() == Phase::Starting {
                     return Err(SupervisorError::Starting(name.clone()));
                 }
                 vec![key.clone()]
@@ -278,7 +278,7 @@ impl<E: Effects> Owner<E> {
         };
         let mut unloaded = Vec::new();
         for m in targets {
-            if self.slots[&m].phase == Phase::Ready && self.slots[&m].counted {
+            if self.slots[&m].phase() == Phase::Ready && self.slots[&m].counted {
                 self.begin_drain(
                     &m,
                     Reason::Manual,
@@ -301,7 +301,7 @@ impl<E: Effects> Owner<E> {
     fn used_by_states(&self) -> u64 {
         self.slots
             .values()
-            .filter(|s| s.phase.holds_memory())
+            .filter(|s| s.phase().holds_memory())
             .map(|s| s.memory)
             .sum::<u64>()
             + self.servers_reserved()
@@ -338,18 +338,22 @@ impl<E: Effects> Owner<E> {
                 ModelStatus {
                     name: name.to_string(),
                     // Cold while it waits out a backoff: shown as what it is.
-                    phase: if s.phase == Phase::Cold && s.retry_at.is_some() {
+                    phase: if s.phase() == Phase::Cold && s.retry_at.is_some() {
                         Phase::Failed
                     } else {
-                        s.phase
+                        s.phase()
                     },
                     declared: s.memory,
-                    measured: match (s.phase.holds_memory(), inst.loads) {
+                    measured: match (s.phase().holds_memory(), inst.loads) {
                         (false, _) => None,
                         (true, true) => s.measured,
                         (true, false) => inst.measured,
                     },
-                    reserved: if s.phase.holds_memory() { s.memory } else { 0 },
+                    reserved: if s.phase().holds_memory() {
+                        s.memory
+                    } else {
+                        0
+                    },
                     in_flight: s.in_flight,
                     queued: s.queue.len(),
                     backend: inst.backend_name.clone(),

@@ -75,7 +75,7 @@ impl<E: Effects> Owner<E> {
                     (None, Some(fixed)) => fixed.to_string(),
                     (None, None) => name.to_string(),
                 },
-                phase: if counted { Phase::Cold } else { Phase::Ready },
+                state: if counted { State::Cold } else { State::Ready },
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
@@ -84,7 +84,6 @@ impl<E: Effects> Owner<E> {
                 failures: 0,
                 retry_at: None,
                 last_error: None,
-                serve_until: None,
                 def: (m.clone(), backend),
                 stale: false,
                 recent_loads: VecDeque::new(),
@@ -178,7 +177,7 @@ impl<E: Effects> Owner<E> {
             let slot = &self.slots[&m];
             let inst = &self.instances[&slot.instance];
             let run = inst.run;
-            if slot.phase == Phase::Ready && slot.in_flight == 0 && slot.counted {
+            if slot.phase() == Phase::Ready && slot.in_flight == 0 && slot.counted {
                 let why = if self.config.models.contains_key(&*m) {
                     "reload: its definition changed"
                 } else {
@@ -187,7 +186,7 @@ impl<E: Effects> Owner<E> {
                 self.begin_drain(&m, Reason::Reload, why);
                 continue;
             }
-            let cold = !slot.phase.holds_memory() || !slot.counted;
+            let cold = !slot.phase().holds_memory() || !slot.counted;
             if !cold {
                 continue;
             }

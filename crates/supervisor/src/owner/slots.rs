@@ -15,7 +15,8 @@ pub(super) struct Slot {
     /// Set by a request's `keep_alive` (None inside: never); cleared on unload.
     pub(super) idle_override: Option<Option<Duration>>,
     pub(super) upstream: String,
-    pub(super) phase: Phase,
+    /// Where it is in its life; change it only through `Owner::enter`.
+    pub(super) state: State,
     pub(super) in_flight: usize,
     pub(super) last_used: Instant,
     /// When its last two requests were admitted: closer than a load's time apart,
@@ -25,11 +26,11 @@ pub(super) struct Slot {
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
     pub(super) failures: u32,
+    /// No start before this (a backoff after repeated failures). It outlives the
+    /// state it was set in: a start that failed is still stopping while its
+    /// backoff runs.
     pub(super) retry_at: Option<Instant>,
     pub(super) last_error: Option<String>,
-    /// Set while it drains to make room for another model: until this instant it
-    /// still takes requests for itself.
-    pub(super) serve_until: Option<Instant>,
     /// The config it was made from.
     pub(super) def: (modelyard_config::Model, Backend),
     /// Removed or redefined by a reload: leaves once idle, then is rebuilt or dropped.
@@ -48,6 +49,50 @@ pub(super) struct Slot {
     pub(super) unloading: bool,
     /// Why it is draining or stopping, for the `unloaded` event that ends it.
     pub(super) unload_why: Option<String>,
+}
+
+/// Where a model is in its life, with what exists only in that state. The
+/// moves between states are lifecycle.rs's table (in terms of [`Phase`], what
+/// the status page shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    Cold,
+    Starting,
+    Ready,
+    /// Chosen to go: what is in flight finishes. Drained to make room for a
+    /// swap, it still serves its own requests until `serve_until` (and may
+    /// linger while its burst goes on); drained for any other reason, None.
+    Draining {
+        serve_until: Option<Instant>,
+    },
+    /// Asked to exit or to be unloaded; its memory is back once it has.
+    Stopping,
+}
+
+impl State {
+    pub(super) fn phase(self) -> Phase {
+        match self {
+            State::Cold => Phase::Cold,
+            State::Starting => Phase::Starting,
+            State::Ready => Phase::Ready,
+            State::Draining { .. } => Phase::Draining,
+            State::Stopping => Phase::Stopping,
+        }
+    }
+}
+
+impl Slot {
+    pub(super) fn phase(&self) -> Phase {
+        self.state.phase()
+    }
+
+    /// Until when a model draining for a swap still serves its own requests.
+    pub(super) fn serve_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Draining { serve_until } => serve_until,
+            _ => None,
+        }
+    }
 }
 
 pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
@@ -82,29 +127,29 @@ impl<E: Effects> Owner<E> {
     /// is refused. Into a phase that holds memory it reserves the model's memory
     /// (refused if that would overdraw the budget); out of one it releases it:
     /// every caller moves a model out of memory only once the memory is back.
-    pub(super) fn try_enter(&mut self, m: &ModelKey, next: Phase) -> Result<(), Refused> {
+    pub(super) fn try_enter(&mut self, m: &ModelKey, next: State) -> Result<(), Refused> {
         let slot = self.slots.get_mut(m).expect("exists");
-        let from = slot.phase;
-        if !lifecycle::legal(from, next) {
-            return Err(Refused::Illegal { from, to: next });
+        let (from, to) = (slot.phase(), next.phase());
+        if !lifecycle::legal(from, to) {
+            return Err(Refused::Illegal { from, to });
         }
-        match (from.holds_memory(), next.holds_memory()) {
+        match (from.holds_memory(), to.holds_memory()) {
             (false, true) => self.ledger.reserve(Holder::Model(m.clone()), slot.memory)?,
             (true, false) => {
                 self.ledger.release(&Holder::Model(m.clone()));
             }
             _ => {}
         }
-        slot.phase = next;
+        slot.state = next;
         #[cfg(test)]
-        self.audit.moves.push((from, next));
+        self.audit.moves.push((from, to));
         Ok(())
     }
 
     /// [`Self::try_enter`] where the move must be possible (the table lists it,
     /// the policy made room): a refusal is a bug, said and not applied. Whether
     /// it moved.
-    pub(super) fn enter(&mut self, m: &ModelKey, next: Phase) -> bool {
+    pub(super) fn enter(&mut self, m: &ModelKey, next: State) -> bool {
         match self.try_enter(m, next) {
             Ok(()) => true,
             Err(e) => {
@@ -134,10 +179,9 @@ impl<E: Effects> Owner<E> {
             Some(why) if detail.is_empty() => why,
             _ => detail,
         };
-        self.enter(m, Phase::Cold);
+        self.enter(m, State::Cold);
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
-        slot.serve_until = None;
         slot.idle_override = None;
         slot.measured = None;
         slot.unloading = false;
@@ -147,7 +191,7 @@ impl<E: Effects> Owner<E> {
     /// A model's load finished: it serves its queue, and the load counts toward
     /// how long the next is expected to take.
     pub(super) fn mark_ready(&mut self, m: &ModelKey, took: Duration) {
-        self.enter(m, Phase::Ready);
+        self.enter(m, State::Ready);
         let slot = self.slots.get_mut(m).expect("exists");
         slot.ready_at = Instant::now();
         slot.last_error = None;
@@ -161,11 +205,11 @@ impl<E: Effects> Owner<E> {
 
     /// Every model of `key` that was starting: counted as a failure, its waiters
     /// told why, and moved to `then`.
-    pub(super) fn fail_starting(&mut self, key: &InstanceKey, reason: &str, then: Phase) {
+    pub(super) fn fail_starting(&mut self, key: &InstanceKey, reason: &str, then: State) {
         let inst = &self.instances[key];
         let backend = inst.backend_name.clone();
         for m in inst.models.clone() {
-            if self.slots[&m].phase == Phase::Starting {
+            if self.slots[&m].phase() == Phase::Starting {
                 self.enter(&m, then);
                 let slot = self.slots.get_mut(&m).expect("instance models exist");
                 note_failure(slot, reason);
@@ -183,6 +227,26 @@ impl<E: Effects> Owner<E> {
     /// Takes no new requests for `m` (and the models sharing its process, which go
     /// with it), lets what is in flight finish, then stops.
     pub(super) fn begin_drain(&mut self, m: &ModelKey, reason: Reason, why: &str) {
+        self.begin_drain_until(m, reason, why, None);
+    }
+
+    /// [`Self::begin_drain`]; with `serve_until`, `m` (drained to make room for a
+    /// swap) still serves its own requests until then, even if it was already
+    /// draining with the models sharing its process.
+    pub(super) fn begin_drain_until(
+        &mut self,
+        m: &ModelKey,
+        reason: Reason,
+        why: &str,
+        serve_until: Option<Instant>,
+    ) {
+        if serve_until.is_some() {
+            if let State::Draining { serve_until: s } =
+                &mut self.slots.get_mut(m).expect("exists").state
+            {
+                *s = serve_until;
+            }
+        }
         let key = self.slots[m].instance.clone();
         let inst = &self.instances[&key];
         let loads = inst.loads;
@@ -193,8 +257,9 @@ impl<E: Effects> Owner<E> {
             inst.models.clone()
         };
         for other in models {
-            if self.slots[&other].phase == Phase::Ready {
-                self.enter(&other, Phase::Draining);
+            if self.slots[&other].phase() == Phase::Ready {
+                let serve_until = serve_until.filter(|_| other == *m);
+                self.enter(&other, State::Draining { serve_until });
                 let s = self.slots.get_mut(&other).expect("exists");
                 let detail = if other == *m {
                     why.to_string()
