@@ -75,6 +75,79 @@ pub(crate) const TRANSITIONS: &[(Phase, Phase, &str)] = &[
     ),
 ];
 
+/// Where a backend process (an instance) is. It holds its server's own memory
+/// (a shared server's `memory`) while Starting, Up or Stopping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Run {
+    /// Not ours to start or stop: `url` without `command`. It never moves.
+    External,
+    Down,
+    Starting,
+    Up,
+    Stopping,
+}
+
+impl Run {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Run::External => "external",
+            Run::Down => "down",
+            Run::Starting => "starting",
+            Run::Up => "up",
+            Run::Stopping => "stopping",
+        }
+    }
+
+    /// Whether its process (and so its own memory) may be present.
+    pub fn holds_memory(self) -> bool {
+        matches!(self, Run::Starting | Run::Up | Run::Stopping)
+    }
+}
+
+/// Every legal move of an instance: (from, to, when). Staying is no move (a
+/// shutdown asks a stopping process to stop again, which changes nothing).
+pub(crate) const INSTANCE_TRANSITIONS: &[(Run, Run, &str)] = &[
+    (
+        Run::Down,
+        Run::Starting,
+        "a model of it is admitted: its server's own memory is reserved and its process launched",
+    ),
+    (Run::Starting, Run::Up, "it answers its health check"),
+    (
+        Run::Starting,
+        Run::Stopping,
+        "it failed its health check, or the router is shutting down",
+    ),
+    (
+        Run::Up,
+        Run::Stopping,
+        "its models have drained, it holds none, an unload went unconfirmed, or the router is shutting down",
+    ),
+    (
+        Run::Starting,
+        Run::Down,
+        "it could not be launched, or its process exited: its server's own memory is released",
+    ),
+    (
+        Run::Up,
+        Run::Down,
+        "its process exited: its server's own memory is released",
+    ),
+    (
+        Run::Stopping,
+        Run::Down,
+        "its process exited: its server's own memory is released",
+    ),
+];
+
+/// Whether an instance may move `from → to`.
+pub(crate) fn legal_run(from: Run, to: Run) -> bool {
+    from == to
+        || INSTANCE_TRANSITIONS
+            .iter()
+            .any(|(f, t, _)| *f == from && *t == to)
+}
+
 /// A move the owner refused to apply: a bug in its caller (or, for an
 /// adoption, a model that does not fit).
 #[derive(Clone, Debug, thiserror::Error)]
@@ -91,6 +164,7 @@ pub(crate) enum Refused {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Audit {
     pub moves: Vec<(Phase, Phase)>,
+    pub runs: Vec<(Run, Run)>,
     pub refused: Vec<String>,
 }
 
@@ -106,6 +180,12 @@ impl Audit {
         for (f, t) in &self.moves {
             assert!(legal(*f, *t), "{f:?} → {t:?} is not in the table");
         }
+        for (f, t) in &self.runs {
+            assert!(
+                legal_run(*f, *t),
+                "instance {f:?} → {t:?} is not in the table"
+            );
+        }
     }
 }
 
@@ -119,10 +199,8 @@ mod tests {
     use super::*;
 
     /// The rows of the table in docs/scheduling.md that follows `marker`.
-    fn documented() -> Vec<(String, String, String)> {
+    fn documented(marker: &str) -> Vec<(String, String, String)> {
         let doc = include_str!("../../../docs/scheduling.md");
-        let marker =
-            "<!-- transitions: kept equal to crates/supervisor/src/lifecycle.rs by a test -->";
         let (_, after) = doc
             .split_once(marker)
             .expect("docs/scheduling.md has the transitions table");
@@ -149,7 +227,25 @@ mod tests {
             .iter()
             .map(|(f, t, when)| (f.as_str().into(), t.as_str().into(), when.to_string()))
             .collect();
-        assert_eq!(documented(), code);
+        let marker =
+            "<!-- transitions: kept equal to crates/supervisor/src/lifecycle.rs by a test -->";
+        assert_eq!(documented(marker), code);
+    }
+
+    #[test]
+    fn the_documented_instance_transitions_are_the_codes() {
+        let code: Vec<(String, String, String)> = INSTANCE_TRANSITIONS
+            .iter()
+            .map(|(f, t, when)| (f.as_str().into(), t.as_str().into(), when.to_string()))
+            .collect();
+        let marker = "<!-- instance transitions: kept equal to crates/supervisor/src/lifecycle.rs by a test -->";
+        assert_eq!(documented(marker), code);
+        assert!(
+            INSTANCE_TRANSITIONS
+                .iter()
+                .all(|(f, t, _)| *f != Run::External && *t != Run::External),
+            "a server we do not run never moves"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use proptest::prelude::*;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::lifecycle::Run;
 use crate::owner::Msg;
 use crate::policy::Phase;
 use crate::tests::{audit, ledger, start, Fake};
@@ -115,6 +116,7 @@ async fn collect(pending: &mut Vec<Pending>, held: &mut Vec<Lease>, answered: &m
 
 /// Every move any run made, for the check that the runs reach them all.
 static SEEN: Mutex<Option<HashSet<(Phase, Phase)>>> = Mutex::new(None);
+static SEEN_RUNS: Mutex<Option<HashSet<(Run, Run)>>> = Mutex::new(None);
 
 async fn run(ops: Vec<Op>, fake: Fake, s: crate::Supervisor) {
     let mut pending: Vec<Pending> = Vec::new();
@@ -207,11 +209,16 @@ async fn run(ops: Vec<Op>, fake: Fake, s: crate::Supervisor) {
         pending.len()
     );
     assert_eq!(asked, answered);
-    let moves = audit(&s).await.moves;
+    let audit = audit(&s).await;
     SEEN.lock()
         .unwrap()
         .get_or_insert_with(HashSet::new)
-        .extend(moves);
+        .extend(audit.moves);
+    SEEN_RUNS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashSet::new)
+        .extend(audit.runs);
 }
 
 #[test]
@@ -251,6 +258,20 @@ fn ledger_invariant_holds_and_every_request_is_answered() {
         assert!(
             seen.contains(&(from, to)),
             "no run moved {from:?} → {to:?}; seen: {seen:?}"
+        );
+    }
+    let seen = SEEN_RUNS.lock().unwrap().take().unwrap_or_default();
+    for (from, to) in [
+        (Run::Down, Run::Starting),
+        (Run::Starting, Run::Up),
+        (Run::Starting, Run::Down),
+        (Run::Up, Run::Stopping),
+        (Run::Up, Run::Down),
+        (Run::Stopping, Run::Down),
+    ] {
+        assert!(
+            seen.contains(&(from, to)),
+            "no instance moved {from:?} → {to:?}; seen: {seen:?}"
         );
     }
 }

@@ -34,16 +34,6 @@ impl Endpoint {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Run {
-    /// Not ours to start or stop: `url` without `command`.
-    External,
-    Down,
-    Starting,
-    Up,
-    Stopping,
-}
-
 pub(super) struct Instance {
     pub(super) backend_name: String,
     pub(super) backend: Backend,
@@ -85,7 +75,7 @@ pub(super) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> 
 
 /// Whether a server's process (and so its own memory) may be present.
 pub(super) fn server_holds(run: Run) -> bool {
-    matches!(run, Run::Starting | Run::Up | Run::Stopping)
+    run.holds_memory()
 }
 
 pub(super) fn tail_note(logs: &LogRing) -> String {
@@ -142,14 +132,56 @@ pub(super) fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoin
 pub(super) const STABLE_AFTER: Duration = Duration::from_secs(60);
 
 impl<E: Effects> Owner<E> {
+    /// The one place an instance's `run` changes: a move not in lifecycle.rs's
+    /// instance table is refused (a bug), and a shared server's own memory is
+    /// reserved on its way to Starting and released once its process is gone.
+    /// Whether it moved (staying counts).
+    pub(super) fn run_to(&mut self, key: &InstanceKey, next: Run) -> bool {
+        let inst = self.instances.get_mut(key).expect("instance exists");
+        let from = inst.run;
+        if from == next {
+            return true;
+        }
+        if !lifecycle::legal_run(from, next) {
+            self.bug(format!(
+                "instance {key}: {} → {}",
+                from.as_str(),
+                next.as_str()
+            ));
+            return false;
+        }
+        let server = Holder::Server(key.clone());
+        match (from.holds_memory(), next.holds_memory()) {
+            (false, true) => {
+                if let Err(e) = self.ledger.reserve(server, inst.base) {
+                    self.bug(format!("{key}: {e}"));
+                    return false;
+                }
+            }
+            (true, false) => {
+                self.ledger.release(&server);
+            }
+            _ => {}
+        }
+        self.instances.get_mut(key).expect("instance exists").run = next;
+        #[cfg(test)]
+        self.audit.runs.push((from, next));
+        true
+    }
+
+    /// Asks `key`'s process to exit; `Exited` follows (SIGKILL after its
+    /// stop_timeout). Every stop of a process goes through here.
+    pub(super) fn stop_process(&mut self, key: &InstanceKey) {
+        let inst = self.instances.get_mut(key).expect("instance exists");
+        if let Some(h) = inst.handle.as_mut() {
+            h.stop();
+        }
+        self.run_to(key, Run::Stopping);
+    }
+
     pub(super) fn launch(&mut self, key: &InstanceKey) {
         // A shared server's own memory is held from its start until its exit.
-        let server = Holder::Server(key.clone());
-        if let Err(e) = self
-            .ledger
-            .reserve(server.clone(), self.instances[key].base)
-        {
-            self.bug(format!("{key}: {e}"));
+        if !self.run_to(key, Run::Starting) {
             self.fail_starting(
                 key,
                 "no room in the budget for the server itself",
@@ -179,12 +211,11 @@ impl<E: Effects> Owner<E> {
                 inst.warned = false;
                 inst.handle = Some(handle);
                 inst.endpoint = Some(endpoint);
-                inst.run = Run::Starting;
                 inst.launched_at = Instant::now();
                 self.record_processes();
             }
             Err(reason) => {
-                self.ledger.release(&server);
+                self.run_to(key, Run::Down);
                 self.fail_starting(key, &reason, State::Cold);
             }
         }
@@ -205,8 +236,9 @@ impl<E: Effects> Owner<E> {
         match result {
             Ok(()) => {
                 tracing::info!(instance = %key, "backend ready");
-                inst.run = Run::Up;
                 inst.up_since = Instant::now();
+                self.run_to(&key, Run::Up);
+                let inst = &self.instances[&key];
                 let took = inst.launched_at.elapsed();
                 let models = inst.models.clone();
                 let loads = inst.loads;
@@ -222,10 +254,7 @@ impl<E: Effects> Owner<E> {
             Err(reason) => {
                 let reason = format!("{reason}{}", tail_note(&inst.logs));
                 tracing::warn!(instance = %key, "backend failed to start: {reason}");
-                if let Some(h) = inst.handle.as_mut() {
-                    h.stop();
-                }
-                inst.run = Run::Stopping;
+                self.stop_process(&key);
                 // Its memory is not back until the process has exited.
                 self.fail_starting(&key, &reason, State::Stopping);
             }
@@ -242,11 +271,10 @@ impl<E: Effects> Owner<E> {
         let was = inst.run;
         let requested = info.is_some_and(|i| i.requested);
         let what = info.map_or("exited".to_string(), |i| i.to_string());
-        inst.run = Run::Down;
         inst.handle = None;
         inst.measured = None;
         // The process is gone: so is the server's own memory.
-        self.ledger.release(&Holder::Server(key.clone()));
+        self.run_to(&key, Run::Down);
         self.record_processes();
         let inst = self.instances.get_mut(&key).expect("looked up above");
         let ran_for = inst.up_since.elapsed();
@@ -312,11 +340,7 @@ impl<E: Effects> Owner<E> {
             }
         }
         tracing::info!(instance = %key, "stopping backend");
-        let inst = self.instances.get_mut(key).expect("instance exists");
-        inst.run = Run::Stopping;
-        if let Some(h) = inst.handle.as_mut() {
-            h.stop();
-        }
+        self.stop_process(key);
     }
 
     /// Rewrites the state file with every process group running now.
@@ -344,11 +368,14 @@ impl<E: Effects> Owner<E> {
         for (name, slot) in self.slots.iter_mut() {
             fail_queue(slot, name, |_| SupervisorError::ShuttingDown);
         }
-        for inst in self.instances.values_mut() {
-            if let Some(h) = inst.handle.as_mut() {
-                h.stop();
-                inst.run = Run::Stopping;
-            }
+        let running: Vec<InstanceKey> = self
+            .instances
+            .iter()
+            .filter(|(_, i)| i.handle.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in running {
+            self.stop_process(&key);
         }
         // What we loaded on a server we do not own would outlive us there.
         let loaded: Vec<ModelKey> = self

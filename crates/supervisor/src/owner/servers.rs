@@ -93,11 +93,7 @@ impl<E: Effects> Owner<E> {
                 // Its memory is only sure to be back once the server is gone; one we
                 // did not start is asked again at the next poll.
                 if owned && slot.phase() == Phase::Stopping {
-                    let inst = self.instances.get_mut(&key).expect("exists");
-                    inst.run = Run::Stopping;
-                    if let Some(h) = inst.handle.as_mut() {
-                        h.stop();
-                    }
+                    self.stop_process(&key);
                 }
             }
         }
@@ -272,11 +268,7 @@ impl<E: Effects> Owner<E> {
         });
         if unused {
             tracing::info!(instance = %key, "stopping backend: it holds no model");
-            let inst = self.instances.get_mut(key).expect("exists");
-            inst.run = Run::Stopping;
-            if let Some(h) = inst.handle.as_mut() {
-                h.stop();
-            }
+            self.stop_process(key);
         }
     }
 }
