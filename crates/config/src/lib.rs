@@ -14,16 +14,18 @@ mod locate;
 mod proptests;
 mod schema;
 mod size;
+mod suggest;
 mod syntax;
 mod timeout;
 mod validate;
+mod yaml;
 
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
 pub use schema::{Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model};
 pub use size::ByteSize;
+pub use suggest::{close_names, closest};
 pub use timeout::Timeout;
-pub use validate::closest;
 
 /// How long a model of a `one_shot` backend stays loaded after its last request
 /// unless it sets its own idle_timeout: long enough for a short batch of jobs, short

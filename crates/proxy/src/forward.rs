@@ -106,7 +106,10 @@ pub(crate) async fn routable(state: &Inner, name: &str) -> Result<String, ApiErr
     }
 }
 
-/// Waits (up to queue_timeout) for `model` to be ready and leases it.
+/// Where a request becomes a lease, for every API front (OpenAI, Ollama,
+/// uploads, direct passthrough): waits up to queue_timeout for `model` to be
+/// ready, leases it, and counts the wait in the metrics. The lease then lives in
+/// the response body and is given back when the body ends or is dropped.
 pub(crate) async fn lease(state: &Inner, model: &str) -> Result<Lease, ApiError> {
     let deadline = Instant::now() + state.config().queue_timeout;
     let asked = Instant::now();

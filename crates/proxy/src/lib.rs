@@ -362,27 +362,11 @@ fn spawn_preload(supervisor: Supervisor, config: Arc<Config>, names: Vec<String>
     });
 }
 
-/// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`.
+/// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`. A `%`
+/// not followed by two hex digits stays as written; bytes that are not UTF-8
+/// become U+FFFD.
 pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use modelyard_supervisor::{Event, KvCounts, Reason, Snapshot, Supervisor};
+use modelyard_supervisor::{Event, Kind, KvCounts, Reason, Snapshot, Supervisor};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabel {
@@ -318,14 +318,14 @@ impl Metrics {
 
     fn event(&self, e: &Event) {
         match e.kind {
-            "ready" => {
+            Kind::Ready => {
                 self.loads.get_or_create(&label(&e.model)).inc();
                 let secs = e.load_ms.unwrap_or(0) as f64 / 1000.0;
                 self.load_duration
                     .get_or_create(&label(&e.model))
                     .observe(secs);
             }
-            "evicting" => {
+            Kind::Evicting => {
                 // The supervisor says why; an event without a reason is none
                 // of these (it should not happen) and is counted apart.
                 let reason = e.reason.map_or("other", Reason::as_str);
@@ -336,7 +336,7 @@ impl Metrics {
                     })
                     .inc();
             }
-            "crashed" => {
+            Kind::Crashed => {
                 self.crashes.get_or_create(&label(&e.model)).inc();
             }
             _ => {}

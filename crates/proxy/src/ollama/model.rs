@@ -90,13 +90,9 @@ async fn run(
         return Ok(done(state, &model, started, &parsed, true));
     }
 
-    let asked = Instant::now();
-    let lease = state
-        .supervisor
-        .acquire(&model, asked + config.queue_timeout)
-        .await?;
+    // The one way any API front turns a request into a lease.
+    let lease = crate::forward::lease(state, &model).await?;
     let leased = Instant::now();
-    state.metrics.queue_wait(&model, leased - asked);
     // Sent while the lease is held, so it is in place before the lease's release
     // lets the model idle (a zero unloads it right after this request).
     if let Some(k) = parsed.keep_alive {
