@@ -24,7 +24,9 @@ mod ollama;
 mod progress;
 #[cfg(test)]
 mod proptests;
+mod record;
 mod relay;
+mod requests;
 mod rewrite;
 mod server;
 mod upload;
@@ -67,13 +69,20 @@ pub(crate) struct Inner {
     /// end then, instead of holding the drain open.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Where each model request is recorded; None with `request_log: off`.
+    pub requests: Option<modelyard_reqlog::RequestLog>,
+    /// `request_log.capture`: records keep the request's body.
+    pub capture: bool,
 }
 
 impl Router {
+    /// A router on `config`; `requests` is the request log it writes, opened by
+    /// the caller (so a file that cannot be opened stops the start, naming it).
     pub fn new(
         config: Arc<Config>,
         source: Option<std::path::PathBuf>,
         supervisor: Supervisor,
+        requests: Option<modelyard_reqlog::RequestLog>,
     ) -> Router {
         let connect_timeout = config.upstream_connect_timeout;
         let client = client::Client::new(connect_timeout, config.upstream_pool_idle);
@@ -83,9 +92,12 @@ impl Router {
             .unwrap_or_default();
         let metrics = Arc::new(metrics::Metrics::new());
         metrics::follow_events(metrics.clone(), &supervisor);
+        let capture = config.request_log.settings().is_some_and(|s| s.capture);
         Router {
             inner: Arc::new(Inner {
                 metrics,
+                requests,
+                capture,
                 config: std::sync::RwLock::new(config),
                 source,
                 supervisor,
@@ -171,10 +183,10 @@ impl Router {
             }
         }
         if req.uri().path().starts_with("/api/") {
-            return Box::pin(ollama::handle(self.inner, req)).await;
+            return Box::pin(ollama::handle(self.inner, req, peer)).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
-            return Box::pin(forward::model_request(self.inner, req)).await;
+            return Box::pin(forward::model_request(self.inner, req, peer)).await;
         }
         let target = req
             .uri()
@@ -223,6 +235,9 @@ impl Router {
             }
             (&Method::GET, "/metrics") => {
                 let snap = inner.supervisor.snapshot().await;
+                if let Some(log) = &inner.requests {
+                    inner.metrics.request_log(log.written(), log.dropped());
+                }
                 let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref())));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,

@@ -67,6 +67,7 @@ impl RequestLog {
                 reason: e.to_string(),
             })?;
         }
+        private_file(&settings.path)?;
         let conn = schema::open_for_writing(&settings.path)?;
         let shared = Arc::new(Shared {
             dropped: AtomicU64::new(0),
@@ -120,6 +121,26 @@ impl RequestLog {
     #[doc(hidden)]
     pub fn stall(&self) -> std::sync::MutexGuard<'_, ()> {
         self.shared.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates the file readable by its owner alone (records name clients and may
+/// hold prompts); SQLite gives its WAL and shared-memory files the same mode.
+/// A file that exists keeps the mode its owner gave it.
+fn private_file(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
     }
 }
 

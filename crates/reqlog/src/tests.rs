@@ -71,6 +71,20 @@ fn records_come_back_newest_first_with_every_field() {
 }
 
 #[test]
+fn the_file_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    log.record(rec(1, "m"));
+    written(&log, 1);
+    for suffix in ["", "-wal"] {
+        let path = format!("{}{suffix}", log.path().display());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{path}");
+    }
+}
+
+#[test]
 fn queries_filter_by_model_and_time_sort_by_slowness_and_page() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
@@ -255,7 +269,11 @@ fn child_writes_until_killed() {
     })
     .unwrap();
     for n in 0.. {
-        log.record(rec(n, "m"));
+        // Stamped now: the reopening writer's retention must keep them.
+        log.record(Record {
+            at_ms: now_ms(),
+            ..rec(n, "m")
+        });
         if n % 64 == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
