@@ -371,3 +371,25 @@ async fn admin_requests_pages_and_the_cli_shows_the_table_and_top() {
         .unwrap_or_else(|| panic!("{top}"));
     assert!(row.contains("ready"), "{top}");
 }
+
+#[tokio::test]
+async fn a_stream_whose_model_fails_to_load_after_progress_began_is_recorded_as_that_failure() {
+    let r = Router::start(
+        r#"
+progress_after: 100ms
+backends:
+  stuck: {command: [$BIN, sim, --port, "${PORT}", --hang-start], start_timeout: 1s}
+models:
+  stuck: {backend: stuck, memory: 1MB, upstream: sim}
+"#,
+    );
+    let resp = send(&r.url("/v1/chat/completions"), &hello("stuck", true)).await;
+    assert_eq!(resp.status(), 200, "progress began: the client has its 200");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("\"error\""), "{text}");
+    let recs = records(&r, 1).await;
+    let rec = &recs[0];
+    assert!(!rec.cancelled, "the client stayed to the end: {rec:?}");
+    assert!(rec.status >= 500, "{rec:?}");
+    assert!(rec.error.is_some(), "{rec:?}");
+}

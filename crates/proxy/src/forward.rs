@@ -200,6 +200,13 @@ impl Upstream {
             .to_string()
     }
 
+    /// The request ends in `e` before it was sent (its record says so).
+    pub(crate) fn failed(&mut self, e: &ApiError) {
+        if let Some(d) = &mut self.draft {
+            d.failed(e);
+        }
+    }
+
     pub(crate) fn started(&self) -> Instant {
         self.started
     }
