@@ -306,6 +306,7 @@ async fn refusals_are_recorded_with_their_error_code() {
         (404, Some("model_not_found"))
     );
     assert_eq!(rec.model_asked, "nosuch");
+    assert_eq!(rec.model_served, "-", "no model served it");
     assert!(!rec.cancelled);
 }
 

@@ -128,6 +128,8 @@ fn render_requests_at(records: &Value, now_ms: u64) -> String {
         let served = r["model_served"].as_str().unwrap_or("");
         let model = if asked == served || asked.is_empty() {
             served.to_string()
+        } else if served == "-" {
+            asked.to_string()
         } else {
             format!("{asked}→{served}")
         };
@@ -211,7 +213,7 @@ pub async fn top(t: &Target, window: Duration, every: Duration, once: bool) -> R
 pub fn render_top(url: &str, status: &Value, summary: &Value, window: Duration) -> String {
     let minutes = (window.as_secs_f64() / 60.0).max(1.0 / 60.0);
     let mut out = format!(
-        "modelyard at {url}: the last {} (requests per minute; tokens/s of streamed answers)\n\n",
+        "modelyard at {url}: the last {} (requests per minute, mean tokens/s and first byte)\n\n",
         humantime::format_duration(window)
     );
     let mut rows = vec![[

@@ -203,8 +203,10 @@ impl Drop for Draft {
                 self.rec.status = CLIENT_GONE;
             }
         }
+        // Refused before a model was chosen (an unknown name, bad JSON): "-",
+        // as in the metrics, so a client's made-up names make no rows of their own.
         if self.rec.model_served.is_empty() {
-            self.rec.model_served.clone_from(&self.rec.model_asked);
+            self.rec.model_served = "-".into();
         }
         self.rec.tokens_per_s = self.speed();
         self.log.record(std::mem::take(&mut self.rec));
