@@ -394,3 +394,25 @@ models:
     assert!(rec.status >= 500, "{rec:?}");
     assert!(rec.error.is_some(), "{rec:?}");
 }
+
+#[tokio::test]
+async fn responses_api_requests_record_their_input_and_output_tokens() {
+    let r = Router::start(SIM);
+    let url = r.url("/v1/responses");
+    let ask =
+        |stream: bool| json!({"model": "chat", "input": "three words here", "stream": stream});
+    let whole: Value = send(&url, &ask(false)).await.json().await.unwrap();
+    let streamed = send(&url, &ask(true)).await.text().await.unwrap();
+    assert!(streamed.contains("response.completed"), "{streamed}");
+    let recs = records(&r, 2).await;
+    let usage = &whole["usage"];
+    let expected = (
+        usage["input_tokens"].as_u64(),
+        usage["output_tokens"].as_u64(),
+    );
+    assert_eq!(expected.1, Some(6), "{whole}");
+    for rec in &recs {
+        assert_eq!(tokens(rec), expected, "{rec:?}");
+        assert_eq!(rec.route, "/v1/responses");
+    }
+}

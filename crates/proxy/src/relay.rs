@@ -276,6 +276,13 @@ impl Observe {
                 number_after(data, &f.completion_tokens),
             ) {
                 self.usage = Some((p, c));
+            } else if let Some(c) = number_after(data, &f.output_tokens) {
+                // The Responses API and Anthropic's count input and output;
+                // Anthropic's stream says its input first, its output last.
+                let p = number_after(data, &f.input_tokens)
+                    .or(self.usage.map(|(p, _)| p))
+                    .unwrap_or(0);
+                self.usage = Some((p, c));
             }
         }
         // Ollama's native replies count on their final object instead.
@@ -318,6 +325,8 @@ struct Finders {
     completion_tokens: Finder<'static>,
     prompt_eval_count: Finder<'static>,
     eval_count: Finder<'static>,
+    input_tokens: Finder<'static>,
+    output_tokens: Finder<'static>,
 }
 
 static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
@@ -326,6 +335,8 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     completion_tokens: Finder::new(b"\"completion_tokens\""),
     prompt_eval_count: Finder::new(b"\"prompt_eval_count\""),
     eval_count: Finder::new(b"\"eval_count\""),
+    input_tokens: Finder::new(b"\"input_tokens\""),
+    output_tokens: Finder::new(b"\"output_tokens\""),
 });
 
 /// The integer after `"key":` in `data`, if there is one.
