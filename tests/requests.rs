@@ -416,3 +416,26 @@ async fn responses_api_requests_record_their_input_and_output_tokens() {
         assert_eq!(rec.route, "/v1/responses");
     }
 }
+
+#[tokio::test]
+async fn a_stalled_log_drops_and_counts_records_and_every_request_is_answered() {
+    // The writer never writes, and four records may wait for it.
+    let r = Router::start_with_env(SIM, &[("MODELYARD_DEBUG_STALL_REQUEST_LOG", "4")]);
+    let url = r.url("/v1/chat/completions");
+    let body = hello("chat", false);
+    let asks = (0..30).map(|_| send(&url, &body));
+    for resp in futures_util::future::join_all(asks).await {
+        assert_eq!(resp.status(), 200);
+    }
+    let metrics = get(&r.url("/metrics")).await.text().await.unwrap();
+    let count = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    // The writer holds one, the channel four: the other 25 were dropped.
+    let dropped = count("modelyard_request_log_dropped_total");
+    assert!((25..=26).contains(&dropped), "dropped {dropped}");
+    assert_eq!(count("modelyard_request_log_written_total"), 0);
+}

@@ -74,13 +74,24 @@ fn open_request_log(config: &Config) -> Result<Option<modelyard_reqlog::RequestL
         tracing::warn!("request log off: no data directory on this system; set request_log.path");
         return Ok(None);
     };
+    // For the end-to-end test of a writer that stalls: a channel of N records
+    // and a writer that never writes. Not compiled into release builds.
+    #[cfg(debug_assertions)]
+    let stalled: Option<usize> = std::env::var("MODELYARD_DEBUG_STALL_REQUEST_LOG")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    #[cfg(not(debug_assertions))]
+    let stalled: Option<usize> = None;
     let log = modelyard_reqlog::RequestLog::open(modelyard_reqlog::Settings {
         path,
         keep: settings.keep,
         max_bytes: settings.max.bytes(),
-        capacity: modelyard_reqlog::CAPACITY,
+        capacity: stalled.unwrap_or(modelyard_reqlog::CAPACITY),
     })
     .map_err(|e| format!("{e} (request_log.path in routes.yaml; `request_log: off` keeps none)"))?;
+    if stalled.is_some() {
+        std::mem::forget(log.stall());
+    }
     tracing::info!(path = %log.path().display(), "recording requests");
     Ok(Some(log))
 }
