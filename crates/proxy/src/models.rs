@@ -103,37 +103,14 @@ pub(crate) fn resolve(config: &Config, name: &str) -> Result<String, ApiError> {
 
 /// Up to three configured names or aliases that `wanted` is probably a typo of.
 pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
-    // A slip changes a name by a few letters; a name far longer than any
-    // configured one is no slip, and measuring it would cost time in its length.
-    let longest = config
+    let names = config
         .models
         .iter()
-        .flat_map(|(n, m)| std::iter::once(n.len()).chain(m.aliases.iter().map(String::len)))
-        .max()
-        .unwrap_or(0);
-    if wanted.len() > longest + 8 {
-        return Vec::new();
-    }
-    let wanted_l = wanted.to_lowercase();
-    let mut scored: Vec<(usize, &str)> = config
-        .models
-        .iter()
-        .flat_map(|(n, m)| std::iter::once(n.as_str()).chain(m.aliases.iter().map(String::as_str)))
-        .filter_map(|c| {
-            let cl = c.to_lowercase();
-            // A swap of two letters is one slip, and a short name allows one:
-            // `nope` is not a typo of `code`.
-            let d = strsim::damerau_levenshtein(&wanted_l, &cl);
-            let related =
-                d <= 1.max(c.len() / 3) || (wanted_l.len() >= 3 && cl.contains(&wanted_l));
-            related.then_some((d, c))
-        })
-        .collect();
-    scored.sort();
-    scored
+        .flat_map(|(n, m)| std::iter::once(n.as_str()).chain(m.aliases.iter().map(String::as_str)));
+    modelyard_config::close_names(wanted, names)
         .into_iter()
         .take(3)
-        .map(|(_, c)| c.to_string())
+        .map(str::to_string)
         .collect()
 }
 

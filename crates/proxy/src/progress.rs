@@ -267,6 +267,9 @@ impl HttpBody for Progress {
 
 impl Progress {
     fn fail_with(&mut self, e: ApiError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Stage::Acquiring(_, Some(send)) = &mut self.stage {
+            send.failed(&e);
+        }
         let status = e.status().as_u16();
         let event = e.event();
         self.fail(status, event)

@@ -32,7 +32,11 @@ use crate::error::{ApiError, Dialect};
 use crate::Inner;
 
 /// Answers one request under `/api/`.
-pub(crate) async fn handle(state: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    state: Arc<Inner>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
@@ -51,7 +55,7 @@ pub(crate) async fn handle(state: Arc<Inner>, req: Request<Incoming>) -> Respons
         },
         (&Method::POST, "/api/show") => show(&state, req).await,
         (&Method::POST, p) => match request::Endpoint::from_path(p) {
-            Some(endpoint) => return model::respond(state, req, endpoint).await,
+            Some(endpoint) => return model::respond(state, req, endpoint, peer).await,
             None => Err(no_route(&method, &path)),
         },
         _ => Err(no_route(&method, &path)),
