@@ -343,6 +343,8 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
 
     // Next time the server refuses the file: the model serves all the same,
     // and the set it refused is gone.
+    // Someone deletes the cache directory meanwhile: the next save makes it again.
+    std::fs::remove_dir_all(&kv).unwrap();
     talk.set(|f| f.restore = Act::Fail(400));
     swap_out_and_back(&r, "talk").await;
     let ev = wait_event(&r, "kv_failed talk").await;

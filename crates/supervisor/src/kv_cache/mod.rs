@@ -261,8 +261,13 @@ async fn save_slots(http: &Http, plan: &Plan) -> Result<Option<Done>, String> {
         in_use.dedup();
     }
     let dir = plan.dir.clone();
-    // The old set is overwritten slot by slot: from here on it is no set.
-    blocking(move || files::forget(&dir)).await?;
+    blocking(move || {
+        // Made again in case someone deleted it while the server ran.
+        make_dir(&dir)?;
+        // The old set is overwritten slot by slot: from here on it is no set.
+        files::forget(&dir)
+    })
+    .await?;
     let mut done = Done::default();
     let mut slots = Vec::new();
     for id in in_use {
