@@ -206,10 +206,6 @@ pub(crate) async fn save(http: &Http, plan: &Plan, report: &Reporter) {
         Ok(Ok(None)) => tracing::debug!(model = %plan.model, "KV cache: no slot in use, nothing saved"),
         Ok(Ok(Some(done))) => {
             let m = done.moved;
-            report.stats.add(&plan.model, |c| {
-                c.saves += 1;
-                c.saved_bytes += m.bytes;
-            });
             let mut detail = done.describe(took);
             if !done.evicted.dirs.is_empty() {
                 detail.push_str(&format!(
@@ -228,6 +224,10 @@ pub(crate) async fn save(http: &Http, plan: &Plan, report: &Reporter) {
                     ),
                 );
             } else {
+                report.stats.add(&plan.model, |c| {
+                    c.saves += 1;
+                    c.saved_bytes += m.bytes;
+                });
                 report.emit("kv_saved", &plan.model, detail);
             }
         }
