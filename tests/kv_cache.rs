@@ -623,3 +623,32 @@ async fn each_slot_comes_back_into_the_id_it_was_saved_from() {
     );
     assert_eq!(talk.seen("POST /slots/3?action=restore"), 1);
 }
+
+#[tokio::test]
+async fn a_conversation_larger_than_max_is_not_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = tmp.path().join("kv");
+    let talk = Llama::start(tmp.path(), "talk");
+    let r = Router::start(&config(&[(
+        "talk",
+        talk.backend(&format!("{{dir: {}, max: 100kB}}", kv.display())),
+    )]));
+    chat_ok(&r, "talk").await;
+    chat_ok(&r, "other").await;
+    let ev = wait_event(&r, "kv_failed talk").await;
+    assert!(
+        ev.iter()
+            .any(|e| e.contains("saved 300 KB but deleted it: larger than kv_cache.max (100 KB)")),
+        "{ev:?}"
+    );
+    assert!(slot_files(&kv).is_empty(), "{:?}", slot_files(&kv));
+    chat_ok(&r, "talk").await;
+    assert_eq!(talk.seen("action=restore"), 0);
+    let s = get_json(&r.url("/admin/status")).await;
+    let c = &s["kv_cache"]["talk"];
+    assert_eq!(
+        (c["saves"].as_u64(), c["failures"].as_u64()),
+        (Some(0), Some(1)),
+        "{s}"
+    );
+}
