@@ -152,6 +152,18 @@ async fn a_real_server_starts_on_first_request_and_answers_chat_and_streams() {
         .unwrap();
     assert_eq!(direct["data"][0]["id"], "SmolLM2-135M-Instruct", "{direct}");
 
+    // /api/show asks the running server's /props once: its real context size.
+    let show: Value = post(&r.url("/api/show"), &json!({"model": "tiny"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        show["model_info"]["modelyard.context_length"], 1024,
+        "llama.cpp's n_ctx, learned: {show}"
+    );
+    assert_eq!(show["capabilities"], json!(["completion"]), "{show}");
+
     // Streamed, by the model's own name: real SSE, chunk by chunk, ending in [DONE].
     let t = Instant::now();
     let resp = post(&r.url("/v1/chat/completions"), &ask("smol", true)).await;

@@ -101,7 +101,7 @@ impl Target {
         )
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, String> {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, String> {
         let resp = self
             .request(method, path)?
             .send()

@@ -12,18 +12,22 @@ mod load;
 mod locate;
 #[cfg(test)]
 mod proptests;
+mod request_log;
 mod schema;
 mod size;
+mod suggest;
 mod syntax;
 mod timeout;
 mod validate;
+mod yaml;
 
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
+pub use request_log::{RequestLog, RequestLogSettings};
 pub use schema::{Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model};
 pub use size::ByteSize;
+pub use suggest::{close_names, closest};
 pub use timeout::Timeout;
-pub use validate::closest;
 
 /// How long a model of a `one_shot` backend stays loaded after its last request
 /// unless it sets its own idle_timeout: long enough for a short batch of jobs, short
@@ -170,5 +174,38 @@ mod tests {
             "{{kind: omlx, command: [omlx, serve], kv_cache: {{dir: /var/kv, max: 50GB}}}}"
         ))
         .is_empty());
+    }
+
+    #[test]
+    fn request_log_is_on_by_default_off_when_said_and_its_keys_are_checked() {
+        let base = "backends: {s: {url: \"http://127.0.0.1:1\"}}\nmodels: {m: {backend: s}}\n";
+        let load = |top: &str| load_str("t", &format!("{top}\n{base}"));
+        let c = load("").unwrap().config;
+        let s = c.request_log.settings().expect("on by default");
+        assert_eq!(
+            (s.keep, s.max.bytes(), s.capture),
+            (Duration::from_secs(30 * 86400), 100_000_000, false)
+        );
+        assert_eq!(
+            load("request_log: off").unwrap().config.request_log,
+            RequestLog::Off
+        );
+        let c = load("request_log: {path: /tmp/r.db, keep: 7d, max: 10MB, capture: true}")
+            .unwrap()
+            .config;
+        let s = c.request_log.settings().unwrap();
+        assert_eq!(s.path_or_default(), Some("/tmp/r.db".into()));
+        assert_eq!(
+            (s.keep, s.max.bytes(), s.capture),
+            (Duration::from_secs(7 * 86400), 10_000_000, true)
+        );
+        let e = load("request_log: {keep: 7d, kep: 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kep"), "{e}");
+        let e = load("request_log: sometimes").unwrap_err().to_string();
+        assert!(e.contains("request_log") && e.contains("sometimes"), "{e}");
+        let e = load("request_log: {keep: soon}").unwrap_err().to_string();
+        assert!(e.contains("keep") && e.contains("soon"), "{e}");
     }
 }

@@ -128,6 +128,10 @@ pub struct Config {
     /// can end any that outlived it. Default: the user's state dir.
     #[serde(default)]
     pub state_file: Option<std::path::PathBuf>,
+    /// A record of every model request (SQLite), or `off`. Default: on, in the
+    /// user's data dir, 30 days, 100 MB, no bodies.
+    #[serde(default)]
+    pub request_log: crate::RequestLog,
     #[serde(default)]
     pub backends: BTreeMap<String, Backend>,
     #[serde(default)]

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::closest;
 use crate::schema::{BackendKind, Config};
 
 /// A problem found, with the key path it belongs to.
@@ -16,21 +17,6 @@ fn problem(path: &[&str], message: impl Into<String>) -> Problem {
         path: path.iter().map(|s| s.to_string()).collect(),
         message: message.into(),
     }
-}
-
-/// A name among `candidates` close enough to `wanted` to be a typo of it.
-pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| {
-            (
-                strsim::levenshtein(&wanted.to_lowercase(), &c.to_lowercase()),
-                c,
-            )
-        })
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {

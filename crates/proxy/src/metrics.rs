@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use modelyard_supervisor::{Event, KvCounts, Reason, Snapshot, Supervisor};
+use modelyard_supervisor::{Event, Kind, KvCounts, Reason, Snapshot, Supervisor};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabel {
@@ -88,6 +88,11 @@ fn latency_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+fn speed_buckets() -> Histogram {
+    // 1 to ~4000 tokens/s: a 70B model on a laptop to a cached tiny one.
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
+}
+
 fn load_buckets() -> Histogram {
     // 0.1 s to ~7 min: a small model to a 41 GB one from a cold disk.
     Histogram::new(exponential_buckets(0.1, 2.0, 13))
@@ -102,6 +107,8 @@ struct PerModel {
     queue_wait: OnceLock<Histogram>,
     prompt: OnceLock<Counter>,
     completion: OnceLock<Counter>,
+    first_token: OnceLock<Histogram>,
+    speed: OnceLock<Histogram>,
 }
 
 pub(crate) struct Metrics {
@@ -110,7 +117,11 @@ pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Histograms,
     first_byte: Histograms,
+    first_token: Histograms,
+    speed: Histograms,
     tokens: Family<TokenLabels, Counter>,
+    log_written: Counter,
+    log_dropped: Counter,
     queue_wait: Histograms,
     loads: Family<ModelLabel, Counter>,
     load_duration: Histograms,
@@ -131,7 +142,11 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
             first_byte: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            first_token: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            speed: Family::new_with_constructor(speed_buckets as fn() -> Histogram),
             tokens: Family::default(),
+            log_written: Counter::default(),
+            log_dropped: Counter::default(),
             queue_wait: Family::new_with_constructor(load_buckets as fn() -> Histogram),
             loads: Family::default(),
             load_duration: Family::new_with_constructor(load_buckets as fn() -> Histogram),
@@ -162,6 +177,27 @@ impl Metrics {
             "Time from request to the first byte of the response body",
             Unit::Seconds,
             m.first_byte.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_token",
+            "Time from request to the first byte of a streamed response (SSE or NDJSON)",
+            Unit::Seconds,
+            m.first_token.clone(),
+        );
+        r.register(
+            "tokens_per_second",
+            "Completion tokens per second of a streamed response, after its first token",
+            m.speed.clone(),
+        );
+        r.register(
+            "request_log_written",
+            "Records written to the request log",
+            m.log_written.clone(),
+        );
+        r.register(
+            "request_log_dropped",
+            "Records the request log dropped because its writer was behind",
+            m.log_dropped.clone(),
         );
         r.register(
             "tokens",
@@ -309,6 +345,31 @@ impl Metrics {
         self.kv.cached_tokens.get_or_create(&label(model)).inc_by(n);
     }
 
+    /// A streamed response's first token, and its tokens per second when its
+    /// usage said how many.
+    pub fn stream(&self, model: &str, first: Duration, speed: Option<f64>) {
+        let m = self.of(model);
+        m.first_token
+            .get_or_init(|| self.first_token.get_or_create(&label(model)).clone())
+            .observe(first.as_secs_f64());
+        if let Some(s) = speed {
+            m.speed
+                .get_or_init(|| self.speed.get_or_create(&label(model)).clone())
+                .observe(s);
+        }
+    }
+
+    /// The request log's counts so far (they only rise).
+    pub fn request_log(&self, written: u64, dropped: u64) {
+        // One scrape at a time, or two could both add the same difference.
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        self.log_written
+            .inc_by(written.saturating_sub(self.log_written.get()));
+        self.log_dropped
+            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
+    }
+
     pub fn queue_wait(&self, model: &str, waited: Duration) {
         self.of(model)
             .queue_wait
@@ -318,14 +379,14 @@ impl Metrics {
 
     fn event(&self, e: &Event) {
         match e.kind {
-            "ready" => {
+            Kind::Ready => {
                 self.loads.get_or_create(&label(&e.model)).inc();
                 let secs = e.load_ms.unwrap_or(0) as f64 / 1000.0;
                 self.load_duration
                     .get_or_create(&label(&e.model))
                     .observe(secs);
             }
-            "evicting" => {
+            Kind::Evicting => {
                 // The supervisor says why; an event without a reason is none
                 // of these (it should not happen) and is counted apart.
                 let reason = e.reason.map_or("other", Reason::as_str);
@@ -336,7 +397,7 @@ impl Metrics {
                     })
                     .inc();
             }
-            "crashed" => {
+            Kind::Crashed => {
                 self.crashes.get_or_create(&label(&e.model)).inc();
             }
             _ => {}

@@ -7,6 +7,18 @@
 //! models first (idle before busy, least recently used, never pinned, one model
 //! per group), unloads idle models, backs off from backends that keep failing, and
 //! stops every process when the router exits.
+//!
+//! Where to look:
+//! - `lifecycle.rs`: a model's states and the table of every legal move (the
+//!   owner refuses any other).
+//! - `ledger.rs`: the memory rule: a reservation that would take the sum above
+//!   the budget is refused; memory is released only once it is really back.
+//! - `policy.rs`: the pure decision of who starts and who goes, from a view.
+//! - `owner/`: the one task that holds all of it; `owner/mod.rs` maps its
+//!   modules, and `owner/leases.rs` is where an acquire becomes a [`Lease`] (the
+//!   proxy's single caller is `forward::lease`).
+//! - `effects.rs`: starting processes and asking servers to load or unload,
+//!   behind a trait so the owner is tested on a paused clock with a fake.
 
 mod backends;
 mod effects;
@@ -17,6 +29,8 @@ mod fault;
 mod health;
 mod kv_cache;
 mod lease;
+mod ledger;
+mod lifecycle;
 mod logs;
 mod measure;
 mod os;
@@ -40,7 +54,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
-pub use events::{Event, Reason};
+pub use events::{Event, Kind, Reason};
 pub use kv_cache::KvCounts;
 pub use lease::Lease;
 pub use logs::LogRing;

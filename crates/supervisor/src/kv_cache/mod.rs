@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::backends::Http;
-use crate::events::{now_ms, Event, EventLog};
+use crate::events::{now_ms, Event, EventLog, Kind};
 use files::{Manifest, SavedSlot};
 use server::{Moved, Server};
 
@@ -139,8 +139,8 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    fn emit(&self, kind: &'static str, model: &str, detail: String) {
-        if kind == "kv_failed" {
+    fn emit(&self, kind: Kind, model: &str, detail: String) {
+        if kind == Kind::KvFailed {
             tracing::warn!(model, "KV cache: {detail}");
             self.stats.add(model, |c| c.failures += 1);
         } else {
@@ -159,7 +159,7 @@ impl Reporter {
     }
 
     pub fn failed(&self, model: &str, detail: String) {
-        self.emit("kv_failed", model, detail);
+        self.emit(Kind::KvFailed, model, detail);
     }
 }
 
@@ -228,7 +228,7 @@ pub(crate) async fn save(http: &Http, plan: &Plan, report: &Reporter) {
                     c.saves += 1;
                     c.saved_bytes += m.bytes;
                 });
-                report.emit("kv_saved", &plan.model, detail);
+                report.emit(Kind::KvSaved, &plan.model, detail);
             }
         }
         Ok(Err(e)) => report.failed(&plan.model, format!("save failed, the server stops without it: {e}")),
@@ -317,7 +317,7 @@ pub(crate) async fn restore(http: &Http, plan: &Plan, report: &Reporter) {
                 c.restored_bytes += m.bytes;
                 c.restored_tokens += m.tokens;
             });
-            report.emit("kv_restored", &plan.model, done.describe(took));
+            report.emit(Kind::KvRestored, &plan.model, done.describe(took));
             return;
         }
         Ok(Err(e)) => format!("restore failed, the model serves without it: {e}"),
