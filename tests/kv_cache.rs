@@ -30,8 +30,10 @@ struct Fake {
     save: Act,
     restore: Act,
     build: String,
-    /// Whether /slots says slot 0 served a task (a restored slot says not).
-    busy: bool,
+    /// How many slots it has (`--parallel`).
+    slots: u32,
+    /// The slots /slots says served a task (a restored slot says not).
+    busy: Vec<u32>,
     /// Bytes a save writes.
     bytes: usize,
     /// Request lines received, in order.
@@ -55,7 +57,8 @@ impl Llama {
             save: Act::Ok,
             restore: Act::Ok,
             build: "b100-test".into(),
-            busy: true,
+            slots: 1,
+            busy: vec![0],
             bytes: 300_000,
             seen: Vec::new(),
         }));
@@ -109,11 +112,24 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
     let mut reader = BufReader::new(conn);
     while let Some(req) = RawRequest::read(&mut reader) {
         let path = req.line.split(' ').nth(1).unwrap_or("").to_string();
-        let (save, restore, build, bytes, busy) = {
+        let (save, restore, build, bytes, slots, busy) = {
             let mut s = state.lock().unwrap();
             s.seen.push(req.line.clone());
-            (s.save, s.restore, s.build.clone(), s.bytes, s.busy)
+            (
+                s.save,
+                s.restore,
+                s.build.clone(),
+                s.bytes,
+                s.slots,
+                s.busy.clone(),
+            )
         };
+        // POST /slots/{id}?action=…
+        let (slot, action) = path
+            .strip_prefix("/slots/")
+            .and_then(|r| r.split_once("?action="))
+            .and_then(|(id, a)| Some((id.parse::<u32>().ok()?, a.to_string())))
+            .unzip();
         let act = |out: &mut TcpStream, act: Act, ok: &dyn Fn() -> Value| match act {
             Act::Ok => reply(out, 200, &ok()),
             Act::Hang => std::thread::sleep(Duration::from_secs(120)),
@@ -138,26 +154,32 @@ fn serve(conn: TcpStream, state: &Mutex<Fake>, argv_file: &Path) {
             "/props" => reply(
                 &mut out,
                 200,
-                &json!({"model_path": "/models/talk.gguf", "build_info": build, "total_slots": 1,
+                &json!({"model_path": "/models/talk.gguf", "build_info": build, "total_slots": slots,
                         "default_generation_settings": {"n_ctx": 4096}}),
             ),
             "/slots" => reply(
                 &mut out,
                 200,
-                &if busy {
-                    json!([{"id": 0, "n_ctx": 4096, "is_processing": false, "id_task": 3, "n_prompt_tokens": 500}])
-                } else {
-                    json!([{"id": 0, "n_ctx": 4096, "is_processing": false}])
-                },
+                &Value::Array(
+                    (0..slots)
+                        .map(|id| {
+                            if busy.contains(&id) {
+                                json!({"id": id, "n_ctx": 4096, "is_processing": false, "id_task": 3, "n_prompt_tokens": 500})
+                            } else {
+                                json!({"id": id, "n_ctx": 4096, "is_processing": false})
+                            }
+                        })
+                        .collect(),
+                ),
             ),
-            "/slots/0?action=save" => act(&mut out, save, &|| {
+            _ if action.as_deref() == Some("save") => act(&mut out, save, &|| {
                 let f = file();
                 std::fs::write(&f, vec![9u8; bytes]).unwrap();
-                json!({"id_slot": 0, "filename": f.file_name().unwrap().to_str(), "n_saved": 500, "n_written": bytes, "timings": {"save_ms": 3.0}})
+                json!({"id_slot": slot, "filename": f.file_name().unwrap().to_str(), "n_saved": 500, "n_written": bytes, "timings": {"save_ms": 3.0}})
             }),
-            "/slots/0?action=restore" => act(&mut out, restore, &|| {
+            _ if action.as_deref() == Some("restore") => act(&mut out, restore, &|| {
                 let n = std::fs::metadata(file()).map_or(0, |m| m.len());
-                json!({"id_slot": 0, "n_restored": 500, "n_read": n, "timings": {"restore_ms": 2.0}})
+                json!({"id_slot": slot, "n_restored": 500, "n_read": n, "timings": {"restore_ms": 2.0}})
             }),
             _ => reply(
                 &mut out,
@@ -343,6 +365,8 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
 
     // Next time the server refuses the file: the model serves all the same,
     // and the set it refused is gone.
+    // Someone deletes the cache directory meanwhile: the next save makes it again.
+    std::fs::remove_dir_all(&kv).unwrap();
     talk.set(|f| f.restore = Act::Fail(400));
     swap_out_and_back(&r, "talk").await;
     let ev = wait_event(&r, "kv_failed talk").await;
@@ -522,7 +546,7 @@ async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
 
     // Loaded (and restored) by a load that sends no chat: llama.cpp's /slots
     // then lists no task, though the slot holds the restored conversation.
-    talk.set(|f| f.busy = false);
+    talk.set(|f| f.busy.clear());
     let load = client()
         .post(r.url("/admin/models/talk/load"))
         .send()
@@ -542,5 +566,89 @@ async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
         talk.seen("action=save"),
         1,
         "the set on disk was kept, not overwritten"
+    );
+}
+
+#[tokio::test]
+async fn each_slot_comes_back_into_the_id_it_was_saved_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = tmp.path().join("kv");
+    let talk = Llama::start(tmp.path(), "talk");
+    // Four slots (--parallel 4); two conversations, in slots 1 and 3.
+    talk.set(|f| {
+        f.slots = 4;
+        f.busy = vec![1, 3];
+    });
+    let r = Router::start(&config(&[(
+        "talk",
+        talk.backend(&format!("{{dir: {}}}", kv.display())),
+    )]));
+    chat_ok(&r, "talk").await;
+    swap_out_and_back(&r, "talk").await;
+    let ev = wait_event(&r, "kv_restored talk").await;
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with("kv_saved talk: slots 1, 3: 1000 tokens, 600 KB")),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with("kv_restored talk: slots 1, 3: 1000 tokens, 600 KB")),
+        "{ev:?}"
+    );
+    for id in [1, 3] {
+        assert_eq!(talk.seen(&format!("POST /slots/{id}?action=save")), 1);
+        assert_eq!(talk.seen(&format!("POST /slots/{id}?action=restore")), 1);
+    }
+    assert_eq!(
+        talk.seen("/slots/0?"),
+        0,
+        "an empty slot is neither saved nor restored"
+    );
+    assert_eq!(talk.seen("/slots/2?"), 0);
+
+    // The server comes back with fewer slots: what no longer has a slot stays out.
+    talk.set(|f| f.slots = 2);
+    swap_out_and_back(&r, "talk").await;
+    let ev = eventually(Duration::from_secs(10), || async {
+        let ev = kv_events(&r).await;
+        (ev.iter().filter(|e| e.starts_with("kv_restored")).count() == 2).then_some(ev)
+    })
+    .await
+    .unwrap_or_default();
+    assert!(
+        ev.iter()
+            .any(|e| e.starts_with("kv_restored talk: slot 1: 500 tokens")),
+        "{ev:?}"
+    );
+    assert_eq!(talk.seen("POST /slots/3?action=restore"), 1);
+}
+
+#[tokio::test]
+async fn a_conversation_larger_than_max_is_not_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let kv = tmp.path().join("kv");
+    let talk = Llama::start(tmp.path(), "talk");
+    let r = Router::start(&config(&[(
+        "talk",
+        talk.backend(&format!("{{dir: {}, max: 100kB}}", kv.display())),
+    )]));
+    chat_ok(&r, "talk").await;
+    chat_ok(&r, "other").await;
+    let ev = wait_event(&r, "kv_failed talk").await;
+    assert!(
+        ev.iter()
+            .any(|e| e.contains("saved 300 KB but deleted it: larger than kv_cache.max (100 KB)")),
+        "{ev:?}"
+    );
+    assert!(slot_files(&kv).is_empty(), "{:?}", slot_files(&kv));
+    chat_ok(&r, "talk").await;
+    assert_eq!(talk.seen("action=restore"), 0);
+    let s = get_json(&r.url("/admin/status")).await;
+    let c = &s["kv_cache"]["talk"];
+    assert_eq!(
+        (c["saves"].as_u64(), c["failures"].as_u64()),
+        (Some(0), Some(1)),
+        "{s}"
     );
 }

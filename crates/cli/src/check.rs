@@ -26,6 +26,19 @@ pub fn summary(loaded: &Loaded) -> String {
         };
         let one_shot = if b.one_shot { "one-shot, " } else { "" };
         let _ = writeln!(s, "  {name:<12} {:<7} {one_shot}{how}", b.kind.as_str());
+        if let Some(kv) = &b.kv_cache {
+            let dir = kv.root().map_or("(no cache directory)".to_string(), |d| {
+                d.display().to_string()
+            });
+            let _ = writeln!(
+                s,
+                "  {:<12} KV cache kept across unloads in {dir} (max {}, save within {}, restore within {})",
+                "",
+                kv.max,
+                humantime::format_duration(kv.save_timeout),
+                humantime::format_duration(kv.restore_timeout)
+            );
+        }
     }
     let _ = writeln!(s, "\nmodels ({}):", c.models.len());
     let _ = writeln!(
@@ -185,6 +198,20 @@ mod tests {
         assert!(
             super::wired_limit_warnings(&loaded.config, None).is_empty(),
             "Linux"
+        );
+    }
+
+    #[test]
+    fn a_backend_keeping_its_kv_cache_says_where_and_within_what() {
+        let loaded = modelyard_config::load_str(
+            "t",
+            "backends: {llama: {command: [llama-server, --port, \"${PORT}\"], kv_cache: {dir: /var/kv, max: 8GB}}}\nmodels:\n  m: {backend: llama, memory: 1GB}\n",
+        )
+        .unwrap();
+        let s = super::summary(&loaded);
+        assert!(
+            s.contains("KV cache kept across unloads in /var/kv (max 8 GB, save within 5s, restore within 5s)"),
+            "{s}"
         );
     }
 }

@@ -206,10 +206,6 @@ pub(crate) async fn save(http: &Http, plan: &Plan, report: &Reporter) {
         Ok(Ok(None)) => tracing::debug!(model = %plan.model, "KV cache: no slot in use, nothing saved"),
         Ok(Ok(Some(done))) => {
             let m = done.moved;
-            report.stats.add(&plan.model, |c| {
-                c.saves += 1;
-                c.saved_bytes += m.bytes;
-            });
             let mut detail = done.describe(took);
             if !done.evicted.dirs.is_empty() {
                 detail.push_str(&format!(
@@ -228,6 +224,10 @@ pub(crate) async fn save(http: &Http, plan: &Plan, report: &Reporter) {
                     ),
                 );
             } else {
+                report.stats.add(&plan.model, |c| {
+                    c.saves += 1;
+                    c.saved_bytes += m.bytes;
+                });
                 report.emit(Kind::KvSaved, &plan.model, detail);
             }
         }
@@ -261,8 +261,13 @@ async fn save_slots(http: &Http, plan: &Plan) -> Result<Option<Done>, String> {
         in_use.dedup();
     }
     let dir = plan.dir.clone();
-    // The old set is overwritten slot by slot: from here on it is no set.
-    blocking(move || files::forget(&dir)).await?;
+    blocking(move || {
+        // Made again in case someone deleted it while the server ran.
+        make_dir(&dir)?;
+        // The old set is overwritten slot by slot: from here on it is no set.
+        files::forget(&dir)
+    })
+    .await?;
     let mut done = Done::default();
     let mut slots = Vec::new();
     for id in in_use {
