@@ -110,13 +110,13 @@ impl<E: Effects> Owner<E> {
         let mut promised = 0u64;
         for (_, m) in waiting {
             let slot = &self.slots[&m];
-            match slot.phase() {
-                Phase::Ready => {
+            match slot.state {
+                State::Ready => {
                     self.serve_queue(&m);
                     continue;
                 }
-                Phase::Starting | Phase::Draining | Phase::Stopping => continue,
-                Phase::Cold | Phase::Failed => {}
+                State::Starting | State::Draining { .. } | State::Stopping => continue,
+                State::Cold => {}
             }
             if let Some(at) = slot.retry_at.filter(|at| *at > now) {
                 let why = format!(
