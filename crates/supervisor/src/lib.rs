@@ -72,6 +72,8 @@ pub struct Supervisor {
     /// Set once, to what happened, if a task the supervisor cannot do without
     /// panics.
     failure: Failure,
+    /// Numbers acquires, so a client that gives up can say which place it leaves.
+    acquires: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Supervisor {
@@ -120,6 +122,7 @@ impl Supervisor {
             tx,
             events,
             failure,
+            acquires: Arc::default(),
         }
     }
 
@@ -156,14 +159,26 @@ impl Supervisor {
     /// skipped and a lease that arrives for nobody is released at once.
     pub async fn acquire(&self, model: &str, deadline: Instant) -> Result<Lease, SupervisorError> {
         let (reply, rx) = oneshot::channel();
+        let id = self
+            .acquires
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tx
             .send(Msg::Acquire {
                 model: model.to_string(),
                 deadline,
                 reply,
+                id,
             })
             .map_err(|_| SupervisorError::ShuttingDown)?;
-        rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
+        let mut place = Place {
+            tx: &self.tx,
+            model,
+            id,
+            waiting: true,
+        };
+        let answer = rx.await;
+        place.waiting = false;
+        answer.unwrap_or(Err(SupervisorError::ShuttingDown))
     }
 
     /// Loads `model` and keeps it warm (it then idles like any other).
@@ -240,6 +255,27 @@ impl Supervisor {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Msg::Shutdown { done }).is_ok() {
             let _ = rx.await;
+        }
+    }
+}
+
+/// An acquire's place in its model's queue, given up when the acquire is
+/// dropped unanswered (the client went away): the owner hears at once, so its
+/// queue holds only clients still waiting and nothing loads for nobody.
+struct Place<'a> {
+    tx: &'a mpsc::UnboundedSender<Msg>,
+    model: &'a str,
+    id: u64,
+    waiting: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            let _ = self.tx.send(Msg::Abandoned {
+                model: self.model.to_string(),
+                id: self.id,
+            });
         }
     }
 }

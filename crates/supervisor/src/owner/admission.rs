@@ -215,14 +215,12 @@ impl<E: Effects> Owner<E> {
         }
     }
 
-    /// Waiters whose client went away (the acquire was dropped) give up their
-    /// places: they count toward no `max_queue` and cause no load. A model
-    /// draining to make room for requests that have all been abandoned serves
-    /// again: swapping it out would only cost its next request a load.
+    /// A model draining to make room for requests that are all gone (their
+    /// clients gave up, or their time ran out) serves again: swapping it out
+    /// would only cost its next request a load. Waiters whose client went away
+    /// have left their queues already (`Abandoned`), so this looks at models,
+    /// never at waiters.
     pub(super) fn settle_abandoned(&mut self) {
-        for slot in self.slots.values_mut() {
-            slot.queue.retain_open();
-        }
         if self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }

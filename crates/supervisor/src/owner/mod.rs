@@ -151,7 +151,13 @@ impl<E: Effects> Owner<E> {
                     model,
                     deadline,
                     reply,
-                } => self.on_acquire(model, deadline, reply),
+                    id,
+                } => self.on_acquire(model, deadline, reply, id),
+                Msg::Abandoned { model, id } => {
+                    if let Some(slot) = self.slots.get_mut(model.as_str()) {
+                        slot.queue.remove_id(id);
+                    }
+                }
                 Msg::Released { model, generation } => self.on_released(model, generation),
                 Msg::StartDone {
                     key,
