@@ -53,10 +53,16 @@ pub(crate) trait Effects: Send + 'static {
     fn model_op(&mut self, op: ModelOp, tx: UnboundedSender<Msg>);
 }
 
-/// Real processes, and real calls to their servers' APIs.
-#[derive(Default)]
+/// Real processes, and real calls to their servers' APIs (health checks
+/// included), through one HTTP client.
 pub(crate) struct Processes {
     http: Http,
+}
+
+impl Processes {
+    pub(crate) fn new(http: Http) -> Processes {
+        Processes { http }
+    }
 }
 
 struct Real {
@@ -105,8 +111,9 @@ impl Effects for Processes {
         })
         .map_err(|e| format!("cannot run `{}`: {e}", spec.argv[0]))?;
         tracing::info!(instance = %key, pid = proc.pid, "starting backend");
+        let http = self.http.clone();
         let health = tokio::spawn(async move {
-            let result = wait_healthy(&health_url, start_timeout).await;
+            let result = wait_healthy(&http, &health_url, start_timeout).await;
             let _ = tx.send(Msg::StartDone {
                 key,
                 generation,

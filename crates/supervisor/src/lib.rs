@@ -85,7 +85,10 @@ impl Supervisor {
             .clone()
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
-        let supervisor = Self::spawn(config, Processes::default(), state);
+        // One HTTP client for everything the supervisor asks of servers: health
+        // checks, loads and unloads, and the polls of what they hold.
+        let http = backends::Http::default();
+        let supervisor = Self::spawn(config, Processes::new(http.clone()), state);
         // Both end with the owner; a panic in either would leave the ledger
         // blind to real memory or to what servers unloaded on their own.
         must_live(
@@ -96,7 +99,7 @@ impl Supervisor {
         must_live(
             "server poller",
             &supervisor.failure,
-            poll_servers(supervisor.clone()),
+            poll_servers(supervisor.clone(), http),
         );
         supervisor
     }
@@ -321,8 +324,7 @@ const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Asks every server that keeps its own account for it, and hands that to the
 /// owner to square with the ledger; ends with the owner.
-async fn poll_servers(supervisor: Supervisor) {
-    let http = backends::Http::default();
+async fn poll_servers(supervisor: Supervisor, http: backends::Http) {
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
