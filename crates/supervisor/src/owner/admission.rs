@@ -78,16 +78,16 @@ impl<E: Effects> Owner<E> {
                     .all(|o| !self.slots[o].phase().holds_memory() || idle.contains(o));
             if all_idle && self.slots[m].phase() == Phase::Ready {
                 let slot = &self.slots[m];
-                let (reason, why) = match (slot.idle_override, slot.idle) {
-                    (Some(_), _) => (
+                let (reason, why) = match (slot.idle_for, slot.idle) {
+                    (IdleFor::KeepAlive(_), _) => (
                         Reason::KeepAlive,
                         "the request's keep_alive ran out".to_string(),
                     ),
-                    (None, Some(d)) => (
+                    (IdleFor::Config, Some(d)) => (
                         Reason::Idle,
                         format!("idle for {}", humantime::format_duration(d)),
                     ),
-                    (None, None) => (Reason::Idle, "idle".to_string()),
+                    (IdleFor::Config, None) => (Reason::Idle, "idle".to_string()),
                 };
                 self.begin_drain(m, reason, &why);
             }
@@ -343,7 +343,10 @@ pub(super) fn idle_deadline(s: &Slot) -> Option<Instant> {
         && !s.pinned
         && s.queue.is_empty()
         && s.memory > 0)
-        .then_some(s.idle_override.unwrap_or(s.idle))
+        .then_some(match s.idle_for {
+            IdleFor::KeepAlive(d) => d,
+            IdleFor::Config => s.idle,
+        })
         .flatten()
         .map(|d| s.last_used + d)
 }
