@@ -31,6 +31,11 @@ with sync_playwright() as p:
                                  headers={"content-type": "application/json"})
     urllib.request.urlopen(req, timeout=20).read()
     page.wait_for_selector('tr[data-model="kept"][data-state="ready"]', timeout=20000)
+    # That request is in the recent requests, and in today's figures, within a refresh.
+    page.wait_for_selector('#requests tr[data-model="kept"][data-status="200"]', timeout=10000)
+    row = page.inner_text('#requests tr[data-model="kept"]')
+    assert "caused" in row and "127.0.0.1" in row, "the request that loaded it: " + row
+    page.wait_for_selector('#daily tr[data-summary="kept"]', timeout=10000)
     idle = page.inner_text('tr[data-model="big-a"] td.idle')
     assert idle.startswith("9m ") or idle.startswith("10m "), "counts down from idle_timeout: " + idle
     assert page.inner_text('tr[data-model="kept"] td.idle') == "–", "a pinned model never idles out"

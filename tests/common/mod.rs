@@ -133,7 +133,9 @@ impl Router {
             .env("MODELYARD_STATE_FILE", state)
             .env("MODELYARD_LOG", "debug")
             // Where it records its URL for the CLI: its own, not the user's.
-            .env("XDG_RUNTIME_DIR", dir.path());
+            .env("XDG_RUNTIME_DIR", dir.path())
+            // Its request log (requests.db under modelyard/): its own too.
+            .env("XDG_DATA_HOME", dir.path());
         for (k, v) in env {
             cmd.env(k, v);
         }

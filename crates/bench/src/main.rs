@@ -72,6 +72,9 @@ impl Opts {
 /// only the overload scenario meets the limits, on purpose.
 const LIMITS: &str = "max_queue: 100000\nmax_connections: 4096\n";
 
+/// The saturation leg of the router with `request_log: off`.
+pub const NOLOG: &str = "modelyard, log off";
+
 /// Connections of the closed loop at saturation. 32 gave the same
 /// throughput on every leg here (2 vCPUs), at twice the latency.
 pub const SAT_CONNS: usize = 16;
@@ -315,9 +318,18 @@ fn run(opts: Opts) -> Result<(), String> {
         "{LIMITS}backends:\n  m: {{url: \"{}\"}}\n  s: {{url: \"{}\"}}\n  c: {{url: \"{}\"}}\nmodels:\n  m: {{backend: m}}\n  s: {{backend: s}}\n  c: {{backend: c}}\n",
         direct.base, direct_s.base, direct_c.base
     );
-    let (router, routed) = rig.router("router", &yaml)?;
+    // As users run it: the request log on (in the scratch directory).
+    let (router, routed) = rig.router("router", &format!("{}{yaml}", rig.request_log("router")))?;
     let mut meters: HashMap<String, Meter> = HashMap::new();
     meters.insert(routed.base.clone(), Meter::Process(router.pid()));
+    // The same router with the log off, beside it at saturation: what the log costs.
+    let unlogged = if opts.wants("saturation") {
+        let (p, t) = rig.router_as("router-nolog", &format!("request_log: off\n{yaml}"), NOLOG)?;
+        meters.insert(t.base.clone(), Meter::Process(p.pid()));
+        Some((p, t))
+    } else {
+        None
+    };
     std::thread::sleep(Duration::from_millis(300));
     rep.idle_rss = router.rss();
     say(&format!("router idle RSS {:.1} MiB", mib(rep.idle_rss)));
@@ -401,9 +413,14 @@ fn run(opts: Opts) -> Result<(), String> {
     let body = chat_body("m", false, None);
     // Warm-up: connections open on both legs, caches warm.
     say("warm-up");
-    for t in [Some(&direct), Some(&routed), nginx.as_ref().map(|n| &n.1)]
-        .into_iter()
-        .flatten()
+    for t in [
+        Some(&direct),
+        Some(&routed),
+        unlogged.as_ref().map(|u| &u.1),
+        nginx.as_ref().map(|n| &n.1),
+    ]
+    .into_iter()
+    .flatten()
     {
         load::closed_loop(&h, &client, t, &body, 8, Duration::from_millis(500));
     }
@@ -431,6 +448,7 @@ fn run(opts: Opts) -> Result<(), String> {
                 "{LIMITS}backends:\n  m: {{url: \"{}\"}}\nmodels:\n  m: {{backend: m}}\n",
                 direct.base
             );
+            let yaml = format!("{}{yaml}", rig.request_log("router-shared"));
             let (router, routed) = rig.router("router-shared", &yaml)?;
             meters.insert(routed.base.clone(), Meter::Process(router.pid()));
             let (floor, floor_meter) = relay::start(&direct.base, Some(1))?;
@@ -489,6 +507,7 @@ fn run(opts: Opts) -> Result<(), String> {
         say("saturation");
     }
     let mut legs: Vec<&Target> = vec![&direct, &routed, &floor];
+    legs.extend(unlogged.as_ref().map(|u| &u.1));
     legs.extend(nginx.as_ref().map(|n| &n.1));
     if let Some((_, t)) = &peer {
         legs.push(t);

@@ -404,6 +404,31 @@ impl Report {
             }
         }
 
+        if let Some((legs, cpu, _)) = &self.saturation {
+            if let (Some(i), Some(j)) = (
+                legs.names.iter().position(|n| *n == "modelyard"),
+                legs.names.iter().position(|n| *n == crate::NOLOG),
+            ) {
+                // Rounds are interleaved: each on−off pair ran back to back.
+                let d: Vec<f64> = cpu[i]
+                    .iter()
+                    .zip(&cpu[j])
+                    .map(|(on, off)| on - off)
+                    .collect();
+                let x = Spread::of(&d);
+                self.summary.push((
+                    "request log ≤ 2 µs of router CPU per request at saturation".into(),
+                    format!(
+                        "{} (log on {}, off {}, medians of per-round differences)",
+                        x.show(1, " µs"),
+                        Spread::of(&cpu[i]).show(1, " µs"),
+                        Spread::of(&cpu[j]).show(1, " µs")
+                    ),
+                    ok(x.median <= 2.0),
+                ));
+            }
+        }
+
         if let Some((legs, load)) = &self.low {
             let _ = writeln!(
                 s,

@@ -59,6 +59,16 @@ impl Rig {
 
     /// The router, from a routes.yaml body (its `listen` is added here).
     pub fn router(&self, name: &str, yaml: &str) -> Result<(Proc, Target), String> {
+        self.router_as(name, yaml, "modelyard")
+    }
+
+    /// A router shown as `leg` in the report.
+    pub fn router_as(
+        &self,
+        name: &str,
+        yaml: &str,
+        leg: &'static str,
+    ) -> Result<(Proc, Target), String> {
         let port = free_port();
         let config = self.dir.join(format!("{name}.yaml"));
         let state = self.dir.join(format!("{name}-state.json"));
@@ -85,7 +95,15 @@ impl Rig {
             health: "/healthz",
             wait: Duration::from_secs(20),
         };
-        self.launch(launch, "modelyard", None)
+        self.launch(launch, leg, None)
+    }
+
+    /// The request log a router of the rig keeps: in the scratch directory.
+    pub fn request_log(&self, name: &str) -> String {
+        format!(
+            "request_log: {{path: \"{}\"}}\n",
+            self.dir.join(format!("{name}-requests.db")).display()
+        )
     }
 
     /// LiteLLM's proxy in front of the given backends, if it is installed.

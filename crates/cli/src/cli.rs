@@ -80,6 +80,40 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// The request log: each model request, its model, waits, swaps, times and tokens
+    Requests {
+        /// Only requests for this model (or alias, as asked)
+        #[arg(long)]
+        model: Option<String>,
+        /// Only requests from this span back from now: 30m, 1h, 7d
+        #[arg(long)]
+        since: Option<String>,
+        /// The slowest first (by total time) instead of the newest
+        #[arg(long)]
+        slow: bool,
+        /// How many requests to show
+        #[arg(short = 'n', long, default_value_t = 50)]
+        limit: usize,
+        /// Print the records as JSON
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A live view per model: requests, tokens/s, queue, swaps (redraws until Ctrl-C)
+    Top {
+        /// The span each view covers, back from now
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        window: std::time::Duration,
+        /// How often it redraws
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        every: std::time::Duration,
+        /// Print one view and exit
+        #[arg(long)]
+        once: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Follow what happens to models: loads, evictions and why, crashes
     Events {
         #[command(flatten)]

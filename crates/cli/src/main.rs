@@ -1,6 +1,7 @@
 mod check;
 mod cli;
 mod remote;
+mod requests;
 mod runtime;
 mod serve;
 
@@ -75,6 +76,30 @@ fn main() -> ExitCode {
         }),
         Command::Reload { remote } => client(&remote, |t| async move { remote::reload(&t).await }),
         Command::Events { remote } => client(&remote, |t| async move { remote::events(&t).await }),
+        Command::Requests {
+            model,
+            since,
+            slow,
+            limit,
+            json,
+            remote,
+        } => client(&remote, |t| async move {
+            let filter = requests::Filter {
+                model,
+                since,
+                slow,
+                limit,
+            };
+            requests::requests(&t, filter, json).await
+        }),
+        Command::Top {
+            window,
+            every,
+            once,
+            remote,
+        } => client(&remote, |t| async move {
+            requests::top(&t, window, every, once).await
+        }),
         Command::Demo { listen } => {
             let loaded = match load_str("built-in demo config", DEMO_CONFIG) {
                 Ok(l) => l,

@@ -17,6 +17,8 @@ pub async fn run(
 ) -> Result<(), String> {
     // Before anything holds a descriptor, and logged before the banner.
     open_files(&config);
+    // Before the bind: a log that cannot be opened stops the start, naming it.
+    let requests = open_request_log(&config)?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another modelyard or an Ollama already running there? set `listen` in routes.yaml, MODELYARD_LISTEN or --listen)"
@@ -37,7 +39,7 @@ pub async fn run(
     banner(addr);
     let config = Arc::new(config);
     let supervisor = Supervisor::start(config.clone());
-    let router = Router::new(config, source, supervisor.clone());
+    let router = Router::new(config, source, supervisor.clone(), requests);
     // After the bind and the banner: the listener never waits for a preload.
     router.preload();
     reload_on_sighup(router.clone());
@@ -60,6 +62,38 @@ pub async fn run(
     supervisor.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The request log `request_log` asks for, opened; None when it is `off`, or
+/// when no path is set and the system names no data dir (said in the log).
+fn open_request_log(config: &Config) -> Result<Option<modelyard_reqlog::RequestLog>, String> {
+    let Some(settings) = config.request_log.settings() else {
+        return Ok(None);
+    };
+    let Some(path) = settings.path_or_default() else {
+        tracing::warn!("request log off: no data directory on this system; set request_log.path");
+        return Ok(None);
+    };
+    // For the end-to-end test of a writer that stalls: a channel of N records
+    // and a writer that never writes. Not compiled into release builds.
+    #[cfg(debug_assertions)]
+    let stalled: Option<usize> = std::env::var("MODELYARD_DEBUG_STALL_REQUEST_LOG")
+        .ok()
+        .and_then(|n| n.parse().ok());
+    #[cfg(not(debug_assertions))]
+    let stalled: Option<usize> = None;
+    let log = modelyard_reqlog::RequestLog::open(modelyard_reqlog::Settings {
+        path,
+        keep: settings.keep,
+        max_bytes: settings.max.bytes(),
+        capacity: stalled.unwrap_or(modelyard_reqlog::CAPACITY),
+    })
+    .map_err(|e| format!("{e} (request_log.path in routes.yaml; `request_log: off` keeps none)"))?;
+    if stalled.is_some() {
+        std::mem::forget(log.stall());
+    }
+    tracing::info!(path = %log.path().display(), "recording requests");
+    Ok(Some(log))
 }
 
 /// Descriptors each client connection may need besides its own: the backend

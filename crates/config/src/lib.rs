@@ -12,6 +12,7 @@ mod load;
 mod locate;
 #[cfg(test)]
 mod proptests;
+mod request_log;
 mod schema;
 mod size;
 mod suggest;
@@ -22,7 +23,8 @@ mod yaml;
 
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
-pub use schema::{Backend, BackendKind, Capability, Config, LoadingProgress, Model};
+pub use request_log::{RequestLog, RequestLogSettings};
+pub use schema::{Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model};
 pub use size::ByteSize;
 pub use suggest::{close_names, closest};
 pub use timeout::Timeout;
@@ -114,5 +116,96 @@ mod tests {
             idle("idle_timeout: 20s", "kokoro"),
             Timeout::After(Duration::from_secs(20))
         );
+    }
+
+    /// The issues routes.yaml with `backend` as its one backend gets, as `key: message`.
+    fn kv_issues(backend: &str) -> Vec<String> {
+        let yaml =
+            format!("backends:\n  b: {backend}\nmodels:\n  m: {{backend: b, memory: 1GB}}\n");
+        match load_str("t", &yaml) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid { issues, .. }) => issues
+                .into_iter()
+                .map(|i| format!("{}: {}", i.key, i.message))
+                .collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn kv_cache_defaults_to_20gb_and_5s_under_the_users_cache_dir() {
+        let yaml = "backends:\n  b: {command: [llama-server, --port, \"${PORT}\"], kv_cache: {}}\nmodels:\n  m: {backend: b, memory: 1GB}\n";
+        let c = load_str("t", yaml).unwrap().config;
+        let kv = c.backends["b"].kv_cache.clone().unwrap();
+        assert_eq!(kv.max, ByteSize(20_000_000_000));
+        assert_eq!(kv.save_timeout, Duration::from_secs(5));
+        assert_eq!(kv.restore_timeout, Duration::from_secs(5));
+        assert!(kv.root().unwrap().ends_with("modelyard/kv-cache"));
+        let off = "backends:\n  b: {command: [x, \"${PORT}\"]}\nmodels:\n  m: {backend: b, memory: 1GB}\n";
+        assert_eq!(
+            load_str("t", off).unwrap().config.backends["b"].kv_cache,
+            None
+        );
+    }
+
+    #[test]
+    fn kv_cache_mistakes_name_their_key() {
+        let cmd = "command: [llama-server, --port, \"${PORT}\"]";
+        let cases = [
+            (format!("{{{cmd}, kv_cache: {{max: 0}}}}"), "backends.b.kv_cache.max: must be more than 0"),
+            (format!("{{{cmd}, kv_cache: {{save_timeout: 0s}}}}"), "backends.b.kv_cache.save_timeout: must be more than 0s"),
+            (format!("{{{cmd}, kv_cache: {{restore_timeout: 0s}}}}"), "backends.b.kv_cache.restore_timeout: must be more than 0s"),
+            (format!("{{{cmd}, kv_cache: {{dir: kv}}}}"), "backends.b.kv_cache.dir: `kv` must be an absolute path"),
+            (format!("{{{cmd}, kv_cache: {{sav_timeout: 1s}}}}"), "backends.b.kv_cache.sav_timeout: unknown"),
+            ("{url: \"http://127.0.0.1:1\", kv_cache: {}}".to_string(), "backends.b.kv_cache: only a server the router starts"),
+            ("{kind: ollama, command: [ollama, serve], kv_cache: {}}".to_string(), "this backend is kind ollama"),
+            ("{command: [llama-server, --port, \"${PORT}\", --slot-save-path, /x/], kv_cache: {}}".to_string(), "sets --slot-save-path itself"),
+        ];
+        for (backend, wanted) in cases {
+            let issues = kv_issues(&backend);
+            assert!(
+                issues.iter().any(
+                    |i| i.starts_with(wanted) || (i.contains(wanted) && !wanted.contains(": "))
+                ),
+                "{backend}: wanted `{wanted}` in {issues:?}"
+            );
+        }
+        assert!(kv_issues(
+            "{kind: omlx, command: [omlx, serve], kv_cache: {dir: /var/kv, max: 50GB}}"
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn request_log_is_on_by_default_off_when_said_and_its_keys_are_checked() {
+        let base = "backends: {s: {url: \"http://127.0.0.1:1\"}}\nmodels: {m: {backend: s}}\n";
+        let load = |top: &str| load_str("t", &format!("{top}\n{base}"));
+        let c = load("").unwrap().config;
+        let s = c.request_log.settings().expect("on by default");
+        assert_eq!(
+            (s.keep, s.max.bytes(), s.capture),
+            (Duration::from_secs(30 * 86400), 100_000_000, false)
+        );
+        assert_eq!(
+            load("request_log: off").unwrap().config.request_log,
+            RequestLog::Off
+        );
+        let c = load("request_log: {path: /tmp/r.db, keep: 7d, max: 10MB, capture: true}")
+            .unwrap()
+            .config;
+        let s = c.request_log.settings().unwrap();
+        assert_eq!(s.path_or_default(), Some("/tmp/r.db".into()));
+        assert_eq!(
+            (s.keep, s.max.bytes(), s.capture),
+            (Duration::from_secs(7 * 86400), 10_000_000, true)
+        );
+        let e = load("request_log: {keep: 7d, kep: 1}")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kep"), "{e}");
+        let e = load("request_log: sometimes").unwrap_err().to_string();
+        assert!(e.contains("request_log") && e.contains("sometimes"), "{e}");
+        let e = load("request_log: {keep: soon}").unwrap_err().to_string();
+        assert!(e.contains("keep") && e.contains("soon"), "{e}");
     }
 }

@@ -46,6 +46,14 @@ async fn route(
     let parts: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (&method, parts.as_slice()) {
         (&Method::GET, ["status"]) => status(inner).await,
+        (&Method::GET, ["requests"]) => {
+            allowed(&config, headers, peer)?;
+            crate::requests::list(inner, query).await
+        }
+        (&Method::GET, ["requests", "summary"]) => {
+            allowed(&config, headers, peer)?;
+            crate::requests::summary(inner, query).await
+        }
         (&Method::GET, ["events"]) => Ok(events(inner)),
         (&Method::GET, ["models", id, "logs"]) => {
             // Backends print prompts and paths: their output is as private as a change.
@@ -260,6 +268,7 @@ async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
         "free": budget.map(|b| b.saturating_sub(snap.used)),
         "servers": snap.servers,
         "models": models,
+        "kv_cache": inner.supervisor.kv_counts(),
         "events": inner.supervisor.recent_events(),
     })))
 }

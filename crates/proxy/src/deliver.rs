@@ -28,14 +28,24 @@ pub(crate) async fn round_trip(
     request: Request<crate::client::Outgoing>,
     client_name: Option<&str>,
     started: Instant,
+    mut draft: crate::record::Slot,
 ) -> Result<Response<Body>, ApiError> {
-    let response = crate::forward::exchange(state, &model, &lease, request).await?;
+    let response = match crate::forward::exchange(state, &model, &lease, request).await {
+        Ok(r) => r,
+        Err(e) => {
+            if let Some(d) = &mut draft {
+                d.failed(&e);
+            }
+            return Err(e);
+        }
+    };
     let observe = Observe::new(
         state.metrics.clone(),
         model,
         response.status().as_u16(),
         started,
-    );
+    )
+    .with_draft(draft);
     deliver(&state.config(), response, client_name, lease, observe).await
 }
 
@@ -114,7 +124,7 @@ fn framing_of(headers: &http::HeaderMap) -> (Framing, bool) {
 /// A whole reply, never more than `limit` bytes of it held.
 async fn read_whole(mut relay: Relay, model: &str, limit: u64) -> Result<bytes::Bytes, ApiError> {
     if relay.declared_len().is_some_and(|n| n > limit) {
-        relay.uncount();
+        relay.uncount("backend_response_too_large");
         return Err(ApiError::ResponseTooLarge {
             model: model.to_string(),
             limit,
@@ -139,13 +149,13 @@ async fn read_whole(mut relay: Relay, model: &str, limit: u64) -> Result<bytes::
                 reason: e.to_string(),
             },
         };
-        relay.uncount();
+        relay.uncount(failure.code());
         return Err(failure);
     }
     if let Some(why) = relay.upstream_broken() {
         // More bytes than the reply's framing allowed: which of them are the
         // answer cannot be known.
-        relay.uncount();
+        relay.uncount("backend_bad_reply");
         return Err(ApiError::BadReply {
             model: model.to_string(),
             reason: format!("the reply broke its framing ({why})"),

@@ -127,7 +127,7 @@ async fn send(
     let body = Prefixed::new(bytes::Bytes::new(), body, state.config().body_timeout).boxed_unsync();
     let model = lease.model.clone();
     let request = forward::upstream_streamed(&parts, &lease, path, body, length);
-    crate::deliver::round_trip(state, model, lease, request, client_name, started).await
+    crate::deliver::round_trip(state, model, lease, request, client_name, started, None).await
 }
 
 fn counted(state: &Inner, e: ApiError, started: Instant) -> Response<Body> {

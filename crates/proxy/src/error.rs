@@ -92,6 +92,10 @@ pub enum ApiError {
     },
     #[error("config not reloaded, the running one stays: {0}")]
     Reload(String),
+    #[error("this router keeps no request log (request_log: off in routes.yaml)")]
+    RequestLogOff,
+    #[error("{0}")]
+    RequestLog(String),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
 }
@@ -125,7 +129,7 @@ impl Dialect {
 }
 
 /// Anthropic's error `type` for a status, as its SDKs map them to exceptions.
-fn anthropic_type(status: StatusCode) -> &'static str {
+pub(crate) fn anthropic_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 408 | 414 | 422 | 431 => "invalid_request_error",
         401 => "authentication_error",
@@ -331,6 +335,18 @@ impl ApiError {
                 None,
                 "invalid_api_key",
             ),
+            RequestLogOff => (
+                StatusCode::NOT_FOUND,
+                "invalid_request_error",
+                None,
+                "request_log_off",
+            ),
+            RequestLog(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                None,
+                "request_log_failed",
+            ),
             AdminKey => (
                 StatusCode::UNAUTHORIZED,
                 "authentication_error",
@@ -414,6 +430,11 @@ impl ApiError {
 
     pub fn status(&self) -> StatusCode {
         self.parts().0
+    }
+
+    /// The code sent as `x-modelyard-error`.
+    pub fn code(&self) -> &'static str {
+        self.parts().3
     }
 
     /// This error as the JSON of an SSE `error` event, for a stream already begun.

@@ -18,12 +18,18 @@ use crate::client::{Failure, Outgoing, Reply};
 use crate::error::ApiError;
 use crate::fallback;
 use crate::limits::read_body;
+use crate::record::{Draft, Slot};
 use crate::rewrite::{peek_model, Routed};
 use crate::Inner;
 
 /// Answers one model request; every outcome is counted once in the metrics.
-pub(crate) async fn model_request(state: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn model_request(
+    state: Arc<Inner>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
+    let mut draft = Draft::begin(&state, req.uri(), req.headers(), peer, started);
     // Unknown names stay "-" so a client cannot mint label values.
     let mut model = String::from("-");
     let form = req
@@ -34,14 +40,17 @@ pub(crate) async fn model_request(state: Arc<Inner>, req: Request<Incoming>) -> 
     let dialect = crate::error::Dialect::of(req.uri().path());
     let outcome = match form {
         Some(boundary) => match boundary {
-            Ok(b) => crate::upload::form(&state, req, &b, started, &mut model).await,
+            Ok(b) => crate::upload::form(&state, req, &b, started, &mut model, &mut draft).await,
             Err(e) => Err(ApiError::BadForm(e)),
         },
-        None => forward(&state, req, started, &mut model).await,
+        None => forward(&state, req, started, &mut model, &mut draft).await,
     };
     match outcome {
         Ok(resp) => resp,
         Err(e) => {
+            if let Some(d) = &mut draft {
+                d.failed(&e);
+            }
             let resp = e.render(dialect);
             state
                 .metrics
@@ -56,11 +65,15 @@ async fn forward(
     req: Request<Incoming>,
     started: Instant,
     label: &mut String,
+    draft: &mut Slot,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let config = state.config();
     let bytes = read_body(&config, parts.uri.path(), &parts.headers, body).await?;
     let routed = peek_model(&bytes)?;
+    if let Some(d) = draft {
+        d.asked(&routed.model, routed.stream, &bytes);
+    }
     let asked_for = routable(state, &routed.model).await?;
     let choice = fallback::route(state, &config, &asked_for, parts.uri.path(), &bytes).await?;
     let note = choice.note(&asked_for);
@@ -72,6 +85,13 @@ async fn forward(
         Some(_) => model.clone(),
     };
     label.clone_from(&model);
+    if let Some(d) = draft {
+        d.served(&model);
+    }
+    let asked = (
+        Instant::now(),
+        draft.as_ref().map(|_| modelyard_reqlog::now_ms()),
+    );
     let acquire = {
         let (state, model) = (state.clone(), model.clone());
         async move { lease(&state, &model).await }
@@ -84,6 +104,8 @@ async fn forward(
         client_name,
         model,
         started,
+        asked,
+        draft: draft.take(),
     };
     let mut resp = answer(state, send, acquire).await?;
     if let Some(note) = note {
@@ -148,8 +170,10 @@ async fn answer(
     }
 }
 
+/// A streamed request on a route whose clients read SSE: the completions,
+/// Anthropic's Messages and OpenAI's Responses.
 fn routed_stream(u: &Upstream) -> bool {
-    u.routed.stream && u.parts.uri.path().ends_with("/completions")
+    u.routed.stream && crate::progress::Framing::of(u.parts.uri.path()).is_some()
 }
 
 /// Everything needed to send a request upstream once its model is leased.
@@ -161,6 +185,9 @@ pub(crate) struct Upstream {
     pub client_name: String,
     pub model: String,
     started: Instant,
+    /// When the lease was asked for (and, with a request log, the wall clock then).
+    asked: (Instant, Option<u64>),
+    draft: Slot,
 }
 
 impl Upstream {
@@ -178,8 +205,19 @@ impl Upstream {
             .to_string()
     }
 
+    /// The request ends in `e` before it was sent (its record says so).
+    pub(crate) fn failed(&mut self, e: &ApiError) {
+        if let Some(d) = &mut self.draft {
+            d.failed(e);
+        }
+    }
+
     pub(crate) fn started(&self) -> Instant {
         self.started
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.parts.uri.path()
     }
 
     pub(crate) fn progress_mode(&self) -> LoadingProgress {
@@ -195,11 +233,25 @@ impl Upstream {
             client_name,
             model,
             started,
+            asked,
+            mut draft,
         } = self;
+        if let (Some(d), (at, Some(at_ms))) = (&mut draft, asked) {
+            d.leased(&state, at.elapsed(), at_ms);
+        }
         let upstream_body = routed.with_model(&bytes, &lease.upstream_model);
         drop(bytes);
         let request = upstream_request(&parts, &lease, None, upstream_body);
-        crate::deliver::round_trip(&state, model, lease, request, Some(&client_name), started).await
+        crate::deliver::round_trip(
+            &state,
+            model,
+            lease,
+            request,
+            Some(&client_name),
+            started,
+            draft,
+        )
+        .await
     }
 }
 

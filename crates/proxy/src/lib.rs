@@ -16,6 +16,7 @@ mod forward;
 mod guard;
 mod idle;
 mod keys;
+mod learned;
 mod limits;
 mod metrics;
 mod models;
@@ -24,7 +25,9 @@ mod ollama;
 mod progress;
 #[cfg(test)]
 mod proptests;
+mod record;
 mod relay;
+mod requests;
 mod rewrite;
 mod server;
 mod upload;
@@ -67,13 +70,22 @@ pub(crate) struct Inner {
     /// end then, instead of holding the drain open.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub metrics: Arc<metrics::Metrics>,
+    /// What backends said about their models (capabilities, context).
+    pub learned: learned::Learned,
+    /// Where each model request is recorded; None with `request_log: off`.
+    pub requests: Option<modelyard_reqlog::RequestLog>,
+    /// `request_log.capture`: records keep the request's body.
+    pub capture: bool,
 }
 
 impl Router {
+    /// A router on `config`; `requests` is the request log it writes, opened by
+    /// the caller (so a file that cannot be opened stops the start, naming it).
     pub fn new(
         config: Arc<Config>,
         source: Option<std::path::PathBuf>,
         supervisor: Supervisor,
+        requests: Option<modelyard_reqlog::RequestLog>,
     ) -> Router {
         let connect_timeout = config.upstream_connect_timeout;
         let client = client::Client::new(connect_timeout, config.upstream_pool_idle);
@@ -83,9 +95,12 @@ impl Router {
             .unwrap_or_default();
         let metrics = Arc::new(metrics::Metrics::new());
         metrics::follow_events(metrics.clone(), &supervisor);
+        let capture = config.request_log.settings().is_some_and(|s| s.capture);
         Router {
             inner: Arc::new(Inner {
                 metrics,
+                requests,
+                capture,
                 config: std::sync::RwLock::new(config),
                 source,
                 supervisor,
@@ -93,6 +108,7 @@ impl Router {
                 connect_timeout,
                 started_unix,
                 closing: tokio::sync::watch::channel(false).0,
+                learned: learned::Learned::default(),
             }),
         }
     }
@@ -171,10 +187,10 @@ impl Router {
             }
         }
         if req.uri().path().starts_with("/api/") {
-            return Box::pin(ollama::handle(self.inner, req)).await;
+            return Box::pin(ollama::handle(self.inner, req, peer)).await;
         }
         if req.method() == Method::POST && req.uri().path().starts_with("/v1/") {
-            return Box::pin(forward::model_request(self.inner, req)).await;
+            return Box::pin(forward::model_request(self.inner, req, peer)).await;
         }
         let target = req
             .uri()
@@ -200,12 +216,23 @@ impl Router {
         match (req.method(), path) {
             (&Method::GET, "/v1/models") => {
                 let snap = inner.supervisor.snapshot().await;
-                models::list(&inner.config(), snap.as_ref(), inner.started_unix)
+                models::list(
+                    &inner.config(),
+                    &inner.learned,
+                    snap.as_ref(),
+                    inner.started_unix,
+                )
             }
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
                 let snap = inner.supervisor.snapshot().await;
-                models::one(&inner.config(), snap.as_ref(), inner.started_unix, &id)
+                models::one(
+                    &inner.config(),
+                    &inner.learned,
+                    snap.as_ref(),
+                    inner.started_unix,
+                    &id,
+                )
             }
             // Browsers ask for it on every page view; no icon is no error worth a log line.
             (&Method::GET, "/favicon.ico") => {
@@ -223,7 +250,11 @@ impl Router {
             }
             (&Method::GET, "/metrics") => {
                 let snap = inner.supervisor.snapshot().await;
-                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref())));
+                let kv = inner.supervisor.kv_counts();
+                if let Some(log) = &inner.requests {
+                    inner.metrics.request_log(log.written(), log.dropped());
+                }
+                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref(), &kv)));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -304,6 +335,7 @@ impl Inner {
             .await
             .map_err(|e| e.to_string())?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        self.learned.clear();
         // Preloads the reload brought in: listed now and not before, or new models.
         let fresh = next
             .preload

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use modelyard_supervisor::{Event, Kind, Reason, Snapshot, Supervisor};
+use modelyard_supervisor::{Event, Kind, KvCounts, Reason, Snapshot, Supervisor};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabel {
@@ -32,6 +32,50 @@ pub(crate) struct TokenLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KvLabels {
+    pub model: String,
+    /// save or restore.
+    pub op: &'static str,
+}
+
+/// The KV cache's counts, kept by the supervisor and brought up to date here at
+/// each scrape (under the lock, so two scrapes cannot both add the same rise).
+#[derive(Default)]
+struct KvSeries {
+    ops: Family<KvLabels, Counter>,
+    failures: Family<ModelLabel, Counter>,
+    bytes: Family<KvLabels, Counter>,
+    restored_tokens: Family<ModelLabel, Counter>,
+    /// From responses: what the backend's prompt cache (restored or not) saved.
+    cached_tokens: Family<ModelLabel, Counter>,
+    lock: std::sync::Mutex<()>,
+}
+
+impl KvSeries {
+    fn follow(&self, kv: &std::collections::BTreeMap<String, KvCounts>) {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let up_to = |c: &Counter, v: u64| {
+            c.inc_by(v.saturating_sub(c.get()));
+        };
+        for (model, k) in kv {
+            let by = |op| KvLabels {
+                model: model.clone(),
+                op,
+            };
+            up_to(&self.ops.get_or_create(&by("save")), k.saves);
+            up_to(&self.ops.get_or_create(&by("restore")), k.restores);
+            up_to(&self.bytes.get_or_create(&by("save")), k.saved_bytes);
+            up_to(&self.bytes.get_or_create(&by("restore")), k.restored_bytes);
+            up_to(&self.failures.get_or_create(&label(model)), k.failures);
+            up_to(
+                &self.restored_tokens.get_or_create(&label(model)),
+                k.restored_tokens,
+            );
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EvictionLabels {
     pub model: String,
     pub reason: &'static str,
@@ -42,6 +86,11 @@ type Histograms = Family<ModelLabel, Histogram, fn() -> Histogram>;
 fn latency_buckets() -> Histogram {
     // 1 ms to ~65 s: a cached reply to a long generation.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+fn speed_buckets() -> Histogram {
+    // 1 to ~4000 tokens/s: a 70B model on a laptop to a cached tiny one.
+    Histogram::new(exponential_buckets(1.0, 2.0, 13))
 }
 
 fn load_buckets() -> Histogram {
@@ -58,6 +107,8 @@ struct PerModel {
     queue_wait: OnceLock<Histogram>,
     prompt: OnceLock<Counter>,
     completion: OnceLock<Counter>,
+    first_token: OnceLock<Histogram>,
+    speed: OnceLock<Histogram>,
 }
 
 pub(crate) struct Metrics {
@@ -66,7 +117,11 @@ pub(crate) struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Histograms,
     first_byte: Histograms,
+    first_token: Histograms,
+    speed: Histograms,
     tokens: Family<TokenLabels, Counter>,
+    log_written: Counter,
+    log_dropped: Counter,
     queue_wait: Histograms,
     loads: Family<ModelLabel, Counter>,
     load_duration: Histograms,
@@ -77,6 +132,7 @@ pub(crate) struct Metrics {
     declared: Family<ModelLabel, Gauge>,
     measured: Family<ModelLabel, Gauge>,
     reserved: Family<ModelLabel, Gauge>,
+    kv: Arc<KvSeries>,
 }
 
 impl Metrics {
@@ -86,7 +142,11 @@ impl Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
             first_byte: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            first_token: Family::new_with_constructor(latency_buckets as fn() -> Histogram),
+            speed: Family::new_with_constructor(speed_buckets as fn() -> Histogram),
             tokens: Family::default(),
+            log_written: Counter::default(),
+            log_dropped: Counter::default(),
             queue_wait: Family::new_with_constructor(load_buckets as fn() -> Histogram),
             loads: Family::default(),
             load_duration: Family::new_with_constructor(load_buckets as fn() -> Histogram),
@@ -97,6 +157,7 @@ impl Metrics {
             declared: Family::default(),
             measured: Family::default(),
             reserved: Family::default(),
+            kv: Arc::default(),
             registry: Registry::default(),
             per_model: Default::default(),
         };
@@ -116,6 +177,27 @@ impl Metrics {
             "Time from request to the first byte of the response body",
             Unit::Seconds,
             m.first_byte.clone(),
+        );
+        r.register_with_unit(
+            "time_to_first_token",
+            "Time from request to the first byte of a streamed response (SSE or NDJSON)",
+            Unit::Seconds,
+            m.first_token.clone(),
+        );
+        r.register(
+            "tokens_per_second",
+            "Completion tokens per second of a streamed response, after its first token",
+            m.speed.clone(),
+        );
+        r.register(
+            "request_log_written",
+            "Records written to the request log",
+            m.log_written.clone(),
+        );
+        r.register(
+            "request_log_dropped",
+            "Records the request log dropped because its writer was behind",
+            m.log_dropped.clone(),
         );
         r.register(
             "tokens",
@@ -169,6 +251,32 @@ impl Metrics {
             "Memory reserved for a model now",
             Unit::Bytes,
             m.reserved.clone(),
+        );
+        r.register(
+            "kv_cache_operations",
+            "KV cache saves (before a server stops) and restores (after it starts) that succeeded",
+            m.kv.ops.clone(),
+        );
+        r.register(
+            "kv_cache_failures",
+            "KV cache saves or restores that failed or timed out (the swap went on without them)",
+            m.kv.failures.clone(),
+        );
+        r.register_with_unit(
+            "kv_cache",
+            "KV cache bytes written by saves and read by restores",
+            Unit::Bytes,
+            m.kv.bytes.clone(),
+        );
+        r.register(
+            "kv_cache_restored_tokens",
+            "Prompt tokens put back by restores, which the next turns need not prefill",
+            m.kv.restored_tokens.clone(),
+        );
+        r.register(
+            "prompt_cached_tokens",
+            "Prompt tokens a backend took from its cache instead of evaluating them, as its replies say (llama.cpp's timings.cache_n)",
+            m.kv.cached_tokens.clone(),
         );
         Metrics { registry: r, ..m }
     }
@@ -233,6 +341,35 @@ impl Metrics {
             .inc_by(completion);
     }
 
+    pub fn cached_tokens(&self, model: &str, n: u64) {
+        self.kv.cached_tokens.get_or_create(&label(model)).inc_by(n);
+    }
+
+    /// A streamed response's first token, and its tokens per second when its
+    /// usage said how many.
+    pub fn stream(&self, model: &str, first: Duration, speed: Option<f64>) {
+        let m = self.of(model);
+        m.first_token
+            .get_or_init(|| self.first_token.get_or_create(&label(model)).clone())
+            .observe(first.as_secs_f64());
+        if let Some(s) = speed {
+            m.speed
+                .get_or_init(|| self.speed.get_or_create(&label(model)).clone())
+                .observe(s);
+        }
+    }
+
+    /// The request log's counts so far (they only rise).
+    pub fn request_log(&self, written: u64, dropped: u64) {
+        // One scrape at a time, or two could both add the same difference.
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        self.log_written
+            .inc_by(written.saturating_sub(self.log_written.get()));
+        self.log_dropped
+            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
+    }
+
     pub fn queue_wait(&self, model: &str, waited: Duration) {
         self.of(model)
             .queue_wait
@@ -268,7 +405,12 @@ impl Metrics {
     }
 
     /// The exposition, with the ledger as it is now.
-    pub fn render(&self, snap: Option<&Snapshot>) -> String {
+    pub fn render(
+        &self,
+        snap: Option<&Snapshot>,
+        kv: &std::collections::BTreeMap<String, KvCounts>,
+    ) -> String {
+        self.kv.follow(kv);
         if let Some(s) = snap {
             self.budget.set(i64::try_from(s.budget).unwrap_or(i64::MAX));
             self.used.set(s.used as i64);
@@ -342,5 +484,34 @@ mod tests {
             super::classic_text(om),
             "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n# HELP x_bytes Size.\n# TYPE x_bytes gauge\nx_bytes 5\n"
         );
+    }
+
+    #[test]
+    fn kv_cache_counts_show_as_counters_that_follow_the_supervisor() {
+        let m = super::Metrics::new();
+        let mut kv = std::collections::BTreeMap::new();
+        let mut c = modelyard_supervisor::KvCounts {
+            saves: 1,
+            saved_bytes: 72_000_000,
+            ..Default::default()
+        };
+        kv.insert("smol".to_string(), c.clone());
+        m.render(None, &kv);
+        c.saves = 2;
+        c.restores = 1;
+        c.restored_tokens = 739;
+        c.failures = 1;
+        kv.insert("smol".to_string(), c);
+        let out = m.render(None, &kv);
+        for line in [
+            "modelyard_kv_cache_operations_total{model=\"smol\",op=\"save\"} 2",
+            "modelyard_kv_cache_operations_total{model=\"smol\",op=\"restore\"} 1",
+            "modelyard_kv_cache_bytes_total{model=\"smol\",op=\"save\"} 72000000",
+            "modelyard_kv_cache_failures_total{model=\"smol\"} 1",
+            "modelyard_kv_cache_restored_tokens_total{model=\"smol\"} 739",
+            "# TYPE modelyard_kv_cache_operations_total counter",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
     }
 }

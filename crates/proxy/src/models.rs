@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 use crate::body::{self, Body};
 use crate::error::ApiError;
+use crate::learned::Learned;
 
-fn entry(config: &Config, created: u64, name: &str) -> Option<Value> {
+fn entry(config: &Config, learned: &Learned, created: u64, name: &str) -> Option<Value> {
     let model_name = config.resolve(name)?;
     let m = &config.models[model_name];
     let mut v = json!({
@@ -18,7 +19,16 @@ fn entry(config: &Config, created: u64, name: &str) -> Option<Value> {
         "object": "model",
         "created": created,
         "owned_by": format!("modelyard/{}", m.backend),
+        // Not OpenAI's, but what LM Studio and vLLM add and clients such as
+        // Open WebUI read: whether to offer chat, tools, images, embeddings.
+        "capabilities": crate::learned::capabilities(config, learned, model_name),
     });
+    let context = m
+        .context
+        .or_else(|| learned.get(model_name).and_then(|f| f.context));
+    if let Some(n) = context {
+        v["context_length"] = json!(n);
+    }
     if model_name != name {
         v["alias_for"] = json!(model_name);
     } else if !m.aliases.is_empty() {
@@ -38,13 +48,18 @@ fn remote_entry(created: u64, m: &RemoteModel) -> Value {
     })
 }
 
-pub(crate) fn list(config: &Config, snap: Option<&Snapshot>, created: u64) -> Response<Body> {
+pub(crate) fn list(
+    config: &Config,
+    learned: &Learned,
+    snap: Option<&Snapshot>,
+    created: u64,
+) -> Response<Body> {
     let remote = snap.map(|s| s.remote_models.as_slice()).unwrap_or_default();
     let data: Vec<Value> = config
         .models
         .iter()
         .flat_map(|(name, m)| std::iter::once(name).chain(m.aliases.iter()))
-        .filter_map(|n| entry(config, created, n))
+        .filter_map(|n| entry(config, learned, created, n))
         .chain(remote.iter().map(|m| remote_entry(created, m)))
         .collect();
     body::json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -52,12 +67,13 @@ pub(crate) fn list(config: &Config, snap: Option<&Snapshot>, created: u64) -> Re
 
 pub(crate) fn one(
     config: &Config,
+    learned: &Learned,
     snap: Option<&Snapshot>,
     created: u64,
     id: &str,
 ) -> Response<Body> {
     let remote = snap.and_then(|s| s.remote_model(id));
-    match entry(config, created, id).or_else(|| remote.map(|m| remote_entry(created, m))) {
+    match entry(config, learned, created, id).or_else(|| remote.map(|m| remote_entry(created, m))) {
         Some(v) => body::json_response(StatusCode::OK, &v),
         None => ApiError::UnknownModel {
             name: crate::echo::shown(id),

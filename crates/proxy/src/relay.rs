@@ -53,6 +53,8 @@ impl Relay {
         observe: Observe,
         idle: Option<std::time::Duration>,
     ) -> Self {
+        let mut observe = observe;
+        observe.streamed = framing != Framing::Other;
         Relay {
             idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
             observe,
@@ -80,15 +82,21 @@ impl Relay {
     }
 
     /// The request's outcome is not this body's to count: its caller answers
-    /// (and counts) an error instead.
-    pub fn uncount(&mut self) {
+    /// (and counts) an error instead, with this code.
+    pub fn uncount(&mut self, code: &'static str) {
         self.observe.counted = false;
+        if let Some(d) = &mut self.observe.draft {
+            d.failed_with(502, code);
+        }
     }
 
     /// Ends the response on a backend failure: an SSE error event or an NDJSON
     /// error line for a stream, an error (the connection is cut) for anything else.
     fn broken(&mut self, msg: String) -> Result<Frame<Bytes>, BoxError> {
         self.done = true;
+        if let Some(d) = &mut self.observe.draft {
+            d.broken();
+        }
         tracing::warn!(model = %self.model, "{msg}");
         match self.framing {
             Framing::Sse => {
@@ -192,6 +200,15 @@ impl HttpBody for Relay {
     }
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // Dropped before its end: the client went away (the record says so).
+        if let (true, Some(d)) = (self.done, &mut self.observe.draft) {
+            d.ended();
+        }
+    }
+}
+
 fn join(a: Bytes, b: Bytes) -> Bytes {
     if a.is_empty() {
         return b;
@@ -209,9 +226,16 @@ pub struct Observe {
     model: String,
     status: u16,
     started: Instant,
-    first_seen: bool,
+    /// When the first byte of the body came.
+    first: Option<std::time::Duration>,
+    /// SSE or NDJSON: its first byte is its first token, and tokens come after.
+    streamed: bool,
     usage: Option<(u64, u64)>,
+    /// Prompt tokens the backend took from its cache (llama.cpp's `timings.cache_n`).
+    cached: Option<u64>,
     counted: bool,
+    /// The request log's record, completed as the response passes.
+    draft: crate::record::Slot,
 }
 
 impl Observe {
@@ -221,16 +245,32 @@ impl Observe {
             model,
             status,
             started,
-            first_seen: false,
+            first: None,
+            streamed: false,
             usage: None,
+            cached: None,
             counted: true,
+            draft: None,
         }
     }
 
+    /// Completes `draft` (and writes it) as this response passes and ends.
+    pub fn with_draft(mut self, mut draft: crate::record::Slot) -> Self {
+        if let Some(d) = &mut draft {
+            d.status(self.status);
+        }
+        self.draft = draft;
+        self
+    }
+
     fn saw(&mut self, data: &[u8]) {
-        if !self.first_seen && !data.is_empty() {
-            self.first_seen = true;
-            self.metrics.first_byte(&self.model, self.started.elapsed());
+        if self.first.is_none() && !data.is_empty() {
+            let after = self.started.elapsed();
+            self.first = Some(after);
+            self.metrics.first_byte(&self.model, after);
+            if let Some(d) = &mut self.draft {
+                d.first_byte(after);
+            }
         }
         let f = &*FINDERS;
         if f.usage.find(data).is_some() {
@@ -239,7 +279,17 @@ impl Observe {
                 number_after(data, &f.completion_tokens),
             ) {
                 self.usage = Some((p, c));
+            } else if let Some(c) = number_after(data, &f.output_tokens) {
+                // The Responses API and Anthropic's count input and output;
+                // Anthropic's stream says its input first, its output last.
+                let p = number_after(data, &f.input_tokens)
+                    .or(self.usage.map(|(p, _)| p))
+                    .unwrap_or(0);
+                self.usage = Some((p, c));
             }
+        }
+        if let Some(n) = number_after(data, &f.cache_n) {
+            self.cached = Some(n);
         }
         // Ollama's native replies count on their final object instead.
         if let (Some(p), Some(c)) = (
@@ -253,6 +303,9 @@ impl Observe {
 
 impl Drop for Observe {
     fn drop(&mut self) {
+        if let (Some(d), Some((p, c))) = (&mut self.draft, self.usage) {
+            d.tokens(p, c);
+        }
         if !self.counted {
             return;
         }
@@ -260,6 +313,15 @@ impl Drop for Observe {
             .request(&self.model, self.status, self.started.elapsed());
         if let Some((p, c)) = self.usage {
             self.metrics.tokens(&self.model, p, c);
+        }
+        if let Some(n) = self.cached {
+            self.metrics.cached_tokens(&self.model, n);
+        }
+        if let (true, Some(first)) = (self.streamed, self.first) {
+            let rest = self.started.elapsed().saturating_sub(first).as_secs_f64();
+            let speed = self.usage.map(|(_, c)| c as f64 / rest);
+            let speed = speed.filter(|s| s.is_finite() && *s > 0.0);
+            self.metrics.stream(&self.model, first, speed);
         }
     }
 }
@@ -272,6 +334,9 @@ struct Finders {
     completion_tokens: Finder<'static>,
     prompt_eval_count: Finder<'static>,
     eval_count: Finder<'static>,
+    cache_n: Finder<'static>,
+    input_tokens: Finder<'static>,
+    output_tokens: Finder<'static>,
 }
 
 static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
@@ -280,6 +345,9 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     completion_tokens: Finder::new(b"\"completion_tokens\""),
     prompt_eval_count: Finder::new(b"\"prompt_eval_count\""),
     eval_count: Finder::new(b"\"eval_count\""),
+    cache_n: Finder::new(b"\"cache_n\""),
+    input_tokens: Finder::new(b"\"input_tokens\""),
+    output_tokens: Finder::new(b"\"output_tokens\""),
 });
 
 /// The integer after `"key":` in `data`, if there is one.

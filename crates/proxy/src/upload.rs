@@ -28,6 +28,7 @@ pub(crate) async fn form(
     boundary: &[u8],
     started: Instant,
     label: &mut String,
+    draft: &mut crate::record::Slot,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, mut body) = req.into_parts();
     let limit = state.config().max_body.bytes();
@@ -49,7 +50,16 @@ pub(crate) async fn form(
         Some(_) => model.clone(),
     };
     label.clone_from(&model);
+    if let Some(d) = draft {
+        // The form's file is never kept, whatever `capture` says.
+        d.asked(&client_name, false, &[]);
+        d.served(&model);
+    }
+    let asked = (Instant::now(), modelyard_reqlog::now_ms());
     let lease = forward::lease(state, &model).await?;
+    if let Some(d) = draft {
+        d.leased(state, asked.0.elapsed(), asked.1);
+    }
     let upstream = lease.upstream_model.as_bytes();
     let mut spliced = BytesMut::with_capacity(head.len() + upstream.len());
     spliced.extend_from_slice(&head[..span.start]);
@@ -72,6 +82,7 @@ pub(crate) async fn form(
         request,
         Some(&client_name),
         started,
+        draft.take(),
     )
     .await?;
     if let Some(v) = note.and_then(|n| http::HeaderValue::from_str(&n).ok()) {

@@ -28,7 +28,25 @@ pub struct Generation {
     /// The tool this reply calls instead of answering: the first of the
     /// request's `tools`, unless the conversation already ends with a tool's
     /// result, which is then answered in words (an agent loop's two turns).
-    pub tool_call: Option<String>,
+    pub tool_call: Option<ToolCall>,
+    /// The whole content when `response_format` asks for JSON: one JSON
+    /// text, sent as a single token so a stream's deltas join into it.
+    pub structured: Option<String>,
+    /// Asked to think (`reasoning_effort` other than "none"): the reply
+    /// carries `reasoning_content` first, as llama.cpp writes a thinking
+    /// model's reasoning.
+    pub reasoning: bool,
+}
+
+/// The reasoning a thinking reply carries, before its answer.
+pub const REASONING: &str = "the user wants an answer. ";
+
+/// A call the reply makes: the tool's name and its arguments as a JSON text,
+/// made to follow the tool's `parameters` schema.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: String,
 }
 
 /// Token `i` of every reply. Fixed text keeps replies deterministic, so tests
@@ -70,8 +88,14 @@ impl Generation {
             Kind::Chat => tool_to_call(body),
             Kind::Text => None,
         };
+        let structured = match kind {
+            Kind::Chat if tool_call.is_none() => structured_content(body)?,
+            _ => None,
+        };
         if tool_call.is_some() {
             (tokens, finish_reason) = (1, "tool_calls");
+        } else if structured.is_some() {
+            (tokens, finish_reason) = (1, "stop");
         }
         let prompt_tokens = match kind {
             Kind::Chat => {
@@ -85,6 +109,16 @@ impl Generation {
             }
             Kind::Text => count_words(body.get("prompt").unwrap_or(&Value::Null)),
         };
+        let reasoning = match body.get("reasoning_effort") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(effort)) => kind == Kind::Chat && effort != "none",
+            Some(_) => {
+                return Err((
+                    "'reasoning_effort' must be a string".into(),
+                    "reasoning_effort",
+                ))
+            }
+        };
         Ok(Self {
             kind,
             id: String::new(),
@@ -96,16 +130,27 @@ impl Generation {
             stream,
             include_usage,
             tool_call,
+            structured,
+            reasoning,
         })
+    }
+
+    /// What the assistant says: the structured answer, or `tokens` words.
+    fn content(&self, i: Option<u64>) -> String {
+        match (&self.structured, i) {
+            (Some(text), _) => text.clone(),
+            (None, Some(i)) => token_text(i),
+            (None, None) => answer_text(self.tokens),
+        }
     }
 
     /// The call this reply makes, as OpenAI writes it (arguments are a JSON
     /// text); `index` is there in stream deltas only.
-    fn call(&self, name: &str, streamed: bool) -> Value {
+    fn call(&self, call: &ToolCall, streamed: bool) -> Value {
         let mut call = json!({
             "id": format!("call_{}", self.id),
             "type": "function",
-            "function": {"name": name, "arguments": "{}"},
+            "function": {"name": call.name, "arguments": call.arguments},
         });
         if streamed {
             call["index"] = json!(0);
@@ -135,14 +180,14 @@ impl Generation {
     }
 
     pub fn token_chunk(&self, i: u64) -> Value {
-        if let Some(name) = &self.tool_call {
+        if let Some(call) = &self.tool_call {
             return self.chunk(vec![json!({
                 "index": 0,
-                "delta": {"tool_calls": [self.call(name, true)]},
+                "delta": {"tool_calls": [self.call(call, true)]},
                 "finish_reason": null,
             })]);
         }
-        self.choice_chunk(json!(token_text(i)), Value::Null)
+        self.choice_chunk(json!(self.content(Some(i))), Value::Null)
     }
 
     pub fn finish_chunk(&self) -> Value {
@@ -216,14 +261,17 @@ impl Reply for Generation {
     }
 
     fn full_response(&self) -> Value {
-        let text = answer_text(self.tokens);
+        let text = self.content(None);
         let (object, choice) = match self.kind {
             Kind::Chat => {
-                let message = match &self.tool_call {
-                    Some(name) => json!({"role": "assistant", "content": null,
-                        "tool_calls": [self.call(name, false)]}),
+                let mut message = match &self.tool_call {
+                    Some(call) => json!({"role": "assistant", "content": null,
+                        "tool_calls": [self.call(call, false)]}),
                     None => json!({"role": "assistant", "content": text}),
                 };
+                if self.reasoning {
+                    message["reasoning_content"] = json!(REASONING);
+                }
                 (
                     "chat.completion",
                     json!({
@@ -254,7 +302,15 @@ impl Reply for Generation {
     }
 
     fn opening_events(&self) -> Vec<Bytes> {
-        self.opening_chunk().iter().map(sse_event).collect()
+        let mut events: Vec<Bytes> = self.opening_chunk().iter().map(sse_event).collect();
+        if self.reasoning {
+            events.push(sse_event(&self.chunk(vec![json!({
+                "index": 0,
+                "delta": {"reasoning_content": REASONING},
+                "finish_reason": null,
+            })])));
+        }
+        events
     }
 
     fn token_event(&self, i: u64) -> Bytes {
@@ -281,21 +337,102 @@ impl Reply for Generation {
 }
 
 /// The first tool a chat request offers, unless its last message is a tool's
-/// result.
-fn tool_to_call(body: &Value) -> Option<String> {
+/// result or `tool_choice` is "none"; a named `tool_choice` picks that tool.
+fn tool_to_call(body: &Value) -> Option<ToolCall> {
     let after_result = body["messages"]
         .as_array()
         .and_then(|m| m.last())
         .is_some_and(|m| m["role"] == "tool");
-    if after_result {
+    if after_result || body["tool_choice"] == "none" {
         return None;
     }
-    body["tools"]
-        .as_array()?
-        .first()?
-        .pointer("/function/name")?
-        .as_str()
-        .map(str::to_owned)
+    let tools = body["tools"].as_array()?;
+    let chosen = body.pointer("/tool_choice/function/name");
+    let tool = match chosen {
+        Some(name) => tools
+            .iter()
+            .find(|t| t.pointer("/function/name") == Some(name))?,
+        None => tools.first()?,
+    };
+    let function = tool.get("function")?;
+    Some(ToolCall {
+        name: function.get("name")?.as_str()?.to_owned(),
+        arguments: arguments_for(function.get("parameters")),
+    })
+}
+
+/// A tool's arguments as a JSON text: an object following its parameter
+/// schema, `{}` when it declares none.
+pub fn arguments_for(parameters: Option<&Value>) -> String {
+    match parameters {
+        Some(schema) if schema.get("properties").is_some() || schema.get("$ref").is_some() => {
+            crate::schema::example(schema).to_string()
+        }
+        _ => "{}".to_owned(),
+    }
+}
+
+/// The content a `response_format` asks for: `json_object` gets an object
+/// holding the words, `json_schema` a value following the schema; `text` or
+/// none, plain words.
+fn structured_content(body: &Value) -> Result<Option<String>, (String, &'static str)> {
+    let format = match body.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(format) => format,
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        // A model in JSON mode follows the schema its prompt describes, if any.
+        Some("json_object") => Ok(Some(match schema_in_prompt(body) {
+            Some(schema) => crate::schema::example(&schema).to_string(),
+            None => json!({"answer": "t0"}).to_string(),
+        })),
+        Some("json_schema") => match format.pointer("/json_schema/schema") {
+            Some(schema) => Ok(Some(crate::schema::example(schema).to_string())),
+            None => Err((
+                "'response_format.json_schema.schema' is required".into(),
+                "response_format",
+            )),
+        },
+        _ => Err((
+            "'response_format.type' must be one of 'text', 'json_object', 'json_schema'".into(),
+            "response_format",
+        )),
+    }
+}
+
+/// How much of a prompt is searched for a schema, and at how many `{`s.
+const SCHEMA_SEARCH_BYTES: usize = 64 * 1024;
+const SCHEMA_SEARCH_STARTS: usize = 64;
+
+/// The first JSON schema (an object with `properties`) written into a chat's
+/// messages, as instructor's JSON mode and many prompts put one: what a
+/// model asked for `json_object` would follow.
+fn schema_in_prompt(body: &Value) -> Option<Value> {
+    let messages = body["messages"].as_array()?;
+    let texts = messages.iter().filter_map(|m| m["content"].as_str());
+    for text in texts {
+        let text = &text[..floor_char_boundary(text, SCHEMA_SEARCH_BYTES)];
+        for (start, _) in text.match_indices('{').take(SCHEMA_SEARCH_STARTS) {
+            let mut values =
+                serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+            if let Some(Ok(v)) = values.next() {
+                if v.get("properties").is_some_and(Value::is_object) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The largest char boundary at or below `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// The whole text of a reply `tokens` long.
@@ -398,7 +535,10 @@ mod tests {
         assert_eq!(r["choices"][0]["finish_reason"], "tool_calls");
         let call = &r["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather");
-        assert_eq!(call["function"]["arguments"], "{}");
+        assert_eq!(
+            call["function"]["arguments"], "{}",
+            "no parameters, no arguments"
+        );
         assert_eq!(call["id"], "call_chatcmpl-sim-7");
         assert!(call.get("index").is_none());
         let delta = &g.token_chunk(0)["choices"][0]["delta"]["tool_calls"][0];
@@ -421,6 +561,86 @@ mod tests {
             "t0 t1 t2 t3 "
         );
         assert_eq!(g.finish_reason, "stop");
+    }
+
+    #[test]
+    fn tool_arguments_follow_the_parameter_schema() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "other", "parameters": {}}},
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+            }}},
+        ]);
+        let g = chat(
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+        );
+        let call = &g.full_response()["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "sim", "days": 1}));
+        let g = chat(json!({"messages": [], "tools": tools, "tool_choice": "none"}));
+        assert!(g.tool_call.is_none());
+    }
+
+    #[test]
+    fn response_format_gets_json_streamed_or_not() {
+        let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
+        let g = chat(json!({"messages": [], "stream": true, "response_format":
+            {"type": "json_schema", "json_schema": {"name": "Person", "schema": schema}}}));
+        let full = g.full_response();
+        let text = full["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            json!({"name": "sim", "age": 1})
+        );
+        assert_eq!(g.tokens, 1);
+        assert_eq!(g.token_chunk(0)["choices"][0]["delta"]["content"], text);
+        let g = chat(json!({"messages": [], "response_format": {"type": "json_object"}}));
+        let text = g.full_response()["choices"][0]["message"]["content"].clone();
+        assert!(serde_json::from_str::<Value>(text.as_str().unwrap())
+            .unwrap()
+            .is_object());
+        // JSON mode with the schema in the prompt, as instructor's Mode.JSON writes it.
+        let prompt = format!(
+            "Return JSON matching this json_schema:\n\n{schema:#}\n\nNot the schema. Ünïcode {{ stray"
+        );
+        let g = chat(json!({"messages": [{"role": "system", "content": prompt}],
+            "response_format": {"type": "json_object"}}));
+        let text = g.full_response()["choices"][0]["message"]["content"].clone();
+        assert_eq!(
+            serde_json::from_str::<Value>(text.as_str().unwrap()).unwrap(),
+            json!({"name": "sim", "age": 1})
+        );
+        let err = Generation::from_request(
+            Kind::Chat,
+            &json!({"messages": [],
+            "response_format": {"type": "yaml"}}),
+            "m",
+            4,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(err.1, "response_format");
+    }
+
+    #[test]
+    fn asked_to_reason_the_reply_reasons_first() {
+        let g = chat(json!({"messages": [], "reasoning_effort": "high", "stream": true}));
+        let full = g.full_response();
+        assert_eq!(
+            full["choices"][0]["message"]["reasoning_content"],
+            REASONING
+        );
+        let opening = g.opening_events();
+        assert_eq!(opening.len(), 2);
+        assert!(String::from_utf8_lossy(&opening[1]).contains("reasoning_content"));
+        let g = chat(json!({"messages": [], "reasoning_effort": "none"}));
+        assert!(g.full_response()["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
     }
 
     #[test]

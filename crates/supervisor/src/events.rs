@@ -55,6 +55,12 @@ pub enum Kind {
     Kept,
     /// The budget changed (`model` is empty).
     Budget,
+    /// Its KV cache was saved to disk before it stopped.
+    KvSaved,
+    /// Its KV cache was restored from disk after it started.
+    KvRestored,
+    /// A save or restore of its KV cache failed (it serves regardless).
+    KvFailed,
 }
 
 impl Kind {
@@ -69,6 +75,9 @@ impl Kind {
             Kind::Crashed => "crashed",
             Kind::Kept => "kept",
             Kind::Budget => "budget",
+            Kind::KvSaved => "kv_saved",
+            Kind::KvRestored => "kv_restored",
+            Kind::KvFailed => "kv_failed",
         }
     }
 }

@@ -27,6 +27,7 @@ mod events;
 #[cfg(debug_assertions)]
 mod fault;
 mod health;
+mod kv_cache;
 mod lease;
 mod ledger;
 mod lifecycle;
@@ -54,6 +55,7 @@ use tokio::time::Instant;
 
 pub use error::SupervisorError;
 pub use events::{Event, Kind, Reason};
+pub use kv_cache::KvCounts;
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};
@@ -69,6 +71,7 @@ use owner::{Msg, Owner};
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
     events: events::EventLog,
+    kv: kv_cache::Stats,
     /// Set once, to what happened, if a task the supervisor cannot do without
     /// panics.
     failure: Failure,
@@ -85,10 +88,18 @@ impl Supervisor {
             .clone()
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
+        let (events, kv) = (events::EventLog::new(), kv_cache::Stats::default());
         // One HTTP client for everything the supervisor asks of servers: health
-        // checks, loads and unloads, and the polls of what they hold.
+        // checks, loads and unloads, KV-cache saves, and the polls of what they hold.
         let http = backends::Http::default();
-        let supervisor = Self::spawn(config, Processes::new(http.clone()), state);
+        let effects = Processes::new(
+            http.clone(),
+            kv_cache::Reporter {
+                events: events.clone(),
+                stats: kv.clone(),
+            },
+        );
+        let supervisor = Self::spawn(config, effects, state, events, kv);
         // Both end with the owner; a panic in either would leave the ledger
         // blind to real memory or to what servers unloaded on their own.
         must_live(
@@ -106,24 +117,32 @@ impl Supervisor {
 
     #[cfg(test)]
     pub(crate) fn with_effects(config: Arc<Config>, effects: impl Effects) -> Supervisor {
-        Self::spawn(config, effects, None)
+        Self::spawn(
+            config,
+            effects,
+            None,
+            events::EventLog::new(),
+            kv_cache::Stats::default(),
+        )
     }
 
     fn spawn(
         config: Arc<Config>,
         effects: impl Effects,
         state: Option<state::StateFile>,
+        events: events::EventLog,
+        kv: kv_cache::Stats,
     ) -> Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
         // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let events = events::EventLog::new();
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
         let failure = Arc::new(watch::channel(None).0);
         must_live("owner", &failure, owner.run(rx));
         Supervisor {
             tx,
             events,
+            kv,
             failure,
             acquires: Arc::default(),
         }
@@ -237,6 +256,11 @@ impl Supervisor {
     /// Every model event from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// What each model's KV cache saved and restored since the router started.
+    pub fn kv_counts(&self) -> std::collections::BTreeMap<String, KvCounts> {
+        self.kv.all()
     }
 
     /// The last events (at most [`events::RECENT`]), oldest first: why models came

@@ -16,6 +16,8 @@ mod passthrough;
 mod proptests;
 mod reply;
 mod request;
+#[cfg(test)]
+mod round_trip;
 mod stream;
 
 use std::sync::Arc;
@@ -30,12 +32,20 @@ use crate::error::{ApiError, Dialect};
 use crate::Inner;
 
 /// Answers one request under `/api/`.
-pub(crate) async fn handle(state: Arc<Inner>, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    state: Arc<Inner>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let result = match (&method, path.as_str()) {
-        (_, "/api/tags") if get => Ok(catalog::tags(&state.config(), modified(&state))),
+        (_, "/api/tags") if get => Ok(catalog::tags(
+            &state.config(),
+            &state.learned,
+            modified(&state),
+        )),
         (_, "/api/version") if get => Ok(catalog::version()),
         (&Method::GET, "/api/ps") => match state.supervisor.snapshot().await {
             Some(snap) => Ok(catalog::ps(&state.config(), &snap, SystemTime::now())),
@@ -45,7 +55,7 @@ pub(crate) async fn handle(state: Arc<Inner>, req: Request<Incoming>) -> Respons
         },
         (&Method::POST, "/api/show") => show(&state, req).await,
         (&Method::POST, p) => match request::Endpoint::from_path(p) {
-            Some(endpoint) => return model::respond(state, req, endpoint).await,
+            Some(endpoint) => return model::respond(state, req, endpoint, peer).await,
             None => Err(no_route(&method, &path)),
         },
         _ => Err(no_route(&method, &path)),
@@ -81,7 +91,16 @@ async fn show(state: &Inner, req: Request<Incoming>) -> Result<serde_json::Value
         None | Some(serde_json::Value::Null) => return Err(ApiError::MissingModel),
         Some(_) => return Err(ApiError::ModelNotString),
     };
-    catalog::show(&state.config(), &name, modified(state))
+    let config = state.config();
+    let model = resolve(&config, &name)?;
+    let facts = crate::learned::learn(state, &model).await;
+    catalog::show(
+        &config,
+        &state.learned,
+        &name,
+        facts.as_ref(),
+        modified(state),
+    )
 }
 
 /// The configured model `name` stands for. Ollama clients often add the default

@@ -24,6 +24,7 @@ use super::stream::NdjsonBody;
 use crate::body::{self, Body};
 use crate::error::{ApiError, Dialect};
 use crate::fallback;
+use crate::record::{Draft, Slot};
 use crate::relay::{Framing, Observe, Relay};
 use crate::Inner;
 
@@ -34,13 +35,24 @@ pub(crate) async fn respond(
     state: Arc<Inner>,
     req: Request<Incoming>,
     endpoint: Endpoint,
+    peer: std::net::SocketAddr,
 ) -> Response<Body> {
     let started = Instant::now();
     // Unknown names stay "-" so a client cannot mint label values.
     let mut label = String::from("-");
-    match run(&state, req, endpoint, started, &mut label).await {
-        Ok(resp) => resp,
+    let mut draft = Draft::begin(&state, req.uri(), req.headers(), peer, started);
+    match run(&state, req, endpoint, started, &mut label, &mut draft).await {
+        Ok(resp) => {
+            // Answered by the router itself (a load, an unload, a backend's error).
+            if let Some(d) = &mut draft {
+                d.done(resp.status().as_u16());
+            }
+            resp
+        }
         Err(e) => {
+            if let Some(d) = &mut draft {
+                d.failed(&e);
+            }
             let resp = e.render(Dialect::Ollama);
             state
                 .metrics
@@ -60,11 +72,15 @@ async fn run(
     endpoint: Endpoint,
     started: Instant,
     label: &mut String,
+    draft: &mut Slot,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let config = state.config();
     let bytes = crate::limits::read_body(&config, parts.uri.path(), &parts.headers, body).await?;
     let mut parsed = request::parse(endpoint, &bytes)?;
+    if let Some(d) = draft {
+        d.asked(&parsed.model, parsed.stream, &bytes);
+    }
     let mut model = super::resolve(&config, &parsed.model)?;
     // apfel's limits hold whichever API a request comes in on.
     let mut note = None;
@@ -82,6 +98,9 @@ async fn run(
         model = choice.model;
     }
     label.clone_from(&model);
+    if let Some(d) = draft {
+        d.served(&model);
+    }
 
     if parsed.load_only && parsed.keep_alive.is_some_and(|k| k.is_zero()) {
         // Ollama's unload: a model is never loaded only to be unloaded. A loaded
@@ -91,8 +110,13 @@ async fn run(
     }
 
     // The one way any API front turns a request into a lease.
+    let asked = Instant::now();
+    let asked_ms = modelyard_reqlog::now_ms();
     let lease = crate::forward::lease(state, &model).await?;
     let leased = Instant::now();
+    if let Some(d) = draft {
+        d.leased(state, leased - asked, asked_ms);
+    }
     // Sent while the lease is held, so it is in place before the lease's release
     // lets the model idle (a zero unloads it right after this request).
     if let Some(k) = parsed.keep_alive {
@@ -102,16 +126,17 @@ async fn run(
         drop(lease);
         return Ok(done(state, &model, started, &parsed, false));
     }
-    let mut resp = if lease.kind == BackendKind::Ollama {
-        passthrough(state, &parts, &bytes, &parsed, model, lease, started).await?
+    let call = Call {
+        state,
+        model,
+        lease,
+        started,
+        leased,
+        draft,
+    };
+    let mut resp = if call.lease.kind == BackendKind::Ollama {
+        call.passthrough(&parts, &bytes, &parsed).await?
     } else {
-        let call = Call {
-            state,
-            model,
-            lease,
-            started,
-            leased,
-        };
         call.translated(&parts, parsed).await?
     };
     if let Some(v) = note.and_then(|n| HeaderValue::from_str(&n).ok()) {
@@ -133,32 +158,40 @@ fn done(
     body::json_response(StatusCode::OK, &v)
 }
 
-/// To an Ollama backend: the client's bytes with the model renamed, the reply
-/// relayed as it streams (NDJSON or JSON) with the name renamed back.
-async fn passthrough(
-    state: &Inner,
-    parts: &Parts,
-    bytes: &[u8],
-    parsed: &Parsed,
-    model: String,
-    lease: Lease,
-    started: Instant,
-) -> Result<Response<Body>, ApiError> {
-    let body = super::passthrough::splice(bytes, &lease.upstream_model)?;
-    let request = crate::forward::upstream_request(parts, &lease, None, body);
-    crate::deliver::round_trip(state, model, lease, request, Some(&parsed.model), started).await
-}
-
-/// A request translated for an OpenAI backend.
+/// A leased request, for its backend.
 struct Call<'a> {
     state: &'a Inner,
     model: String,
     lease: Lease,
     started: Instant,
     leased: Instant,
+    draft: &'a mut Slot,
 }
 
 impl Call<'_> {
+    /// To an Ollama backend: the client's bytes with the model renamed, the reply
+    /// relayed as it streams (NDJSON or JSON) with the name renamed back.
+    async fn passthrough(
+        self,
+        parts: &Parts,
+        bytes: &[u8],
+        parsed: &Parsed,
+    ) -> Result<Response<Body>, ApiError> {
+        let Call {
+            state,
+            model,
+            lease,
+            started,
+            draft,
+            ..
+        } = self;
+        let body = super::passthrough::splice(bytes, &lease.upstream_model)?;
+        let request = crate::forward::upstream_request(parts, &lease, None, body);
+        let client_name = Some(parsed.model.as_str());
+        let draft = draft.take();
+        crate::deliver::round_trip(state, model, lease, request, client_name, started, draft).await
+    }
+
     async fn translated(self, parts: &Parts, parsed: Parsed) -> Result<Response<Body>, ApiError> {
         let Call {
             state,
@@ -166,6 +199,7 @@ impl Call<'_> {
             lease,
             started,
             leased,
+            draft,
         } = self;
         let (path, mut openai) = parsed
             .openai
@@ -215,7 +249,8 @@ impl Call<'_> {
             model.clone(),
             status.as_u16(),
             started,
-        );
+        )
+        .with_draft(draft.take());
         let idle = state.config().upstream_idle_timeout.duration();
         let mut relay = Relay::new(
             response.into_body(),
@@ -236,7 +271,7 @@ impl Call<'_> {
             .await;
         if collected.is_err() {
             // The caller answers, and counts, the error instead.
-            relay.uncount();
+            relay.uncount("backend_bad_reply");
         }
         drop(relay);
         let collected = collected

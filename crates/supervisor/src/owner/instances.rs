@@ -123,6 +123,7 @@ pub(super) fn prepare(inst: &Instance, config: &Config) -> Result<(Spec, Endpoin
         port,
         budget: config.budget.map(|b| b.0),
         models: inst.models.len(),
+        kv_cache: crate::kv_cache::Place::of(b, &spec.name),
     };
     adapter(b.kind).prepare(&mut spec, &ctx);
     Ok((spec, endpoint))
@@ -172,9 +173,19 @@ impl<E: Effects> Owner<E> {
     /// Asks `key`'s process to exit; `Exited` follows (SIGKILL after its
     /// stop_timeout). Every stop of a process goes through here.
     pub(super) fn stop_process(&mut self, key: &InstanceKey) {
+        self.stop_process_with(key, false);
+    }
+
+    /// Like [`Self::stop_process`]; with `save`, the end of a drain, the
+    /// backend first saves its KV cache (within its save_timeout).
+    pub(super) fn stop_process_with(&mut self, key: &InstanceKey, save: bool) {
         let inst = self.instances.get_mut(key).expect("instance exists");
         if let Some(h) = inst.handle.as_mut() {
-            h.stop();
+            if save {
+                h.stop_after_save();
+            } else {
+                h.stop();
+            }
         }
         self.run_to(key, Run::Stopping);
     }
@@ -200,6 +211,12 @@ impl<E: Effects> Owner<E> {
                 health_url: endpoint.url(&inst.backend.health),
                 start_timeout: inst.backend.start_timeout,
                 logs: inst.logs.clone(),
+                kv_cache: crate::kv_cache::Plan::new(
+                    &inst.backend,
+                    key,
+                    inst.model.as_deref(),
+                    endpoint.base(),
+                ),
             };
             self.effects
                 .start(launch, self.tx.clone())
@@ -340,7 +357,7 @@ impl<E: Effects> Owner<E> {
             }
         }
         tracing::info!(instance = %key, "stopping backend");
-        self.stop_process(key);
+        self.stop_process_with(key, true);
     }
 
     /// Rewrites the state file with every process group running now.

@@ -1,0 +1,155 @@
+//! The request log: one [`Record`] per model request, kept in SQLite.
+//!
+//! Requests never wait for the database. [`RequestLog::record`] puts a record on
+//! a bounded channel and returns; one writer thread drains it into the file in
+//! batches (a transaction each), so a record is on disk well within a second of
+//! its request ending. A full channel (a disk that stalls, a burst larger than
+//! the writer can take) drops the record and counts it: the log gives way, the
+//! requests do not. The writer also enforces retention (`keep`, `max`) with a
+//! periodic delete.
+
+mod error;
+mod query;
+mod record;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use error::Error;
+pub use query::{Query, Reader, Summary};
+pub use record::Record;
+
+/// Records that may wait for the writer before new ones are dropped: at a few
+/// hundred bytes each, about a megabyte, or several seconds of a busy router.
+pub const CAPACITY: usize = 4096;
+
+/// Where the log is kept and for how long.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub path: PathBuf,
+    /// Records older than this are deleted.
+    pub keep: Duration,
+    /// When the records take more than this many bytes, the oldest are deleted.
+    pub max_bytes: u64,
+    /// Records waiting for the writer before new ones are dropped.
+    pub capacity: usize,
+}
+
+/// The handle requests write through; cheap to clone.
+#[derive(Clone)]
+pub struct RequestLog {
+    tx: SyncSender<Record>,
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    pub dropped: AtomicU64,
+    pub written: AtomicU64,
+    pub path: PathBuf,
+    /// Held by the writer while it writes a batch; a test holds it to stall the
+    /// writer as a slow disk would.
+    pub gate: Mutex<()>,
+}
+
+impl RequestLog {
+    /// Opens (creating it and its directory if need be) the database at
+    /// `settings.path` and starts the writer. Fails when the file cannot be
+    /// opened or is not a request log.
+    pub fn open(settings: Settings) -> Result<RequestLog, Error> {
+        if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::Open {
+                path: settings.path.clone(),
+                reason: e.to_string(),
+            })?;
+        }
+        private_file(&settings.path)?;
+        let conn = schema::open_for_writing(&settings.path)?;
+        let shared = Arc::new(Shared {
+            dropped: AtomicU64::new(0),
+            written: AtomicU64::new(0),
+            path: settings.path.clone(),
+            gate: Mutex::new(()),
+        });
+        let (tx, rx) = sync_channel(settings.capacity.max(1));
+        let writer = writer::Writer::new(conn, settings, shared.clone());
+        std::thread::Builder::new()
+            .name("request-log".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Open {
+                path: shared.path.clone(),
+                reason: format!("cannot start the writer thread: {e}"),
+            })?;
+        Ok(RequestLog { tx, shared })
+    }
+
+    /// Hands `record` to the writer without waiting; when the writer is behind
+    /// by `capacity` records, the record is dropped and counted instead.
+    pub fn record(&self, record: Record) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Records dropped because the writer was behind (or gone).
+    pub fn dropped(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records written to the database so far.
+    pub fn written(&self) -> u64 {
+        self.shared.written.load(Ordering::Relaxed)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// A connection for reading, apart from the writer's.
+    pub fn reader(&self) -> Result<Reader, Error> {
+        Reader::open(&self.shared.path)
+    }
+
+    /// Stops the writer until the guard is dropped, as a disk that stalls would.
+    #[doc(hidden)]
+    pub fn stall(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Creates the file readable by its owner alone (records name clients and may
+/// hold prompts); SQLite gives its WAL and shared-memory files the same mode.
+/// A file that exists keeps the mode its owner gave it.
+fn private_file(path: &Path) -> Result<(), Error> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(Error::Open {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,321 @@
+use std::time::Duration;
+
+use super::*;
+
+fn settings(dir: &Path) -> Settings {
+    Settings {
+        path: dir.join("sub").join("requests.db"),
+        keep: Duration::from_secs(30 * 24 * 3600),
+        max_bytes: 100 << 20,
+        capacity: CAPACITY,
+    }
+}
+
+fn rec(n: u64, model: &str) -> Record {
+    Record {
+        at_ms: 1_000_000 + n,
+        request_id: format!("req-{n}"),
+        peer: "127.0.0.1:5000".into(),
+        api: "openai".into(),
+        route: "/v1/chat/completions".into(),
+        model_asked: "default".into(),
+        model_served: model.into(),
+        status: 200,
+        total_ms: n as f64,
+        prompt_tokens: Some(3),
+        completion_tokens: Some(n),
+        unloaded: if n == 2 {
+            vec!["a".into(), "b".into()]
+        } else {
+            vec![]
+        },
+        swap: (n == 2).then(|| "caused".into()),
+        queue_ms: Some(1.5),
+        ..Record::default()
+    }
+}
+
+/// Waits (bounded) until the writer has written `n` records.
+fn written(log: &RequestLog, n: u64) {
+    for _ in 0..500 {
+        if log.written() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the writer wrote {} of {n} records", log.written());
+}
+
+#[test]
+fn records_come_back_newest_first_with_every_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    for n in 1..=3 {
+        log.record(rec(n, "m"));
+    }
+    written(&log, 3);
+    let got = log
+        .reader()
+        .unwrap()
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0].request_id, "req-3");
+    let mut second = got[1].clone();
+    assert!(second.id > 0);
+    second.id = 0;
+    assert_eq!(second, rec(2, "m"));
+}
+
+#[test]
+fn the_file_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    log.record(rec(1, "m"));
+    written(&log, 1);
+    for suffix in ["", "-wal"] {
+        let path = format!("{}{suffix}", log.path().display());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{path}");
+    }
+}
+
+#[test]
+fn queries_filter_by_model_and_time_sort_by_slowness_and_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    for n in 1..=6 {
+        log.record(rec(n, if n % 2 == 0 { "even" } else { "odd" }));
+    }
+    written(&log, 6);
+    let r = log.reader().unwrap();
+    let ids = |q: Query| -> Vec<String> {
+        r.query(&q)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.request_id)
+            .collect()
+    };
+    let q = |f: fn(&mut Query)| {
+        let mut q = Query {
+            limit: 100,
+            ..Query::default()
+        };
+        f(&mut q);
+        q
+    };
+    assert_eq!(
+        ids(q(|q| q.model = Some("even".into()))),
+        ["req-6", "req-4", "req-2"]
+    );
+    assert_eq!(ids(q(|q| q.since_ms = Some(1_000_005))), ["req-6", "req-5"]);
+    let slow = q(|q| {
+        q.slow = true;
+        q.limit = 2;
+        q.offset = 1
+    });
+    assert_eq!(ids(slow), ["req-5", "req-4"]);
+    let first = r.query(&q(|q| q.limit = 2)).unwrap();
+    let next = q(|q| q.limit = 2);
+    let next = Query {
+        before: Some(first[1].id),
+        ..next
+    };
+    assert_eq!(ids(next), ["req-4", "req-3"]);
+}
+
+#[test]
+fn summary_adds_up_per_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    for n in 1..=4 {
+        log.record(rec(n, "m"));
+    }
+    let mut failed = rec(5, "other");
+    failed.status = 503;
+    failed.cancelled = true;
+    log.record(failed);
+    written(&log, 5);
+    let s = log.reader().unwrap().summary(0).unwrap();
+    assert_eq!(s.len(), 2);
+    assert_eq!(
+        (s[0].model.as_str(), s[0].requests, s[0].completion_tokens),
+        ("m", 4, 10)
+    );
+    assert_eq!(
+        (s[0].prompt_tokens, s[0].swaps, s[0].swap_wait_ms),
+        (12, 1, 1.5)
+    );
+    assert_eq!((s[1].errors, s[1].cancelled), (1, 1));
+}
+
+#[test]
+fn a_stalled_writer_drops_and_counts_records_instead_of_blocking() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(Settings {
+        capacity: 8,
+        ..settings(dir.path())
+    })
+    .unwrap();
+    let stall = log.stall();
+    // The writer may already hold one record (taken before it met the gate);
+    // every record past that and the channel's 8 is dropped, and each call
+    // returns (a call that blocked would hang this test).
+    for n in 0..100 {
+        log.record(rec(n, "m"));
+    }
+    let dropped = log.dropped();
+    assert!((91..=92).contains(&dropped), "dropped {dropped}");
+    assert_eq!(log.written(), 0);
+    drop(stall);
+    written(&log, 100 - dropped);
+    assert_eq!(log.reader().unwrap().count().unwrap(), 100 - dropped);
+}
+
+#[test]
+fn retention_deletes_records_older_than_keep() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Settings {
+        keep: Duration::from_secs(10),
+        ..settings(dir.path())
+    };
+    let mut conn = schema::open_for_writing(&{
+        std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
+        s.path.clone()
+    })
+    .unwrap();
+    let old: Vec<Record> = (0..5).map(|n| rec(n, "m")).collect();
+    let mut young = rec(9, "m");
+    young.at_ms = 1_020_000;
+    let mut all = old;
+    all.push(young);
+    writer::insert_for_test(&mut conn, &all);
+    // "now" is 1 025 000: only the record from 1 020 000 is within 10 s.
+    writer::prune(&mut conn, &s, 1_025_000).unwrap();
+    let r = Reader::open(&s.path).unwrap();
+    let left = r
+        .query(&Query {
+            limit: 10,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].request_id, "req-9");
+}
+
+#[test]
+fn retention_keeps_the_records_under_max_dropping_the_oldest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Settings {
+        max_bytes: 256 << 10,
+        ..settings(dir.path())
+    };
+    std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
+    let mut conn = schema::open_for_writing(&s.path).unwrap();
+    let batch: Vec<Record> = (0..2000)
+        .map(|n| Record {
+            body: Some("x".repeat(500)),
+            ..rec(n, "m")
+        })
+        .collect();
+    writer::insert_for_test(&mut conn, &batch);
+    assert!(writer::used_bytes(&conn).unwrap() > 1 << 20);
+    writer::prune(&mut conn, &s, 1_000_000).unwrap();
+    assert!(writer::used_bytes(&conn).unwrap() <= 256 << 10);
+    let r = Reader::open(&s.path).unwrap();
+    let newest = r
+        .query(&Query {
+            limit: 1,
+            ..Query::default()
+        })
+        .unwrap();
+    assert_eq!(newest[0].request_id, "req-1999", "the newest is kept");
+    let n = r.count().unwrap();
+    assert!(n > 0 && n < 2000, "{n} left");
+    // The file itself shrank too, not only the rows.
+    let file = std::fs::metadata(&s.path).unwrap().len();
+    assert!(file <= 512 << 10, "file is {file} bytes");
+}
+
+#[test]
+fn a_file_that_is_not_a_request_log_is_refused_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "x".repeat(4096)).unwrap();
+    let e = RequestLog::open(Settings {
+        path: path.clone(),
+        ..settings(dir.path())
+    })
+    .err()
+    .expect("refused");
+    let text = e.to_string();
+    assert!(text.contains("notes.txt"), "{text}");
+}
+
+/// Run by `survives_kill_9` in a child process: writes records until killed.
+#[test]
+#[ignore = "a helper: run as a child process by survives_kill_9"]
+fn child_writes_until_killed() {
+    let Some(path) = std::env::var_os("REQLOG_CHILD_DB") else {
+        return;
+    };
+    let log = RequestLog::open(Settings {
+        path: path.into(),
+        ..settings(Path::new("/"))
+    })
+    .unwrap();
+    for n in 0.. {
+        // Stamped now: the reopening writer's retention must keep them.
+        log.record(Record {
+            at_ms: now_ms(),
+            ..rec(n, "m")
+        });
+        if n % 64 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+#[test]
+fn survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("requests.db");
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "tests::child_writes_until_killed",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("REQLOG_CHILD_DB", &path)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed while it writes: once a few thousand records are in.
+    let mut seen = 0;
+    for _ in 0..1000 {
+        seen = Reader::open(&path)
+            .and_then(|r| r.count())
+            .unwrap_or_default();
+        if seen >= 2000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(seen >= 2000, "the child wrote only {seen} records");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // Reopened as the next router would: sound, and nothing committed lost.
+    let log = RequestLog::open(Settings {
+        path: path.clone(),
+        ..settings(dir.path())
+    })
+    .unwrap();
+    let r = log.reader().unwrap();
+    assert_eq!(r.integrity_check().unwrap(), "ok");
+    assert!(r.count().unwrap() >= seen);
+}
