@@ -1,4 +1,6 @@
-//! Byte sizes as users write them: `48GB`, `512MiB`, `1.5GB` or plain bytes.
+//! Byte sizes as users write them: `48GB`, `512MiB`, `1.5GB` or plain bytes
+//! (parsed by modelyard-size, which modelyard-sim shares), and how routes.yaml
+//! reads and shows them.
 //!
 //! SI units are powers of 1000 and IEC units powers of 1024, as the units say; a
 //! model's download size is usually quoted in GB, a machine's memory often in GiB,
@@ -13,21 +15,6 @@ use serde::{Deserialize, Serialize, Serializer};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ByteSize(pub u64);
 
-const UNITS: &[(&str, u64)] = &[
-    ("b", 1),
-    ("kb", 1_000),
-    ("mb", 1_000_000),
-    ("gb", 1_000_000_000),
-    ("tb", 1_000_000_000_000),
-    ("kib", 1 << 10),
-    ("mib", 1 << 20),
-    ("gib", 1 << 30),
-    ("tib", 1 << 40),
-    ("k", 1_000),
-    ("m", 1_000_000),
-    ("g", 1_000_000_000),
-];
-
 impl ByteSize {
     pub const fn bytes(self) -> u64 {
         self.0
@@ -37,50 +24,9 @@ impl ByteSize {
 impl FromStr for ByteSize {
     type Err = String;
 
+    /// The one parser, shared with modelyard-sim (see modelyard-size).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let t = s.trim();
-        // Without this, `-5GB` reads as the unit `-5gb`.
-        if t.starts_with('-') {
-            return Err(format!(
-                "`{s}` is not a size: a size cannot be negative; write e.g. 48GB or 512MiB"
-            ));
-        }
-        let split = t
-            .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '_'))
-            .unwrap_or(t.len());
-        let (num, unit) = t.split_at(split);
-        let num = num.replace('_', "");
-        let unit = unit.trim().to_ascii_lowercase();
-        let multiplier = if unit.is_empty() {
-            1
-        } else {
-            UNITS
-                .iter()
-                .find(|(u, _)| *u == unit)
-                .map(|(_, m)| *m)
-                .ok_or_else(|| {
-                    format!("`{s}` is not a size: unknown unit `{unit}` (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)")
-                })?
-        };
-        if num.is_empty() {
-            return Err(format!(
-                "`{s}` is not a size: expected a number such as 48GB or 512MiB"
-            ));
-        }
-        if let Ok(n) = num.parse::<u64>() {
-            return n
-                .checked_mul(multiplier)
-                .map(ByteSize)
-                .ok_or_else(|| format!("`{s}` is too large"));
-        }
-        let f: f64 = num.parse().map_err(|_| {
-            format!("`{s}` is not a size: expected a number such as 48GB or 512MiB")
-        })?;
-        let bytes = f * multiplier as f64;
-        if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-            return Err(format!("`{s}` is too large"));
-        }
-        Ok(ByteSize(bytes.round() as u64))
+        modelyard_size::parse(s).map(ByteSize)
     }
 }
 

@@ -4,46 +4,8 @@
 /// MiB, GiB, TiB) powers of 1024, matching how memory is usually quoted for
 /// models; units are case-insensitive and may be separated by spaces.
 pub fn parse_byte_size(input: &str) -> Result<u64, String> {
-    let trimmed = input.trim();
-    let split = trimmed
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(trimmed.len());
-    let (number, unit) = trimmed.split_at(split);
-    if number.is_empty() {
-        return Err(format!(
-            "'{input}' is not a size (expected e.g. 512MiB, 1.5GB, 4096)"
-        ));
-    }
-    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "kib" => 1 << 10,
-        "mib" => 1 << 20,
-        "gib" => 1 << 30,
-        "tib" => 1 << 40,
-        other => {
-            return Err(format!(
-                "unknown size unit '{other}' in '{input}' (use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB)"
-            ))
-        }
-    };
-    // Whole numbers are computed exactly; only fractions go through f64.
-    if let Ok(whole) = number.parse::<u64>() {
-        return whole
-            .checked_mul(multiplier)
-            .ok_or_else(|| format!("size '{input}' is too large"));
-    }
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("'{input}' is not a size (expected e.g. 512MiB, 1.5GB, 4096)"))?;
-    let bytes = (value * multiplier as f64).round();
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("size '{input}' is too large"));
-    }
-    Ok(bytes as u64)
+    // The router's parser, so a size means the same to both.
+    modelyard_size::parse(input)
 }
 
 #[cfg(test)]

@@ -62,18 +62,16 @@ pub(crate) trait Effects: Send + 'static {
     fn model_op(&mut self, op: ModelOp, tx: UnboundedSender<Msg>);
 }
 
-/// Real processes, and real calls to their servers' APIs.
+/// Real processes, and real calls to their servers' APIs (health checks and
+/// KV-cache saves included), through one HTTP client.
 pub(crate) struct Processes {
     http: Http,
     kv: kv_cache::Reporter,
 }
 
 impl Processes {
-    pub(crate) fn new(kv: kv_cache::Reporter) -> Processes {
-        Processes {
-            http: Http::default(),
-            kv,
-        }
+    pub(crate) fn new(http: Http, kv: kv_cache::Reporter) -> Processes {
+        Processes { http, kv }
     }
 }
 
@@ -163,7 +161,7 @@ impl Effects for Processes {
         let (http, report) = (self.http.clone(), self.kv.clone());
         let restore = kv_cache.clone();
         let health = tokio::spawn(async move {
-            let result = wait_healthy(&health_url, start_timeout).await;
+            let result = wait_healthy(&http, &health_url, start_timeout).await;
             // Before it is ready, so the first request finds its conversation.
             if let (Ok(()), Some(plan)) = (&result, &restore) {
                 kv_cache::restore(&http, plan, &report).await;

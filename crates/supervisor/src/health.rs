@@ -9,24 +9,22 @@
 use std::future::Future;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::{sleep, timeout, Instant};
+
+use crate::backends::Http;
 
 /// How often a starting backend's health path is asked.
 const PROBE_INTERVAL: Duration = Duration::from_millis(10);
 
-pub(crate) async fn wait_healthy(url: &str, limit: Duration) -> Result<(), String> {
+/// Probes `url` through the supervisor's one HTTP client (the adapters' too).
+pub(crate) async fn wait_healthy(http: &Http, url: &str, limit: Duration) -> Result<(), String> {
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("bad health URL {url}: {e}"))?;
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     poll_until_healthy(limit, || async {
-        match timeout(Duration::from_secs(2), client.get(uri.clone())).await {
-            Ok(Ok(resp)) if resp.status() == http::StatusCode::OK => Ok(()),
-            Ok(Ok(resp)) => Err(format!("{} answered {}", uri.path(), resp.status())),
+        match timeout(Duration::from_secs(2), http.status(&uri)).await {
+            Ok(Ok(status)) if status == http::StatusCode::OK => Ok(()),
+            Ok(Ok(status)) => Err(format!("{} answered {}", uri.path(), status)),
             Ok(Err(e)) => Err(format!("{e}")),
             Err(_) => Err(format!("{} did not answer within 2s", uri.path())),
         }

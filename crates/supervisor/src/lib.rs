@@ -75,6 +75,8 @@ pub struct Supervisor {
     /// Set once, to what happened, if a task the supervisor cannot do without
     /// panics.
     failure: Failure,
+    /// Numbers acquires, so a client that gives up can say which place it leaves.
+    acquires: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Supervisor {
@@ -87,10 +89,16 @@ impl Supervisor {
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
         let (events, kv) = (events::EventLog::new(), kv_cache::Stats::default());
-        let effects = Processes::new(kv_cache::Reporter {
-            events: events.clone(),
-            stats: kv.clone(),
-        });
+        // One HTTP client for everything the supervisor asks of servers: health
+        // checks, loads and unloads, KV-cache saves, and the polls of what they hold.
+        let http = backends::Http::default();
+        let effects = Processes::new(
+            http.clone(),
+            kv_cache::Reporter {
+                events: events.clone(),
+                stats: kv.clone(),
+            },
+        );
         let supervisor = Self::spawn(config, effects, state, events, kv);
         // Both end with the owner; a panic in either would leave the ledger
         // blind to real memory or to what servers unloaded on their own.
@@ -102,7 +110,7 @@ impl Supervisor {
         must_live(
             "server poller",
             &supervisor.failure,
-            poll_servers(supervisor.clone()),
+            poll_servers(supervisor.clone(), http),
         );
         supervisor
     }
@@ -136,6 +144,7 @@ impl Supervisor {
             events,
             kv,
             failure,
+            acquires: Arc::default(),
         }
     }
 
@@ -172,14 +181,26 @@ impl Supervisor {
     /// skipped and a lease that arrives for nobody is released at once.
     pub async fn acquire(&self, model: &str, deadline: Instant) -> Result<Lease, SupervisorError> {
         let (reply, rx) = oneshot::channel();
+        let id = self
+            .acquires
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.tx
             .send(Msg::Acquire {
                 model: model.to_string(),
                 deadline,
                 reply,
+                id,
             })
             .map_err(|_| SupervisorError::ShuttingDown)?;
-        rx.await.unwrap_or(Err(SupervisorError::ShuttingDown))
+        let mut place = Place {
+            tx: &self.tx,
+            model,
+            id,
+            waiting: true,
+        };
+        let answer = rx.await;
+        place.waiting = false;
+        answer.unwrap_or(Err(SupervisorError::ShuttingDown))
     }
 
     /// Loads `model` and keeps it warm (it then idles like any other).
@@ -265,6 +286,27 @@ impl Supervisor {
     }
 }
 
+/// An acquire's place in its model's queue, given up when the acquire is
+/// dropped unanswered (the client went away): the owner hears at once, so its
+/// queue holds only clients still waiting and nothing loads for nobody.
+struct Place<'a> {
+    tx: &'a mpsc::UnboundedSender<Msg>,
+    model: &'a str,
+    id: u64,
+    waiting: bool,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        if self.waiting {
+            let _ = self.tx.send(Msg::Abandoned {
+                model: self.model.to_string(),
+                id: self.id,
+            });
+        }
+    }
+}
+
 type Failure = Arc<watch::Sender<Option<Arc<str>>>>;
 
 /// Spawns a task the supervisor cannot do without: without the owner nothing is
@@ -306,8 +348,7 @@ const POLL_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Asks every server that keeps its own account for it, and hands that to the
 /// owner to square with the ledger; ends with the owner.
-async fn poll_servers(supervisor: Supervisor) {
-    let http = backends::Http::default();
+async fn poll_servers(supervisor: Supervisor, http: backends::Http) {
     let mut tick = tokio::time::interval(POLL_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

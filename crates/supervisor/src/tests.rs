@@ -558,6 +558,27 @@ async fn a_swap_whose_requests_were_all_abandoned_keeps_the_model() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_client_that_gives_up_leaves_its_place_at_once() {
+    let (s, fake) = start(SEED);
+    let daily = get(&s, "daily").await;
+    let deep = acquire_later(&s, "deep");
+    tokio::task::yield_now().await;
+    assert_eq!(phase(&s, "daily").await, Phase::Draining);
+    assert_eq!(s.snapshot().await.unwrap().model("deep").unwrap().queued, 1);
+    deep.abort();
+    tokio::task::yield_now().await;
+    // Nothing else happens meanwhile: no release, no tick. The owner hears of
+    // the client leaving, so the very next look shows the swap called off.
+    let snap = s.snapshot().await.unwrap();
+    assert_eq!(snap.model("deep").unwrap().queued, 0);
+    assert_eq!(snap.model("daily").unwrap().phase, Phase::Ready);
+    drop(daily);
+    advance(STOP + LOAD).await;
+    assert_eq!(fake.count("p/deep"), 0, "nothing loaded for nobody");
+    ledger(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn repeated_crashes_back_off_and_say_so() {
     let (s, fake) = start(SEED);
     let crash = |gen: u64| Msg::Exited {

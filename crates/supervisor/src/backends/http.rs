@@ -92,6 +92,18 @@ impl Http {
             .map_err(|_| format!("{url} did not answer within {}s", limit.as_secs_f64()))?
     }
 
+    /// A GET whose status is all that is wanted (a health check): the body is
+    /// not read, and the caller bounds the wait.
+    pub async fn status(
+        &self,
+        uri: &http::Uri,
+    ) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+        let req = Request::get(uri.clone())
+            .body(Full::new(Bytes::new()))
+            .expect("a GET of a parsed URI is a request");
+        self.client.request(req).await.map(|r| r.status())
+    }
+
     pub async fn get(
         &self,
         url: &str,

@@ -78,16 +78,16 @@ impl<E: Effects> Owner<E> {
                     .all(|o| !self.slots[o].phase().holds_memory() || idle.contains(o));
             if all_idle && self.slots[m].phase() == Phase::Ready {
                 let slot = &self.slots[m];
-                let (reason, why) = match (slot.idle_override, slot.idle) {
-                    (Some(_), _) => (
+                let (reason, why) = match (slot.idle_for, slot.idle) {
+                    (IdleFor::KeepAlive(_), _) => (
                         Reason::KeepAlive,
                         "the request's keep_alive ran out".to_string(),
                     ),
-                    (None, Some(d)) => (
+                    (IdleFor::Config, Some(d)) => (
                         Reason::Idle,
                         format!("idle for {}", humantime::format_duration(d)),
                     ),
-                    (None, None) => (Reason::Idle, "idle".to_string()),
+                    (IdleFor::Config, None) => (Reason::Idle, "idle".to_string()),
                 };
                 self.begin_drain(m, reason, &why);
             }
@@ -110,13 +110,13 @@ impl<E: Effects> Owner<E> {
         let mut promised = 0u64;
         for (_, m) in waiting {
             let slot = &self.slots[&m];
-            match slot.phase() {
-                Phase::Ready => {
+            match slot.state {
+                State::Ready => {
                     self.serve_queue(&m);
                     continue;
                 }
-                Phase::Starting | Phase::Draining | Phase::Stopping => continue,
-                Phase::Cold | Phase::Failed => {}
+                State::Starting | State::Draining { .. } | State::Stopping => continue,
+                State::Cold => {}
             }
             if let Some(at) = slot.retry_at.filter(|at| *at > now) {
                 let why = format!(
@@ -215,14 +215,12 @@ impl<E: Effects> Owner<E> {
         }
     }
 
-    /// Waiters whose client went away (the acquire was dropped) give up their
-    /// places: they count toward no `max_queue` and cause no load. A model
-    /// draining to make room for requests that have all been abandoned serves
-    /// again: swapping it out would only cost its next request a load.
+    /// A model draining to make room for requests that are all gone (their
+    /// clients gave up, or their time ran out) serves again: swapping it out
+    /// would only cost its next request a load. Waiters whose client went away
+    /// have left their queues already (`Abandoned`), so this looks at models,
+    /// never at waiters.
     pub(super) fn settle_abandoned(&mut self) {
-        for slot in self.slots.values_mut() {
-            slot.queue.retain_open();
-        }
         if self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }
@@ -345,7 +343,10 @@ pub(super) fn idle_deadline(s: &Slot) -> Option<Instant> {
         && !s.pinned
         && s.queue.is_empty()
         && s.memory > 0)
-        .then_some(s.idle_override.unwrap_or(s.idle))
+        .then_some(match s.idle_for {
+            IdleFor::KeepAlive(d) => d,
+            IdleFor::Config => s.idle,
+        })
         .flatten()
         .map(|d| s.last_used + d)
 }

@@ -7,7 +7,7 @@
 use super::*;
 
 impl<E: Effects> Owner<E> {
-    pub(super) fn on_acquire(&mut self, model: String, deadline: Instant, reply: Reply) {
+    pub(super) fn on_acquire(&mut self, model: String, deadline: Instant, reply: Reply, id: u64) {
         if self.shutting_down {
             let _ = reply.send(Err(SupervisorError::ShuttingDown));
             return;
@@ -69,6 +69,7 @@ impl<E: Effects> Owner<E> {
             deadline,
             since: Instant::now(),
             seq,
+            id,
         });
     }
 

@@ -59,7 +59,7 @@ use admission::{idle_deadline, linger_until};
 use instances::{instance_key, server_holds, Endpoint, Instance};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
-use slots::{fail_queue, median, note_failure, Slot, State};
+use slots::{fail_queue, median, note_failure, IdleFor, Slot, State};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -151,7 +151,13 @@ impl<E: Effects> Owner<E> {
                     model,
                     deadline,
                     reply,
-                } => self.on_acquire(model, deadline, reply),
+                    id,
+                } => self.on_acquire(model, deadline, reply, id),
+                Msg::Abandoned { model, id } => {
+                    if let Some(slot) = self.slots.get_mut(model.as_str()) {
+                        slot.queue.remove_id(id);
+                    }
+                }
                 Msg::Released { model, generation } => self.on_released(model, generation),
                 Msg::StartDone {
                     key,
@@ -192,7 +198,7 @@ impl<E: Effects> Owner<E> {
                 Msg::KeepAlive { model, idle } => {
                     if let Some(slot) = self.slots.get_mut(model.as_str()) {
                         if slot.phase().holds_memory() {
-                            slot.idle_override = Some(idle);
+                            slot.idle_for = IdleFor::KeepAlive(idle);
                         }
                     }
                 }

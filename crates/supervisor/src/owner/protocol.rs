@@ -11,6 +11,13 @@ pub(crate) enum Msg {
         model: String,
         deadline: Instant,
         reply: Reply,
+        /// The acquire's number, by which its client may give up its place.
+        id: u64,
+    },
+    /// The client of acquire `id` went away before its answer.
+    Abandoned {
+        model: String,
+        id: u64,
     },
     Released {
         model: ModelKey,

@@ -3,9 +3,10 @@
 //! the owner asks for the next deadline after every message, and with
 //! `max_queue` up to a million a scan of every waiter would cost more than the
 //! message. Every way in or out of the queue goes through this type, so the
-//! index never names a waiter that has left.
+//! index never names a waiter that has left. A client that gives up is taken
+//! out by its acquire's id, also in O(log n).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio::time::Instant;
 
@@ -17,13 +18,18 @@ pub(super) struct Waiter {
     pub since: Instant,
     /// Arrival order; instants can tie, this cannot. Increases along the queue.
     pub seq: u64,
+    /// The acquire's own number, by which its client gives up its place.
+    pub id: u64,
 }
 
 #[derive(Default)]
 pub(super) struct Queue {
-    waiters: VecDeque<Waiter>,
+    /// By arrival (seq).
+    waiters: BTreeMap<u64, Waiter>,
     /// (deadline, seq) of every waiter in `waiters`.
     deadlines: BTreeSet<(Instant, u64)>,
+    /// id -> seq of every waiter in `waiters`.
+    ids: HashMap<u64, u64>,
 }
 
 impl Queue {
@@ -36,19 +42,28 @@ impl Queue {
     }
 
     pub fn front(&self) -> Option<&Waiter> {
-        self.waiters.front()
+        self.waiters.first_key_value().map(|(_, w)| w)
     }
 
     pub fn push_back(&mut self, w: Waiter) {
-        debug_assert!(self.waiters.back().is_none_or(|b| b.seq < w.seq));
+        debug_assert!(self
+            .waiters
+            .last_key_value()
+            .is_none_or(|(s, _)| *s < w.seq));
         self.deadlines.insert((w.deadline, w.seq));
-        self.waiters.push_back(w);
+        self.ids.insert(w.id, w.seq);
+        self.waiters.insert(w.seq, w);
     }
 
     pub fn pop_front(&mut self) -> Option<Waiter> {
-        let w = self.waiters.pop_front()?;
-        self.deadlines.remove(&(w.deadline, w.seq));
+        let (_, w) = self.waiters.pop_first()?;
+        self.forget(&w);
         Some(w)
+    }
+
+    fn forget(&mut self, w: &Waiter) {
+        self.deadlines.remove(&(w.deadline, w.seq));
+        self.ids.remove(&w.id);
     }
 
     /// The earliest deadline of any waiter: O(log n).
@@ -65,29 +80,28 @@ impl Queue {
                 break;
             }
             self.deadlines.pop_first();
-            if let Ok(i) = self.waiters.binary_search_by_key(&seq, |w| w.seq) {
-                out.extend(self.waiters.remove(i));
+            if let Some(w) = self.waiters.remove(&seq) {
+                self.ids.remove(&w.id);
+                out.push(w);
             }
         }
         out
     }
 
-    /// Drops the waiters whose client has gone away.
-    pub fn retain_open(&mut self) {
-        let deadlines = &mut self.deadlines;
-        self.waiters.retain(|w| {
-            let open = !w.reply.is_closed();
-            if !open {
-                deadlines.remove(&(w.deadline, w.seq));
-            }
-            open
-        });
+    /// Takes out the waiter of acquire `id`, whose client gave up: O(log n).
+    /// None if it has left already (served, timed out).
+    pub fn remove_id(&mut self, id: u64) -> Option<Waiter> {
+        let seq = self.ids.remove(&id)?;
+        let w = self.waiters.remove(&seq)?;
+        self.deadlines.remove(&(w.deadline, w.seq));
+        Some(w)
     }
 
     /// Takes out every waiter, in arrival order.
-    pub fn drain(&mut self) -> impl Iterator<Item = Waiter> + '_ {
+    pub fn drain(&mut self) -> impl Iterator<Item = Waiter> {
         self.deadlines.clear();
-        self.waiters.drain(..)
+        self.ids.clear();
+        std::mem::take(&mut self.waiters).into_values()
     }
 }
 
@@ -110,6 +124,7 @@ mod tests {
             deadline: t0 + Duration::from_secs(after_s),
             since: t0,
             seq,
+            id: seq + 100,
         };
         (w, rx)
     }
@@ -134,8 +149,9 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert_eq!(q.pop_front().map(|w| w.seq), Some(1));
         assert_eq!(q.next_deadline(), Some(t0 + Duration::from_secs(20)));
-        drop(keep.remove(2)); // waiter 3's client goes away
-        q.retain_open();
+        assert!(q.remove_id(103).is_some(), "waiter 3's client gives up");
+        assert!(q.remove_id(103).is_none(), "once");
+        assert!(q.remove_id(102).is_none(), "waiter 2 timed out already");
         assert!(q.is_empty());
         assert_eq!(q.next_deadline(), None, "nothing left names a deadline");
     }

@@ -69,7 +69,7 @@ impl<E: Effects> Owner<E> {
                 group: m.group.clone(),
                 pinned: m.pinned,
                 idle: config.idle_timeout_of(m).duration(),
-                idle_override: None,
+                idle_for: IdleFor::Config,
                 upstream: match (&m.upstream, adapter(backend.kind).default_upstream()) {
                     (Some(u), _) => u.clone(),
                     (None, Some(fixed)) => fixed.to_string(),

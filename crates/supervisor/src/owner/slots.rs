@@ -12,8 +12,8 @@ pub(super) struct Slot {
     pub(super) group: Option<String>,
     pub(super) pinned: bool,
     pub(super) idle: Option<Duration>,
-    /// Set by a request's `keep_alive` (None inside: never); cleared on unload.
-    pub(super) idle_override: Option<Option<Duration>>,
+    /// How long it may idle before it unloads, until it next does.
+    pub(super) idle_for: IdleFor,
     pub(super) upstream: String,
     /// Where it is in its life; change it only through `Owner::enter`.
     pub(super) state: State,
@@ -49,6 +49,15 @@ pub(super) struct Slot {
     pub(super) unloading: bool,
     /// Why it is draining or stopping, for the `unloaded` event that ends it.
     pub(super) unload_why: Option<String>,
+}
+
+/// Whose idle timeout a loaded model follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum IdleFor {
+    /// routes.yaml's (`idle_timeout`, the model's or the default).
+    Config,
+    /// The `keep_alive` of a request (None: never), until the model next unloads.
+    KeepAlive(Option<Duration>),
 }
 
 /// Where a model is in its life, with what exists only in that state. The
@@ -182,7 +191,7 @@ impl<E: Effects> Owner<E> {
         self.enter(m, State::Cold);
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
-        slot.idle_override = None;
+        slot.idle_for = IdleFor::Config;
         slot.measured = None;
         slot.unloading = false;
         self.emit(Event::new(kind, m, detail));
