@@ -106,7 +106,7 @@ async fn chat_and_generate_stream_ndjson_by_default_and_answer_whole_when_asked(
     let (status, ct, body) = post_text(
         &r.url("/api/chat"),
         &json!({"model": "alpha", "messages": hello(), "stream": false,
-                "options": {"num_predict": 2, "temperature": 0.5, "seed": 7}, "format": "json"}),
+                "options": {"num_predict": 2, "temperature": 0.5, "seed": 7}}),
     )
     .await;
     assert_eq!((status, ct.as_str()), (200, "application/json"), "{body}");
@@ -125,6 +125,21 @@ async fn chat_and_generate_stream_ndjson_by_default_and_answer_whole_when_asked(
     assert_eq!(sent["max_tokens"], 2);
     assert_eq!(sent["temperature"], 0.5);
     assert_eq!(sent["seed"], 7);
+
+    // JSON mode: asked of the backend as OpenAI's response_format, answered in JSON.
+    let (status, _, body) = post_text(
+        &r.url("/api/chat"),
+        &json!({"model": "alpha", "messages": hello(), "stream": false, "format": "json"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let content = v["message"]["content"].as_str().unwrap();
+    assert!(
+        serde_json::from_str::<Value>(content).is_ok_and(|c| c.is_object()),
+        "{content}"
+    );
+    let sent = last_request(&s.url).await["body"].clone();
     assert_eq!(sent["response_format"], json!({"type": "json_object"}));
 
     // Generate, streamed: `response` instead of `message`; system + prompt as messages.

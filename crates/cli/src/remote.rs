@@ -240,7 +240,17 @@ pub fn render_status(url: &str, v: &Value) -> String {
         .filter(|e| {
             matches!(
                 e["kind"].as_str(),
-                Some("ready" | "unloaded" | "crashed" | "failed" | "budget" | "kept")
+                Some(
+                    "ready"
+                        | "unloaded"
+                        | "crashed"
+                        | "failed"
+                        | "budget"
+                        | "kept"
+                        | "kv_saved"
+                        | "kv_restored"
+                        | "kv_failed"
+                )
             )
         })
         .collect();

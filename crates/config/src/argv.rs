@@ -186,8 +186,8 @@ mod tests {
     }
 
     fn parse(yaml: &str) -> Result<B, String> {
-        use figment::providers::{Format, Yaml};
-        figment::Figment::from(Yaml::string(yaml))
+        use figment::providers::Format;
+        figment::Figment::from(crate::yaml::Yaml::string(yaml))
             .extract()
             .map_err(|e| e.to_string())
     }

@@ -28,7 +28,7 @@ pub(crate) fn near_misses() -> Vec<(String, String, String)> {
                 return None;
             }
             let top = key.split("__").next().unwrap_or_default();
-            let meant = crate::validate::closest(top, top_level_keys().iter().copied())?;
+            let meant = crate::closest(top, top_level_keys().iter().copied())?;
             let meant = format!("{PREFIX}{}", meant.to_uppercase());
             Some((name.clone(), top.to_lowercase(), meant))
         })

@@ -15,17 +15,19 @@ mod proptests;
 mod request_log;
 mod schema;
 mod size;
+mod suggest;
 mod syntax;
 mod timeout;
 mod validate;
+mod yaml;
 
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
 pub use request_log::{RequestLog, RequestLogSettings};
-pub use schema::{Backend, BackendKind, Capability, Config, LoadingProgress, Model};
+pub use schema::{Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model};
 pub use size::ByteSize;
+pub use suggest::{close_names, closest};
 pub use timeout::Timeout;
-pub use validate::closest;
 
 /// How long a model of a `one_shot` backend stays loaded after its last request
 /// unless it sets its own idle_timeout: long enough for a short batch of jobs, short
@@ -114,6 +116,64 @@ mod tests {
             idle("idle_timeout: 20s", "kokoro"),
             Timeout::After(Duration::from_secs(20))
         );
+    }
+
+    /// The issues routes.yaml with `backend` as its one backend gets, as `key: message`.
+    fn kv_issues(backend: &str) -> Vec<String> {
+        let yaml =
+            format!("backends:\n  b: {backend}\nmodels:\n  m: {{backend: b, memory: 1GB}}\n");
+        match load_str("t", &yaml) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid { issues, .. }) => issues
+                .into_iter()
+                .map(|i| format!("{}: {}", i.key, i.message))
+                .collect(),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn kv_cache_defaults_to_20gb_and_5s_under_the_users_cache_dir() {
+        let yaml = "backends:\n  b: {command: [llama-server, --port, \"${PORT}\"], kv_cache: {}}\nmodels:\n  m: {backend: b, memory: 1GB}\n";
+        let c = load_str("t", yaml).unwrap().config;
+        let kv = c.backends["b"].kv_cache.clone().unwrap();
+        assert_eq!(kv.max, ByteSize(20_000_000_000));
+        assert_eq!(kv.save_timeout, Duration::from_secs(5));
+        assert_eq!(kv.restore_timeout, Duration::from_secs(5));
+        assert!(kv.root().unwrap().ends_with("modelyard/kv-cache"));
+        let off = "backends:\n  b: {command: [x, \"${PORT}\"]}\nmodels:\n  m: {backend: b, memory: 1GB}\n";
+        assert_eq!(
+            load_str("t", off).unwrap().config.backends["b"].kv_cache,
+            None
+        );
+    }
+
+    #[test]
+    fn kv_cache_mistakes_name_their_key() {
+        let cmd = "command: [llama-server, --port, \"${PORT}\"]";
+        let cases = [
+            (format!("{{{cmd}, kv_cache: {{max: 0}}}}"), "backends.b.kv_cache.max: must be more than 0"),
+            (format!("{{{cmd}, kv_cache: {{save_timeout: 0s}}}}"), "backends.b.kv_cache.save_timeout: must be more than 0s"),
+            (format!("{{{cmd}, kv_cache: {{restore_timeout: 0s}}}}"), "backends.b.kv_cache.restore_timeout: must be more than 0s"),
+            (format!("{{{cmd}, kv_cache: {{dir: kv}}}}"), "backends.b.kv_cache.dir: `kv` must be an absolute path"),
+            (format!("{{{cmd}, kv_cache: {{sav_timeout: 1s}}}}"), "backends.b.kv_cache.sav_timeout: unknown"),
+            ("{url: \"http://127.0.0.1:1\", kv_cache: {}}".to_string(), "backends.b.kv_cache: only a server the router starts"),
+            ("{kind: ollama, command: [ollama, serve], kv_cache: {}}".to_string(), "this backend is kind ollama"),
+            ("{command: [llama-server, --port, \"${PORT}\", --slot-save-path, /x/], kv_cache: {}}".to_string(), "sets --slot-save-path itself"),
+        ];
+        for (backend, wanted) in cases {
+            let issues = kv_issues(&backend);
+            assert!(
+                issues.iter().any(
+                    |i| i.starts_with(wanted) || (i.contains(wanted) && !wanted.contains(": "))
+                ),
+                "{backend}: wanted `{wanted}` in {issues:?}"
+            );
+        }
+        assert!(kv_issues(&format!(
+            "{{kind: omlx, command: [omlx, serve], kv_cache: {{dir: /var/kv, max: 50GB}}}}"
+        ))
+        .is_empty());
     }
 
     #[test]

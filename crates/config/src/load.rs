@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use figment::error::Kind;
-use figment::providers::{Env, Format, Yaml};
+use figment::providers::{Env, Format};
 use figment::Figment;
 
 use crate::env::PREFIX as ENV_PREFIX;
@@ -129,7 +129,7 @@ pub fn load_str(origin: &str, text: &str) -> Result<Loaded, ConfigError> {
         })
         .collect();
 
-    let figment = Figment::from(Yaml::string(text)).merge(
+    let figment = Figment::from(crate::yaml::Yaml::string(text)).merge(
         Env::prefixed(ENV_PREFIX)
             .filter(|k| crate::env::is_config_key(k.as_str()))
             .split("__"),
@@ -223,7 +223,7 @@ fn from_figment(e: figment::Error, index: &LineIndex) -> Issue {
             if path.last() != Some(field) {
                 path.push(field.clone());
             }
-            let hint = crate::validate::closest(field, expected.iter().copied())
+            let hint = crate::closest(field, expected.iter().copied())
                 .map(|c| format!("did you mean `{c}`? "))
                 .unwrap_or_default();
             format!(

@@ -237,6 +237,39 @@ pub struct Backend {
     /// its models' idle_timeout defaults to ONE_SHOT_IDLE instead of the top level's.
     #[serde(default)]
     pub one_shot: bool,
+    /// Keep each model's KV cache on disk across unloads: llama.cpp's slots are
+    /// saved before its server stops and restored after it starts again; oMLX is
+    /// pointed at a persistent SSD cache directory. See docs/operations.md.
+    #[serde(default)]
+    pub kv_cache: Option<KvCache>,
+}
+
+/// Where and within what limits a backend's KV cache lives on disk.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KvCache {
+    /// The directory (one subdirectory per model); default: the user's cache
+    /// directory, `modelyard/kv-cache` in it.
+    #[serde(default)]
+    pub dir: Option<std::path::PathBuf>,
+    /// The most all saved caches in `dir` may take; the least recently used go first.
+    #[serde(default = "defaults::kv_max")]
+    pub max: ByteSize,
+    /// How long saving may hold up a stop; past it the server stops anyway.
+    #[serde(default = "defaults::kv_timeout", with = "span")]
+    pub save_timeout: Duration,
+    /// How long restoring may hold up a start; past it the model serves without.
+    #[serde(default = "defaults::kv_timeout", with = "span")]
+    pub restore_timeout: Duration,
+}
+
+impl KvCache {
+    /// `dir`, or the user's cache directory's `modelyard/kv-cache`.
+    pub fn root(&self) -> Option<std::path::PathBuf> {
+        self.dir
+            .clone()
+            .or_else(|| dirs::cache_dir().map(|d| d.join("modelyard").join("kv-cache")))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -392,5 +425,11 @@ mod defaults {
     }
     pub fn stop_timeout() -> Duration {
         Duration::from_secs(15)
+    }
+    pub fn kv_max() -> ByteSize {
+        ByteSize(20_000_000_000)
+    }
+    pub fn kv_timeout() -> Duration {
+        Duration::from_secs(5)
     }
 }

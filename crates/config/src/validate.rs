@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::closest;
 use crate::schema::{BackendKind, Config};
 
 /// A problem found, with the key path it belongs to.
@@ -16,21 +17,6 @@ fn problem(path: &[&str], message: impl Into<String>) -> Problem {
         path: path.iter().map(|s| s.to_string()).collect(),
         message: message.into(),
     }
-}
-
-/// A name among `candidates` close enough to `wanted` to be a typo of it.
-pub fn closest<'a>(wanted: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .into_iter()
-        .map(|c| {
-            (
-                strsim::levenshtein(&wanted.to_lowercase(), &c.to_lowercase()),
-                c,
-            )
-        })
-        .filter(|(d, c)| *d <= 2.max(c.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, c)| c)
 }
 
 pub(crate) fn validate(cfg: &Config) -> Vec<Problem> {
@@ -245,6 +231,82 @@ fn check_backends(cfg: &Config, out: &mut Vec<Problem>) {
         }
         if b.start_timeout.is_zero() {
             out.push(p("start_timeout", "must be more than 0s".into()));
+        }
+        if let Some(kv) = &b.kv_cache {
+            check_kv_cache(name, b, kv, out);
+        }
+    }
+}
+
+/// `kv_cache` needs a server the router starts and whose cache it knows how to
+/// keep: llama.cpp's (kind openai with a command) or oMLX.
+fn check_kv_cache(
+    name: &str,
+    b: &crate::schema::Backend,
+    kv: &crate::schema::KvCache,
+    out: &mut Vec<Problem>,
+) {
+    let p = |key: &str, message: String| {
+        let mut path = vec!["backends".to_string(), name.to_string(), "kv_cache".into()];
+        if !key.is_empty() {
+            path.push(key.into());
+        }
+        Problem { path, message }
+    };
+    let kept = matches!(b.kind, BackendKind::Openai | BackendKind::Omlx) && b.command.is_some();
+    if !kept {
+        out.push(p(
+            "",
+            format!(
+                "only a server the router starts can keep its KV cache: kind openai with a command (llama.cpp's server) or kind omlx with a command; this backend is kind {}{}",
+                b.kind.as_str(),
+                if b.command.is_none() { " without a command" } else { "" }
+            ),
+        ));
+    }
+    let own = match b.kind {
+        BackendKind::Omlx => ["--paged-ssd-cache-dir"].as_slice(),
+        _ => ["--slot-save-path"].as_slice(),
+    };
+    if let Some(flag) = b
+        .command
+        .iter()
+        .flatten()
+        .find(|a| own.iter().any(|f| a.starts_with(f)))
+    {
+        out.push(p(
+            "",
+            format!("the command sets {flag} itself; remove it, kv_cache.dir sets it"),
+        ));
+    }
+    if let Some(dir) = &kv.dir {
+        if !dir.is_absolute() {
+            out.push(p(
+                "dir",
+                format!(
+                    "`{}` must be an absolute path (the server runs in another directory)",
+                    dir.display()
+                ),
+            ));
+        }
+    } else if kv.root().is_none() {
+        out.push(p(
+            "dir",
+            "this system names no cache directory for the user: set kv_cache.dir".into(),
+        ));
+    }
+    if kv.max.bytes() == 0 {
+        out.push(p(
+            "max",
+            "must be more than 0: write a size such as 20GB, or remove kv_cache".into(),
+        ));
+    }
+    for (key, d) in [
+        ("save_timeout", kv.save_timeout),
+        ("restore_timeout", kv.restore_timeout),
+    ] {
+        if d.is_zero() {
+            out.push(p(key, "must be more than 0s".into()));
         }
     }
 }

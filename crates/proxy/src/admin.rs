@@ -268,6 +268,7 @@ async fn status(inner: &Inner) -> Result<Response<Body>, ApiError> {
         "free": budget.map(|b| b.saturating_sub(snap.used)),
         "servers": snap.servers,
         "models": models,
+        "kv_cache": inner.supervisor.kv_counts(),
         "events": inner.supervisor.recent_events(),
     })))
 }

@@ -129,7 +129,7 @@ impl Dialect {
 }
 
 /// Anthropic's error `type` for a status, as its SDKs map them to exceptions.
-fn anthropic_type(status: StatusCode) -> &'static str {
+pub(crate) fn anthropic_type(status: StatusCode) -> &'static str {
     match status.as_u16() {
         400 | 408 | 414 | 422 | 431 => "invalid_request_error",
         401 => "authentication_error",

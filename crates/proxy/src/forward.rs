@@ -128,7 +128,10 @@ pub(crate) async fn routable(state: &Inner, name: &str) -> Result<String, ApiErr
     }
 }
 
-/// Waits (up to queue_timeout) for `model` to be ready and leases it.
+/// Where a request becomes a lease, for every API front (OpenAI, Ollama,
+/// uploads, direct passthrough): waits up to queue_timeout for `model` to be
+/// ready, leases it, and counts the wait in the metrics. The lease then lives in
+/// the response body and is given back when the body ends or is dropped.
 pub(crate) async fn lease(state: &Inner, model: &str) -> Result<Lease, ApiError> {
     let deadline = Instant::now() + state.config().queue_timeout;
     let asked = Instant::now();
@@ -167,8 +170,10 @@ async fn answer(
     }
 }
 
+/// A streamed request on a route whose clients read SSE: the completions,
+/// Anthropic's Messages and OpenAI's Responses.
 fn routed_stream(u: &Upstream) -> bool {
-    u.routed.stream && u.parts.uri.path().ends_with("/completions")
+    u.routed.stream && crate::progress::Framing::of(u.parts.uri.path()).is_some()
 }
 
 /// Everything needed to send a request upstream once its model is leased.
@@ -209,6 +214,10 @@ impl Upstream {
 
     pub(crate) fn started(&self) -> Instant {
         self.started
+    }
+
+    pub(crate) fn path(&self) -> &str {
+        self.parts.uri.path()
     }
 
     pub(crate) fn progress_mode(&self) -> LoadingProgress {

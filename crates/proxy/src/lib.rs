@@ -16,6 +16,7 @@ mod forward;
 mod guard;
 mod idle;
 mod keys;
+mod learned;
 mod limits;
 mod metrics;
 mod models;
@@ -69,6 +70,8 @@ pub(crate) struct Inner {
     /// end then, instead of holding the drain open.
     pub closing: tokio::sync::watch::Sender<bool>,
     pub metrics: Arc<metrics::Metrics>,
+    /// What backends said about their models (capabilities, context).
+    pub learned: learned::Learned,
     /// Where each model request is recorded; None with `request_log: off`.
     pub requests: Option<modelyard_reqlog::RequestLog>,
     /// `request_log.capture`: records keep the request's body.
@@ -105,6 +108,7 @@ impl Router {
                 connect_timeout,
                 started_unix,
                 closing: tokio::sync::watch::channel(false).0,
+                learned: learned::Learned::default(),
             }),
         }
     }
@@ -212,12 +216,23 @@ impl Router {
         match (req.method(), path) {
             (&Method::GET, "/v1/models") => {
                 let snap = inner.supervisor.snapshot().await;
-                models::list(&inner.config(), snap.as_ref(), inner.started_unix)
+                models::list(
+                    &inner.config(),
+                    &inner.learned,
+                    snap.as_ref(),
+                    inner.started_unix,
+                )
             }
             (&Method::GET, p) if p.starts_with("/v1/models/") => {
                 let id = percent_decode(&p["/v1/models/".len()..]);
                 let snap = inner.supervisor.snapshot().await;
-                models::one(&inner.config(), snap.as_ref(), inner.started_unix, &id)
+                models::one(
+                    &inner.config(),
+                    &inner.learned,
+                    snap.as_ref(),
+                    inner.started_unix,
+                    &id,
+                )
             }
             // Browsers ask for it on every page view; no icon is no error worth a log line.
             (&Method::GET, "/favicon.ico") => {
@@ -235,10 +250,11 @@ impl Router {
             }
             (&Method::GET, "/metrics") => {
                 let snap = inner.supervisor.snapshot().await;
+                let kv = inner.supervisor.kv_counts();
                 if let Some(log) = &inner.requests {
                     inner.metrics.request_log(log.written(), log.dropped());
                 }
-                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref())));
+                let mut resp = Response::new(body::full(inner.metrics.render(snap.as_ref(), &kv)));
                 resp.headers_mut().insert(
                     http::header::CONTENT_TYPE,
                     http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -319,6 +335,7 @@ impl Inner {
             .await
             .map_err(|e| e.to_string())?;
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        self.learned.clear();
         // Preloads the reload brought in: listed now and not before, or new models.
         let fresh = next
             .preload
@@ -360,27 +377,11 @@ fn spawn_preload(supervisor: Supervisor, config: Arc<Config>, names: Vec<String>
     });
 }
 
-/// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`.
+/// `%XX` escapes in a path segment, for model ids such as `qwen3%3A8b`. A `%`
+/// not followed by two hex digits stays as written; bytes that are not UTF-8
+/// become U+FFFD.
 pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
-            (b'%', Some(h), Some(l)) => {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-            }
-            (c, _, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
-use modelyard_supervisor::{Event, Reason, Snapshot, Supervisor};
+use modelyard_supervisor::{Event, Kind, KvCounts, Reason, Snapshot, Supervisor};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabel {
@@ -29,6 +29,50 @@ pub(crate) struct RequestLabels {
 pub(crate) struct TokenLabels {
     pub model: String,
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KvLabels {
+    pub model: String,
+    /// save or restore.
+    pub op: &'static str,
+}
+
+/// The KV cache's counts, kept by the supervisor and brought up to date here at
+/// each scrape (under the lock, so two scrapes cannot both add the same rise).
+#[derive(Default)]
+struct KvSeries {
+    ops: Family<KvLabels, Counter>,
+    failures: Family<ModelLabel, Counter>,
+    bytes: Family<KvLabels, Counter>,
+    restored_tokens: Family<ModelLabel, Counter>,
+    /// From responses: what the backend's prompt cache (restored or not) saved.
+    cached_tokens: Family<ModelLabel, Counter>,
+    lock: std::sync::Mutex<()>,
+}
+
+impl KvSeries {
+    fn follow(&self, kv: &std::collections::BTreeMap<String, KvCounts>) {
+        let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let up_to = |c: &Counter, v: u64| {
+            c.inc_by(v.saturating_sub(c.get()));
+        };
+        for (model, k) in kv {
+            let by = |op| KvLabels {
+                model: model.clone(),
+                op,
+            };
+            up_to(&self.ops.get_or_create(&by("save")), k.saves);
+            up_to(&self.ops.get_or_create(&by("restore")), k.restores);
+            up_to(&self.bytes.get_or_create(&by("save")), k.saved_bytes);
+            up_to(&self.bytes.get_or_create(&by("restore")), k.restored_bytes);
+            up_to(&self.failures.get_or_create(&label(model)), k.failures);
+            up_to(
+                &self.restored_tokens.get_or_create(&label(model)),
+                k.restored_tokens,
+            );
+        }
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +132,7 @@ pub(crate) struct Metrics {
     declared: Family<ModelLabel, Gauge>,
     measured: Family<ModelLabel, Gauge>,
     reserved: Family<ModelLabel, Gauge>,
+    kv: Arc<KvSeries>,
 }
 
 impl Metrics {
@@ -112,6 +157,7 @@ impl Metrics {
             declared: Family::default(),
             measured: Family::default(),
             reserved: Family::default(),
+            kv: Arc::default(),
             registry: Registry::default(),
             per_model: Default::default(),
         };
@@ -206,6 +252,32 @@ impl Metrics {
             Unit::Bytes,
             m.reserved.clone(),
         );
+        r.register(
+            "kv_cache_operations",
+            "KV cache saves (before a server stops) and restores (after it starts) that succeeded",
+            m.kv.ops.clone(),
+        );
+        r.register(
+            "kv_cache_failures",
+            "KV cache saves or restores that failed or timed out (the swap went on without them)",
+            m.kv.failures.clone(),
+        );
+        r.register_with_unit(
+            "kv_cache",
+            "KV cache bytes written by saves and read by restores",
+            Unit::Bytes,
+            m.kv.bytes.clone(),
+        );
+        r.register(
+            "kv_cache_restored_tokens",
+            "Prompt tokens put back by restores, which the next turns need not prefill",
+            m.kv.restored_tokens.clone(),
+        );
+        r.register(
+            "prompt_cached_tokens",
+            "Prompt tokens a backend took from its cache instead of evaluating them, as its replies say (llama.cpp's timings.cache_n)",
+            m.kv.cached_tokens.clone(),
+        );
         Metrics { registry: r, ..m }
     }
 
@@ -269,6 +341,10 @@ impl Metrics {
             .inc_by(completion);
     }
 
+    pub fn cached_tokens(&self, model: &str, n: u64) {
+        self.kv.cached_tokens.get_or_create(&label(model)).inc_by(n);
+    }
+
     /// A streamed response's first token, and its tokens per second when its
     /// usage said how many.
     pub fn stream(&self, model: &str, first: Duration, speed: Option<f64>) {
@@ -303,14 +379,14 @@ impl Metrics {
 
     fn event(&self, e: &Event) {
         match e.kind {
-            "ready" => {
+            Kind::Ready => {
                 self.loads.get_or_create(&label(&e.model)).inc();
                 let secs = e.load_ms.unwrap_or(0) as f64 / 1000.0;
                 self.load_duration
                     .get_or_create(&label(&e.model))
                     .observe(secs);
             }
-            "evicting" => {
+            Kind::Evicting => {
                 // The supervisor says why; an event without a reason is none
                 // of these (it should not happen) and is counted apart.
                 let reason = e.reason.map_or("other", Reason::as_str);
@@ -321,7 +397,7 @@ impl Metrics {
                     })
                     .inc();
             }
-            "crashed" => {
+            Kind::Crashed => {
                 self.crashes.get_or_create(&label(&e.model)).inc();
             }
             _ => {}
@@ -329,7 +405,12 @@ impl Metrics {
     }
 
     /// The exposition, with the ledger as it is now.
-    pub fn render(&self, snap: Option<&Snapshot>) -> String {
+    pub fn render(
+        &self,
+        snap: Option<&Snapshot>,
+        kv: &std::collections::BTreeMap<String, KvCounts>,
+    ) -> String {
+        self.kv.follow(kv);
         if let Some(s) = snap {
             self.budget.set(i64::try_from(s.budget).unwrap_or(i64::MAX));
             self.used.set(s.used as i64);
@@ -403,5 +484,34 @@ mod tests {
             super::classic_text(om),
             "# HELP x_requests_total Requests.\n# TYPE x_requests_total counter\nx_requests_total 3\n# HELP x_bytes Size.\n# TYPE x_bytes gauge\nx_bytes 5\n"
         );
+    }
+
+    #[test]
+    fn kv_cache_counts_show_as_counters_that_follow_the_supervisor() {
+        let m = super::Metrics::new();
+        let mut kv = std::collections::BTreeMap::new();
+        let mut c = modelyard_supervisor::KvCounts {
+            saves: 1,
+            saved_bytes: 72_000_000,
+            ..Default::default()
+        };
+        kv.insert("smol".to_string(), c.clone());
+        m.render(None, &kv);
+        c.saves = 2;
+        c.restores = 1;
+        c.restored_tokens = 739;
+        c.failures = 1;
+        kv.insert("smol".to_string(), c);
+        let out = m.render(None, &kv);
+        for line in [
+            "modelyard_kv_cache_operations_total{model=\"smol\",op=\"save\"} 2",
+            "modelyard_kv_cache_operations_total{model=\"smol\",op=\"restore\"} 1",
+            "modelyard_kv_cache_bytes_total{model=\"smol\",op=\"save\"} 72000000",
+            "modelyard_kv_cache_failures_total{model=\"smol\"} 1",
+            "modelyard_kv_cache_restored_tokens_total{model=\"smol\"} 739",
+            "# TYPE modelyard_kv_cache_operations_total counter",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line} in\n{out}");
+        }
     }
 }

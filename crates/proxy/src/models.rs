@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 use crate::body::{self, Body};
 use crate::error::ApiError;
+use crate::learned::Learned;
 
-fn entry(config: &Config, created: u64, name: &str) -> Option<Value> {
+fn entry(config: &Config, learned: &Learned, created: u64, name: &str) -> Option<Value> {
     let model_name = config.resolve(name)?;
     let m = &config.models[model_name];
     let mut v = json!({
@@ -18,7 +19,16 @@ fn entry(config: &Config, created: u64, name: &str) -> Option<Value> {
         "object": "model",
         "created": created,
         "owned_by": format!("modelyard/{}", m.backend),
+        // Not OpenAI's, but what LM Studio and vLLM add and clients such as
+        // Open WebUI read: whether to offer chat, tools, images, embeddings.
+        "capabilities": crate::learned::capabilities(config, learned, model_name),
     });
+    let context = m
+        .context
+        .or_else(|| learned.get(model_name).and_then(|f| f.context));
+    if let Some(n) = context {
+        v["context_length"] = json!(n);
+    }
     if model_name != name {
         v["alias_for"] = json!(model_name);
     } else if !m.aliases.is_empty() {
@@ -38,13 +48,18 @@ fn remote_entry(created: u64, m: &RemoteModel) -> Value {
     })
 }
 
-pub(crate) fn list(config: &Config, snap: Option<&Snapshot>, created: u64) -> Response<Body> {
+pub(crate) fn list(
+    config: &Config,
+    learned: &Learned,
+    snap: Option<&Snapshot>,
+    created: u64,
+) -> Response<Body> {
     let remote = snap.map(|s| s.remote_models.as_slice()).unwrap_or_default();
     let data: Vec<Value> = config
         .models
         .iter()
         .flat_map(|(name, m)| std::iter::once(name).chain(m.aliases.iter()))
-        .filter_map(|n| entry(config, created, n))
+        .filter_map(|n| entry(config, learned, created, n))
         .chain(remote.iter().map(|m| remote_entry(created, m)))
         .collect();
     body::json_response(StatusCode::OK, &json!({"object": "list", "data": data}))
@@ -52,12 +67,13 @@ pub(crate) fn list(config: &Config, snap: Option<&Snapshot>, created: u64) -> Re
 
 pub(crate) fn one(
     config: &Config,
+    learned: &Learned,
     snap: Option<&Snapshot>,
     created: u64,
     id: &str,
 ) -> Response<Body> {
     let remote = snap.and_then(|s| s.remote_model(id));
-    match entry(config, created, id).or_else(|| remote.map(|m| remote_entry(created, m))) {
+    match entry(config, learned, created, id).or_else(|| remote.map(|m| remote_entry(created, m))) {
         Some(v) => body::json_response(StatusCode::OK, &v),
         None => ApiError::UnknownModel {
             name: crate::echo::shown(id),
@@ -87,37 +103,14 @@ pub(crate) fn resolve(config: &Config, name: &str) -> Result<String, ApiError> {
 
 /// Up to three configured names or aliases that `wanted` is probably a typo of.
 pub(crate) fn close_matches(config: &Config, wanted: &str) -> Vec<String> {
-    // A slip changes a name by a few letters; a name far longer than any
-    // configured one is no slip, and measuring it would cost time in its length.
-    let longest = config
+    let names = config
         .models
         .iter()
-        .flat_map(|(n, m)| std::iter::once(n.len()).chain(m.aliases.iter().map(String::len)))
-        .max()
-        .unwrap_or(0);
-    if wanted.len() > longest + 8 {
-        return Vec::new();
-    }
-    let wanted_l = wanted.to_lowercase();
-    let mut scored: Vec<(usize, &str)> = config
-        .models
-        .iter()
-        .flat_map(|(n, m)| std::iter::once(n.as_str()).chain(m.aliases.iter().map(String::as_str)))
-        .filter_map(|c| {
-            let cl = c.to_lowercase();
-            // A swap of two letters is one slip, and a short name allows one:
-            // `nope` is not a typo of `code`.
-            let d = strsim::damerau_levenshtein(&wanted_l, &cl);
-            let related =
-                d <= 1.max(c.len() / 3) || (wanted_l.len() >= 3 && cl.contains(&wanted_l));
-            related.then_some((d, c))
-        })
-        .collect();
-    scored.sort();
-    scored
+        .flat_map(|(n, m)| std::iter::once(n.as_str()).chain(m.aliases.iter().map(String::as_str)));
+    modelyard_config::close_names(wanted, names)
         .into_iter()
         .take(3)
-        .map(|(_, c)| c.to_string())
+        .map(str::to_string)
         .collect()
 }
 

@@ -23,6 +23,68 @@ use crate::forward::Upstream;
 
 type Pending<T> = Pin<Box<dyn Future<Output = Result<T, ApiError>> + Send>>;
 
+/// How a stream's clients read an error that comes after the 200: each API's
+/// SDKs parse their own, and one that does not see its own shape raises
+/// something the caller cannot act on (or nothing at all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// `data: {"error": {…}}`, the object a non-streamed error would carry.
+    OpenAi,
+    /// `event: error` with `{"type": "error", "code", "message", "param"}`.
+    Responses,
+    /// `event: error` with `{"type": "error", "error": {"type", "message"}}`.
+    Anthropic,
+}
+
+impl Framing {
+    /// The framing of a streaming route, or None for a route that does not
+    /// stream SSE (embeddings, uploads).
+    pub(crate) fn of(path: &str) -> Option<Framing> {
+        if path.ends_with("/completions") {
+            Some(Framing::OpenAi)
+        } else if path == "/v1/messages" {
+            Some(Framing::Anthropic)
+        } else if path == "/v1/responses" {
+            Some(Framing::Responses)
+        } else {
+            None
+        }
+    }
+
+    /// `error` (OpenAI's `{"error": {…}}`, or a backend's own object) as this
+    /// framing's error event, whole with its blank line.
+    pub(crate) fn error_event(self, status: u16, error: &serde_json::Value) -> String {
+        let inner = &error["error"];
+        let message = inner["message"]
+            .as_str()
+            .or_else(|| inner.as_str())
+            .unwrap_or("the backend failed");
+        match self {
+            Framing::OpenAi => format!("data: {error}\n\n"),
+            Framing::Anthropic => {
+                let event = if error["type"] == "error" && inner["type"].is_string() {
+                    error.clone()
+                } else {
+                    let kind = http::StatusCode::from_u16(status)
+                        .map_or("api_error", crate::error::anthropic_type);
+                    serde_json::json!({"type": "error", "error": {"type": kind, "message": message}})
+                };
+                format!("event: error\ndata: {event}\n\n")
+            }
+            Framing::Responses => {
+                let event = serde_json::json!({
+                    "type": "error",
+                    "code": inner["code"].as_str().or_else(|| inner["type"].as_str()),
+                    "message": message,
+                    "param": inner.get("param").cloned().unwrap_or(serde_json::Value::Null),
+                    "sequence_number": 0,
+                });
+                format!("event: error\ndata: {event}\n\n")
+            }
+        }
+    }
+}
+
 /// How often a waiting client hears from the router.
 const EVERY: Duration = Duration::from_secs(2);
 /// How much of a backend's error body is passed on as the error event.
@@ -47,6 +109,7 @@ struct Progress {
     request_id: String,
     client_name: String,
     mode: LoadingProgress,
+    framing: Framing,
     started: Instant,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -66,6 +129,7 @@ pub(crate) fn respond(
         request_id: send.request_id(),
         client_name: send.client_name.clone(),
         mode: send.progress_mode(),
+        framing: Framing::of(send.path()).unwrap_or(Framing::OpenAi),
         started: send.started(),
         metrics: send.metrics_handle(),
         stage: Stage::Acquiring(acquire, Some(Box::new(send))),
@@ -88,7 +152,12 @@ fn frame(text: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
 impl Progress {
     fn note(&mut self, loading: bool) -> String {
         let secs = self.started.elapsed().as_secs();
-        if loading && self.mode == LoadingProgress::Reasoning && !self.said_reasoning {
+        // The reasoning delta is a chat chunk: other APIs hear comments.
+        if loading
+            && self.mode == LoadingProgress::Reasoning
+            && self.framing == Framing::OpenAi
+            && !self.said_reasoning
+        {
             self.said_reasoning = true;
             let chunk = serde_json::json!({
                 "id": "modelyard-loading",
@@ -123,7 +192,7 @@ impl Progress {
         // The client saw 200; the log is where the failure is told once.
         let why = event["error"]["message"].as_str().unwrap_or("");
         tracing::warn!(id = %self.request_id, model = %self.model, status, "failed after the stream began: {why}");
-        frame(format!("data: {event}\n\n"))
+        frame(self.framing.error_event(status, &event))
     }
 }
 
@@ -204,5 +273,61 @@ impl Progress {
         let status = e.status().as_u16();
         let event = e.event();
         self.fail(status, event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(event: &str) -> serde_json::Value {
+        let line = event
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .unwrap();
+        serde_json::from_str(line).unwrap()
+    }
+
+    #[test]
+    fn each_api_hears_an_error_in_its_own_framing() {
+        let openai = ApiError::json(
+            "model `m` failed to start",
+            "server_error",
+            None,
+            "backend_start_failed",
+        );
+        let e = Framing::OpenAi.error_event(502, &openai);
+        assert!(e.starts_with("data: {") && e.ends_with("\n\n"));
+        assert_eq!(data(&e), openai);
+
+        let e = Framing::Anthropic.error_event(503, &openai);
+        assert!(e.starts_with("event: error\ndata: "), "{e}");
+        assert_eq!(
+            data(&e),
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "model `m` failed to start"}})
+        );
+        // A backend's own Anthropic error passes as it is.
+        let theirs = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens"}});
+        assert_eq!(data(&Framing::Anthropic.error_event(400, &theirs)), theirs);
+
+        let e = Framing::Responses.error_event(502, &openai);
+        assert!(e.starts_with("event: error\ndata: "), "{e}");
+        let v = data(&e);
+        assert_eq!(
+            (v["type"].clone(), v["code"].clone()),
+            (json!("error"), json!("backend_start_failed"))
+        );
+        assert_eq!(v["message"], "model `m` failed to start");
+    }
+
+    #[test]
+    fn the_streaming_routes_are_known() {
+        assert_eq!(Framing::of("/v1/chat/completions"), Some(Framing::OpenAi));
+        assert_eq!(Framing::of("/v1/completions"), Some(Framing::OpenAi));
+        assert_eq!(Framing::of("/v1/messages"), Some(Framing::Anthropic));
+        assert_eq!(Framing::of("/v1/responses"), Some(Framing::Responses));
+        assert_eq!(Framing::of("/v1/embeddings"), None);
+        assert_eq!(Framing::of("/v1/messages/count_tokens"), None);
     }
 }

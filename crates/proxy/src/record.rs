@@ -251,8 +251,17 @@ pub(crate) fn swap_of(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use modelyard_supervisor::Kind;
 
     fn ev(at_ms: u64, kind: &'static str, model: &str, detail: &str) -> Event {
+        let kind = match kind {
+            "ready" => Kind::Ready,
+            "queued" => Kind::Queued,
+            "evicting" => Kind::Evicting,
+            "loading" => Kind::Loading,
+            "unloaded" => Kind::Unloaded,
+            other => panic!("no kind {other} in these tests"),
+        };
         Event {
             at_ms,
             kind,

@@ -231,6 +231,8 @@ pub struct Observe {
     /// SSE or NDJSON: its first byte is its first token, and tokens come after.
     streamed: bool,
     usage: Option<(u64, u64)>,
+    /// Prompt tokens the backend took from its cache (llama.cpp's `timings.cache_n`).
+    cached: Option<u64>,
     counted: bool,
     /// The request log's record, completed as the response passes.
     draft: crate::record::Slot,
@@ -246,6 +248,7 @@ impl Observe {
             first: None,
             streamed: false,
             usage: None,
+            cached: None,
             counted: true,
             draft: None,
         }
@@ -285,6 +288,9 @@ impl Observe {
                 self.usage = Some((p, c));
             }
         }
+        if let Some(n) = number_after(data, &f.cache_n) {
+            self.cached = Some(n);
+        }
         // Ollama's native replies count on their final object instead.
         if let (Some(p), Some(c)) = (
             number_after(data, &f.prompt_eval_count),
@@ -308,6 +314,9 @@ impl Drop for Observe {
         if let Some((p, c)) = self.usage {
             self.metrics.tokens(&self.model, p, c);
         }
+        if let Some(n) = self.cached {
+            self.metrics.cached_tokens(&self.model, n);
+        }
         if let (true, Some(first)) = (self.streamed, self.first) {
             let rest = self.started.elapsed().saturating_sub(first).as_secs_f64();
             let speed = self.usage.map(|(_, c)| c as f64 / rest);
@@ -325,6 +334,7 @@ struct Finders {
     completion_tokens: Finder<'static>,
     prompt_eval_count: Finder<'static>,
     eval_count: Finder<'static>,
+    cache_n: Finder<'static>,
     input_tokens: Finder<'static>,
     output_tokens: Finder<'static>,
 }
@@ -335,6 +345,7 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     completion_tokens: Finder::new(b"\"completion_tokens\""),
     prompt_eval_count: Finder::new(b"\"prompt_eval_count\""),
     eval_count: Finder::new(b"\"eval_count\""),
+    cache_n: Finder::new(b"\"cache_n\""),
     input_tokens: Finder::new(b"\"input_tokens\""),
     output_tokens: Finder::new(b"\"output_tokens\""),
 });

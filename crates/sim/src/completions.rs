@@ -28,7 +28,18 @@ pub struct Generation {
     /// The tool this reply calls instead of answering: the first of the
     /// request's `tools`, unless the conversation already ends with a tool's
     /// result, which is then answered in words (an agent loop's two turns).
-    pub tool_call: Option<String>,
+    pub tool_call: Option<ToolCall>,
+    /// The whole content when `response_format` asks for JSON: one JSON
+    /// text, sent as a single token so a stream's deltas join into it.
+    pub structured: Option<String>,
+}
+
+/// A call the reply makes: the tool's name and its arguments as a JSON text,
+/// made to follow the tool's `parameters` schema.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    pub name: String,
+    pub arguments: String,
 }
 
 /// Token `i` of every reply. Fixed text keeps replies deterministic, so tests
@@ -70,8 +81,14 @@ impl Generation {
             Kind::Chat => tool_to_call(body),
             Kind::Text => None,
         };
+        let structured = match kind {
+            Kind::Chat if tool_call.is_none() => structured_content(body)?,
+            _ => None,
+        };
         if tool_call.is_some() {
             (tokens, finish_reason) = (1, "tool_calls");
+        } else if structured.is_some() {
+            (tokens, finish_reason) = (1, "stop");
         }
         let prompt_tokens = match kind {
             Kind::Chat => {
@@ -96,16 +113,26 @@ impl Generation {
             stream,
             include_usage,
             tool_call,
+            structured,
         })
+    }
+
+    /// What the assistant says: the structured answer, or `tokens` words.
+    fn content(&self, i: Option<u64>) -> String {
+        match (&self.structured, i) {
+            (Some(text), _) => text.clone(),
+            (None, Some(i)) => token_text(i),
+            (None, None) => answer_text(self.tokens),
+        }
     }
 
     /// The call this reply makes, as OpenAI writes it (arguments are a JSON
     /// text); `index` is there in stream deltas only.
-    fn call(&self, name: &str, streamed: bool) -> Value {
+    fn call(&self, call: &ToolCall, streamed: bool) -> Value {
         let mut call = json!({
             "id": format!("call_{}", self.id),
             "type": "function",
-            "function": {"name": name, "arguments": "{}"},
+            "function": {"name": call.name, "arguments": call.arguments},
         });
         if streamed {
             call["index"] = json!(0);
@@ -135,14 +162,14 @@ impl Generation {
     }
 
     pub fn token_chunk(&self, i: u64) -> Value {
-        if let Some(name) = &self.tool_call {
+        if let Some(call) = &self.tool_call {
             return self.chunk(vec![json!({
                 "index": 0,
-                "delta": {"tool_calls": [self.call(name, true)]},
+                "delta": {"tool_calls": [self.call(call, true)]},
                 "finish_reason": null,
             })]);
         }
-        self.choice_chunk(json!(token_text(i)), Value::Null)
+        self.choice_chunk(json!(self.content(Some(i))), Value::Null)
     }
 
     pub fn finish_chunk(&self) -> Value {
@@ -216,12 +243,12 @@ impl Reply for Generation {
     }
 
     fn full_response(&self) -> Value {
-        let text = answer_text(self.tokens);
+        let text = self.content(None);
         let (object, choice) = match self.kind {
             Kind::Chat => {
                 let message = match &self.tool_call {
-                    Some(name) => json!({"role": "assistant", "content": null,
-                        "tool_calls": [self.call(name, false)]}),
+                    Some(call) => json!({"role": "assistant", "content": null,
+                        "tool_calls": [self.call(call, false)]}),
                     None => json!({"role": "assistant", "content": text}),
                 };
                 (
@@ -281,21 +308,64 @@ impl Reply for Generation {
 }
 
 /// The first tool a chat request offers, unless its last message is a tool's
-/// result.
-fn tool_to_call(body: &Value) -> Option<String> {
+/// result or `tool_choice` is "none"; a named `tool_choice` picks that tool.
+fn tool_to_call(body: &Value) -> Option<ToolCall> {
     let after_result = body["messages"]
         .as_array()
         .and_then(|m| m.last())
         .is_some_and(|m| m["role"] == "tool");
-    if after_result {
+    if after_result || body["tool_choice"] == "none" {
         return None;
     }
-    body["tools"]
-        .as_array()?
-        .first()?
-        .pointer("/function/name")?
-        .as_str()
-        .map(str::to_owned)
+    let tools = body["tools"].as_array()?;
+    let chosen = body.pointer("/tool_choice/function/name");
+    let tool = match chosen {
+        Some(name) => tools
+            .iter()
+            .find(|t| t.pointer("/function/name") == Some(name))?,
+        None => tools.first()?,
+    };
+    let function = tool.get("function")?;
+    Some(ToolCall {
+        name: function.get("name")?.as_str()?.to_owned(),
+        arguments: arguments_for(function.get("parameters")),
+    })
+}
+
+/// A tool's arguments as a JSON text: an object following its parameter
+/// schema, `{}` when it declares none.
+pub fn arguments_for(parameters: Option<&Value>) -> String {
+    match parameters {
+        Some(schema) if schema.get("properties").is_some() || schema.get("$ref").is_some() => {
+            crate::schema::example(schema).to_string()
+        }
+        _ => "{}".to_owned(),
+    }
+}
+
+/// The content a `response_format` asks for: `json_object` gets an object
+/// holding the words, `json_schema` a value following the schema; `text` or
+/// none, plain words.
+fn structured_content(body: &Value) -> Result<Option<String>, (String, &'static str)> {
+    let format = match body.get("response_format") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(format) => format,
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(json!({"answer": "t0"}).to_string())),
+        Some("json_schema") => match format.pointer("/json_schema/schema") {
+            Some(schema) => Ok(Some(crate::schema::example(schema).to_string())),
+            None => Err((
+                "'response_format.json_schema.schema' is required".into(),
+                "response_format",
+            )),
+        },
+        _ => Err((
+            "'response_format.type' must be one of 'text', 'json_object', 'json_schema'".into(),
+            "response_format",
+        )),
+    }
 }
 
 /// The whole text of a reply `tokens` long.
@@ -398,7 +468,10 @@ mod tests {
         assert_eq!(r["choices"][0]["finish_reason"], "tool_calls");
         let call = &r["choices"][0]["message"]["tool_calls"][0];
         assert_eq!(call["function"]["name"], "get_weather");
-        assert_eq!(call["function"]["arguments"], "{}");
+        assert_eq!(
+            call["function"]["arguments"], "{}",
+            "no parameters, no arguments"
+        );
         assert_eq!(call["id"], "call_chatcmpl-sim-7");
         assert!(call.get("index").is_none());
         let delta = &g.token_chunk(0)["choices"][0]["delta"]["tool_calls"][0];
@@ -421,6 +494,58 @@ mod tests {
             "t0 t1 t2 t3 "
         );
         assert_eq!(g.finish_reason, "stop");
+    }
+
+    #[test]
+    fn tool_arguments_follow_the_parameter_schema() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "other", "parameters": {}}},
+            {"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city", "days"],
+            }}},
+        ]);
+        let g = chat(
+            json!({"messages": [{"role": "user", "content": "x"}], "tools": tools,
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+        );
+        let call = &g.full_response()["choices"][0]["message"]["tool_calls"][0]["function"];
+        assert_eq!(call["name"], "get_weather");
+        let args: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+        assert_eq!(args, json!({"city": "sim", "days": 1}));
+        let g = chat(json!({"messages": [], "tools": tools, "tool_choice": "none"}));
+        assert!(g.tool_call.is_none());
+    }
+
+    #[test]
+    fn response_format_gets_json_streamed_or_not() {
+        let schema = json!({"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}});
+        let g = chat(json!({"messages": [], "stream": true, "response_format":
+            {"type": "json_schema", "json_schema": {"name": "Person", "schema": schema}}}));
+        let full = g.full_response();
+        let text = full["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            json!({"name": "sim", "age": 1})
+        );
+        assert_eq!(g.tokens, 1);
+        assert_eq!(g.token_chunk(0)["choices"][0]["delta"]["content"], text);
+        let g = chat(json!({"messages": [], "response_format": {"type": "json_object"}}));
+        let text = g.full_response()["choices"][0]["message"]["content"].clone();
+        assert!(serde_json::from_str::<Value>(text.as_str().unwrap())
+            .unwrap()
+            .is_object());
+        let err = Generation::from_request(
+            Kind::Chat,
+            &json!({"messages": [],
+            "response_format": {"type": "yaml"}}),
+            "m",
+            4,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!(err.1, "response_format");
     }
 
     #[test]

@@ -5,8 +5,11 @@
 //! real backend: it loads slowly, streams tokens at a set pace, holds real
 //! memory, and can crash or ignore SIGTERM on request, all deterministically.
 //! Enough of the API for agent frameworks: a chat that offers `tools` gets a
-//! call to the first one (and, once the conversation ends with its result, an
-//! answer in words), and embeddings come as base64 when asked for.
+//! call to the first one, its arguments following the tool's schema (and,
+//! once the conversation ends with its result, an answer in words); a
+//! `response_format` gets JSON that follows its schema; embeddings come as
+//! base64 when asked for; and Anthropic's `/v1/messages` is served, tool use
+//! included.
 
 mod args;
 mod byte_size;
@@ -15,11 +18,13 @@ mod embeddings;
 mod flavor;
 mod forms;
 mod memory;
+mod messages;
 mod misbehave;
 mod reply;
 mod response;
 mod responses;
 mod routes;
+mod schema;
 mod server;
 mod signals;
 mod state;

@@ -11,6 +11,7 @@ use crate::completions::{Generation, Kind};
 use crate::embeddings;
 use crate::flavor::FlavorState;
 use crate::forms;
+use crate::messages::Message;
 use crate::reply::Reply;
 use crate::response::{
     bad_request, json_response, loading, not_found, openai_error, unix_now, ResponseBody,
@@ -77,6 +78,8 @@ async fn route(state: &Arc<SimState>, request: Request<Incoming>) -> Response<Re
         }
         (&Method::POST, "/v1/responses") => inference(state, request, Inference::Responses).await,
         (&Method::POST, "/v1/embeddings") => inference(state, request, Inference::Embeddings).await,
+        (&Method::POST, "/v1/messages") => messages(state, request).await,
+        (&Method::POST, "/v1/messages/count_tokens") => count_tokens(state, request).await,
         (
             &Method::POST,
             "/v1/audio/transcriptions"
@@ -167,6 +170,50 @@ async fn inference(
         }
         Inference::Responses => serve_responses(state, &body, model, Serving::default()).await,
         Inference::Embeddings => serve_embeddings(state, &body, model, Serving::default()),
+    }
+}
+
+/// `POST /v1/messages`: Anthropic's API, its errors in Anthropic's shape.
+async fn messages(state: &Arc<SimState>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let invalid = |message: &str| {
+        crate::messages::error_response(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    };
+    let body = match read_body(state, request, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return invalid(&e.to_string()),
+    };
+    let Some(model) = body.get("model").and_then(Value::as_str) else {
+        return invalid("model: Field required");
+    };
+    if !state.serves(model) {
+        return crate::messages::error_response(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!("model: {model}"),
+        );
+    }
+    if let Some(failure) = state.fail {
+        state.stats.begin().complete();
+        return crate::misbehave::respond(failure);
+    }
+    match Message::from_request(&body, model, state.tokens) {
+        Ok(message) => serve_reply(state, Ok(message), Serving::default()).await,
+        Err((message, _)) => invalid(&message),
+    }
+}
+
+/// `POST /v1/messages/count_tokens`: the words the reply would count as input.
+async fn count_tokens(state: &Arc<SimState>, request: Request<Incoming>) -> Response<ResponseBody> {
+    let invalid = |message: &str| {
+        crate::messages::error_response(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    };
+    let body = match read_body(state, request, MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return invalid(&e.to_string()),
+    };
+    match crate::messages::input_tokens(&body) {
+        Ok(n) => json_response(StatusCode::OK, &json!({"input_tokens": n})),
+        Err(message) => invalid(&message),
     }
 }
 

@@ -346,7 +346,7 @@ async fn ollama_routes_port_and_model_listing() {
 
     let (status, show) = sim.post("/api/show", json!({"model": "tiny"})).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(show["capabilities"], json!(["completion"]));
+    assert_eq!(show["capabilities"], json!(["completion", "tools"]));
     assert_eq!(show["model_info"]["sim.context_length"], 4096);
     assert_eq!(show["model_info"]["general.architecture"], "sim");
     assert_eq!(

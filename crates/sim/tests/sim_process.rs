@@ -632,3 +632,77 @@ async fn hang_start_never_prints_or_binds() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn anthropic_messages_over_http_streamed_and_not() {
+    let sim = spawn_sim(&["--model", "m", "--tokens", "2"]).await;
+    let ask = json!({"model": "m", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let (status, _, reply) = post_json(&sim.addr, "/v1/messages", ask.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        reply["content"],
+        json!([{"type": "text", "text": "t0 t1 "}])
+    );
+    assert_eq!(reply["stop_reason"], "end_turn");
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let reply = send(
+        &sim.addr,
+        Method::POST,
+        "/v1/messages",
+        Some(&streamed),
+        &[],
+    )
+    .await
+    .expect("POST");
+    assert_eq!(
+        reply.response.headers()["content-type"],
+        "text/event-stream"
+    );
+    let bytes = reply
+        .response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+
+    // Anthropic's own error shape, not OpenAI's.
+    let (status, _, error) = post_json(
+        &sim.addr,
+        "/v1/messages",
+        json!({"model": "m", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["error"]["type"], "invalid_request_error");
+    let (status, _, error) = post_json(
+        &sim.addr,
+        "/v1/messages",
+        json!({"model": "nope", "max_tokens": 5, "messages": []}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["type"], "not_found_error");
+}

@@ -9,6 +9,7 @@ use modelyard_config::BackendKind;
 
 use crate::backends::{adapter, Http, Target};
 use crate::health::wait_healthy;
+use crate::kv_cache;
 use crate::logs::LogRing;
 use crate::owner::{InstanceKey, ModelKey, Msg};
 use crate::process::{self, Running, Spec};
@@ -17,6 +18,12 @@ use crate::process::{self, Running, Spec};
 pub(crate) trait Handle: Send {
     /// Asks it to exit; `Msg::Exited` follows once it has.
     fn stop(&mut self);
+    /// Like `stop`, after saving what it keeps on disk across restarts (its KV
+    /// cache, within its save_timeout). Nothing may be in flight: this is the
+    /// end of a drain. A `stop` meanwhile stops it at once.
+    fn stop_after_save(&mut self) {
+        self.stop();
+    }
     fn pid(&self) -> Option<u32>;
 }
 
@@ -28,6 +35,8 @@ pub(crate) struct Launch {
     pub health_url: String,
     pub start_timeout: Duration,
     pub logs: LogRing,
+    /// How to keep its KV cache across restarts, if it does.
+    pub kv_cache: Option<kv_cache::Plan>,
 }
 
 /// A load or an unload of one model on a server that does them one by one.
@@ -54,20 +63,51 @@ pub(crate) trait Effects: Send + 'static {
 }
 
 /// Real processes, and real calls to their servers' APIs.
-#[derive(Default)]
 pub(crate) struct Processes {
     http: Http,
+    kv: kv_cache::Reporter,
+}
+
+impl Processes {
+    pub(crate) fn new(kv: kv_cache::Reporter) -> Processes {
+        Processes {
+            http: Http::default(),
+            kv,
+        }
+    }
 }
 
 struct Real {
     proc: Running,
     health: tokio::task::JoinHandle<()>,
+    kv: Option<(kv_cache::Plan, Http, kv_cache::Reporter)>,
+    /// The save that ends in the stop, once asked for.
+    saving: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Handle for Real {
     fn stop(&mut self) {
         self.health.abort();
+        // Cut short, the save drops the process's stop, which stops it.
+        if let Some(s) = self.saving.take() {
+            s.abort();
+        }
         self.proc.stop();
+    }
+    fn stop_after_save(&mut self) {
+        // Not ready yet (or still restoring): there is nothing of this run to save.
+        let ready = self.health.is_finished();
+        self.health.abort();
+        let Some((plan, http, report)) = self.kv.take().filter(|_| ready) else {
+            return self.stop();
+        };
+        let Some(stop) = self.proc.take_stop() else {
+            return; // asked to stop already
+        };
+        self.saving = Some(tokio::spawn(async move {
+            kv_cache::save(&http, &plan, &report).await;
+            let _ = stop.send(());
+        }));
     }
     fn pid(&self) -> Option<u32> {
         Some(self.proc.pid)
@@ -77,6 +117,9 @@ impl Handle for Real {
 impl Drop for Real {
     fn drop(&mut self) {
         self.health.abort();
+        if let Some(s) = self.saving.take() {
+            s.abort();
+        }
     }
 }
 
@@ -93,7 +136,19 @@ impl Effects for Processes {
             health_url,
             start_timeout,
             logs,
+            kv_cache,
         } = launch;
+        let kv_cache = kv_cache.and_then(|plan| match kv_cache::make_dir(&plan.dir) {
+            Ok(()) => Some(plan),
+            Err(e) => {
+                let dir = plan.dir.display();
+                self.kv.failed(
+                    &plan.model,
+                    format!("cannot make {dir}: {e}; no KV cache this run"),
+                );
+                None
+            }
+        });
         let exit_tx = tx.clone();
         let exit_key = key.clone();
         let proc = process::spawn(&spec, &logs, move |info| {
@@ -105,15 +160,26 @@ impl Effects for Processes {
         })
         .map_err(|e| format!("cannot run `{}`: {e}", spec.argv[0]))?;
         tracing::info!(instance = %key, pid = proc.pid, "starting backend");
+        let (http, report) = (self.http.clone(), self.kv.clone());
+        let restore = kv_cache.clone();
         let health = tokio::spawn(async move {
             let result = wait_healthy(&health_url, start_timeout).await;
+            // Before it is ready, so the first request finds its conversation.
+            if let (Ok(()), Some(plan)) = (&result, &restore) {
+                kv_cache::restore(&http, plan, &report).await;
+            }
             let _ = tx.send(Msg::StartDone {
                 key,
                 generation,
                 result,
             });
         });
-        Ok(Box::new(Real { proc, health }))
+        Ok(Box::new(Real {
+            proc,
+            health,
+            kv: kv_cache.map(|p| (p, self.http.clone(), self.kv.clone())),
+            saving: None,
+        }))
     }
 
     fn model_op(&mut self, op: ModelOp, tx: UnboundedSender<Msg>) {

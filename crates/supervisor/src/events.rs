@@ -20,9 +20,8 @@ pub const RECENT: usize = 200;
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// queued, loading, ready, failed, evicting, unloaded, crashed, kept, or
-    /// budget (for the whole router: `model` is empty).
-    pub kind: &'static str,
+    /// What happened (serialized as its snake_case name).
+    pub kind: Kind,
     pub model: String,
     /// Why, in words: "to make room for qwen3-32b", "idle for 10m", the error.
     pub detail: String,
@@ -32,6 +31,102 @@ pub struct Event {
     /// For `evicting`: why, as a value metrics and scripts can count by.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<Reason>,
+}
+
+/// What happened to a model (or, for `Budget`, to the whole router).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A request waits for it.
+    Queued,
+    /// Its memory is reserved and it is starting or loading.
+    Loading,
+    /// It serves (`load_ms`: how long that took), or was found loaded.
+    Ready,
+    /// Its start or load failed.
+    Failed,
+    /// Chosen to go (`reason` says why): it drains, then stops.
+    Evicting,
+    /// Its memory is back.
+    Unloaded,
+    /// Its process exited on its own.
+    Crashed,
+    /// A drain was called off: the requests it made room for were abandoned.
+    Kept,
+    /// The budget changed (`model` is empty).
+    Budget,
+    /// Its KV cache was saved to disk before it stopped.
+    KvSaved,
+    /// Its KV cache was restored from disk after it started.
+    KvRestored,
+    /// A save or restore of its KV cache failed (it serves regardless).
+    KvFailed,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Queued => "queued",
+            Kind::Loading => "loading",
+            Kind::Ready => "ready",
+            Kind::Failed => "failed",
+            Kind::Evicting => "evicting",
+            Kind::Unloaded => "unloaded",
+            Kind::Crashed => "crashed",
+            Kind::Kept => "kept",
+            Kind::Budget => "budget",
+            Kind::KvSaved => "kv_saved",
+            Kind::KvRestored => "kv_restored",
+            Kind::KvFailed => "kv_failed",
+        }
+    }
+}
+
+/// So that a kind reads as its name where it is compared with one.
+impl PartialEq<&str> for Kind {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Event {
+    /// `kind` happened to `model`, now; `detail` says it in words.
+    pub(crate) fn new(kind: Kind, model: &str, detail: impl Into<String>) -> Event {
+        Event {
+            at_ms: now_ms(),
+            kind,
+            model: model.to_string(),
+            detail: detail.into(),
+            load_ms: None,
+            reason: None,
+        }
+    }
+
+    /// A model chosen to go, and why.
+    pub(crate) fn evicting(model: &str, reason: Reason, detail: impl Into<String>) -> Event {
+        Event {
+            reason: Some(reason),
+            ..Event::new(Kind::Evicting, model, detail)
+        }
+    }
+
+    /// A model ready after a load of `took`.
+    pub(crate) fn ready(model: &str, took: std::time::Duration) -> Event {
+        Event {
+            load_ms: Some(took.as_millis() as u64),
+            ..Event::new(
+                Kind::Ready,
+                model,
+                format!("loaded in {:.1}s", took.as_secs_f64()),
+            )
+        }
+    }
 }
 
 /// Why a model is unloaded. `detail` says it in words, with the figures.
@@ -116,7 +211,7 @@ mod tests {
     fn event(n: usize) -> Event {
         Event {
             at_ms: n as u64,
-            kind: "ready",
+            kind: Kind::Ready,
             model: format!("m{n}"),
             detail: String::new(),
             load_ms: None,

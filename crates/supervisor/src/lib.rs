@@ -7,6 +7,18 @@
 //! models first (idle before busy, least recently used, never pinned, one model
 //! per group), unloads idle models, backs off from backends that keep failing, and
 //! stops every process when the router exits.
+//!
+//! Where to look:
+//! - `lifecycle.rs`: a model's states and the table of every legal move (the
+//!   owner refuses any other).
+//! - `ledger.rs`: the memory rule: a reservation that would take the sum above
+//!   the budget is refused; memory is released only once it is really back.
+//! - `policy.rs`: the pure decision of who starts and who goes, from a view.
+//! - `owner/`: the one task that holds all of it; `owner/mod.rs` maps its
+//!   modules, and `owner/leases.rs` is where an acquire becomes a [`Lease`] (the
+//!   proxy's single caller is `forward::lease`).
+//! - `effects.rs`: starting processes and asking servers to load or unload,
+//!   behind a trait so the owner is tested on a paused clock with a fake.
 
 mod backends;
 mod effects;
@@ -15,7 +27,10 @@ mod events;
 #[cfg(debug_assertions)]
 mod fault;
 mod health;
+mod kv_cache;
 mod lease;
+mod ledger;
+mod lifecycle;
 mod logs;
 mod measure;
 mod os;
@@ -39,7 +54,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 pub use error::SupervisorError;
-pub use events::{Event, Reason};
+pub use events::{Event, Kind, Reason};
+pub use kv_cache::KvCounts;
 pub use lease::Lease;
 pub use logs::LogRing;
 pub use os::{gpu_wired_limit, gpu_wired_warning, raise_open_files};
@@ -55,6 +71,7 @@ use owner::{Msg, Owner};
 pub struct Supervisor {
     pub(crate) tx: mpsc::UnboundedSender<Msg>,
     events: events::EventLog,
+    kv: kv_cache::Stats,
     /// Set once, to what happened, if a task the supervisor cannot do without
     /// panics.
     failure: Failure,
@@ -69,7 +86,12 @@ impl Supervisor {
             .clone()
             .or_else(|| state::default_path(config.listen.port()))
             .map(state::StateFile::new);
-        let supervisor = Self::spawn(config, Processes::default(), state);
+        let (events, kv) = (events::EventLog::new(), kv_cache::Stats::default());
+        let effects = Processes::new(kv_cache::Reporter {
+            events: events.clone(),
+            stats: kv.clone(),
+        });
+        let supervisor = Self::spawn(config, effects, state, events, kv);
         // Both end with the owner; a panic in either would leave the ledger
         // blind to real memory or to what servers unloaded on their own.
         must_live(
@@ -87,24 +109,32 @@ impl Supervisor {
 
     #[cfg(test)]
     pub(crate) fn with_effects(config: Arc<Config>, effects: impl Effects) -> Supervisor {
-        Self::spawn(config, effects, None)
+        Self::spawn(
+            config,
+            effects,
+            None,
+            events::EventLog::new(),
+            kv_cache::Stats::default(),
+        )
     }
 
     fn spawn(
         config: Arc<Config>,
         effects: impl Effects,
         state: Option<state::StateFile>,
+        events: events::EventLog,
+        kv: kv_cache::Stats,
     ) -> Supervisor {
         // Unbounded because a lease's release must never be lost or wait; the
         // number of messages is bounded by the requests in flight and queued.
         let (tx, rx) = mpsc::unbounded_channel();
-        let events = events::EventLog::new();
         let owner = Owner::new(config, tx.clone(), effects, state, events.clone());
         let failure = Arc::new(watch::channel(None).0);
         must_live("owner", &failure, owner.run(rx));
         Supervisor {
             tx,
             events,
+            kv,
             failure,
         }
     }
@@ -205,6 +235,11 @@ impl Supervisor {
     /// Every model event from now on.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Event> {
         self.events.subscribe()
+    }
+
+    /// What each model's KV cache saved and restored since the router started.
+    pub fn kv_counts(&self) -> std::collections::BTreeMap<String, KvCounts> {
+        self.kv.all()
     }
 
     /// The last events (at most [`events::RECENT`]), oldest first: why models came

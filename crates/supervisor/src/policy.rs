@@ -8,7 +8,7 @@ use modelyard_config::ByteSize;
 use tokio::time::Instant;
 
 /// Where a model is in its life. Every phase but Cold and Failed holds a reservation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Phase {
     Cold,
     Starting,

@@ -91,6 +91,11 @@ impl Running {
             let _ = tx.send(());
         }
     }
+
+    /// The stop itself, to send later; dropping it stops the process too.
+    pub fn take_stop(&mut self) -> Option<oneshot::Sender<()>> {
+        self.stop.take()
+    }
 }
 
 impl Drop for Running {

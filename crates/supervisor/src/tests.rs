@@ -179,6 +179,13 @@ pub(crate) async fn phase(s: &Supervisor, model: &str) -> Phase {
     s.snapshot().await.unwrap().model(model).unwrap().phase
 }
 
+/// Every state change the owner made so far, and any it refused.
+pub(crate) async fn audit(s: &Supervisor) -> crate::lifecycle::Audit {
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    s.tx.send(Msg::Audit { reply }).unwrap();
+    rx.await.unwrap()
+}
+
 pub(crate) async fn get(s: &Supervisor, model: &str) -> Lease {
     s.acquire(model, soon())
         .await
@@ -189,6 +196,7 @@ pub(crate) async fn get(s: &Supervisor, model: &str) -> Lease {
 /// memory is short the budget may fall below what busy models already hold;
 /// the configured budget is never exceeded.
 pub(crate) async fn ledger(s: &Supervisor) -> (u64, Vec<String>) {
+    audit(s).await.check();
     let snap = s.snapshot().await.unwrap();
     let used: u64 = snap.models.iter().map(|m| m.reserved).sum();
     assert_eq!(used + snap.servers, snap.used);

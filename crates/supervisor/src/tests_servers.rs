@@ -125,7 +125,7 @@ async fn the_ledger_follows_what_the_server_says_it_holds() {
     let (_, loaded) = ledger(&s).await;
     assert_eq!(loaded, vec!["embed"]);
     let e = events.recv().await.unwrap();
-    assert_eq!((e.kind, e.model.as_str()), ("unloaded", "small"));
+    assert_eq!((e.kind.as_str(), e.model.as_str()), ("unloaded", "small"));
     assert!(e.detail.contains("on its own"), "{}", e.detail);
     let snap = s.snapshot().await.unwrap();
     assert_eq!(
@@ -210,7 +210,7 @@ async fn short_free_memory_unloads_idle_models_first_and_never_busy_ones() {
     // First the budget, and why; then what goes for it.
     let e = events.recv().await.unwrap();
     assert_eq!(
-        (e.kind, e.detail.as_str()),
+        (e.kind.as_str(), e.detail.as_str()),
         (
             "budget",
             "down to 20 GB (routes.yaml says 48 GB): 36 GB available, 16 GB reserved for the system"
@@ -244,7 +244,7 @@ async fn short_free_memory_unloads_idle_models_first_and_never_busy_ones() {
     assert_eq!(s.snapshot().await.unwrap().budget, 44 * GB);
     let e = s.recent_events().pop().unwrap();
     assert_eq!(
-        (e.kind, e.detail.as_str()),
+        (e.kind.as_str(), e.detail.as_str()),
         (
             "budget",
             "up to 44 GB (routes.yaml says 48 GB): 60 GB available, 16 GB reserved for the system"

@@ -9,6 +9,7 @@ use modelyard_supervisor::{policy::Phase, Snapshot};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::learned::{self, Facts, Learned};
 
 /// The Ollama release whose API this front follows: `docs/BACKENDS.md` §3 was
 /// read from ollama v0.33.0-rc2, and every shape here is that one's. Clients
@@ -71,7 +72,7 @@ fn declared(config: &Config, model: &str) -> u64 {
 /// `GET /api/tags`: every model, and each alias as an entry of its own with the
 /// model's digest — as `ollama cp` makes a second name for the same model. Every
 /// name listed is one the router accepts in `model`.
-pub fn tags(config: &Config, modified: SystemTime) -> Value {
+pub fn tags(config: &Config, known: &Learned, modified: SystemTime) -> Value {
     let modified_at = rfc3339(modified);
     let models: Vec<Value> = config
         .models
@@ -88,7 +89,11 @@ pub fn tags(config: &Config, modified: SystemTime) -> Value {
                 "modified_at": modified_at,
                 "size": declared(config, model),
                 "digest": digest(model),
-                "details": details(config, model),
+                "details": known
+                    .get(model)
+                    .and_then(|f| f.details)
+                    .unwrap_or_else(|| details(config, model)),
+                "capabilities": learned::capabilities(config, known, model),
             })
         })
         .collect();
@@ -125,16 +130,24 @@ pub fn ps(config: &Config, snap: &Snapshot, now: SystemTime) -> Value {
     json!({ "models": loaded.into_iter().map(|(_, v)| v).collect::<Vec<_>>() })
 }
 
-/// `POST /api/show` for a configured name (or alias).
-pub fn show(config: &Config, name: &str, modified: SystemTime) -> Result<Value, ApiError> {
+/// `POST /api/show` for a configured name (or alias), with what its backend
+/// said of it (`facts`) where routes.yaml does not say.
+pub fn show(
+    config: &Config,
+    known: &Learned,
+    name: &str,
+    facts: Option<&Facts>,
+    modified: SystemTime,
+) -> Result<Value, ApiError> {
     let model = super::resolve(config, name)?;
     let entry = config.models.get(&model);
     let upstream = entry.map_or(model.as_str(), |m| m.upstream_name(&model));
-    let capabilities: Vec<&str> = entry.map_or(vec!["completion"], |m| {
-        m.capabilities(&model).iter().map(|c| c.as_str()).collect()
-    });
+    let capabilities = learned::capabilities(config, known, &model);
     let mut model_info = json!({"general.architecture": "", "general.basename": upstream});
-    if let Some(n) = entry.and_then(|m| m.context) {
+    let context = entry
+        .and_then(|m| m.context)
+        .or_else(|| facts.and_then(|f| f.context));
+    if let Some(n) = context {
         // Clients look for a key ending in `.context_length`.
         model_info["modelyard.context_length"] = json!(n);
     }
@@ -143,7 +156,9 @@ pub fn show(config: &Config, name: &str, modified: SystemTime) -> Result<Value, 
         "modelfile": format!("# served by modelyard as {model}\nFROM {upstream}\n"),
         "parameters": "",
         "template": "",
-        "details": details(config, &model),
+        "details": facts
+            .and_then(|f| f.details.clone())
+            .unwrap_or_else(|| details(config, &model)),
         "model_info": model_info,
         "capabilities": capabilities,
         "modified_at": rfc3339(modified),
@@ -170,7 +185,7 @@ mod tests {
 
     #[test]
     fn tags_list_models_and_aliases_with_shared_digests() {
-        let v = tags(&config(), SystemTime::UNIX_EPOCH);
+        let v = tags(&config(), &Learned::default(), SystemTime::UNIX_EPOCH);
         let names: Vec<&str> = v["models"]
             .as_array()
             .unwrap()
@@ -190,9 +205,10 @@ mod tests {
 
     #[test]
     fn show_knows_aliases_and_refuses_strangers() {
-        let v = show(&config(), "first", SystemTime::UNIX_EPOCH).unwrap();
+        let known = Learned::default();
+        let v = show(&config(), &known, "first", None, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(v["capabilities"], json!(["completion"]));
-        let e = show(&config(), "alpah", SystemTime::UNIX_EPOCH).unwrap_err();
+        let e = show(&config(), &known, "alpah", None, SystemTime::UNIX_EPOCH).unwrap_err();
         assert_eq!(e.status(), 404);
         assert_eq!(
             e.message(crate::error::Dialect::Ollama),

@@ -16,6 +16,8 @@ mod passthrough;
 mod proptests;
 mod reply;
 mod request;
+#[cfg(test)]
+mod round_trip;
 mod stream;
 
 use std::sync::Arc;
@@ -39,7 +41,11 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let get = method == Method::GET || method == Method::HEAD;
     let result = match (&method, path.as_str()) {
-        (_, "/api/tags") if get => Ok(catalog::tags(&state.config(), modified(&state))),
+        (_, "/api/tags") if get => Ok(catalog::tags(
+            &state.config(),
+            &state.learned,
+            modified(&state),
+        )),
         (_, "/api/version") if get => Ok(catalog::version()),
         (&Method::GET, "/api/ps") => match state.supervisor.snapshot().await {
             Some(snap) => Ok(catalog::ps(&state.config(), &snap, SystemTime::now())),
@@ -85,7 +91,16 @@ async fn show(state: &Inner, req: Request<Incoming>) -> Result<serde_json::Value
         None | Some(serde_json::Value::Null) => return Err(ApiError::MissingModel),
         Some(_) => return Err(ApiError::ModelNotString),
     };
-    catalog::show(&state.config(), &name, modified(state))
+    let config = state.config();
+    let model = resolve(&config, &name)?;
+    let facts = crate::learned::learn(state, &model).await;
+    catalog::show(
+        &config,
+        &state.learned,
+        &name,
+        facts.as_ref(),
+        modified(state),
+    )
 }
 
 /// The configured model `name` stands for. Ollama clients often add the default

@@ -109,14 +109,11 @@ async fn run(
         return Ok(done(state, &model, started, &parsed, true));
     }
 
+    // The one way any API front turns a request into a lease.
     let asked = Instant::now();
     let asked_ms = modelyard_reqlog::now_ms();
-    let lease = state
-        .supervisor
-        .acquire(&model, asked + config.queue_timeout)
-        .await?;
+    let lease = crate::forward::lease(state, &model).await?;
     let leased = Instant::now();
-    state.metrics.queue_wait(&model, leased - asked);
     if let Some(d) = draft {
         d.leased(state, leased - asked, asked_ms);
     }

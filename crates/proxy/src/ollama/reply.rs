@@ -185,7 +185,11 @@ pub fn whole(
                     .map(|c| c.iter().map(tool_call_in).collect());
                 (
                     msg["content"].as_str().unwrap_or_default(),
-                    msg["reasoning_content"].as_str(),
+                    // llama.cpp and DeepSeek say `reasoning_content`; Ollama's
+                    // own OpenAI layer and vLLM say `reasoning`.
+                    msg["reasoning_content"]
+                        .as_str()
+                        .or_else(|| msg["reasoning"].as_str()),
                     calls,
                 )
             };

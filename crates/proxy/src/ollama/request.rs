@@ -344,8 +344,35 @@ fn common(
         }
     }
     options(v.get("options"), out)?;
+    if let Some(effort) = think(v.get("think"))? {
+        out.insert("reasoning_effort".into(), json!(effort));
+    }
     streaming(out, stream);
     Ok(())
+}
+
+/// Ollama's `think` as OpenAI's `reasoning_effort`, the way Ollama's own
+/// OpenAI layer reads it back: `false` is "none", a level is itself, and
+/// `true` (think, at the model's usual depth) is "medium".
+pub fn think(v: Option<&Value>) -> Result<Option<&'static str>, ApiError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(false)) => Ok(Some("none")),
+        Some(Value::Bool(true)) => Ok(Some("medium")),
+        Some(Value::String(level)) => match level.as_str() {
+            "low" => Ok(Some("low")),
+            "medium" => Ok(Some("medium")),
+            "high" => Ok(Some("high")),
+            _ => Err(invalid(
+                "think",
+                "must be true, false, \"low\", \"medium\" or \"high\"",
+            )),
+        },
+        Some(_) => Err(invalid(
+            "think",
+            "must be true, false, \"low\", \"medium\" or \"high\"",
+        )),
+    }
 }
 
 /// The `options` OpenAI has a name for; the rest (num_ctx, top_k, mirostat, …)

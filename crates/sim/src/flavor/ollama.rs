@@ -182,7 +182,7 @@ impl Ollama {
                     "general.architecture": "sim",
                     "sim.context_length": CONTEXT_LENGTH,
                 },
-                "capabilities": ["completion"],
+                "capabilities": capabilities(model),
                 "modified_at": modified_at(),
             }),
         )
@@ -319,6 +319,17 @@ fn details(name: &str) -> Value {
         "parameter_size": parameter_size(name),
         "quantization_level": "Q4_0",
     })
+}
+
+/// What Ollama says a model can do: an embedding model (by its name, as the
+/// library names them) embeds; the others complete and, as the sim answers
+/// tool calls, take tools.
+fn capabilities(name: &str) -> Value {
+    if name.contains("embed") {
+        json!(["embedding"])
+    } else {
+        json!(["completion", "tools"])
+    }
 }
 
 /// "8B" for a tag like `qwen3:8b`, as Ollama's library names suggest.

@@ -88,6 +88,8 @@ pub(crate) struct Prepare {
     pub budget: Option<u64>,
     /// How many configured models the server hosts.
     pub models: usize,
+    /// Where it keeps its KV cache on disk, if routes.yaml says to.
+    pub kv_cache: Option<crate::kv_cache::Place>,
 }
 
 /// What differs between kinds of server. Whether a kind loads models one by one
@@ -138,9 +140,18 @@ pub(crate) fn adapter(kind: BackendKind) -> &'static dyn Adapter {
 }
 
 /// Any OpenAI-compatible server (llama.cpp's llama-server, mlx_lm.server, vLLM):
-/// one model per process, there while the process runs.
+/// one model per process, there while the process runs. With `kv_cache` it is
+/// llama.cpp's, told where its slots are saved and restored.
 struct Openai;
-impl Adapter for Openai {}
+impl Adapter for Openai {
+    fn prepare(&self, spec: &mut Spec, ctx: &Prepare) {
+        if let Some(place) = &ctx.kv_cache {
+            // llama.cpp joins this and the file name without a separator.
+            let dir = format!("{}/", place.dir.display().to_string().trim_end_matches('/'));
+            spec.argv.extend(["--slot-save-path".into(), dir]);
+        }
+    }
+}
 
 /// Sets `key` in the child's environment unless routes.yaml already does.
 fn default_env(spec: &mut Spec, key: &str, value: impl Into<String>) {
@@ -203,6 +214,7 @@ mod tests {
             port: "4321".into(),
             budget: None,
             models: 2,
+            kv_cache: None,
         };
         adapter(BackendKind::Ollama).prepare(&mut spec, &ctx);
         let env: std::collections::HashMap<_, _> = spec.env.into_iter().collect();
@@ -223,6 +235,7 @@ mod tests {
             port: "8000".into(),
             budget: Some(48_000_000_000),
             models: 3,
+            kv_cache: None,
         };
         let mut s = spec(&["omlx", "serve"]);
         adapter(BackendKind::Omlx).prepare(&mut s, &ctx);
@@ -231,5 +244,65 @@ mod tests {
         let mut s = spec(&["omlx", "serve", "--memory-guard", "safe"]);
         adapter(BackendKind::Omlx).prepare(&mut s, &ctx);
         assert_eq!(s.argv.len(), 4);
+    }
+
+    fn kv_place() -> crate::kv_cache::Place {
+        crate::kv_cache::Place {
+            root: "/cache/kv".into(),
+            dir: "/cache/kv/llama_smol-1234abcd".into(),
+            max: 20_000_000_000,
+        }
+    }
+
+    #[test]
+    fn a_llama_server_with_kv_cache_gets_its_own_slot_save_path_ending_in_a_slash() {
+        let mut spec = Spec {
+            name: "llama/smol".into(),
+            argv: vec!["llama-server".into(), "--port".into(), "9".into()],
+            env: vec![],
+            stop_timeout: Duration::from_secs(1),
+        };
+        let mut ctx = Prepare {
+            port: "9".into(),
+            budget: None,
+            models: 1,
+            kv_cache: None,
+        };
+        adapter(BackendKind::Openai).prepare(&mut spec, &ctx);
+        assert_eq!(spec.argv.len(), 3, "without kv_cache nothing is added");
+        ctx.kv_cache = Some(kv_place());
+        adapter(BackendKind::Openai).prepare(&mut spec, &ctx);
+        assert_eq!(
+            spec.argv[3..],
+            ["--slot-save-path", "/cache/kv/llama_smol-1234abcd/"]
+        );
+    }
+
+    #[test]
+    fn omlx_with_kv_cache_keeps_its_ssd_cache_in_the_cache_dir_unless_env_says_otherwise() {
+        let spec = |env: Vec<(String, String)>| Spec {
+            name: "omlx".into(),
+            argv: vec!["omlx".into(), "serve".into()],
+            env,
+            stop_timeout: Duration::from_secs(1),
+        };
+        let ctx = Prepare {
+            port: "8000".into(),
+            budget: None,
+            models: 3,
+            kv_cache: Some(kv_place()),
+        };
+        let mut s = spec(vec![]);
+        adapter(BackendKind::Omlx).prepare(&mut s, &ctx);
+        let env: std::collections::HashMap<_, _> = s.env.into_iter().collect();
+        assert_eq!(env["OMLX_SSD_CACHE_DIR"], "/cache/kv/llama_smol-1234abcd");
+        assert_eq!(env["OMLX_SSD_CACHE_MAX_SIZE"], "20GB");
+        let mut s = spec(vec![("OMLX_SSD_CACHE_DIR".into(), "/fast/ssd".into())]);
+        adapter(BackendKind::Omlx).prepare(&mut s, &ctx);
+        let env: std::collections::HashMap<_, _> = s.env.into_iter().collect();
+        assert_eq!(
+            env["OMLX_SSD_CACHE_DIR"], "/fast/ssd",
+            "routes.yaml's env wins"
+        );
     }
 }

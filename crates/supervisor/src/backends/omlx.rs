@@ -18,6 +18,12 @@ impl Adapter for Omlx {
     fn prepare(&self, spec: &mut Spec, ctx: &Prepare) {
         default_env(spec, "OMLX_HOST", "127.0.0.1");
         default_env(spec, "OMLX_PORT", ctx.port.clone());
+        if let Some(place) = &ctx.kv_cache {
+            // Its own SSD cache (hot/cold KV blocks), kept where unloads and
+            // restarts leave it, and bounded by kv_cache.max.
+            default_env(spec, "OMLX_SSD_CACHE_DIR", place.dir.display().to_string());
+            default_env(spec, "OMLX_SSD_CACHE_MAX_SIZE", size_for_omlx(place.max));
+        }
         let guarded = spec.argv.iter().any(|a| a.starts_with("--memory-guard"));
         if let (Some(budget), false) = (ctx.budget, guarded) {
             // Whole decimal GB, rounded up: at or above the budget however oMLX reads it.
@@ -77,6 +83,16 @@ impl Adapter for Omlx {
                 status(&http, &p.base, p.api_key.as_deref()).await?,
             ))
         })
+    }
+}
+
+/// A size as oMLX's settings read it (`20GB`, `512MB`), rounded down so its
+/// cache stays within the cap.
+fn size_for_omlx(bytes: u64) -> String {
+    if bytes >= 1_000_000_000 {
+        format!("{}GB", bytes / 1_000_000_000)
+    } else {
+        format!("{}MB", (bytes / 1_000_000).max(1))
     }
 }
 

@@ -8,8 +8,7 @@ impl<E: Effects> Owner<E> {
         let now = Instant::now();
         // Waiters out of time get the reason they waited.
         for (name, slot) in self.slots.iter_mut() {
-            while let Some(pos) = slot.queue.iter().position(|w| w.deadline <= now) {
-                let w = slot.queue.remove(pos).expect("position is in range");
+            for w in slot.queue.take_expired(now) {
                 let _ = w.reply.send(Err(SupervisorError::Timeout {
                     model: name.to_string(),
                     waited: now.saturating_duration_since(w.since),
@@ -42,9 +41,9 @@ impl<E: Effects> Owner<E> {
             .slots
             .iter()
             .filter(|(_, s)| {
-                s.phase == Phase::Draining
+                s.phase() == Phase::Draining
                     && s.in_flight == 0
-                    && s.serve_until.is_some()
+                    && s.serve_until().is_some()
                     && linger_until(s).is_none()
             })
             .map(|(k, _)| k.clone())
@@ -76,8 +75,8 @@ impl<E: Effects> Owner<E> {
                 || inst
                     .models
                     .iter()
-                    .all(|o| !self.slots[o].phase.holds_memory() || idle.contains(o));
-            if all_idle && self.slots[m].phase == Phase::Ready {
+                    .all(|o| !self.slots[o].phase().holds_memory() || idle.contains(o));
+            if all_idle && self.slots[m].phase() == Phase::Ready {
                 let slot = &self.slots[m];
                 let (reason, why) = match (slot.idle_override, slot.idle) {
                     (Some(_), _) => (
@@ -111,7 +110,7 @@ impl<E: Effects> Owner<E> {
         let mut promised = 0u64;
         for (_, m) in waiting {
             let slot = &self.slots[&m];
-            match slot.phase {
+            match slot.phase() {
                 Phase::Ready => {
                     self.serve_queue(&m);
                     continue;
@@ -147,26 +146,20 @@ impl<E: Effects> Owner<E> {
                     .map(|k| self.view(k))
                     .collect();
                 others.extend(self.server_views());
-                match admit(self.budget, promised, &target, &others) {
-                    Admission::Start => Ok(()),
-                    Admission::Evict(v) => {
-                        Err(Ok(v.into_iter().map(ModelKey::from).collect::<Vec<_>>()))
-                    }
-                    Admission::Wait(why) => Err(Err((why, true))),
-                    Admission::Blocked(why) => Err(Err((why, false))),
-                }
+                Decision::from(admit(self.ledger.budget(), promised, &target, &others))
             };
             match decision {
-                Ok(()) => self.start_model(&m),
-                Err(Ok(victims)) => {
+                Decision::Start => self.start_model(&m),
+                Decision::Evict(victims) => {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
                     for v in &victims {
-                        // Before the drain begins, so a model in a burst can linger.
-                        if let Some(s) = self.slots.get_mut(v) {
-                            s.serve_until = Some(serve_until);
-                        }
-                        self.begin_drain(v, Reason::MakeRoom, &format!("to make room for {m}"));
+                        self.begin_drain_until(
+                            v,
+                            Reason::MakeRoom,
+                            &format!("to make room for {m}"),
+                            Some(serve_until),
+                        );
                     }
                     self.slots.get_mut(&m).expect("exists").why = format!(
                         "waiting for {} to unload{}",
@@ -175,16 +168,51 @@ impl<E: Effects> Owner<E> {
                     );
                     promised += need;
                 }
-                Err(Err((why, promises))) => {
+                Decision::Wait(why) => {
+                    // Memory on its way back is promised to this waiter.
+                    promised += need;
                     let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
-                    if promises {
-                        promised += need;
-                    }
+                }
+                Decision::Blocked(why) => {
+                    // Memory nothing can free is promised to nobody.
+                    let why = format!("{why}{}", self.budget_note());
+                    self.slots.get_mut(&m).expect("exists").why = why;
                 }
             }
         }
         self.check_ledger();
+    }
+
+    /// Reserves `m`'s memory (the policy has made room) and starts it: its
+    /// backend launches, its server loads it, or a running shared server already
+    /// has it.
+    pub(super) fn start_model(&mut self, m: &ModelKey) {
+        let key = self.slots[m].instance.clone();
+        if !self.enter(m, State::Starting) {
+            return;
+        }
+        self.emit(Event::new(Kind::Loading, m, ""));
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.retry_at = None;
+        slot.load_started = Instant::now();
+        slot.why = "its backend is starting".into();
+        let inst = self.instances.get_mut(&key).expect("instance exists");
+        match inst.run {
+            Run::Up | Run::External if inst.loads => {
+                slot.why = "its server is loading it".into();
+                self.begin_load(m);
+            }
+            Run::Up => {
+                // A shared server already running: the model is there.
+                self.enter(m, State::Ready);
+                self.emit_ready(m, Duration::ZERO);
+                self.serve_queue(m);
+            }
+            Run::Starting => {}
+            Run::Down => self.launch(&key),
+            Run::External | Run::Stopping => unreachable!("schedule skips these"),
+        }
     }
 
     /// Waiters whose client went away (the acquire was dropped) give up their
@@ -193,25 +221,25 @@ impl<E: Effects> Owner<E> {
     /// again: swapping it out would only cost its next request a load.
     pub(super) fn settle_abandoned(&mut self) {
         for slot in self.slots.values_mut() {
-            slot.queue.retain(|w| !w.reply.is_closed());
+            slot.queue.retain_open();
         }
         if self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }
-        for (name, s) in self.slots.iter_mut() {
-            if s.phase == Phase::Draining && s.serve_until.is_some() && !s.unloading {
-                s.phase = Phase::Ready;
-                s.serve_until = None;
-                tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
-                self.events.send(Event {
-                    at_ms: now_ms(),
-                    kind: "kept",
-                    model: name.to_string(),
-                    detail: "the requests it was making room for were abandoned".into(),
-                    load_ms: None,
-                    reason: None,
-                });
-            }
+        let kept: Vec<ModelKey> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.serve_until().is_some() && !s.unloading)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for name in kept {
+            self.enter(&name, State::Ready);
+            tracing::info!(model = %name, "kept: the requests it was making room for were abandoned");
+            self.emit(Event::new(
+                Kind::Kept,
+                &name,
+                "the requests it was making room for were abandoned",
+            ));
         }
     }
 
@@ -223,7 +251,7 @@ impl<E: Effects> Owner<E> {
             group: s.group.as_deref(),
             // Another machine's models are never ours to unload.
             pinned: s.pinned || !s.counted,
-            phase: if s.counted { s.phase } else { Phase::Cold },
+            phase: if s.counted { s.phase() } else { Phase::Cold },
             in_flight: s.in_flight,
             last_used: s.last_used,
         }
@@ -247,6 +275,10 @@ impl<E: Effects> Owner<E> {
             .collect()
     }
 
+    /// When the owner must next wake: the earliest waiter's deadline (read from
+    /// each queue's index: O(log n), not a scan of every waiter), an idle unload,
+    /// the end of a backoff someone waits for, the end of a linger. The loop asks
+    /// after every message, so this costs O(models), never O(waiters).
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let now = Instant::now();
         // An overdue idle unload that waits on a co-resident model is not due again
@@ -256,13 +288,33 @@ impl<E: Effects> Owner<E> {
             .values()
             .flat_map(|s| {
                 s.queue
-                    .iter()
-                    .map(|w| w.deadline)
+                    .next_deadline()
+                    .into_iter()
                     .chain(idle_deadline(s).filter(later))
                     .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
                     .chain(linger_until(s))
             })
             .min()
+    }
+}
+
+/// `policy::admit`'s answer, owned (it borrows the views, which borrow the
+/// owner), so the owner can act on it.
+enum Decision {
+    Start,
+    Evict(Vec<ModelKey>),
+    Wait(String),
+    Blocked(String),
+}
+
+impl From<Admission<'_>> for Decision {
+    fn from(a: Admission<'_>) -> Decision {
+        match a {
+            Admission::Start => Decision::Start,
+            Admission::Evict(v) => Decision::Evict(v.into_iter().map(ModelKey::from).collect()),
+            Admission::Wait(why) => Decision::Wait(why),
+            Admission::Blocked(why) => Decision::Blocked(why),
+        }
     }
 }
 
@@ -273,7 +325,7 @@ impl<E: Effects> Owner<E> {
 /// a model in a burst (its last two requests closer than a load) lingers: one a
 /// user has just moved away from goes at once.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
-    if s.phase != Phase::Draining || s.in_flight > 0 {
+    if s.phase() != Phase::Draining || s.in_flight > 0 {
         return None;
     }
     let load = median(&s.recent_loads)?;
@@ -283,12 +335,16 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if last.saturating_duration_since(before) >= load {
         return None;
     }
-    let until = s.serve_until?.min(s.last_used + load);
+    let until = s.serve_until()?.min(s.last_used + load);
     (Instant::now() < until).then_some(until)
 }
 
 pub(super) fn idle_deadline(s: &Slot) -> Option<Instant> {
-    (s.phase == Phase::Ready && s.in_flight == 0 && !s.pinned && s.queue.is_empty() && s.memory > 0)
+    (s.phase() == Phase::Ready
+        && s.in_flight == 0
+        && !s.pinned
+        && s.queue.is_empty()
+        && s.memory > 0)
         .then_some(s.idle_override.unwrap_or(s.idle))
         .flatten()
         .map(|d| s.last_used + d)

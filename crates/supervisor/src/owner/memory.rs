@@ -12,7 +12,7 @@ impl<E: Effects> Owner<E> {
     pub(super) fn follow_memory(&mut self, available: Option<u64>) {
         let Some(reserve) = self.config.reserve.map(|r| r.0) else {
             self.available = None;
-            self.budget = self.configured;
+            self.ledger.set_budget(self.ledger.configured());
             return;
         };
         // A sample that could not be read changes nothing.
@@ -21,17 +21,16 @@ impl<E: Effects> Owner<E> {
         let machine = avail
             .saturating_add(self.held_measured())
             .saturating_sub(reserve);
-        let budget = self.configured.min(machine);
-        if budget == self.budget {
+        let budget = self.ledger.configured().min(machine);
+        if budget == self.ledger.budget() {
             return;
         }
-        let shrank = budget < self.budget;
-        self.budget = budget;
-        self.ceiling = self.budget.max(self.used());
+        let shrank = budget < self.ledger.budget();
+        self.ledger.set_budget(budget);
         self.announce_budget(avail, reserve);
         // While a model loads, its memory moves from "available" to "ours" between
         // two samples; judge once it is in.
-        let loading = self.slots.values().any(|s| s.phase == Phase::Starting);
+        let loading = self.slots.values().any(|s| s.phase() == Phase::Starting);
         if shrank && !loading {
             let why = format!(
                 "free memory is short: {} available, {} reserved for the system",
@@ -45,15 +44,15 @@ impl<E: Effects> Owner<E> {
     /// A `budget` event when the budget moved by a twentieth or more since the
     /// last one, or came back to routes.yaml's: what it is now and why.
     fn announce_budget(&mut self, avail: u64, reserve: u64) {
-        let (was, now) = (self.announced, self.budget);
+        let (was, now) = (self.announced, self.ledger.budget());
         let step = was.max(now) / 20;
-        let back = now == self.configured;
+        let back = now == self.ledger.configured();
         if was == now || (!back && was.abs_diff(now) < step) {
             return;
         }
         self.announced = now;
         let b = modelyard_config::ByteSize;
-        let configured = match self.configured {
+        let configured = match self.ledger.configured() {
             u64::MAX => "no limit".to_string(),
             c => b(c).to_string(),
         };
@@ -78,10 +77,10 @@ impl<E: Effects> Owner<E> {
     /// Why the budget is lower than routes.yaml says, if it is.
     pub(super) fn budget_note(&self) -> String {
         match self.available {
-            Some(avail) if self.budget < self.configured => format!(
+            Some(avail) if self.ledger.budget() < self.ledger.configured() => format!(
                 " (the budget is down from {} to {} while only {} is available)",
-                modelyard_config::ByteSize(self.configured),
-                modelyard_config::ByteSize(self.budget),
+                modelyard_config::ByteSize(self.ledger.configured()),
+                modelyard_config::ByteSize(self.ledger.budget()),
                 modelyard_config::ByteSize(avail)
             ),
             _ => String::new(),
@@ -100,7 +99,7 @@ impl<E: Effects> Owner<E> {
         let attached: u64 = self
             .slots
             .values()
-            .filter(|s| s.phase.holds_memory() && s.counted)
+            .filter(|s| s.phase().holds_memory() && s.counted)
             .filter(|s| self.instances[&s.instance].handle.is_none())
             .filter_map(|s| s.measured)
             .sum();
@@ -111,19 +110,19 @@ impl<E: Effects> Owner<E> {
     pub(super) fn fit_budget(&mut self, why: &str) {
         // Memory already on its way out counts as gone.
         let staying = |o: &Self| {
-            o.used()
+            o.ledger.held()
                 - o.slots
                     .values()
-                    .filter(|s| matches!(s.phase, Phase::Draining | Phase::Stopping))
+                    .filter(|s| matches!(s.phase(), Phase::Draining | Phase::Stopping))
                     .map(|s| s.memory)
                     .sum::<u64>()
         };
-        while staying(self) > self.budget {
+        while staying(self) > self.ledger.budget() {
             let victim = self
                 .slots
                 .iter()
                 .filter(|(_, s)| {
-                    s.phase == Phase::Ready && !s.pinned && s.in_flight == 0 && s.memory > 0
+                    s.phase() == Phase::Ready && !s.pinned && s.in_flight == 0 && s.memory > 0
                 })
                 .min_by_key(|(_, s)| s.last_used)
                 .map(|(k, _)| k.clone());
@@ -131,8 +130,8 @@ impl<E: Effects> Owner<E> {
                 Some(v) => self.begin_drain(&v, Reason::MemoryPressure, why),
                 None => {
                     tracing::warn!(
-                        used = self.used(),
-                        budget = self.budget,
+                        used = self.ledger.held(),
+                        budget = self.ledger.budget(),
                         "the ledger is above the new budget until busy models finish"
                     );
                     return;
@@ -154,7 +153,7 @@ impl<E: Effects> Owner<E> {
                 .models
                 .iter()
                 .map(|m| &self.slots[m])
-                .filter(|s| s.phase.holds_memory())
+                .filter(|s| s.phase().holds_memory())
                 .map(|s| s.memory)
                 .sum();
             if let Some(b) = *bytes {

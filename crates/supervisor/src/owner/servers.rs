@@ -33,7 +33,7 @@ impl<E: Effects> Owner<E> {
             Some(op) => self.effects.model_op(op, self.tx.clone()),
             None => {
                 let key = self.slots[m].instance.clone();
-                self.fail_starting(&key, "its url is not usable", Phase::Cold);
+                self.fail_starting(&key, "its url is not usable", State::Cold);
             }
         }
     }
@@ -60,18 +60,19 @@ impl<E: Effects> Owner<E> {
         let backend = inst.backend_name.clone();
         let owned = inst.handle.is_some();
         match (unload, result) {
-            (false, Ok(())) if slot.phase == Phase::Starting => {
+            (false, Ok(())) if slot.phase() == Phase::Starting => {
                 let took = slot.load_started.elapsed();
                 self.mark_ready(&m, took);
             }
             (false, Ok(())) => {}
             (false, Err(reason)) => {
                 tracing::warn!(model = %m, "{backend} could not load it: {reason}");
-                if slot.phase == Phase::Starting {
+                if slot.phase() == Phase::Starting {
                     // The server says it holds nothing of it: the reservation goes.
-                    slot.phase = Phase::Cold;
+                    self.enter(&m, State::Cold);
+                    let slot = self.slots.get_mut(&m).expect("exists");
                     note_failure(slot, &reason);
-                    self.emit(&m, "failed", reason.clone());
+                    self.emit(Event::new(Kind::Failed, &m, reason.clone()));
                     let slot = self.slots.get_mut(&m).expect("exists");
                     fail_queue(slot, &m, |model| SupervisorError::StartFailed {
                         model,
@@ -82,8 +83,8 @@ impl<E: Effects> Owner<E> {
                 self.maybe_stop_server(&key);
             }
             (true, Ok(())) => {
-                if slot.phase == Phase::Stopping {
-                    self.now_cold(&m, "unloaded", String::new());
+                if slot.phase() == Phase::Stopping {
+                    self.now_cold(&m, Kind::Unloaded, String::new());
                 }
                 self.maybe_stop_server(&key);
             }
@@ -91,12 +92,8 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(model = %m, "{backend} did not confirm the unload: {reason}");
                 // Its memory is only sure to be back once the server is gone; one we
                 // did not start is asked again at the next poll.
-                if owned && slot.phase == Phase::Stopping {
-                    let inst = self.instances.get_mut(&key).expect("exists");
-                    inst.run = Run::Stopping;
-                    if let Some(h) = inst.handle.as_mut() {
-                        h.stop();
-                    }
+                if owned && slot.phase() == Phase::Stopping {
+                    self.stop_process(&key);
                 }
             }
         }
@@ -180,13 +177,17 @@ impl<E: Effects> Owner<E> {
                 .iter()
                 .find(|r| same_model(&r.name, &slot.upstream));
             slot.measured = found.and_then(|r| r.bytes);
-            match (slot.phase, found.is_some()) {
+            match (slot.phase(), found.is_some()) {
                 (Phase::Ready, false) if slot.ready_at < asked && slot.in_flight == 0 => {
                     tracing::warn!(model = %m, "{backend} unloaded it on its own");
-                    self.now_cold(&m, "unloaded", format!("{backend} unloaded it on its own"));
+                    self.now_cold(
+                        &m,
+                        Kind::Unloaded,
+                        format!("{backend} unloaded it on its own"),
+                    );
                 }
                 (Phase::Stopping, false) if !slot.unloading => {
-                    self.now_cold(&m, "unloaded", String::new());
+                    self.now_cold(&m, Kind::Unloaded, String::new());
                 }
                 (Phase::Stopping, true) if !slot.unloading => {
                     if let Some(op) = self.model_op(&m, true) {
@@ -210,24 +211,33 @@ impl<E: Effects> Owner<E> {
         let group_taken = slot.group.as_ref().is_some_and(|g| {
             self.slots
                 .values()
-                .any(|o| o.phase.holds_memory() && o.group.as_ref() == Some(g))
+                .any(|o| o.phase().holds_memory() && o.group.as_ref() == Some(g))
         });
-        if group_taken || self.used() + slot.memory > self.budget {
+        if group_taken {
             return;
         }
+        match self.try_enter(m, State::Ready) {
+            Ok(()) => {}
+            // Counted only if the ledger has room for it; else left to its server.
+            Err(Refused::Overdraw(_)) => return,
+            Err(e) => return self.bug(format!("{m}: {e}")),
+        }
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.phase = Phase::Ready;
         slot.ready_at = Instant::now();
         slot.last_used = Instant::now();
         let backend = self.instances[&slot.instance].backend_name.clone();
-        self.emit(m, "ready", format!("found loaded in {backend}"));
+        self.emit(Event::new(
+            Kind::Ready,
+            m,
+            format!("found loaded in {backend}"),
+        ));
     }
 
     /// Unloads a drained `m` from a server that loads models one by one.
     pub(super) fn try_unload(&mut self, m: &ModelKey) {
         let slot = &self.slots[m];
         let run = self.instances[&slot.instance].run;
-        if slot.phase != Phase::Draining || slot.in_flight > 0 || linger_until(slot).is_some() {
+        if slot.phase() != Phase::Draining || slot.in_flight > 0 || linger_until(slot).is_some() {
             return;
         }
         if !matches!(run, Run::Up | Run::External) {
@@ -236,8 +246,8 @@ impl<E: Effects> Owner<E> {
         let Some(op) = self.model_op(m, true) else {
             return;
         };
+        self.enter(m, State::Stopping);
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.phase = Phase::Stopping;
         slot.unloading = true;
         tracing::info!(model = %m, "unloading from its server");
         self.effects.model_op(op, self.tx.clone());
@@ -254,15 +264,11 @@ impl<E: Effects> Owner<E> {
         }
         let unused = inst.models.iter().all(|m| {
             let s = &self.slots[m];
-            !s.phase.holds_memory() && s.queue.is_empty()
+            !s.phase().holds_memory() && s.queue.is_empty()
         });
         if unused {
             tracing::info!(instance = %key, "stopping backend: it holds no model");
-            let inst = self.instances.get_mut(key).expect("exists");
-            inst.run = Run::Stopping;
-            if let Some(h) = inst.handle.as_mut() {
-                h.stop();
-            }
+            self.stop_process(key);
         }
     }
 }

@@ -1,0 +1,280 @@
+//! A model's state (its slot) and the one place it changes: `enter` applies a
+//! move from lifecycle.rs's table, reserving or releasing the model's memory in
+//! the ledger; the moves built on it (ready, drained, cold again, failed) keep
+//! the fields that only mean something in one state in step with it.
+
+use super::*;
+
+pub(super) struct Slot {
+    pub(super) instance: InstanceKey,
+    /// Declared memory plus, for a process of its own, its backend's.
+    pub(super) memory: u64,
+    pub(super) group: Option<String>,
+    pub(super) pinned: bool,
+    pub(super) idle: Option<Duration>,
+    /// Set by a request's `keep_alive` (None inside: never); cleared on unload.
+    pub(super) idle_override: Option<Option<Duration>>,
+    pub(super) upstream: String,
+    /// Where it is in its life; change it only through `Owner::enter`.
+    pub(super) state: State,
+    pub(super) in_flight: usize,
+    pub(super) last_used: Instant,
+    /// When its last two requests were admitted: closer than a load's time apart,
+    /// they make a burst, which a swap waits out (see linger_until).
+    pub(super) admitted: [Option<Instant>; 2],
+    pub(super) queue: Queue,
+    /// Why its queue waits, for the 503 a waiter gets if it gives up.
+    pub(super) why: String,
+    pub(super) failures: u32,
+    /// No start before this (a backoff after repeated failures). It outlives the
+    /// state it was set in: a start that failed is still stopping while its
+    /// backoff runs.
+    pub(super) retry_at: Option<Instant>,
+    pub(super) last_error: Option<String>,
+    /// The config it was made from.
+    pub(super) def: (modelyard_config::Model, Backend),
+    /// Removed or redefined by a reload: leaves once idle, then is rebuilt or dropped.
+    pub(super) stale: bool,
+    /// How long its last few loads took, to say how long the next will.
+    pub(super) recent_loads: VecDeque<Duration>,
+    /// Whether its memory is ours to count: not for another machine's model, nor
+    /// for a server we neither start nor load models on.
+    pub(super) counted: bool,
+    /// Its size as its server reports it (servers that load models one by one).
+    pub(super) measured: Option<u64>,
+    /// When its current load began, and when it was ready.
+    pub(super) load_started: Instant,
+    pub(super) ready_at: Instant,
+    /// An unload was asked of its server and has not answered yet.
+    pub(super) unloading: bool,
+    /// Why it is draining or stopping, for the `unloaded` event that ends it.
+    pub(super) unload_why: Option<String>,
+}
+
+/// Where a model is in its life, with what exists only in that state. The
+/// moves between states are lifecycle.rs's table (in terms of [`Phase`], what
+/// the status page shows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    Cold,
+    Starting,
+    Ready,
+    /// Chosen to go: what is in flight finishes. Drained to make room for a
+    /// swap, it still serves its own requests until `serve_until` (and may
+    /// linger while its burst goes on); drained for any other reason, None.
+    Draining {
+        serve_until: Option<Instant>,
+    },
+    /// Asked to exit or to be unloaded; its memory is back once it has.
+    Stopping,
+}
+
+impl State {
+    pub(super) fn phase(self) -> Phase {
+        match self {
+            State::Cold => Phase::Cold,
+            State::Starting => Phase::Starting,
+            State::Ready => Phase::Ready,
+            State::Draining { .. } => Phase::Draining,
+            State::Stopping => Phase::Stopping,
+        }
+    }
+}
+
+impl Slot {
+    pub(super) fn phase(&self) -> Phase {
+        self.state.phase()
+    }
+
+    /// Until when a model draining for a swap still serves its own requests.
+    pub(super) fn serve_until(&self) -> Option<Instant> {
+        match self.state {
+            State::Draining { serve_until } => serve_until,
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
+    slot.failures += 1;
+    slot.last_error = Some(reason.to_string());
+    slot.retry_at = (slot.failures >= 2).then(|| {
+        let exp = (slot.failures - 2).min(16);
+        Instant::now() + Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
+    });
+}
+
+pub(super) fn fail_queue(slot: &mut Slot, model: &str, err: impl Fn(String) -> SupervisorError) {
+    for w in slot.queue.drain() {
+        let _ = w.reply.send(Err(err(model.to_string())));
+    }
+}
+
+pub(super) fn median(loads: &VecDeque<Duration>) -> Option<Duration> {
+    let mut v: Vec<Duration> = loads.iter().copied().collect();
+    v.sort();
+    v.get(v.len() / 2).copied()
+}
+
+/// How many recent loads the typical load time is the median of.
+pub(super) const RECENT_LOADS: usize = 5;
+
+/// Repeated failures wait 1 s, 2 s, 4 s … up to this before the next start.
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+impl<E: Effects> Owner<E> {
+    /// The one place a model's phase changes. A move not in lifecycle.rs's table
+    /// is refused. Into a phase that holds memory it reserves the model's memory
+    /// (refused if that would overdraw the budget); out of one it releases it:
+    /// every caller moves a model out of memory only once the memory is back.
+    pub(super) fn try_enter(&mut self, m: &ModelKey, next: State) -> Result<(), Refused> {
+        let slot = self.slots.get_mut(m).expect("exists");
+        let (from, to) = (slot.phase(), next.phase());
+        if !lifecycle::legal(from, to) {
+            return Err(Refused::Illegal { from, to });
+        }
+        match (from.holds_memory(), to.holds_memory()) {
+            (false, true) => self.ledger.reserve(Holder::Model(m.clone()), slot.memory)?,
+            (true, false) => {
+                self.ledger.release(&Holder::Model(m.clone()));
+            }
+            _ => {}
+        }
+        slot.state = next;
+        #[cfg(test)]
+        self.audit.moves.push((from, to));
+        Ok(())
+    }
+
+    /// [`Self::try_enter`] where the move must be possible (the table lists it,
+    /// the policy made room): a refusal is a bug, said and not applied. Whether
+    /// it moved.
+    pub(super) fn enter(&mut self, m: &ModelKey, next: State) -> bool {
+        match self.try_enter(m, next) {
+            Ok(()) => true,
+            Err(e) => {
+                self.bug(format!("{m}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// A move or a reservation refused where none should be: logged; tests
+    /// record it and fail on it; other debug builds stop here.
+    pub(super) fn bug(&mut self, what: String) {
+        tracing::error!("supervisor bug, refused: {what}");
+        #[cfg(test)]
+        self.audit.refused.push(what);
+        #[cfg(not(test))]
+        debug_assert!(false, "supervisor bug, refused: {what}");
+    }
+
+    /// `m`'s memory is back: its reservation goes, and with it everything that
+    /// only holds while it is loaded. `detail` empty: the reason its unload was
+    /// asked for.
+    pub(super) fn now_cold(&mut self, m: &ModelKey, kind: Kind, detail: String) {
+        let slot = self.slots.get_mut(m).expect("exists");
+        // An unload we asked for says why we asked.
+        let detail = match slot.unload_why.take() {
+            Some(why) if detail.is_empty() => why,
+            _ => detail,
+        };
+        self.enter(m, State::Cold);
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.in_flight = 0;
+        slot.idle_override = None;
+        slot.measured = None;
+        slot.unloading = false;
+        self.emit(Event::new(kind, m, detail));
+    }
+
+    /// A model's load finished: it serves its queue, and the load counts toward
+    /// how long the next is expected to take.
+    pub(super) fn mark_ready(&mut self, m: &ModelKey, took: Duration) {
+        self.enter(m, State::Ready);
+        let slot = self.slots.get_mut(m).expect("exists");
+        slot.ready_at = Instant::now();
+        slot.last_error = None;
+        if slot.recent_loads.len() == RECENT_LOADS {
+            slot.recent_loads.pop_front();
+        }
+        slot.recent_loads.push_back(took);
+        self.emit_ready(m, took);
+        self.serve_queue(m);
+    }
+
+    /// Every model of `key` that was starting: counted as a failure, its waiters
+    /// told why, and moved to `then`.
+    pub(super) fn fail_starting(&mut self, key: &InstanceKey, reason: &str, then: State) {
+        let inst = &self.instances[key];
+        let backend = inst.backend_name.clone();
+        for m in inst.models.clone() {
+            if self.slots[&m].phase() == Phase::Starting {
+                self.enter(&m, then);
+                let slot = self.slots.get_mut(&m).expect("instance models exist");
+                note_failure(slot, reason);
+                self.emit(Event::new(Kind::Failed, &m, reason));
+                let slot = self.slots.get_mut(&m).expect("instance models exist");
+                fail_queue(slot, &m, |model| SupervisorError::StartFailed {
+                    model,
+                    backend: backend.clone(),
+                    reason: reason.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Takes no new requests for `m` (and the models sharing its process, which go
+    /// with it), lets what is in flight finish, then stops.
+    pub(super) fn begin_drain(&mut self, m: &ModelKey, reason: Reason, why: &str) {
+        self.begin_drain_until(m, reason, why, None);
+    }
+
+    /// [`Self::begin_drain`]; with `serve_until`, `m` (drained to make room for a
+    /// swap) still serves its own requests until then, even if it was already
+    /// draining with the models sharing its process.
+    pub(super) fn begin_drain_until(
+        &mut self,
+        m: &ModelKey,
+        reason: Reason,
+        why: &str,
+        serve_until: Option<Instant>,
+    ) {
+        if serve_until.is_some() {
+            if let State::Draining { serve_until: s } =
+                &mut self.slots.get_mut(m).expect("exists").state
+            {
+                *s = serve_until;
+            }
+        }
+        let key = self.slots[m].instance.clone();
+        let inst = &self.instances[&key];
+        let loads = inst.loads;
+        // A server that unloads one model at a time keeps its others.
+        let models = if loads {
+            vec![m.clone()]
+        } else {
+            inst.models.clone()
+        };
+        for other in models {
+            if self.slots[&other].phase() == Phase::Ready {
+                let serve_until = serve_until.filter(|_| other == *m);
+                self.enter(&other, State::Draining { serve_until });
+                let s = self.slots.get_mut(&other).expect("exists");
+                let detail = if other == *m {
+                    why.to_string()
+                } else {
+                    format!("{why} (shares a server with {m})")
+                };
+                tracing::info!(model = %other, "unloading: {detail}");
+                s.unload_why = Some(detail.clone());
+                self.emit(Event::evicting(&other, reason, detail));
+            }
+        }
+        if loads {
+            self.try_unload(m);
+        } else {
+            self.try_stop(&key);
+        }
+    }
+}
