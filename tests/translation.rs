@@ -421,3 +421,63 @@ async fn a_failure_after_the_stream_began_comes_in_each_apis_framing() {
     assert!(text.contains("event: error\ndata: {"), "{text}");
     assert!(text.contains("\"code\":\"backend_start_failed\""), "{text}");
 }
+
+#[tokio::test]
+async fn anthropics_messages_api_reaches_an_ollama_backend_renamed() {
+    let sim = Sim::start(&["--flavor", "ollama", "--model", "qwen3:8b"]);
+    let r = Router::start(&format!(
+        "backends:\n  o: {{kind: ollama, url: \"{}\"}}\nmodels:\n  \
+         q: {{backend: o, upstream: \"qwen3:8b\", memory: 1MB, aliases: [claude-local]}}\n",
+        sim.url
+    ));
+    let ask = json!({"model": "claude-local", "max_tokens": 20, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let resp = post(&r.url("/v1/messages"), &ask).await;
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.starts_with("event: message_start\n"), "{text}");
+    assert!(
+        text.contains("\"model\":\"claude-local\""),
+        "renamed back: {text}"
+    );
+    assert!(text.ends_with("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n"));
+    assert_eq!(last_request(&sim.url).await["body"]["model"], "qwen3:8b");
+}
+
+#[tokio::test]
+async fn an_omlx_backend_tells_its_models_engine_and_window() {
+    let r = Router::start(
+        "backends:\n  omlx:\n    kind: omlx\n    \
+         command: [$BIN, sim, --flavor, omlx, --model, \"Qwen3-8B=1MB\", --model, \"Qwen3-Embedding=1MB\"]\n\
+         models:\n  q: {backend: omlx, upstream: Qwen3-8B, memory: 5MB}\n  \
+         e: {backend: omlx, upstream: Qwen3-Embedding, memory: 5MB}\n",
+    );
+    assert_eq!(
+        post(&r.url("/v1/chat/completions"), &chat("q"))
+            .await
+            .status(),
+        200
+    );
+    let embed = json!({"model": "e", "input": "hi"});
+    assert_eq!(post(&r.url("/v1/embeddings"), &embed).await.status(), 200);
+    let show = |name: &'static str| {
+        let url = r.url("/api/show");
+        async move {
+            post(&url, &json!({"model": name}))
+                .await
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let q = show("q").await;
+    assert_eq!(q["capabilities"], json!(["completion"]), "{q}");
+    assert_eq!(
+        q["model_info"]["modelyard.context_length"], 32768,
+        "oMLX's max_context_window: {q}"
+    );
+    let e = show("e").await;
+    assert_eq!(e["capabilities"], json!(["embedding"]), "{e}");
+    let models = get_json(&r.url("/v1/models")).await;
+    assert_eq!(models["data"][0]["context_length"], 32768, "{models}");
+}

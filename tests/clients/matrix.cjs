@@ -72,6 +72,8 @@ async function openaiChecks() {
     response_format: { type: "json_schema", json_schema: { name: "weather", schema: SCHEMA } },
   });
   check("json_schema", followsSchema(JSON.parse(j.choices[0].message.content)), j.choices[0].message.content);
+  const resp = await oa.responses.create({ model: CHAT, input: "hi", max_output_tokens: 8 });
+  check("responses", resp.output_text && resp.model === CHAT, resp);
   // The SDK asks for base64 by default and decodes it: zeros mean a float reply misread.
   const emb = await oa.embeddings.create({ model: EMBED, input: ["a", "b"] });
   check("embeddings (base64 default)", emb.data.length === 2 && emb.data[0].embedding.some((x) => x !== 0), emb.data[0].embedding.slice(0, 4));
@@ -95,6 +97,8 @@ async function ollamaChecks() {
   let text = "";
   for await (const part of await ol.chat({ model: CHAT, messages: MSG, stream: true })) text += part.message.content;
   check("stream", text, text);
+  const thought = await ol.chat({ model: CHAT, messages: MSG, think: true });
+  check("think: the reasoning comes back as thinking", thought.message.thinking && thought.message.content, thought.message);
   const tool = { type: "function", function: { name: "get_weather", description: "weather", parameters: SCHEMA } };
   const first = await ol.chat({ model: CHAT, messages: MSG, tools: [tool] });
   const calls = first.message.tool_calls || [];

@@ -11,6 +11,7 @@ trip (an agent loop's two turns), JSON mode, embeddings, and an error it can act
 on. Prints one line per check; exits non-zero on the first failure.
 """
 
+import asyncio
 import json
 import os
 import sys
@@ -109,6 +110,22 @@ parsed = oa.chat.completions.parse(model=CHAT, messages=MSG, response_format=Per
 check("structured output (json_schema)", isinstance(parsed, Person), parsed)
 r = oa.chat.completions.create(model=CHAT, messages=MSG, response_format={"type": "json_object"})
 check("json_object", isinstance(json.loads(r.choices[0].message.content), dict), r.choices[0].message.content)
+resp = oa.responses.create(model=CHAT, input="hi", max_output_tokens=8)
+check("responses", resp.output_text and resp.model == CHAT, resp)
+events = list(oa.responses.create(model=CHAT, input="hi", stream=True))
+check("responses stream", events[-1].type == "response.completed", events[-1].type)
+
+
+async def twenty():
+    aclient = openai.AsyncOpenAI(base_url=V1, api_key="unused", max_retries=0, timeout=30)
+    replies = await asyncio.gather(*(aclient.chat.completions.create(model=CHAT, messages=MSG) for _ in range(20)))
+    await aclient.close()
+    return replies
+
+
+replies = asyncio.run(twenty())
+check("async x20", len({r.id for r in replies}) == 20 and all(r.choices[0].message.content for r in replies),
+      [r.id for r in replies])
 emb = oa.embeddings.create(model=EMBED, input=["a", "b"])
 check("embeddings (base64, the SDK's default)", len(emb.data) == 2 and any(x != 0 for x in emb.data[0].embedding), emb.data[0].embedding[:4])
 e = raises(openai.NotFoundError, "unknown model", lambda: oa.chat.completions.create(model="qwen3-chta", messages=MSG))
@@ -163,9 +180,8 @@ check("unknown model: Anthropic's error shape", e.body["type"] == "error" and e.
 import instructor
 
 client("instructor " + instructor.__version__)
-# Mode.JSON (the schema only in the prompt, json_object asked) needs a model that
-# reads the prompt; the simulator answers json_object with {"answer": ...}.
-for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
+# Mode.JSON: the schema only in the prompt, json_object asked.
+for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA, instructor.Mode.JSON):
     ic = instructor.from_openai(openai.OpenAI(base_url=V1, api_key="unused", max_retries=0), mode=mode)
     p = ic.chat.completions.create(model=CHAT, messages=MSG, response_model=Person, max_retries=0)
     check(f"response_model in {mode.value}", isinstance(p, Person) and p.tags, p)
@@ -232,6 +248,11 @@ shown = ol.show("embed-small")
 check("show: the embedding model says embedding", "embedding" in (shown.capabilities or []), shown.capabilities)
 check("chat", ol.chat(model=CHAT, messages=MSG).message.content, "")
 check("stream", "".join(c.message.content for c in ol.chat(model=CHAT, messages=MSG, stream=True)), "")
+r = ol.chat(model=CHAT, messages=MSG, think=True)
+check("think: the reasoning comes back as thinking", r.message.thinking and r.message.content, r.message)
+thought = "".join(c.message.thinking or "" for c in ol.chat(model=CHAT, messages=MSG, think="high", stream=True))
+check("think, streamed", thought == r.message.thinking, thought)
+check("think=False: none", not ol.chat(model=CHAT, messages=MSG, think=False).message.thinking, "")
 messages = list(MSG)
 first = ol.chat(model=CHAT, messages=messages, tools=[get_weather])
 calls = first.message.tool_calls or []

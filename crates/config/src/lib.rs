@@ -170,9 +170,9 @@ mod tests {
                 "{backend}: wanted `{wanted}` in {issues:?}"
             );
         }
-        assert!(kv_issues(&format!(
-            "{{kind: omlx, command: [omlx, serve], kv_cache: {{dir: /var/kv, max: 50GB}}}}"
-        ))
+        assert!(kv_issues(
+            "{kind: omlx, command: [omlx, serve], kv_cache: {dir: /var/kv, max: 50GB}}"
+        )
         .is_empty());
     }
 

@@ -6,7 +6,8 @@
 //! Asked only where it is cheap: a model whose server is already running
 //! (asking never starts one), on `/api/show`. An Ollama server answers its own
 //! `/api/show`; llama.cpp's `llama-server` answers `/props` (its context size
-//! and whether it takes images). What routes.yaml declares always wins; a
+//! and whether it takes images); oMLX's `/v1/models/status` says each model's
+//! engine (vision, embedding, text) and context window. What routes.yaml declares always wins; a
 //! guess from the name is the last resort ([`modelyard_config::Model::capabilities`]).
 
 use std::collections::HashMap;
@@ -102,17 +103,21 @@ pub(crate) async fn learn(state: &Inner, model: &str) -> Option<Facts> {
     }
     let endpoint = status.endpoint.clone()?;
     let upstream = m.upstream_name(model).to_owned();
-    let asked = match kind {
-        BackendKind::Ollama => {
-            let body = json!({"model": upstream}).to_string();
-            ask(state, Method::POST, &endpoint, "/api/show", body).await
-        }
-        BackendKind::Openai => ask(state, Method::GET, &endpoint, "/props", String::new()).await,
+    let key = config.backends.get(&m.backend)?.api_key.as_deref();
+    let (method, path, body) = match kind {
+        BackendKind::Ollama => (
+            Method::POST,
+            "/api/show",
+            json!({"model": upstream}).to_string(),
+        ),
+        BackendKind::Openai => (Method::GET, "/props", String::new()),
+        BackendKind::Omlx => (Method::GET, "/v1/models/status", String::new()),
         _ => return None,
     };
-    let facts = match asked {
+    let facts = match ask(state, method, &endpoint, path, body, key).await {
         Asked::Said(reply) => match kind {
             BackendKind::Ollama => from_ollama_show(&reply),
+            BackendKind::Omlx => from_omlx_status(&reply, &upstream),
             _ => from_llama_props(&reply),
         },
         // A server without the route (not llama.cpp, an old Ollama): nothing
@@ -130,18 +135,28 @@ enum Asked {
     Failed,
 }
 
-async fn ask(state: &Inner, method: Method, endpoint: &str, path: &str, body: String) -> Asked {
+/// One question to a backend, with the backend's own key (`api_key`) if it has one.
+async fn ask(
+    state: &Inner,
+    method: Method,
+    endpoint: &str,
+    path: &str,
+    body: String,
+    key: Option<&str>,
+) -> Asked {
     let url = if endpoint.contains("://") {
         format!("{}{path}", endpoint.trim_end_matches('/'))
     } else {
         format!("http://{endpoint}{path}")
     };
-    let Ok(request) = Request::builder()
+    let mut request = Request::builder()
         .method(method)
         .uri(url)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(Outgoing::Whole(Bytes::from(body)))
-    else {
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(key) = key {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {key}"));
+    }
+    let Ok(request) = request.body(Outgoing::Whole(Bytes::from(body))) else {
         return Asked::Failed;
     };
     let exchange = async {
@@ -189,6 +204,31 @@ pub(crate) fn from_ollama_show(v: &Value) -> Facts {
         capabilities,
         context,
         details: v.get("details").filter(|d| d.is_object()).cloned(),
+    }
+}
+
+/// oMLX's `/v1/models/status`: the entry for `upstream` (by id or alias), its
+/// `engine_type` (a vision-language model, an embedding model, a text model)
+/// and its `max_context_window`. Rerankers and audio models have no word in
+/// Ollama's list and say nothing.
+pub(crate) fn from_omlx_status(v: &Value, upstream: &str) -> Facts {
+    let Some(entry) = v["models"].as_array().and_then(|models| {
+        models
+            .iter()
+            .find(|m| m["id"] == upstream || m["model_alias"] == upstream)
+    }) else {
+        return Facts::default();
+    };
+    let capabilities: &[&str] = match entry["engine_type"].as_str() {
+        Some("vlm") => &["completion", "vision"],
+        Some("embedding") => &["embedding"],
+        Some("batched" | "llm") => &["completion"],
+        _ => &[],
+    };
+    Facts {
+        capabilities: capabilities.iter().map(|c| (*c).to_owned()).collect(),
+        context: entry["max_context_window"].as_u64().filter(|n| *n > 0),
+        details: None,
     }
 }
 
@@ -242,6 +282,26 @@ mod tests {
         assert_eq!(facts.capabilities, ["completion", "vision"]);
         assert_eq!(facts.context, Some(8192));
         assert_eq!(from_llama_props(&json!({"other": 1})), Facts::default());
+    }
+
+    #[test]
+    fn omlx_status_gives_the_engine_and_the_window() {
+        let status = json!({"models": [
+            {"id": "Qwen3-VL-8B", "engine_type": "vlm", "max_context_window": 65536},
+            {"id": "bge-m3", "engine_type": "embedding", "max_context_window": 8192},
+            {"id": "Qwen3-30B-A3B-8bit", "model_alias": "qwen30", "engine_type": "batched", "max_context_window": 32768},
+        ]});
+        let vl = from_omlx_status(&status, "Qwen3-VL-8B");
+        assert_eq!(
+            (vl.capabilities, vl.context),
+            (vec!["completion".into(), "vision".into()], Some(65536))
+        );
+        assert_eq!(
+            from_omlx_status(&status, "bge-m3").capabilities,
+            ["embedding"]
+        );
+        assert_eq!(from_omlx_status(&status, "qwen30").context, Some(32768));
+        assert_eq!(from_omlx_status(&status, "other"), Facts::default());
     }
 
     #[test]

@@ -32,7 +32,14 @@ pub struct Generation {
     /// The whole content when `response_format` asks for JSON: one JSON
     /// text, sent as a single token so a stream's deltas join into it.
     pub structured: Option<String>,
+    /// Asked to think (`reasoning_effort` other than "none"): the reply
+    /// carries `reasoning_content` first, as llama.cpp writes a thinking
+    /// model's reasoning.
+    pub reasoning: bool,
 }
+
+/// The reasoning a thinking reply carries, before its answer.
+pub const REASONING: &str = "the user wants an answer. ";
 
 /// A call the reply makes: the tool's name and its arguments as a JSON text,
 /// made to follow the tool's `parameters` schema.
@@ -102,6 +109,16 @@ impl Generation {
             }
             Kind::Text => count_words(body.get("prompt").unwrap_or(&Value::Null)),
         };
+        let reasoning = match body.get("reasoning_effort") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(effort)) => kind == Kind::Chat && effort != "none",
+            Some(_) => {
+                return Err((
+                    "'reasoning_effort' must be a string".into(),
+                    "reasoning_effort",
+                ))
+            }
+        };
         Ok(Self {
             kind,
             id: String::new(),
@@ -114,6 +131,7 @@ impl Generation {
             include_usage,
             tool_call,
             structured,
+            reasoning,
         })
     }
 
@@ -246,11 +264,14 @@ impl Reply for Generation {
         let text = self.content(None);
         let (object, choice) = match self.kind {
             Kind::Chat => {
-                let message = match &self.tool_call {
+                let mut message = match &self.tool_call {
                     Some(call) => json!({"role": "assistant", "content": null,
                         "tool_calls": [self.call(call, false)]}),
                     None => json!({"role": "assistant", "content": text}),
                 };
+                if self.reasoning {
+                    message["reasoning_content"] = json!(REASONING);
+                }
                 (
                     "chat.completion",
                     json!({
@@ -281,7 +302,15 @@ impl Reply for Generation {
     }
 
     fn opening_events(&self) -> Vec<Bytes> {
-        self.opening_chunk().iter().map(sse_event).collect()
+        let mut events: Vec<Bytes> = self.opening_chunk().iter().map(sse_event).collect();
+        if self.reasoning {
+            events.push(sse_event(&self.chunk(vec![json!({
+                "index": 0,
+                "delta": {"reasoning_content": REASONING},
+                "finish_reason": null,
+            })])));
+        }
+        events
     }
 
     fn token_event(&self, i: u64) -> Bytes {
@@ -353,7 +382,11 @@ fn structured_content(body: &Value) -> Result<Option<String>, (String, &'static 
     };
     match format.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(json!({"answer": "t0"}).to_string())),
+        // A model in JSON mode follows the schema its prompt describes, if any.
+        Some("json_object") => Ok(Some(match schema_in_prompt(body) {
+            Some(schema) => crate::schema::example(&schema).to_string(),
+            None => json!({"answer": "t0"}).to_string(),
+        })),
         Some("json_schema") => match format.pointer("/json_schema/schema") {
             Some(schema) => Ok(Some(crate::schema::example(schema).to_string())),
             None => Err((
@@ -366,6 +399,40 @@ fn structured_content(body: &Value) -> Result<Option<String>, (String, &'static 
             "response_format",
         )),
     }
+}
+
+/// How much of a prompt is searched for a schema, and at how many `{`s.
+const SCHEMA_SEARCH_BYTES: usize = 64 * 1024;
+const SCHEMA_SEARCH_STARTS: usize = 64;
+
+/// The first JSON schema (an object with `properties`) written into a chat's
+/// messages, as instructor's JSON mode and many prompts put one: what a
+/// model asked for `json_object` would follow.
+fn schema_in_prompt(body: &Value) -> Option<Value> {
+    let messages = body["messages"].as_array()?;
+    let texts = messages.iter().filter_map(|m| m["content"].as_str());
+    for text in texts {
+        let text = &text[..floor_char_boundary(text, SCHEMA_SEARCH_BYTES)];
+        for (start, _) in text.match_indices('{').take(SCHEMA_SEARCH_STARTS) {
+            let mut values =
+                serde_json::Deserializer::from_str(&text[start..]).into_iter::<Value>();
+            if let Some(Ok(v)) = values.next() {
+                if v.get("properties").is_some_and(Value::is_object) {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The largest char boundary at or below `at`.
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    let mut at = at.min(text.len());
+    while !text.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// The whole text of a reply `tokens` long.
@@ -536,6 +603,17 @@ mod tests {
         assert!(serde_json::from_str::<Value>(text.as_str().unwrap())
             .unwrap()
             .is_object());
+        // JSON mode with the schema in the prompt, as instructor's Mode.JSON writes it.
+        let prompt = format!(
+            "Return JSON matching this json_schema:\n\n{schema:#}\n\nNot the schema. Ünïcode {{ stray"
+        );
+        let g = chat(json!({"messages": [{"role": "system", "content": prompt}],
+            "response_format": {"type": "json_object"}}));
+        let text = g.full_response()["choices"][0]["message"]["content"].clone();
+        assert_eq!(
+            serde_json::from_str::<Value>(text.as_str().unwrap()).unwrap(),
+            json!({"name": "sim", "age": 1})
+        );
         let err = Generation::from_request(
             Kind::Chat,
             &json!({"messages": [],
@@ -546,6 +624,23 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.1, "response_format");
+    }
+
+    #[test]
+    fn asked_to_reason_the_reply_reasons_first() {
+        let g = chat(json!({"messages": [], "reasoning_effort": "high", "stream": true}));
+        let full = g.full_response();
+        assert_eq!(
+            full["choices"][0]["message"]["reasoning_content"],
+            REASONING
+        );
+        let opening = g.opening_events();
+        assert_eq!(opening.len(), 2);
+        assert!(String::from_utf8_lossy(&opening[1]).contains("reasoning_content"));
+        let g = chat(json!({"messages": [], "reasoning_effort": "none"}));
+        assert!(g.full_response()["choices"][0]["message"]
+            .get("reasoning_content")
+            .is_none());
     }
 
     #[test]

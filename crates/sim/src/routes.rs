@@ -36,6 +36,8 @@ pub(crate) enum Inference {
     Completion(Kind),
     Responses,
     Embeddings,
+    /// Anthropic's `/v1/messages`.
+    Messages,
 }
 
 pub async fn handle(
@@ -170,6 +172,7 @@ async fn inference(
         }
         Inference::Responses => serve_responses(state, &body, model, Serving::default()).await,
         Inference::Embeddings => serve_embeddings(state, &body, model, Serving::default()),
+        Inference::Messages => serve_messages(state, &body, model, Serving::default()).await,
     }
 }
 
@@ -196,9 +199,24 @@ async fn messages(state: &Arc<SimState>, request: Request<Incoming>) -> Response
         state.stats.begin().complete();
         return crate::misbehave::respond(failure);
     }
-    match Message::from_request(&body, model, state.tokens) {
-        Ok(message) => serve_reply(state, Ok(message), Serving::default()).await,
-        Err((message, _)) => invalid(&message),
+    serve_messages(state, &body, model, Serving::default()).await
+}
+
+/// Anthropic's Messages API for a validated model: a 400 in Anthropic's
+/// shape for a body it would refuse.
+pub async fn serve_messages(
+    state: &Arc<SimState>,
+    body: &Value,
+    model: &str,
+    serving: Serving,
+) -> Response<ResponseBody> {
+    match Message::from_request(body, model, state.tokens) {
+        Ok(message) => serve_reply(state, Ok(message), serving).await,
+        Err((message, _)) => crate::messages::error_response(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            &message,
+        ),
     }
 }
 

@@ -1171,3 +1171,105 @@ async fn omlx_and_ollama_serve_the_responses_api() {
     // oMLX sends its non-streamed JSON after a leading space, as for chat.
     assert!(responses(&omlx, false).await.text().starts_with(' '));
 }
+
+#[tokio::test]
+async fn ollama_serves_anthropics_messages_api_loading_on_demand() {
+    let port = free_port();
+    let host = format!("http://127.0.0.1:{port}");
+    let ollama = spawn(
+        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "2"],
+        &[("OLLAMA_HOST", host.as_str())],
+    )
+    .await;
+    let ask =
+        json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
+    let (status, reply) = ollama.post("/v1/messages", ask).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply["content"],
+        json!([{"type": "text", "text": "t0 t1 "}])
+    );
+    // Loaded by the request, as Ollama loads for any API.
+    assert_eq!(
+        ollama.get("/api/ps").await.1["models"][0]["name"],
+        "m:latest"
+    );
+    let (status, error) = ollama
+        .post(
+            "/v1/messages",
+            json!({"model": "nope", "max_tokens": 1, "messages": []}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["error"]["type"], "not_found_error", "{error}");
+}
+
+#[tokio::test]
+async fn omlx_serves_anthropics_messages_api() {
+    let port = free_port();
+    let omlx = spawn(
+        &["--flavor", "omlx", "--model", "m=1MiB", "--tokens", "2"],
+        &[("OMLX_PORT", port.to_string().as_str())],
+    )
+    .await;
+    let ask = json!({"model": "m", "max_tokens": 10, "stream": true,
+        "messages": [{"role": "user", "content": "hi"}]});
+    let streamed = omlx
+        .call(Method::POST, "/v1/messages", Some(ask), &[])
+        .await
+        .text();
+    let events: Vec<&str> = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events.first(), Some(&"message_start"), "{streamed}");
+    assert_eq!(events.last(), Some(&"message_stop"), "{streamed}");
+    assert!(
+        !streamed.contains("keepalive"),
+        "no chat keep-alive chunk in a Messages stream: {streamed}"
+    );
+}
+
+#[tokio::test]
+async fn ollamas_native_chat_calls_tools_answers_json_and_thinks() {
+    let port = free_port();
+    let host = format!("http://127.0.0.1:{port}");
+    let ollama = spawn(
+        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "3"],
+        &[("OLLAMA_HOST", host.as_str())],
+    )
+    .await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters":
+        {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let ask = json!({"model": "m", "stream": false, "tools": tools,
+        "messages": [{"role": "user", "content": "weather?"}]});
+    let (status, reply) = ollama.post("/api/chat", ask).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply["message"]["tool_calls"],
+        json!([{"function": {"name": "get_weather", "arguments": {"city": "sim"}}}])
+    );
+    assert_eq!(reply["eval_count"], 1);
+    // The second turn, after the tool's result: words.
+    let turn = json!({"model": "m", "stream": false, "tools": tools, "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": "", "tool_calls": reply["message"]["tool_calls"]},
+        {"role": "tool", "tool_name": "get_weather", "content": "rain"}]});
+    let (_, reply) = ollama.post("/api/chat", turn).await;
+    assert_eq!(reply["message"]["content"], "t0 t1 t2 ");
+    assert!(reply["message"].get("tool_calls").is_none());
+
+    let ask = json!({"model": "m", "stream": false, "format": {"type": "object",
+        "properties": {"age": {"type": "integer"}}}, "prompt": "how old?"});
+    let (_, reply) = ollama.post("/api/generate", ask).await;
+    assert_eq!(reply["response"], "{\"age\":1}");
+
+    let ask = json!({"model": "m", "think": true,
+        "messages": [{"role": "user", "content": "why?"}]});
+    let mut stream = ollama.open(Method::POST, "/api/chat", Some(ask), &[]).await;
+    let first = stream.next_line().await.unwrap();
+    assert!(first["message"]["thinking"].is_string(), "{first}");
+    assert_eq!(first["message"]["content"], "t0 ");
+    let second = stream.next_line().await.unwrap();
+    assert!(second["message"].get("thinking").is_none(), "{second}");
+}

@@ -19,8 +19,8 @@ use crate::completions::Kind;
 use crate::embeddings::fnv1a;
 use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
-    model_list, read_body, serve_completion, serve_embeddings, serve_responses, Inference, Serving,
-    MAX_BODY_BYTES, MODEL_CREATED,
+    model_list, read_body, serve_completion, serve_embeddings, serve_messages, serve_responses,
+    Inference, Serving, MAX_BODY_BYTES, MODEL_CREATED,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -110,6 +110,8 @@ impl Ollama {
             (&Method::POST, "/v1/embeddings") => {
                 self.openai(state, request, Inference::Embeddings).await
             }
+            // Anthropic's API, as Ollama serves it for Claude Code.
+            (&Method::POST, "/v1/messages") => self.messages(state, request).await,
             _ => text(StatusCode::NOT_FOUND, "404 page not found"),
         }
     }
@@ -249,7 +251,61 @@ impl Ollama {
             }
             Inference::Responses => serve_responses(state, &body, model, serving).await,
             Inference::Embeddings => serve_embeddings(state, &body, model, serving),
+            Inference::Messages => serve_messages(state, &body, model, serving).await,
         }
+    }
+
+    /// `POST /v1/messages`: the model loaded on demand, errors in Anthropic's shape.
+    async fn messages(
+        &self,
+        state: &Arc<SimState>,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let refuse = |status: StatusCode, kind: &str, message: &str| {
+            crate::messages::error_response(status, kind, message)
+        };
+        let body = match read_body(state, request, MAX_BODY_BYTES).await {
+            Ok(body) => body,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &e.to_string(),
+                )
+            }
+        };
+        let Some(model) = model_field(&body) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "model is required",
+            );
+        };
+        let lease = match self.pool.acquire(model, self.default_keep_alive).await {
+            Ok(lease) => lease,
+            Err(AcquireError::Unknown) => {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    "not_found_error",
+                    &not_found_message(model),
+                )
+            }
+            Err(e) => {
+                return refuse(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "api_error",
+                    &load_error_message(e),
+                )
+            }
+        };
+        let serving = Serving {
+            stream: StreamExtras {
+                hold: Some(Box::new(lease)),
+                ..StreamExtras::default()
+            },
+            leading_space: false,
+        };
+        serve_messages(state, &body, model, serving).await
     }
 
     /// Loads `model` for one request; the error is the native reply.

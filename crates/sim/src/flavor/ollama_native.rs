@@ -104,6 +104,7 @@ pub async fn generate(
     let reply = Reply {
         chat,
         model: ask.model.clone(),
+        answer: Answer::from_request(&body, chat),
     };
     if ask.empty {
         if ask.keep_alive == KeepAlive::For(Duration::ZERO) {
@@ -131,17 +132,20 @@ pub async fn generate(
         Ok(lease) => lease,
         Err(response) => return response,
     };
-    let tokens = ask
-        .num_predict
-        .map_or(state.tokens, |n| n.min(state.tokens));
+    let tokens = if reply.answer.fixed() {
+        1
+    } else {
+        ask.num_predict
+            .map_or(state.tokens, |n| n.min(state.tokens))
+    };
     let run = Run {
-        reply,
-        tokens,
-        done_reason: if tokens < state.tokens {
+        done_reason: if tokens < state.tokens && !reply.answer.fixed() {
             "length"
         } else {
             "stop"
         },
+        reply,
+        tokens,
         prompt_tokens: ask.prompt_tokens,
         started,
         load_duration: lease.load_duration,
@@ -173,20 +177,114 @@ pub async fn generate(
     if !work.is_zero() {
         tokio::time::sleep(work).await;
     }
-    let text: String = (0..tokens).map(token_text).collect();
-    let value = run.reply.line(&text, Some(run.final_fields()));
+    let value = run.reply.whole(tokens, run.final_fields());
     guard.complete();
     drop(lease);
     json_response(StatusCode::OK, &value)
+}
+
+/// What a request asks for besides words, answered as a model would: a call
+/// to the first of its `tools` (until the conversation ends with a tool's
+/// result), JSON for `format`, and thinking for `think`.
+#[derive(Default)]
+struct Answer {
+    /// The call, in Ollama's shape (arguments an object, following the
+    /// tool's parameter schema).
+    tool_call: Option<Value>,
+    /// The whole content when `format` asks for JSON.
+    structured: Option<String>,
+    thinking: bool,
+}
+
+impl Answer {
+    fn from_request(body: &Value, chat: bool) -> Answer {
+        let after_result = body["messages"]
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m["role"] == "tool");
+        let tool_call = match (chat && !after_result, body["tools"].as_array()) {
+            (true, Some(tools)) => tools.first().and_then(|t| {
+                let function = t.get("function")?;
+                let arguments = match function.get("parameters") {
+                    Some(schema) if schema.get("properties").is_some() => {
+                        crate::schema::example(schema)
+                    }
+                    _ => json!({}),
+                };
+                Some(json!({"function": {"name": function.get("name")?, "arguments": arguments}}))
+            }),
+            _ => None,
+        };
+        let structured = match body.get("format") {
+            Some(Value::String(f)) if f == "json" => Some(json!({"answer": "t0"}).to_string()),
+            Some(schema @ Value::Object(_)) => Some(crate::schema::example(schema).to_string()),
+            _ => None,
+        };
+        let thinking = match body.get("think") {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(level)) => !level.is_empty(),
+            _ => false,
+        };
+        Answer {
+            tool_call,
+            structured,
+            thinking,
+        }
+    }
+
+    /// A tool call or a JSON answer comes whole, as one token.
+    fn fixed(&self) -> bool {
+        self.tool_call.is_some() || self.structured.is_some()
+    }
 }
 
 /// How replies to one generate or chat request are shaped.
 struct Reply {
     chat: bool,
     model: String,
+    answer: Answer,
 }
 
 impl Reply {
+    /// The line for token `i` of a stream: thinking comes with the first.
+    fn token_line(&self, i: u64) -> Value {
+        let text = match (&self.answer.tool_call, &self.answer.structured) {
+            (Some(_), _) => String::new(),
+            (None, Some(json)) => json.clone(),
+            (None, None) => token_text(i),
+        };
+        let mut line = self.line(&text, None);
+        self.decorate(&mut line, i == 0);
+        line
+    }
+
+    /// The whole reply of `tokens` tokens, with the final fields.
+    fn whole(&self, tokens: u64, done: Value) -> Value {
+        let text: String = match &self.answer.structured {
+            Some(json) => json.clone(),
+            None if self.answer.tool_call.is_some() => String::new(),
+            None => (0..tokens).map(token_text).collect(),
+        };
+        let mut line = self.line(&text, Some(done));
+        self.decorate(&mut line, true);
+        line
+    }
+
+    /// Adds the tool call and (on the first line) the thinking.
+    fn decorate(&self, line: &mut Value, first: bool) {
+        let target = if self.chat {
+            &mut line["message"]
+        } else {
+            &mut *line
+        };
+        if first && self.answer.thinking {
+            target["thinking"] = json!(crate::completions::REASONING);
+        }
+        if let Some(call) = &self.answer.tool_call {
+            target["tool_calls"] = json!([call]);
+        }
+    }
+
     /// One NDJSON object; `done` carries the final line's extra fields.
     fn line(&self, content: &str, done: Option<Value>) -> Value {
         let mut value = json!({
@@ -262,11 +360,7 @@ async fn stream(
                 () = tx.closed() => return,
             }
         }
-        if tx
-            .send(ndjson(&run.reply.line(&token_text(i), None)))
-            .await
-            .is_err()
-        {
+        if tx.send(ndjson(&run.reply.token_line(i))).await.is_err() {
             return;
         }
         if crash {
@@ -416,6 +510,7 @@ mod tests {
         let generate = Reply {
             chat: false,
             model: "m".into(),
+            answer: Answer::default(),
         };
         let line = generate.line("t0 ", None);
         assert_eq!(line["response"], "t0 ");
@@ -428,6 +523,7 @@ mod tests {
         let chat = Reply {
             chat: true,
             model: "m".into(),
+            answer: Answer::default(),
         };
         let line = chat.line("x", None);
         assert_eq!(

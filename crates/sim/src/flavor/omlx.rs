@@ -15,8 +15,8 @@ use crate::args::Args;
 use crate::completions::Kind;
 use crate::response::{bad_request, json_response, openai_error, ResponseBody};
 use crate::routes::{
-    model_list, read_body, serve_completion, serve_embeddings, serve_responses, Inference, Serving,
-    MAX_BODY_BYTES,
+    model_list, read_body, serve_completion, serve_embeddings, serve_messages, serve_responses,
+    Inference, Serving, MAX_BODY_BYTES,
 };
 use crate::state::SimState;
 use crate::streaming::StreamExtras;
@@ -87,6 +87,9 @@ impl Omlx {
             (&Method::POST, "/v1/embeddings") => {
                 self.inference(state, request, Inference::Embeddings).await
             }
+            (&Method::POST, "/v1/messages") => {
+                self.inference(state, request, Inference::Messages).await
+            }
             // FastAPI's own 404.
             _ => json_response(StatusCode::NOT_FOUND, &json!({"detail": "Not Found"})),
         }
@@ -154,7 +157,8 @@ impl Omlx {
                     "estimated_size": m.size,
                     "actual_size": m.loaded.then_some(m.size),
                     "pinned": false,
-                    "engine_type": "batched",
+                    // As oMLX tells them apart: by what the model is.
+                    "engine_type": if m.name.to_ascii_lowercase().contains("embed") { "embedding" } else { "batched" },
                     "model_type": "llm",
                     "last_access": m.last_access.map(epoch_seconds),
                     "max_context_window": MAX_CONTEXT,
@@ -250,6 +254,8 @@ impl Omlx {
             // Its keep-alive chunk is a chat or text chunk; a Responses stream
             // has events of its own, so it goes without.
             Inference::Responses => serve_responses(state, &body, model, serving(None)).await,
+            // Anthropic's stream has its own keep-alive, the `ping` it opens with.
+            Inference::Messages => serve_messages(state, &body, model, serving(None)).await,
         }
     }
 }
