@@ -60,6 +60,12 @@ impl Reader {
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, Error> {
         let mut sql = format!("SELECT {COLUMNS} FROM requests WHERE 1 = 1");
         let mut args: Vec<Value> = Vec::new();
+        if let Some(since) = q.since_ms {
+            sql.push_str(" AND id >= ?");
+            args.push(Value::Integer(
+                first_done_since(&self.conn, since).map_err(Error::read)?,
+            ));
+        }
         if let Some(m) = &q.model {
             sql.push_str(" AND (model_served = ? OR model_asked = ?)");
             args.push(Value::Text(m.clone()));
@@ -90,6 +96,7 @@ impl Reader {
 
     /// Per model, busiest first, for the requests since `since_ms`.
     pub fn summary(&self, since_ms: u64) -> Result<Vec<Summary>, Error> {
+        let first = first_done_since(&self.conn, since_ms).map_err(Error::read)?;
         let mut stmt = self
             .conn
             .prepare(
@@ -98,12 +105,12 @@ impl Reader {
                  coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), \
                  sum(swap = 'caused'), coalesce(sum(CASE WHEN swap IS NOT NULL THEN queue_ms END), 0), \
                  avg(tokens_per_s), avg(ttfb_ms) \
-                 FROM requests WHERE at_ms >= ?1 GROUP BY model_served \
+                 FROM requests WHERE id >= ?2 AND at_ms >= ?1 GROUP BY model_served \
                  ORDER BY count(*) DESC, model_served",
             )
             .map_err(Error::read)?;
         let rows = stmt
-            .query_map([since_ms as i64], |r| {
+            .query_map([since_ms as i64, first], |r| {
                 Ok(Summary {
                     model: r.get(0)?,
                     requests: r.get::<_, i64>(1)? as u64,
@@ -135,6 +142,49 @@ impl Reader {
             .map(|n| n as u64)
             .map_err(Error::read)
     }
+}
+
+/// How far the order records are written in may stray from the order their
+/// requests ended in (clocks read on different threads).
+const STRAY_MS: u64 = 1000;
+
+/// The first row id whose request ended at or after `ms` (or one past the last
+/// row): rows are written as requests end, so their end times rise with the
+/// id, and a binary search over the id finds it in a few dozen reads. Every
+/// request that began at or after `ms` has an id at least this.
+pub(crate) fn first_done_since(conn: &Connection, ms: u64) -> rusqlite::Result<i64> {
+    let target = ms.saturating_sub(STRAY_MS) as f64;
+    let (min, max): (Option<i64>, Option<i64>) =
+        conn.query_row("SELECT min(id), max(id) FROM requests", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    let (Some(mut lo), Some(max)) = (min, max) else {
+        return Ok(0);
+    };
+    let mut hi = max + 1;
+    let mut next = conn.prepare_cached(
+        "SELECT id, at_ms + total_ms FROM requests WHERE id >= ?1 ORDER BY id LIMIT 1",
+    )?;
+    // Invariant: every row below `lo` ended before `target`, the row at `hi`
+    // (or the end) at or after it.
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let row: Option<(i64, f64)> = next
+            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        match row {
+            // No row in [mid, hi): the answer is at or below mid.
+            None => hi = mid,
+            Some((id, _)) if id >= hi => hi = mid,
+            Some((id, done)) if done < target => lo = id + 1,
+            Some((id, _)) => hi = id,
+        }
+    }
+    Ok(lo)
 }
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {

@@ -216,6 +216,12 @@ fn retention_keeps_the_records_under_max_dropping_the_oldest() {
     };
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     let mut conn = schema::open_for_writing(&s.path).unwrap();
+    if std::env::var_os("NOIDX").is_some() {
+        conn.execute_batch("DROP INDEX requests_model_at").unwrap();
+    }
+    if std::env::var_os("NOIDX2").is_some() {
+        conn.execute_batch("DROP INDEX requests_at").unwrap();
+    }
     let batch: Vec<Record> = (0..2000)
         .map(|n| Record {
             body: Some("x".repeat(500)),
@@ -318,4 +324,52 @@ fn survives_kill_9() {
     let r = log.reader().unwrap();
     assert_eq!(r.integrity_check().unwrap(), "ok");
     assert!(r.count().unwrap() >= seen);
+}
+
+#[test]
+fn the_first_row_that_ended_since_is_found_across_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
+    let mut conn = schema::open_for_writing(&s.path).unwrap();
+    assert_eq!(
+        query::first_done_since(&conn, 5).unwrap(),
+        0,
+        "an empty log"
+    );
+    // Rows 1..=300 ending at 10 000 ms apart; then every third one deleted.
+    let rows: Vec<Record> = (1..=300)
+        .map(|n| Record {
+            at_ms: n * 10_000,
+            total_ms: 500.0,
+            ..rec(n, "m")
+        })
+        .collect();
+    writer::insert_for_test(&mut conn, &rows);
+    conn.execute("DELETE FROM requests WHERE id % 3 = 0", [])
+        .unwrap();
+    let ids: Vec<(i64, f64)> = conn
+        .prepare("SELECT id, at_ms + total_ms FROM requests ORDER BY id")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for ms in [
+        0u64, 0, 10_000, 10_501, 11_501, 55_000, 1_234_567, 2_999_999, 3_000_500, 3_001_501,
+        9_999_999,
+    ] {
+        let target = ms.saturating_sub(1000) as f64;
+        let expected = ids
+            .iter()
+            .find(|(_, done)| *done >= target)
+            .map_or(ids.last().unwrap().0 + 1, |(id, _)| *id);
+        let got = query::first_done_since(&conn, ms).unwrap();
+        // Equal, or the same place: no row between them.
+        let between = ids
+            .iter()
+            .filter(|(id, _)| (got.min(expected)..got.max(expected)).contains(id))
+            .count();
+        assert_eq!(between, 0, "since {ms}: got {got}, expected {expected}");
+    }
 }
