@@ -24,7 +24,9 @@ mod yaml;
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
 pub use request_log::{RequestLog, RequestLogSettings};
-pub use schema::{Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model};
+pub use schema::{
+    Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model, Priority,
+};
 pub use size::ByteSize;
 pub use suggest::{close_names, closest};
 pub use timeout::Timeout;

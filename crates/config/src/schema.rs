@@ -150,6 +150,34 @@ pub enum LoadingProgress {
     Off,
 }
 
+/// Whose wait counts: a person's (`interactive`) or a job's (`background`),
+/// which never makes a person wait for a swap.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Background,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Background => "background",
+        }
+    }
+
+    /// A header's value (`x-modelyard-priority`), case-insensitive.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "interactive" => Some(Priority::Interactive),
+            "background" => Some(Priority::Background),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {

@@ -94,7 +94,8 @@ async fn forward(
     );
     let acquire = {
         let (state, model) = (state.clone(), model.clone());
-        async move { lease(&state, &model).await }
+        let ask = crate::asker::of(&parts.extensions);
+        async move { lease(&state, &model, ask).await }
     };
     let send = Upstream {
         state: state.clone(),
@@ -132,10 +133,14 @@ pub(crate) async fn routable(state: &Inner, name: &str) -> Result<String, ApiErr
 /// uploads, direct passthrough): waits up to queue_timeout for `model` to be
 /// ready, leases it, and counts the wait in the metrics. The lease then lives in
 /// the response body and is given back when the body ends or is dropped.
-pub(crate) async fn lease(state: &Inner, model: &str) -> Result<Lease, ApiError> {
+pub(crate) async fn lease(
+    state: &Inner,
+    model: &str,
+    ask: modelyard_supervisor::Ask,
+) -> Result<Lease, ApiError> {
     let deadline = Instant::now() + state.config().queue_timeout;
     let asked = Instant::now();
-    let lease = state.supervisor.acquire(model, deadline).await?;
+    let lease = state.supervisor.acquire_as(model, deadline, ask).await?;
     state.metrics.queue_wait(model, asked.elapsed());
     Ok(lease)
 }

@@ -153,7 +153,11 @@ impl<E: Effects> Owner<E> {
                 Decision::Evict(victims) => {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
+                    let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
                     for v in &victims {
+                        if let Some(s) = self.slots.get_mut(v) {
+                            s.swap_for = Some((client, now));
+                        }
                         self.begin_drain_until(
                             v,
                             Reason::MakeRoom,
@@ -319,20 +323,30 @@ impl From<Admission<'_>> for Decision {
 }
 
 /// Until when a model draining for a swap, with nothing in flight, stays to see
-/// whether its burst goes on: as long as bringing it back would take (its usual
-/// load), never past `serve_until`. Swapping away in a pause shorter than that
-/// only to swap back costs a load; waiting out the pause costs at most one. Only
-/// a model in a burst (its last two requests closer than a load) lingers: one a
-/// user has just moved away from goes at once.
+/// whether others still need it: as long as bringing it back would take (its
+/// usual load), never past `serve_until`. Swapping away in a pause shorter than
+/// that only to swap back costs a load; waiting out the pause costs at most one.
+///
+/// It lingers only on evidence that someone other than the client the swap is
+/// for still uses it: a request from another client during the swap, or a
+/// burst (its last two requests closer than a load) that another client took
+/// part in. One client's burst is no such evidence: a person who sent a chat
+/// and its title request, then asked for another model, has moved on, and
+/// waiting for them to come back costs the switch a second load's time.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if s.phase() != Phase::Draining || s.in_flight > 0 {
         return None;
     }
     let load = median(&s.recent_loads)?;
-    let [Some(before), Some(last)] = s.admitted else {
+    let (mover, decided) = s.swap_for?;
+    let [before, Some((last, last_client))] = s.admitted else {
         return None;
     };
-    if last.saturating_duration_since(before) >= load {
+    let asked_during_swap = last >= decided && last_client != mover;
+    let shared_burst = before.is_some_and(|(at, client)| {
+        last.saturating_duration_since(at) < load && (client != mover || last_client != mover)
+    });
+    if !asked_during_swap && !shared_burst {
         return None;
     }
     let until = s.serve_until()?.min(s.last_used + load);

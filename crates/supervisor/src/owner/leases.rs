@@ -7,7 +7,13 @@
 use super::*;
 
 impl<E: Effects> Owner<E> {
-    pub(super) fn on_acquire(&mut self, model: String, deadline: Instant, reply: Reply) {
+    pub(super) fn on_acquire(
+        &mut self,
+        model: String,
+        deadline: Instant,
+        ask: crate::Ask,
+        reply: Reply,
+    ) {
         if self.shutting_down {
             let _ = reply.send(Err(SupervisorError::ShuttingDown));
             return;
@@ -39,7 +45,7 @@ impl<E: Effects> Owner<E> {
             return;
         }
         if (slot.phase() == Phase::Ready || swap_grace) && slot.queue.is_empty() {
-            let lease = self.lease(&key);
+            let lease = self.lease(&key, ask.client);
             let _ = reply.send(lease);
             return;
         }
@@ -69,6 +75,7 @@ impl<E: Effects> Owner<E> {
             deadline,
             since: Instant::now(),
             seq,
+            ask,
         });
     }
 
@@ -102,13 +109,13 @@ impl<E: Effects> Owner<E> {
             if w.reply.is_closed() {
                 continue;
             }
-            let lease = self.lease(m);
+            let lease = self.lease(m, w.ask.client);
             // A lease nobody waits for any more is dropped here, and released.
             let _ = w.reply.send(lease);
         }
     }
 
-    pub(super) fn lease(&mut self, m: &ModelKey) -> Result<Lease, SupervisorError> {
+    pub(super) fn lease(&mut self, m: &ModelKey, client: u64) -> Result<Lease, SupervisorError> {
         let slot = self.slots.get_mut(m).expect("exists");
         let inst = &self.instances[&slot.instance];
         let endpoint = inst
@@ -122,7 +129,7 @@ impl<E: Effects> Owner<E> {
         let now = Instant::now();
         slot.in_flight += 1;
         slot.last_used = now;
-        slot.admitted = [slot.admitted[1], Some(now)];
+        slot.admitted = [slot.admitted[1], Some((now, client))];
         Ok(Lease {
             model: m.to_string(),
             upstream_model: slot.upstream.clone(),

@@ -150,8 +150,9 @@ impl<E: Effects> Owner<E> {
                 Msg::Acquire {
                     model,
                     deadline,
+                    ask,
                     reply,
-                } => self.on_acquire(model, deadline, reply),
+                } => self.on_acquire(model, deadline, ask, reply),
                 Msg::Released { model, generation } => self.on_released(model, generation),
                 Msg::StartDone {
                     key,

@@ -10,6 +10,7 @@ pub(crate) enum Msg {
     Acquire {
         model: String,
         deadline: Instant,
+        ask: crate::Ask,
         reply: Reply,
     },
     Released {

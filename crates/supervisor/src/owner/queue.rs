@@ -17,6 +17,7 @@ pub(super) struct Waiter {
     pub since: Instant,
     /// Arrival order; instants can tie, this cannot. Increases along the queue.
     pub seq: u64,
+    pub ask: crate::Ask,
 }
 
 #[derive(Default)]
@@ -110,6 +111,7 @@ mod tests {
             deadline: t0 + Duration::from_secs(after_s),
             since: t0,
             seq,
+            ask: crate::Ask::default(),
         };
         (w, rx)
     }

@@ -79,6 +79,7 @@ impl<E: Effects> Owner<E> {
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
+                swap_for: None,
                 queue: Queue::default(),
                 why: String::new(),
                 failures: 0,

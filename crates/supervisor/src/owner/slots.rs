@@ -19,9 +19,12 @@ pub(super) struct Slot {
     pub(super) state: State,
     pub(super) in_flight: usize,
     pub(super) last_used: Instant,
-    /// When its last two requests were admitted: closer than a load's time apart,
-    /// they make a burst, which a swap waits out (see linger_until).
-    pub(super) admitted: [Option<Instant>; 2],
+    /// When its last two requests were admitted, and by which client: closer
+    /// than a load's time apart and not only from the client a swap is for,
+    /// they make a burst a swap waits out (see linger_until).
+    pub(super) admitted: [Option<(Instant, u64)>; 2],
+    /// Drained for a swap: the client the swap is for, and when it was decided.
+    pub(super) swap_for: Option<(u64, Instant)>,
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
