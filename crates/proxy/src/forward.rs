@@ -136,9 +136,17 @@ pub(crate) async fn routable(state: &Inner, name: &str) -> Result<String, ApiErr
 pub(crate) async fn lease(
     state: &Inner,
     model: &str,
-    ask: modelyard_supervisor::Ask,
+    asker: crate::asker::Asker,
 ) -> Result<Lease, ApiError> {
-    let deadline = Instant::now() + state.config().queue_timeout;
+    let config = state.config();
+    let ask = asker.for_model(&config, model);
+    // Background work waits longer: it yields to people, not to a clock.
+    let patience = match ask.priority {
+        modelyard_config::Priority::Interactive => config.queue_timeout,
+        modelyard_config::Priority::Background => config.background_queue_timeout,
+    };
+    drop(config);
+    let deadline = Instant::now() + patience;
     let asked = Instant::now();
     let lease = state.supervisor.acquire_as(model, deadline, ask).await?;
     state.metrics.queue_wait(model, asked.elapsed());

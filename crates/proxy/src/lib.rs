@@ -190,8 +190,10 @@ impl Router {
             if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
                 return e.render(error::Dialect::of(path));
             }
-            let ask = asker::ask(req.headers(), peer);
-            req.extensions_mut().insert(ask);
+            match asker::ask(&self.inner.config(), req.headers(), peer) {
+                Ok(ask) => req.extensions_mut().insert(ask),
+                Err(e) => return e.render(error::Dialect::of(path)),
+            };
         }
         if req.uri().path().starts_with("/api/") {
             return Box::pin(ollama::handle(self.inner, req, peer)).await;

@@ -506,6 +506,117 @@ async fn the_mover_s_own_request_during_the_swap_keeps_nothing() {
     ledger(&s).await;
 }
 
+/// A background request (an indexer's, say) that waits in the background.
+fn background_later(
+    s: &Supervisor,
+    model: &'static str,
+    patience: Duration,
+) -> tokio::task::JoinHandle<Result<Lease, SupervisorError>> {
+    let s = s.clone();
+    let ask = crate::Ask {
+        client: 99,
+        priority: crate::Priority::Background,
+    };
+    tokio::spawn(async move { s.acquire_as(model, Instant::now() + patience, ask).await })
+}
+
+async fn queued(s: &Supervisor, model: &str) -> (usize, usize) {
+    let snap = s.snapshot().await.unwrap();
+    let m = snap.model(model).unwrap();
+    (m.queued, m.queued_background)
+}
+
+/// Alice chatted with daily a moment ago; an indexer asks for deep, which
+/// only evicting daily would make room for. It waits out her grace
+/// (interactive_grace, 60 s), then deep loads.
+#[tokio::test(start_paused = true)]
+async fn background_work_never_evicts_a_model_a_person_uses_and_runs_once_they_are_done() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    advance(Duration::from_secs(10)).await;
+    let job = background_later(&s, "deep", Duration::from_secs(600));
+    advance(Duration::from_secs(40)).await;
+    assert_eq!(queued(&s, "deep").await, (1, 1));
+    assert_eq!(
+        phase(&s, "daily").await,
+        Phase::Ready,
+        "daily stays for Alice"
+    );
+    assert_eq!(fake.count("p/deep"), 0);
+    // Alice asks again 50 s after her first: her grace starts over.
+    drop(get_as(&s, "daily", ALICE).await);
+    advance(Duration::from_secs(59)).await;
+    assert_eq!(fake.count("p/deep"), 0, "within 60 s of her last request");
+    advance(Duration::from_secs(1) + STOP + LOAD).await;
+    drop(job.await.unwrap().expect("served once the grace ran out"));
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+/// Background work is served at once by a model already loaded, and may
+/// take free memory; only evictions are a person's to cause.
+#[tokio::test(start_paused = true)]
+async fn background_work_takes_what_is_loaded_or_free() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    let asked = Instant::now();
+    let embed = background_later(&s, "embed", Duration::from_secs(600));
+    drop(embed.await.unwrap().expect("fits beside daily"));
+    assert_eq!(asked.elapsed(), LOAD);
+    let again = background_later(&s, "daily", Duration::from_secs(1));
+    drop(
+        again
+            .await
+            .unwrap()
+            .expect("daily is loaded: served at once"),
+    );
+    assert_eq!(fake.count("p/daily"), 1);
+    ledger(&s).await;
+}
+
+/// A background request that waits past its background_queue_timeout gets
+/// `Yielded`, which says why.
+#[tokio::test(start_paused = true)]
+async fn background_work_that_waits_too_long_says_it_yielded() {
+    let (s, fake) = start(SEED);
+    let chat = get_as(&s, "daily", ALICE).await;
+    let job = background_later(&s, "deep", Duration::from_secs(120));
+    advance(Duration::from_secs(121)).await;
+    match job.await.unwrap() {
+        Err(SupervisorError::Yielded { model, why, .. }) => {
+            assert_eq!(model, "deep");
+            assert!(why.contains("daily"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.count("p/deep"), 0);
+    drop(chat);
+    ledger(&s).await;
+}
+
+/// An indexer waits for deep behind Alice's use of daily; then Alice asks for
+/// deep herself. Her request goes first: deep loads now, and both are served.
+#[tokio::test(start_paused = true)]
+async fn an_interactive_request_overtakes_background_ones_queued_earlier() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    let job = background_later(&s, "deep", Duration::from_secs(600));
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(fake.count("p/deep"), 0);
+    let asked = Instant::now();
+    let alice = acquire_later_as(&s, "deep", ALICE);
+    let lease = alice.await.unwrap().expect("Alice's request loads deep");
+    assert_eq!(
+        asked.elapsed(),
+        STOP + LOAD,
+        "one stop and one load, no grace"
+    );
+    drop(job.await.unwrap().expect("served with her"));
+    drop(lease);
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn idle_models_unload_after_their_timeout_and_pinned_ones_stay() {
     let (s, _) = start(SEED);

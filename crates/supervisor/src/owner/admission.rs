@@ -9,9 +9,23 @@ impl<E: Effects> Owner<E> {
         // Waiters out of time get the reason they waited.
         for (name, slot) in self.slots.iter_mut() {
             for w in slot.queue.take_expired(now) {
+                let waited = now.saturating_duration_since(w.since);
+                if w.ask.priority == crate::Priority::Background {
+                    let why = if slot.why.is_empty() {
+                        "interactive requests kept the machine busy".to_string()
+                    } else {
+                        slot.why.clone()
+                    };
+                    let _ = w.reply.send(Err(SupervisorError::Yielded {
+                        model: name.to_string(),
+                        waited,
+                        why,
+                    }));
+                    continue;
+                }
                 let _ = w.reply.send(Err(SupervisorError::Timeout {
                     model: name.to_string(),
-                    waited: now.saturating_duration_since(w.since),
+                    waited,
                     why: {
                         let why = if slot.why.is_empty() {
                             "its backend is still starting"
@@ -101,14 +115,15 @@ impl<E: Effects> Owner<E> {
         }
         let now = Instant::now();
         self.settle_abandoned();
-        let mut waiting: Vec<(u64, ModelKey)> = self
+        // Models a person waits for first, then background work; each in arrival order.
+        let mut waiting: Vec<(crate::Priority, u64, ModelKey)> = self
             .slots
             .iter()
-            .filter_map(|(k, s)| s.queue.front().map(|w| (w.seq, k.clone())))
+            .filter_map(|(k, s)| s.queue.front().map(|w| (w.ask.priority, w.seq, k.clone())))
             .collect();
         waiting.sort();
         let mut promised = 0u64;
-        for (_, m) in waiting {
+        for (priority, _, m) in waiting {
             let slot = &self.slots[&m];
             match slot.phase() {
                 Phase::Ready => {
@@ -146,7 +161,13 @@ impl<E: Effects> Owner<E> {
                     .map(|k| self.view(k))
                     .collect();
                 others.extend(self.server_views());
-                Decision::from(admit(self.ledger.budget(), promised, &target, &others))
+                Decision::from(admit_as(
+                    self.ledger.budget(),
+                    promised,
+                    priority,
+                    &target,
+                    &others,
+                ))
             };
             match decision {
                 Decision::Start => self.start_model(&m),
@@ -178,7 +199,7 @@ impl<E: Effects> Owner<E> {
                     let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
                 }
-                Decision::Blocked(why) => {
+                Decision::Blocked(why) | Decision::Yield(why) => {
                     // Memory nothing can free is promised to nobody.
                     let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
@@ -258,6 +279,10 @@ impl<E: Effects> Owner<E> {
             phase: if s.counted { s.phase() } else { Phase::Cold },
             in_flight: s.in_flight,
             last_used: s.last_used,
+            interactive: s.interactive_in_flight > 0
+                || s.queue.len() > s.queue.background()
+                || s.last_interactive
+                    .is_some_and(|t| Instant::now() < t + self.config.interactive_grace),
         }
     }
 
@@ -275,6 +300,7 @@ impl<E: Effects> Owner<E> {
                 phase: Phase::Ready,
                 in_flight: 0,
                 last_used: i.up_since,
+                interactive: false,
             })
             .collect()
     }
@@ -288,6 +314,9 @@ impl<E: Effects> Owner<E> {
         // An overdue idle unload that waits on a co-resident model is not due again
         // until that one is; counting it would spin.
         let later = |d: &Instant| *d > now;
+        // Background work waiting for a person's grace to run out is retried then.
+        let grace = self.config.interactive_grace;
+        let yielding = self.slots.values().any(|s| s.queue.background() > 0);
         self.slots
             .values()
             .flat_map(|s| {
@@ -297,6 +326,12 @@ impl<E: Effects> Owner<E> {
                     .chain(idle_deadline(s).filter(later))
                     .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
                     .chain(linger_until(s))
+                    .chain(
+                        s.last_interactive
+                            .map(|t| t + grace)
+                            .filter(|_| yielding)
+                            .filter(later),
+                    )
             })
             .min()
     }
@@ -309,6 +344,7 @@ enum Decision {
     Evict(Vec<ModelKey>),
     Wait(String),
     Blocked(String),
+    Yield(String),
 }
 
 impl From<Admission<'_>> for Decision {
@@ -318,6 +354,9 @@ impl From<Admission<'_>> for Decision {
             Admission::Evict(v) => Decision::Evict(v.into_iter().map(ModelKey::from).collect()),
             Admission::Wait(why) => Decision::Wait(why),
             Admission::Blocked(why) => Decision::Blocked(why),
+            Admission::Yield(why) => {
+                Decision::Yield(format!("it yields to interactive work: {why}"))
+            }
         }
     }
 }

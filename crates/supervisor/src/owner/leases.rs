@@ -45,7 +45,7 @@ impl<E: Effects> Owner<E> {
             return;
         }
         if (slot.phase() == Phase::Ready || swap_grace) && slot.queue.is_empty() {
-            let lease = self.lease(&key, ask.client);
+            let lease = self.lease(&key, ask);
             let _ = reply.send(lease);
             return;
         }
@@ -79,7 +79,7 @@ impl<E: Effects> Owner<E> {
         });
     }
 
-    pub(super) fn on_released(&mut self, model: ModelKey, generation: u64) {
+    pub(super) fn on_released(&mut self, model: ModelKey, generation: u64, interactive: bool) {
         let Some(slot) = self.slots.get_mut(&model) else {
             return;
         };
@@ -89,6 +89,10 @@ impl<E: Effects> Owner<E> {
         }
         slot.in_flight -= 1;
         slot.last_used = Instant::now();
+        if interactive {
+            slot.interactive_in_flight = slot.interactive_in_flight.saturating_sub(1);
+            slot.last_interactive = Some(slot.last_used);
+        }
         if slot.phase() == Phase::Draining && slot.in_flight == 0 {
             // The swap it drained for may have been given up meanwhile.
             self.settle_abandoned();
@@ -109,13 +113,17 @@ impl<E: Effects> Owner<E> {
             if w.reply.is_closed() {
                 continue;
             }
-            let lease = self.lease(m, w.ask.client);
+            let lease = self.lease(m, w.ask);
             // A lease nobody waits for any more is dropped here, and released.
             let _ = w.reply.send(lease);
         }
     }
 
-    pub(super) fn lease(&mut self, m: &ModelKey, client: u64) -> Result<Lease, SupervisorError> {
+    pub(super) fn lease(
+        &mut self,
+        m: &ModelKey,
+        ask: crate::Ask,
+    ) -> Result<Lease, SupervisorError> {
         let slot = self.slots.get_mut(m).expect("exists");
         let inst = &self.instances[&slot.instance];
         let endpoint = inst
@@ -129,7 +137,12 @@ impl<E: Effects> Owner<E> {
         let now = Instant::now();
         slot.in_flight += 1;
         slot.last_used = now;
-        slot.admitted = [slot.admitted[1], Some((now, client))];
+        slot.admitted = [slot.admitted[1], Some((now, ask.client))];
+        let interactive = ask.priority == crate::Priority::Interactive;
+        if interactive {
+            slot.interactive_in_flight += 1;
+            slot.last_interactive = Some(now);
+        }
         Ok(Lease {
             model: m.to_string(),
             upstream_model: slot.upstream.clone(),
@@ -142,6 +155,7 @@ impl<E: Effects> Owner<E> {
             release: Release {
                 model: m.clone(),
                 generation: inst.generation,
+                interactive,
                 tx: self.tx.clone(),
             },
         })
@@ -171,6 +185,7 @@ impl<E: Effects> Owner<E> {
             release: Release {
                 model: model.into(),
                 generation: inst.generation,
+                interactive: false,
                 tx: self.tx.clone(),
             },
         }))

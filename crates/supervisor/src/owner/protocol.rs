@@ -16,6 +16,7 @@ pub(crate) enum Msg {
     Released {
         model: ModelKey,
         generation: u64,
+        interactive: bool,
     },
     StartDone {
         key: InstanceKey,

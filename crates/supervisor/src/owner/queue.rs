@@ -4,6 +4,9 @@
 //! `max_queue` up to a million a scan of every waiter would cost more than the
 //! message. Every way in or out of the queue goes through this type, so the
 //! index never names a waiter that has left.
+//!
+//! Two lanes, each in arrival order: interactive requests are served before
+//! background ones queued earlier for the same model.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -22,32 +25,50 @@ pub(super) struct Waiter {
 
 #[derive(Default)]
 pub(super) struct Queue {
-    waiters: VecDeque<Waiter>,
-    /// (deadline, seq) of every waiter in `waiters`.
+    /// Interactive waiters, then background ones; each lane in arrival order.
+    lanes: [VecDeque<Waiter>; 2],
+    /// (deadline, seq) of every waiter in either lane.
     deadlines: BTreeSet<(Instant, u64)>,
+}
+
+fn lane(w: &Waiter) -> usize {
+    match w.ask.priority {
+        crate::Priority::Interactive => 0,
+        crate::Priority::Background => 1,
+    }
 }
 
 impl Queue {
     pub fn len(&self) -> usize {
-        self.waiters.len()
+        self.lanes[0].len() + self.lanes[1].len()
+    }
+
+    /// Background waiters.
+    pub fn background(&self) -> usize {
+        self.lanes[1].len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.waiters.is_empty()
+        self.lanes.iter().all(VecDeque::is_empty)
     }
 
+    /// The next to be served: the first interactive waiter, else the first background one.
     pub fn front(&self) -> Option<&Waiter> {
-        self.waiters.front()
+        self.lanes[0].front().or_else(|| self.lanes[1].front())
     }
 
     pub fn push_back(&mut self, w: Waiter) {
-        debug_assert!(self.waiters.back().is_none_or(|b| b.seq < w.seq));
+        let lane = &mut self.lanes[lane(&w)];
+        debug_assert!(lane.back().is_none_or(|b| b.seq < w.seq));
         self.deadlines.insert((w.deadline, w.seq));
-        self.waiters.push_back(w);
+        lane.push_back(w);
     }
 
     pub fn pop_front(&mut self) -> Option<Waiter> {
-        let w = self.waiters.pop_front()?;
+        let w = match self.lanes[0].pop_front() {
+            Some(w) => w,
+            None => self.lanes[1].pop_front()?,
+        };
         self.deadlines.remove(&(w.deadline, w.seq));
         Some(w)
     }
@@ -66,8 +87,10 @@ impl Queue {
                 break;
             }
             self.deadlines.pop_first();
-            if let Ok(i) = self.waiters.binary_search_by_key(&seq, |w| w.seq) {
-                out.extend(self.waiters.remove(i));
+            for lane in &mut self.lanes {
+                if let Ok(i) = lane.binary_search_by_key(&seq, |w| w.seq) {
+                    out.extend(lane.remove(i));
+                }
             }
         }
         out
@@ -76,19 +99,22 @@ impl Queue {
     /// Drops the waiters whose client has gone away.
     pub fn retain_open(&mut self) {
         let deadlines = &mut self.deadlines;
-        self.waiters.retain(|w| {
-            let open = !w.reply.is_closed();
-            if !open {
-                deadlines.remove(&(w.deadline, w.seq));
-            }
-            open
-        });
+        for lane in &mut self.lanes {
+            lane.retain(|w| {
+                let open = !w.reply.is_closed();
+                if !open {
+                    deadlines.remove(&(w.deadline, w.seq));
+                }
+                open
+            });
+        }
     }
 
     /// Takes out every waiter, in arrival order.
     pub fn drain(&mut self) -> impl Iterator<Item = Waiter> + '_ {
         self.deadlines.clear();
-        self.waiters.drain(..)
+        let [interactive, background] = &mut self.lanes;
+        interactive.drain(..).chain(background.drain(..))
     }
 }
 
@@ -105,13 +131,28 @@ mod tests {
         Waiter,
         tokio::sync::oneshot::Receiver<Result<crate::Lease, crate::SupervisorError>>,
     ) {
+        waiter_at(seq, after_s, t0, crate::Priority::Interactive)
+    }
+
+    fn waiter_at(
+        seq: u64,
+        after_s: u64,
+        t0: Instant,
+        priority: crate::Priority,
+    ) -> (
+        Waiter,
+        tokio::sync::oneshot::Receiver<Result<crate::Lease, crate::SupervisorError>>,
+    ) {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let w = Waiter {
             reply,
             deadline: t0 + Duration::from_secs(after_s),
             since: t0,
             seq,
-            ask: crate::Ask::default(),
+            ask: crate::Ask {
+                priority,
+                ..Default::default()
+            },
         };
         (w, rx)
     }
@@ -140,5 +181,33 @@ mod tests {
         q.retain_open();
         assert!(q.is_empty());
         assert_eq!(q.next_deadline(), None, "nothing left names a deadline");
+    }
+
+    #[test]
+    fn interactive_waiters_go_before_background_ones_queued_earlier() {
+        use crate::Priority::{Background, Interactive};
+        let t0 = Instant::now();
+        let mut q = Queue::default();
+        let mut keep = Vec::new();
+        for (seq, after, p) in [
+            (1, 30, Background),
+            (2, 5, Background),
+            (3, 10, Interactive),
+        ] {
+            let (w, rx) = waiter_at(seq, after, t0, p);
+            q.push_back(w);
+            keep.push(rx);
+        }
+        assert_eq!((q.len(), q.background()), (3, 2));
+        assert_eq!(
+            q.front().map(|w| w.seq),
+            Some(3),
+            "the interactive one is next"
+        );
+        let expired = q.take_expired(t0 + Duration::from_secs(5));
+        assert_eq!(expired.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![2]);
+        let order: Vec<u64> = std::iter::from_fn(|| q.pop_front().map(|w| w.seq)).collect();
+        assert_eq!(order, vec![3, 1]);
+        assert_eq!(q.next_deadline(), None);
     }
 }

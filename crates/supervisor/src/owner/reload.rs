@@ -80,6 +80,8 @@ impl<E: Effects> Owner<E> {
                 last_used: now,
                 admitted: [None, None],
                 swap_for: None,
+                interactive_in_flight: 0,
+                last_interactive: None,
                 queue: Queue::default(),
                 why: String::new(),
                 failures: 0,

@@ -25,6 +25,10 @@ pub(super) struct Slot {
     pub(super) admitted: [Option<(Instant, u64)>; 2],
     /// Drained for a swap: the client the swap is for, and when it was decided.
     pub(super) swap_for: Option<(u64, Instant)>,
+    /// Interactive requests in flight, and when the last one was admitted or
+    /// ended: background work may not evict it while either says a person uses it.
+    pub(super) interactive_in_flight: usize,
+    pub(super) last_interactive: Option<Instant>,
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
@@ -185,6 +189,7 @@ impl<E: Effects> Owner<E> {
         self.enter(m, State::Cold);
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
+        slot.interactive_in_flight = 0;
         slot.idle_override = None;
         slot.measured = None;
         slot.unloading = false;
