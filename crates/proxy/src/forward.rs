@@ -169,13 +169,20 @@ async fn answer(
         match tokio::time::timeout(grace, &mut acquire).await {
             Ok(lease) => send.send(lease?).await,
             Err(_) => {
-                // Said in the progress comments: how long this model's loads take.
-                let usually = state
-                    .supervisor
-                    .snapshot()
-                    .await
-                    .and_then(|s| s.model(&send.model).and_then(|m| m.typical_load));
-                Ok(crate::progress::respond(acquire, send, usually))
+                // Said in the progress comments: how long this model's loads
+                // take, and the request's place in its model's line (its lane:
+                // interactive requests are served before background ones).
+                let snap = state.supervisor.snapshot().await;
+                let model = snap.as_ref().and_then(|s| s.model(&send.model));
+                let usually = model.and_then(|m| m.typical_load);
+                let priority = crate::asker::of(&send.parts.extensions)
+                    .for_model(&state.config(), &send.model)
+                    .priority;
+                let place = model.map(|m| match priority {
+                    modelyard_config::Priority::Interactive => m.queued - m.queued_background,
+                    modelyard_config::Priority::Background => m.queued,
+                });
+                Ok(crate::progress::respond(acquire, send, usually, place))
             }
         }
     } else {
