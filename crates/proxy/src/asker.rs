@@ -1,5 +1,5 @@
 //! Who a model request comes from, for the scheduler: a client identity (its
-//! API key, User-Agent and address, hashed) and a priority. Worked out once per
+//! API key, User-Agent and connection, hashed) and a priority. Worked out once per
 //! request, before its handler, and carried in the request's extensions to
 //! where it becomes a lease.
 
@@ -56,7 +56,7 @@ pub(crate) fn ask(
         })
         .map(|_| Priority::Background);
     Ok(Asker {
-        client: Ask::client_of(key, agent, Some(peer.ip())),
+        client: Ask::client_of(key, agent, Some(peer)),
         priority: header.or(of_key),
     })
 }
@@ -88,9 +88,10 @@ mod tests {
     }
 
     #[test]
-    fn one_app_is_one_client_whichever_connection_it_uses() {
+    fn a_client_is_one_connection_key_and_agent() {
         let a = client(Some("k1"), Some("OpenWebUI"), "127.0.0.1:5000");
-        assert_eq!(a, client(Some("k1"), Some("OpenWebUI"), "127.0.0.1:5001"));
+        assert_eq!(a, client(Some("k1"), Some("OpenWebUI"), "127.0.0.1:5000"));
+        assert_ne!(a, client(Some("k1"), Some("OpenWebUI"), "127.0.0.1:5001"));
         assert_ne!(a, client(Some("k2"), Some("OpenWebUI"), "127.0.0.1:5000"));
         assert_ne!(a, client(Some("k1"), Some("curl/8"), "127.0.0.1:5000"));
         assert_ne!(a, client(Some("k1"), Some("OpenWebUI"), "10.0.0.2:5000"));

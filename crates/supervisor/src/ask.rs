@@ -16,13 +16,14 @@ pub struct Ask {
 
 impl Ask {
     /// The client identity of a request: its API key, its User-Agent and the
-    /// address it came from, hashed (std's SipHash) so no key is kept. The same
-    /// app on the same machine is one client whichever connection it uses: a
-    /// chat app's title request after the chat is the same person.
+    /// connection it came on (address and port), hashed (std's SipHash) so no
+    /// key is kept. A chat app's title request on the kept-alive connection of
+    /// its chat is the same client; requests side by side on two connections
+    /// are two (the rule: distinct connection, key or agent).
     pub fn client_of(
         key: Option<&str>,
         user_agent: Option<&str>,
-        peer: Option<std::net::IpAddr>,
+        peer: Option<std::net::SocketAddr>,
     ) -> u64 {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
