@@ -705,6 +705,8 @@ async fn a_streamed_request_hears_progress_while_its_model_loads() {
         first.starts_with(": modelyard: loading m (") && first.contains("s, usually ~"),
         "{again}"
     );
+    // And where the request stands in its model's line: alone, first.
+    assert!(first.ends_with("s; 1st in line)"), "{again}");
 
     // A model already loaded streams straight through, without comments.
     let (_, again) =

@@ -224,7 +224,7 @@ pub fn render_status(url: &str, v: &Value) -> String {
             size(&m["declared"]),
             size(&m["measured"]),
             m["in_flight"].as_u64().unwrap_or(0),
-            m["queued"].as_u64().unwrap_or(0),
+            queued(m),
             ago(m["idle_unload_in_secs"].as_u64()),
             m["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
             m["last_error"].as_str().unwrap_or("")
@@ -423,6 +423,15 @@ pub async fn reload(t: &Target) -> Result<(), String> {
     Ok(())
 }
 
+/// A model's queue by priority: `3`, or `2+1bg` when one of them is background work.
+fn queued(m: &serde_json::Value) -> String {
+    let all = m["queued"].as_u64().unwrap_or(0);
+    match m["queued_background"].as_u64().unwrap_or(0) {
+        0 => all.to_string(),
+        bg => format!("{}+{bg}bg", all.saturating_sub(bg)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -441,5 +450,12 @@ mod tests {
         );
         let quiet = super::render_status("http://x", &serde_json::json!({"models": []}));
         assert!(!quiet.contains("warning"), "{quiet}");
+    }
+
+    #[test]
+    fn a_queue_shows_its_background_part() {
+        let m = serde_json::json!({"queued": 3, "queued_background": 1});
+        assert_eq!(super::queued(&m), "2+1bg");
+        assert_eq!(super::queued(&serde_json::json!({"queued": 2})), "2");
     }
 }

@@ -24,7 +24,9 @@ mod yaml;
 pub use error::{ConfigError, Issue, Origin};
 pub use load::{load_file, load_str, locate, Loaded};
 pub use request_log::{RequestLog, RequestLogSettings};
-pub use schema::{Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model};
+pub use schema::{
+    Backend, BackendKind, Capability, Config, KvCache, LoadingProgress, Model, Priority,
+};
 pub use size::ByteSize;
 pub use suggest::{close_names, closest};
 pub use timeout::Timeout;
@@ -115,6 +117,38 @@ mod tests {
         assert_eq!(
             idle("idle_timeout: 20s", "kokoro"),
             Timeout::After(Duration::from_secs(20))
+        );
+    }
+
+    #[test]
+    fn priorities_load_and_bad_ones_name_their_key() {
+        let base = "backends: {s: {url: \"http://127.0.0.1:1\"}}\n";
+        let ok = format!("{base}background_keys: [indexer]\ninteractive_grace: 30s\nmodels: {{e: {{backend: s, priority: background}}}}\n");
+        let c = load_str("t", &ok).unwrap().config;
+        assert_eq!(c.models["e"].priority, Some(Priority::Background));
+        assert_eq!(c.interactive_grace, Duration::from_secs(30));
+        assert_eq!(c.background_queue_timeout, Duration::from_secs(600));
+        let keys = |yaml: String| match load_str("t", &yaml) {
+            Ok(_) => vec![],
+            Err(ConfigError::Invalid { issues, .. }) => issues
+                .into_iter()
+                .map(|i| format!("{}: {}", i.key, i.message))
+                .collect(),
+            Err(e) => vec![e.to_string()],
+        };
+        let bad = keys(format!(
+            "{base}models: {{e: {{backend: s, priority: urgent}}}}\n"
+        ));
+        assert!(bad.iter().any(|i| i.contains("priority")), "{bad:?}");
+        let bad = keys(format!("{base}background_keys: [\" \"]\nbackground_queue_timeout: 0s\nmodels: {{e: {{backend: s}}}}\n"));
+        assert!(
+            bad.iter().any(|i| i.starts_with("background_keys.0:")),
+            "{bad:?}"
+        );
+        assert!(
+            bad.iter()
+                .any(|i| i.starts_with("background_queue_timeout:")),
+            "{bad:?}"
         );
     }
 

@@ -34,6 +34,18 @@ pub struct Config {
     /// requests for itself, so interleaved requests do not swap back and forth.
     #[serde(default = "defaults::max_swap_delay", with = "span")]
     pub max_swap_delay: Duration,
+    /// How long after its last interactive request a model is still counted
+    /// as someone's: background work may not evict it until then.
+    #[serde(default = "defaults::interactive_grace", with = "span")]
+    pub interactive_grace: Duration,
+    /// How long a background request may wait for interactive work to be done
+    /// with the machine before it gets a 503 (`yielded_to_interactive`).
+    #[serde(default = "defaults::background_queue_timeout", with = "span")]
+    pub background_queue_timeout: Duration,
+    /// Client keys whose requests are background work unless their
+    /// `x-modelyard-priority` header says otherwise (a notes app's indexer).
+    #[serde(default)]
+    pub background_keys: Vec<String>,
     /// How long a backend may go silent in the middle of a response.
     #[serde(default = "defaults::upstream_idle_timeout")]
     pub upstream_idle_timeout: Timeout,
@@ -148,6 +160,34 @@ pub enum LoadingProgress {
     Reasoning,
     /// Wait silently.
     Off,
+}
+
+/// Whose wait counts: a person's (`interactive`) or a job's (`background`),
+/// which never makes a person wait for a swap.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    Interactive,
+    Background,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Interactive => "interactive",
+            Priority::Background => "background",
+        }
+    }
+
+    /// A header's value (`x-modelyard-priority`), case-insensitive.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "interactive" => Some(Priority::Interactive),
+            "background" => Some(Priority::Background),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, Hash)]
@@ -304,6 +344,10 @@ pub struct Model {
     /// The model's context window in tokens, when known.
     #[serde(default)]
     pub context: Option<u64>,
+    /// The priority of its requests when neither their header nor their key
+    /// says one: `background` for an embedding model used for indexing.
+    #[serde(default)]
+    pub priority: Option<Priority>,
 }
 
 /// One thing a model can do, in Ollama's words.
@@ -368,6 +412,12 @@ mod defaults {
     }
     pub fn max_swap_delay() -> Duration {
         Duration::from_secs(10)
+    }
+    pub fn interactive_grace() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn background_queue_timeout() -> Duration {
+        Duration::from_secs(600)
     }
     pub fn max_queue() -> usize {
         256

@@ -452,6 +452,18 @@ fn limits(cfg: &Config) -> Vec<Problem> {
             cfg.idle_connection_timeout.is_zero(),
         ),
     ];
+    let zero_time = zero_time.into_iter().chain([(
+        "background_queue_timeout",
+        cfg.background_queue_timeout.is_zero(),
+    )]);
+    for (i, k) in cfg.background_keys.iter().enumerate() {
+        if k.trim().is_empty() || k.trim() != k {
+            out.push(problem(
+                &["background_keys", &i.to_string()],
+                "a key may not be empty or start or end with spaces",
+            ));
+        }
+    }
     for (key, is_zero) in zero_time {
         if is_zero {
             out.push(problem(&[key], "must be more than 0s"));

@@ -291,6 +291,7 @@ fn model_json(inner: &Inner, m: &ModelStatus) -> Value {
         "reserved": m.reserved,
         "in_flight": m.in_flight,
         "queued": m.queued,
+        "queued_background": m.queued_background,
         "last_used_secs_ago": m.last_used_ago.as_secs(),
         "idle_unload_in_secs": m.idle_unload_in.map(|d| d.as_secs()),
         "pid": m.pid,

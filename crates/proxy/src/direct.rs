@@ -81,7 +81,7 @@ pub(crate) async fn by_query(
     let started = Instant::now();
     let result = async {
         let model = forward::routable(&state, &asked).await?;
-        let lease = forward::lease(&state, &model).await?;
+        let lease = forward::lease(&state, &model, crate::asker::of(req.extensions())).await?;
         let path = req.uri().path();
         let query = req.uri().query().unwrap_or("");
         let target = format!("{path}?{}", with_query_model(query, &lease.upstream_model));
@@ -102,7 +102,7 @@ pub(crate) async fn upstream(
     let started = Instant::now();
     let result = async {
         let model = forward::routable(&state, &asked).await?;
-        let lease = forward::lease(&state, &model).await?;
+        let lease = forward::lease(&state, &model, crate::asker::of(req.extensions())).await?;
         send(&state, req, lease, Some(&target), None, started).await
     }
     .await;

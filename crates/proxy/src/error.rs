@@ -28,6 +28,8 @@ pub enum ApiError {
     InvalidField { field: String, reason: String },
     #[error("the multipart form cannot be read: {0}")]
     BadForm(String),
+    #[error("x-modelyard-priority must be `interactive` or `background`, not `{0}`")]
+    BadPriority(String),
     #[error("the multipart form has no `model` field; add one (curl: -F model=NAME), before the file so the upload streams")]
     FormWithoutModel,
     #[error("the form's `model` field is not within its first {limit} bytes (max_body in routes.yaml): put `model` before the file, so the router can route the upload as it streams")]
@@ -193,6 +195,12 @@ impl ApiError {
                 "invalid_request_error",
                 None,
                 "invalid_multipart",
+            ),
+            BadPriority(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                Some("x-modelyard-priority"),
+                "invalid_priority",
             ),
             FormWithoutModel => (
                 StatusCode::BAD_REQUEST,
@@ -383,6 +391,12 @@ impl ApiError {
                     "server_error",
                     None,
                     "backend_backing_off",
+                ),
+                SupervisorError::Yielded { .. } => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    "yielded_to_interactive",
                 ),
                 SupervisorError::QueueFull { .. } => (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -94,7 +94,8 @@ async fn forward(
     );
     let acquire = {
         let (state, model) = (state.clone(), model.clone());
-        async move { lease(&state, &model).await }
+        let ask = crate::asker::of(&parts.extensions);
+        async move { lease(&state, &model, ask).await }
     };
     let send = Upstream {
         state: state.clone(),
@@ -132,10 +133,22 @@ pub(crate) async fn routable(state: &Inner, name: &str) -> Result<String, ApiErr
 /// uploads, direct passthrough): waits up to queue_timeout for `model` to be
 /// ready, leases it, and counts the wait in the metrics. The lease then lives in
 /// the response body and is given back when the body ends or is dropped.
-pub(crate) async fn lease(state: &Inner, model: &str) -> Result<Lease, ApiError> {
-    let deadline = Instant::now() + state.config().queue_timeout;
+pub(crate) async fn lease(
+    state: &Inner,
+    model: &str,
+    asker: crate::asker::Asker,
+) -> Result<Lease, ApiError> {
+    let config = state.config();
+    let ask = asker.for_model(&config, model);
+    // Background work waits longer: it yields to people, not to a clock.
+    let patience = match ask.priority {
+        modelyard_config::Priority::Interactive => config.queue_timeout,
+        modelyard_config::Priority::Background => config.background_queue_timeout,
+    };
+    drop(config);
+    let deadline = Instant::now() + patience;
     let asked = Instant::now();
-    let lease = state.supervisor.acquire(model, deadline).await?;
+    let lease = state.supervisor.acquire_as(model, deadline, ask).await?;
     state.metrics.queue_wait(model, asked.elapsed());
     Ok(lease)
 }
@@ -156,13 +169,20 @@ async fn answer(
         match tokio::time::timeout(grace, &mut acquire).await {
             Ok(lease) => send.send(lease?).await,
             Err(_) => {
-                // Said in the progress comments: how long this model's loads take.
-                let usually = state
-                    .supervisor
-                    .snapshot()
-                    .await
-                    .and_then(|s| s.model(&send.model).and_then(|m| m.typical_load));
-                Ok(crate::progress::respond(acquire, send, usually))
+                // Said in the progress comments: how long this model's loads
+                // take, and the request's place in its model's line (its lane:
+                // interactive requests are served before background ones).
+                let snap = state.supervisor.snapshot().await;
+                let model = snap.as_ref().and_then(|s| s.model(&send.model));
+                let usually = model.and_then(|m| m.typical_load);
+                let priority = crate::asker::of(&send.parts.extensions)
+                    .for_model(&state.config(), &send.model)
+                    .priority;
+                let place = model.map(|m| match priority {
+                    modelyard_config::Priority::Interactive => m.queued - m.queued_background,
+                    modelyard_config::Priority::Background => m.queued,
+                });
+                Ok(crate::progress::respond(acquire, send, usually, place))
             }
         }
     } else {

@@ -3,6 +3,7 @@
 //! the shape of whichever API the client spoke.
 
 mod admin;
+mod asker;
 mod body;
 mod body_keys;
 mod client;
@@ -168,7 +169,11 @@ impl Router {
         }
     }
 
-    async fn handle(self, req: Request<Incoming>, peer: std::net::SocketAddr) -> Response<Body> {
+    async fn handle(
+        self,
+        mut req: Request<Incoming>,
+        peer: std::net::SocketAddr,
+    ) -> Response<Body> {
         // The handlers' futures are boxed: their state (4-5 KiB for a model
         // request) would otherwise be inlined into this one and copied whole at
         // each of the several moves a service future makes before it is pinned.
@@ -185,6 +190,10 @@ impl Router {
             if let Err(e) = keys::client_allowed(&self.inner.config(), req.headers()) {
                 return e.render(error::Dialect::of(path));
             }
+            match asker::ask(&self.inner.config(), req.headers(), peer) {
+                Ok(ask) => req.extensions_mut().insert(ask),
+                Err(e) => return e.render(error::Dialect::of(path)),
+            };
         }
         if req.uri().path().starts_with("/api/") {
             return Box::pin(ollama::handle(self.inner, req, peer)).await;

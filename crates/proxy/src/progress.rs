@@ -102,6 +102,8 @@ enum Stage {
 struct Progress {
     /// ", usually ~18s" when earlier loads tell.
     usually: String,
+    /// "; 2nd in line" when the request was queued behind others.
+    place: String,
     stage: Stage,
     tick: Interval,
     said_reasoning: bool,
@@ -118,8 +120,13 @@ pub(crate) fn respond(
     acquire: Pending<Lease>,
     send: Upstream,
     usually: Option<Duration>,
+    place: Option<usize>,
 ) -> Response<Body> {
     let body = Progress {
+        place: place
+            .filter(|n| *n > 0)
+            .map(|n| format!("; {} in line", ordinal(n)))
+            .unwrap_or_default(),
         usually: usually
             .map(|d| format!(", usually ~{:.0}s", d.as_secs_f64().max(1.0)))
             .unwrap_or_default(),
@@ -143,6 +150,18 @@ pub(crate) fn respond(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     resp
+}
+
+/// 1st, 2nd, 3rd, 4th, …, 11th, 12th, 13th, 21st.
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 fn frame(text: String) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -170,8 +189,8 @@ impl Progress {
         }
         if loading {
             format!(
-                ": modelyard: loading {} ({secs}s{})\n\n",
-                self.model, self.usually
+                ": modelyard: loading {} ({secs}s{}{})\n\n",
+                self.model, self.usually, self.place
             )
         } else {
             format!(
@@ -278,6 +297,17 @@ impl Progress {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn places_read_as_english() {
+        let said: Vec<String> = [1, 2, 3, 4, 11, 12, 13, 21, 22, 111]
+            .map(super::ordinal)
+            .to_vec();
+        assert_eq!(
+            said,
+            ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "111th"]
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

@@ -56,7 +56,7 @@ pub(crate) async fn form(
         d.served(&model);
     }
     let asked = (Instant::now(), modelyard_reqlog::now_ms());
-    let lease = forward::lease(state, &model).await?;
+    let lease = forward::lease(state, &model, crate::asker::of(&parts.extensions)).await?;
     if let Some(d) = draft {
         d.leased(state, asked.0.elapsed(), asked.1);
     }

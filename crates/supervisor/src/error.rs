@@ -23,6 +23,12 @@ pub enum SupervisorError {
         retry_in: Duration,
         last_error: String,
     },
+    #[error("background request for model `{model}` yielded to interactive work after {:.0}s ({why}); background_queue_timeout in routes.yaml sets how long background requests wait", .waited.as_secs_f64())]
+    Yielded {
+        model: String,
+        waited: Duration,
+        why: String,
+    },
     #[error("too many requests waiting ({max_queue}, max_queue in routes.yaml); model `{model}` was not queued")]
     QueueFull { model: String, max_queue: usize },
     #[error("model `{0}` is starting; unload it once it is ready")]

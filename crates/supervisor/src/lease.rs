@@ -28,6 +28,9 @@ pub struct Lease {
 pub(crate) struct Release {
     pub model: ModelKey,
     pub generation: u64,
+    /// Whether it served an interactive request (a person's): its end marks
+    /// the model as used by one, for `interactive_grace`.
+    pub interactive: bool,
     pub tx: UnboundedSender<Msg>,
 }
 
@@ -38,6 +41,7 @@ impl Drop for Release {
         let _ = self.tx.send(Msg::Released {
             model: self.model.clone(),
             generation: self.generation,
+            interactive: self.interactive,
         });
     }
 }

@@ -20,6 +20,7 @@
 //! - `effects.rs`: starting processes and asking servers to load or unload,
 //!   behind a trait so the owner is tested on a paused clock with a fake.
 
+mod ask;
 mod backends;
 mod effects;
 mod error;
@@ -53,6 +54,7 @@ use modelyard_config::Config;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+pub use ask::{Ask, Priority};
 pub use error::SupervisorError;
 pub use events::{Event, Kind, Reason};
 pub use kv_cache::KvCounts;
@@ -180,6 +182,17 @@ impl Supervisor {
     /// future (the client went away) loses nothing: its place in the queue is
     /// skipped and a lease that arrives for nobody is released at once.
     pub async fn acquire(&self, model: &str, deadline: Instant) -> Result<Lease, SupervisorError> {
+        self.acquire_as(model, deadline, Ask::default()).await
+    }
+
+    /// [`Self::acquire`] for a known asker: its client identity decides whether
+    /// a model lingers past a swap, its priority whether it may cause one.
+    pub async fn acquire_as(
+        &self,
+        model: &str,
+        deadline: Instant,
+        ask: Ask,
+    ) -> Result<Lease, SupervisorError> {
         let (reply, rx) = oneshot::channel();
         let id = self
             .acquires
@@ -188,6 +201,7 @@ impl Supervisor {
             .send(Msg::Acquire {
                 model: model.to_string(),
                 deadline,
+                ask,
                 reply,
                 id,
             })

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use modelyard_config::ByteSize;
+use modelyard_config::{ByteSize, Priority};
 use tokio::time::Instant;
 
 /// Where a model is in its life. Every phase but Cold and Failed holds a reservation.
@@ -51,6 +51,9 @@ pub struct View<'a> {
     pub phase: Phase,
     pub in_flight: usize,
     pub last_used: Instant,
+    /// A person uses it: interactive requests in flight or queued for it, or
+    /// one within `interactive_grace`. Background work never evicts it.
+    pub interactive: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -63,6 +66,9 @@ pub enum Admission<'a> {
     Wait(String),
     /// Nothing that may be unloaded frees enough: says what holds the memory.
     Blocked(String),
+    /// Background work that could only start by evicting a model a person
+    /// uses: it waits, and is promised nothing.
+    Yield(String),
 }
 
 fn gb(n: u64) -> ByteSize {
@@ -78,6 +84,21 @@ pub fn admit<'a>(
     target: &View<'a>,
     others: &[View<'a>],
 ) -> Admission<'a> {
+    admit_as(budget, promised, Priority::Interactive, target, others)
+}
+
+/// [`admit`] for requests of a priority. Background requests follow one more
+/// rule: they never evict a model a person uses (`View::interactive`); what
+/// only such an eviction could admit yields instead.
+pub fn admit_as<'a>(
+    budget: u64,
+    promised: u64,
+    priority: Priority,
+    target: &View<'a>,
+    others: &[View<'a>],
+) -> Admission<'a> {
+    let background = priority == Priority::Background;
+    let spared = |v: &View| background && v.interactive;
     let held: u64 = others
         .iter()
         .filter(|v| v.phase.holds_memory())
@@ -115,6 +136,12 @@ pub fn admit<'a>(
                     r.name
                 ))
             }
+            Phase::Ready if spared(r) => {
+                return Admission::Yield(format!(
+                    "{} (same group) is in use by interactive requests",
+                    r.name
+                ))
+            }
             Phase::Ready => {
                 victims.push(r.name);
                 freed += r.memory;
@@ -125,12 +152,19 @@ pub fn admit<'a>(
     }
     let need = target.memory;
     let available = |freed: u64| budget.saturating_sub(held) + freed;
+    let mut busy: Vec<&str> = Vec::new();
     if available(freed) < need {
         // Idle before busy, then least recently used; pinned and starting never.
         let mut candidates: Vec<&View<'a>> = others
             .iter()
             .filter(|v| v.phase == Phase::Ready && !v.pinned && !victims.contains(&v.name))
             .collect();
+        busy = candidates
+            .iter()
+            .filter(|v| spared(v))
+            .map(|v| v.name)
+            .collect();
+        candidates.retain(|v| !spared(v));
         candidates.sort_by_key(|v| (v.in_flight > 0, v.last_used));
         for c in candidates {
             if available(freed) >= need {
@@ -141,6 +175,13 @@ pub fn admit<'a>(
         }
     }
     if available(freed) < need {
+        if !busy.is_empty() {
+            return Admission::Yield(format!(
+                "only unloading {} would make room, and interactive requests use {}",
+                busy.join(", "),
+                if busy.len() == 1 { "it" } else { "them" }
+            ));
+        }
         return Admission::Blocked(blocked_message(budget, target, others));
     }
     if !victims.is_empty() {
@@ -215,6 +256,7 @@ mod tests {
             phase,
             in_flight: 0,
             last_used: Instant::now(),
+            interactive: false,
         }
     }
 
@@ -318,5 +360,103 @@ mod tests {
             Admission::Wait(_)
         ));
         assert_eq!(admit(48 * GB, 5 * GB, &t, &others), Admission::Start);
+    }
+
+    #[test]
+    fn background_work_never_evicts_a_model_a_person_uses() {
+        let t = grouped(v("deep", 41, Phase::Cold));
+        let mut daily = grouped(v("daily", 32, Phase::Ready));
+        daily.interactive = true;
+        let bg = Priority::Background;
+        assert!(matches!(
+            admit_as(48 * GB, 0, bg, &t, std::slice::from_ref(&daily)),
+            Admission::Yield(_)
+        ));
+        assert_eq!(
+            admit_as(
+                48 * GB,
+                0,
+                Priority::Interactive,
+                &t,
+                std::slice::from_ref(&daily)
+            ),
+            Admission::Evict(vec!["daily"]),
+            "a person's request may"
+        );
+        // Outside a group: the idle model nobody uses goes, the one a person uses stays.
+        let mut chat = v("chat", 20, Phase::Ready);
+        chat.interactive = true;
+        let batch = v("batch", 20, Phase::Ready);
+        let t = v("embed", 10, Phase::Cold);
+        assert_eq!(
+            admit_as(45 * GB, 0, bg, &t, &[chat.clone(), batch]),
+            Admission::Evict(vec!["batch"])
+        );
+        match admit_as(45 * GB, 0, bg, &v("big", 30, Phase::Cold), &[chat]) {
+            Admission::Yield(why) => assert!(why.contains("chat"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn any_view(i: usize) -> impl proptest::strategy::Strategy<Value = View<'static>> {
+        use proptest::prelude::*;
+        const NAMES: [&str; 6] = ["m0", "m1", "m2", "m3", "m4", "m5"];
+        let phase = prop_oneof![
+            Just(Phase::Cold),
+            Just(Phase::Starting),
+            Just(Phase::Ready),
+            Just(Phase::Draining),
+            Just(Phase::Stopping),
+        ];
+        (
+            1u64..40,
+            any::<bool>(),
+            any::<bool>(),
+            phase,
+            0usize..3,
+            any::<bool>(),
+        )
+            .prop_map(
+                move |(gbs, group, pinned, phase, in_flight, interactive)| View {
+                    name: NAMES[i],
+                    memory: gbs * GB,
+                    group: group.then_some("large"),
+                    pinned,
+                    phase,
+                    in_flight,
+                    last_used: Instant::now(),
+                    interactive,
+                },
+            )
+    }
+
+    proptest::proptest! {
+        /// Whatever the machine holds: background work evicts no model a
+        /// person uses, and where no model is a person's, it is admitted
+        /// exactly as a person's request would be.
+        #[test]
+        fn background_admission_spares_people(
+            others in (any_view(1), any_view(2), any_view(3), any_view(4), any_view(5)),
+            target in any_view(0),
+            budget in 20u64..120,
+            promised in proptest::prop_oneof![proptest::strategy::Just(0u64), 1u64..20],
+        ) {
+            let mut target = target;
+            target.phase = Phase::Cold;
+            let others = [others.0, others.1, others.2, others.3, others.4];
+            let bg = admit_as(budget * GB, promised * GB, Priority::Background, &target, &others);
+            if let Admission::Evict(victims) = &bg {
+                for v in victims {
+                    let view = others.iter().find(|o| o.name == *v).unwrap();
+                    proptest::prop_assert!(!view.interactive, "evicted {v}, which a person uses");
+                }
+            }
+            if others.iter().all(|o| !o.interactive) {
+                proptest::prop_assert_eq!(
+                    bg,
+                    admit_as(budget * GB, promised * GB, Priority::Interactive, &target, &others)
+                );
+            }
+        }
     }
 }

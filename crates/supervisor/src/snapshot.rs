@@ -41,6 +41,8 @@ pub struct ModelStatus {
     pub reserved: u64,
     pub in_flight: usize,
     pub queued: usize,
+    /// Of those, background requests (they yield to interactive work).
+    pub queued_background: usize,
     pub backend: String,
     pub upstream: String,
     pub pinned: bool,

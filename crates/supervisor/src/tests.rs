@@ -186,6 +186,35 @@ pub(crate) async fn audit(s: &Supervisor) -> crate::lifecycle::Audit {
     rx.await.unwrap()
 }
 
+/// Two people at one router, as the proxy tells clients apart.
+pub(crate) const ALICE: u64 = 1;
+pub(crate) const BOB: u64 = 2;
+
+/// A lease asked for by `client` at the default (interactive) priority.
+pub(crate) async fn get_as(s: &Supervisor, model: &str, client: u64) -> Lease {
+    let ask = crate::Ask {
+        client,
+        ..Default::default()
+    };
+    s.acquire_as(model, soon(), ask)
+        .await
+        .unwrap_or_else(|e| panic!("{model}: {e}"))
+}
+
+/// [`acquire_later`] for a given client.
+pub(crate) fn acquire_later_as(
+    s: &Supervisor,
+    model: &'static str,
+    client: u64,
+) -> tokio::task::JoinHandle<Result<Lease, SupervisorError>> {
+    let s = s.clone();
+    let ask = crate::Ask {
+        client,
+        ..Default::default()
+    };
+    tokio::spawn(async move { s.acquire_as(model, soon(), ask).await })
+}
+
 pub(crate) async fn get(s: &Supervisor, model: &str) -> Lease {
     s.acquire(model, soon())
         .await
@@ -301,20 +330,16 @@ async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_d
 #[tokio::test(start_paused = true)]
 async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_time_of_quiet() {
     let (s, fake) = start(SEED);
-    drop(get(&s, "daily").await);
-    // Two requests closer together than its load (2 s): a burst.
+    drop(get_as(&s, "daily", ALICE).await);
+    // Two requests closer together than its load (2 s), from two people: a burst.
     advance(Duration::from_millis(500)).await;
-    drop(get(&s, "daily").await);
+    drop(get_as(&s, "daily", BOB).await);
     advance(Duration::from_millis(500)).await;
-    let deep = acquire_later(&s, "deep");
+    let deep = acquire_later_as(&s, "deep", ALICE);
     tokio::task::yield_now().await;
-    // daily's burst may go on: swapping now and back would cost a load (2 s) more.
+    // Bob's burst may go on: swapping now and back would cost a load (2 s) more.
     advance(Duration::from_secs(1)).await;
-    drop(
-        s.acquire("daily", soon())
-            .await
-            .expect("still loaded, so served"),
-    );
+    drop(get_as(&s, "daily", BOB).await);
     advance(Duration::from_millis(1900)).await;
     assert_eq!(fake.count("p/deep"), 0, "quiet for less than a load");
     assert!(!deep.is_finished());
@@ -330,10 +355,10 @@ async fn a_model_in_a_burst_keeps_serving_it_before_a_swap_for_at_most_its_load_
 async fn a_linger_that_ends_while_a_message_is_handled_still_ends() {
     use futures_util::FutureExt;
     let (s, fake) = start(SEED);
-    drop(get(&s, "daily").await);
+    drop(get_as(&s, "daily", ALICE).await);
     advance(Duration::from_millis(500)).await;
-    drop(get(&s, "daily").await);
-    let deep = acquire_later(&s, "deep");
+    drop(get_as(&s, "daily", BOB).await);
+    let deep = acquire_later_as(&s, "deep", ALICE);
     tokio::task::yield_now().await;
     // daily lingers for a load's time (2 s) of quiet. Its end comes with a
     // message waiting, which the owner takes first.
@@ -375,16 +400,15 @@ async fn a_model_the_user_moved_away_from_is_swapped_out_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_burst_that_never_pauses_yields_after_max_swap_delay() {
     let (s, fake) = start(SEED);
-    drop(get(&s, "daily").await);
-    drop(get(&s, "daily").await);
-    let deep = acquire_later(&s, "deep");
+    drop(get_as(&s, "daily", BOB).await);
+    drop(get_as(&s, "daily", BOB).await);
+    let deep = acquire_later_as(&s, "deep", ALICE);
     tokio::task::yield_now().await;
-    // A request a second, never a pause as long as a load (2 s).
+    // Bob goes on: a request a second, never a pause as long as a load (2 s).
     let mut served = 0;
     let mut deep_loaded_at = None;
     for second in 1..=15 {
-        let s2 = s.clone();
-        let daily = tokio::spawn(async move { s2.acquire("daily", soon()).await });
+        let daily = acquire_later_as(&s, "daily", BOB);
         advance(Duration::from_millis(100)).await;
         if daily.is_finished() {
             served += 1;
@@ -401,6 +425,194 @@ async fn a_burst_that_never_pauses_yields_after_max_swap_delay() {
     assert_eq!(deep_loaded_at, Some(12), "deep's wait is bounded");
     assert_eq!(served, 10, "daily served its burst until then");
     drop(deep.await.unwrap().unwrap());
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+/// The seed's user in Open WebUI: a chat, then its title and tags requests
+/// within 300 ms, a pause, then another model. Each switch costs one stop and
+/// one load: nobody else uses the model they left, so nothing lingers.
+#[tokio::test(start_paused = true)]
+async fn one_person_with_a_bursty_client_pays_one_load_per_switch() {
+    let (s, fake) = start(SEED);
+    let models = ["daily", "code", "deep", "daily", "code", "deep"];
+    for (i, model) in models.into_iter().enumerate() {
+        let asked = Instant::now();
+        drop(get_as(&s, model, ALICE).await);
+        let switch = asked.elapsed();
+        if i > 0 {
+            assert!(
+                switch <= STOP + LOAD + Duration::from_millis(20),
+                "switch {i} to {model} took {switch:?}: more than a stop and a load"
+            );
+        }
+        // The two follow-ups, 150 ms apart: a burst, but one person's.
+        for _ in 0..2 {
+            advance(Duration::from_millis(150)).await;
+            drop(get_as(&s, model, ALICE).await);
+        }
+        advance(Duration::from_secs(3)).await;
+    }
+    let loads = ["p/daily", "p/code", "p/deep"].map(|m| fake.count(m));
+    assert_eq!(loads, [2, 2, 2], "one load per switch");
+    ledger(&s).await;
+}
+
+/// Bob still uses daily when Alice moves to deep: his request during the swap
+/// is served, and daily stays for a load's time after it before it goes.
+#[tokio::test(start_paused = true)]
+async fn a_request_from_another_person_during_the_swap_keeps_the_model_a_while() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    advance(Duration::from_secs(5)).await;
+    // Alice's long answer is still streaming when she asks for deep.
+    let long = get_as(&s, "daily", ALICE).await;
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(100)).await;
+    drop(get_as(&s, "daily", BOB).await);
+    drop(long);
+    // Bob's request was evidence: daily waits out a load's time (2 s) for more.
+    advance(Duration::from_millis(1500)).await;
+    drop(get_as(&s, "daily", BOB).await);
+    assert_eq!(fake.count("p/deep"), 0, "daily still lingers for Bob");
+    advance(Duration::from_millis(2100)).await;
+    assert!(!deep.is_finished(), "deep's load is under way");
+    drop(deep.await.unwrap().unwrap());
+    assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 1));
+    ledger(&s).await;
+}
+
+/// The same request from the same person during the swap is no such evidence.
+#[tokio::test(start_paused = true)]
+async fn the_mover_s_own_request_during_the_swap_keeps_nothing() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    advance(Duration::from_secs(5)).await;
+    let long = get_as(&s, "daily", ALICE).await;
+    let asked = Instant::now();
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(100)).await;
+    drop(get_as(&s, "daily", ALICE).await);
+    drop(long);
+    drop(deep.await.unwrap().unwrap());
+    assert!(
+        asked.elapsed() <= Duration::from_millis(100) + STOP + LOAD + Duration::from_millis(20),
+        "no lingering: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+/// A background request (an indexer's, say) that waits in the background.
+fn background_later(
+    s: &Supervisor,
+    model: &'static str,
+    patience: Duration,
+) -> tokio::task::JoinHandle<Result<Lease, SupervisorError>> {
+    let s = s.clone();
+    let ask = crate::Ask {
+        client: 99,
+        priority: crate::Priority::Background,
+    };
+    tokio::spawn(async move { s.acquire_as(model, Instant::now() + patience, ask).await })
+}
+
+async fn queued(s: &Supervisor, model: &str) -> (usize, usize) {
+    let snap = s.snapshot().await.unwrap();
+    let m = snap.model(model).unwrap();
+    (m.queued, m.queued_background)
+}
+
+/// Alice chatted with daily a moment ago; an indexer asks for deep, which
+/// only evicting daily would make room for. It waits out her grace
+/// (interactive_grace, 60 s), then deep loads.
+#[tokio::test(start_paused = true)]
+async fn background_work_never_evicts_a_model_a_person_uses_and_runs_once_they_are_done() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    advance(Duration::from_secs(10)).await;
+    let job = background_later(&s, "deep", Duration::from_secs(600));
+    advance(Duration::from_secs(40)).await;
+    assert_eq!(queued(&s, "deep").await, (1, 1));
+    assert_eq!(
+        phase(&s, "daily").await,
+        Phase::Ready,
+        "daily stays for Alice"
+    );
+    assert_eq!(fake.count("p/deep"), 0);
+    // Alice asks again 50 s after her first: her grace starts over.
+    drop(get_as(&s, "daily", ALICE).await);
+    advance(Duration::from_secs(59)).await;
+    assert_eq!(fake.count("p/deep"), 0, "within 60 s of her last request");
+    advance(Duration::from_secs(1) + STOP + LOAD).await;
+    drop(job.await.unwrap().expect("served once the grace ran out"));
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+/// Background work is served at once by a model already loaded, and may
+/// take free memory; only evictions are a person's to cause.
+#[tokio::test(start_paused = true)]
+async fn background_work_takes_what_is_loaded_or_free() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    let asked = Instant::now();
+    let embed = background_later(&s, "embed", Duration::from_secs(600));
+    drop(embed.await.unwrap().expect("fits beside daily"));
+    assert_eq!(asked.elapsed(), LOAD);
+    let again = background_later(&s, "daily", Duration::from_secs(1));
+    drop(
+        again
+            .await
+            .unwrap()
+            .expect("daily is loaded: served at once"),
+    );
+    assert_eq!(fake.count("p/daily"), 1);
+    ledger(&s).await;
+}
+
+/// A background request that waits past its background_queue_timeout gets
+/// `Yielded`, which says why.
+#[tokio::test(start_paused = true)]
+async fn background_work_that_waits_too_long_says_it_yielded() {
+    let (s, fake) = start(SEED);
+    let chat = get_as(&s, "daily", ALICE).await;
+    let job = background_later(&s, "deep", Duration::from_secs(120));
+    advance(Duration::from_secs(121)).await;
+    match job.await.unwrap() {
+        Err(SupervisorError::Yielded { model, why, .. }) => {
+            assert_eq!(model, "deep");
+            assert!(why.contains("daily"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fake.count("p/deep"), 0);
+    drop(chat);
+    ledger(&s).await;
+}
+
+/// An indexer waits for deep behind Alice's use of daily; then Alice asks for
+/// deep herself. Her request goes first: deep loads now, and both are served.
+#[tokio::test(start_paused = true)]
+async fn an_interactive_request_overtakes_background_ones_queued_earlier() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", ALICE).await);
+    let job = background_later(&s, "deep", Duration::from_secs(600));
+    advance(Duration::from_secs(5)).await;
+    assert_eq!(fake.count("p/deep"), 0);
+    let asked = Instant::now();
+    let alice = acquire_later_as(&s, "deep", ALICE);
+    let lease = alice.await.unwrap().expect("Alice's request loads deep");
+    assert_eq!(
+        asked.elapsed(),
+        STOP + LOAD,
+        "one stop and one load, no grace"
+    );
+    drop(job.await.unwrap().expect("served with her"));
+    drop(lease);
     assert_eq!(fake.count("p/deep"), 1);
     ledger(&s).await;
 }

@@ -112,7 +112,7 @@ async fn run(
     // The one way any API front turns a request into a lease.
     let asked = Instant::now();
     let asked_ms = modelyard_reqlog::now_ms();
-    let lease = crate::forward::lease(state, &model).await?;
+    let lease = crate::forward::lease(state, &model, crate::asker::of(&parts.extensions)).await?;
     let leased = Instant::now();
     if let Some(d) = draft {
         d.leased(state, leased - asked, asked_ms);

@@ -9,9 +9,23 @@ impl<E: Effects> Owner<E> {
         // Waiters out of time get the reason they waited.
         for (name, slot) in self.slots.iter_mut() {
             for w in slot.queue.take_expired(now) {
+                let waited = now.saturating_duration_since(w.since);
+                if w.ask.priority == crate::Priority::Background {
+                    let why = if slot.why.is_empty() {
+                        "interactive requests kept the machine busy".to_string()
+                    } else {
+                        slot.why.clone()
+                    };
+                    let _ = w.reply.send(Err(SupervisorError::Yielded {
+                        model: name.to_string(),
+                        waited,
+                        why,
+                    }));
+                    continue;
+                }
                 let _ = w.reply.send(Err(SupervisorError::Timeout {
                     model: name.to_string(),
-                    waited: now.saturating_duration_since(w.since),
+                    waited,
                     why: {
                         let why = if slot.why.is_empty() {
                             "its backend is still starting"
@@ -101,14 +115,15 @@ impl<E: Effects> Owner<E> {
         }
         let now = Instant::now();
         self.settle_abandoned();
-        let mut waiting: Vec<(u64, ModelKey)> = self
+        // Models a person waits for first, then background work; each in arrival order.
+        let mut waiting: Vec<(crate::Priority, u64, ModelKey)> = self
             .slots
             .iter()
-            .filter_map(|(k, s)| s.queue.front().map(|w| (w.seq, k.clone())))
+            .filter_map(|(k, s)| s.queue.front().map(|w| (w.ask.priority, w.seq, k.clone())))
             .collect();
         waiting.sort();
         let mut promised = 0u64;
-        for (_, m) in waiting {
+        for (priority, _, m) in waiting {
             let slot = &self.slots[&m];
             match slot.state {
                 State::Ready => {
@@ -146,14 +161,24 @@ impl<E: Effects> Owner<E> {
                     .map(|k| self.view(k))
                     .collect();
                 others.extend(self.server_views());
-                Decision::from(admit(self.ledger.budget(), promised, &target, &others))
+                Decision::from(admit_as(
+                    self.ledger.budget(),
+                    promised,
+                    priority,
+                    &target,
+                    &others,
+                ))
             };
             match decision {
                 Decision::Start => self.start_model(&m),
                 Decision::Evict(victims) => {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
+                    let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
                     for v in &victims {
+                        if let Some(s) = self.slots.get_mut(v) {
+                            s.swap_for = Some((client, now));
+                        }
                         self.begin_drain_until(
                             v,
                             Reason::MakeRoom,
@@ -174,7 +199,7 @@ impl<E: Effects> Owner<E> {
                     let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
                 }
-                Decision::Blocked(why) => {
+                Decision::Blocked(why) | Decision::Yield(why) => {
                     // Memory nothing can free is promised to nobody.
                     let why = format!("{why}{}", self.budget_note());
                     self.slots.get_mut(&m).expect("exists").why = why;
@@ -252,6 +277,10 @@ impl<E: Effects> Owner<E> {
             phase: if s.counted { s.phase() } else { Phase::Cold },
             in_flight: s.in_flight,
             last_used: s.last_used,
+            interactive: s.interactive_in_flight > 0
+                || s.queue.len() > s.queue.background()
+                || s.last_interactive
+                    .is_some_and(|t| Instant::now() < t + self.config.interactive_grace),
         }
     }
 
@@ -269,6 +298,7 @@ impl<E: Effects> Owner<E> {
                 phase: Phase::Ready,
                 in_flight: 0,
                 last_used: i.up_since,
+                interactive: false,
             })
             .collect()
     }
@@ -282,6 +312,9 @@ impl<E: Effects> Owner<E> {
         // An overdue idle unload that waits on a co-resident model is not due again
         // until that one is; counting it would spin.
         let later = |d: &Instant| *d > now;
+        // Background work waiting for a person's grace to run out is retried then.
+        let grace = self.config.interactive_grace;
+        let yielding = self.slots.values().any(|s| s.queue.background() > 0);
         self.slots
             .values()
             .flat_map(|s| {
@@ -291,6 +324,12 @@ impl<E: Effects> Owner<E> {
                     .chain(idle_deadline(s).filter(later))
                     .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
                     .chain(linger_until(s))
+                    .chain(
+                        s.last_interactive
+                            .map(|t| t + grace)
+                            .filter(|_| yielding)
+                            .filter(later),
+                    )
             })
             .min()
     }
@@ -303,6 +342,7 @@ enum Decision {
     Evict(Vec<ModelKey>),
     Wait(String),
     Blocked(String),
+    Yield(String),
 }
 
 impl From<Admission<'_>> for Decision {
@@ -312,25 +352,38 @@ impl From<Admission<'_>> for Decision {
             Admission::Evict(v) => Decision::Evict(v.into_iter().map(ModelKey::from).collect()),
             Admission::Wait(why) => Decision::Wait(why),
             Admission::Blocked(why) => Decision::Blocked(why),
+            Admission::Yield(why) => {
+                Decision::Yield(format!("it yields to interactive work: {why}"))
+            }
         }
     }
 }
 
 /// Until when a model draining for a swap, with nothing in flight, stays to see
-/// whether its burst goes on: as long as bringing it back would take (its usual
-/// load), never past `serve_until`. Swapping away in a pause shorter than that
-/// only to swap back costs a load; waiting out the pause costs at most one. Only
-/// a model in a burst (its last two requests closer than a load) lingers: one a
-/// user has just moved away from goes at once.
+/// whether others still need it: as long as bringing it back would take (its
+/// usual load), never past `serve_until`. Swapping away in a pause shorter than
+/// that only to swap back costs a load; waiting out the pause costs at most one.
+///
+/// It lingers only on evidence that someone other than the client the swap is
+/// for still uses it: a request from another client during the swap, or a
+/// burst (its last two requests closer than a load) that another client took
+/// part in. One client's burst is no such evidence: a person who sent a chat
+/// and its title request, then asked for another model, has moved on, and
+/// waiting for them to come back costs the switch a second load's time.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if s.phase() != Phase::Draining || s.in_flight > 0 {
         return None;
     }
     let load = median(&s.recent_loads)?;
-    let [Some(before), Some(last)] = s.admitted else {
+    let (mover, decided) = s.swap_for?;
+    let [before, Some((last, last_client))] = s.admitted else {
         return None;
     };
-    if last.saturating_duration_since(before) >= load {
+    let asked_during_swap = last >= decided && last_client != mover;
+    let shared_burst = before.is_some_and(|(at, client)| {
+        last.saturating_duration_since(at) < load && (client != mover || last_client != mover)
+    });
+    if !asked_during_swap && !shared_burst {
         return None;
     }
     let until = s.serve_until()?.min(s.last_used + load);

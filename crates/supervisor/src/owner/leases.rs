@@ -7,7 +7,14 @@
 use super::*;
 
 impl<E: Effects> Owner<E> {
-    pub(super) fn on_acquire(&mut self, model: String, deadline: Instant, reply: Reply, id: u64) {
+    pub(super) fn on_acquire(
+        &mut self,
+        model: String,
+        deadline: Instant,
+        ask: crate::Ask,
+        reply: Reply,
+        id: u64,
+    ) {
         if self.shutting_down {
             let _ = reply.send(Err(SupervisorError::ShuttingDown));
             return;
@@ -39,7 +46,7 @@ impl<E: Effects> Owner<E> {
             return;
         }
         if (slot.phase() == Phase::Ready || swap_grace) && slot.queue.is_empty() {
-            let lease = self.lease(&key);
+            let lease = self.lease(&key, ask);
             let _ = reply.send(lease);
             return;
         }
@@ -70,10 +77,11 @@ impl<E: Effects> Owner<E> {
             since: Instant::now(),
             seq,
             id,
+            ask,
         });
     }
 
-    pub(super) fn on_released(&mut self, model: ModelKey, generation: u64) {
+    pub(super) fn on_released(&mut self, model: ModelKey, generation: u64, interactive: bool) {
         let Some(slot) = self.slots.get_mut(&model) else {
             return;
         };
@@ -83,6 +91,10 @@ impl<E: Effects> Owner<E> {
         }
         slot.in_flight -= 1;
         slot.last_used = Instant::now();
+        if interactive {
+            slot.interactive_in_flight = slot.interactive_in_flight.saturating_sub(1);
+            slot.last_interactive = Some(slot.last_used);
+        }
         if slot.phase() == Phase::Draining && slot.in_flight == 0 {
             // The swap it drained for may have been given up meanwhile.
             self.settle_abandoned();
@@ -103,13 +115,17 @@ impl<E: Effects> Owner<E> {
             if w.reply.is_closed() {
                 continue;
             }
-            let lease = self.lease(m);
+            let lease = self.lease(m, w.ask);
             // A lease nobody waits for any more is dropped here, and released.
             let _ = w.reply.send(lease);
         }
     }
 
-    pub(super) fn lease(&mut self, m: &ModelKey) -> Result<Lease, SupervisorError> {
+    pub(super) fn lease(
+        &mut self,
+        m: &ModelKey,
+        ask: crate::Ask,
+    ) -> Result<Lease, SupervisorError> {
         let slot = self.slots.get_mut(m).expect("exists");
         let inst = &self.instances[&slot.instance];
         let endpoint = inst
@@ -123,7 +139,12 @@ impl<E: Effects> Owner<E> {
         let now = Instant::now();
         slot.in_flight += 1;
         slot.last_used = now;
-        slot.admitted = [slot.admitted[1], Some(now)];
+        slot.admitted = [slot.admitted[1], Some((now, ask.client))];
+        let interactive = ask.priority == crate::Priority::Interactive;
+        if interactive {
+            slot.interactive_in_flight += 1;
+            slot.last_interactive = Some(now);
+        }
         Ok(Lease {
             model: m.to_string(),
             upstream_model: slot.upstream.clone(),
@@ -136,6 +157,7 @@ impl<E: Effects> Owner<E> {
             release: Release {
                 model: m.clone(),
                 generation: inst.generation,
+                interactive,
                 tx: self.tx.clone(),
             },
         })
@@ -165,6 +187,7 @@ impl<E: Effects> Owner<E> {
             release: Release {
                 model: model.into(),
                 generation: inst.generation,
+                interactive: false,
                 tx: self.tx.clone(),
             },
         }))

@@ -51,7 +51,7 @@ use crate::ledger::{Holder, Ledger};
 use crate::lifecycle::Run;
 use crate::lifecycle::{self, Refused};
 use crate::logs::LogRing;
-use crate::policy::{admit, Admission, Phase, View};
+use crate::policy::{admit_as, Admission, Phase, View};
 use crate::process::{self, ExitInfo, Spec};
 use crate::snapshot::{ModelStatus, Snapshot};
 use crate::state::{self, Group, StateFile};
@@ -150,15 +150,20 @@ impl<E: Effects> Owner<E> {
                 Msg::Acquire {
                     model,
                     deadline,
+                    ask,
                     reply,
                     id,
-                } => self.on_acquire(model, deadline, reply, id),
+                } => self.on_acquire(model, deadline, ask, reply, id),
                 Msg::Abandoned { model, id } => {
                     if let Some(slot) = self.slots.get_mut(model.as_str()) {
                         slot.queue.remove_id(id);
                     }
                 }
-                Msg::Released { model, generation } => self.on_released(model, generation),
+                Msg::Released {
+                    model,
+                    generation,
+                    interactive,
+                } => self.on_released(model, generation, interactive),
                 Msg::StartDone {
                     key,
                     generation,
@@ -363,6 +368,7 @@ impl<E: Effects> Owner<E> {
                     },
                     in_flight: s.in_flight,
                     queued: s.queue.len(),
+                    queued_background: s.queue.background(),
                     backend: inst.backend_name.clone(),
                     upstream: s.upstream.clone(),
                     pinned: s.pinned,

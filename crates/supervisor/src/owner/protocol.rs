@@ -10,6 +10,7 @@ pub(crate) enum Msg {
     Acquire {
         model: String,
         deadline: Instant,
+        ask: crate::Ask,
         reply: Reply,
         /// The acquire's number, by which its client may give up its place.
         id: u64,
@@ -22,6 +23,7 @@ pub(crate) enum Msg {
     Released {
         model: ModelKey,
         generation: u64,
+        interactive: bool,
     },
     StartDone {
         key: InstanceKey,

@@ -19,9 +19,16 @@ pub(super) struct Slot {
     pub(super) state: State,
     pub(super) in_flight: usize,
     pub(super) last_used: Instant,
-    /// When its last two requests were admitted: closer than a load's time apart,
-    /// they make a burst, which a swap waits out (see linger_until).
-    pub(super) admitted: [Option<Instant>; 2],
+    /// When its last two requests were admitted, and by which client: closer
+    /// than a load's time apart and not only from the client a swap is for,
+    /// they make a burst a swap waits out (see linger_until).
+    pub(super) admitted: [Option<(Instant, u64)>; 2],
+    /// Drained for a swap: the client the swap is for, and when it was decided.
+    pub(super) swap_for: Option<(u64, Instant)>,
+    /// Interactive requests in flight, and when the last one was admitted or
+    /// ended: background work may not evict it while either says a person uses it.
+    pub(super) interactive_in_flight: usize,
+    pub(super) last_interactive: Option<Instant>,
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
@@ -192,6 +199,7 @@ impl<E: Effects> Owner<E> {
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
         slot.idle_for = IdleFor::Config;
+        slot.interactive_in_flight = 0;
         slot.measured = None;
         slot.unloading = false;
         self.emit(Event::new(kind, m, detail));
