@@ -213,25 +213,6 @@ async fn chat_ok(r: &Router, model: &str) {
     assert_eq!(status, 200, "{model}: {body}\n{}", r.logs());
 }
 
-/// The KV events so far, as `kind model: detail`.
-async fn kv_events(r: &Router) -> Vec<String> {
-    let s = get_json(&r.url("/admin/status")).await;
-    s["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"].as_str().unwrap().starts_with("kv_"))
-        .map(|e| {
-            format!(
-                "{} {}: {}",
-                e["kind"].as_str().unwrap(),
-                e["model"].as_str().unwrap(),
-                e["detail"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
-
 /// Waits until an event starting with `prefix` is there; returns all KV events.
 async fn wait_event(r: &Router, prefix: &str) -> Vec<String> {
     let found = eventually(Duration::from_secs(20), || async {
@@ -268,16 +249,60 @@ fn slot_files(root: &Path) -> Vec<(PathBuf, u64)> {
     out
 }
 
-#[tokio::test]
-async fn a_save_that_hangs_holds_the_swap_no_longer_than_save_timeout() {
+/// One fake llama.cpp `talk` with a KV cache in `<tmp>/kv`, behind a router.
+struct Talk {
+    /// Holds the temporary directory for the test's length.
+    _tmp: tempfile::TempDir,
+    kv: PathBuf,
+    talk: Llama,
+    r: Router,
+}
+
+/// Starts `talk` with `kv_cache: {dir: <tmp>/kv<extra>}`; `prep` sets the fake
+/// up before the router starts.
+fn talk_with(extra: &str, prep: impl FnOnce(&mut Fake)) -> Talk {
     let tmp = tempfile::tempdir().unwrap();
     let kv = tmp.path().join("kv");
     let talk = Llama::start(tmp.path(), "talk");
-    talk.set(|f| f.save = Act::Hang);
+    talk.set(prep);
     let r = Router::start(&config(&[(
         "talk",
-        talk.backend(&format!("{{dir: {}, save_timeout: 1s}}", kv.display())),
+        talk.backend(&format!("{{dir: {}{extra}}}", kv.display())),
     )]));
+    Talk {
+        _tmp: tmp,
+        kv,
+        talk,
+        r,
+    }
+}
+
+/// Serves `model` once, then swaps it out and waits for its save.
+async fn served_and_saved(r: &Router, model: &str) {
+    chat_ok(r, model).await;
+    chat_ok(r, "other").await;
+    wait_event(r, &format!("kv_saved {model}")).await;
+}
+
+/// Waits until there are `n` events starting with `prefix`; all KV events then.
+async fn wait_count(r: &Router, prefix: &str, n: usize) -> Option<Vec<String>> {
+    eventually(Duration::from_secs(10), || async {
+        let ev = kv_events(r).await;
+        (ev.iter().filter(|e| e.starts_with(prefix)).count() == n).then_some(ev)
+    })
+    .await
+}
+
+/// Waits for the swap out to save a slot file; returns it.
+async fn saved_file(kv: &Path) -> (PathBuf, u64) {
+    eventually(Duration::from_secs(10), || async { slot_files(kv).pop() })
+        .await
+        .expect("a slot file")
+}
+
+#[tokio::test]
+async fn a_save_that_hangs_holds_the_swap_no_longer_than_save_timeout() {
+    let Talk { _tmp, kv, talk, r } = talk_with(", save_timeout: 1s", |f| f.save = Act::Hang);
     chat_ok(&r, "talk").await;
     // The argv the router gave the server: its own directory, ending in '/'.
     let dir = std::fs::read_to_string(&talk.argv_file).unwrap();
@@ -308,13 +333,7 @@ async fn a_save_that_hangs_holds_the_swap_no_longer_than_save_timeout() {
 
 #[tokio::test]
 async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_still_serves() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kv = tmp.path().join("kv");
-    let talk = Llama::start(tmp.path(), "talk");
-    let r = Router::start(&config(&[(
-        "talk",
-        talk.backend(&format!("{{dir: {}}}", kv.display())),
-    )]));
+    let Talk { _tmp, kv, talk, r } = talk_with("", |_| {});
     chat_ok(&r, "talk").await;
     swap_out_and_back(&r, "talk").await;
     let ev = wait_event(&r, "kv_restored talk").await;
@@ -409,13 +428,7 @@ async fn a_saved_conversation_is_restored_into_its_slot_and_a_failed_restore_sti
 
 #[tokio::test]
 async fn a_cache_from_another_build_or_cut_short_is_never_restored() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kv = tmp.path().join("kv");
-    let talk = Llama::start(tmp.path(), "talk");
-    let r = Router::start(&config(&[(
-        "talk",
-        talk.backend(&format!("{{dir: {}}}", kv.display())),
-    )]));
+    let Talk { _tmp, kv, talk, r } = talk_with("", |_| {});
     chat_ok(&r, "talk").await;
 
     // Saved by build b100; the server comes back as b101.
@@ -438,17 +451,10 @@ async fn a_cache_from_another_build_or_cut_short_is_never_restored() {
 
     // Saved whole, then cut short on disk: not offered either.
     chat_ok(&r, "other").await;
-    let saved = eventually(Duration::from_secs(10), || async { slot_files(&kv).pop() })
-        .await
-        .expect("a slot file");
+    let saved = saved_file(&kv).await;
     std::fs::write(&saved.0, b"short").unwrap();
     chat_ok(&r, "talk").await;
-    let ev = eventually(Duration::from_secs(10), || async {
-        let ev = kv_events(&r).await;
-        (ev.iter().filter(|e| e.starts_with("kv_failed")).count() == 2).then_some(ev)
-    })
-    .await
-    .unwrap();
+    let ev = wait_count(&r, "kv_failed", 2).await.unwrap();
     assert!(
         ev.iter()
             .any(|e| e.contains("slot-0.bin has 5 bytes, 300000 were saved")),
@@ -457,17 +463,10 @@ async fn a_cache_from_another_build_or_cut_short_is_never_restored() {
 
     // Saved, then deleted by someone: not offered either.
     chat_ok(&r, "other").await;
-    let saved = eventually(Duration::from_secs(10), || async { slot_files(&kv).pop() })
-        .await
-        .expect("a slot file");
+    let saved = saved_file(&kv).await;
     std::fs::remove_file(&saved.0).unwrap();
     chat_ok(&r, "talk").await;
-    let ev = eventually(Duration::from_secs(10), || async {
-        let ev = kv_events(&r).await;
-        (ev.iter().filter(|e| e.starts_with("kv_failed")).count() == 3).then_some(ev)
-    })
-    .await
-    .unwrap();
+    let ev = wait_count(&r, "kv_failed", 3).await.unwrap();
     assert!(
         ev.iter().any(|e| e.contains("slot-0.bin is missing")),
         "{ev:?}"
@@ -477,16 +476,8 @@ async fn a_cache_from_another_build_or_cut_short_is_never_restored() {
 
 #[tokio::test]
 async fn a_restore_that_hangs_holds_the_model_no_longer_than_restore_timeout() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kv = tmp.path().join("kv");
-    let talk = Llama::start(tmp.path(), "talk");
-    let r = Router::start(&config(&[(
-        "talk",
-        talk.backend(&format!("{{dir: {}, restore_timeout: 1s}}", kv.display())),
-    )]));
-    chat_ok(&r, "talk").await;
-    chat_ok(&r, "other").await;
-    wait_event(&r, "kv_saved talk").await;
+    let Talk { _tmp, talk, r, .. } = talk_with(", restore_timeout: 1s", |_| {});
+    served_and_saved(&r, "talk").await;
     talk.set(|f| f.restore = Act::Hang);
     // Were the restore waited for, this would wait out queue_timeout (30s) and fail.
     chat_ok(&r, "talk").await;
@@ -533,16 +524,8 @@ async fn the_cache_directory_stays_within_max_and_a_full_disk_only_costs_the_sav
 
 #[tokio::test]
 async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kv = tmp.path().join("kv");
-    let talk = Llama::start(tmp.path(), "talk");
-    let r = Router::start(&config(&[(
-        "talk",
-        talk.backend(&format!("{{dir: {}}}", kv.display())),
-    )]));
-    chat_ok(&r, "talk").await;
-    chat_ok(&r, "other").await;
-    wait_event(&r, "kv_saved talk").await;
+    let Talk { _tmp, talk, r, .. } = talk_with("", |_| {});
+    served_and_saved(&r, "talk").await;
 
     // Loaded (and restored) by a load that sends no chat: llama.cpp's /slots
     // then lists no task, though the slot holds the restored conversation.
@@ -556,11 +539,7 @@ async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
     wait_event(&r, "kv_restored talk").await;
     chat_ok(&r, "other").await;
     chat_ok(&r, "talk").await;
-    let ev = eventually(Duration::from_secs(10), || async {
-        let ev = kv_events(&r).await;
-        (ev.iter().filter(|e| e.starts_with("kv_restored")).count() == 2).then_some(ev)
-    })
-    .await;
+    let ev = wait_count(&r, "kv_restored", 2).await;
     assert!(ev.is_some(), "restored again: {:?}", kv_events(&r).await);
     assert_eq!(
         talk.seen("action=save"),
@@ -571,18 +550,11 @@ async fn a_model_loaded_and_let_go_unused_keeps_its_saved_conversation() {
 
 #[tokio::test]
 async fn each_slot_comes_back_into_the_id_it_was_saved_from() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kv = tmp.path().join("kv");
-    let talk = Llama::start(tmp.path(), "talk");
     // Four slots (--parallel 4); two conversations, in slots 1 and 3.
-    talk.set(|f| {
+    let Talk { _tmp, talk, r, .. } = talk_with("", |f| {
         f.slots = 4;
         f.busy = vec![1, 3];
     });
-    let r = Router::start(&config(&[(
-        "talk",
-        talk.backend(&format!("{{dir: {}}}", kv.display())),
-    )]));
     chat_ok(&r, "talk").await;
     swap_out_and_back(&r, "talk").await;
     let ev = wait_event(&r, "kv_restored talk").await;
@@ -610,12 +582,7 @@ async fn each_slot_comes_back_into_the_id_it_was_saved_from() {
     // The server comes back with fewer slots: what no longer has a slot stays out.
     talk.set(|f| f.slots = 2);
     swap_out_and_back(&r, "talk").await;
-    let ev = eventually(Duration::from_secs(10), || async {
-        let ev = kv_events(&r).await;
-        (ev.iter().filter(|e| e.starts_with("kv_restored")).count() == 2).then_some(ev)
-    })
-    .await
-    .unwrap_or_default();
+    let ev = wait_count(&r, "kv_restored", 2).await.unwrap_or_default();
     assert!(
         ev.iter()
             .any(|e| e.starts_with("kv_restored talk: slot 1: 500 tokens")),
@@ -626,13 +593,7 @@ async fn each_slot_comes_back_into_the_id_it_was_saved_from() {
 
 #[tokio::test]
 async fn a_conversation_larger_than_max_is_not_kept() {
-    let tmp = tempfile::tempdir().unwrap();
-    let kv = tmp.path().join("kv");
-    let talk = Llama::start(tmp.path(), "talk");
-    let r = Router::start(&config(&[(
-        "talk",
-        talk.backend(&format!("{{dir: {}, max: 100kB}}", kv.display())),
-    )]));
+    let Talk { _tmp, kv, talk, r } = talk_with(", max: 100kB", |_| {});
     chat_ok(&r, "talk").await;
     chat_ok(&r, "other").await;
     let ev = wait_event(&r, "kv_failed talk").await;

@@ -404,20 +404,7 @@ models:
     let next: Value = next.json().await.unwrap();
     assert!(!servers(&r).contains(&a_pid[0]), "a runs in a new process");
     let t = &next["timings"];
-    let events: Vec<String> = get_json(&r.url("/admin/status")).await["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"].as_str().unwrap().starts_with("kv_"))
-        .map(|e| {
-            format!(
-                "{} {}: {}",
-                e["kind"].as_str().unwrap(),
-                e["model"].as_str().unwrap(),
-                e["detail"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let events = kv_events(&r).await;
     (
         t["cache_n"].as_u64().unwrap(),
         t["prompt_n"].as_u64().unwrap(),

@@ -270,6 +270,24 @@ pub async fn last_request(base: &str) -> Value {
     get_json(&format!("{base}/sim/last-request")).await
 }
 
+/// The KV cache events so far on `/admin/status`, as `kind model: detail`.
+pub async fn kv_events(r: &Router) -> Vec<String> {
+    get_json(&r.url("/admin/status")).await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"].as_str().unwrap().starts_with("kv_"))
+        .map(|e| {
+            format!(
+                "{} {}: {}",
+                e["kind"].as_str().unwrap(),
+                e["model"].as_str().unwrap(),
+                e["detail"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 pub fn chat(model: &str) -> Value {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]})
 }

@@ -54,20 +54,17 @@ struct KvSeries {
 impl KvSeries {
     fn follow(&self, kv: &std::collections::BTreeMap<String, KvCounts>) {
         let _one = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let up_to = |c: &Counter, v: u64| {
-            c.inc_by(v.saturating_sub(c.get()));
-        };
         for (model, k) in kv {
             let by = |op| KvLabels {
                 model: model.clone(),
                 op,
             };
-            up_to(&self.ops.get_or_create(&by("save")), k.saves);
-            up_to(&self.ops.get_or_create(&by("restore")), k.restores);
-            up_to(&self.bytes.get_or_create(&by("save")), k.saved_bytes);
-            up_to(&self.bytes.get_or_create(&by("restore")), k.restored_bytes);
-            up_to(&self.failures.get_or_create(&label(model)), k.failures);
-            up_to(
+            raise_to(&self.ops.get_or_create(&by("save")), k.saves);
+            raise_to(&self.ops.get_or_create(&by("restore")), k.restores);
+            raise_to(&self.bytes.get_or_create(&by("save")), k.saved_bytes);
+            raise_to(&self.bytes.get_or_create(&by("restore")), k.restored_bytes);
+            raise_to(&self.failures.get_or_create(&label(model)), k.failures);
+            raise_to(
                 &self.restored_tokens.get_or_create(&label(model)),
                 k.restored_tokens,
             );
@@ -86,6 +83,12 @@ type Histograms = Family<ModelLabel, Histogram, fn() -> Histogram>;
 fn latency_buckets() -> Histogram {
     // 1 ms to ~65 s: a cached reply to a long generation.
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// Brings a counter up to a total kept elsewhere (it only rises). The caller
+/// holds a lock, or two scrapes could both add the same difference.
+fn raise_to(c: &Counter, total: u64) {
+    c.inc_by(total.saturating_sub(c.get()));
 }
 
 fn speed_buckets() -> Histogram {
@@ -364,10 +367,8 @@ impl Metrics {
         // One scrape at a time, or two could both add the same difference.
         static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-        self.log_written
-            .inc_by(written.saturating_sub(self.log_written.get()));
-        self.log_dropped
-            .inc_by(dropped.saturating_sub(self.log_dropped.get()));
+        raise_to(&self.log_written, written);
+        raise_to(&self.log_dropped, dropped);
     }
 
     pub fn queue_wait(&self, model: &str, waited: Duration) {

@@ -1,7 +1,7 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::reply::Reply;
+use crate::reply::{reply_fields, Reply};
 
 /// Which OpenAI endpoint a generation answers; they differ only in object
 /// names and whether text lives in `message`/`delta` or `text`.
@@ -248,17 +248,7 @@ impl Reply for Generation {
         };
     }
 
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn streamed(&self) -> bool {
-        self.stream
-    }
-
-    fn tokens(&self) -> u64 {
-        self.tokens
-    }
+    reply_fields!();
 
     fn full_response(&self) -> Value {
         let text = self.content(None);

@@ -9,7 +9,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::completions::{answer_text, budget, count_words, optional_bool, token_text};
-use crate::reply::Reply;
+use crate::reply::{reply_fields, Reply};
 use crate::response::{json_response, ResponseBody};
 
 #[derive(Debug, Clone)]
@@ -101,17 +101,7 @@ impl Reply for Message {
         self.id = format!("msg_sim_{number}");
     }
 
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn streamed(&self) -> bool {
-        self.stream
-    }
-
-    fn tokens(&self) -> u64 {
-        self.tokens
-    }
+    reply_fields!();
 
     fn full_response(&self) -> Value {
         self.message(

@@ -22,3 +22,22 @@ pub trait Reply: Send + 'static {
     /// tokens.
     fn abort_events(&self, sent: u64) -> Vec<Bytes>;
 }
+
+/// `id`, `streamed` and `tokens` for a reply that keeps them in fields of
+/// those names (`id`, `stream`, `tokens`): the same three lines in every shape.
+macro_rules! reply_fields {
+    () => {
+        fn id(&self) -> &str {
+            &self.id
+        }
+
+        fn streamed(&self) -> bool {
+            self.stream
+        }
+
+        fn tokens(&self) -> u64 {
+            self.tokens
+        }
+    };
+}
+pub(crate) use reply_fields;

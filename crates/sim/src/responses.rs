@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use crate::completions::{
     answer_text, budget, count_words, optional_bool, optional_u64, token_text,
 };
-use crate::reply::Reply;
+use crate::reply::{reply_fields, Reply};
 
 /// created, in_progress, output_item.added, content_part.added: the events
 /// before the first delta, which `sequence_number`s count from.
@@ -126,17 +126,7 @@ impl Reply for Answer {
         self.id = format!("resp_sim_{number}");
     }
 
-    fn id(&self) -> &str {
-        &self.id
-    }
-
-    fn streamed(&self) -> bool {
-        self.stream
-    }
-
-    fn tokens(&self) -> u64 {
-        self.tokens
-    }
+    reply_fields!();
 
     fn full_response(&self) -> Value {
         let part = text_part(&answer_text(self.tokens));

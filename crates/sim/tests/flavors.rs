@@ -77,6 +77,31 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The Ollama flavor serving model `m` (1 MiB) in `tokens` tokens, on a port
+/// of its own given the way Ollama takes it: OLLAMA_HOST.
+async fn ollama_with_m(tokens: u32) -> Sim {
+    let host = format!("http://127.0.0.1:{}", free_port());
+    let tokens = tokens.to_string();
+    spawn(
+        &[
+            "--flavor", "ollama", "--model", "m=1MiB", "--tokens", &tokens,
+        ],
+        &[("OLLAMA_HOST", host.as_str())],
+    )
+    .await
+}
+
+/// The oMLX flavor serving model `m` (1 MiB) in `tokens` tokens, on a port
+/// of its own given the way oMLX takes it: OMLX_PORT.
+async fn omlx_with_m(tokens: u32) -> Sim {
+    let (port, tokens) = (free_port().to_string(), tokens.to_string());
+    spawn(
+        &["--flavor", "omlx", "--model", "m=1MiB", "--tokens", &tokens],
+        &[("OMLX_PORT", port.as_str())],
+    )
+    .await
+}
+
 impl Sim {
     /// Resident memory of the sim process, from the kernel's own count.
     fn rss(&self) -> u64 {
@@ -1123,19 +1148,8 @@ async fn apfel_limits_concurrent_requests() {
 
 #[tokio::test]
 async fn omlx_and_ollama_serve_the_responses_api() {
-    let port = free_port();
-    let omlx = spawn(
-        &["--flavor", "omlx", "--model", "m=1MiB", "--tokens", "3"],
-        &[("OMLX_PORT", port.to_string().as_str())],
-    )
-    .await;
-    let port = free_port();
-    let host = format!("http://127.0.0.1:{port}");
-    let ollama = spawn(
-        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "3"],
-        &[("OLLAMA_HOST", host.as_str())],
-    )
-    .await;
+    let omlx = omlx_with_m(3).await;
+    let ollama = ollama_with_m(3).await;
     async fn responses(sim: &Sim, stream: bool) -> Done {
         let body = json!({"model": "m", "input": "hi", "stream": stream});
         sim.call(Method::POST, "/v1/responses", Some(body), &[])
@@ -1174,13 +1188,7 @@ async fn omlx_and_ollama_serve_the_responses_api() {
 
 #[tokio::test]
 async fn ollama_serves_anthropics_messages_api_loading_on_demand() {
-    let port = free_port();
-    let host = format!("http://127.0.0.1:{port}");
-    let ollama = spawn(
-        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "2"],
-        &[("OLLAMA_HOST", host.as_str())],
-    )
-    .await;
+    let ollama = ollama_with_m(2).await;
     let ask =
         json!({"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
     let (status, reply) = ollama.post("/v1/messages", ask).await;
@@ -1206,12 +1214,7 @@ async fn ollama_serves_anthropics_messages_api_loading_on_demand() {
 
 #[tokio::test]
 async fn omlx_serves_anthropics_messages_api() {
-    let port = free_port();
-    let omlx = spawn(
-        &["--flavor", "omlx", "--model", "m=1MiB", "--tokens", "2"],
-        &[("OMLX_PORT", port.to_string().as_str())],
-    )
-    .await;
+    let omlx = omlx_with_m(2).await;
     let ask = json!({"model": "m", "max_tokens": 10, "stream": true,
         "messages": [{"role": "user", "content": "hi"}]});
     let streamed = omlx
@@ -1232,13 +1235,7 @@ async fn omlx_serves_anthropics_messages_api() {
 
 #[tokio::test]
 async fn ollamas_native_chat_calls_tools_answers_json_and_thinks() {
-    let port = free_port();
-    let host = format!("http://127.0.0.1:{port}");
-    let ollama = spawn(
-        &["--flavor", "ollama", "--model", "m=1MiB", "--tokens", "3"],
-        &[("OLLAMA_HOST", host.as_str())],
-    )
-    .await;
+    let ollama = ollama_with_m(3).await;
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters":
         {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
     let ask = json!({"model": "m", "stream": false, "tools": tools,
