@@ -10,11 +10,12 @@
 //! server, a drain called off.
 //!
 //! The owner keeps each model's state as `owner::slots::State`, whose variants
-//! carry what exists only in them (a Draining model's `serve_until`); this
-//! table is in terms of its [`Phase`], what the status page shows.
+//! carry what exists only in them (a Draining model's `serve_until`, a Cold or
+//! Stopping one's backoff `retry_at`); this table is in terms of its
+//! [`Phase`], what the status page shows.
 //!
-//! `Failed` is not a state of its own: it is a Cold model waiting out a backoff
-//! (see `Slot::retry_at`), shown as failed on the status page.
+//! `Failed` is not a state of its own: it is `Cold { retry_at: Some(_) }`, a
+//! Cold model waiting out a backoff, shown as failed on the status page.
 
 use crate::ledger::Overdraw;
 use crate::policy::Phase;

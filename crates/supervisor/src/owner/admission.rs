@@ -130,10 +130,10 @@ impl<E: Effects> Owner<E> {
                     self.serve_queue(&m);
                     continue;
                 }
-                State::Starting | State::Draining { .. } | State::Stopping => continue,
-                State::Cold => {}
+                State::Starting | State::Draining { .. } | State::Stopping { .. } => continue,
+                State::Cold { .. } => {}
             }
-            if let Some(at) = slot.retry_at.filter(|at| *at > now) {
+            if let Some(at) = slot.retry_at().filter(|at| *at > now) {
                 let why = format!(
                     "it failed {} times in a row (last: {}); next start in {}s",
                     slot.failures,
@@ -219,7 +219,6 @@ impl<E: Effects> Owner<E> {
         }
         self.emit(Event::new(Kind::Loading, m, ""));
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.retry_at = None;
         slot.load_started = Instant::now();
         slot.why = "its backend is starting".into();
         let inst = self.instances.get_mut(&key).expect("instance exists");
@@ -322,7 +321,7 @@ impl<E: Effects> Owner<E> {
                     .next_deadline()
                     .into_iter()
                     .chain(idle_deadline(s).filter(later))
-                    .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
+                    .chain(s.retry_at().filter(|_| !s.queue.is_empty()).filter(later))
                     .chain(linger_until(s))
                     .chain(
                         s.last_interactive

@@ -196,7 +196,7 @@ impl<E: Effects> Owner<E> {
             self.fail_starting(
                 key,
                 "no room in the budget for the server itself",
-                State::Cold,
+                State::Cold { retry_at: None },
             );
             return;
         }
@@ -233,7 +233,7 @@ impl<E: Effects> Owner<E> {
             }
             Err(reason) => {
                 self.run_to(key, Run::Down);
-                self.fail_starting(key, &reason, State::Cold);
+                self.fail_starting(key, &reason, State::Cold { retry_at: None });
             }
         }
     }
@@ -273,7 +273,7 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(instance = %key, "backend failed to start: {reason}");
                 self.stop_process(&key);
                 // Its memory is not back until the process has exited.
-                self.fail_starting(&key, &reason, State::Stopping);
+                self.fail_starting(&key, &reason, State::Stopping { retry_at: None });
             }
         }
     }
@@ -320,8 +320,7 @@ impl<E: Effects> Owner<E> {
             if requested {
                 // A clean stop after a clean start ends a run of failures.
                 if slot.last_error.is_none() {
-                    slot.failures = 0;
-                    slot.retry_at = None;
+                    clear_failures(slot);
                 }
                 continue;
             }
@@ -353,7 +352,7 @@ impl<E: Effects> Owner<E> {
         }
         for m in inst.models.clone() {
             if self.slots[&m].phase() == Phase::Draining {
-                self.enter(&m, State::Stopping);
+                self.enter(&m, State::Stopping { retry_at: None });
             }
         }
         tracing::info!(instance = %key, "stopping backend");

@@ -50,7 +50,7 @@ impl<E: Effects> Owner<E> {
             let _ = reply.send(lease);
             return;
         }
-        if let Some(at) = slot.retry_at.filter(|at| *at > deadline) {
+        if let Some(at) = slot.retry_at().filter(|at| *at > deadline) {
             let _ = reply.send(Err(SupervisorError::BackingOff {
                 model,
                 failures: slot.failures,

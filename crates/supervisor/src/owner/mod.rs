@@ -59,7 +59,7 @@ use admission::{idle_deadline, linger_until};
 use instances::{instance_key, server_holds, Endpoint, Instance};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
-use slots::{fail_queue, median, note_failure, IdleFor, Slot, State};
+use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Slot, State};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -350,7 +350,7 @@ impl<E: Effects> Owner<E> {
                 ModelStatus {
                     name: name.to_string(),
                     // Cold while it waits out a backoff: shown as what it is.
-                    phase: if s.phase() == Phase::Cold && s.retry_at.is_some() {
+                    phase: if matches!(s.state, State::Cold { retry_at: Some(_) }) {
                         Phase::Failed
                     } else {
                         s.phase()

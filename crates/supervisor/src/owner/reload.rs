@@ -75,7 +75,11 @@ impl<E: Effects> Owner<E> {
                     (None, Some(fixed)) => fixed.to_string(),
                     (None, None) => name.to_string(),
                 },
-                state: if counted { State::Cold } else { State::Ready },
+                state: if counted {
+                    State::Cold { retry_at: None }
+                } else {
+                    State::Ready
+                },
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
@@ -85,7 +89,6 @@ impl<E: Effects> Owner<E> {
                 queue: Queue::default(),
                 why: String::new(),
                 failures: 0,
-                retry_at: None,
                 last_error: None,
                 def: (m.clone(), backend),
                 stale: false,

@@ -33,7 +33,11 @@ impl<E: Effects> Owner<E> {
             Some(op) => self.effects.model_op(op, self.tx.clone()),
             None => {
                 let key = self.slots[m].instance.clone();
-                self.fail_starting(&key, "its url is not usable", State::Cold);
+                self.fail_starting(
+                    &key,
+                    "its url is not usable",
+                    State::Cold { retry_at: None },
+                );
             }
         }
     }
@@ -69,7 +73,7 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(model = %m, "{backend} could not load it: {reason}");
                 if slot.phase() == Phase::Starting {
                     // The server says it holds nothing of it: the reservation goes.
-                    self.enter(&m, State::Cold);
+                    self.enter(&m, State::Cold { retry_at: None });
                     let slot = self.slots.get_mut(&m).expect("exists");
                     note_failure(slot, &reason);
                     self.emit(Event::new(Kind::Failed, &m, reason.clone()));
@@ -195,7 +199,7 @@ impl<E: Effects> Owner<E> {
                         self.effects.model_op(op, self.tx.clone());
                     }
                 }
-                (Phase::Cold, true) if slot.queue.is_empty() && slot.retry_at.is_none() => {
+                (Phase::Cold, true) if slot.queue.is_empty() && slot.retry_at().is_none() => {
                     self.adopt(&m);
                 }
                 _ => {}
@@ -246,7 +250,7 @@ impl<E: Effects> Owner<E> {
         let Some(op) = self.model_op(m, true) else {
             return;
         };
-        self.enter(m, State::Stopping);
+        self.enter(m, State::Stopping { retry_at: None });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.unloading = true;
         tracing::info!(model = %m, "unloading from its server");

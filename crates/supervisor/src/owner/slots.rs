@@ -32,15 +32,18 @@ pub(super) struct Slot {
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
+    /// Its run of failed starts, until a clean stop ends it. Not part of
+    /// [`State`]: the count lives through the retries it is about (Starting,
+    /// then Cold or Stopping again) and through a model that ran a while and
+    /// crashed; the backoff it sets is held by the state it applies in.
     pub(super) failures: u32,
-    /// No start before this (a backoff after repeated failures). It outlives the
-    /// state it was set in: a start that failed is still stopping while its
-    /// backoff runs.
-    pub(super) retry_at: Option<Instant>,
     pub(super) last_error: Option<String>,
     /// The config it was made from.
     pub(super) def: (modelyard_config::Model, Backend),
-    /// Removed or redefined by a reload: leaves once idle, then is rebuilt or dropped.
+    /// Removed or redefined by a reload: leaves once idle, then is rebuilt or
+    /// dropped. Not part of [`State`]: it is about the config it was made from,
+    /// not where it is in its life; a stale model goes on through Ready,
+    /// Draining and Stopping like any other, and only its end differs.
     pub(super) stale: bool,
     /// How long its last few loads took, to say how long the next will.
     pub(super) recent_loads: VecDeque<Duration>,
@@ -72,7 +75,11 @@ pub(super) enum IdleFor {
 /// the status page shows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum State {
-    Cold,
+    /// Not loaded. After repeated failed starts, no start before `retry_at`
+    /// (a backoff); None, it starts when asked.
+    Cold {
+        retry_at: Option<Instant>,
+    },
     Starting,
     Ready,
     /// Chosen to go: what is in flight finishes. Drained to make room for a
@@ -81,18 +88,22 @@ pub(super) enum State {
     Draining {
         serve_until: Option<Instant>,
     },
-    /// Asked to exit or to be unloaded; its memory is back once it has.
-    Stopping,
+    /// Asked to exit or to be unloaded; its memory is back once it has. A start
+    /// that failed while its process runs is stopped with its backoff already
+    /// running: `retry_at` goes on into Cold.
+    Stopping {
+        retry_at: Option<Instant>,
+    },
 }
 
 impl State {
     pub(super) fn phase(self) -> Phase {
         match self {
-            State::Cold => Phase::Cold,
+            State::Cold { .. } => Phase::Cold,
             State::Starting => Phase::Starting,
             State::Ready => Phase::Ready,
             State::Draining { .. } => Phase::Draining,
-            State::Stopping => Phase::Stopping,
+            State::Stopping { .. } => Phase::Stopping,
         }
     }
 }
@@ -100,6 +111,15 @@ impl State {
 impl Slot {
     pub(super) fn phase(&self) -> Phase {
         self.state.phase()
+    }
+
+    /// No start before this: the backoff of a run of failed starts, held while
+    /// it is cold or still stopping.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        match self.state {
+            State::Cold { retry_at } | State::Stopping { retry_at } => retry_at,
+            _ => None,
+        }
     }
 
     /// Until when a model draining for a swap still serves its own requests.
@@ -111,13 +131,28 @@ impl Slot {
     }
 }
 
+/// Counts a failed start (or a crash) of a model that is now cold or
+/// stopping, and from the second in a row sets the backoff its state holds.
 pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
     slot.failures += 1;
     slot.last_error = Some(reason.to_string());
-    slot.retry_at = (slot.failures >= 2).then(|| {
+    let backoff = (slot.failures >= 2).then(|| {
         let exp = (slot.failures - 2).min(16);
         Instant::now() + Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
     });
+    match &mut slot.state {
+        State::Cold { retry_at } | State::Stopping { retry_at } => *retry_at = backoff,
+        // Only after a refused move (a bug, already said): nothing to hold it.
+        _ => {}
+    }
+}
+
+/// A clean stop ended the run of failures: the count and any backoff go.
+pub(super) fn clear_failures(slot: &mut Slot) {
+    slot.failures = 0;
+    if let State::Cold { retry_at } | State::Stopping { retry_at } = &mut slot.state {
+        *retry_at = None;
+    }
 }
 
 pub(super) fn fail_queue(slot: &mut Slot, model: &str, err: impl Fn(String) -> SupervisorError) {
@@ -195,7 +230,9 @@ impl<E: Effects> Owner<E> {
             Some(why) if detail.is_empty() => why,
             _ => detail,
         };
-        self.enter(m, State::Cold);
+        // A backoff set while it was stopping goes on.
+        let retry_at = slot.retry_at();
+        self.enter(m, State::Cold { retry_at });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
         slot.idle_for = IdleFor::Config;
