@@ -143,8 +143,7 @@ impl<E: Effects> Owner<E> {
                 self.slots.get_mut(&m).expect("exists").why = why;
                 continue;
             }
-            let inst_run = self.instances[&slot.instance].run;
-            if inst_run == Run::Stopping {
+            if self.instances[&slot.instance].run == Run::Stopping {
                 self.slots.get_mut(&m).expect("exists").why = "its backend is restarting".into();
                 continue;
             }
@@ -223,7 +222,7 @@ impl<E: Effects> Owner<E> {
         slot.why = "its backend is starting".into();
         let inst = self.instances.get_mut(&key).expect("instance exists");
         match inst.run {
-            Run::Up | Run::External if inst.loads => {
+            Run::Up | Run::External { .. } if inst.loads => {
                 slot.why = "its server is loading it".into();
                 self.begin_load(m);
             }
@@ -235,7 +234,7 @@ impl<E: Effects> Owner<E> {
             }
             Run::Starting => {}
             Run::Down => self.launch(&key),
-            Run::External | Run::Stopping => unreachable!("schedule skips these"),
+            Run::External { .. } | Run::Stopping => unreachable!("schedule skips these"),
         }
     }
 
@@ -288,7 +287,7 @@ impl<E: Effects> Owner<E> {
     pub(super) fn server_views(&self) -> Vec<View<'_>> {
         self.instances
             .iter()
-            .filter(|(_, i)| i.base > 0 && server_holds(i.run))
+            .filter(|(_, i)| i.base > 0 && server_holds(&i.run))
             .map(|(k, i)| View {
                 name: k,
                 memory: i.base,

@@ -55,12 +55,20 @@ pub(super) struct Instance {
     pub(super) launched_at: Instant,
     /// Its server loads and unloads models one by one through its API.
     pub(super) loads: bool,
-    /// Why a server we do not start is unreachable, from the last poll.
-    pub(super) down: Option<String>,
     /// The most tokens one request may carry, as the server reports it.
     pub(super) context_window: Option<u32>,
     /// The models another machine says it serves.
     pub(super) listed: Vec<String>,
+}
+
+impl Instance {
+    /// Why a server we do not start was unreachable at its last poll.
+    pub(super) fn down(&self) -> Option<&str> {
+        match &self.run {
+            Run::External { down } => down.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 pub(super) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> {
@@ -74,7 +82,7 @@ pub(super) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> 
 }
 
 /// Whether a server's process (and so its own memory) may be present.
-pub(super) fn server_holds(run: Run) -> bool {
+pub(super) fn server_holds(run: &Run) -> bool {
     run.holds_memory()
 }
 
@@ -139,11 +147,11 @@ impl<E: Effects> Owner<E> {
     /// Whether it moved (staying counts).
     pub(super) fn run_to(&mut self, key: &InstanceKey, next: Run) -> bool {
         let inst = self.instances.get_mut(key).expect("instance exists");
-        let from = inst.run;
+        let from = inst.run.clone();
         if from == next {
             return true;
         }
-        if !lifecycle::legal_run(from, next) {
+        if !lifecycle::legal_run(&from, &next) {
             self.bug(format!(
                 "instance {key}: {} → {}",
                 from.as_str(),
@@ -164,9 +172,9 @@ impl<E: Effects> Owner<E> {
             }
             _ => {}
         }
-        self.instances.get_mut(key).expect("instance exists").run = next;
         #[cfg(test)]
-        self.audit.runs.push((from, next));
+        self.audit.runs.push((from, next.clone()));
+        self.instances.get_mut(key).expect("instance exists").run = next;
         true
     }
 
@@ -285,7 +293,7 @@ impl<E: Effects> Owner<E> {
         if inst.generation != generation {
             return;
         }
-        let was = inst.run;
+        let was = inst.run.clone();
         let requested = info.is_some_and(|i| i.requested);
         let what = info.map_or("exited".to_string(), |i| i.to_string());
         inst.handle = None;
@@ -399,7 +407,10 @@ impl<E: Effects> Owner<E> {
             .iter()
             .filter(|(_, s)| {
                 let inst = &self.instances[&s.instance];
-                inst.run == Run::External && inst.loads && s.phase().holds_memory() && !s.unloading
+                matches!(inst.run, Run::External { .. })
+                    && inst.loads
+                    && s.phase().holds_memory()
+                    && !s.unloading
             })
             .map(|(k, _)| k.clone())
             .collect();

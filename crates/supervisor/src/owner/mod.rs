@@ -322,7 +322,7 @@ impl<E: Effects> Owner<E> {
     fn servers_reserved(&self) -> u64 {
         self.instances
             .values()
-            .filter(|i| server_holds(i.run))
+            .filter(|i| server_holds(&i.run))
             .map(|i| i.base)
             .sum()
     }
@@ -385,7 +385,10 @@ impl<E: Effects> Owner<E> {
                     typical_load: median(&s.recent_loads),
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
-                    last_error: s.last_error.clone().or_else(|| inst.down.clone()),
+                    last_error: s
+                        .last_error
+                        .clone()
+                        .or_else(|| inst.down().map(str::to_string)),
                     context_window: inst.context_window,
                 }
             })
@@ -394,7 +397,7 @@ impl<E: Effects> Owner<E> {
         let mut remote_models: Vec<crate::RemoteModel> = self
             .instances
             .values()
-            .filter(|i| i.down.is_none())
+            .filter(|i| i.down().is_none())
             .flat_map(|i| i.listed.iter().map(move |n| (n, i)))
             .filter(|(n, i)| {
                 self.remote_serving(n)

@@ -28,7 +28,11 @@ impl<E: Effects> Owner<E> {
                 } else {
                     None
                 },
-                run: if external { Run::External } else { Run::Down },
+                run: if external {
+                    Run::External { down: None }
+                } else {
+                    Run::Down
+                },
                 backend: backend.clone(),
                 model: per_model.then(|| name.to_string()),
                 handle: None,
@@ -45,7 +49,6 @@ impl<E: Effects> Owner<E> {
                     backend.memory.map_or(0, |b| b.0)
                 },
                 loads,
-                down: None,
                 context_window: None,
                 listed: Vec::new(),
             });
@@ -182,7 +185,7 @@ impl<E: Effects> Owner<E> {
         for m in stale {
             let slot = &self.slots[&m];
             let inst = &self.instances[&slot.instance];
-            let run = inst.run;
+            let run = inst.run.clone();
             if slot.phase() == Phase::Ready && slot.in_flight == 0 && slot.counted {
                 let why = if self.config.models.contains_key(&*m) {
                     "reload: its definition changed"

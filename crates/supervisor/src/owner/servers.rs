@@ -112,7 +112,7 @@ impl<E: Effects> Owner<E> {
             .filter(|(_, i)| {
                 let kind = i.backend.kind;
                 match i.run {
-                    Run::External => true,
+                    Run::External { .. } => true,
                     Run::Up => i.loads || kind == modelyard_config::BackendKind::Apfel,
                     _ => false,
                 }
@@ -145,22 +145,24 @@ impl<E: Effects> Owner<E> {
         let Some(inst) = self.instances.get_mut(&key) else {
             return;
         };
-        if inst.generation != generation || !matches!(inst.run, Run::Up | Run::External) {
+        if inst.generation != generation || !matches!(inst.run, Run::Up | Run::External { .. }) {
             return;
         }
         let report = match report {
             Ok(r) => {
-                if let Some(was) = inst.down.take() {
-                    tracing::info!(backend = %inst.backend_name, "reachable again (was: {was})");
+                if let Run::External { down } = &mut inst.run {
+                    if let Some(was) = down.take() {
+                        tracing::info!(backend = %inst.backend_name, "reachable again (was: {was})");
+                    }
                 }
                 r
             }
             Err(e) => {
-                if inst.run == Run::External && inst.down.is_none() {
-                    tracing::warn!(backend = %inst.backend_name, "unreachable: {e}");
-                }
-                if inst.run == Run::External {
-                    inst.down = Some(e);
+                if let Run::External { down } = &mut inst.run {
+                    if down.is_none() {
+                        tracing::warn!(backend = %inst.backend_name, "unreachable: {e}");
+                    }
+                    *down = Some(e);
                 }
                 return;
             }
@@ -240,11 +242,11 @@ impl<E: Effects> Owner<E> {
     /// Unloads a drained `m` from a server that loads models one by one.
     pub(super) fn try_unload(&mut self, m: &ModelKey) {
         let slot = &self.slots[m];
-        let run = self.instances[&slot.instance].run;
+        let run = &self.instances[&slot.instance].run;
         if slot.phase() != Phase::Draining || slot.in_flight > 0 || linger_until(slot).is_some() {
             return;
         }
-        if !matches!(run, Run::Up | Run::External) {
+        if !matches!(run, Run::Up | Run::External { .. }) {
             return;
         }
         let Some(op) = self.model_op(m, true) else {
