@@ -125,7 +125,7 @@ impl<E: Effects> Owner<E> {
         let mut promised = 0u64;
         for (priority, _, m) in waiting {
             let slot = &self.slots[&m];
-            match slot.state {
+            match slot.life.state {
                 State::Ready => {
                     self.serve_queue(&m);
                     continue;
@@ -250,7 +250,7 @@ impl<E: Effects> Owner<E> {
         let kept: Vec<ModelKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.serve_until().is_some() && !s.unloading)
+            .filter(|(_, s)| s.serve_until().is_some() && !s.life.unload_asked)
             .map(|(k, _)| k.clone())
             .collect();
         for name in kept {

@@ -410,13 +410,13 @@ impl<E: Effects> Owner<E> {
                 matches!(inst.run, Run::External { .. })
                     && inst.loads
                     && s.phase().holds_memory()
-                    && !s.unloading
+                    && !s.life.unload_asked
             })
             .map(|(k, _)| k.clone())
             .collect();
         for m in loaded {
             if let Some(op) = self.model_op(&m, true) {
-                self.slots.get_mut(&m).expect("exists").unloading = true;
+                self.slots.get_mut(&m).expect("exists").life.unload_asked = true;
                 self.effects.model_op(op, self.tx.clone());
             }
         }

@@ -59,7 +59,7 @@ use admission::{idle_deadline, linger_until};
 use instances::{instance_key, server_holds, Endpoint, Instance};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
-use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Slot, State};
+use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Life, Slot, State};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -241,7 +241,7 @@ impl<E: Effects> Owner<E> {
                 self.settle_definitions();
             }
             if self.shutting_down {
-                let unloading = self.slots.values().any(|s| s.unloading);
+                let unloading = self.slots.values().any(|s| s.life.unload_asked);
                 if !unloading && self.instances.values().all(|i| i.handle.is_none()) {
                     if let Some(done) = self.shutdown_done.take() {
                         let _ = done.send(());
@@ -350,7 +350,7 @@ impl<E: Effects> Owner<E> {
                 ModelStatus {
                     name: name.to_string(),
                     // Cold while it waits out a backoff: shown as what it is.
-                    phase: if matches!(s.state, State::Cold { retry_at: Some(_) }) {
+                    phase: if matches!(s.life.state, State::Cold { retry_at: Some(_) }) {
                         Phase::Failed
                     } else {
                         s.phase()

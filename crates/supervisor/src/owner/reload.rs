@@ -78,11 +78,11 @@ impl<E: Effects> Owner<E> {
                     (None, Some(fixed)) => fixed.to_string(),
                     (None, None) => name.to_string(),
                 },
-                state: if counted {
+                life: Life::new(if counted {
                     State::Cold { retry_at: None }
                 } else {
                     State::Ready
-                },
+                }),
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
@@ -94,13 +94,11 @@ impl<E: Effects> Owner<E> {
                 failures: 0,
                 last_error: None,
                 def: (m.clone(), backend),
-                stale: false,
                 recent_loads: VecDeque::new(),
                 counted,
                 measured: None,
                 load_started: now,
                 ready_at: now,
-                unloading: false,
                 unload_why: None,
             },
         );
@@ -133,7 +131,7 @@ impl<E: Effects> Owner<E> {
             let slot = self.slots.get_mut(&m).expect("listed");
             match config.models.get(&*m) {
                 None => {
-                    slot.stale = true;
+                    slot.life.stale = true;
                     fail_queue(slot, &m, SupervisorError::UnknownModel);
                     if previous.models.contains_key(&*m) {
                         changes.push(format!("removed {m}"));
@@ -151,7 +149,7 @@ impl<E: Effects> Owner<E> {
                         || slot.def.0.upstream != def.upstream
                         || slot.def.0.args != def.args
                     {
-                        slot.stale = true;
+                        slot.life.stale = true;
                     }
                     // Reported against the last config, so a change still waiting for
                     // its model to be idle is not reported again.
@@ -179,7 +177,7 @@ impl<E: Effects> Owner<E> {
         let stale: Vec<ModelKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.stale)
+            .filter(|(_, s)| s.life.stale)
             .map(|(k, _)| k.clone())
             .collect();
         for m in stale {

@@ -54,7 +54,7 @@ impl<E: Effects> Owner<E> {
         };
         let key = slot.instance.clone();
         if unload {
-            slot.unloading = false;
+            slot.life.unload_asked = false;
         }
         let inst = &self.instances[&key];
         // A server restarted since: what it said is about a process that is gone.
@@ -192,12 +192,12 @@ impl<E: Effects> Owner<E> {
                         format!("{backend} unloaded it on its own"),
                     );
                 }
-                (Phase::Stopping, false) if !slot.unloading => {
+                (Phase::Stopping, false) if !slot.life.unload_asked => {
                     self.now_cold(&m, Kind::Unloaded, String::new());
                 }
-                (Phase::Stopping, true) if !slot.unloading => {
+                (Phase::Stopping, true) if !slot.life.unload_asked => {
                     if let Some(op) = self.model_op(&m, true) {
-                        self.slots.get_mut(&m).expect("exists").unloading = true;
+                        self.slots.get_mut(&m).expect("exists").life.unload_asked = true;
                         self.effects.model_op(op, self.tx.clone());
                     }
                 }
@@ -254,7 +254,7 @@ impl<E: Effects> Owner<E> {
         };
         self.enter(m, State::Stopping { retry_at: None });
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.unloading = true;
+        slot.life.unload_asked = true;
         tracing::info!(model = %m, "unloading from its server");
         self.effects.model_op(op, self.tx.clone());
     }

@@ -15,8 +15,8 @@ pub(super) struct Slot {
     /// How long it may idle before it unloads, until it next does.
     pub(super) idle_for: IdleFor,
     pub(super) upstream: String,
-    /// Where it is in its life; change it only through `Owner::enter`.
-    pub(super) state: State,
+    /// Where it is in its life, and what about that crosses its states.
+    pub(super) life: Life,
     pub(super) in_flight: usize,
     pub(super) last_used: Instant,
     /// When its last two requests were admitted, and by which client: closer
@@ -40,11 +40,6 @@ pub(super) struct Slot {
     pub(super) last_error: Option<String>,
     /// The config it was made from.
     pub(super) def: (modelyard_config::Model, Backend),
-    /// Removed or redefined by a reload: leaves once idle, then is rebuilt or
-    /// dropped. Not part of [`State`]: it is about the config it was made from,
-    /// not where it is in its life; a stale model goes on through Ready,
-    /// Draining and Stopping like any other, and only its end differs.
-    pub(super) stale: bool,
     /// How long its last few loads took, to say how long the next will.
     pub(super) recent_loads: VecDeque<Duration>,
     /// Whether its memory is ours to count: not for another machine's model, nor
@@ -55,10 +50,38 @@ pub(super) struct Slot {
     /// When its current load began, and when it was ready.
     pub(super) load_started: Instant,
     pub(super) ready_at: Instant,
-    /// An unload was asked of its server and has not answered yet.
-    pub(super) unloading: bool,
     /// Why it is draining or stopping, for the `unloaded` event that ends it.
     pub(super) unload_why: Option<String>,
+}
+
+/// A model's lifecycle whole: where it is ([`State`], whose variants carry what
+/// exists only in them) and the two facts about it that are no place in it,
+/// because each lasts across states.
+pub(super) struct Life {
+    /// Change it only through `Owner::enter`, which checks lifecycle.rs's table.
+    pub(super) state: State,
+    /// An unload was asked of its server and has not been answered. Asked on the
+    /// way into Stopping, and again while Stopping if the server still holds it;
+    /// but at shutdown the router asks a server it does not run to unload what it
+    /// loaded there whatever state that is in, without moving it (Ready to
+    /// Stopping is no move, work in flight is not cut), and waits for the
+    /// answers before it exits. So it is no part of Stopping.
+    pub(super) unload_asked: bool,
+    /// Removed or redefined by a reload: it leaves once idle, then is rebuilt or
+    /// dropped. About the config it was made from, not where it is: a stale
+    /// model goes through Ready, Draining and Stopping like any other, and only
+    /// what happens once it is cold differs.
+    pub(super) stale: bool,
+}
+
+impl Life {
+    pub(super) fn new(state: State) -> Life {
+        Life {
+            state,
+            unload_asked: false,
+            stale: false,
+        }
+    }
 }
 
 /// Whose idle timeout a loaded model follows.
@@ -110,13 +133,13 @@ impl State {
 
 impl Slot {
     pub(super) fn phase(&self) -> Phase {
-        self.state.phase()
+        self.life.state.phase()
     }
 
     /// No start before this: the backoff of a run of failed starts, held while
     /// it is cold or still stopping.
     pub(super) fn retry_at(&self) -> Option<Instant> {
-        match self.state {
+        match self.life.state {
             State::Cold { retry_at } | State::Stopping { retry_at } => retry_at,
             _ => None,
         }
@@ -124,7 +147,7 @@ impl Slot {
 
     /// Until when a model draining for a swap still serves its own requests.
     pub(super) fn serve_until(&self) -> Option<Instant> {
-        match self.state {
+        match self.life.state {
             State::Draining { serve_until } => serve_until,
             _ => None,
         }
@@ -140,7 +163,7 @@ pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
         let exp = (slot.failures - 2).min(16);
         Instant::now() + Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
     });
-    match &mut slot.state {
+    match &mut slot.life.state {
         State::Cold { retry_at } | State::Stopping { retry_at } => *retry_at = backoff,
         // Only after a refused move (a bug, already said): nothing to hold it.
         _ => {}
@@ -150,7 +173,7 @@ pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
 /// A clean stop ended the run of failures: the count and any backoff go.
 pub(super) fn clear_failures(slot: &mut Slot) {
     slot.failures = 0;
-    if let State::Cold { retry_at } | State::Stopping { retry_at } = &mut slot.state {
+    if let State::Cold { retry_at } | State::Stopping { retry_at } = &mut slot.life.state {
         *retry_at = None;
     }
 }
@@ -191,7 +214,7 @@ impl<E: Effects> Owner<E> {
             }
             _ => {}
         }
-        slot.state = next;
+        slot.life.state = next;
         #[cfg(test)]
         self.audit.moves.push((from, to));
         Ok(())
@@ -238,7 +261,7 @@ impl<E: Effects> Owner<E> {
         slot.idle_for = IdleFor::Config;
         slot.interactive_in_flight = 0;
         slot.measured = None;
-        slot.unloading = false;
+        slot.life.unload_asked = false;
         self.emit(Event::new(kind, m, detail));
     }
 
@@ -296,7 +319,7 @@ impl<E: Effects> Owner<E> {
     ) {
         if serve_until.is_some() {
             if let State::Draining { serve_until: s } =
-                &mut self.slots.get_mut(m).expect("exists").state
+                &mut self.slots.get_mut(m).expect("exists").life.state
             {
                 *s = serve_until;
             }
