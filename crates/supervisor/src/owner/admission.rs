@@ -174,15 +174,17 @@ impl<E: Effects> Owner<E> {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
                     let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
+                    let swap = Swap {
+                        serve_until,
+                        client,
+                        decided: now,
+                    };
                     for v in &victims {
-                        if let Some(s) = self.slots.get_mut(v) {
-                            s.swap_for = Some((client, now));
-                        }
                         self.begin_drain_until(
                             v,
                             Reason::MakeRoom,
                             &format!("to make room for {m}"),
-                            Some(serve_until),
+                            Some(swap),
                         );
                     }
                     self.slots.get_mut(&m).expect("exists").why = format!(
@@ -373,7 +375,11 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
         return None;
     }
     let load = median(&s.recent_loads)?;
-    let (mover, decided) = s.swap_for?;
+    let Swap {
+        serve_until,
+        client: mover,
+        decided,
+    } = s.swap()?;
     let [before, Some((last, last_client))] = s.admitted else {
         return None;
     };
@@ -384,7 +390,7 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if !asked_during_swap && !shared_burst {
         return None;
     }
-    let until = s.serve_until()?.min(s.last_used + load);
+    let until = serve_until.min(s.last_used + load);
     (Instant::now() < until).then_some(until)
 }
 

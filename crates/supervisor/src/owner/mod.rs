@@ -59,7 +59,7 @@ use admission::{idle_deadline, linger_until};
 use instances::{instance_key, server_holds, Endpoint, Instance};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
-use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Life, Slot, State};
+use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Life, Slot, State, Swap};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.

@@ -86,7 +86,6 @@ impl<E: Effects> Owner<E> {
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
-                swap_for: None,
                 interactive_in_flight: 0,
                 last_interactive: None,
                 queue: Queue::default(),

@@ -23,8 +23,6 @@ pub(super) struct Slot {
     /// than a load's time apart and not only from the client a swap is for,
     /// they make a burst a swap waits out (see linger_until).
     pub(super) admitted: [Option<(Instant, u64)>; 2],
-    /// Drained for a swap: the client the swap is for, and when it was decided.
-    pub(super) swap_for: Option<(u64, Instant)>,
     /// Interactive requests in flight, and when the last one was admitted or
     /// ended: background work may not evict it while either says a person uses it.
     pub(super) interactive_in_flight: usize,
@@ -84,6 +82,18 @@ impl Life {
     }
 }
 
+/// A drain to make room for another model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Swap {
+    /// Until when the drained model still serves its own requests (and may
+    /// linger while its burst goes on, see linger_until).
+    pub(super) serve_until: Instant,
+    /// The client the swap is for, and when it was decided: requests from
+    /// others since are what make it linger.
+    pub(super) client: u64,
+    pub(super) decided: Instant,
+}
+
 /// Whose idle timeout a loaded model follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum IdleFor {
@@ -106,10 +116,9 @@ pub(super) enum State {
     Starting,
     Ready,
     /// Chosen to go: what is in flight finishes. Drained to make room for a
-    /// swap, it still serves its own requests until `serve_until` (and may
-    /// linger while its burst goes on); drained for any other reason, None.
+    /// swap, it holds that [`Swap`]; drained for any other reason, None.
     Draining {
-        serve_until: Option<Instant>,
+        swap: Option<Swap>,
     },
     /// Asked to exit or to be unloaded; its memory is back once it has. A start
     /// that failed while its process runs is stopped with its backoff already
@@ -145,12 +154,17 @@ impl Slot {
         }
     }
 
-    /// Until when a model draining for a swap still serves its own requests.
-    pub(super) fn serve_until(&self) -> Option<Instant> {
+    /// The swap a model is draining for, if it is.
+    pub(super) fn swap(&self) -> Option<Swap> {
         match self.life.state {
-            State::Draining { serve_until } => serve_until,
+            State::Draining { swap } => swap,
             _ => None,
         }
+    }
+
+    /// Until when a model draining for a swap still serves its own requests.
+    pub(super) fn serve_until(&self) -> Option<Instant> {
+        self.swap().map(|s| s.serve_until)
     }
 }
 
@@ -307,21 +321,21 @@ impl<E: Effects> Owner<E> {
         self.begin_drain_until(m, reason, why, None);
     }
 
-    /// [`Self::begin_drain`]; with `serve_until`, `m` (drained to make room for a
-    /// swap) still serves its own requests until then, even if it was already
-    /// draining with the models sharing its process.
+    /// [`Self::begin_drain`]; with a `swap`, `m` (drained to make room for it)
+    /// still serves its own requests until the swap's `serve_until`, even if it
+    /// was already draining with the models sharing its process.
     pub(super) fn begin_drain_until(
         &mut self,
         m: &ModelKey,
         reason: Reason,
         why: &str,
-        serve_until: Option<Instant>,
+        swap: Option<Swap>,
     ) {
-        if serve_until.is_some() {
-            if let State::Draining { serve_until: s } =
+        if swap.is_some() {
+            if let State::Draining { swap: s } =
                 &mut self.slots.get_mut(m).expect("exists").life.state
             {
-                *s = serve_until;
+                *s = swap;
             }
         }
         let key = self.slots[m].instance.clone();
@@ -335,8 +349,8 @@ impl<E: Effects> Owner<E> {
         };
         for other in models {
             if self.slots[&other].phase() == Phase::Ready {
-                let serve_until = serve_until.filter(|_| other == *m);
-                self.enter(&other, State::Draining { serve_until });
+                let swap = swap.filter(|_| other == *m);
+                self.enter(&other, State::Draining { swap });
                 let s = self.slots.get_mut(&other).expect("exists");
                 let detail = if other == *m {
                     why.to_string()
