@@ -790,6 +790,31 @@ async fn a_client_that_gives_up_leaves_its_place_at_once() {
     ledger(&s).await;
 }
 
+/// A swap called off takes its reason with it: the model it kept, stopped
+/// later at shutdown, is not said to go "to make room" for anyone.
+#[tokio::test(start_paused = true)]
+async fn a_swap_called_off_leaves_no_reason_behind() {
+    let (s, _fake) = start(SEED);
+    let daily = get(&s, "daily").await;
+    let deep = acquire_later(&s, "deep");
+    tokio::task::yield_now().await;
+    assert_eq!(phase(&s, "daily").await, Phase::Draining);
+    deep.abort();
+    tokio::task::yield_now().await;
+    assert_eq!(phase(&s, "daily").await, Phase::Ready);
+    drop(daily);
+    let mut events = s.subscribe();
+    s.shutdown().await;
+    let mut unloaded = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.kind == crate::Kind::Unloaded && e.model == "daily" {
+            unloaded.push(e.detail);
+        }
+    }
+    assert_eq!(unloaded.len(), 1, "{unloaded:?}");
+    assert!(!unloaded[0].contains("make room"), "{unloaded:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn repeated_crashes_back_off_and_say_so() {
     let (s, fake) = start(SEED);

@@ -281,7 +281,11 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(instance = %key, "backend failed to start: {reason}");
                 self.stop_process(&key);
                 // Its memory is not back until the process has exited.
-                self.fail_starting(&key, &reason, State::Stopping { retry_at: None });
+                let stopping = State::Stopping {
+                    retry_at: None,
+                    why: None,
+                };
+                self.fail_starting(&key, &reason, stopping);
             }
         }
     }
@@ -315,7 +319,7 @@ impl<E: Effects> Owner<E> {
             if !phase.holds_memory() {
                 continue;
             }
-            let why = slot.unload_why.take();
+            let why = slot.unload_why().map(str::to_string);
             let (kind, detail) = match (requested, phase, why) {
                 (true, _, why) => (Kind::Unloaded, why.unwrap_or_default()),
                 (false, Phase::Stopping, Some(why)) => (Kind::Unloaded, format!("{why}; {reason}")),
@@ -360,7 +364,14 @@ impl<E: Effects> Owner<E> {
         }
         for m in inst.models.clone() {
             if self.slots[&m].phase() == Phase::Draining {
-                self.enter(&m, State::Stopping { retry_at: None });
+                let why = self.slots[&m].unload_why().map(str::to_string);
+                self.enter(
+                    &m,
+                    State::Stopping {
+                        retry_at: None,
+                        why,
+                    },
+                );
             }
         }
         tracing::info!(instance = %key, "stopping backend");

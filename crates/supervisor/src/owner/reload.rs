@@ -98,7 +98,6 @@ impl<E: Effects> Owner<E> {
                 measured: None,
                 load_started: now,
                 ready_at: now,
-                unload_why: None,
             },
         );
     }

@@ -252,7 +252,14 @@ impl<E: Effects> Owner<E> {
         let Some(op) = self.model_op(m, true) else {
             return;
         };
-        self.enter(m, State::Stopping { retry_at: None });
+        let why = slot.unload_why().map(str::to_string);
+        self.enter(
+            m,
+            State::Stopping {
+                retry_at: None,
+                why,
+            },
+        );
         let slot = self.slots.get_mut(m).expect("exists");
         slot.life.unload_asked = true;
         tracing::info!(model = %m, "unloading from its server");

@@ -48,8 +48,6 @@ pub(super) struct Slot {
     /// When its current load began, and when it was ready.
     pub(super) load_started: Instant,
     pub(super) ready_at: Instant,
-    /// Why it is draining or stopping, for the `unloaded` event that ends it.
-    pub(super) unload_why: Option<String>,
 }
 
 /// A model's lifecycle whole: where it is ([`State`], whose variants carry what
@@ -106,7 +104,7 @@ pub(super) enum IdleFor {
 /// Where a model is in its life, with what exists only in that state. The
 /// moves between states are lifecycle.rs's table (in terms of [`Phase`], what
 /// the status page shows).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum State {
     /// Not loaded. After repeated failed starts, no start before `retry_at`
     /// (a backoff); None, it starts when asked.
@@ -116,20 +114,23 @@ pub(super) enum State {
     Starting,
     Ready,
     /// Chosen to go: what is in flight finishes. Drained to make room for a
-    /// swap, it holds that [`Swap`]; drained for any other reason, None.
+    /// swap, it holds that [`Swap`]; drained for any other reason, None. `why`
+    /// it was chosen goes on into Stopping, for the `unloaded` event.
     Draining {
         swap: Option<Swap>,
+        why: String,
     },
     /// Asked to exit or to be unloaded; its memory is back once it has. A start
     /// that failed while its process runs is stopped with its backoff already
-    /// running: `retry_at` goes on into Cold.
+    /// running: `retry_at` goes on into Cold. `why`: the drain's, if one led here.
     Stopping {
         retry_at: Option<Instant>,
+        why: Option<String>,
     },
 }
 
 impl State {
-    pub(super) fn phase(self) -> Phase {
+    pub(super) fn phase(&self) -> Phase {
         match self {
             State::Cold { .. } => Phase::Cold,
             State::Starting => Phase::Starting,
@@ -149,7 +150,7 @@ impl Slot {
     /// it is cold or still stopping.
     pub(super) fn retry_at(&self) -> Option<Instant> {
         match self.life.state {
-            State::Cold { retry_at } | State::Stopping { retry_at } => retry_at,
+            State::Cold { retry_at } | State::Stopping { retry_at, .. } => retry_at,
             _ => None,
         }
     }
@@ -157,7 +158,17 @@ impl Slot {
     /// The swap a model is draining for, if it is.
     pub(super) fn swap(&self) -> Option<Swap> {
         match self.life.state {
-            State::Draining { swap } => swap,
+            State::Draining { swap, .. } => swap,
+            _ => None,
+        }
+    }
+
+    /// Why it was chosen to go, while it drains or stops: for the `unloaded`
+    /// event that ends it.
+    pub(super) fn unload_why(&self) -> Option<&str> {
+        match &self.life.state {
+            State::Draining { why, .. } => Some(why),
+            State::Stopping { why, .. } => why.as_deref(),
             _ => None,
         }
     }
@@ -178,7 +189,7 @@ pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
         Instant::now() + Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
     });
     match &mut slot.life.state {
-        State::Cold { retry_at } | State::Stopping { retry_at } => *retry_at = backoff,
+        State::Cold { retry_at } | State::Stopping { retry_at, .. } => *retry_at = backoff,
         // Only after a refused move (a bug, already said): nothing to hold it.
         _ => {}
     }
@@ -187,7 +198,7 @@ pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
 /// A clean stop ended the run of failures: the count and any backoff go.
 pub(super) fn clear_failures(slot: &mut Slot) {
     slot.failures = 0;
-    if let State::Cold { retry_at } | State::Stopping { retry_at } = &mut slot.life.state {
+    if let State::Cold { retry_at } | State::Stopping { retry_at, .. } = &mut slot.life.state {
         *retry_at = None;
     }
 }
@@ -263,8 +274,8 @@ impl<E: Effects> Owner<E> {
     pub(super) fn now_cold(&mut self, m: &ModelKey, kind: Kind, detail: String) {
         let slot = self.slots.get_mut(m).expect("exists");
         // An unload we asked for says why we asked.
-        let detail = match slot.unload_why.take() {
-            Some(why) if detail.is_empty() => why,
+        let detail = match slot.unload_why() {
+            Some(why) if detail.is_empty() => why.to_string(),
             _ => detail,
         };
         // A backoff set while it was stopping goes on.
@@ -301,7 +312,7 @@ impl<E: Effects> Owner<E> {
         let backend = inst.backend_name.clone();
         for m in inst.models.clone() {
             if self.slots[&m].phase() == Phase::Starting {
-                self.enter(&m, then);
+                self.enter(&m, then.clone());
                 let slot = self.slots.get_mut(&m).expect("instance models exist");
                 note_failure(slot, reason);
                 self.emit(Event::new(Kind::Failed, &m, reason));
@@ -332,7 +343,7 @@ impl<E: Effects> Owner<E> {
         swap: Option<Swap>,
     ) {
         if swap.is_some() {
-            if let State::Draining { swap: s } =
+            if let State::Draining { swap: s, .. } =
                 &mut self.slots.get_mut(m).expect("exists").life.state
             {
                 *s = swap;
@@ -350,15 +361,19 @@ impl<E: Effects> Owner<E> {
         for other in models {
             if self.slots[&other].phase() == Phase::Ready {
                 let swap = swap.filter(|_| other == *m);
-                self.enter(&other, State::Draining { swap });
-                let s = self.slots.get_mut(&other).expect("exists");
                 let detail = if other == *m {
                     why.to_string()
                 } else {
                     format!("{why} (shares a server with {m})")
                 };
+                self.enter(
+                    &other,
+                    State::Draining {
+                        swap,
+                        why: detail.clone(),
+                    },
+                );
                 tracing::info!(model = %other, "unloading: {detail}");
-                s.unload_why = Some(detail.clone());
                 self.emit(Event::evicting(&other, reason, detail));
             }
         }
