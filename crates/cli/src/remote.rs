@@ -445,6 +445,13 @@ fn queued(m: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_model_name_is_one_path_segment() {
+        // The router splits admin paths on '/' and percent-decodes each part.
+        assert_eq!(super::segment("org/m a?b#c"), "org%2Fm%20a%3Fb%23c");
+        assert_eq!(super::segment("qwen3-30b_a3b.q4~x"), "qwen3-30b_a3b.q4~x");
+    }
+
+    #[test]
     fn status_ends_with_the_routers_warnings() {
         // /admin/status of a router on a 64 GB Mac with a 56 GB model declared.
         let v = serde_json::json!({

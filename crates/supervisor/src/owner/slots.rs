@@ -1,7 +1,9 @@
 //! A model's state (its slot) and the one place it changes: `enter` applies a
 //! move from lifecycle.rs's table, reserving or releasing the model's memory in
-//! the ledger; the moves built on it (ready, drained, cold again, failed) keep
-//! the fields that only mean something in one state in step with it.
+//! the ledger. What only exists in one state is carried by that [`State`]
+//! variant (a backoff's `retry_at`, a swap, why it goes); [`Life`] holds the
+//! state and the two facts that last across states. The moves built on `enter`
+//! (ready, drained, cold again, failed) are below.
 
 use super::*;
 
