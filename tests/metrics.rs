@@ -304,3 +304,40 @@ async fn each_eviction_is_counted_under_its_real_reason() {
 async fn post_owned(url: String, body: Value) -> reqwest::Response {
     post(&url, &body).await
 }
+
+/// The one reason the test above leaves out: another program takes the
+/// machine's memory, the budget follows it down, and an idle model goes.
+#[tokio::test]
+async fn an_eviction_for_memory_pressure_is_counted_as_such() {
+    let meminfo = tempfile::tempdir().unwrap();
+    let meminfo = meminfo.path().join("meminfo");
+    let available = |bytes: u64| {
+        let tmp = meminfo.with_extension("tmp");
+        std::fs::write(
+            &tmp,
+            format!(
+                "MemTotal: {} kB\nMemAvailable: {} kB\n",
+                64 << 20,
+                bytes / 1024
+            ),
+        )
+        .unwrap();
+        std::fs::rename(tmp, &meminfo).unwrap();
+    };
+    available(8 << 30);
+    let r = Router::start_with_env(
+        "budget: 400MB\nreserve: 100MB\nbackends:\n  sim: {command: [$BIN, sim, --port, \"${PORT}\", --model, \"${MODEL}\"]}\nmodels:\n  idle: {backend: sim, memory: 50MB}\n",
+        &[("MODELYARD_MEMINFO", meminfo.to_str().unwrap())],
+    );
+    let resp = post(&r.url("/v1/chat/completions"), &chat("idle")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(evictions(&r, "idle", "memory_pressure").await, 0);
+    // Only ~10 MB free: the budget shrinks below what `idle` holds.
+    available(10 << 20);
+    counted(&r, "idle", "memory_pressure").await;
+    assert_eq!(
+        evictions(&r, "idle", "manual").await,
+        0,
+        "not counted twice"
+    );
+}

@@ -6,22 +6,44 @@ use std::time::Duration;
 use modelyard_config::ByteSize;
 use serde_json::Value;
 
+use modelyard_http::{Http, Method, Streamed, Uri};
+
 use crate::cli::Remote;
 
 /// `--url` (or MODELYARD_URL), if it is an http(s) URL with a host.
 fn checked_url(url: &str) -> Result<String, String> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(url.to_string()),
+    match url.parse::<Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty()) =>
+        {
+            Ok(url.to_string())
+        }
         _ => Err(format!(
             "--url `{url}` is not a router URL such as http://127.0.0.1:11434"
         )),
     }
 }
 
+/// A model's name as one segment of an admin path: the router decodes it, so
+/// a name with `/`, `?` or a space still names one model.
+pub(crate) fn segment(name: &str) -> String {
+    percent_encoding::utf8_percent_encode(name, UNRESERVED_KEPT).to_string()
+}
+
+/// All but RFC 3986's unreserved characters are encoded.
+pub(crate) const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// The router's URL and admin key, from flags, environment or routes.yaml.
 pub struct Target {
     pub url: String,
     key: Option<String>,
+    /// The client the supervisor also asks its backends with.
+    http: Http,
 }
 
 impl Target {
@@ -45,6 +67,7 @@ impl Target {
                 return Ok(Target {
                     url: found.url.trim_end_matches('/').to_string(),
                     key,
+                    http: Http::default(),
                 });
             }
         }
@@ -74,26 +97,23 @@ impl Target {
         Ok(Target {
             url: url.trim_end_matches('/').to_string(),
             key,
+            http: Http::default(),
         })
     }
 
-    fn request(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-    ) -> Result<reqwest::RequestBuilder, String> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
-        let mut req = client.request(method, format!("{}{path}", self.url));
-        if let Some(k) = &self.key {
-            req = req.bearer_auth(k);
-        }
-        Ok(req)
+    /// Sends `method path` with the admin key; the answer's body is read as it comes.
+    async fn send(&self, method: Method, path: &str) -> Result<Streamed, String> {
+        let url = format!("{}{path}", self.url);
+        self.http
+            .send(method, &url, None, self.key.as_deref())
+            .await
+            .map_err(|e| match e {
+                modelyard_http::Error::Unreachable { .. } => self.unreachable(&e),
+                e => e.to_string(),
+            })
     }
 
-    fn unreachable(&self, e: &reqwest::Error) -> String {
+    fn unreachable(&self, e: &dyn std::error::Error) -> String {
         format!(
             "cannot reach modelyard at {} ({}): is the router running? start it with `modelyard serve`, or name its URL with --url",
             self.url,
@@ -101,16 +121,14 @@ impl Target {
         )
     }
 
-    pub(crate) async fn call(&self, method: reqwest::Method, path: &str) -> Result<Value, String> {
-        let resp = self
-            .request(method, path)?
-            .send()
+    pub(crate) async fn call(&self, method: Method, path: &str) -> Result<Value, String> {
+        let answer = self.send(method, path).await?;
+        let status = answer.status;
+        let v: Value = answer
+            .bytes(usize::MAX)
             .await
-            .map_err(|e| self.unreachable(&e))?;
-        let status = resp.status();
-        let v: Value = resp
-            .json()
-            .await
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
             .map_err(|e| format!("{} answered {status} without JSON: {e}", self.url))?;
         if status.is_success() {
             Ok(v)
@@ -132,7 +150,7 @@ fn root_cause(e: &dyn std::error::Error) -> String {
 }
 
 pub async fn status(t: &Target, json: bool) -> Result<(), String> {
-    let v = t.call(reqwest::Method::GET, "/admin/status").await?;
+    let v = t.call(Method::GET, "/admin/status").await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
         return Ok(());
@@ -290,7 +308,7 @@ fn now_ms() -> u64 {
 pub async fn load(t: &Target, model: &str) -> Result<(), String> {
     // What its previous loads took, to set expectations while this one runs.
     let usually = t
-        .call(reqwest::Method::GET, "/admin/status")
+        .call(Method::GET, "/admin/status")
         .await
         .ok()
         .and_then(|v| {
@@ -305,8 +323,8 @@ pub async fn load(t: &Target, model: &str) -> Result<(), String> {
         .map(|s| format!(" (usually ~{s:.0}s)"))
         .unwrap_or_default();
     let started = tokio::time::Instant::now();
-    let path = format!("/admin/models/{model}/load");
-    let call = t.call(reqwest::Method::POST, &path);
+    let path = format!("/admin/models/{}/load", segment(model));
+    let call = t.call(Method::POST, &path);
     tokio::pin!(call);
     let tty = std::io::stderr().is_terminal();
     let spinner = ['|', '/', '-', '\\'];
@@ -334,10 +352,10 @@ pub async fn load(t: &Target, model: &str) -> Result<(), String> {
 
 pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
     let path = match model {
-        Some(m) => format!("/admin/models/{m}/unload"),
+        Some(m) => format!("/admin/models/{}/unload", segment(m)),
         None => "/admin/unload".into(),
     };
-    let v = t.call(reqwest::Method::POST, &path).await?;
+    let v = t.call(Method::POST, &path).await?;
     let gone = strings(&v["unloading"]);
     if gone.is_empty() {
         println!("nothing to unload");
@@ -349,13 +367,7 @@ pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
 
 /// Prints each model event on a line as it arrives, until the router goes away.
 pub async fn events(t: &Target) -> Result<(), String> {
-    use futures_util::StreamExt;
-    let resp = t
-        .request(reqwest::Method::GET, "/admin/events")?
-        .send()
-        .await
-        .map_err(|e| t.unreachable(&e))?;
-    let mut stream = resp.bytes_stream();
+    let mut stream = t.send(Method::GET, "/admin/events").await?;
     let mut buf = String::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the event stream broke: {e}"))?;
@@ -387,22 +399,20 @@ fn event_line(data: &str) -> String {
 
 /// Prints a backend's output; with `follow`, keeps printing until interrupted.
 pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result<(), String> {
-    use futures_util::StreamExt;
     use std::io::Write;
-    let path = format!("/admin/models/{model}/logs?lines={lines}&follow={follow}");
-    let resp = t
-        .request(reqwest::Method::GET, &path)?
-        .send()
-        .await
-        .map_err(|e| t.unreachable(&e))?;
-    if !resp.status().is_success() {
-        let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+    let path = format!(
+        "/admin/models/{}/logs?lines={lines}&follow={follow}",
+        segment(model)
+    );
+    let mut stream = t.send(Method::GET, &path).await?;
+    if !stream.status.is_success() {
+        let body = stream.bytes(usize::MAX).await.map_err(|e| e.to_string())?;
+        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
         return Err(v["error"]["message"]
             .as_str()
             .unwrap_or("refused")
             .to_string());
     }
-    let mut stream = resp.bytes_stream();
     let mut out = std::io::stdout();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the log stream broke: {e}"))?;
@@ -413,7 +423,7 @@ pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result
 }
 
 pub async fn reload(t: &Target) -> Result<(), String> {
-    let v = t.call(reqwest::Method::POST, "/admin/reload").await?;
+    let v = t.call(Method::POST, "/admin/reload").await?;
     let changes = strings(&v["changes"]);
     if changes.is_empty() {
         println!("reloaded: nothing changed");

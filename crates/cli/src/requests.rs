@@ -19,14 +19,7 @@ pub struct Filter {
 
 /// A query string value, `%`-escaped.
 fn escaped(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    percent_encoding::utf8_percent_encode(s, crate::remote::UNRESERVED_KEPT).to_string()
 }
 
 pub async fn requests(t: &Target, f: Filter, json: bool) -> Result<(), String> {
@@ -40,7 +33,7 @@ pub async fn requests(t: &Target, f: Filter, json: bool) -> Result<(), String> {
     if f.slow {
         path.push_str("&slow=true");
     }
-    let v = t.call(reqwest::Method::GET, &path).await?;
+    let v = t.call(modelyard_http::Method::GET, &path).await?;
     if json {
         println!(
             "{}",
@@ -194,11 +187,11 @@ pub async fn top(t: &Target, window: Duration, every: Duration, once: bool) -> R
     loop {
         let summary = t
             .call(
-                reqwest::Method::GET,
+                modelyard_http::Method::GET,
                 &format!("/admin/requests/summary?since={since}"),
             )
             .await?;
-        let status = t.call(reqwest::Method::GET, "/admin/status").await?;
+        let status = t.call(modelyard_http::Method::GET, "/admin/status").await?;
         let view = render_top(&t.url, &status, &summary, window);
         if once {
             print!("{view}");

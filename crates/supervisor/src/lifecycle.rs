@@ -10,11 +10,12 @@
 //! server, a drain called off.
 //!
 //! The owner keeps each model's state as `owner::slots::State`, whose variants
-//! carry what exists only in them (a Draining model's `serve_until`); this
-//! table is in terms of its [`Phase`], what the status page shows.
+//! carry what exists only in them (a Draining model's `serve_until`, a Cold or
+//! Stopping one's backoff `retry_at`); this table is in terms of its
+//! [`Phase`], what the status page shows.
 //!
-//! `Failed` is not a state of its own: it is a Cold model waiting out a backoff
-//! (see `Slot::retry_at`), shown as failed on the status page.
+//! `Failed` is not a state of its own: it is `Cold { retry_at: Some(_) }`, a
+//! Cold model waiting out a backoff, shown as failed on the status page.
 
 use crate::ledger::Overdraw;
 use crate::policy::Phase;
@@ -77,10 +78,14 @@ pub(crate) const TRANSITIONS: &[(Phase, Phase, &str)] = &[
 
 /// Where a backend process (an instance) is. It holds its server's own memory
 /// (a shared server's `memory`) while Starting, Up or Stopping.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Run {
-    /// Not ours to start or stop: `url` without `command`. It never moves.
-    External,
+    /// Not ours to start or stop: `url` without `command`. It never moves;
+    /// `down` is why its last poll did not reach it (None: it answered, or
+    /// has not been asked yet).
+    External {
+        down: Option<String>,
+    },
     Down,
     Starting,
     Up,
@@ -88,9 +93,9 @@ pub(crate) enum Run {
 }
 
 impl Run {
-    pub fn as_str(self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
-            Run::External => "external",
+            Run::External { .. } => "external",
             Run::Down => "down",
             Run::Starting => "starting",
             Run::Up => "up",
@@ -99,7 +104,7 @@ impl Run {
     }
 
     /// Whether its process (and so its own memory) may be present.
-    pub fn holds_memory(self) -> bool {
+    pub fn holds_memory(&self) -> bool {
         matches!(self, Run::Starting | Run::Up | Run::Stopping)
     }
 }
@@ -141,11 +146,11 @@ pub(crate) const INSTANCE_TRANSITIONS: &[(Run, Run, &str)] = &[
 ];
 
 /// Whether an instance may move `from → to`.
-pub(crate) fn legal_run(from: Run, to: Run) -> bool {
+pub(crate) fn legal_run(from: &Run, to: &Run) -> bool {
     from == to
         || INSTANCE_TRANSITIONS
             .iter()
-            .any(|(f, t, _)| *f == from && *t == to)
+            .any(|(f, t, _)| f == from && t == to)
 }
 
 /// A move the owner refused to apply: a bug in its caller (or, for an
@@ -182,7 +187,7 @@ impl Audit {
         }
         for (f, t) in &self.runs {
             assert!(
-                legal_run(*f, *t),
+                legal_run(f, t),
                 "instance {f:?} → {t:?} is not in the table"
             );
         }
@@ -243,7 +248,8 @@ mod tests {
         assert!(
             INSTANCE_TRANSITIONS
                 .iter()
-                .all(|(f, t, _)| *f != Run::External && *t != Run::External),
+                .all(|(f, t, _)| !matches!(f, Run::External { .. })
+                    && !matches!(t, Run::External { .. })),
             "a server we do not run never moves"
         );
     }

@@ -270,7 +270,7 @@ fn ledger_invariant_holds_and_every_request_is_answered() {
         (Run::Stopping, Run::Down),
     ] {
         assert!(
-            seen.contains(&(from, to)),
+            seen.contains(&(from.clone(), to.clone())),
             "no instance moved {from:?} → {to:?}; seen: {seen:?}"
         );
     }

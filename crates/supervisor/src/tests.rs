@@ -825,6 +825,53 @@ async fn repeated_crashes_back_off_and_say_so() {
     assert_eq!(ledger(&s).await.1, vec!["embed"]);
 }
 
+/// A start that fails while its process still runs stops that process; the
+/// backoff of a second failure in a row holds from then on, while it is still
+/// stopping and once it is cold.
+#[tokio::test(start_paused = true)]
+async fn a_backoff_set_while_a_failed_start_stops_holds_once_it_is_cold() {
+    let (s, fake) = start(SEED);
+    for n in 1..=2 {
+        let waiting = acquire_later(&s, "embed");
+        while fake.count("p/embed") < n {
+            tokio::task::yield_now().await;
+        }
+        s.tx.send(Msg::StartDone {
+            key: "p/embed".into(),
+            generation: fake.generation("p/embed"),
+            result: Err("/health answered 500".into()),
+        })
+        .unwrap();
+        let Err(err) = waiting.await.unwrap() else {
+            panic!("the start failed")
+        };
+        assert!(matches!(err, SupervisorError::StartFailed { .. }), "{err}");
+        assert_eq!(phase(&s, "embed").await, Phase::Stopping);
+        if n == 1 {
+            // No backoff after one failure: once stopped, the next starts at once.
+            tokio::time::sleep(STOP * 2).await;
+            assert_eq!(phase(&s, "embed").await, Phase::Cold);
+        }
+    }
+    // Still stopping, already backing off.
+    let err = s
+        .acquire("embed", Instant::now() + Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, SupervisorError::BackingOff { failures: 2, .. }),
+        "{err}"
+    );
+    tokio::time::sleep(STOP * 2).await;
+    assert_eq!(phase(&s, "embed").await, Phase::Failed, "cold, backing off");
+    // A load alone would take LOAD; it starts only once the 1 s backoff ends.
+    let started = Instant::now();
+    drop(get(&s, "embed").await);
+    assert!(started.elapsed() > LOAD, "waited out the backoff");
+    assert_eq!(fake.count("p/embed"), 3);
+    ledger(&s).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_crash_frees_the_reservation() {
     let (s, fake) = start(SEED);

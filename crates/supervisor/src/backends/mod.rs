@@ -3,7 +3,6 @@
 //! load, unload and list its models through its own API. See docs/backends/.
 
 mod apfel;
-mod http;
 mod ollama;
 mod omlx;
 mod remote;
@@ -14,7 +13,7 @@ use std::time::Duration;
 
 use modelyard_config::BackendKind;
 
-pub(crate) use http::Http;
+pub(crate) use modelyard_http::Http;
 
 use crate::process::Spec;
 
@@ -62,14 +61,15 @@ impl Report {
 }
 
 /// GETs the server's health path, which must answer 2xx.
-async fn healthy(http: &Http, p: &Probe) -> Result<http::Answer, String> {
+async fn healthy(http: &Http, p: &Probe) -> Result<modelyard_http::Answer, String> {
     let a = http
         .get(
             &format!("{}{}", p.base, p.health),
             p.api_key.as_deref(),
             POLL_LIMIT,
         )
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     if !a.status.is_success() {
         return Err(format!("{} answered {}", p.health, a.status));
     }

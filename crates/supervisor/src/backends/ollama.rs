@@ -31,7 +31,8 @@ impl Adapter for Ollama {
             let body = json!({"model": t.upstream, "keep_alive": -1});
             let a = http
                 .post(&url, &body, t.api_key.as_deref(), t.limit)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             if a.status.is_success() {
                 return Ok(());
             }
@@ -48,7 +49,8 @@ impl Adapter for Ollama {
                 let body = json!({"model": t.upstream, "input": "", "keep_alive": -1});
                 let b = http
                     .post(&url, &body, t.api_key.as_deref(), t.limit)
-                    .await?;
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if b.status.is_success() {
                     return Ok(());
                 }
@@ -73,7 +75,8 @@ impl Adapter for Ollama {
             let body = json!({"model": t.upstream, "keep_alive": 0});
             let a = http
                 .post(&url, &body, t.api_key.as_deref(), t.limit)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             if !a.status.is_success() && a.status != http::StatusCode::NOT_FOUND {
                 return Err(format!(
                     "Ollama refused to unload `{}`: {}",
@@ -102,7 +105,8 @@ impl Adapter for Ollama {
 async fn ps(http: &Http, base: &str, api_key: Option<&str>) -> Result<Vec<Resident>, String> {
     let a = http
         .get(&format!("{base}/api/ps"), api_key, POLL_LIMIT)
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     if !a.status.is_success() {
         return Err(format!("/api/ps answered {}", a.status));
     }

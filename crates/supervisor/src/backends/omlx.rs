@@ -38,7 +38,8 @@ impl Adapter for Omlx {
             let url = format!("{}/v1/models/{}/load", t.base, t.upstream);
             let a = http
                 .post(&url, &json!({}), t.api_key.as_deref(), t.limit)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             match a.status.as_u16() {
                 200..=299 => Ok(()),
                 404 => Err(format!(
@@ -60,7 +61,8 @@ impl Adapter for Omlx {
             let url = format!("{}/v1/models/{}/unload", t.base, t.upstream);
             let a = http
                 .post(&url, &json!({}), t.api_key.as_deref(), t.limit)
-                .await?;
+                .await
+                .map_err(|e| e.to_string())?;
             // 400 is "not loaded": gone already.
             if !a.status.is_success() && a.status != http::StatusCode::BAD_REQUEST {
                 return Err(format!(
@@ -100,7 +102,8 @@ fn size_for_omlx(bytes: u64) -> String {
 async fn status(http: &Http, base: &str, api_key: Option<&str>) -> Result<Vec<Resident>, String> {
     let a = http
         .get(&format!("{base}/v1/models/status"), api_key, POLL_LIMIT)
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     if !a.status.is_success() {
         return Err(format!(
             "/v1/models/status answered {}: {}",

@@ -49,7 +49,8 @@ impl Server<'_> {
         let a = self
             .http
             .get(&format!("{}{path}", self.base), self.api_key, self.limit)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         if !a.status.is_success() {
             return Err(format!("{path} answered {}: {}", a.status, a.message()));
         }
@@ -95,7 +96,8 @@ impl Server<'_> {
         let a = self
             .http
             .post(&url, &json!({ "filename": file }), self.api_key, self.limit)
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         if !a.status.is_success() {
             return Err(format!(
                 "{action} of slot {id} answered {}: {}",

@@ -125,15 +125,15 @@ impl<E: Effects> Owner<E> {
         let mut promised = 0u64;
         for (priority, _, m) in waiting {
             let slot = &self.slots[&m];
-            match slot.state {
+            match slot.life.state {
                 State::Ready => {
                     self.serve_queue(&m);
                     continue;
                 }
-                State::Starting | State::Draining { .. } | State::Stopping => continue,
-                State::Cold => {}
+                State::Starting | State::Draining { .. } | State::Stopping { .. } => continue,
+                State::Cold { .. } => {}
             }
-            if let Some(at) = slot.retry_at.filter(|at| *at > now) {
+            if let Some(at) = slot.retry_at().filter(|at| *at > now) {
                 let why = format!(
                     "it failed {} times in a row (last: {}); next start in {}s",
                     slot.failures,
@@ -143,8 +143,7 @@ impl<E: Effects> Owner<E> {
                 self.slots.get_mut(&m).expect("exists").why = why;
                 continue;
             }
-            let inst_run = self.instances[&slot.instance].run;
-            if inst_run == Run::Stopping {
+            if self.instances[&slot.instance].run == Run::Stopping {
                 self.slots.get_mut(&m).expect("exists").why = "its backend is restarting".into();
                 continue;
             }
@@ -175,15 +174,17 @@ impl<E: Effects> Owner<E> {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
                     let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
+                    let swap = Swap {
+                        serve_until,
+                        client,
+                        decided: now,
+                    };
                     for v in &victims {
-                        if let Some(s) = self.slots.get_mut(v) {
-                            s.swap_for = Some((client, now));
-                        }
                         self.begin_drain_until(
                             v,
                             Reason::MakeRoom,
                             &format!("to make room for {m}"),
-                            Some(serve_until),
+                            Some(swap),
                         );
                     }
                     self.slots.get_mut(&m).expect("exists").why = format!(
@@ -219,12 +220,11 @@ impl<E: Effects> Owner<E> {
         }
         self.emit(Event::new(Kind::Loading, m, ""));
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.retry_at = None;
         slot.load_started = Instant::now();
         slot.why = "its backend is starting".into();
         let inst = self.instances.get_mut(&key).expect("instance exists");
         match inst.run {
-            Run::Up | Run::External if inst.loads => {
+            Run::Up | Run::External { .. } if inst.loads => {
                 slot.why = "its server is loading it".into();
                 self.begin_load(m);
             }
@@ -236,7 +236,7 @@ impl<E: Effects> Owner<E> {
             }
             Run::Starting => {}
             Run::Down => self.launch(&key),
-            Run::External | Run::Stopping => unreachable!("schedule skips these"),
+            Run::External { .. } | Run::Stopping => unreachable!("schedule skips these"),
         }
     }
 
@@ -252,7 +252,7 @@ impl<E: Effects> Owner<E> {
         let kept: Vec<ModelKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.serve_until().is_some() && !s.unloading)
+            .filter(|(_, s)| s.serve_until().is_some() && !s.life.unload_asked)
             .map(|(k, _)| k.clone())
             .collect();
         for name in kept {
@@ -289,7 +289,7 @@ impl<E: Effects> Owner<E> {
     pub(super) fn server_views(&self) -> Vec<View<'_>> {
         self.instances
             .iter()
-            .filter(|(_, i)| i.base > 0 && server_holds(i.run))
+            .filter(|(_, i)| i.base > 0 && server_holds(&i.run))
             .map(|(k, i)| View {
                 name: k,
                 memory: i.base,
@@ -322,7 +322,7 @@ impl<E: Effects> Owner<E> {
                     .next_deadline()
                     .into_iter()
                     .chain(idle_deadline(s).filter(later))
-                    .chain(s.retry_at.filter(|_| !s.queue.is_empty()).filter(later))
+                    .chain(s.retry_at().filter(|_| !s.queue.is_empty()).filter(later))
                     .chain(linger_until(s))
                     .chain(
                         s.last_interactive
@@ -375,7 +375,11 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
         return None;
     }
     let load = median(&s.recent_loads)?;
-    let (mover, decided) = s.swap_for?;
+    let Swap {
+        serve_until,
+        client: mover,
+        decided,
+    } = s.swap()?;
     let [before, Some((last, last_client))] = s.admitted else {
         return None;
     };
@@ -386,7 +390,7 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if !asked_during_swap && !shared_burst {
         return None;
     }
-    let until = s.serve_until()?.min(s.last_used + load);
+    let until = serve_until.min(s.last_used + load);
     (Instant::now() < until).then_some(until)
 }
 

@@ -55,12 +55,20 @@ pub(super) struct Instance {
     pub(super) launched_at: Instant,
     /// Its server loads and unloads models one by one through its API.
     pub(super) loads: bool,
-    /// Why a server we do not start is unreachable, from the last poll.
-    pub(super) down: Option<String>,
     /// The most tokens one request may carry, as the server reports it.
     pub(super) context_window: Option<u32>,
     /// The models another machine says it serves.
     pub(super) listed: Vec<String>,
+}
+
+impl Instance {
+    /// Why a server we do not start was unreachable at its last poll.
+    pub(super) fn down(&self) -> Option<&str> {
+        match &self.run {
+            Run::External { down } => down.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 pub(super) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> {
@@ -74,7 +82,7 @@ pub(super) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> 
 }
 
 /// Whether a server's process (and so its own memory) may be present.
-pub(super) fn server_holds(run: Run) -> bool {
+pub(super) fn server_holds(run: &Run) -> bool {
     run.holds_memory()
 }
 
@@ -139,11 +147,11 @@ impl<E: Effects> Owner<E> {
     /// Whether it moved (staying counts).
     pub(super) fn run_to(&mut self, key: &InstanceKey, next: Run) -> bool {
         let inst = self.instances.get_mut(key).expect("instance exists");
-        let from = inst.run;
+        let from = inst.run.clone();
         if from == next {
             return true;
         }
-        if !lifecycle::legal_run(from, next) {
+        if !lifecycle::legal_run(&from, &next) {
             self.bug(format!(
                 "instance {key}: {} → {}",
                 from.as_str(),
@@ -164,9 +172,9 @@ impl<E: Effects> Owner<E> {
             }
             _ => {}
         }
-        self.instances.get_mut(key).expect("instance exists").run = next;
         #[cfg(test)]
-        self.audit.runs.push((from, next));
+        self.audit.runs.push((from, next.clone()));
+        self.instances.get_mut(key).expect("instance exists").run = next;
         true
     }
 
@@ -196,7 +204,7 @@ impl<E: Effects> Owner<E> {
             self.fail_starting(
                 key,
                 "no room in the budget for the server itself",
-                State::Cold,
+                State::Cold { retry_at: None },
             );
             return;
         }
@@ -233,7 +241,7 @@ impl<E: Effects> Owner<E> {
             }
             Err(reason) => {
                 self.run_to(key, Run::Down);
-                self.fail_starting(key, &reason, State::Cold);
+                self.fail_starting(key, &reason, State::Cold { retry_at: None });
             }
         }
     }
@@ -273,7 +281,7 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(instance = %key, "backend failed to start: {reason}");
                 self.stop_process(&key);
                 // Its memory is not back until the process has exited.
-                self.fail_starting(&key, &reason, State::Stopping);
+                self.fail_starting(&key, &reason, State::Stopping { retry_at: None });
             }
         }
     }
@@ -285,7 +293,7 @@ impl<E: Effects> Owner<E> {
         if inst.generation != generation {
             return;
         }
-        let was = inst.run;
+        let was = inst.run.clone();
         let requested = info.is_some_and(|i| i.requested);
         let what = info.map_or("exited".to_string(), |i| i.to_string());
         inst.handle = None;
@@ -320,8 +328,7 @@ impl<E: Effects> Owner<E> {
             if requested {
                 // A clean stop after a clean start ends a run of failures.
                 if slot.last_error.is_none() {
-                    slot.failures = 0;
-                    slot.retry_at = None;
+                    clear_failures(slot);
                 }
                 continue;
             }
@@ -353,7 +360,7 @@ impl<E: Effects> Owner<E> {
         }
         for m in inst.models.clone() {
             if self.slots[&m].phase() == Phase::Draining {
-                self.enter(&m, State::Stopping);
+                self.enter(&m, State::Stopping { retry_at: None });
             }
         }
         tracing::info!(instance = %key, "stopping backend");
@@ -400,13 +407,16 @@ impl<E: Effects> Owner<E> {
             .iter()
             .filter(|(_, s)| {
                 let inst = &self.instances[&s.instance];
-                inst.run == Run::External && inst.loads && s.phase().holds_memory() && !s.unloading
+                matches!(inst.run, Run::External { .. })
+                    && inst.loads
+                    && s.phase().holds_memory()
+                    && !s.life.unload_asked
             })
             .map(|(k, _)| k.clone())
             .collect();
         for m in loaded {
             if let Some(op) = self.model_op(&m, true) {
-                self.slots.get_mut(&m).expect("exists").unloading = true;
+                self.slots.get_mut(&m).expect("exists").life.unload_asked = true;
                 self.effects.model_op(op, self.tx.clone());
             }
         }

@@ -37,11 +37,11 @@ impl<E: Effects> Owner<E> {
         let swap_grace = slot.phase() == Phase::Draining
             && (slot.in_flight > 0 || linger_until(slot).is_some())
             && slot.serve_until().is_some_and(|t| Instant::now() < t);
-        if let Some(why) = &self.instances[&slot.instance].down {
+        if let Some(why) = self.instances[&slot.instance].down() {
             let _ = reply.send(Err(SupervisorError::Unreachable {
                 model,
                 backend: self.instances[&slot.instance].backend_name.clone(),
-                reason: why.clone(),
+                reason: why.to_string(),
             }));
             return;
         }
@@ -50,7 +50,7 @@ impl<E: Effects> Owner<E> {
             let _ = reply.send(lease);
             return;
         }
-        if let Some(at) = slot.retry_at.filter(|at| *at > deadline) {
+        if let Some(at) = slot.retry_at().filter(|at| *at > deadline) {
             let _ = reply.send(Err(SupervisorError::BackingOff {
                 model,
                 failures: slot.failures,
@@ -167,11 +167,11 @@ impl<E: Effects> Owner<E> {
     /// ours to start or count, so a lease at once (or why not).
     pub(super) fn remote_lease(&self, model: &str) -> Option<Result<Lease, SupervisorError>> {
         let inst = self.remote_serving(model)?;
-        if let Some(why) = &inst.down {
+        if let Some(why) = inst.down() {
             return Some(Err(SupervisorError::Unreachable {
                 model: model.to_string(),
                 backend: inst.backend_name.clone(),
-                reason: why.clone(),
+                reason: why.to_string(),
             }));
         }
         let endpoint = inst.endpoint.clone()?;

@@ -59,7 +59,7 @@ use admission::{idle_deadline, linger_until};
 use instances::{instance_key, server_holds, Endpoint, Instance};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
-use slots::{fail_queue, median, note_failure, IdleFor, Slot, State};
+use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Life, Slot, State, Swap};
 
 /// An instance is one backend process: per model for `openai` backends with a
 /// command, shared by all of a backend's models otherwise.
@@ -241,7 +241,7 @@ impl<E: Effects> Owner<E> {
                 self.settle_definitions();
             }
             if self.shutting_down {
-                let unloading = self.slots.values().any(|s| s.unloading);
+                let unloading = self.slots.values().any(|s| s.life.unload_asked);
                 if !unloading && self.instances.values().all(|i| i.handle.is_none()) {
                     if let Some(done) = self.shutdown_done.take() {
                         let _ = done.send(());
@@ -322,7 +322,7 @@ impl<E: Effects> Owner<E> {
     fn servers_reserved(&self) -> u64 {
         self.instances
             .values()
-            .filter(|i| server_holds(i.run))
+            .filter(|i| server_holds(&i.run))
             .map(|i| i.base)
             .sum()
     }
@@ -350,7 +350,7 @@ impl<E: Effects> Owner<E> {
                 ModelStatus {
                     name: name.to_string(),
                     // Cold while it waits out a backoff: shown as what it is.
-                    phase: if s.phase() == Phase::Cold && s.retry_at.is_some() {
+                    phase: if matches!(s.life.state, State::Cold { retry_at: Some(_) }) {
                         Phase::Failed
                     } else {
                         s.phase()
@@ -385,7 +385,10 @@ impl<E: Effects> Owner<E> {
                     typical_load: median(&s.recent_loads),
                     pid: inst.handle.as_ref().and_then(|h| h.pid()),
                     failures: s.failures,
-                    last_error: s.last_error.clone().or_else(|| inst.down.clone()),
+                    last_error: s
+                        .last_error
+                        .clone()
+                        .or_else(|| inst.down().map(str::to_string)),
                     context_window: inst.context_window,
                 }
             })
@@ -394,7 +397,7 @@ impl<E: Effects> Owner<E> {
         let mut remote_models: Vec<crate::RemoteModel> = self
             .instances
             .values()
-            .filter(|i| i.down.is_none())
+            .filter(|i| i.down().is_none())
             .flat_map(|i| i.listed.iter().map(move |n| (n, i)))
             .filter(|(n, i)| {
                 self.remote_serving(n)

@@ -28,7 +28,11 @@ impl<E: Effects> Owner<E> {
                 } else {
                     None
                 },
-                run: if external { Run::External } else { Run::Down },
+                run: if external {
+                    Run::External { down: None }
+                } else {
+                    Run::Down
+                },
                 backend: backend.clone(),
                 model: per_model.then(|| name.to_string()),
                 handle: None,
@@ -45,7 +49,6 @@ impl<E: Effects> Owner<E> {
                     backend.memory.map_or(0, |b| b.0)
                 },
                 loads,
-                down: None,
                 context_window: None,
                 listed: Vec::new(),
             });
@@ -75,26 +78,26 @@ impl<E: Effects> Owner<E> {
                     (None, Some(fixed)) => fixed.to_string(),
                     (None, None) => name.to_string(),
                 },
-                state: if counted { State::Cold } else { State::Ready },
+                life: Life::new(if counted {
+                    State::Cold { retry_at: None }
+                } else {
+                    State::Ready
+                }),
                 in_flight: 0,
                 last_used: now,
                 admitted: [None, None],
-                swap_for: None,
                 interactive_in_flight: 0,
                 last_interactive: None,
                 queue: Queue::default(),
                 why: String::new(),
                 failures: 0,
-                retry_at: None,
                 last_error: None,
                 def: (m.clone(), backend),
-                stale: false,
                 recent_loads: VecDeque::new(),
                 counted,
                 measured: None,
                 load_started: now,
                 ready_at: now,
-                unloading: false,
                 unload_why: None,
             },
         );
@@ -127,7 +130,7 @@ impl<E: Effects> Owner<E> {
             let slot = self.slots.get_mut(&m).expect("listed");
             match config.models.get(&*m) {
                 None => {
-                    slot.stale = true;
+                    slot.life.stale = true;
                     fail_queue(slot, &m, SupervisorError::UnknownModel);
                     if previous.models.contains_key(&*m) {
                         changes.push(format!("removed {m}"));
@@ -145,7 +148,7 @@ impl<E: Effects> Owner<E> {
                         || slot.def.0.upstream != def.upstream
                         || slot.def.0.args != def.args
                     {
-                        slot.stale = true;
+                        slot.life.stale = true;
                     }
                     // Reported against the last config, so a change still waiting for
                     // its model to be idle is not reported again.
@@ -173,13 +176,13 @@ impl<E: Effects> Owner<E> {
         let stale: Vec<ModelKey> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.stale)
+            .filter(|(_, s)| s.life.stale)
             .map(|(k, _)| k.clone())
             .collect();
         for m in stale {
             let slot = &self.slots[&m];
             let inst = &self.instances[&slot.instance];
-            let run = inst.run;
+            let run = inst.run.clone();
             if slot.phase() == Phase::Ready && slot.in_flight == 0 && slot.counted {
                 let why = if self.config.models.contains_key(&*m) {
                     "reload: its definition changed"

@@ -33,7 +33,11 @@ impl<E: Effects> Owner<E> {
             Some(op) => self.effects.model_op(op, self.tx.clone()),
             None => {
                 let key = self.slots[m].instance.clone();
-                self.fail_starting(&key, "its url is not usable", State::Cold);
+                self.fail_starting(
+                    &key,
+                    "its url is not usable",
+                    State::Cold { retry_at: None },
+                );
             }
         }
     }
@@ -50,7 +54,7 @@ impl<E: Effects> Owner<E> {
         };
         let key = slot.instance.clone();
         if unload {
-            slot.unloading = false;
+            slot.life.unload_asked = false;
         }
         let inst = &self.instances[&key];
         // A server restarted since: what it said is about a process that is gone.
@@ -69,7 +73,7 @@ impl<E: Effects> Owner<E> {
                 tracing::warn!(model = %m, "{backend} could not load it: {reason}");
                 if slot.phase() == Phase::Starting {
                     // The server says it holds nothing of it: the reservation goes.
-                    self.enter(&m, State::Cold);
+                    self.enter(&m, State::Cold { retry_at: None });
                     let slot = self.slots.get_mut(&m).expect("exists");
                     note_failure(slot, &reason);
                     self.emit(Event::new(Kind::Failed, &m, reason.clone()));
@@ -108,7 +112,7 @@ impl<E: Effects> Owner<E> {
             .filter(|(_, i)| {
                 let kind = i.backend.kind;
                 match i.run {
-                    Run::External => true,
+                    Run::External { .. } => true,
                     Run::Up => i.loads || kind == modelyard_config::BackendKind::Apfel,
                     _ => false,
                 }
@@ -141,22 +145,24 @@ impl<E: Effects> Owner<E> {
         let Some(inst) = self.instances.get_mut(&key) else {
             return;
         };
-        if inst.generation != generation || !matches!(inst.run, Run::Up | Run::External) {
+        if inst.generation != generation || !matches!(inst.run, Run::Up | Run::External { .. }) {
             return;
         }
         let report = match report {
             Ok(r) => {
-                if let Some(was) = inst.down.take() {
-                    tracing::info!(backend = %inst.backend_name, "reachable again (was: {was})");
+                if let Run::External { down } = &mut inst.run {
+                    if let Some(was) = down.take() {
+                        tracing::info!(backend = %inst.backend_name, "reachable again (was: {was})");
+                    }
                 }
                 r
             }
             Err(e) => {
-                if inst.run == Run::External && inst.down.is_none() {
-                    tracing::warn!(backend = %inst.backend_name, "unreachable: {e}");
-                }
-                if inst.run == Run::External {
-                    inst.down = Some(e);
+                if let Run::External { down } = &mut inst.run {
+                    if down.is_none() {
+                        tracing::warn!(backend = %inst.backend_name, "unreachable: {e}");
+                    }
+                    *down = Some(e);
                 }
                 return;
             }
@@ -186,16 +192,16 @@ impl<E: Effects> Owner<E> {
                         format!("{backend} unloaded it on its own"),
                     );
                 }
-                (Phase::Stopping, false) if !slot.unloading => {
+                (Phase::Stopping, false) if !slot.life.unload_asked => {
                     self.now_cold(&m, Kind::Unloaded, String::new());
                 }
-                (Phase::Stopping, true) if !slot.unloading => {
+                (Phase::Stopping, true) if !slot.life.unload_asked => {
                     if let Some(op) = self.model_op(&m, true) {
-                        self.slots.get_mut(&m).expect("exists").unloading = true;
+                        self.slots.get_mut(&m).expect("exists").life.unload_asked = true;
                         self.effects.model_op(op, self.tx.clone());
                     }
                 }
-                (Phase::Cold, true) if slot.queue.is_empty() && slot.retry_at.is_none() => {
+                (Phase::Cold, true) if slot.queue.is_empty() && slot.retry_at().is_none() => {
                     self.adopt(&m);
                 }
                 _ => {}
@@ -236,19 +242,19 @@ impl<E: Effects> Owner<E> {
     /// Unloads a drained `m` from a server that loads models one by one.
     pub(super) fn try_unload(&mut self, m: &ModelKey) {
         let slot = &self.slots[m];
-        let run = self.instances[&slot.instance].run;
+        let run = &self.instances[&slot.instance].run;
         if slot.phase() != Phase::Draining || slot.in_flight > 0 || linger_until(slot).is_some() {
             return;
         }
-        if !matches!(run, Run::Up | Run::External) {
+        if !matches!(run, Run::Up | Run::External { .. }) {
             return;
         }
         let Some(op) = self.model_op(m, true) else {
             return;
         };
-        self.enter(m, State::Stopping);
+        self.enter(m, State::Stopping { retry_at: None });
         let slot = self.slots.get_mut(m).expect("exists");
-        slot.unloading = true;
+        slot.life.unload_asked = true;
         tracing::info!(model = %m, "unloading from its server");
         self.effects.model_op(op, self.tx.clone());
     }

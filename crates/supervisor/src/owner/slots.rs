@@ -15,16 +15,14 @@ pub(super) struct Slot {
     /// How long it may idle before it unloads, until it next does.
     pub(super) idle_for: IdleFor,
     pub(super) upstream: String,
-    /// Where it is in its life; change it only through `Owner::enter`.
-    pub(super) state: State,
+    /// Where it is in its life, and what about that crosses its states.
+    pub(super) life: Life,
     pub(super) in_flight: usize,
     pub(super) last_used: Instant,
     /// When its last two requests were admitted, and by which client: closer
     /// than a load's time apart and not only from the client a swap is for,
     /// they make a burst a swap waits out (see linger_until).
     pub(super) admitted: [Option<(Instant, u64)>; 2],
-    /// Drained for a swap: the client the swap is for, and when it was decided.
-    pub(super) swap_for: Option<(u64, Instant)>,
     /// Interactive requests in flight, and when the last one was admitted or
     /// ended: background work may not evict it while either says a person uses it.
     pub(super) interactive_in_flight: usize,
@@ -32,16 +30,14 @@ pub(super) struct Slot {
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
+    /// Its run of failed starts, until a clean stop ends it. Not part of
+    /// [`State`]: the count lives through the retries it is about (Starting,
+    /// then Cold or Stopping again) and through a model that ran a while and
+    /// crashed; the backoff it sets is held by the state it applies in.
     pub(super) failures: u32,
-    /// No start before this (a backoff after repeated failures). It outlives the
-    /// state it was set in: a start that failed is still stopping while its
-    /// backoff runs.
-    pub(super) retry_at: Option<Instant>,
     pub(super) last_error: Option<String>,
     /// The config it was made from.
     pub(super) def: (modelyard_config::Model, Backend),
-    /// Removed or redefined by a reload: leaves once idle, then is rebuilt or dropped.
-    pub(super) stale: bool,
     /// How long its last few loads took, to say how long the next will.
     pub(super) recent_loads: VecDeque<Duration>,
     /// Whether its memory is ours to count: not for another machine's model, nor
@@ -52,10 +48,50 @@ pub(super) struct Slot {
     /// When its current load began, and when it was ready.
     pub(super) load_started: Instant,
     pub(super) ready_at: Instant,
-    /// An unload was asked of its server and has not answered yet.
-    pub(super) unloading: bool,
     /// Why it is draining or stopping, for the `unloaded` event that ends it.
     pub(super) unload_why: Option<String>,
+}
+
+/// A model's lifecycle whole: where it is ([`State`], whose variants carry what
+/// exists only in them) and the two facts about it that are no place in it,
+/// because each lasts across states.
+pub(super) struct Life {
+    /// Change it only through `Owner::enter`, which checks lifecycle.rs's table.
+    pub(super) state: State,
+    /// An unload was asked of its server and has not been answered. Asked on the
+    /// way into Stopping, and again while Stopping if the server still holds it;
+    /// but at shutdown the router asks a server it does not run to unload what it
+    /// loaded there whatever state that is in, without moving it (Ready to
+    /// Stopping is no move, work in flight is not cut), and waits for the
+    /// answers before it exits. So it is no part of Stopping.
+    pub(super) unload_asked: bool,
+    /// Removed or redefined by a reload: it leaves once idle, then is rebuilt or
+    /// dropped. About the config it was made from, not where it is: a stale
+    /// model goes through Ready, Draining and Stopping like any other, and only
+    /// what happens once it is cold differs.
+    pub(super) stale: bool,
+}
+
+impl Life {
+    pub(super) fn new(state: State) -> Life {
+        Life {
+            state,
+            unload_asked: false,
+            stale: false,
+        }
+    }
+}
+
+/// A drain to make room for another model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Swap {
+    /// Until when the drained model still serves its own requests (and may
+    /// linger while its burst goes on, see linger_until).
+    pub(super) serve_until: Instant,
+    /// The client the swap is for, and when it was decided: requests from
+    /// others since are what make it linger.
+    pub(super) client: u64,
+    pub(super) decided: Instant,
 }
 
 /// Whose idle timeout a loaded model follows.
@@ -72,52 +108,88 @@ pub(super) enum IdleFor {
 /// the status page shows).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum State {
-    Cold,
+    /// Not loaded. After repeated failed starts, no start before `retry_at`
+    /// (a backoff); None, it starts when asked.
+    Cold {
+        retry_at: Option<Instant>,
+    },
     Starting,
     Ready,
     /// Chosen to go: what is in flight finishes. Drained to make room for a
-    /// swap, it still serves its own requests until `serve_until` (and may
-    /// linger while its burst goes on); drained for any other reason, None.
+    /// swap, it holds that [`Swap`]; drained for any other reason, None.
     Draining {
-        serve_until: Option<Instant>,
+        swap: Option<Swap>,
     },
-    /// Asked to exit or to be unloaded; its memory is back once it has.
-    Stopping,
+    /// Asked to exit or to be unloaded; its memory is back once it has. A start
+    /// that failed while its process runs is stopped with its backoff already
+    /// running: `retry_at` goes on into Cold.
+    Stopping {
+        retry_at: Option<Instant>,
+    },
 }
 
 impl State {
     pub(super) fn phase(self) -> Phase {
         match self {
-            State::Cold => Phase::Cold,
+            State::Cold { .. } => Phase::Cold,
             State::Starting => Phase::Starting,
             State::Ready => Phase::Ready,
             State::Draining { .. } => Phase::Draining,
-            State::Stopping => Phase::Stopping,
+            State::Stopping { .. } => Phase::Stopping,
         }
     }
 }
 
 impl Slot {
     pub(super) fn phase(&self) -> Phase {
-        self.state.phase()
+        self.life.state.phase()
+    }
+
+    /// No start before this: the backoff of a run of failed starts, held while
+    /// it is cold or still stopping.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        match self.life.state {
+            State::Cold { retry_at } | State::Stopping { retry_at } => retry_at,
+            _ => None,
+        }
+    }
+
+    /// The swap a model is draining for, if it is.
+    pub(super) fn swap(&self) -> Option<Swap> {
+        match self.life.state {
+            State::Draining { swap } => swap,
+            _ => None,
+        }
     }
 
     /// Until when a model draining for a swap still serves its own requests.
     pub(super) fn serve_until(&self) -> Option<Instant> {
-        match self.state {
-            State::Draining { serve_until } => serve_until,
-            _ => None,
-        }
+        self.swap().map(|s| s.serve_until)
     }
 }
 
+/// Counts a failed start (or a crash) of a model that is now cold or
+/// stopping, and from the second in a row sets the backoff its state holds.
 pub(super) fn note_failure(slot: &mut Slot, reason: &str) {
     slot.failures += 1;
     slot.last_error = Some(reason.to_string());
-    slot.retry_at = (slot.failures >= 2).then(|| {
+    let backoff = (slot.failures >= 2).then(|| {
         let exp = (slot.failures - 2).min(16);
         Instant::now() + Duration::from_secs(1u64 << exp).min(MAX_BACKOFF)
     });
+    match &mut slot.life.state {
+        State::Cold { retry_at } | State::Stopping { retry_at } => *retry_at = backoff,
+        // Only after a refused move (a bug, already said): nothing to hold it.
+        _ => {}
+    }
+}
+
+/// A clean stop ended the run of failures: the count and any backoff go.
+pub(super) fn clear_failures(slot: &mut Slot) {
+    slot.failures = 0;
+    if let State::Cold { retry_at } | State::Stopping { retry_at } = &mut slot.life.state {
+        *retry_at = None;
+    }
 }
 
 pub(super) fn fail_queue(slot: &mut Slot, model: &str, err: impl Fn(String) -> SupervisorError) {
@@ -156,7 +228,7 @@ impl<E: Effects> Owner<E> {
             }
             _ => {}
         }
-        slot.state = next;
+        slot.life.state = next;
         #[cfg(test)]
         self.audit.moves.push((from, to));
         Ok(())
@@ -195,13 +267,15 @@ impl<E: Effects> Owner<E> {
             Some(why) if detail.is_empty() => why,
             _ => detail,
         };
-        self.enter(m, State::Cold);
+        // A backoff set while it was stopping goes on.
+        let retry_at = slot.retry_at();
+        self.enter(m, State::Cold { retry_at });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
         slot.idle_for = IdleFor::Config;
         slot.interactive_in_flight = 0;
         slot.measured = None;
-        slot.unloading = false;
+        slot.life.unload_asked = false;
         self.emit(Event::new(kind, m, detail));
     }
 
@@ -247,21 +321,21 @@ impl<E: Effects> Owner<E> {
         self.begin_drain_until(m, reason, why, None);
     }
 
-    /// [`Self::begin_drain`]; with `serve_until`, `m` (drained to make room for a
-    /// swap) still serves its own requests until then, even if it was already
-    /// draining with the models sharing its process.
+    /// [`Self::begin_drain`]; with a `swap`, `m` (drained to make room for it)
+    /// still serves its own requests until the swap's `serve_until`, even if it
+    /// was already draining with the models sharing its process.
     pub(super) fn begin_drain_until(
         &mut self,
         m: &ModelKey,
         reason: Reason,
         why: &str,
-        serve_until: Option<Instant>,
+        swap: Option<Swap>,
     ) {
-        if serve_until.is_some() {
-            if let State::Draining { serve_until: s } =
-                &mut self.slots.get_mut(m).expect("exists").state
+        if swap.is_some() {
+            if let State::Draining { swap: s } =
+                &mut self.slots.get_mut(m).expect("exists").life.state
             {
-                *s = serve_until;
+                *s = swap;
             }
         }
         let key = self.slots[m].instance.clone();
@@ -275,8 +349,8 @@ impl<E: Effects> Owner<E> {
         };
         for other in models {
             if self.slots[&other].phase() == Phase::Ready {
-                let serve_until = serve_until.filter(|_| other == *m);
-                self.enter(&other, State::Draining { serve_until });
+                let swap = swap.filter(|_| other == *m);
+                self.enter(&other, State::Draining { swap });
                 let s = self.slots.get_mut(&other).expect("exists");
                 let detail = if other == *m {
                     why.to_string()

@@ -1,0 +1,175 @@
+//! Against real sockets on 127.0.0.1, with servers that write raw HTTP/1.1.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use super::*;
+
+async fn listener() -> (TcpListener, String) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    (l, url)
+}
+
+/// Reads a request's head (these requests have no body worth reading).
+async fn read_head(s: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "the client closed before its request was whole");
+        head.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
+async fn a_stream_hands_over_each_piece_before_the_next_is_sent() {
+    let (l, url) = listener().await;
+    let (more_tx, more_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+            .await
+            .unwrap();
+        more_rx.await.unwrap();
+        s.write_all(b"7\r\nsecond\n\r\n0\r\n\r\n").await.unwrap();
+        head
+    });
+    let mut answer = Http::default()
+        .send(
+            Method::GET,
+            &format!("{url}/admin/events"),
+            None,
+            Some("k-9"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(answer.next().await.unwrap().unwrap(), "first\n");
+    more_tx.send(()).unwrap();
+    assert_eq!(answer.next().await.unwrap().unwrap(), "second\n");
+    assert!(answer.next().await.is_none(), "the stream ended");
+    let head = server.await.unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("get /admin/events http/1.1\r\n"), "{head}");
+    assert!(head.contains("authorization: bearer k-9\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_is_an_error_not_an_end() {
+    let (l, url) = listener().await;
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
+            .await
+            .unwrap();
+        // Dropped: the router went away mid-stream.
+    });
+    let mut answer = Http::default()
+        .send(Method::GET, &url, None, None)
+        .await
+        .unwrap();
+    assert_eq!(answer.next().await.unwrap().unwrap(), "first\n");
+    assert!(matches!(answer.next().await, Some(Err(_))));
+}
+
+#[tokio::test]
+async fn a_call_reads_json_and_the_servers_own_words() {
+    let (l, url) = listener().await;
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let body = br#"  {"error":{"message":"no such model"}}"#;
+        s.write_all(
+            format!(
+                "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        s.write_all(body).await.unwrap();
+    });
+    let a = Http::default()
+        .post(&url, &serde_json::json!({}), None, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.message(), "no such model");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_never_answers_is_given_up_at_the_limit() {
+    let (l, url) = listener().await;
+    let _held = tokio::spawn(async move {
+        let (s, _) = l.accept().await.unwrap();
+        std::future::pending::<()>().await;
+        drop(s);
+    });
+    let e = Http::default()
+        .get(&url, None, Duration::from_secs(3))
+        .await
+        .err()
+        .expect("no answer is an error");
+    assert!(matches!(e, Error::TooSlow { .. }), "{e:?}");
+    assert_eq!(e.to_string(), format!("{url} did not answer within 3s"));
+}
+
+#[tokio::test]
+async fn a_body_past_the_cap_is_refused() {
+    let (l, url) = listener().await;
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789")
+            .await
+            .unwrap();
+    });
+    let answer = Http::default()
+        .send(Method::GET, &url, None, None)
+        .await
+        .unwrap();
+    let e = answer.bytes(4).await.unwrap_err();
+    assert!(matches!(e, Error::Read { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn nobody_listening_is_unreachable_with_the_os_reason_at_the_root() {
+    let (l, url) = listener().await;
+    drop(l);
+    let e = Http::default()
+        .send(Method::GET, &url, None, None)
+        .await
+        .err()
+        .expect("nothing listens");
+    assert!(matches!(e, Error::Unreachable { .. }), "{e:?}");
+    let mut root: &dyn std::error::Error = &e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let io = root
+        .downcast_ref::<std::io::Error>()
+        .expect("the root is the OS's");
+    assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+#[tokio::test]
+async fn a_url_that_cannot_be_one_is_a_bad_request() {
+    let e = Http::default()
+        .send(Method::GET, "http://127.0.0.1:9/a b", None, None)
+        .await
+        .err()
+        .expect("a space is not a URL character");
+    assert!(
+        e.to_string()
+            .starts_with("bad request to http://127.0.0.1:9/a b: "),
+        "{e}"
+    );
+}
