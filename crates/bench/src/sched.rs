@@ -85,7 +85,7 @@ pub fn traces() -> Vec<Trace> {
         stream,
     };
     let mut bursty = Vec::new();
-    for (k, m) in ["a", "b"].iter().cycle().take(8).enumerate() {
+    for (k, m) in ["a", "b"].iter().cycle().take(12).enumerate() {
         bursty.push(turn(if k == 0 { ms(0) } else { PAUSE }, *m, true));
         bursty.push(turn(FOLLOW_UP, m, false));
         bursty.push(turn(FOLLOW_UP, m, false));
@@ -109,7 +109,7 @@ pub fn traces() -> Vec<Trace> {
             shape: Shape::Open(hold),
         },
         Trace {
-            name: "one person, bursty client: a chat + 2 follow-ups 50 ms apart, a 150 ms pause, switch; 8 times",
+            name: "one person, bursty client: a chat + 2 follow-ups 50 ms apart, a 150 ms pause, switch; 12 times",
             shape: Shape::People(vec![Person {
                 agent: "bench-chat-app (one person)",
                 turns: bursty,

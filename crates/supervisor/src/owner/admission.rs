@@ -177,7 +177,12 @@ impl<E: Effects> Owner<E> {
                     let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
                     for v in &victims {
                         if let Some(s) = self.slots.get_mut(v) {
-                            s.swap_for = Some((client, now));
+                            // A request of another client's already being
+                            // answered (it was queued for this model, or came
+                            // just before): someone else is using it.
+                            let others = s.in_flight > 0
+                                && s.admitted.iter().flatten().any(|&(_, c)| c != client);
+                            s.swap_for = Some((client, now, others));
                         }
                         self.begin_drain_until(
                             v,
@@ -365,9 +370,11 @@ impl From<Admission<'_>> for Decision {
 /// that only to swap back costs a load; waiting out the pause costs at most one.
 ///
 /// It lingers only on evidence that someone other than the client the swap is
-/// for still uses it: a request from another client during the swap, or a
-/// burst (its last two requests closer than a load) that another client took
-/// part in. One client's burst is no such evidence: a person who sent a chat
+/// for still uses it: a request from another client during the swap, one
+/// already being answered when the swap was decided (it was queued for this
+/// model: two people taking turns on two models keep each one a while instead
+/// of swapping for every request), or a burst (its last two requests closer
+/// than a load) that another client took part in. One client's burst is no such evidence: a person who sent a chat
 /// and its title request, then asked for another model, has moved on, and
 /// waiting for them to come back costs the switch a second load's time.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
@@ -375,7 +382,7 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
         return None;
     }
     let load = median(&s.recent_loads)?;
-    let (mover, decided) = s.swap_for?;
+    let (mover, decided, others_at_swap) = s.swap_for?;
     let [before, Some((last, last_client))] = s.admitted else {
         return None;
     };
@@ -383,7 +390,7 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     let shared_burst = before.is_some_and(|(at, client)| {
         last.saturating_duration_since(at) < load && (client != mover || last_client != mover)
     });
-    if !asked_during_swap && !shared_burst {
+    if !asked_during_swap && !shared_burst && !others_at_swap {
         return None;
     }
     let until = s.serve_until()?.min(s.last_used + load);

@@ -23,8 +23,9 @@ pub(super) struct Slot {
     /// than a load's time apart and not only from the client a swap is for,
     /// they make a burst a swap waits out (see linger_until).
     pub(super) admitted: [Option<(Instant, u64)>; 2],
-    /// Drained for a swap: the client the swap is for, and when it was decided.
-    pub(super) swap_for: Option<(u64, Instant)>,
+    /// Drained for a swap: the client the swap is for, when it was decided, and
+    /// whether another client's request was already being served by it then.
+    pub(super) swap_for: Option<(u64, Instant, bool)>,
     /// Interactive requests in flight, and when the last one was admitted or
     /// ended: background work may not evict it while either says a person uses it.
     pub(super) interactive_in_flight: usize,
