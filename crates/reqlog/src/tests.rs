@@ -47,6 +47,15 @@ fn written(log: &RequestLog, n: u64) {
     panic!("the writer wrote {} of {n} records", log.written());
 }
 
+/// The last ten records, newest first.
+fn newest(log: &RequestLog) -> Vec<Record> {
+    let q = Query {
+        limit: 10,
+        ..Query::default()
+    };
+    log.reader().unwrap().query(&q).unwrap()
+}
+
 #[test]
 fn records_come_back_newest_first_with_every_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -55,14 +64,7 @@ fn records_come_back_newest_first_with_every_field() {
         log.record(rec(n, "m"));
     }
     written(&log, 3);
-    let got = log
-        .reader()
-        .unwrap()
-        .query(&Query {
-            limit: 10,
-            ..Query::default()
-        })
-        .unwrap();
+    let got = newest(&log);
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].request_id, "req-3");
     let mut second = got[1].clone();
@@ -289,14 +291,7 @@ fn a_file_of_the_first_version_keeps_its_records_and_gains_priority() {
     let log = RequestLog::open(s).unwrap();
     log.record(rec(3, "m"));
     written(&log, 1);
-    let got = log
-        .reader()
-        .unwrap()
-        .query(&Query {
-            limit: 10,
-            ..Query::default()
-        })
-        .unwrap();
+    let got = newest(&log);
     let seen: Vec<(&str, Option<&str>)> = got
         .iter()
         .map(|r| (r.request_id.as_str(), r.priority.as_deref()))
