@@ -295,6 +295,36 @@ impl Report {
                     ok(over.median <= 15.0),
                 ));
             }
+            if let Some(b) = legs.names.iter().position(|n| *n == crate::ROUTER_B) {
+                // The second build against the first, round by round, and
+                // against nginx as the first is.
+                let minus = |other: usize| {
+                    let d: Vec<f64> = legs.rounds[b]
+                        .iter()
+                        .zip(&legs.rounds[other])
+                        .map(|(x, y)| round_p(x, 50.0) - round_p(y, 50.0))
+                        .collect();
+                    Spread::of(&d).show(0, " µs")
+                };
+                let nginx = legs.names.iter().position(|n| *n == "nginx");
+                self.summary.push((
+                    format!(
+                        "(context, {}) --router-b's added p50 at 1k rps",
+                        layout.name()
+                    ),
+                    format!(
+                        "{}; b − modelyard {}{}; CPU µs/request b {}, modelyard {}",
+                        added(legs, b, |r| round_p(r, 50.0)).show(0, " µs"),
+                        minus(1),
+                        nginx
+                            .map(|n| format!("; b − nginx {}", minus(n)))
+                            .unwrap_or_default(),
+                        Spread::of(&cpu[b]).show(1, ""),
+                        Spread::of(&cpu[1]).show(1, ""),
+                    ),
+                    "context",
+                ));
+            }
         }
         self.rates = rates;
 
