@@ -192,7 +192,8 @@ fn cli_at(url: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> (bool, Stri
         .env_remove("MODELYARD_URL")
         .env_remove("MODELYARD_ADMIN_KEY")
         .env_remove("MODELYARD_CONFIG")
-        .env("XDG_RUNTIME_DIR", runtime.path());
+        .env("XDG_RUNTIME_DIR", runtime.path())
+        .env("XDG_DATA_HOME", runtime.path());
     if let Some(url) = url {
         cmd.env("MODELYARD_URL", url);
     }
@@ -888,6 +889,8 @@ async fn the_cli_finds_a_demo_started_on_another_port_without_url() {
     let mut demo = Command::new(BIN)
         .args(["demo", "--listen", &format!("localhost:{port}")])
         .env("XDG_RUNTIME_DIR", runtime.path())
+        // Its request log, too, away from the user's own.
+        .env("XDG_DATA_HOME", runtime.path())
         .env_remove("MODELYARD_LISTEN")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -983,6 +986,8 @@ async fn a_router_whose_stdout_reader_is_gone_keeps_serving() {
     let mut demo = Command::new(BIN)
         .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
         .env("XDG_RUNTIME_DIR", runtime.path())
+        // Its request log, too, away from the user's own.
+        .env("XDG_DATA_HOME", runtime.path())
         .env_remove("MODELYARD_LISTEN")
         .stdout(writer)
         .stderr(std::process::Stdio::null())

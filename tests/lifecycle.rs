@@ -192,6 +192,7 @@ async fn demo_serves_the_readme_examples() {
     let mut child = std::process::Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0"])
         .env("XDG_RUNTIME_DIR", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
         .stdout(std::process::Stdio::piped())
         .stderr(std::fs::File::create(dir.path().join("err")).unwrap())
         .spawn()

@@ -310,6 +310,44 @@ async fn refusals_are_recorded_with_their_error_code() {
     assert!(!rec.cancelled);
 }
 
+#[tokio::test]
+async fn each_record_says_the_priority_its_request_was_served_at() {
+    let r = Router::start(&format!(
+        "{SIM}  embed: {{backend: sim, memory: 50MB, priority: background}}\n"
+    ));
+    let url = r.url("/v1/chat/completions");
+    // Interactive by default; background by the header, or by the model.
+    assert_eq!(send(&url, &hello("chat", false)).await.status(), 200);
+    let asked = client()
+        .post(&url)
+        .header("x-modelyard-priority", "background")
+        .json(&hello("chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(asked.status(), 200);
+    assert_eq!(send(&url, &hello("embed", false)).await.status(), 200);
+    // Refused before any model was chosen: no priority to tell.
+    assert_eq!(send(&url, &hello("nosuch", false)).await.status(), 404);
+    let recs = records(&r, 4).await;
+    let seen: Vec<(&str, Option<&str>)> = recs
+        .iter()
+        .rev()
+        .map(|r| (r.model_served.as_str(), r.priority.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("chat", Some("interactive")),
+            ("chat", Some("background")),
+            ("embed", Some("background")),
+            ("-", None),
+        ]
+    );
+    let table = cli(&r, &["requests"]);
+    assert_eq!(table.matches("(bg)").count(), 2, "{table}");
+}
+
 /// `modelyard ARGS --url URL`, its stdout (asserting it succeeded).
 fn cli(r: &Router, args: &[&str]) -> String {
     let out = std::process::Command::new(BIN)

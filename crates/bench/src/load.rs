@@ -433,3 +433,118 @@ pub fn trace(
         .map(|t| rt.block_on(t).ok().flatten())
         .collect()
 }
+
+/// One request of a person: sent `think` after their previous answer (after the
+/// start, for their first), to `path` with `body`.
+#[derive(Clone, Debug)]
+pub struct Ask {
+    pub think: Duration,
+    pub body: Bytes,
+}
+
+/// What became of one request of a person.
+#[derive(Clone, Copy, Debug)]
+pub struct Answer {
+    /// When it was sent, on the wall clock (the clock a backend's timeline shares).
+    pub sent: std::time::SystemTime,
+    /// From sending to the first body byte.
+    pub first_byte: Duration,
+    /// From sending to the end of the answer.
+    pub latency: Duration,
+    pub ok: bool,
+}
+
+/// People, each on one keep-alive connection of their own with their own
+/// User-Agent, sending one request at a time: the next goes its `think` after
+/// the previous answer ended. To the router each is one client (same peer
+/// address and port, same agent), as a chat app is. Returns each person's
+/// answers in order; a person whose connection fails stops there.
+pub fn people(rt: &Handle, target: &Target, who: &[(&str, Vec<Ask>)]) -> Vec<Vec<Answer>> {
+    let start = Instant::now();
+    let tasks: Vec<_> = who
+        .iter()
+        .map(|(agent, asks)| {
+            let (target, agent, asks) = (target.clone(), agent.to_string(), asks.clone());
+            rt.spawn(async move {
+                let mut out = Vec::new();
+                if let Err(e) = person(&target, &agent, &asks, start, &mut out).await {
+                    failed(format_args!("{agent}: {e}"));
+                }
+                out
+            })
+        })
+        .collect();
+    tasks
+        .into_iter()
+        .map(|t| rt.block_on(t).unwrap_or_default())
+        .collect()
+}
+
+async fn person(
+    target: &Target,
+    agent: &str,
+    asks: &[Ask],
+    start: Instant,
+    out: &mut Vec<Answer>,
+) -> Result<(), String> {
+    let host = target.base.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(host)
+        .await
+        .map_err(|e| format!("connect {host}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    // The connection's driver ends when `send` is dropped at the end.
+    tokio::spawn(conn);
+    let mut next = start;
+    for ask in asks {
+        next += ask.think;
+        tokio::time::sleep_until(next.into()).await;
+        send.ready().await.map_err(|e| e.to_string())?;
+        let mut req = target.request(&ask.body);
+        *req.uri_mut() = "/v1/chat/completions".parse().expect("valid path");
+        let h = req.headers_mut();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_str(host).map_err(|e| e.to_string())?,
+        );
+        h.insert(
+            header::USER_AGENT,
+            HeaderValue::from_str(agent).map_err(|e| e.to_string())?,
+        );
+        let sent = std::time::SystemTime::now();
+        let t0 = Instant::now();
+        let resp = tokio::time::timeout(Duration::from_secs(120), send.send_request(req))
+            .await
+            .map_err(|_| "no answer within 120 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        let mut first_byte = None;
+        let mut head = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| e.to_string())?;
+            if let Ok(data) = frame.into_data() {
+                first_byte.get_or_insert_with(|| t0.elapsed());
+                if head.len() < 200 {
+                    head.extend_from_slice(&data[..data.len().min(200)]);
+                }
+            }
+        }
+        let latency = t0.elapsed();
+        let ok = status == http::StatusCode::OK;
+        if !ok {
+            failed(format_args!("{status}: {}", String::from_utf8_lossy(&head)));
+        }
+        out.push(Answer {
+            sent,
+            first_byte: first_byte.unwrap_or(latency),
+            latency,
+            ok,
+        });
+        next = Instant::now();
+    }
+    Ok(())
+}

@@ -44,6 +44,15 @@ pub struct Opts {
     pub pin: bool,
     /// How long the soak runs, seconds.
     pub soak_secs: f64,
+    /// The fixed rates of the rates scenario, requests a second.
+    pub rates: Vec<f64>,
+    /// Which layouts the rates scenario runs: split, shared or both.
+    pub split: bool,
+    pub shared: bool,
+    /// A second build of the router, run as its own leg beside the first in
+    /// the shared layout: two builds compared in one run, rounds interleaved,
+    /// where runs minutes apart on a shared machine compare the machine.
+    pub router_b: Option<PathBuf>,
 }
 
 /// Scenario names `--only` accepts, in the order they run.
@@ -72,6 +81,9 @@ impl Opts {
 /// only the overload scenario meets the limits, on purpose.
 const LIMITS: &str = "max_queue: 100000\nmax_connections: 4096\n";
 
+/// The leg of the router built from `--router-b`.
+pub const ROUTER_B: &str = "modelyard-b";
+
 /// The saturation leg of the router with `request_log: off`.
 pub const NOLOG: &str = "modelyard, log off";
 
@@ -83,7 +95,7 @@ pub const SAT_CONNS: usize = 16;
 /// descriptors (client and backend), and the hard limit here is 20,000.
 const H1_STREAMS: usize = 4000;
 
-const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-nginx] [--nginx PATH] [--no-pin] [--litellm PATH] [--soak-secs S] [--only rates,saturation,low,streams,many,cancel,overload,sched,soak] [--out FILE.md | --no-write]";
+const USAGE: &str = "modelyard-bench [--quick] [--rounds N] [--secs S] [--streams N] [--no-peer] [--no-nginx] [--nginx PATH] [--no-pin] [--litellm PATH] [--soak-secs S] [--rates R,R] [--layout split|shared] [--router-b PATH] [--only rates,saturation,low,streams,many,cancel,overload,sched,soak] [--out FILE.md | --no-write]";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -102,6 +114,10 @@ fn parse() -> Result<Opts, String> {
         only: None,
         pin: true,
         soak_secs: 600.0,
+        rates: vec![1000.0, 5000.0],
+        split: true,
+        shared: true,
+        router_b: None,
     };
     let mut args = std::env::args().skip(1);
     let mut rounds = None;
@@ -124,6 +140,20 @@ fn parse() -> Result<Opts, String> {
                         .ok_or("--soak-secs S: seconds, at least 30")?,
                 )
             }
+            "--rates" => {
+                o.rates = val("--rates")?
+                    .split(',')
+                    .map(|r| r.trim().parse::<f64>().ok().filter(|r| *r > 0.0))
+                    .collect::<Option<Vec<f64>>>()
+                    .filter(|r| !r.is_empty())
+                    .ok_or("--rates R,R: requests a second, each above 0")?
+            }
+            "--layout" => match val("--layout")?.as_str() {
+                "split" => (o.split, o.shared) = (true, false),
+                "shared" => (o.split, o.shared) = (false, true),
+                other => return Err(format!("--layout {other}: split or shared")),
+            },
+            "--router-b" => o.router_b = Some(val("--router-b")?.into()),
             "--no-peer" => o.peer = false,
             "--no-pin" => o.pin = false,
             "--litellm" => o.litellm = val("--litellm")?.into(),
@@ -433,7 +463,7 @@ fn run(opts: Opts) -> Result<(), String> {
     let (floor, floor_meter) = relay::start(&direct.base, pinned.then_some(1))?;
     meters.extend(floor_meter.map(|m| (floor.base.clone(), m)));
     let rates: &[f64] = if opts.wants("rates") {
-        &[1000.0, 5000.0]
+        &opts.rates
     } else {
         &[]
     };
@@ -441,7 +471,7 @@ fn run(opts: Opts) -> Result<(), String> {
     // backend crosses between the two CPUs as often as client → router does,
     // where in the layout above the direct leg never leaves CPU 0 and the
     // proxied one crosses four times (wake-ups that cost ~30 µs each on a VM).
-    let shared = match (pinned, rates.is_empty()) {
+    let shared = match (pinned && opts.shared, rates.is_empty()) {
         (true, false) => {
             let (sim, direct) = rig.sim_beside_proxy("sim-m-shared", "m", &["--tokens", "16"])?;
             let yaml = format!(
@@ -451,6 +481,14 @@ fn run(opts: Opts) -> Result<(), String> {
             let yaml = format!("{}{yaml}", rig.request_log("router-shared"));
             let (router, routed) = rig.router("router-shared", &yaml)?;
             meters.insert(routed.base.clone(), Meter::Process(router.pid()));
+            let other = match &opts.router_b {
+                Some(exe) => {
+                    let (p, t) = rig.router_from(exe, "router-shared-b", &yaml, ROUTER_B)?;
+                    meters.insert(t.base.clone(), Meter::Process(p.pid()));
+                    Some((p, t))
+                }
+                None => None,
+            };
             let (floor, floor_meter) = relay::start(&direct.base, Some(1))?;
             meters.extend(floor_meter.map(|m| (floor.base.clone(), m)));
             let ngx = if nginx.is_some() {
@@ -460,30 +498,33 @@ fn run(opts: Opts) -> Result<(), String> {
             };
             let mut legs = vec![direct, routed, floor];
             legs.extend(ngx.as_ref().map(|n| n.1.clone()));
+            legs.extend(other.as_ref().map(|o| o.1.clone()));
             for t in &legs {
                 load::closed_loop(&h, &client, t, &body, 8, Duration::from_millis(500));
             }
-            Some((sim, router, ngx.map(|n| n.0), legs))
+            Some((sim, (router, other.map(|o| o.0)), ngx.map(|n| n.0), legs))
         }
         _ => None,
     };
     for &rate in rates {
-        say(&format!("{rate} rps open loop"));
-        let load_before = procs::loadavg();
-        let sampler = Sampler::start(router.pid());
-        let mut split: Vec<&Target> = vec![&direct, &routed, &floor];
-        split.extend(nginx.as_ref().map(|n| &n.1));
-        let (legs, cpu) = metered(&split, &meters, opts.rounds, |t| {
-            load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
-        });
-        rep.load_rss = rep.load_rss.max(sampler.finish());
-        rep.rates.push(report::Rate {
-            rate,
-            layout: Layout::Split,
-            legs,
-            cpu,
-            load: load_before,
-        });
+        if opts.split {
+            say(&format!("{rate} rps open loop"));
+            let load_before = procs::loadavg();
+            let sampler = Sampler::start(router.pid());
+            let mut split: Vec<&Target> = vec![&direct, &routed, &floor];
+            split.extend(nginx.as_ref().map(|n| &n.1));
+            let (legs, cpu) = metered(&split, &meters, opts.rounds, |t| {
+                load::open_loop(&h, &client, t, &body, rate, secs, Duration::from_secs(10))
+            });
+            rep.load_rss = rep.load_rss.max(sampler.finish());
+            rep.rates.push(report::Rate {
+                rate,
+                layout: Layout::Split,
+                legs,
+                cpu,
+                load: load_before,
+            });
+        }
         if let Some((_, _, _, legs)) = &shared {
             say(&format!("{rate} rps open loop, backend beside the router"));
             let load_before = procs::loadavg();

@@ -69,6 +69,17 @@ impl Rig {
         yaml: &str,
         leg: &'static str,
     ) -> Result<(Proc, Target), String> {
+        self.router_from(&self.bins.modelyard, name, yaml, leg)
+    }
+
+    /// A router from the binary `exe` (another build), shown as `leg`.
+    pub fn router_from(
+        &self,
+        exe: &std::path::Path,
+        name: &str,
+        yaml: &str,
+        leg: &'static str,
+    ) -> Result<(Proc, Target), String> {
         let port = free_port();
         let config = self.dir.join(format!("{name}.yaml"));
         let state = self.dir.join(format!("{name}-state.json"));
@@ -81,7 +92,7 @@ impl Rig {
         )
         .map_err(|e| e.to_string())?;
         let argv = vec![
-            self.bins.modelyard.display().to_string(),
+            exe.display().to_string(),
             "serve".into(),
             "--config".into(),
             config.display().to_string(),

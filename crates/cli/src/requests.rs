@@ -119,13 +119,17 @@ fn render_requests_at(records: &Value, now_ms: u64) -> String {
     for r in records {
         let asked = r["model_asked"].as_str().unwrap_or("");
         let served = r["model_served"].as_str().unwrap_or("");
-        let model = if asked == served || asked.is_empty() {
+        let mut model = if asked == served || asked.is_empty() {
             served.to_string()
         } else if served == "-" {
             asked.to_string()
         } else {
             format!("{asked}→{served}")
         };
+        // Interactive is the rule; the exception is marked.
+        if r["priority"] == "background" {
+            model.push_str(" (bg)");
+        }
         let mut status = r["status"].to_string();
         if let Some(code) = r["error"].as_str() {
             let _ = write!(status, " {code}");
@@ -288,16 +292,24 @@ mod tests {
             "ttfb_ms": 18_350.5, "total_ms": 21_000.0, "prompt_tokens": 12,
             "completion_tokens": 412, "tokens_per_s": 155.43,
             "peer": "127.0.0.1:50312", "key": null, "user_agent": "curl/8.5.0",
+            "priority": "interactive",
         }, {
             "at_ms": now - 4_000, "model_asked": "nosuch", "model_served": "nosuch",
             "api": "ollama", "status": 404, "error": "model_not_found", "cancelled": false,
             "queue_ms": null, "swap": null, "unloaded": [], "ttfb_ms": null,
             "total_ms": 0.4, "prompt_tokens": null, "completion_tokens": null,
             "tokens_per_s": null, "peer": "127.0.0.1:50313", "key": "key 2", "user_agent": null,
+        }, {
+            "at_ms": now - 3_000, "model_asked": "embed", "model_served": "embed",
+            "api": "openai", "status": 200, "error": null, "cancelled": false,
+            "queue_ms": 0.1, "swap": null, "unloaded": [], "ttfb_ms": 2.0,
+            "total_ms": 2.5, "prompt_tokens": 8, "completion_tokens": 0,
+            "tokens_per_s": null, "peer": "127.0.0.1:50314", "key": null, "user_agent": null,
+            "priority": "background",
         }]);
         let text = render_requests_at(&v, now);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3, "{text}");
+        assert_eq!(lines.len(), 4, "{text}");
         assert!(lines[0].starts_with("TIME "), "{text}");
         for cell in [
             "default→qwen3-30b",
@@ -313,6 +325,9 @@ mod tests {
         }
         assert!(lines[2].contains("404 model_not_found"), "{}", lines[2]);
         assert!(lines[2].contains("127.0.0.1 key 2"), "{}", lines[2]);
+        // Only background work is marked.
+        assert!(!lines[1].contains("(bg)"), "{}", lines[1]);
+        assert!(lines[3].contains("embed (bg)"), "{}", lines[3]);
         assert_eq!(
             render_requests_at(&json!([]), now),
             "no requests recorded (yet)\n"

@@ -86,7 +86,8 @@ async fn forward(
     };
     label.clone_from(&model);
     if let Some(d) = draft {
-        d.served(&model);
+        let ask = crate::asker::of(&parts.extensions).for_model(&config, &model);
+        d.served(&model, ask.priority);
     }
     let asked = (
         Instant::now(),

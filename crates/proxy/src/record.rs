@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use http::{HeaderMap, Uri};
+use modelyard_config::Priority;
 use modelyard_reqlog::{Record, RequestLog};
 use modelyard_supervisor::{Event, Reason};
 use tokio::time::Instant;
@@ -117,8 +118,10 @@ impl Draft {
         }
     }
 
-    pub(crate) fn served(&mut self, model: &str) {
+    /// The configured model that will answer, and the priority it is asked at.
+    pub(crate) fn served(&mut self, model: &str, priority: Priority) {
         self.rec.model_served = model.to_string();
+        self.rec.priority = Some(priority.as_str().into());
     }
 
     /// The lease came after `waited`, asked for at `asked_ms`: if the model

@@ -53,7 +53,8 @@ pub(crate) async fn form(
     if let Some(d) = draft {
         // The form's file is never kept, whatever `capture` says.
         d.asked(&client_name, false, &[]);
-        d.served(&model);
+        let ask = crate::asker::of(&parts.extensions).for_model(&config, &model);
+        d.served(&model, ask.priority);
     }
     let asked = (Instant::now(), modelyard_reqlog::now_ms());
     let lease = forward::lease(state, &model, crate::asker::of(&parts.extensions)).await?;

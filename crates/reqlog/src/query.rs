@@ -215,5 +215,6 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
         tokens_per_s: r.get(20)?,
         cancelled: r.get(21)?,
         body: r.get(22)?,
+        priority: r.get(23)?,
     })
 }

@@ -51,4 +51,8 @@ pub struct Record {
     pub cancelled: bool,
     /// The request's body, cut to a bound; only with `request_log.capture: true`.
     pub body: Option<String>,
+    /// `interactive` or `background`, once its model was chosen; absent for a
+    /// request refused before that (and for records of an older file).
+    #[serde(default)]
+    pub priority: Option<String>,
 }

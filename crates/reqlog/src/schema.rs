@@ -14,7 +14,7 @@ use crate::Error;
 // by a binary search over it (`crate::query::first_done_since`).
 
 /// Raised when the table changes shape; a file with a higher one is refused.
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS requests (
@@ -40,14 +40,15 @@ CREATE TABLE IF NOT EXISTS requests (
     completion_tokens INTEGER,
     tokens_per_s REAL,
     cancelled INTEGER NOT NULL,
-    body TEXT
+    body TEXT,
+    priority TEXT
 );
 ";
 
 /// The columns in the order [`crate::query`] reads them.
 pub(crate) const COLUMNS: &str = "id, at_ms, request_id, peer, key, user_agent, api, route, \
     model_asked, model_served, stream, status, error, queue_ms, swap, unloaded, ttfb_ms, \
-    total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, body";
+    total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, body, priority";
 
 /// How long a reader or the writer waits for the other's lock before failing.
 const BUSY: Duration = Duration::from_secs(5);
@@ -87,8 +88,14 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
             format!("it cannot use write-ahead logging (journal mode stays {mode})"),
         ));
     }
+    // Version 1 had no priority; its rows are kept and read with none.
+    let upgrade = if version == 1 {
+        "ALTER TABLE requests ADD COLUMN priority TEXT;"
+    } else {
+        ""
+    };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; {CREATE} PRAGMA user_version = {VERSION};"
+        "PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} PRAGMA user_version = {VERSION}; COMMIT;"
     ))
     .map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => Error::Foreign {

@@ -31,6 +31,7 @@ fn rec(n: u64, model: &str) -> Record {
         },
         swap: (n == 2).then(|| "caused".into()),
         queue_ms: Some(1.5),
+        priority: Some(if n == 3 { "background" } else { "interactive" }.into()),
         ..Record::default()
     }
 }
@@ -46,6 +47,15 @@ fn written(log: &RequestLog, n: u64) {
     panic!("the writer wrote {} of {n} records", log.written());
 }
 
+/// The last ten records, newest first.
+fn newest(log: &RequestLog) -> Vec<Record> {
+    let q = Query {
+        limit: 10,
+        ..Query::default()
+    };
+    log.reader().unwrap().query(&q).unwrap()
+}
+
 #[test]
 fn records_come_back_newest_first_with_every_field() {
     let dir = tempfile::tempdir().unwrap();
@@ -54,14 +64,7 @@ fn records_come_back_newest_first_with_every_field() {
         log.record(rec(n, "m"));
     }
     written(&log, 3);
-    let got = log
-        .reader()
-        .unwrap()
-        .query(&Query {
-            limit: 10,
-            ..Query::default()
-        })
-        .unwrap();
+    let got = newest(&log);
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].request_id, "req-3");
     let mut second = got[1].clone();
@@ -260,6 +263,40 @@ fn a_file_that_is_not_a_request_log_is_refused_naming_it() {
     .expect("refused");
     let text = e.to_string();
     assert!(text.contains("notes.txt"), "{text}");
+}
+
+#[test]
+fn a_file_of_the_first_version_keeps_its_records_and_gains_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
+    // The table as version 1 made it: no priority column.
+    let old = rusqlite::Connection::open(&s.path).unwrap();
+    old.execute_batch(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, \
+         request_id TEXT NOT NULL, peer TEXT NOT NULL, key TEXT, user_agent TEXT, \
+         api TEXT NOT NULL, route TEXT NOT NULL, model_asked TEXT NOT NULL, \
+         model_served TEXT NOT NULL, stream INTEGER NOT NULL, status INTEGER NOT NULL, \
+         error TEXT, queue_ms REAL, swap TEXT, unloaded TEXT, ttfb_ms REAL, \
+         total_ms REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, \
+         tokens_per_s REAL, cancelled INTEGER NOT NULL, body TEXT); \
+         INSERT INTO requests (at_ms, request_id, peer, api, route, model_asked, \
+         model_served, stream, status, total_ms, cancelled) \
+         VALUES (strftime('%s','now') * 1000, 'old-1', '127.0.0.1:1', 'openai', '/v1/chat/completions', 'm', 'm', \
+         0, 200, 3.0, 0); \
+         PRAGMA user_version = 1;",
+    )
+    .unwrap();
+    drop(old);
+    let log = RequestLog::open(s).unwrap();
+    log.record(rec(3, "m"));
+    written(&log, 1);
+    let got = newest(&log);
+    let seen: Vec<(&str, Option<&str>)> = got
+        .iter()
+        .map(|r| (r.request_id.as_str(), r.priority.as_deref()))
+        .collect();
+    assert_eq!(seen, [("req-3", Some("background")), ("old-1", None)]);
 }
 
 /// Run by `survives_kill_9` in a child process: writes records until killed.

@@ -97,9 +97,10 @@ fn insert(conn: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
         let mut stmt = tx.prepare_cached(
             "INSERT INTO requests (at_ms, request_id, peer, key, user_agent, api, route, \
              model_asked, model_served, stream, status, error, queue_ms, swap, unloaded, \
-             ttfb_ms, total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, body) \
+             ttfb_ms, total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, body, \
+             priority) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?18, ?19, ?20, ?21, ?22)",
+             ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
         )?;
         for r in batch {
             let unloaded = (!r.unloaded.is_empty()).then(|| r.unloaded.join(","));
@@ -126,6 +127,7 @@ fn insert(conn: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
                 r.tokens_per_s,
                 r.cancelled,
                 r.body,
+                r.priority,
             ])?;
         }
     }

@@ -58,6 +58,12 @@ pub struct Args {
     #[arg(long, value_enum, value_name = "MODE")]
     pub fail: Option<crate::misbehave::Failure>,
 
+    /// Append a line to FILE when the process starts, when it is ready and when
+    /// it is told to stop (ns since the Unix epoch, the step, the model): the
+    /// backend's own load and stop time, for a benchmark to subtract.
+    #[arg(long, value_name = "FILE")]
+    pub timeline: Option<std::path::PathBuf>,
+
     /// Start but never bind the port, like a backend stuck at start.
     #[arg(long)]
     pub hang_start: bool,
@@ -143,6 +149,7 @@ mod tests {
         assert_eq!(args.fail, None);
         assert!(!args.hang_start);
         assert!(!args.ignore_sigterm);
+        assert_eq!(args.timeline, None);
         assert_eq!(args.flavor, Flavor::Openai);
         assert_eq!(args.unload_time, Duration::from_millis(200));
         assert_eq!(args.memory_guard, None);

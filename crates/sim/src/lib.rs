@@ -30,6 +30,7 @@ mod signals;
 mod state;
 mod stats;
 mod streaming;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,13 @@ pub use forms::fnv1a64;
 /// called from inside one (the router's `sim` subcommand calls it before
 /// starting any).
 pub fn main_with(args: Args) -> ExitCode {
+    if let Some(path) = &args.timeline {
+        let model = args.models.first().map_or("", String::as_str);
+        if let Err(e) = timeline::open(path, model) {
+            eprintln!("modelyard-sim: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

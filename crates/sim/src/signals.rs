@@ -17,11 +17,13 @@ pub fn install(ignore_sigterm: bool) -> std::io::Result<()> {
                     if ignore_sigterm {
                         eprintln!("modelyard-sim: ignoring SIGTERM (--ignore-sigterm)");
                     } else {
+                        crate::timeline::mark(crate::timeline::Step::Term);
                         eprintln!("modelyard-sim: SIGTERM, exiting");
                         std::process::exit(0);
                     }
                 }
                 Some(()) = interrupt.recv() => {
+                    crate::timeline::mark(crate::timeline::Step::Term);
                     eprintln!("modelyard-sim: SIGINT, exiting");
                     std::process::exit(0);
                 }

@@ -706,3 +706,69 @@ async fn anthropic_messages_over_http_streamed_and_not() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(error["error"]["type"], "not_found_error");
 }
+
+#[tokio::test]
+async fn the_timeline_says_when_it_started_was_ready_and_was_told_to_stop() {
+    let path = std::env::temp_dir().join(format!("sim-timeline-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let timeline = path.display().to_string();
+    let mut sim = spawn_sim(&[
+        "--model",
+        "m",
+        "--load-time",
+        "300ms",
+        "--timeline",
+        &timeline,
+    ])
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get_json(&sim.addr, "/health").await.0 != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never became healthy");
+        sleep(Duration::from_millis(10)).await;
+    }
+    sim.signal(Signal::SIGTERM);
+    assert_eq!(sim.wait_exit(Duration::from_secs(2)).await.code(), Some(0));
+
+    let text = std::fs::read_to_string(&path).expect("the timeline was written");
+    let _ = std::fs::remove_file(&path);
+    let lines: Vec<(u128, &str, &str)> = text
+        .lines()
+        .map(|l| {
+            let mut w = l.split(' ');
+            let ns = w.next().unwrap().parse().unwrap();
+            (ns, w.next().unwrap(), w.next().unwrap())
+        })
+        .collect();
+    let steps: Vec<(&str, &str)> = lines.iter().map(|l| (l.1, l.2)).collect();
+    assert_eq!(
+        steps,
+        [("start", "m"), ("ready", "m"), ("term", "m")],
+        "{text}"
+    );
+    let (start, ready, term) = (lines[0].0, lines[1].0, lines[2].0);
+    assert!(start >= before, "stamped on the wall clock: {text}");
+    assert!(
+        ready - start >= 300_000_000,
+        "ready once its load time has passed: {text}"
+    );
+    assert!(term > ready, "{text}");
+}
+
+#[tokio::test]
+async fn a_timeline_that_cannot_be_written_is_refused_naming_the_flag() {
+    let out = command(&["--timeline", "/nonexistent-dir/timeline.log"])
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--timeline /nonexistent-dir/timeline.log"),
+        "{err}"
+    );
+}

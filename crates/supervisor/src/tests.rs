@@ -483,6 +483,31 @@ async fn a_request_from_another_person_during_the_swap_keeps_the_model_a_while()
     ledger(&s).await;
 }
 
+/// Two people taking turns: Bob's request for daily is being answered when
+/// Alice asks for deep. Bob uses daily, so it stays while he does; his next
+/// request, 150 ms after his answer, is served with no swap back and forth.
+#[tokio::test(start_paused = true)]
+async fn another_person_s_request_being_answered_when_the_swap_is_decided_keeps_the_model() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", BOB).await);
+    advance(Duration::from_secs(5)).await;
+    let bobs = get_as(&s, "daily", BOB).await;
+    // Admitted before the swap is decided: not a request "during the swap".
+    advance(Duration::from_millis(10)).await;
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(40)).await;
+    drop(bobs);
+    advance(Duration::from_millis(150)).await;
+    let asked = Instant::now();
+    drop(get_as(&s, "daily", BOB).await);
+    assert_eq!(asked.elapsed(), Duration::ZERO, "daily still serves Bob");
+    assert_eq!(fake.count("p/deep"), 0, "daily lingers while Bob uses it");
+    drop(deep.await.unwrap().unwrap());
+    assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 1));
+    ledger(&s).await;
+}
+
 /// The same request from the same person during the swap is no such evidence.
 #[tokio::test(start_paused = true)]
 async fn the_mover_s_own_request_during_the_swap_keeps_nothing() {

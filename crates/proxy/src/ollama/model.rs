@@ -99,7 +99,8 @@ async fn run(
     }
     label.clone_from(&model);
     if let Some(d) = draft {
-        d.served(&model);
+        let ask = crate::asker::of(&parts.extensions).for_model(&config, &model);
+        d.served(&model, ask.priority);
     }
 
     if parsed.load_only && parsed.keep_alive.is_some_and(|k| k.is_zero()) {

@@ -174,12 +174,20 @@ impl<E: Effects> Owner<E> {
                     let names: Vec<String> = victims.iter().map(|v| v.to_string()).collect();
                     let serve_until = now + self.config.max_swap_delay;
                     let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
-                    let swap = Swap {
-                        serve_until,
-                        client,
-                        decided: now,
-                    };
                     for v in &victims {
+                        // A request of another client's already being answered
+                        // (it was queued for this model, or came just before):
+                        // someone else is using it.
+                        let others_in_flight = self.slots.get(v).is_some_and(|s| {
+                            s.in_flight > 0
+                                && s.admitted.iter().flatten().any(|&(_, c)| c != client)
+                        });
+                        let swap = Swap {
+                            serve_until,
+                            client,
+                            decided: now,
+                            others_in_flight,
+                        };
                         self.begin_drain_until(
                             v,
                             Reason::MakeRoom,
@@ -365,9 +373,11 @@ impl From<Admission<'_>> for Decision {
 /// that only to swap back costs a load; waiting out the pause costs at most one.
 ///
 /// It lingers only on evidence that someone other than the client the swap is
-/// for still uses it: a request from another client during the swap, or a
-/// burst (its last two requests closer than a load) that another client took
-/// part in. One client's burst is no such evidence: a person who sent a chat
+/// for still uses it: a request from another client during the swap, one
+/// already being answered when the swap was decided (it was queued for this
+/// model: two people taking turns on two models keep each one a while instead
+/// of swapping for every request), or a burst (its last two requests closer
+/// than a load) that another client took part in. One client's burst is no such evidence: a person who sent a chat
 /// and its title request, then asked for another model, has moved on, and
 /// waiting for them to come back costs the switch a second load's time.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
@@ -379,6 +389,7 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
         serve_until,
         client: mover,
         decided,
+        others_in_flight: others_at_swap,
     } = s.swap()?;
     let [before, Some((last, last_client))] = s.admitted else {
         return None;
@@ -387,7 +398,7 @@ pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     let shared_burst = before.is_some_and(|(at, client)| {
         last.saturating_duration_since(at) < load && (client != mover || last_client != mover)
     });
-    if !asked_during_swap && !shared_burst {
+    if !asked_during_swap && !shared_burst && !others_at_swap {
         return None;
     }
     let until = serve_until.min(s.last_used + load);

@@ -92,6 +92,9 @@ pub(super) struct Swap {
     /// others since are what make it linger.
     pub(super) client: u64,
     pub(super) decided: Instant,
+    /// Whether another client's request was already being served by the
+    /// drained model when the swap was decided.
+    pub(super) others_in_flight: bool,
 }
 
 /// Whose idle timeout a loaded model follows.
