@@ -34,8 +34,15 @@ impl Bins {
                 modelyard.display()
             ));
         }
+        // The standalone sim only if it was built with the router: one left
+        // from an earlier build may lack flags the bench passes (--timeline).
         let standalone = dir.join("modelyard-sim");
-        let sim = if standalone.exists() {
+        let built = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let fresh = match (built(&standalone), built(&modelyard)) {
+            (Some(sim), Some(router)) => sim >= router,
+            _ => false,
+        };
+        let sim = if fresh {
             vec![standalone.display().to_string()]
         } else {
             vec![modelyard.display().to_string(), "sim".into()]
