@@ -26,6 +26,17 @@ async fn read_head(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&head).into_owned()
 }
 
+/// A server that answers one request with `reply`, then closes the connection.
+async fn answer_once(reply: &'static [u8]) -> String {
+    let (l, url) = listener().await;
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(reply).await.unwrap();
+    });
+    url
+}
+
 #[tokio::test]
 async fn a_stream_hands_over_each_piece_before_the_next_is_sent() {
     let (l, url) = listener().await;
@@ -61,15 +72,9 @@ async fn a_stream_hands_over_each_piece_before_the_next_is_sent() {
 
 #[tokio::test]
 async fn a_stream_cut_short_is_an_error_not_an_end() {
-    let (l, url) = listener().await;
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n")
-            .await
-            .unwrap();
-        // Dropped: the router went away mid-stream.
-    });
+    // The socket is dropped after the first chunk: the router went away mid-stream.
+    let url =
+        answer_once(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n").await;
     let mut answer = Http::default()
         .send(Method::GET, &url, None, None)
         .await
@@ -124,14 +129,7 @@ async fn a_server_that_never_answers_is_given_up_at_the_limit() {
 
 #[tokio::test]
 async fn a_body_past_the_cap_is_refused() {
-    let (l, url) = listener().await;
-    tokio::spawn(async move {
-        let (mut s, _) = l.accept().await.unwrap();
-        read_head(&mut s).await;
-        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789")
-            .await
-            .unwrap();
-    });
+    let url = answer_once(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n0123456789").await;
     let answer = Http::default()
         .send(Method::GET, &url, None, None)
         .await

@@ -298,11 +298,7 @@ async fn one_swap_serves_every_queued_request_of_the_incoming_model() {
 
 #[tokio::test(start_paused = true)]
 async fn a_model_draining_for_a_swap_serves_its_own_requests_only_for_max_swap_delay() {
-    let (s, fake) = start(SEED);
-    let daily = get(&s, "daily").await;
-    let deep = acquire_later(&s, "deep");
-    tokio::task::yield_now().await;
-    assert_eq!(phase(&s, "daily").await, Phase::Draining);
+    let (s, fake, daily, deep) = daily_draining_for_deep().await;
     // Within max_swap_delay (10 s): still loaded, so served now rather than after two swaps.
     advance(Duration::from_secs(3)).await;
     let early = s
@@ -772,13 +768,25 @@ async fn requests_given_up_while_queued_free_their_places_and_load_nothing() {
     ledger(&s).await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_swap_whose_requests_were_all_abandoned_keeps_the_model() {
+/// `daily` in use, and one client's request for `deep` (same group) that has
+/// set `daily` draining for a swap: the set-up the swap tests share.
+async fn daily_draining_for_deep() -> (
+    Supervisor,
+    Fake,
+    Lease,
+    tokio::task::JoinHandle<Result<Lease, SupervisorError>>,
+) {
     let (s, fake) = start(SEED);
     let daily = get(&s, "daily").await;
     let deep = acquire_later(&s, "deep");
     tokio::task::yield_now().await;
     assert_eq!(phase(&s, "daily").await, Phase::Draining);
+    (s, fake, daily, deep)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_swap_whose_requests_were_all_abandoned_keeps_the_model() {
+    let (s, fake, daily, deep) = daily_draining_for_deep().await;
     deep.abort();
     tokio::task::yield_now().await;
     drop(daily);
@@ -796,11 +804,7 @@ async fn a_swap_whose_requests_were_all_abandoned_keeps_the_model() {
 
 #[tokio::test(start_paused = true)]
 async fn a_client_that_gives_up_leaves_its_place_at_once() {
-    let (s, fake) = start(SEED);
-    let daily = get(&s, "daily").await;
-    let deep = acquire_later(&s, "deep");
-    tokio::task::yield_now().await;
-    assert_eq!(phase(&s, "daily").await, Phase::Draining);
+    let (s, fake, daily, deep) = daily_draining_for_deep().await;
     assert_eq!(s.snapshot().await.unwrap().model("deep").unwrap().queued, 1);
     deep.abort();
     tokio::task::yield_now().await;
@@ -819,11 +823,7 @@ async fn a_client_that_gives_up_leaves_its_place_at_once() {
 /// later at shutdown, is not said to go "to make room" for anyone.
 #[tokio::test(start_paused = true)]
 async fn a_swap_called_off_leaves_no_reason_behind() {
-    let (s, _fake) = start(SEED);
-    let daily = get(&s, "daily").await;
-    let deep = acquire_later(&s, "deep");
-    tokio::task::yield_now().await;
-    assert_eq!(phase(&s, "daily").await, Phase::Draining);
+    let (s, _fake, daily, deep) = daily_draining_for_deep().await;
     deep.abort();
     tokio::task::yield_now().await;
     assert_eq!(phase(&s, "daily").await, Phase::Ready);
