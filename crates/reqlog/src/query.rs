@@ -3,11 +3,10 @@
 
 use std::path::Path;
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, Row};
+use rusqlite::Connection;
 use serde::{Deserialize, Serialize};
 
-use crate::schema::{open_for_reading, COLUMNS};
+use crate::schema::open_for_reading;
 use crate::{Error, Record};
 
 /// Which records to read.
@@ -58,74 +57,115 @@ impl Reader {
     }
 
     pub fn query(&self, q: &Query) -> Result<Vec<Record>, Error> {
-        let mut sql = format!("SELECT {COLUMNS} FROM requests WHERE 1 = 1");
-        let mut args: Vec<Value> = Vec::new();
-        if let Some(since) = q.since_ms {
-            sql.push_str(" AND id >= ?");
-            args.push(Value::Integer(
-                first_done_since(&self.conn, since).map_err(Error::read)?,
-            ));
+        let wanted = |r: &Record| {
+            q.model
+                .as_ref()
+                .is_none_or(|m| r.model_served == *m || r.model_asked == *m)
+                && q.since_ms.is_none_or(|since| r.at_ms >= since)
+                && q.before.is_none_or(|before| r.id < before)
+        };
+        let mut found = Vec::new();
+        // Newest first, a batch at a time: the newest page needs only the
+        // newest batches; slowest first needs every batch in the window.
+        let last_batch = q.before.map_or(i64::MAX, crate::row::batch_of);
+        self.batches(q.since_ms.unwrap_or(0), last_batch, |batch| {
+            found.extend(batch.into_iter().rev().filter(|r| wanted(r)));
+            q.slow || found.len() < q.offset + q.limit
+        })?;
+        if q.slow {
+            // Stable: equal times stay newest first.
+            found.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
         }
-        if let Some(m) = &q.model {
-            sql.push_str(" AND (model_served = ? OR model_asked = ?)");
-            args.push(Value::Text(m.clone()));
-            args.push(Value::Text(m.clone()));
-        }
-        if let Some(since) = q.since_ms {
-            sql.push_str(" AND at_ms >= ?");
-            args.push(Value::Integer(since as i64));
-        }
-        if let Some(before) = q.before {
-            sql.push_str(" AND id < ?");
-            args.push(Value::Integer(before));
-        }
-        sql.push_str(if q.slow {
-            " ORDER BY total_ms DESC, id DESC"
-        } else {
-            " ORDER BY id DESC"
-        });
-        sql.push_str(" LIMIT ? OFFSET ?");
-        args.push(Value::Integer(q.limit as i64));
-        args.push(Value::Integer(q.offset as i64));
-        let mut stmt = self.conn.prepare(&sql).map_err(Error::read)?;
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(args), record)
-            .map_err(Error::read)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(Error::read)
+        Ok(found.into_iter().skip(q.offset).take(q.limit).collect())
     }
 
     /// Per model, busiest first, for the requests since `since_ms`.
     pub fn summary(&self, since_ms: u64) -> Result<Vec<Summary>, Error> {
-        let first = first_done_since(&self.conn, since_ms).map_err(Error::read)?;
+        struct Sums {
+            s: Summary,
+            speeds: (f64, u64),
+            ttfbs: (f64, u64),
+        }
+        let mut by_model: std::collections::HashMap<String, Sums> = Default::default();
+        self.batches(since_ms, i64::MAX, |batch| {
+            for r in batch.into_iter().filter(|r| r.at_ms >= since_ms) {
+                let m = by_model
+                    .entry(r.model_served.clone())
+                    .or_insert_with(|| Sums {
+                        s: Summary {
+                            model: r.model_served.clone(),
+                            ..Summary::default()
+                        },
+                        speeds: (0.0, 0),
+                        ttfbs: (0.0, 0),
+                    });
+                m.s.requests += 1;
+                m.s.errors += u64::from(r.status >= 400);
+                m.s.cancelled += u64::from(r.cancelled);
+                m.s.prompt_tokens += r.prompt_tokens.unwrap_or(0);
+                m.s.completion_tokens += r.completion_tokens.unwrap_or(0);
+                m.s.swaps += u64::from(r.swap.as_deref() == Some("caused"));
+                if r.swap.is_some() {
+                    m.s.swap_wait_ms += r.queue_ms.unwrap_or(0.0);
+                }
+                if let Some(v) = r.tokens_per_s {
+                    m.speeds = (m.speeds.0 + v, m.speeds.1 + 1);
+                }
+                if let Some(v) = r.ttfb_ms {
+                    m.ttfbs = (m.ttfbs.0 + v, m.ttfbs.1 + 1);
+                }
+            }
+            true
+        })?;
+        let mean = |(sum, n): (f64, u64)| (n > 0).then(|| sum / n as f64);
+        let mut out: Vec<Summary> = by_model
+            .into_values()
+            .map(|m| Summary {
+                tokens_per_s: mean(m.speeds),
+                ttfb_ms: mean(m.ttfbs),
+                ..m.s
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.requests
+                .cmp(&a.requests)
+                .then_with(|| a.model.cmp(&b.model))
+        });
+        Ok(out)
+    }
+
+    /// Hands `each` the records of every batch that ended at or after
+    /// `since_ms` and is numbered at most `last`, newest batch first, each
+    /// batch oldest record first, until it says stop (false).
+    fn batches(
+        &self,
+        since_ms: u64,
+        last: i64,
+        mut each: impl FnMut(Vec<Record>) -> bool,
+    ) -> Result<(), Error> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT model_served, count(*), \
-                 sum(status >= 400), sum(cancelled), \
-                 coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0), \
-                 sum(swap = 'caused'), coalesce(sum(CASE WHEN swap IS NOT NULL THEN queue_ms END), 0), \
-                 avg(tokens_per_s), avg(ttfb_ms) \
-                 FROM requests WHERE id >= ?2 AND at_ms >= ?1 GROUP BY model_served \
-                 ORDER BY count(*) DESC, model_served",
+            .prepare_cached(
+                "SELECT id, records FROM batches WHERE done_ms >= ?1 AND id <= ?2 ORDER BY id DESC",
             )
             .map_err(Error::read)?;
-        let rows = stmt
-            .query_map([since_ms as i64, first], |r| {
-                Ok(Summary {
-                    model: r.get(0)?,
-                    requests: r.get::<_, i64>(1)? as u64,
-                    errors: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
-                    cancelled: r.get::<_, Option<i64>>(3)?.unwrap_or(0) as u64,
-                    prompt_tokens: r.get::<_, i64>(4)? as u64,
-                    completion_tokens: r.get::<_, i64>(5)? as u64,
-                    swaps: r.get::<_, Option<i64>>(6)?.unwrap_or(0) as u64,
-                    swap_wait_ms: r.get(7)?,
-                    tokens_per_s: r.get(8)?,
-                    ttfb_ms: r.get(9)?,
-                })
-            })
+        let mut rows = stmt
+            .query(rusqlite::params![since_ms as i64, last])
             .map_err(Error::read)?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(Error::read)
+        while let Some(row) = rows.next().map_err(Error::read)? {
+            let id: i64 = row.get(0).map_err(Error::read)?;
+            let text = row
+                .get_ref(1)
+                .map_err(Error::read)?
+                .as_str()
+                .map_err(|e| Error::Read(format!("batch {id} is not text: {e}")))?;
+            let batch = crate::row::unpack(id, text)
+                .map_err(|e| Error::Read(format!("batch {id} is damaged: {e}")))?;
+            if !each(batch) {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// SQLite's own check of the file: "ok" when it is sound.
@@ -138,83 +178,10 @@ impl Reader {
     /// How many records the log holds.
     pub fn count(&self) -> Result<u64, Error> {
         self.conn
-            .query_row("SELECT count(*) FROM requests", [], |r| r.get::<_, i64>(0))
+            .query_row("SELECT coalesce(sum(n), 0) FROM batches", [], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(Error::read)
     }
-}
-
-/// How far the order records are written in may stray from the order their
-/// requests ended in (clocks read on different threads).
-const STRAY_MS: u64 = 1000;
-
-/// The first row id whose request ended at or after `ms` (or one past the last
-/// row): rows are written as requests end, so their end times rise with the
-/// id, and a binary search over the id finds it in a few dozen reads. Every
-/// request that began at or after `ms` has an id at least this.
-pub(crate) fn first_done_since(conn: &Connection, ms: u64) -> rusqlite::Result<i64> {
-    let target = ms.saturating_sub(STRAY_MS) as f64;
-    let (min, max): (Option<i64>, Option<i64>) =
-        conn.query_row("SELECT min(id), max(id) FROM requests", [], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })?;
-    let (Some(mut lo), Some(max)) = (min, max) else {
-        return Ok(0);
-    };
-    let mut hi = max + 1;
-    let mut next = conn.prepare_cached(
-        "SELECT id, at_ms + total_ms FROM requests WHERE id >= ?1 ORDER BY id LIMIT 1",
-    )?;
-    // Invariant: every row below `lo` ended before `target`, the row at `hi`
-    // (or the end) at or after it.
-    while lo < hi {
-        let mid = lo + (hi - lo) / 2;
-        let row: Option<(i64, f64)> = next
-            .query_row([mid], |r| Ok((r.get(0)?, r.get(1)?)))
-            .map(Some)
-            .or_else(|e| match e {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                e => Err(e),
-            })?;
-        match row {
-            // No row in [mid, hi): the answer is at or below mid.
-            None => hi = mid,
-            Some((id, _)) if id >= hi => hi = mid,
-            Some((id, done)) if done < target => lo = id + 1,
-            Some((id, _)) => hi = id,
-        }
-    }
-    Ok(lo)
-}
-
-fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
-    let unloaded: Option<String> = r.get(15)?;
-    Ok(Record {
-        id: r.get(0)?,
-        at_ms: r.get::<_, i64>(1)? as u64,
-        request_id: r.get(2)?,
-        peer: r.get(3)?,
-        key: r.get(4)?,
-        user_agent: r.get(5)?,
-        api: r.get(6)?,
-        route: r.get(7)?,
-        model_asked: r.get(8)?,
-        model_served: r.get(9)?,
-        stream: r.get(10)?,
-        status: r.get(11)?,
-        error: r.get(12)?,
-        queue_ms: r.get(13)?,
-        swap: r.get(14)?,
-        unloaded: unloaded
-            .map(|u| u.split(',').map(str::to_string).collect())
-            .unwrap_or_default(),
-        ttfb_ms: r.get(16)?,
-        total_ms: r.get(17)?,
-        prompt_tokens: r.get::<_, Option<i64>>(18)?.map(|n| n as u64),
-        completion_tokens: r.get::<_, Option<i64>>(19)?.map(|n| n as u64),
-        tokens_per_s: r.get(20)?,
-        cancelled: r.get(21)?,
-        body: r.get(22)?,
-        priority: r.get(23)?,
-    })
 }

@@ -1,4 +1,4 @@
-//! The database's one table, and how a connection to it is set up.
+//! The database's tables, and how a connection to it is set up.
 
 use std::path::Path;
 use std::time::Duration;
@@ -7,48 +7,68 @@ use rusqlite::{Connection, OpenFlags};
 
 use crate::Error;
 
-// No index besides the row id: each would cost the writer more per record
-// than the rest of the record together (measured: 2.8 µs for one on model,
-// 1.2 µs for one on time). Records are written in the order requests end, so
-// the row id orders them by their end, and reads by time find their first row
-// by a binary search over it (`crate::query::first_done_since`).
+// Records are kept in batches, one row per write (see crate::row): SQLite's
+// work per record is then a share of one insert, where a row per record cost
+// more than all the rest of the log. The `requests` view gives them back one
+// row per record, for anyone who reads the file with `sqlite3`; the router
+// itself reads the batches and decodes them (crate::query). `done_ms` is when
+// the batch's last request ended: every request that began at or after some
+// instant is in a batch that ended at or after it, which the index finds.
 
-/// Raised when the table changes shape; a file with a higher one is refused.
-const VERSION: i64 = 2;
+/// Raised when the tables change shape; a file with a higher one is refused.
+/// 1: a row per record; 2: with priority; 3: batches.
+const VERSION: i64 = 3;
 
 const CREATE: &str = "
-CREATE TABLE IF NOT EXISTS requests (
+CREATE TABLE IF NOT EXISTS batches (
     id INTEGER PRIMARY KEY,
-    at_ms INTEGER NOT NULL,
-    request_id TEXT NOT NULL,
-    peer TEXT NOT NULL,
-    key TEXT,
-    user_agent TEXT,
-    api TEXT NOT NULL,
-    route TEXT NOT NULL,
-    model_asked TEXT NOT NULL,
-    model_served TEXT NOT NULL,
-    stream INTEGER NOT NULL,
-    status INTEGER NOT NULL,
-    error TEXT,
-    queue_ms REAL,
-    swap TEXT,
-    unloaded TEXT,
-    ttfb_ms REAL,
-    total_ms REAL NOT NULL,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    tokens_per_s REAL,
-    cancelled INTEGER NOT NULL,
-    body TEXT,
-    priority TEXT
+    done_ms INTEGER NOT NULL,
+    n INTEGER NOT NULL,
+    records TEXT NOT NULL
 );
+CREATE INDEX IF NOT EXISTS batches_done ON batches (done_ms);
 ";
 
-/// The columns in the order [`crate::query`] reads them.
-pub(crate) const COLUMNS: &str = "id, at_ms, request_id, peer, key, user_agent, api, route, \
-    model_asked, model_served, stream, status, error, queue_ms, swap, unloaded, ttfb_ms, \
-    total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, body, priority";
+/// The `requests` view: a row per record, its fields by name.
+fn view() -> String {
+    let columns: Vec<String> = crate::row::NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("json_extract(r.value, '$[{i}]') AS {name}"))
+        .collect();
+    format!(
+        "CREATE VIEW IF NOT EXISTS requests AS SELECT (b.id << {bits}) + r.key AS id, {cols} \
+         FROM batches AS b, json_each(b.records) AS r;",
+        bits = crate::row::PLACE_BITS,
+        cols = columns.join(", ")
+    )
+}
+
+/// Versions 1 and 2 kept a row per record in a `requests` table: its rows go
+/// into batches of 4096 (in the order they were written), then the table
+/// makes way for the view. Version 1 had no priority; its records have none.
+fn upgrade(version: i64) -> String {
+    if version == 0 || version == VERSION {
+        return String::new();
+    }
+    let fields: Vec<&str> = crate::row::NAMES
+        .iter()
+        .map(|&n| {
+            if n == "priority" && version == 1 {
+                "NULL"
+            } else {
+                n
+            }
+        })
+        .collect();
+    format!(
+        "INSERT INTO batches (done_ms, n, records) \
+         SELECT CAST(max(at_ms + total_ms) AS INTEGER) + 1, count(*), json_group_array(json_array({fields})) \
+         FROM (SELECT * FROM requests ORDER BY id) GROUP BY id >> 12 ORDER BY min(id); \
+         DROP TABLE requests;",
+        fields = fields.join(", ")
+    )
+}
 
 /// How long a reader or the writer waits for the other's lock before failing.
 const BUSY: Duration = Duration::from_secs(5);
@@ -88,14 +108,10 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
             format!("it cannot use write-ahead logging (journal mode stays {mode})"),
         ));
     }
-    // Version 1 had no priority; its rows are kept and read with none.
-    let upgrade = if version == 1 {
-        "ALTER TABLE requests ADD COLUMN priority TEXT;"
-    } else {
-        ""
-    };
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} PRAGMA user_version = {VERSION}; COMMIT;"
+        "PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} {view} PRAGMA user_version = {VERSION}; COMMIT;",
+        upgrade = upgrade(version),
+        view = view(),
     ))
     .map_err(|e| match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => Error::Foreign {

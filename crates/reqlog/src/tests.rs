@@ -191,12 +191,12 @@ fn retention_deletes_records_older_than_keep() {
         s.path.clone()
     })
     .unwrap();
+    // Written as the writer would: the old records' batch, later the young one's.
     let old: Vec<Record> = (0..5).map(|n| rec(n, "m")).collect();
+    writer::insert_for_test(&mut conn, &old);
     let mut young = rec(9, "m");
     young.at_ms = 1_020_000;
-    let mut all = old;
-    all.push(young);
-    writer::insert_for_test(&mut conn, &all);
+    writer::insert_for_test(&mut conn, &[young]);
     // "now" is 1 025 000: only the record from 1 020 000 is within 10 s.
     writer::prune(&mut conn, &s, 1_025_000).unwrap();
     let r = Reader::open(&s.path).unwrap();
@@ -219,19 +219,16 @@ fn retention_keeps_the_records_under_max_dropping_the_oldest() {
     };
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     let mut conn = schema::open_for_writing(&s.path).unwrap();
-    if std::env::var_os("NOIDX").is_some() {
-        conn.execute_batch("DROP INDEX requests_model_at").unwrap();
-    }
-    if std::env::var_os("NOIDX2").is_some() {
-        conn.execute_batch("DROP INDEX requests_at").unwrap();
-    }
-    let batch: Vec<Record> = (0..2000)
+    // 2000 records in batches of 20, as the writer would write them.
+    let records: Vec<Record> = (0..2000)
         .map(|n| Record {
             body: Some("x".repeat(500)),
             ..rec(n, "m")
         })
         .collect();
-    writer::insert_for_test(&mut conn, &batch);
+    for batch in records.chunks(20) {
+        writer::insert_for_test(&mut conn, batch);
+    }
     assert!(writer::used_bytes(&conn).unwrap() > 1 << 20);
     writer::prune(&mut conn, &s, 1_000_000).unwrap();
     assert!(writer::used_bytes(&conn).unwrap() <= 256 << 10);
@@ -363,50 +360,166 @@ fn survives_kill_9() {
     assert!(r.count().unwrap() >= seen);
 }
 
+/// A file with a row per record (version 2) keeps every record, every field
+/// of it, in order, once it holds batches.
 #[test]
-fn the_first_row_that_ended_since_is_found_across_gaps() {
+fn a_file_of_rows_becomes_batches_losing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
+    let old = rusqlite::Connection::open(&s.path).unwrap();
+    old.execute_batch(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, \
+         request_id TEXT NOT NULL, peer TEXT NOT NULL, key TEXT, user_agent TEXT, \
+         api TEXT NOT NULL, route TEXT NOT NULL, model_asked TEXT NOT NULL, \
+         model_served TEXT NOT NULL, stream INTEGER NOT NULL, status INTEGER NOT NULL, \
+         error TEXT, queue_ms REAL, swap TEXT, unloaded TEXT, ttfb_ms REAL, \
+         total_ms REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, \
+         tokens_per_s REAL, cancelled INTEGER NOT NULL, body TEXT, priority TEXT); \
+         PRAGMA user_version = 2;",
+    )
+    .unwrap();
+    let mut expected = Vec::new();
+    old.execute_batch("BEGIN").unwrap();
+    for n in 1..=5000u64 {
+        let r = Record {
+            at_ms: now_ms() - 60_000 + n,
+            stream: n % 2 == 0,
+            cancelled: n % 3 == 0,
+            key: (n % 5 == 0).then(|| "key 1".into()),
+            ttfb_ms: Some(0.25),
+            tokens_per_s: Some(40.5),
+            body: (n == 7).then(|| "{\"model\":\"m\"}".into()),
+            ..rec(n, "m")
+        };
+        old.execute(
+            "INSERT INTO requests (at_ms, request_id, peer, key, user_agent, api, route, \
+             model_asked, model_served, stream, status, error, queue_ms, swap, unloaded, \
+             ttfb_ms, total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, \
+             body, priority) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+             ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
+            rusqlite::params![
+                r.at_ms as i64,
+                r.request_id,
+                r.peer,
+                r.key,
+                r.user_agent,
+                r.api,
+                r.route,
+                r.model_asked,
+                r.model_served,
+                r.stream,
+                r.status,
+                r.error,
+                r.queue_ms,
+                r.swap,
+                (!r.unloaded.is_empty()).then(|| r.unloaded.join(",")),
+                r.ttfb_ms,
+                r.total_ms,
+                r.prompt_tokens.map(|n| n as i64),
+                r.completion_tokens.map(|n| n as i64),
+                r.tokens_per_s,
+                r.cancelled,
+                r.body,
+                r.priority,
+            ],
+        )
+        .unwrap();
+        expected.push(r);
+    }
+    old.execute_batch("COMMIT").unwrap();
+    drop(old);
+    let log = RequestLog::open(s).unwrap();
+    let r = log.reader().unwrap();
+    assert_eq!(r.count().unwrap(), 5000);
+    let mut got = r
+        .query(&Query {
+            limit: 10_000,
+            ..Query::default()
+        })
+        .unwrap();
+    got.reverse();
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "ids rise");
+    for g in &mut got {
+        g.id = 0;
+    }
+    assert_eq!(got, expected);
+    assert_eq!(r.integrity_check().unwrap(), "ok");
+}
+
+/// Anyone may read the file with `sqlite3`: the `requests` view is a row
+/// per record, its fields by name, booleans 0 and 1.
+#[test]
+fn the_requests_view_reads_a_row_per_record_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    for n in 1..=3 {
+        log.record(Record {
+            stream: n == 2,
+            ..rec(n, "m")
+        });
+    }
+    written(&log, 3);
+    let conn = rusqlite::Connection::open(log.path()).unwrap();
+    let rows: Vec<(String, i64, Option<String>, Option<String>)> = conn
+        .prepare(
+            "SELECT request_id, stream, unloaded, priority FROM requests \
+             WHERE model_served = 'm' ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let interactive = Some("interactive".to_string());
+    assert_eq!(
+        rows,
+        [
+            ("req-1".into(), 0, None, interactive.clone()),
+            ("req-2".into(), 1, Some("a,b".into()), interactive),
+            ("req-3".into(), 0, None, Some("background".into())),
+        ]
+    );
+}
+
+/// Pages newest first across many batches see every record once, in order,
+/// and a model's records are found in whichever batches they are.
+#[test]
+fn pages_run_across_batches() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     let mut conn = schema::open_for_writing(&s.path).unwrap();
-    assert_eq!(
-        query::first_done_since(&conn, 5).unwrap(),
-        0,
-        "an empty log"
-    );
-    // Rows 1..=300 ending at 10 000 ms apart; then every third one deleted.
-    let rows: Vec<Record> = (1..=300)
-        .map(|n| Record {
-            at_ms: n * 10_000,
-            total_ms: 500.0,
-            ..rec(n, "m")
-        })
+    let records: Vec<Record> = (0..100)
+        .map(|n| rec(n, if n % 10 == 0 { "rare" } else { "m" }))
         .collect();
-    writer::insert_for_test(&mut conn, &rows);
-    conn.execute("DELETE FROM requests WHERE id % 3 = 0", [])
-        .unwrap();
-    let ids: Vec<(i64, f64)> = conn
-        .prepare("SELECT id, at_ms + total_ms FROM requests ORDER BY id")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    for ms in [
-        0u64, 0, 10_000, 10_501, 11_501, 55_000, 1_234_567, 2_999_999, 3_000_500, 3_001_501,
-        9_999_999,
-    ] {
-        let target = ms.saturating_sub(1000) as f64;
-        let expected = ids
-            .iter()
-            .find(|(_, done)| *done >= target)
-            .map_or(ids.last().unwrap().0 + 1, |(id, _)| *id);
-        let got = query::first_done_since(&conn, ms).unwrap();
-        // Equal, or the same place: no row between them.
-        let between = ids
-            .iter()
-            .filter(|(id, _)| (got.min(expected)..got.max(expected)).contains(id))
-            .count();
-        assert_eq!(between, 0, "since {ms}: got {got}, expected {expected}");
+    for batch in records.chunks(7) {
+        writer::insert_for_test(&mut conn, batch);
     }
+    let r = Reader::open(&s.path).unwrap();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = r
+            .query(&Query {
+                limit: 9,
+                before,
+                ..Query::default()
+            })
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        before = Some(last.id);
+        seen.extend(page.iter().map(|r| r.request_id.clone()));
+    }
+    let expected: Vec<String> = (0..100).rev().map(|n| format!("req-{n}")).collect();
+    assert_eq!(seen, expected);
+    let rare = r
+        .query(&Query {
+            model: Some("rare".into()),
+            limit: 4,
+            ..Query::default()
+        })
+        .unwrap();
+    let ids: Vec<&str> = rare.iter().map(|r| r.request_id.as_str()).collect();
+    assert_eq!(ids, ["req-90", "req-80", "req-70", "req-60"]);
 }

@@ -1,5 +1,5 @@
-//! The one thread that writes: batches of records, each in a transaction, and
-//! the retention's deletes between them.
+//! The one thread that writes: batches of records, each one row (see
+//! crate::row), and the retention's deletes between them.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -8,14 +8,16 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use crate::{Record, Settings, Shared};
+use crate::row::Packed;
+use crate::{Settings, Shared};
 
-/// Records written in one transaction at most; more wait for the next.
+/// Records written in one batch at most; more wait for the next. Below 2^16:
+/// a record's id numbers it within its batch in 16 bits (crate::row::id).
 const BATCH: usize = 16_384;
 /// How long the writer lets records gather after the first of a burst: one
-/// wake-up and one transaction for all of them, not one per request (a
-/// commit per request cost the router more CPU than the request itself). A
-/// crash loses at most this much.
+/// wake-up and one insert for all of them, not one per request (a commit per
+/// request cost the router more CPU than the request itself). A crash loses
+/// at most this much.
 const GATHER: Duration = Duration::from_millis(250);
 /// How often old records are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -36,7 +38,7 @@ impl Writer {
     }
 
     /// Writes until every sender is gone and the channel is empty.
-    pub(crate) fn run(mut self, rx: Receiver<Record>) {
+    pub(crate) fn run(mut self, rx: Receiver<Packed>) {
         self.prune_logged(crate::now_ms());
         let mut last_prune = std::time::SystemTime::now();
         let mut batch = Vec::with_capacity(BATCH);
@@ -91,52 +93,27 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, batch: &[Record]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT INTO requests (at_ms, request_id, peer, key, user_agent, api, route, \
-             model_asked, model_served, stream, status, error, queue_ms, swap, unloaded, \
-             ttfb_ms, total_ms, prompt_tokens, completion_tokens, tokens_per_s, cancelled, body, \
-             priority) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-             ?17, ?18, ?19, ?20, ?21, ?22, ?23)",
-        )?;
-        for r in batch {
-            let unloaded = (!r.unloaded.is_empty()).then(|| r.unloaded.join(","));
-            stmt.execute(params![
-                r.at_ms as i64,
-                r.request_id,
-                r.peer,
-                r.key,
-                r.user_agent,
-                r.api,
-                r.route,
-                r.model_asked,
-                r.model_served,
-                r.stream,
-                r.status,
-                r.error,
-                r.queue_ms,
-                r.swap,
-                unloaded,
-                r.ttfb_ms,
-                r.total_ms,
-                r.prompt_tokens.map(|n| n as i64),
-                r.completion_tokens.map(|n| n as i64),
-                r.tokens_per_s,
-                r.cancelled,
-                r.body,
-                r.priority,
-            ])?;
+fn insert(conn: &mut Connection, batch: &[Packed]) -> rusqlite::Result<()> {
+    let mut records =
+        String::with_capacity(batch.iter().map(|p| p.json.len() + 1).sum::<usize>() + 1);
+    records.push('[');
+    for (i, p) in batch.iter().enumerate() {
+        if i > 0 {
+            records.push(',');
         }
+        records.push_str(&p.json);
     }
-    tx.commit()
+    records.push(']');
+    let done = batch.iter().map(|p| p.done_ms).max().unwrap_or(0);
+    conn.prepare_cached("INSERT INTO batches (done_ms, n, records) VALUES (?1, ?2, ?3)")?
+        .execute(params![done as i64, batch.len() as i64, records])?;
+    Ok(())
 }
 
 #[cfg(test)]
-pub(crate) fn insert_for_test(conn: &mut Connection, batch: &[Record]) {
-    insert(conn, batch).unwrap();
+pub(crate) fn insert_for_test(conn: &mut Connection, batch: &[crate::Record]) {
+    let packed: Vec<Packed> = batch.iter().map(crate::row::pack).collect();
+    insert(conn, &packed).unwrap();
 }
 
 /// Deletes records older than `keep`, then the oldest until the records take
@@ -147,22 +124,21 @@ pub(crate) fn prune(
     now_ms: u64,
 ) -> rusqlite::Result<()> {
     let cutoff = now_ms.saturating_sub(settings.keep.as_millis() as u64);
-    // Those that ended before the cutoff: all rows below the first that did not.
-    let first_kept = crate::query::first_done_since(conn, cutoff)?;
-    let mut deleted = conn.execute("DELETE FROM requests WHERE id < ?1", [first_kept])?;
-    // Each round deletes a tenth of what is left, oldest first; a few rounds
-    // bring any file under its bound.
+    // Batches whose last request ended before the cutoff: all of theirs did.
+    let mut deleted = conn.execute("DELETE FROM batches WHERE done_ms < ?1", [cutoff as i64])?;
+    // Each round deletes a tenth of the batches left, oldest first; a few
+    // rounds bring any file under its bound.
     for _ in 0..64 {
         if used_bytes(conn)? <= settings.max_bytes {
             break;
         }
-        let rows: i64 = conn.query_row("SELECT count(*) FROM requests", [], |r| r.get(0))?;
+        let rows: i64 = conn.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
         if rows == 0 {
             break;
         }
         deleted += conn.execute(
-            "DELETE FROM requests WHERE id <= \
-             (SELECT id FROM requests ORDER BY id LIMIT 1 OFFSET ?1)",
+            "DELETE FROM batches WHERE id <= \
+             (SELECT id FROM batches ORDER BY id LIMIT 1 OFFSET ?1)",
             [(rows / 10).max(1) - 1],
         )?;
     }
