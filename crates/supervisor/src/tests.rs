@@ -504,6 +504,59 @@ async fn another_person_s_request_being_answered_when_the_swap_is_decided_keeps_
     ledger(&s).await;
 }
 
+/// Bob's request for daily ended a while ago; Alice's long answer is still
+/// streaming when she asks for deep. Nobody but Alice is being answered, so
+/// daily goes the moment her answer ends: an old request is no evidence.
+#[tokio::test(start_paused = true)]
+async fn another_person_s_finished_request_keeps_nothing() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", BOB).await);
+    advance(Duration::from_secs(5)).await;
+    let long = get_as(&s, "daily", ALICE).await;
+    let asked = Instant::now();
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(100)).await;
+    drop(long);
+    drop(deep.await.unwrap().unwrap());
+    assert!(
+        asked.elapsed() <= Duration::from_millis(100) + STOP + LOAD + Duration::from_millis(20),
+        "no lingering: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+/// Bob's long answer from daily is still streaming when Alice, who sent two
+/// quick requests to daily since, asks for deep. Bob is being answered when
+/// the swap is decided, whoever was admitted last: daily stays a while after
+/// his answer, and his next request, 150 ms later, is served with no swap.
+#[tokio::test(start_paused = true)]
+async fn another_person_s_request_in_flight_keeps_the_model_whoever_came_last() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", BOB).await);
+    advance(Duration::from_secs(5)).await;
+    let bobs = get_as(&s, "daily", BOB).await;
+    for _ in 0..2 {
+        advance(Duration::from_millis(10)).await;
+        drop(get_as(&s, "daily", ALICE).await);
+    }
+    advance(Duration::from_millis(10)).await;
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(40)).await;
+    drop(bobs);
+    advance(Duration::from_millis(150)).await;
+    let asked = Instant::now();
+    drop(get_as(&s, "daily", BOB).await);
+    assert_eq!(asked.elapsed(), Duration::ZERO, "daily still serves Bob");
+    assert_eq!(fake.count("p/deep"), 0, "daily lingers while Bob uses it");
+    drop(deep.await.unwrap().unwrap());
+    assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 1));
+    ledger(&s).await;
+}
+
 /// The same request from the same person during the swap is no such evidence.
 #[tokio::test(start_paused = true)]
 async fn the_mover_s_own_request_during_the_swap_keeps_nothing() {

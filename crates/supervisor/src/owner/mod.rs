@@ -32,7 +32,7 @@ mod reload;
 mod servers;
 mod slots;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,7 +163,8 @@ impl<E: Effects> Owner<E> {
                     model,
                     generation,
                     interactive,
-                } => self.on_released(model, generation, interactive),
+                    client,
+                } => self.on_released(model, generation, interactive, client),
                 Msg::StartDone {
                     key,
                     generation,

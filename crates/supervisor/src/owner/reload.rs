@@ -84,6 +84,7 @@ impl<E: Effects> Owner<E> {
                     State::Ready
                 }),
                 in_flight: 0,
+                in_flight_by: BTreeMap::new(),
                 last_used: now,
                 admitted: [None, None],
                 interactive_in_flight: 0,

@@ -20,6 +20,9 @@ pub(super) struct Slot {
     /// Where it is in its life, and what about that crosses its states.
     pub(super) life: Life,
     pub(super) in_flight: usize,
+    /// Whose requests are in flight (client, how many): whether someone other
+    /// than the client a swap is for is being answered (see linger_until).
+    pub(super) in_flight_by: BTreeMap<u64, usize>,
     pub(super) last_used: Instant,
     /// When its last two requests were admitted, and by which client: closer
     /// than a load's time apart and not only from the client a swap is for,
@@ -92,8 +95,8 @@ pub(super) struct Swap {
     /// others since are what make it linger.
     pub(super) client: u64,
     pub(super) decided: Instant,
-    /// Whether another client's request was already being served by the
-    /// drained model when the swap was decided.
+    /// Whether a request of a client other than `client` was being answered
+    /// by the drained model when the swap was decided.
     pub(super) others_in_flight: bool,
 }
 
@@ -288,6 +291,7 @@ impl<E: Effects> Owner<E> {
         self.enter(m, State::Cold { retry_at });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
+        slot.in_flight_by.clear();
         slot.idle_for = IdleFor::Config;
         slot.interactive_in_flight = 0;
         slot.measured = None;
