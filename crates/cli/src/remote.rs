@@ -368,6 +368,14 @@ pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
 /// Prints each model event on a line as it arrives, until the router goes away.
 pub async fn events(t: &Target) -> Result<(), String> {
     let mut stream = t.send(Method::GET, "/admin/events").await?;
+    let status = stream.status;
+    if !status.is_success() {
+        let why = refusal(stream).await;
+        return Err(format!(
+            "{} refused the event stream ({status}): {why}",
+            t.url
+        ));
+    }
     let mut buf = String::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the event stream broke: {e}"))?;
@@ -380,6 +388,21 @@ pub async fn events(t: &Target) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Why the router refused a stream: its error's message, read from the body.
+async fn refusal(answer: Streamed) -> String {
+    let body = match answer.bytes(usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return e.to_string(),
+    };
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v["error"]["message"]
+            .as_str()
+            .unwrap_or("refused")
+            .to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// "14:03:07  evicting  qwen3-30b-a3b  to make room for qwen3-32b".
@@ -406,12 +429,7 @@ pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result
     );
     let mut stream = t.send(Method::GET, &path).await?;
     if !stream.status.is_success() {
-        let body = stream.bytes(usize::MAX).await.map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        return Err(v["error"]["message"]
-            .as_str()
-            .unwrap_or("refused")
-            .to_string());
+        return Err(refusal(stream).await);
     }
     let mut out = std::io::stdout();
     while let Some(chunk) = stream.next().await {
@@ -444,6 +462,54 @@ fn queued(m: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A router on 127.0.0.1 that refuses its one request with `status` and
+    /// an error in OpenAI's shape saying `message`.
+    async fn refusing(status: &str, message: &str) -> super::Target {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let body = serde_json::json!({"error": {"message": message}}).to_string();
+        let reply = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                assert!(n > 0, "the client closed before its request was whole");
+                head.extend_from_slice(&b[..n]);
+            }
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        super::Target {
+            url,
+            key: None,
+            http: modelyard_http::Http::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_the_router_refuses_is_an_error_not_silence() {
+        // A Host the router does not allow (a LAN name, say) is refused with a 403.
+        let t = refusing("403 Forbidden", "host `box.lan` is not allowed").await;
+        let err = super::events(&t).await.unwrap_err();
+        assert!(
+            err.contains("refused the event stream (403 Forbidden)"),
+            "{err}"
+        );
+        assert!(err.ends_with("host `box.lan` is not allowed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_log_stream_the_router_refuses_says_its_words() {
+        let t = refusing("401 Unauthorized", "wrong admin key").await;
+        let err = super::logs(&t, "daily", 10, false).await.unwrap_err();
+        assert_eq!(err, "wrong admin key");
+    }
+
     #[test]
     fn a_model_name_is_one_path_segment() {
         // The router splits admin paths on '/' and percent-decodes each part.
