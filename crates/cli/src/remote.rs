@@ -42,7 +42,7 @@ pub(crate) const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encodin
 pub struct Target {
     pub url: String,
     key: Option<String>,
-    /// The client the supervisor also asks its backends with.
+    /// modelyard-http's client, the one the supervisor asks its backends with.
     http: Http,
 }
 

@@ -297,7 +297,7 @@ impl<E: Effects> Owner<E> {
     pub(super) fn server_views(&self) -> Vec<View<'_>> {
         self.instances
             .iter()
-            .filter(|(_, i)| i.base > 0 && server_holds(&i.run))
+            .filter(|(_, i)| i.base > 0 && i.run.holds_memory())
             .map(|(k, i)| View {
                 name: k,
                 memory: i.base,

@@ -65,12 +65,9 @@ impl<E: Effects> Owner<E> {
         }
         self.arrivals += 1;
         let seq = self.arrivals;
+        let waiting = slot.queue.len() + 1;
+        self.emit(Event::new(Kind::Queued, &key, format!("{waiting} waiting")));
         let slot = self.slots.get_mut(&key).expect("looked up above");
-        self.events.send(Event::new(
-            Kind::Queued,
-            &key,
-            format!("{} waiting", slot.queue.len() + 1),
-        ));
         slot.queue.push_back(Waiter {
             reply,
             deadline,

@@ -55,9 +55,9 @@ pub(super) struct Slot {
     pub(super) ready_at: Instant,
 }
 
-/// A model's lifecycle whole: where it is ([`State`], whose variants carry what
-/// exists only in them) and the two facts about it that are no place in it,
-/// because each lasts across states.
+/// A model's lifecycle: where it is ([`State`], whose variants carry what
+/// exists only in them) and two facts that belong to no one state, because
+/// each lasts across several.
 pub(super) struct Life {
     /// Change it only through `Owner::enter`, which checks lifecycle.rs's table.
     pub(super) state: State,
@@ -91,8 +91,9 @@ pub(super) struct Swap {
     /// Until when the drained model still serves its own requests (and may
     /// linger while its burst goes on, see linger_until).
     pub(super) serve_until: Instant,
-    /// The client the swap is for, and when it was decided: requests from
-    /// others since are what make it linger.
+    /// The client the swap is for, and when it was decided: what another
+    /// client asks since (or was being answered at that moment) may make it
+    /// linger, see linger_until.
     pub(super) client: u64,
     pub(super) decided: Instant,
     /// Whether a request of a client other than `client` was being answered
