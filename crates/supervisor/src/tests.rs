@@ -893,6 +893,36 @@ async fn a_swap_called_off_leaves_no_reason_behind() {
     assert!(!unloaded[0].contains("make room"), "{unloaded:?}");
 }
 
+/// A shutdown fails every waiter, the one a swap was for too; a lease that
+/// ends while the processes stop does not call the swap off: the drained
+/// model is not "kept" on its way out, and its unload still says why it went.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_keeps_nothing_on_its_way_out() {
+    let (s, _fake, daily, deep) = daily_draining_for_deep().await;
+    let mut events = s.subscribe();
+    let stopping = tokio::spawn({
+        let s = s.clone();
+        async move { s.shutdown().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(matches!(
+        deep.await.unwrap(),
+        Err(SupervisorError::ShuttingDown)
+    ));
+    drop(daily);
+    stopping.await.unwrap();
+    let mut daily_events = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.model == "daily" {
+            daily_events.push((e.kind, e.detail));
+        }
+    }
+    assert_eq!(
+        daily_events,
+        [(crate::Kind::Unloaded, "to make room for deep".to_string())]
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn repeated_crashes_back_off_and_say_so() {
     let (s, fake) = start(SEED);

@@ -252,9 +252,10 @@ impl<E: Effects> Owner<E> {
     /// clients gave up, or their time ran out) serves again: swapping it out
     /// would only cost its next request a load. Waiters whose client went away
     /// have left their queues already (`Abandoned`), so this looks at models,
-    /// never at waiters.
+    /// never at waiters. Not while shutting down: the waiters were told so,
+    /// and a model on its way out is kept for nobody.
     pub(super) fn settle_abandoned(&mut self) {
-        if self.slots.values().any(|s| !s.queue.is_empty()) {
+        if self.shutting_down || self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }
         let kept: Vec<ModelKey> = self
