@@ -10,13 +10,15 @@ use modelyard_http::{Http, Method, Streamed, Uri};
 
 use crate::cli::Remote;
 
-/// `--url` (or MODELYARD_URL), if it is an http(s) URL with a host.
+/// `--url` (or MODELYARD_URL), if it is an http URL with a host. The router
+/// serves plain HTTP and so does this client: an https URL is refused here,
+/// not answered later with "cannot reach modelyard ... is the router running?".
 fn checked_url(url: &str) -> Result<String, String> {
     match url.parse::<Uri>() {
-        Ok(u)
-            if matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some_and(|h| !h.is_empty()) =>
-        {
+        Ok(u) if u.scheme_str() == Some("https") => Err(format!(
+            "--url `{url}`: the router and this CLI speak plain http, not https; give an http:// URL such as http://127.0.0.1:11434"
+        )),
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) => {
             Ok(url.to_string())
         }
         _ => Err(format!(
@@ -508,6 +510,14 @@ mod tests {
         let t = refusing("401 Unauthorized", "wrong admin key").await;
         let err = super::logs(&t, "daily", 10, false).await.unwrap_err();
         assert_eq!(err, "wrong admin key");
+    }
+
+    #[test]
+    fn an_https_url_is_refused_at_once_and_says_why() {
+        let err = super::checked_url("https://box.lan:11434").unwrap_err();
+        assert!(err.starts_with("--url `https://box.lan:11434`: "), "{err}");
+        assert!(err.contains("plain http"), "{err}");
+        assert!(super::checked_url("http://box.lan:11434").is_ok());
     }
 
     #[test]
