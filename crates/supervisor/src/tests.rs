@@ -104,11 +104,17 @@ impl Effects for Fake {
 }
 
 impl Fake {
-    /// Every load and unload asked of a server: (model, unload).
+    /// Loads of `upstream` fail (the server says it has no such model).
     pub(crate) fn refuse(&self, upstream: &str) {
         self.refuse.lock().unwrap().push(upstream.to_string());
     }
 
+    /// Loads of `upstream` succeed again.
+    pub(crate) fn accept(&self, upstream: &str) {
+        self.refuse.lock().unwrap().retain(|u| u != upstream);
+    }
+
+    /// Every load and unload asked of a server: (model, unload).
     pub(crate) fn ops(&self) -> Vec<(String, bool)> {
         self.ops.lock().unwrap().clone()
     }

@@ -88,7 +88,7 @@ impl<E: Effects> Owner<E> {
             }
             (true, Ok(())) => {
                 if slot.phase() == Phase::Stopping {
-                    self.now_cold(&m, Kind::Unloaded, String::new());
+                    self.unloaded_cleanly(&m);
                 }
                 self.maybe_stop_server(&key);
             }
@@ -193,7 +193,7 @@ impl<E: Effects> Owner<E> {
                     );
                 }
                 (Phase::Stopping, false) if !slot.life.unload_asked => {
-                    self.now_cold(&m, Kind::Unloaded, String::new());
+                    self.unloaded_cleanly(&m);
                 }
                 (Phase::Stopping, true) if !slot.life.unload_asked => {
                     if let Some(op) = self.model_op(&m, true) {
@@ -237,6 +237,17 @@ impl<E: Effects> Owner<E> {
             m,
             format!("found loaded in {backend}"),
         ));
+    }
+
+    /// The server no longer holds `m`, which we asked it to unload: cold, and
+    /// as a clean stop of a process does, the end of a run of failed loads
+    /// (unless its last load failed).
+    fn unloaded_cleanly(&mut self, m: &ModelKey) {
+        self.now_cold(m, Kind::Unloaded, String::new());
+        let slot = self.slots.get_mut(m).expect("exists");
+        if slot.last_error.is_none() {
+            clear_failures(slot);
+        }
     }
 
     /// Unloads a drained `m` from a server that loads models one by one.

@@ -35,10 +35,10 @@ pub(super) struct Slot {
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
-    /// Its run of failed starts, until a clean stop ends it. Not part of
-    /// [`State`]: the count lives through the retries it is about (Starting,
-    /// then Cold or Stopping again) and through a model that ran a while and
-    /// crashed; the backoff it sets is held by the state it applies in.
+    /// Its run of failed starts, until a clean stop or unload ends it. Not part
+    /// of [`State`]: the count lives through the retries it is about
+    /// (Starting, then Cold or Stopping again) and through a model that ran a
+    /// while and crashed; the backoff it sets is held by the state it applies in.
     pub(super) failures: u32,
     pub(super) last_error: Option<String>,
     /// The config it was made from.
