@@ -359,14 +359,7 @@ impl<E: Effects> Owner<E> {
         }
         for m in inst.models.clone() {
             if self.slots[&m].phase() == Phase::Draining {
-                let why = self.slots[&m].unload_why().map(str::to_string);
-                self.enter(
-                    &m,
-                    State::Stopping {
-                        retry_at: None,
-                        why,
-                    },
-                );
+                self.stop_drained(&m);
             }
         }
         tracing::info!(instance = %key, "stopping backend");

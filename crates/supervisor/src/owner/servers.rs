@@ -263,14 +263,7 @@ impl<E: Effects> Owner<E> {
         let Some(op) = self.model_op(m, true) else {
             return;
         };
-        let why = slot.unload_why().map(str::to_string);
-        self.enter(
-            m,
-            State::Stopping {
-                retry_at: None,
-                why,
-            },
-        );
+        self.stop_drained(m);
         let slot = self.slots.get_mut(m).expect("exists");
         slot.life.unload_asked = true;
         tracing::info!(model = %m, "unloading from its server");

@@ -336,6 +336,19 @@ impl<E: Effects> Owner<E> {
         }
     }
 
+    /// A drained `m` goes on to Stopping (its process stops or its server
+    /// unloads it), taking why it was chosen to go for the `unloaded` event.
+    pub(super) fn stop_drained(&mut self, m: &ModelKey) {
+        let why = self.slots[m].unload_why().map(str::to_string);
+        self.enter(
+            m,
+            State::Stopping {
+                retry_at: None,
+                why,
+            },
+        );
+    }
+
     /// Takes no new requests for `m` (and the models sharing its process, which go
     /// with it), lets what is in flight finish, then stops.
     pub(super) fn begin_drain(&mut self, m: &ModelKey, reason: Reason, why: &str) {
