@@ -424,20 +424,27 @@ fn event_line(data: &str) -> String {
 
 /// Prints a backend's output; with `follow`, keeps printing until interrupted.
 pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result<(), String> {
-    use std::io::Write;
     let path = format!(
         "/admin/models/{}/logs?lines={lines}&follow={follow}",
         segment(model)
     );
-    let mut stream = t.send(Method::GET, &path).await?;
+    let stream = t.send(Method::GET, &path).await?;
     if !stream.status.is_success() {
         return Err(refusal(stream).await);
     }
-    let mut out = std::io::stdout();
+    copy_log(stream, &mut std::io::stdout()).await
+}
+
+/// Writes the log stream to `out` as it comes, until the router ends it or
+/// no one reads `out` any more (`modelyard logs m --follow | head`).
+async fn copy_log(mut stream: Streamed, out: &mut impl std::io::Write) -> Result<(), String> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the log stream broke: {e}"))?;
-        let _ = out.write_all(&chunk);
-        let _ = out.flush();
+        match out.write_all(&chunk).and_then(|()| out.flush()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(format!("cannot write the log: {e}")),
+        }
     }
     Ok(())
 }
@@ -503,6 +510,49 @@ mod tests {
             "{err}"
         );
         assert!(err.ends_with("host `box.lan` is not allowed"), "{err}");
+    }
+
+    /// Output whose reader has gone away, as `| head` leaves it.
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn following_a_log_ends_when_no_one_reads_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A backend that prints a line every 10 ms, for as long as it runs.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            s.write_all(head.as_bytes()).await.unwrap();
+            loop {
+                if s.write_all(b"5\r\nline\n\r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        let stream = modelyard_http::Http::default()
+            .send(super::Method::GET, &url, None, None)
+            .await
+            .unwrap();
+        let copied = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::copy_log(stream, &mut Closed),
+        )
+        .await;
+        assert_eq!(copied, Ok(Ok(())), "it ended at once, and quietly");
     }
 
     #[tokio::test]
