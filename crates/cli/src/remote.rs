@@ -378,6 +378,8 @@ pub async fn events(t: &Target) -> Result<(), String> {
             t.url
         ));
     }
+    use std::io::Write;
+    let mut out = std::io::stdout();
     let mut buf = String::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the event stream broke: {e}"))?;
@@ -385,11 +387,31 @@ pub async fn events(t: &Target) -> Result<(), String> {
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
             if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
-                println!("{}", event_line(data));
+                match written(writeln!(out, "{}", event_line(data))) {
+                    Written::On => {}
+                    Written::NoReader => return Ok(()),
+                    Written::Failed(e) => return Err(format!("cannot write the events: {e}")),
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What became of a write to our output.
+enum Written {
+    On,
+    /// No one reads it any more (`| head` has what it wanted): a quiet end.
+    NoReader,
+    Failed(std::io::Error),
+}
+
+fn written(r: std::io::Result<()>) -> Written {
+    match r {
+        Ok(()) => Written::On,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Written::NoReader,
+        Err(e) => Written::Failed(e),
+    }
 }
 
 /// Why the router refused a stream: its error's message, read from the body.
@@ -440,10 +462,10 @@ pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result
 async fn copy_log(mut stream: Streamed, out: &mut impl std::io::Write) -> Result<(), String> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the log stream broke: {e}"))?;
-        match out.write_all(&chunk).and_then(|()| out.flush()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
-            Err(e) => return Err(format!("cannot write the log: {e}")),
+        match written(out.write_all(&chunk).and_then(|()| out.flush())) {
+            Written::On => {}
+            Written::NoReader => return Ok(()),
+            Written::Failed(e) => return Err(format!("cannot write the log: {e}")),
         }
     }
     Ok(())
