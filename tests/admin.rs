@@ -509,6 +509,67 @@ async fn events_say_what_was_loaded_evicted_and_why() {
     let _ = follow.wait();
 }
 
+/// `modelyard events | head -1`: once its reader has what it wanted, the
+/// command ends quietly (exit 0, nothing on stderr), not with a panic on the
+/// broken pipe.
+#[tokio::test]
+async fn events_end_quietly_when_their_reader_leaves() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A router whose stream carries an event every 10 ms.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut b = [0u8; 1024];
+        let _ = s.read(&mut b).await;
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n";
+        s.write_all(head.as_bytes()).await.unwrap();
+        let event = r#"event: ready
+data: {"at_ms":0,"kind":"ready","model":"big-a","detail":"loaded in 1s"}
+
+"#;
+        let chunk = format!("{:x}\r\n{event}\r\n", event.len());
+        while s.write_all(chunk.as_bytes()).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let mut follow = Command::new(BIN)
+        .args(["events", "--url", &url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = follow.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        // Read one line, then close the pipe, as `head -1` does.
+        std::io::BufReader::new(out).lines().next()
+    });
+    let first = tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.unwrap().unwrap().contains("big-a"));
+    let ended = tokio::task::spawn_blocking(move || {
+        let status = follow.wait().unwrap();
+        let mut err = String::new();
+        use std::io::Read;
+        follow
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        (status, err)
+    });
+    let (status, err) = tokio::time::timeout(Duration::from_secs(10), ended)
+        .await
+        .expect("it ends once no one reads")
+        .unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert_eq!(err, "");
+}
+
 #[tokio::test]
 async fn logs_show_a_backends_output_and_follow_it() {
     let r = Router::start(&format!(

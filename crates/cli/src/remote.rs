@@ -10,13 +10,15 @@ use modelyard_http::{Http, Method, Streamed, Uri};
 
 use crate::cli::Remote;
 
-/// `--url` (or MODELYARD_URL), if it is an http(s) URL with a host.
+/// `--url` (or MODELYARD_URL), if it is an http URL with a host. The router
+/// serves plain HTTP and so does this client: an https URL is refused here,
+/// not answered later with "cannot reach modelyard ... is the router running?".
 fn checked_url(url: &str) -> Result<String, String> {
     match url.parse::<Uri>() {
-        Ok(u)
-            if matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some_and(|h| !h.is_empty()) =>
-        {
+        Ok(u) if u.scheme_str() == Some("https") => Err(format!(
+            "--url `{url}`: the router and this CLI speak plain http, not https; give an http:// URL such as http://127.0.0.1:11434"
+        )),
+        Ok(u) if u.scheme_str() == Some("http") && u.host().is_some_and(|h| !h.is_empty()) => {
             Ok(url.to_string())
         }
         _ => Err(format!(
@@ -42,7 +44,7 @@ pub(crate) const UNRESERVED_KEPT: &percent_encoding::AsciiSet = &percent_encodin
 pub struct Target {
     pub url: String,
     key: Option<String>,
-    /// The client the supervisor also asks its backends with.
+    /// modelyard-http's client, the one the supervisor asks its backends with.
     http: Http,
 }
 
@@ -368,6 +370,16 @@ pub async fn unload(t: &Target, model: Option<&str>) -> Result<(), String> {
 /// Prints each model event on a line as it arrives, until the router goes away.
 pub async fn events(t: &Target) -> Result<(), String> {
     let mut stream = t.send(Method::GET, "/admin/events").await?;
+    let status = stream.status;
+    if !status.is_success() {
+        let why = refusal(stream).await;
+        return Err(format!(
+            "{} refused the event stream ({status}): {why}",
+            t.url
+        ));
+    }
+    use std::io::Write;
+    let mut out = std::io::stdout();
     let mut buf = String::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the event stream broke: {e}"))?;
@@ -375,11 +387,46 @@ pub async fn events(t: &Target) -> Result<(), String> {
         while let Some(end) = buf.find("\n\n") {
             let block: String = buf.drain(..end + 2).collect();
             if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
-                println!("{}", event_line(data));
+                match written(writeln!(out, "{}", event_line(data))) {
+                    Written::On => {}
+                    Written::NoReader => return Ok(()),
+                    Written::Failed(e) => return Err(format!("cannot write the events: {e}")),
+                }
             }
         }
     }
     Ok(())
+}
+
+/// What became of a write to our output.
+enum Written {
+    On,
+    /// No one reads it any more (`| head` has what it wanted): a quiet end.
+    NoReader,
+    Failed(std::io::Error),
+}
+
+fn written(r: std::io::Result<()>) -> Written {
+    match r {
+        Ok(()) => Written::On,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Written::NoReader,
+        Err(e) => Written::Failed(e),
+    }
+}
+
+/// Why the router refused a stream: its error's message, read from the body.
+async fn refusal(answer: Streamed) -> String {
+    let body = match answer.bytes(usize::MAX).await {
+        Ok(body) => body,
+        Err(e) => return e.to_string(),
+    };
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(v) => v["error"]["message"]
+            .as_str()
+            .unwrap_or("refused")
+            .to_string(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// "14:03:07  evicting  qwen3-30b-a3b  to make room for qwen3-32b".
@@ -399,25 +446,27 @@ fn event_line(data: &str) -> String {
 
 /// Prints a backend's output; with `follow`, keeps printing until interrupted.
 pub async fn logs(t: &Target, model: &str, lines: usize, follow: bool) -> Result<(), String> {
-    use std::io::Write;
     let path = format!(
         "/admin/models/{}/logs?lines={lines}&follow={follow}",
         segment(model)
     );
-    let mut stream = t.send(Method::GET, &path).await?;
+    let stream = t.send(Method::GET, &path).await?;
     if !stream.status.is_success() {
-        let body = stream.bytes(usize::MAX).await.map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_slice(&body).map_err(|e| e.to_string())?;
-        return Err(v["error"]["message"]
-            .as_str()
-            .unwrap_or("refused")
-            .to_string());
+        return Err(refusal(stream).await);
     }
-    let mut out = std::io::stdout();
+    copy_log(stream, &mut std::io::stdout()).await
+}
+
+/// Writes the log stream to `out` as it comes, until the router ends it or
+/// no one reads `out` any more (`modelyard logs m --follow | head`).
+async fn copy_log(mut stream: Streamed, out: &mut impl std::io::Write) -> Result<(), String> {
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| format!("the log stream broke: {e}"))?;
-        let _ = out.write_all(&chunk);
-        let _ = out.flush();
+        match written(out.write_all(&chunk).and_then(|()| out.flush())) {
+            Written::On => {}
+            Written::NoReader => return Ok(()),
+            Written::Failed(e) => return Err(format!("cannot write the log: {e}")),
+        }
     }
     Ok(())
 }
@@ -444,6 +493,105 @@ fn queued(m: &serde_json::Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A router on 127.0.0.1 that refuses its one request with `status` and
+    /// an error in OpenAI's shape saying `message`.
+    async fn refusing(status: &str, message: &str) -> super::Target {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let body = serde_json::json!({"error": {"message": message}}).to_string();
+        let reply = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = s.read(&mut b).await.unwrap();
+                assert!(n > 0, "the client closed before its request was whole");
+                head.extend_from_slice(&b[..n]);
+            }
+            s.write_all(reply.as_bytes()).await.unwrap();
+        });
+        super::Target {
+            url,
+            key: None,
+            http: modelyard_http::Http::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_the_router_refuses_is_an_error_not_silence() {
+        // A Host the router does not allow (a LAN name, say) is refused with a 403.
+        let t = refusing("403 Forbidden", "host `box.lan` is not allowed").await;
+        let err = super::events(&t).await.unwrap_err();
+        assert!(
+            err.contains("refused the event stream (403 Forbidden)"),
+            "{err}"
+        );
+        assert!(err.ends_with("host `box.lan` is not allowed"), "{err}");
+    }
+
+    /// Output whose reader has gone away, as `| head` leaves it.
+    struct Closed;
+
+    impl std::io::Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn following_a_log_ends_when_no_one_reads_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A backend that prints a line every 10 ms, for as long as it runs.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+            let head = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+            s.write_all(head.as_bytes()).await.unwrap();
+            loop {
+                if s.write_all(b"5\r\nline\n\r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        let stream = modelyard_http::Http::default()
+            .send(super::Method::GET, &url, None, None)
+            .await
+            .unwrap();
+        let copied = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            super::copy_log(stream, &mut Closed),
+        )
+        .await;
+        assert_eq!(copied, Ok(Ok(())), "it ended at once, and quietly");
+    }
+
+    #[tokio::test]
+    async fn a_log_stream_the_router_refuses_says_its_words() {
+        let t = refusing("401 Unauthorized", "wrong admin key").await;
+        let err = super::logs(&t, "daily", 10, false).await.unwrap_err();
+        assert_eq!(err, "wrong admin key");
+    }
+
+    #[test]
+    fn an_https_url_is_refused_at_once_and_says_why() {
+        let err = super::checked_url("https://box.lan:11434").unwrap_err();
+        assert!(err.starts_with("--url `https://box.lan:11434`: "), "{err}");
+        assert!(err.contains("plain http"), "{err}");
+        assert!(super::checked_url("http://box.lan:11434").is_ok());
+    }
+
     #[test]
     fn a_model_name_is_one_path_segment() {
         // The router splits admin paths on '/' and percent-decodes each part.

@@ -69,7 +69,7 @@ pub struct Streamed {
 
 impl Streamed {
     /// The next piece of the body; None once the server has ended it.
-    pub async fn next(&mut self) -> Option<Result<Bytes, hyper::Error>> {
+    pub async fn next(&mut self) -> Option<Result<Bytes, Error>> {
         loop {
             match self.body.frame().await? {
                 Ok(frame) => match frame.into_data() {
@@ -77,7 +77,12 @@ impl Streamed {
                     // Trailers carry nothing a reader of the body wants.
                     Err(_) => continue,
                 },
-                Err(e) => return Some(Err(e)),
+                Err(e) => {
+                    return Some(Err(Error::Read {
+                        url: self.url.clone(),
+                        source: e.into(),
+                    }))
+                }
             }
         }
     }
@@ -171,14 +176,18 @@ impl Http {
 
     /// A GET whose status is all that is wanted (a health check): the body is
     /// not read, and the caller bounds the wait.
-    pub async fn status(
-        &self,
-        uri: &http::Uri,
-    ) -> Result<StatusCode, hyper_util::client::legacy::Error> {
+    pub async fn status(&self, uri: &http::Uri) -> Result<StatusCode, Error> {
         let req = Request::get(uri.clone())
             .body(Full::new(Bytes::new()))
             .expect("a GET of a parsed URI is a request");
-        self.client.request(req).await.map(|r| r.status())
+        self.client
+            .request(req)
+            .await
+            .map(|r| r.status())
+            .map_err(|source| Error::Unreachable {
+                url: uri.to_string(),
+                source,
+            })
     }
 
     pub async fn get(

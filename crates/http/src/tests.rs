@@ -171,3 +171,50 @@ async fn a_url_that_cannot_be_one_is_a_bad_request() {
         "{e}"
     );
 }
+
+/// The innermost cause of `e`: what the OS or the parser said.
+fn root(e: &dyn std::error::Error) -> &dyn std::error::Error {
+    let mut root = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    root
+}
+
+#[tokio::test]
+async fn an_unreachable_server_s_error_says_why_in_its_text() {
+    // The supervisor logs and shows these texts: "client error (Connect)"
+    // alone does not say the server refused the connection.
+    let (l, url) = listener().await;
+    drop(l);
+    let says_why = |e: &dyn std::error::Error| {
+        let why = root(e).to_string();
+        assert!(why.contains("refused"), "{why}");
+        let text = e.to_string();
+        assert!(text.starts_with(&url), "{text}");
+        assert!(text.ends_with(&why), "{text}");
+    };
+    let http = Http::default();
+    let sent = http.send(Method::GET, &url, None, None).await;
+    says_why(&sent.err().expect("nothing listens"));
+    let probed = http.status(&url.parse().unwrap()).await;
+    says_why(&probed.expect_err("nothing listens"));
+}
+
+#[tokio::test]
+async fn a_stream_cut_short_says_why_in_its_text() {
+    let url =
+        answer_once(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst\n\r\n").await;
+    let mut answer = Http::default()
+        .send(Method::GET, &url, None, None)
+        .await
+        .unwrap();
+    assert_eq!(answer.next().await.unwrap().unwrap(), "first\n");
+    let e = answer.next().await.unwrap().unwrap_err();
+    let text = e.to_string();
+    assert!(
+        text.starts_with(&format!("{url}: reading the answer: ")),
+        "{text}"
+    );
+    assert!(text.ends_with(&root(&e).to_string()), "{text}");
+}

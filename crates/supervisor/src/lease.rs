@@ -31,6 +31,8 @@ pub(crate) struct Release {
     /// Whether it served an interactive request (a person's): its end marks
     /// the model as used by one, for `interactive_grace`.
     pub interactive: bool,
+    /// The client it served, as the proxy tells clients apart.
+    pub client: u64,
     pub tx: UnboundedSender<Msg>,
 }
 
@@ -42,6 +44,7 @@ impl Drop for Release {
             model: self.model.clone(),
             generation: self.generation,
             interactive: self.interactive,
+            client: self.client,
         });
     }
 }

@@ -1,6 +1,6 @@
 //! A model's lifecycle: its states and every legal move between them, in one
-//! table. The owner changes a model's state in one place (`Owner::enter` in
-//! owner/mod.rs), which reserves memory on the way into a state that holds it,
+//! table. The owner changes a model's state in one place (`Owner::try_enter` in
+//! owner/slots.rs), which reserves memory on the way into a state that holds it,
 //! releases it on the way out, and refuses (debug builds: panics) a move this
 //! table does not list. docs/scheduling.md shows the same table; a test below
 //! keeps the two equal.
@@ -10,8 +10,8 @@
 //! server, a drain called off.
 //!
 //! The owner keeps each model's state as `owner::slots::State`, whose variants
-//! carry what exists only in them (a Draining model's `serve_until`, a Cold or
-//! Stopping one's backoff `retry_at`); this table is in terms of its
+//! carry what exists only in them (a Draining model's swap and why it goes, a
+//! Cold or Stopping one's backoff `retry_at`); this table is in terms of its
 //! [`Phase`], what the status page shows.
 //!
 //! `Failed` is not a state of its own: it is `Cold { retry_at: Some(_) }`, a

@@ -104,11 +104,17 @@ impl Effects for Fake {
 }
 
 impl Fake {
-    /// Every load and unload asked of a server: (model, unload).
+    /// Loads of `upstream` fail (the server says it has no such model).
     pub(crate) fn refuse(&self, upstream: &str) {
         self.refuse.lock().unwrap().push(upstream.to_string());
     }
 
+    /// Loads of `upstream` succeed again.
+    pub(crate) fn accept(&self, upstream: &str) {
+        self.refuse.lock().unwrap().retain(|u| u != upstream);
+    }
+
+    /// Every load and unload asked of a server: (model, unload).
     pub(crate) fn ops(&self) -> Vec<(String, bool)> {
         self.ops.lock().unwrap().clone()
     }
@@ -504,6 +510,59 @@ async fn another_person_s_request_being_answered_when_the_swap_is_decided_keeps_
     ledger(&s).await;
 }
 
+/// Bob's request for daily ended a while ago; Alice's long answer is still
+/// streaming when she asks for deep. Nobody but Alice is being answered, so
+/// daily goes the moment her answer ends: an old request is no evidence.
+#[tokio::test(start_paused = true)]
+async fn another_person_s_finished_request_keeps_nothing() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", BOB).await);
+    advance(Duration::from_secs(5)).await;
+    let long = get_as(&s, "daily", ALICE).await;
+    let asked = Instant::now();
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(100)).await;
+    drop(long);
+    drop(deep.await.unwrap().unwrap());
+    assert!(
+        asked.elapsed() <= Duration::from_millis(100) + STOP + LOAD + Duration::from_millis(20),
+        "no lingering: {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(fake.count("p/deep"), 1);
+    ledger(&s).await;
+}
+
+/// Bob's long answer from daily is still streaming when Alice, who sent two
+/// quick requests to daily since, asks for deep. Bob is being answered when
+/// the swap is decided, whoever was admitted last: daily stays a while after
+/// his answer, and his next request, 150 ms later, is served with no swap.
+#[tokio::test(start_paused = true)]
+async fn another_person_s_request_in_flight_keeps_the_model_whoever_came_last() {
+    let (s, fake) = start(SEED);
+    drop(get_as(&s, "daily", BOB).await);
+    advance(Duration::from_secs(5)).await;
+    let bobs = get_as(&s, "daily", BOB).await;
+    for _ in 0..2 {
+        advance(Duration::from_millis(10)).await;
+        drop(get_as(&s, "daily", ALICE).await);
+    }
+    advance(Duration::from_millis(10)).await;
+    let deep = acquire_later_as(&s, "deep", ALICE);
+    tokio::task::yield_now().await;
+    advance(Duration::from_millis(40)).await;
+    drop(bobs);
+    advance(Duration::from_millis(150)).await;
+    let asked = Instant::now();
+    drop(get_as(&s, "daily", BOB).await);
+    assert_eq!(asked.elapsed(), Duration::ZERO, "daily still serves Bob");
+    assert_eq!(fake.count("p/deep"), 0, "daily lingers while Bob uses it");
+    drop(deep.await.unwrap().unwrap());
+    assert_eq!((fake.count("p/daily"), fake.count("p/deep")), (1, 1));
+    ledger(&s).await;
+}
+
 /// The same request from the same person during the swap is no such evidence.
 #[tokio::test(start_paused = true)]
 async fn the_mover_s_own_request_during_the_swap_keeps_nothing() {
@@ -838,6 +897,36 @@ async fn a_swap_called_off_leaves_no_reason_behind() {
     }
     assert_eq!(unloaded.len(), 1, "{unloaded:?}");
     assert!(!unloaded[0].contains("make room"), "{unloaded:?}");
+}
+
+/// A shutdown fails every waiter, the one a swap was for too; a lease that
+/// ends while the processes stop does not call the swap off: the drained
+/// model is not "kept" on its way out, and its unload still says why it went.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_keeps_nothing_on_its_way_out() {
+    let (s, _fake, daily, deep) = daily_draining_for_deep().await;
+    let mut events = s.subscribe();
+    let stopping = tokio::spawn({
+        let s = s.clone();
+        async move { s.shutdown().await }
+    });
+    tokio::task::yield_now().await;
+    assert!(matches!(
+        deep.await.unwrap(),
+        Err(SupervisorError::ShuttingDown)
+    ));
+    drop(daily);
+    stopping.await.unwrap();
+    let mut daily_events = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        if e.model == "daily" {
+            daily_events.push((e.kind, e.detail));
+        }
+    }
+    assert_eq!(
+        daily_events,
+        [(crate::Kind::Unloaded, "to make room for deep".to_string())]
+    );
 }
 
 #[tokio::test(start_paused = true)]

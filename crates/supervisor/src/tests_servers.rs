@@ -7,7 +7,7 @@ use tokio::time::{advance, Instant};
 
 use crate::backends::{Report, Resident};
 use crate::owner::Msg;
-use crate::tests::{get, ledger, start, GB, LOAD, STOP};
+use crate::tests::{get, ledger, phase, start, GB, LOAD, STOP};
 use crate::SupervisorError;
 
 /// The seed's oMLX and Ollama, on fake processes.
@@ -264,4 +264,32 @@ async fn without_a_reserve_the_budget_is_the_configured_one_whatever_is_free() {
     let snap = s.snapshot().await.unwrap();
     assert_eq!((snap.budget, snap.available), (48 * GB, None));
     assert_eq!(ledger(&s).await.1, vec!["embed"]);
+}
+
+/// A load Ollama refused, then a good one, served and unloaded cleanly: the
+/// next refusal is the first of a new run, not the second "in a row" (no
+/// backoff), as a clean stop of a process of its own ends a run too.
+#[tokio::test(start_paused = true)]
+async fn a_clean_unload_ends_a_run_of_failed_loads() {
+    let (s, fake) = start(SERVERS);
+    // embed keeps the server up throughout.
+    drop(get(&s, "embed").await);
+    let refused = |s: crate::Supervisor| async move {
+        let err = s.acquire("small", crate::tests::soon()).await.unwrap_err();
+        assert!(matches!(&err, SupervisorError::StartFailed { .. }), "{err}");
+    };
+    fake.refuse("small");
+    refused(s.clone()).await;
+    fake.accept("small");
+    drop(get(&s, "small").await);
+    assert_eq!(s.unload(Some("small")).await.unwrap(), vec!["small"]);
+    tokio::time::sleep(STOP * 2).await;
+    assert_eq!(phase(&s, "small").await, crate::policy::Phase::Cold);
+    fake.refuse("small");
+    refused(s.clone()).await;
+    let snap = s.snapshot().await.unwrap();
+    let small = snap.model("small").unwrap();
+    assert_eq!(small.failures, 1, "a new run of failures");
+    assert_eq!(small.phase, crate::policy::Phase::Cold, "no backoff");
+    assert_eq!(fake.count("ollama"), 1);
 }

@@ -175,13 +175,13 @@ impl<E: Effects> Owner<E> {
                     let serve_until = now + self.config.max_swap_delay;
                     let client = self.slots[&m].queue.front().map_or(0, |w| w.ask.client);
                     for v in &victims {
-                        // A request of another client's already being answered
-                        // (it was queued for this model, or came just before):
-                        // someone else is using it.
-                        let others_in_flight = self.slots.get(v).is_some_and(|s| {
-                            s.in_flight > 0
-                                && s.admitted.iter().flatten().any(|&(_, c)| c != client)
-                        });
+                        // A request of another client's being answered (it was
+                        // queued for this model, or came just before): someone
+                        // else is using it.
+                        let others_in_flight = self
+                            .slots
+                            .get(v)
+                            .is_some_and(|s| s.in_flight_by.keys().any(|&c| c != client));
                         let swap = Swap {
                             serve_until,
                             client,
@@ -252,9 +252,10 @@ impl<E: Effects> Owner<E> {
     /// clients gave up, or their time ran out) serves again: swapping it out
     /// would only cost its next request a load. Waiters whose client went away
     /// have left their queues already (`Abandoned`), so this looks at models,
-    /// never at waiters.
+    /// never at waiters. Not while shutting down: the waiters were told so,
+    /// and a model on its way out is kept for nobody.
     pub(super) fn settle_abandoned(&mut self) {
-        if self.slots.values().any(|s| !s.queue.is_empty()) {
+        if self.shutting_down || self.slots.values().any(|s| !s.queue.is_empty()) {
             return;
         }
         let kept: Vec<ModelKey> = self
@@ -297,7 +298,7 @@ impl<E: Effects> Owner<E> {
     pub(super) fn server_views(&self) -> Vec<View<'_>> {
         self.instances
             .iter()
-            .filter(|(_, i)| i.base > 0 && server_holds(&i.run))
+            .filter(|(_, i)| i.base > 0 && i.run.holds_memory())
             .map(|(k, i)| View {
                 name: k,
                 memory: i.base,
@@ -377,9 +378,11 @@ impl From<Admission<'_>> for Decision {
 /// already being answered when the swap was decided (it was queued for this
 /// model: two people taking turns on two models keep each one a while instead
 /// of swapping for every request), or a burst (its last two requests closer
-/// than a load) that another client took part in. One client's burst is no such evidence: a person who sent a chat
-/// and its title request, then asked for another model, has moved on, and
-/// waiting for them to come back costs the switch a second load's time.
+/// than a load) that another client took part in. One client's burst is no
+/// such evidence: a person who sent a chat and its title request, then asked
+/// for another model, has moved on, and waiting for them to come back costs
+/// the switch a second load's time. Another client's request that ended
+/// before the swap was decided counts only as part of such a burst.
 pub(super) fn linger_until(s: &Slot) -> Option<Instant> {
     if s.phase() != Phase::Draining || s.in_flight > 0 {
         return None;

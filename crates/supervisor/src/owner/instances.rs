@@ -81,11 +81,6 @@ pub(super) fn instance_key(config: &Config, model: &str) -> Option<InstanceKey> 
     })
 }
 
-/// Whether a server's process (and so its own memory) may be present.
-pub(super) fn server_holds(run: &Run) -> bool {
-    run.holds_memory()
-}
-
 pub(super) fn tail_note(logs: &LogRing) -> String {
     let tail = logs.run_tail(5);
     if tail.is_empty() {
@@ -297,7 +292,7 @@ impl<E: Effects> Owner<E> {
         if inst.generation != generation {
             return;
         }
-        let was = inst.run.clone();
+        let was_up = inst.run == Run::Up;
         let requested = info.is_some_and(|i| i.requested);
         let what = info.map_or("exited".to_string(), |i| i.to_string());
         inst.handle = None;
@@ -336,7 +331,7 @@ impl<E: Effects> Owner<E> {
                 }
                 continue;
             }
-            if was == Run::Up && ran_for >= STABLE_AFTER {
+            if was_up && ran_for >= STABLE_AFTER {
                 slot.failures = 0;
             }
             if phase != Phase::Stopping {
@@ -364,14 +359,7 @@ impl<E: Effects> Owner<E> {
         }
         for m in inst.models.clone() {
             if self.slots[&m].phase() == Phase::Draining {
-                let why = self.slots[&m].unload_why().map(str::to_string);
-                self.enter(
-                    &m,
-                    State::Stopping {
-                        retry_at: None,
-                        why,
-                    },
-                );
+                self.stop_drained(&m);
             }
         }
         tracing::info!(instance = %key, "stopping backend");

@@ -65,12 +65,9 @@ impl<E: Effects> Owner<E> {
         }
         self.arrivals += 1;
         let seq = self.arrivals;
+        let waiting = slot.queue.len() + 1;
+        self.emit(Event::new(Kind::Queued, &key, format!("{waiting} waiting")));
         let slot = self.slots.get_mut(&key).expect("looked up above");
-        self.events.send(Event::new(
-            Kind::Queued,
-            &key,
-            format!("{} waiting", slot.queue.len() + 1),
-        ));
         slot.queue.push_back(Waiter {
             reply,
             deadline,
@@ -81,7 +78,13 @@ impl<E: Effects> Owner<E> {
         });
     }
 
-    pub(super) fn on_released(&mut self, model: ModelKey, generation: u64, interactive: bool) {
+    pub(super) fn on_released(
+        &mut self,
+        model: ModelKey,
+        generation: u64,
+        interactive: bool,
+        client: u64,
+    ) {
         let Some(slot) = self.slots.get_mut(&model) else {
             return;
         };
@@ -90,6 +93,12 @@ impl<E: Effects> Owner<E> {
             return;
         }
         slot.in_flight -= 1;
+        if let Some(n) = slot.in_flight_by.get_mut(&client) {
+            *n -= 1;
+            if *n == 0 {
+                slot.in_flight_by.remove(&client);
+            }
+        }
         slot.last_used = Instant::now();
         if interactive {
             slot.interactive_in_flight = slot.interactive_in_flight.saturating_sub(1);
@@ -138,6 +147,7 @@ impl<E: Effects> Owner<E> {
             })?;
         let now = Instant::now();
         slot.in_flight += 1;
+        *slot.in_flight_by.entry(ask.client).or_default() += 1;
         slot.last_used = now;
         slot.admitted = [slot.admitted[1], Some((now, ask.client))];
         let interactive = ask.priority == crate::Priority::Interactive;
@@ -158,6 +168,7 @@ impl<E: Effects> Owner<E> {
                 model: m.clone(),
                 generation: inst.generation,
                 interactive,
+                client: ask.client,
                 tx: self.tx.clone(),
             },
         })
@@ -188,6 +199,8 @@ impl<E: Effects> Owner<E> {
                 model: model.into(),
                 generation: inst.generation,
                 interactive: false,
+                // Not a slot of ours: its release counts nothing.
+                client: 0,
                 tx: self.tx.clone(),
             },
         }))

@@ -32,7 +32,7 @@ mod reload;
 mod servers;
 mod slots;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +56,7 @@ use crate::process::{self, ExitInfo, Spec};
 use crate::snapshot::{ModelStatus, Snapshot};
 use crate::state::{self, Group, StateFile};
 use admission::{idle_deadline, linger_until};
-use instances::{instance_key, server_holds, Endpoint, Instance};
+use instances::{instance_key, Endpoint, Instance};
 pub(crate) use protocol::{Msg, Poll, Reply};
 use queue::{Queue, Waiter};
 use slots::{clear_failures, fail_queue, median, note_failure, IdleFor, Life, Slot, State, Swap};
@@ -163,7 +163,8 @@ impl<E: Effects> Owner<E> {
                     model,
                     generation,
                     interactive,
-                } => self.on_released(model, generation, interactive),
+                    client,
+                } => self.on_released(model, generation, interactive, client),
                 Msg::StartDone {
                     key,
                     generation,
@@ -322,7 +323,7 @@ impl<E: Effects> Owner<E> {
     fn servers_reserved(&self) -> u64 {
         self.instances
             .values()
-            .filter(|i| server_holds(&i.run))
+            .filter(|i| i.run.holds_memory())
             .map(|i| i.base)
             .sum()
     }

@@ -24,6 +24,7 @@ pub(crate) enum Msg {
         model: ModelKey,
         generation: u64,
         interactive: bool,
+        client: u64,
     },
     StartDone {
         key: InstanceKey,

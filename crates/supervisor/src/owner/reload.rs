@@ -84,6 +84,7 @@ impl<E: Effects> Owner<E> {
                     State::Ready
                 }),
                 in_flight: 0,
+                in_flight_by: BTreeMap::new(),
                 last_used: now,
                 admitted: [None, None],
                 interactive_in_flight: 0,
@@ -181,7 +182,7 @@ impl<E: Effects> Owner<E> {
         for m in stale {
             let slot = &self.slots[&m];
             let inst = &self.instances[&slot.instance];
-            let run = inst.run.clone();
+            let server_runs = inst.run.holds_memory();
             if slot.phase() == Phase::Ready && slot.in_flight == 0 && slot.counted {
                 let why = if self.config.models.contains_key(&*m) {
                     "reload: its definition changed"
@@ -203,7 +204,7 @@ impl<E: Effects> Owner<E> {
                     d.backend == slot.def.0.backend
                         && self.config.backends.get(&d.backend) == Some(&slot.def.1)
                 });
-            if !same_server && matches!(run, Run::Starting | Run::Up | Run::Stopping) {
+            if !same_server && server_runs {
                 let key = slot.instance.clone();
                 self.maybe_stop_server(&key);
                 continue;

@@ -88,7 +88,7 @@ impl<E: Effects> Owner<E> {
             }
             (true, Ok(())) => {
                 if slot.phase() == Phase::Stopping {
-                    self.now_cold(&m, Kind::Unloaded, String::new());
+                    self.unloaded_cleanly(&m);
                 }
                 self.maybe_stop_server(&key);
             }
@@ -193,7 +193,7 @@ impl<E: Effects> Owner<E> {
                     );
                 }
                 (Phase::Stopping, false) if !slot.life.unload_asked => {
-                    self.now_cold(&m, Kind::Unloaded, String::new());
+                    self.unloaded_cleanly(&m);
                 }
                 (Phase::Stopping, true) if !slot.life.unload_asked => {
                     if let Some(op) = self.model_op(&m, true) {
@@ -239,6 +239,17 @@ impl<E: Effects> Owner<E> {
         ));
     }
 
+    /// The server no longer holds `m`, which we asked it to unload: cold, and
+    /// as a clean stop of a process does, the end of a run of failed loads
+    /// (unless its last load failed).
+    fn unloaded_cleanly(&mut self, m: &ModelKey) {
+        self.now_cold(m, Kind::Unloaded, String::new());
+        let slot = self.slots.get_mut(m).expect("exists");
+        if slot.last_error.is_none() {
+            clear_failures(slot);
+        }
+    }
+
     /// Unloads a drained `m` from a server that loads models one by one.
     pub(super) fn try_unload(&mut self, m: &ModelKey) {
         let slot = &self.slots[m];
@@ -252,14 +263,7 @@ impl<E: Effects> Owner<E> {
         let Some(op) = self.model_op(m, true) else {
             return;
         };
-        let why = slot.unload_why().map(str::to_string);
-        self.enter(
-            m,
-            State::Stopping {
-                retry_at: None,
-                why,
-            },
-        );
+        self.stop_drained(m);
         let slot = self.slots.get_mut(m).expect("exists");
         slot.life.unload_asked = true;
         tracing::info!(model = %m, "unloading from its server");

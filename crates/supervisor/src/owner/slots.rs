@@ -20,6 +20,9 @@ pub(super) struct Slot {
     /// Where it is in its life, and what about that crosses its states.
     pub(super) life: Life,
     pub(super) in_flight: usize,
+    /// Whose requests are in flight (client, how many): whether someone other
+    /// than the client a swap is for is being answered (see linger_until).
+    pub(super) in_flight_by: BTreeMap<u64, usize>,
     pub(super) last_used: Instant,
     /// When its last two requests were admitted, and by which client: closer
     /// than a load's time apart and not only from the client a swap is for,
@@ -32,10 +35,10 @@ pub(super) struct Slot {
     pub(super) queue: Queue,
     /// Why its queue waits, for the 503 a waiter gets if it gives up.
     pub(super) why: String,
-    /// Its run of failed starts, until a clean stop ends it. Not part of
-    /// [`State`]: the count lives through the retries it is about (Starting,
-    /// then Cold or Stopping again) and through a model that ran a while and
-    /// crashed; the backoff it sets is held by the state it applies in.
+    /// Its run of failed starts, until a clean stop or unload ends it. Not part
+    /// of [`State`]: the count lives through the retries it is about
+    /// (Starting, then Cold or Stopping again) and through a model that ran a
+    /// while and crashed; the backoff it sets is held by the state it applies in.
     pub(super) failures: u32,
     pub(super) last_error: Option<String>,
     /// The config it was made from.
@@ -52,9 +55,9 @@ pub(super) struct Slot {
     pub(super) ready_at: Instant,
 }
 
-/// A model's lifecycle whole: where it is ([`State`], whose variants carry what
-/// exists only in them) and the two facts about it that are no place in it,
-/// because each lasts across states.
+/// A model's lifecycle: where it is ([`State`], whose variants carry what
+/// exists only in them) and two facts that belong to no one state, because
+/// each lasts across several.
 pub(super) struct Life {
     /// Change it only through `Owner::enter`, which checks lifecycle.rs's table.
     pub(super) state: State,
@@ -88,12 +91,13 @@ pub(super) struct Swap {
     /// Until when the drained model still serves its own requests (and may
     /// linger while its burst goes on, see linger_until).
     pub(super) serve_until: Instant,
-    /// The client the swap is for, and when it was decided: requests from
-    /// others since are what make it linger.
+    /// The client the swap is for, and when it was decided: what another
+    /// client asks since (or was being answered at that moment) may make it
+    /// linger, see linger_until.
     pub(super) client: u64,
     pub(super) decided: Instant,
-    /// Whether another client's request was already being served by the
-    /// drained model when the swap was decided.
+    /// Whether a request of a client other than `client` was being answered
+    /// by the drained model when the swap was decided.
     pub(super) others_in_flight: bool,
 }
 
@@ -288,6 +292,7 @@ impl<E: Effects> Owner<E> {
         self.enter(m, State::Cold { retry_at });
         let slot = self.slots.get_mut(m).expect("exists");
         slot.in_flight = 0;
+        slot.in_flight_by.clear();
         slot.idle_for = IdleFor::Config;
         slot.interactive_in_flight = 0;
         slot.measured = None;
@@ -329,6 +334,19 @@ impl<E: Effects> Owner<E> {
                 });
             }
         }
+    }
+
+    /// A drained `m` goes on to Stopping (its process stops or its server
+    /// unloads it), taking why it was chosen to go for the `unloaded` event.
+    pub(super) fn stop_drained(&mut self, m: &ModelKey) {
+        let why = self.slots[m].unload_why().map(str::to_string);
+        self.enter(
+            m,
+            State::Stopping {
+                retry_at: None,
+                why,
+            },
+        );
     }
 
     /// Takes no new requests for `m` (and the models sharing its process, which go
