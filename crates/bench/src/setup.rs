@@ -97,10 +97,20 @@ impl Rig {
             "--config".into(),
             config.display().to_string(),
         ];
+        // The router records where it listens (for the CLI) in the runtime
+        // directory, and keeps its request log in the data directory unless
+        // told: both in the scratch directory, so a bench run neither points
+        // the user's `modelyard status` at itself nor fills their request log.
+        let scratch = self.dir.display().to_string();
+        let env = [
+            ("MODELYARD_LOG", "warn".into()),
+            ("XDG_RUNTIME_DIR", scratch.clone()),
+            ("XDG_DATA_HOME", scratch),
+        ];
         let launch = Launch {
             name,
             argv: &argv,
-            env: &[("MODELYARD_LOG", "warn".into())],
+            env: &env,
             cpus: self.far.as_deref(),
             port,
             health: "/healthz",

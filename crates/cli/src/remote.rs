@@ -135,10 +135,13 @@ impl Target {
         if status.is_success() {
             Ok(v)
         } else {
-            Err(v["error"]["message"]
+            // Named, since the router was perhaps found, not given: a refusal
+            // from another router than the one meant says so at once.
+            let why = v["error"]["message"]
                 .as_str()
                 .map(str::to_string)
-                .unwrap_or_else(|| v.to_string()))
+                .unwrap_or_else(|| v.to_string());
+            Err(format!("{} says: {why}", self.url))
         }
     }
 }

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-/// What happened to one model request. Times are milliseconds (fractions kept:
-/// a cached reply takes well under one).
+/// What happened to one model request. Times are milliseconds, kept to the
+/// microsecond (a cached reply takes well under one millisecond).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// The row's number, rising; 0 before it is written.

@@ -523,3 +523,22 @@ fn pages_run_across_batches() {
     let ids: Vec<&str> = rare.iter().map(|r| r.request_id.as_str()).collect();
     assert_eq!(ids, ["req-90", "req-80", "req-70", "req-60"]);
 }
+
+#[test]
+fn times_are_kept_to_the_microsecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    log.record(Record {
+        total_ms: 35.712_345_678,
+        ttfb_ms: Some(0.000_4),
+        queue_ms: Some(1.000_5),
+        tokens_per_s: Some(912.345_6),
+        ..rec(1, "m")
+    });
+    written(&log, 1);
+    let r = &newest(&log)[0];
+    assert_eq!(
+        (r.total_ms, r.ttfb_ms, r.queue_ms, r.tokens_per_s),
+        (35.712, Some(0.0), Some(1.001), Some(912.346))
+    );
+}

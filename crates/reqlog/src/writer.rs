@@ -42,6 +42,9 @@ impl Writer {
         self.prune_logged(crate::now_ms());
         let mut last_prune = std::time::SystemTime::now();
         let mut batch = Vec::with_capacity(BATCH);
+        // The batch's text, kept from one write to the next: a buffer of a
+        // few megabytes made anew each time costs page faults every time.
+        let mut text = String::new();
         loop {
             match rx.recv_timeout(PRUNE_EVERY) {
                 Ok(first) => {
@@ -56,7 +59,7 @@ impl Writer {
                             Err(_) => break,
                         }
                     }
-                    match insert(&mut self.conn, &batch) {
+                    match insert(&mut self.conn, &batch, &mut text) {
                         Ok(()) => {
                             self.shared
                                 .written
@@ -93,9 +96,8 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, batch: &[Packed]) -> rusqlite::Result<()> {
-    let mut records =
-        String::with_capacity(batch.iter().map(|p| p.json.len() + 1).sum::<usize>() + 1);
+fn insert(conn: &mut Connection, batch: &[Packed], records: &mut String) -> rusqlite::Result<()> {
+    records.clear();
     records.push('[');
     for (i, p) in batch.iter().enumerate() {
         if i > 0 {
@@ -106,14 +108,14 @@ fn insert(conn: &mut Connection, batch: &[Packed]) -> rusqlite::Result<()> {
     records.push(']');
     let done = batch.iter().map(|p| p.done_ms).max().unwrap_or(0);
     conn.prepare_cached("INSERT INTO batches (done_ms, n, records) VALUES (?1, ?2, ?3)")?
-        .execute(params![done as i64, batch.len() as i64, records])?;
+        .execute(params![done as i64, batch.len() as i64, records.as_str()])?;
     Ok(())
 }
 
 #[cfg(test)]
 pub(crate) fn insert_for_test(conn: &mut Connection, batch: &[crate::Record]) {
     let packed: Vec<Packed> = batch.iter().map(crate::row::pack).collect();
-    insert(conn, &packed).unwrap();
+    insert(conn, &packed, &mut String::new()).unwrap();
 }
 
 /// Deletes records older than `keep`, then the oldest until the records take
