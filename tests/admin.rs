@@ -687,6 +687,75 @@ async fn open_event_and_log_streams_end_cleanly_when_the_router_stops() {
     assert!(r.wait_exit(Duration::from_secs(10)).success());
 }
 
+#[tokio::test]
+async fn a_reload_that_redefines_a_shared_server_restarts_it_on_the_new_definition() {
+    // Two models on one server (Ollama's shape). A reload changes the server's
+    // own memory and environment: once its models are idle it stops, and it
+    // comes back on the new definition, counted at its new size. (The server
+    // was started again on the old one, with its old memory in the ledger, as
+    // long as the router ran: each model was rebuilt onto the instance its
+    // sibling still held.)
+    let base = r#"
+budget: 200MB
+backends:
+  ollama:
+    kind: ollama
+    command: [$BIN, sim, --flavor, ollama, --model, "m1=10MB", --model, "m2=10MB"]
+    memory: 20MB
+    env: {SIM_DEFINITION: first}
+models:
+  one: {backend: ollama, upstream: m1, memory: 30MB}
+  two: {backend: ollama, upstream: m2, memory: 30MB}
+"#;
+    let r = Router::start(base);
+    let server = |s: &Value| {
+        let pid = model(s, "one")["pid"].as_u64().unwrap() as u32;
+        (
+            s["servers"].as_u64(),
+            s["used"].as_u64(),
+            environ(pid).unwrap(),
+        )
+    };
+    assert_eq!(
+        admin_post(&r, "/admin/models/one/load", None)
+            .await
+            .status(),
+        200
+    );
+    let (own, used, env) = server(&status(&r).await);
+    assert_eq!((own, used), (Some(20_000_000), Some(50_000_000)));
+    assert!(env.contains(&"SIM_DEFINITION=first".to_string()));
+
+    let next = base
+        .replace("memory: 20MB", "memory: 50MB")
+        .replace("SIM_DEFINITION: first", "SIM_DEFINITION: second");
+    std::fs::write(r.dir.path().join("routes.yaml"), yaml(&next)).unwrap();
+    assert_eq!(admin_post(&r, "/admin/reload", None).await.status(), 200);
+    // Idle, `one` is unloaded for the reload, and the server that holds nothing stops.
+    eventually(Duration::from_secs(10), || async {
+        (status(&r).await["servers"] == 0).then_some(())
+    })
+    .await
+    .expect("the redefined server stops once idle");
+
+    assert_eq!(
+        admin_post(&r, "/admin/models/one/load", None)
+            .await
+            .status(),
+        200
+    );
+    let (own, used, env) = server(&status(&r).await);
+    assert_eq!(
+        (own, used),
+        (Some(50_000_000), Some(80_000_000)),
+        "the server's own memory as routes.yaml now says"
+    );
+    assert!(
+        env.contains(&"SIM_DEFINITION=second".to_string()),
+        "started on the new definition: {env:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_under_load_drops_no_request_and_refuses_a_bad_file() {
     let base = r#"

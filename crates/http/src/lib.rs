@@ -16,7 +16,7 @@ use http::{header, Request, Response};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
 pub use error::Error;
@@ -24,6 +24,14 @@ pub use http::{Method, StatusCode, Uri};
 
 /// Status answers are small; anything larger is not one.
 const MAX_ANSWER: usize = 4 << 20;
+
+/// How long a connection the client no longer uses is kept for the next call
+/// to the same address. Polls of a running server (every 2 s) reuse theirs;
+/// every backend start is on a new port, a new address, so what a stopped
+/// backend leaves in the pool goes after this long. (Without a timer, hyper's
+/// pool never swept: each swap left its health check's handle, some 12 KB of
+/// the router's memory, for good.)
+const KEEP_IDLE: Duration = Duration::from_secs(10);
 
 /// A client with its connection pool; clones share the pool.
 #[derive(Clone)]
@@ -34,7 +42,10 @@ pub struct Http {
 impl Default for Http {
     fn default() -> Self {
         Http {
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            client: Client::builder(TokioExecutor::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(KEEP_IDLE)
+                .build_http(),
         }
     }
 }

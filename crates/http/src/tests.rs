@@ -218,3 +218,42 @@ async fn a_stream_cut_short_says_why_in_its_text() {
     );
     assert!(text.ends_with(&root(&e).to_string()), "{text}");
 }
+
+/// Answers one request and keeps the connection open; says how long (on the
+/// test's clock) the client left it idle before closing it.
+async fn keeps_one_connection() -> (String, tokio::task::JoinHandle<Option<Duration>>) {
+    let (l, url) = listener().await;
+    let server = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        read_head(&mut s).await;
+        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let answered = tokio::time::Instant::now();
+        let mut b = [0u8; 64];
+        // A day is "never": the paused clock jumps there if nothing closes it.
+        match tokio::time::timeout(Duration::from_secs(86_400), s.read(&mut b)).await {
+            Ok(Ok(0)) => Some(answered.elapsed()),
+            other => panic!("the idle connection stayed open: {other:?}"),
+        }
+    });
+    (url, server)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_left_idle_is_closed_after_keep_idle() {
+    // Each backend start is a new port: a kept connection to a stopped one is
+    // never asked for again, and was kept (with its memory) for good.
+    let http = Http::default();
+    let (url, server) = keeps_one_connection().await;
+    let health: Uri = format!("{url}/health").parse().unwrap();
+    assert_eq!(http.status(&health).await.unwrap(), StatusCode::OK);
+    let idle = server.await.unwrap().expect("closed");
+    assert!(idle >= KEEP_IDLE, "closed after {idle:?}, before KEEP_IDLE");
+
+    let (url, server) = keeps_one_connection().await;
+    let a = http.get(&url, None, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(a.text, "ok");
+    let idle = server.await.unwrap().expect("closed");
+    assert!(idle >= KEEP_IDLE, "closed after {idle:?}, before KEEP_IDLE");
+}

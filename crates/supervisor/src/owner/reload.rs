@@ -180,7 +180,10 @@ impl<E: Effects> Owner<E> {
             .map(|(k, _)| k.clone())
             .collect();
         for m in stale {
-            let slot = &self.slots[&m];
+            // Rebuilt already, with the other models of a server rebuilt whole.
+            let Some(slot) = self.slots.get(&m).filter(|s| s.life.stale) else {
+                continue;
+            };
             let inst = &self.instances[&slot.instance];
             let server_runs = inst.run.holds_memory();
             if slot.phase() == Phase::Ready && slot.in_flight == 0 && slot.counted {
@@ -209,24 +212,57 @@ impl<E: Effects> Owner<E> {
                 self.maybe_stop_server(&key);
                 continue;
             }
-            let slot = self.slots.remove(&m).expect("listed");
             let key = slot.instance.clone();
-            if let Some(inst) = self.instances.get_mut(&key) {
-                inst.models.retain(|x| *x != m);
-                if inst.models.is_empty() {
-                    if inst.handle.is_none() {
-                        self.instances.remove(&key);
-                    } else {
-                        self.maybe_stop_server(&key);
+            if self.server_redefined(&key) {
+                // Not running, its own definition changed: the server is rebuilt
+                // from the current config with all its models at once, once none
+                // holds memory. Rebuilt one by one, each would join the instance
+                // its siblings still hold, and start on the old definition.
+                let holding = self.instances[&key].models.iter().any(|x| {
+                    let s = &self.slots[x];
+                    s.phase().holds_memory() && s.counted
+                });
+                if !holding {
+                    let inst = self.instances.remove(&key).expect("listed");
+                    for x in inst.models {
+                        self.rebuild(&x);
                     }
                 }
+                continue;
             }
-            if self.config.models.contains_key(&*m) {
-                self.add_model(&m);
-                let fresh = self.slots.get_mut(&m).expect("just added");
-                fresh.queue = slot.queue;
-                fresh.recent_loads = slot.recent_loads;
+            self.rebuild(&m);
+        }
+    }
+
+    /// Whether a server that is not running (none started, or one we do not
+    /// start) was made from a backend definition the config no longer has.
+    fn server_redefined(&self, key: &InstanceKey) -> bool {
+        let inst = &self.instances[key];
+        inst.handle.is_none()
+            && !matches!(inst.run, Run::Starting | Run::Up | Run::Stopping)
+            && self.config.backends.get(&inst.backend_name) != Some(&inst.backend)
+    }
+
+    /// Drops a cold model's slot and makes it again from the current config
+    /// (with its queue and load times), or not at all if the config has it no more.
+    fn rebuild(&mut self, m: &ModelKey) {
+        let slot = self.slots.remove(m).expect("listed");
+        let key = slot.instance.clone();
+        if let Some(inst) = self.instances.get_mut(&key) {
+            inst.models.retain(|x| x != m);
+            if inst.models.is_empty() {
+                if inst.handle.is_none() {
+                    self.instances.remove(&key);
+                } else {
+                    self.maybe_stop_server(&key);
+                }
             }
+        }
+        if self.config.models.contains_key(&**m) {
+            self.add_model(m);
+            let fresh = self.slots.get_mut(m).expect("just added");
+            fresh.queue = slot.queue;
+            fresh.recent_loads = slot.recent_loads;
         }
     }
 }
