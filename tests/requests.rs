@@ -311,6 +311,62 @@ async fn refusals_are_recorded_with_their_error_code() {
 }
 
 #[tokio::test]
+async fn a_record_names_the_key_by_its_place_and_escapes_what_a_client_wrote() {
+    let r = Router::start_with_env(
+        SIM,
+        &[("MODELYARD_API_KEYS", "[sk-first-0123, sk-second-4567]")],
+    );
+    let resp = client()
+        .post(r.url("/v1/chat/completions"))
+        .header("authorization", "Bearer sk-second-4567")
+        .header("user-agent", "agent/1.0")
+        .json(&hello("daily", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // A client's text could start a line of its own in a terminal.
+    let long = format!("daily\n{}", "x".repeat(300));
+    let refused = client()
+        .post(r.url("/v1/chat/completions"))
+        .header("x-api-key", "sk-first-0123")
+        .json(&hello(&long, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    let recs = records(&r, 2).await;
+    let (bad, ok) = (&recs[0], &recs[1]);
+    assert_eq!(ok.key.as_deref(), Some("key 2"));
+    assert_eq!(ok.user_agent.as_deref(), Some("agent/1.0"));
+    assert_eq!(
+        ok.request_id,
+        resp.headers()["x-request-id"].to_str().unwrap()
+    );
+    assert_eq!(ok.route, "/v1/chat/completions");
+    assert_eq!(bad.key.as_deref(), Some("key 1"));
+    assert!(
+        bad.model_asked.starts_with("daily\\nxxx"),
+        "{}",
+        bad.model_asked
+    );
+    assert!(
+        bad.model_asked.ends_with("… (306 bytes)"),
+        "{}",
+        bad.model_asked
+    );
+    let file = std::fs::read(db(&r)).unwrap();
+    let wal = std::fs::read(db(&r).with_extension("db-wal")).unwrap_or_default();
+    for key in ["sk-first", "sk-second"] {
+        let inside = |b: &[u8]| b.windows(key.len()).any(|w| w == key.as_bytes());
+        assert!(
+            !inside(&file) && !inside(&wal),
+            "{key} is in the request log"
+        );
+    }
+}
+
+#[tokio::test]
 async fn each_record_says_the_priority_its_request_was_served_at() {
     let r = Router::start(&format!(
         "{SIM}  embed: {{backend: sim, memory: 50MB, priority: background}}\n"

@@ -7,19 +7,31 @@
 const MAX_CHARS: usize = 200;
 
 pub(crate) fn shown(input: &str) -> String {
-    let mut out = String::with_capacity(input.len().min(MAX_CHARS + 32));
-    for (chars, c) in input.chars().enumerate() {
-        if chars == MAX_CHARS {
-            out.push_str(&format!("… ({} bytes)", input.len()));
-            return out;
+    Shown(input).to_string()
+}
+
+/// [`shown`], written wherever it is formatted (the request log writes it
+/// straight into its batch): no string of its own.
+pub(crate) struct Shown<'a>(pub &'a str);
+
+impl std::fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let input = self.0;
+        // Runs of plain characters are written whole.
+        let mut plain = 0;
+        for (chars, (at, c)) in input.char_indices().enumerate() {
+            if chars == MAX_CHARS {
+                f.write_str(&input[plain..at])?;
+                return write!(f, "… ({} bytes)", input.len());
+            }
+            if c.is_control() {
+                f.write_str(&input[plain..at])?;
+                write!(f, "{}", c.escape_default())?;
+                plain = at + c.len_utf8();
+            }
         }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+        f.write_str(&input[plain..])
     }
-    out
 }
 
 #[cfg(test)]
@@ -35,5 +47,10 @@ mod tests {
         assert!(s.len() < 300, "{}", s.len());
         assert!(s.ends_with(&format!("… ({} bytes)", 30 << 20)), "{s}");
         assert_eq!(shown(&"é".repeat(200)), "é".repeat(200));
+        assert_eq!(
+            shown(&"é".repeat(201)),
+            format!("{}… (402 bytes)", "é".repeat(200))
+        );
+        assert_eq!(shown("\u{7f}tail"), "\\u{7f}tail");
     }
 }

@@ -7,12 +7,15 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Uri};
+use std::net::SocketAddr;
+
+use http::{HeaderMap, HeaderValue, Uri};
 use modelyard_config::Priority;
-use modelyard_reqlog::{Record, RequestLog};
+use modelyard_reqlog::{Entry, RequestLog};
 use modelyard_supervisor::{Event, Reason};
 use tokio::time::Instant;
 
+use crate::echo::Shown;
 use crate::error::{ApiError, Dialect};
 use crate::Inner;
 
@@ -27,7 +30,30 @@ const CLIENT_GONE: u16 = 499;
 
 pub(crate) struct Draft {
     log: RequestLog,
-    rec: Record,
+    /// The record's parts, kept as they come (a header value, the peer's
+    /// address, the path) and written out only when the request ends: a
+    /// request pays for no strings of the log's own.
+    at_ms: u64,
+    request_id: Option<HeaderValue>,
+    peer: SocketAddr,
+    /// Which of the configured client keys it presented (its index).
+    key: Option<usize>,
+    user_agent: Option<HeaderValue>,
+    api: &'static str,
+    uri: Uri,
+    model_asked: String,
+    model_served: String,
+    stream: bool,
+    status: u16,
+    error: Option<&'static str>,
+    queue_ms: Option<f64>,
+    swap: Option<&'static str>,
+    unloaded: Vec<String>,
+    ttfb_ms: Option<f64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    body: Option<String>,
+    priority: Option<&'static str>,
     started: Instant,
     /// Whether the status is known (the response began, or an error was given).
     answered: bool,
@@ -43,7 +69,7 @@ impl Draft {
         state: &Inner,
         uri: &Uri,
         headers: &HeaderMap,
-        peer: std::net::SocketAddr,
+        peer: SocketAddr,
         started: Instant,
     ) -> Slot {
         let log = state.requests.as_ref()?;
@@ -62,16 +88,9 @@ impl Draft {
         state: &Inner,
         uri: &Uri,
         headers: &HeaderMap,
-        peer: std::net::SocketAddr,
+        peer: SocketAddr,
         started: Instant,
     ) -> Draft {
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(crate::echo::shown)
-        };
-        let path = uri.path();
         let config = state.config();
         let key = (!config.client_keys.is_empty())
             .then(|| crate::keys::presented(headers))
@@ -81,25 +100,33 @@ impl Draft {
                     .client_keys
                     .iter()
                     .position(|k| crate::keys::same(given.as_bytes(), k.as_bytes()))
-            })
-            .map(|i| format!("key {}", i + 1));
+            });
         Draft {
             log,
-            rec: Record {
-                at_ms: modelyard_reqlog::now_ms(),
-                request_id: header("x-request-id").unwrap_or_default(),
-                peer: peer.to_string(),
-                key,
-                user_agent: header("user-agent"),
-                api: match Dialect::of(path) {
-                    Dialect::OpenAi => "openai",
-                    Dialect::Ollama => "ollama",
-                    Dialect::Anthropic => "anthropic",
-                }
-                .into(),
-                route: crate::echo::shown(path),
-                ..Record::default()
+            at_ms: modelyard_reqlog::now_ms(),
+            request_id: headers.get("x-request-id").cloned(),
+            peer,
+            key,
+            user_agent: headers.get(http::header::USER_AGENT).cloned(),
+            api: match Dialect::of(uri.path()) {
+                Dialect::OpenAi => "openai",
+                Dialect::Ollama => "ollama",
+                Dialect::Anthropic => "anthropic",
             },
+            uri: uri.clone(),
+            model_asked: String::new(),
+            model_served: String::new(),
+            stream: false,
+            status: 0,
+            error: None,
+            queue_ms: None,
+            swap: None,
+            unloaded: Vec::new(),
+            ttfb_ms: None,
+            prompt_tokens: None,
+            completion_tokens: None,
+            body: None,
+            priority: None,
             started,
             answered: false,
             ended: false,
@@ -110,32 +137,32 @@ impl Draft {
     /// The model as the client named it, whether it asked for a stream, and
     /// (with `capture`) the body.
     pub(crate) fn asked(&mut self, model: &str, stream: bool, body: &[u8]) {
-        self.rec.model_asked = crate::echo::shown(model);
-        self.rec.stream = stream;
+        model.clone_into(&mut self.model_asked);
+        self.stream = stream;
         if self.capture {
             let cut = &body[..body.len().min(CAPTURE_MAX)];
-            self.rec.body = Some(String::from_utf8_lossy(cut).into_owned());
+            self.body = Some(String::from_utf8_lossy(cut).into_owned());
         }
     }
 
     /// The configured model that will answer, and the priority it is asked at.
     pub(crate) fn served(&mut self, model: &str, priority: Priority) {
-        self.rec.model_served = model.to_string();
-        self.rec.priority = Some(priority.as_str().into());
+        model.clone_into(&mut self.model_served);
+        self.priority = Some(priority.as_str());
     }
 
     /// The lease came after `waited`, asked for at `asked_ms`: if the model
     /// loaded meanwhile, whether this request started that load or joined it,
     /// and which models were unloaded to make room.
     pub(crate) fn leased(&mut self, state: &Inner, waited: Duration, asked_ms: u64) {
-        self.rec.queue_ms = Some(ms(waited));
+        self.queue_ms = Some(ms(waited));
         if waited < NO_LOAD_UNDER {
             return;
         }
         let events = state.supervisor.recent_events();
-        if let Some((swap, unloaded)) = swap_of(&events, &self.rec.model_served, asked_ms) {
-            self.rec.swap = Some(swap.into());
-            self.rec.unloaded = unloaded;
+        if let Some((swap, unloaded)) = swap_of(&events, &self.model_served, asked_ms) {
+            self.swap = Some(swap);
+            self.unloaded = unloaded;
         }
     }
 
@@ -147,7 +174,7 @@ impl Draft {
 
     /// The response began with `status`.
     pub(crate) fn status(&mut self, status: u16) {
-        self.rec.status = status;
+        self.status = status;
         self.answered = true;
     }
 
@@ -157,16 +184,16 @@ impl Draft {
         self.failed_with(e.status().as_u16(), e.code());
     }
 
-    pub(crate) fn failed_with(&mut self, status: u16, code: &str) {
-        self.rec.status = status;
-        self.rec.error = Some(code.to_string());
+    pub(crate) fn failed_with(&mut self, status: u16, code: &'static str) {
+        self.status = status;
+        self.error = Some(code);
         self.answered = true;
         self.ended = true;
     }
 
     /// The stream broke off on the backend's side (the client got an error event).
     pub(crate) fn broken(&mut self) {
-        self.rec.error = Some("backend_stream_broken".into());
+        self.error = Some("backend_stream_broken");
     }
 
     /// The response ended, to its last byte.
@@ -175,44 +202,85 @@ impl Draft {
     }
 
     pub(crate) fn first_byte(&mut self, after: Duration) {
-        self.rec.ttfb_ms = Some(ms(after));
+        self.ttfb_ms = Some(ms(after));
     }
 
     pub(crate) fn tokens(&mut self, prompt: u64, completion: u64) {
-        self.rec.prompt_tokens = Some(prompt);
-        self.rec.completion_tokens = Some(completion);
+        self.prompt_tokens = Some(prompt);
+        self.completion_tokens = Some(completion);
     }
 
-    /// Completion tokens per second, once the record is complete: over the time
-    /// after the first byte for a stream, else after the lease.
-    fn speed(&self) -> Option<f64> {
-        let tokens = self.rec.completion_tokens? as f64;
-        let begun = if self.rec.stream {
-            self.rec.ttfb_ms?
+    /// Completion tokens per second over `total_ms`: over the time after the
+    /// first byte for a stream, else after the lease.
+    fn speed(&self, total_ms: f64) -> Option<f64> {
+        let tokens = self.completion_tokens? as f64;
+        let begun = if self.stream {
+            self.ttfb_ms?
         } else {
-            self.rec.queue_ms.unwrap_or(0.0)
+            self.queue_ms.unwrap_or(0.0)
         };
-        let secs = (self.rec.total_ms - begun) / 1000.0;
+        let secs = (total_ms - begun) / 1000.0;
         (tokens > 0.0 && secs > 0.0).then(|| tokens / secs)
+    }
+}
+
+/// A header's value as the log shows it; one that is not text is not shown.
+fn header(v: &Option<HeaderValue>) -> Option<Shown<'_>> {
+    v.as_ref().and_then(|v| v.to_str().ok()).map(Shown)
+}
+
+/// A client key by its place in the config, never the key itself.
+struct KeyName(usize);
+
+impl std::fmt::Display for KeyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "key {}", self.0 + 1)
     }
 }
 
 impl Drop for Draft {
     fn drop(&mut self) {
-        self.rec.total_ms = ms(self.started.elapsed());
-        if !self.ended {
-            self.rec.cancelled = true;
-            if !self.answered {
-                self.rec.status = CLIENT_GONE;
-            }
+        let total_ms = ms(self.started.elapsed());
+        let cancelled = !self.ended;
+        if cancelled && !self.answered {
+            self.status = CLIENT_GONE;
         }
-        // Refused before a model was chosen (an unknown name, bad JSON): "-",
-        // as in the metrics, so a client's made-up names make no rows of their own.
-        if self.rec.model_served.is_empty() {
-            self.rec.model_served = "-".into();
-        }
-        self.rec.tokens_per_s = self.speed();
-        self.log.record(std::mem::take(&mut self.rec));
+        let request_id = header(&self.request_id);
+        let user_agent = header(&self.user_agent);
+        let key = self.key.map(KeyName);
+        let (route, model_asked) = (Shown(self.uri.path()), Shown(&self.model_asked));
+        self.log.record(&Entry {
+            at_ms: self.at_ms,
+            request_id: request_id
+                .as_ref()
+                .map_or(&"", |r| r as &dyn std::fmt::Display),
+            peer: &self.peer,
+            key: key.as_ref().map(|k| k as &dyn std::fmt::Display),
+            user_agent: user_agent.as_ref().map(|u| u as &dyn std::fmt::Display),
+            api: self.api,
+            route: &route,
+            model_asked: &model_asked,
+            // Refused before a model was chosen (an unknown name, bad JSON): "-",
+            // as in the metrics, so a client's made-up names make no rows of their own.
+            model_served: match self.model_served.as_str() {
+                "" => "-",
+                served => served,
+            },
+            stream: self.stream,
+            status: self.status,
+            error: self.error,
+            queue_ms: self.queue_ms,
+            swap: self.swap,
+            unloaded: &self.unloaded,
+            ttfb_ms: self.ttfb_ms,
+            total_ms,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            tokens_per_s: self.speed(total_ms),
+            cancelled,
+            body: self.body.as_deref(),
+            priority: self.priority,
+        });
     }
 }
 

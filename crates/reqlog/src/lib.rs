@@ -1,12 +1,13 @@
 //! The request log: one [`Record`] per model request, kept in SQLite.
 //!
-//! Requests never wait for the database. [`RequestLog::record`] puts a record on
-//! a bounded channel and returns; one writer thread drains it into the file in
-//! batches (one row each, every quarter of a second while requests come: see
-//! `row` for their form), so a record is on disk well within a second of its
-//! request ending. A full channel (a disk that stalls, a burst larger than
-//! the writer can take) drops the record and counts it: the log gives way, the
-//! requests do not. The writer also enforces retention (`keep`, `max`) with a
+//! Requests never wait for the database. [`RequestLog::record`] appends a
+//! record, in the form it is kept, to the batch that is gathering (a bounded
+//! buffer behind a lock the writer takes only to swap the batch out) and
+//! returns; one writer thread takes the batch every quarter of a second while
+//! requests come and writes it as one row (see `row` for the form), so a
+//! record is on disk well within a second of its request ending. A full
+//! batch (a disk that stalls, a burst larger than the writer can take) drops
+//! the record and counts it: the log gives way, the requests do not. The writer also enforces retention (`keep`, `max`) with a
 //! periodic delete.
 
 mod error;
@@ -18,18 +19,21 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 pub use error::Error;
 pub use query::{Query, Reader, Summary};
-pub use record::Record;
+pub use record::{Entry, Record};
 
 /// Records that may wait for the writer before new ones are dropped: at a few
 /// hundred bytes each, a few megabytes; 64,000 requests a second between two
 /// of its writes (twice what the router answers at saturation here).
 pub const CAPACITY: usize = 16_384;
+
+/// Records one batch may hold: a record's id numbers it within its batch in
+/// [`row::PLACE_BITS`] bits.
+const MOST: usize = (1 << row::PLACE_BITS) - 1;
 
 /// Where the log is kept and for how long.
 #[derive(Clone, Debug)]
@@ -43,11 +47,12 @@ pub struct Settings {
     pub capacity: usize,
 }
 
-/// The handle requests write through; cheap to clone.
+/// The handle requests write through; cheap to clone. When the last clone
+/// goes, the writer writes what is gathering and ends.
 #[derive(Clone)]
 pub struct RequestLog {
-    tx: SyncSender<row::Packed>,
     shared: Arc<Shared>,
+    _open: Arc<Open>,
 }
 
 pub(crate) struct Shared {
@@ -57,6 +62,36 @@ pub(crate) struct Shared {
     /// Held by the writer while it writes a batch; a test holds it to stall the
     /// writer as a slow disk would.
     pub gate: Mutex<()>,
+    pub pending: Mutex<Pending>,
+    /// Told when a record arrives to an empty batch, or the log closes.
+    pub arrived: Condvar,
+    pub capacity: usize,
+}
+
+/// The batch that is gathering.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub batch: row::Batch,
+    /// No handle is left: nothing more will come.
+    pub closed: bool,
+}
+
+impl Shared {
+    pub(crate) fn pending(&self) -> MutexGuard<'_, Pending> {
+        // A record is appended whole or not at all (serialization cannot
+        // fail), so a batch behind a poisoned lock is still a batch.
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Held by every handle; its drop is the last handle's.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.pending().closed = true;
+        self.0.arrived.notify_one();
+    }
 }
 
 impl RequestLog {
@@ -77,27 +112,40 @@ impl RequestLog {
             written: AtomicU64::new(0),
             path: settings.path.clone(),
             gate: Mutex::new(()),
+            pending: Mutex::default(),
+            arrived: Condvar::new(),
+            capacity: settings.capacity.clamp(1, MOST),
         });
-        let (tx, rx) = sync_channel(settings.capacity.max(1));
         let writer = writer::Writer::new(conn, settings, shared.clone());
         std::thread::Builder::new()
             .name("request-log".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer.run())
             .map_err(|e| Error::Open {
                 path: shared.path.clone(),
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
-        Ok(RequestLog { tx, shared })
+        Ok(RequestLog {
+            _open: Arc::new(Open(shared.clone())),
+            shared,
+        })
     }
 
-    /// Hands `record` to the writer without waiting; when the writer is behind
-    /// by `capacity` records, the record is dropped and counted instead.
-    pub fn record(&self, record: Record) {
-        match self.tx.try_send(row::pack(&record)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Hands `record` to the writer without waiting for it; when the writer is
+    /// behind by `capacity` records, the record is dropped and counted instead.
+    pub fn record(&self, record: &Entry<'_>) {
+        let mut pending = self.shared.pending();
+        let batch = &mut pending.batch;
+        if batch.n >= self.shared.capacity {
+            drop(pending);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let first = batch.n == 0;
+        batch.push(record);
+        drop(pending);
+        // One wake-up a batch: the writer then gathers for a while.
+        if first {
+            self.shared.arrived.notify_one();
         }
     }
 

@@ -1,5 +1,7 @@
 //! One request, as the log keeps it.
 
+use std::fmt::Display;
+
 use serde::{Deserialize, Serialize};
 
 /// What happened to one model request. Times are milliseconds, kept to the
@@ -55,4 +57,65 @@ pub struct Record {
     /// request refused before that (and for records of an older file).
     #[serde(default)]
     pub priority: Option<String>,
+}
+
+/// A record as a request leaves it, borrowed from wherever its caller keeps
+/// the parts (header values, the peer's address, the caller's own escaping of
+/// text a client chose): written straight into the batch, so recording a
+/// request allocates nothing. The fields mean what [`Record`]'s do.
+pub struct Entry<'a> {
+    pub at_ms: u64,
+    pub request_id: &'a dyn Display,
+    pub peer: &'a dyn Display,
+    pub key: Option<&'a dyn Display>,
+    pub user_agent: Option<&'a dyn Display>,
+    pub api: &'a str,
+    pub route: &'a dyn Display,
+    pub model_asked: &'a dyn Display,
+    pub model_served: &'a str,
+    pub stream: bool,
+    pub status: u16,
+    pub error: Option<&'a str>,
+    pub queue_ms: Option<f64>,
+    pub swap: Option<&'a str>,
+    pub unloaded: &'a [String],
+    pub ttfb_ms: Option<f64>,
+    pub total_ms: f64,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub tokens_per_s: Option<f64>,
+    pub cancelled: bool,
+    pub body: Option<&'a str>,
+    pub priority: Option<&'a str>,
+}
+
+impl Record {
+    /// This record, to be written.
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            at_ms: self.at_ms,
+            request_id: &self.request_id,
+            peer: &self.peer,
+            key: self.key.as_ref().map(|k| k as &dyn Display),
+            user_agent: self.user_agent.as_ref().map(|u| u as &dyn Display),
+            api: &self.api,
+            route: &self.route,
+            model_asked: &self.model_asked,
+            model_served: &self.model_served,
+            stream: self.stream,
+            status: self.status,
+            error: self.error.as_deref(),
+            queue_ms: self.queue_ms,
+            swap: self.swap.as_deref(),
+            unloaded: &self.unloaded,
+            ttfb_ms: self.ttfb_ms,
+            total_ms: self.total_ms,
+            prompt_tokens: self.prompt_tokens,
+            completion_tokens: self.completion_tokens,
+            tokens_per_s: self.tokens_per_s,
+            cancelled: self.cancelled,
+            body: self.body.as_deref(),
+            priority: self.priority.as_deref(),
+        }
+    }
 }

@@ -8,9 +8,11 @@
 //! of CPU per record here, most of the log's share of a request. Encoding a
 //! record takes a fraction of that, and a batch is one insert.
 
-use serde::{Deserialize, Serialize};
+use std::fmt::{self, Display};
 
-use crate::Record;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::{Entry, Record};
 
 /// The fields, in the order a kept record holds them.
 pub(crate) const NAMES: [&str; 23] = [
@@ -39,33 +41,92 @@ pub(crate) const NAMES: [&str; 23] = [
     "priority",
 ];
 
-/// A record as it goes to the writer: encoded on the caller's thread, so the
-/// writer frees one string per record (not one per field, each a free into
-/// another thread's allocator arena), and when its request ended, by which the
-/// writer dates the batch.
-pub(crate) struct Packed {
+/// Records on their way to the writer, already in the form they are kept:
+/// the text of one batch's JSON array (its closing bracket added when it is
+/// written). Requests append to one of these under a lock and the writer
+/// takes it whole, so a record costs no allocation of its own and nothing is
+/// freed on another thread than the one that allocated it.
+#[derive(Default)]
+pub(crate) struct Batch {
+    /// `[` and the records, comma-separated; empty when `n` is 0.
+    pub(crate) text: Vec<u8>,
+    pub(crate) n: usize,
+    /// When the last of its requests ended (ms since the epoch): the batch is
+    /// dated by it, for retention.
     pub(crate) done_ms: u64,
-    pub(crate) json: String,
+}
+
+impl Batch {
+    /// Appends `r`.
+    pub(crate) fn push(&mut self, r: &Entry<'_>) {
+        self.text.push(if self.n == 0 { b'[' } else { b',' });
+        write(r, &mut self.text);
+        self.n += 1;
+        self.done_ms = self
+            .done_ms
+            .max(r.at_ms + r.total_ms.max(0.0).ceil() as u64);
+    }
+
+    /// The batch's JSON array, closed; the batch is then to be cleared.
+    pub(crate) fn close(&mut self) -> &str {
+        if self.n == 0 {
+            self.text.push(b'[');
+        }
+        self.text.push(b']');
+        std::str::from_utf8(&self.text).expect("serde_json writes UTF-8")
+    }
+
+    /// Empty again, keeping its buffer for the next batch.
+    pub(crate) fn clear(&mut self) {
+        self.text.clear();
+        self.n = 0;
+        self.done_ms = 0;
+    }
+}
+
+/// Text written as its `Display` gives it, escaped for JSON on the way: no
+/// string is made for it.
+struct Text<'a>(&'a dyn Display);
+
+impl Serialize for Text<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
+}
+
+/// Names joined by commas.
+struct Joined<'a>(&'a [String]);
+
+impl Display for Joined<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, name) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(name)?;
+        }
+        Ok(())
+    }
 }
 
 /// Serialized by serde as a JSON array (a tuple struct), in [`NAMES`] order.
 #[derive(Serialize)]
 struct Out<'a>(
     u64,
+    Text<'a>,
+    Text<'a>,
+    Option<Text<'a>>,
+    Option<Text<'a>>,
     &'a str,
-    &'a str,
-    Option<&'a str>,
-    Option<&'a str>,
-    &'a str,
-    &'a str,
-    &'a str,
+    Text<'a>,
+    Text<'a>,
     &'a str,
     u8,
     u16,
     Option<&'a str>,
     Option<f64>,
     Option<&'a str>,
-    Option<String>,
+    Option<Text<'a>>,
     Option<f64>,
     f64,
     Option<u64>,
@@ -110,37 +171,35 @@ fn us(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-pub(crate) fn pack(r: &Record) -> Packed {
-    let unloaded = (!r.unloaded.is_empty()).then(|| r.unloaded.join(","));
-    let out = Out(
+/// Appends `r`'s JSON array to `out`.
+fn write(r: &Entry<'_>, out: &mut Vec<u8>) {
+    let unloaded = Joined(r.unloaded);
+    let row = Out(
         r.at_ms,
-        &r.request_id,
-        &r.peer,
-        r.key.as_deref(),
-        r.user_agent.as_deref(),
-        &r.api,
-        &r.route,
-        &r.model_asked,
-        &r.model_served,
+        Text(r.request_id),
+        Text(r.peer),
+        r.key.map(Text),
+        r.user_agent.map(Text),
+        r.api,
+        Text(r.route),
+        Text(r.model_asked),
+        r.model_served,
         r.stream.into(),
         r.status,
-        r.error.as_deref(),
+        r.error,
         r.queue_ms.map(us),
-        r.swap.as_deref(),
-        unloaded,
+        r.swap,
+        (!r.unloaded.is_empty()).then_some(Text(&unloaded)),
         r.ttfb_ms.map(us),
         us(r.total_ms),
         r.prompt_tokens,
         r.completion_tokens,
         r.tokens_per_s.map(us),
         r.cancelled.into(),
-        r.body.as_deref(),
-        r.priority.as_deref(),
+        r.body,
+        r.priority,
     );
-    Packed {
-        done_ms: r.at_ms + r.total_ms.max(0.0).ceil() as u64,
-        json: serde_json::to_string(&out).expect("records serialize"),
-    }
+    serde_json::to_writer(out, &row).expect("records serialize");
 }
 
 /// The records of the batch numbered `batch`, oldest first. A record's id is

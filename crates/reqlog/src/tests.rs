@@ -11,6 +11,13 @@ fn settings(dir: &Path) -> Settings {
     }
 }
 
+impl RequestLog {
+    /// Records an owned record, as the tests build them.
+    fn put(&self, r: Record) {
+        self.record(&r.entry());
+    }
+}
+
 fn rec(n: u64, model: &str) -> Record {
     Record {
         at_ms: 1_000_000 + n,
@@ -61,7 +68,7 @@ fn records_come_back_newest_first_with_every_field() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
     for n in 1..=3 {
-        log.record(rec(n, "m"));
+        log.put(rec(n, "m"));
     }
     written(&log, 3);
     let got = newest(&log);
@@ -78,7 +85,7 @@ fn the_file_is_its_owners_alone() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
-    log.record(rec(1, "m"));
+    log.put(rec(1, "m"));
     written(&log, 1);
     for suffix in ["", "-wal"] {
         let path = format!("{}{suffix}", log.path().display());
@@ -92,7 +99,7 @@ fn queries_filter_by_model_and_time_sort_by_slowness_and_page() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
     for n in 1..=6 {
-        log.record(rec(n, if n % 2 == 0 { "even" } else { "odd" }));
+        log.put(rec(n, if n % 2 == 0 { "even" } else { "odd" }));
     }
     written(&log, 6);
     let r = log.reader().unwrap();
@@ -136,12 +143,12 @@ fn summary_adds_up_per_model() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
     for n in 1..=4 {
-        log.record(rec(n, "m"));
+        log.put(rec(n, "m"));
     }
     let mut failed = rec(5, "other");
     failed.status = 503;
     failed.cancelled = true;
-    log.record(failed);
+    log.put(failed);
     written(&log, 5);
     let s = log.reader().unwrap().summary(0).unwrap();
     assert_eq!(s.len(), 2);
@@ -169,7 +176,7 @@ fn a_stalled_writer_drops_and_counts_records_instead_of_blocking() {
     // every record past that and the channel's 8 is dropped, and each call
     // returns (a call that blocked would hang this test).
     for n in 0..100 {
-        log.record(rec(n, "m"));
+        log.put(rec(n, "m"));
     }
     let dropped = log.dropped();
     assert!((91..=92).contains(&dropped), "dropped {dropped}");
@@ -286,7 +293,7 @@ fn a_file_of_the_first_version_keeps_its_records_and_gains_priority() {
     .unwrap();
     drop(old);
     let log = RequestLog::open(s).unwrap();
-    log.record(rec(3, "m"));
+    log.put(rec(3, "m"));
     written(&log, 1);
     let got = newest(&log);
     let seen: Vec<(&str, Option<&str>)> = got
@@ -310,7 +317,7 @@ fn child_writes_until_killed() {
     .unwrap();
     for n in 0.. {
         // Stamped now: the reopening writer's retention must keep them.
-        log.record(Record {
+        log.put(Record {
             at_ms: now_ms(),
             ..rec(n, "m")
         });
@@ -454,7 +461,7 @@ fn the_requests_view_reads_a_row_per_record_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
     for n in 1..=3 {
-        log.record(Record {
+        log.put(Record {
             stream: n == 2,
             ..rec(n, "m")
         });
@@ -528,7 +535,7 @@ fn pages_run_across_batches() {
 fn times_are_kept_to_the_microsecond() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
-    log.record(Record {
+    log.put(Record {
         total_ms: 35.712_345_678,
         ttfb_ms: Some(0.000_4),
         queue_ms: Some(1.000_5),

@@ -2,18 +2,14 @@
 //! crate::row), and the retention's deletes between them.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
 
-use crate::row::Packed;
+use crate::row::Batch;
 use crate::{Settings, Shared};
 
-/// Records written in one batch at most; more wait for the next. Below 2^16:
-/// a record's id numbers it within its batch in 16 bits (crate::row::id).
-const BATCH: usize = 16_384;
 /// How long the writer lets records gather after the first of a burst: one
 /// wake-up and one insert for all of them, not one per request (a commit per
 /// request cost the router more CPU than the request itself). A crash loses
@@ -37,50 +33,52 @@ impl Writer {
         }
     }
 
-    /// Writes until every sender is gone and the channel is empty.
-    pub(crate) fn run(mut self, rx: Receiver<Packed>) {
+    /// Writes until every handle is gone and nothing is left to write.
+    pub(crate) fn run(mut self) {
         self.prune_logged(crate::now_ms());
         let mut last_prune = std::time::SystemTime::now();
-        let mut batch = Vec::with_capacity(BATCH);
-        // The batch's text, kept from one write to the next: a buffer of a
-        // few megabytes made anew each time costs page faults every time.
-        let mut text = String::new();
+        // The batch being written. It and the gathering one trade places, so
+        // the two buffers (a few megabytes at saturation) are kept, not made
+        // anew each time (which costs page faults every time).
+        let mut batch = Batch::default();
         loop {
-            match rx.recv_timeout(PRUNE_EVERY) {
-                Ok(first) => {
-                    // The gate before the rest is taken: a stalled writer holds
-                    // one record, the channel the others.
-                    let gate = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
-                    batch.push(first);
-                    std::thread::sleep(GATHER);
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
-                    match insert(&mut self.conn, &batch, &mut text) {
-                        Ok(()) => {
-                            self.shared
-                                .written
-                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                        }
-                        Err(e) => {
-                            self.shared
-                                .dropped
-                                .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                            tracing::warn!(
-                                path = %self.shared.path.display(),
-                                "request log: {} records not written: {e}",
-                                batch.len()
-                            );
-                        }
-                    }
-                    drop(gate);
-                    batch.clear();
+            let (some, closed) = {
+                let mut pending = self.shared.pending();
+                if pending.batch.n == 0 && !pending.closed {
+                    pending = self
+                        .shared
+                        .arrived
+                        .wait_timeout(pending, PRUNE_EVERY)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => return,
+                (pending.batch.n > 0, pending.closed)
+            };
+            if some {
+                if !closed {
+                    std::thread::sleep(GATHER);
+                }
+                // The gate before the batch is taken: a stalled writer leaves
+                // the records gathering, up to the capacity.
+                let gate = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
+                std::mem::swap(&mut batch, &mut self.shared.pending().batch);
+                let n = batch.n as u64;
+                match insert(&mut self.conn, &mut batch) {
+                    Ok(()) => {
+                        self.shared.written.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        self.shared.dropped.fetch_add(n, Ordering::Relaxed);
+                        tracing::warn!(
+                            path = %self.shared.path.display(),
+                            "request log: {n} records not written: {e}"
+                        );
+                    }
+                }
+                drop(gate);
+                batch.clear();
+            } else if closed {
+                return;
             }
             if last_prune.elapsed().unwrap_or(PRUNE_EVERY) >= PRUNE_EVERY {
                 self.prune_logged(crate::now_ms());
@@ -96,26 +94,20 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, batch: &[Packed], records: &mut String) -> rusqlite::Result<()> {
-    records.clear();
-    records.push('[');
-    for (i, p) in batch.iter().enumerate() {
-        if i > 0 {
-            records.push(',');
-        }
-        records.push_str(&p.json);
-    }
-    records.push(']');
-    let done = batch.iter().map(|p| p.done_ms).max().unwrap_or(0);
+fn insert(conn: &mut Connection, batch: &mut Batch) -> rusqlite::Result<()> {
+    let (n, done) = (batch.n as i64, batch.done_ms as i64);
     conn.prepare_cached("INSERT INTO batches (done_ms, n, records) VALUES (?1, ?2, ?3)")?
-        .execute(params![done as i64, batch.len() as i64, records.as_str()])?;
+        .execute(params![done, n, batch.close()])?;
     Ok(())
 }
 
 #[cfg(test)]
-pub(crate) fn insert_for_test(conn: &mut Connection, batch: &[crate::Record]) {
-    let packed: Vec<Packed> = batch.iter().map(crate::row::pack).collect();
-    insert(conn, &packed, &mut String::new()).unwrap();
+pub(crate) fn insert_for_test(conn: &mut Connection, records: &[crate::Record]) {
+    let mut batch = Batch::default();
+    for r in records {
+        batch.push(&r.entry());
+    }
+    insert(conn, &mut batch).unwrap();
 }
 
 /// Deletes records older than `keep`, then the oldest until the records take

@@ -74,7 +74,7 @@ fn main() {
         for i in 0..n {
             let r = record(i);
             match log {
-                Some(l) => l.record(r),
+                Some(l) => l.record(&r.entry()),
                 None => drop(std::hint::black_box(r)),
             }
             // Sleeping costs CPU too, alike in both runs.
