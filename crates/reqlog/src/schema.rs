@@ -80,6 +80,9 @@ fn open_error(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// The writer's page cache, KiB.
+const CACHE_KIB: u32 = 128;
+
 /// The writer's connection: the table made if it is not there, WAL so readers
 /// never block it, and `synchronous = NORMAL`: a commit is in the WAL file (so
 /// it survives the process being killed) without an fsync per batch.
@@ -108,8 +111,11 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
             format!("it cannot use write-ahead logging (journal mode stays {mode})"),
         ));
     }
+    // The writer appends and never reads back what it wrote: SQLite's page
+    // cache (2 MB by default) would only keep the pages of each new batch,
+    // and grow the router by the log's size up to that bound.
     conn.execute_batch(&format!(
-        "PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} {view} PRAGMA user_version = {VERSION}; COMMIT;",
+        "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} {view} PRAGMA user_version = {VERSION}; COMMIT;",
         upgrade = upgrade(version),
         view = view(),
     ))

@@ -48,6 +48,18 @@ fn cpu() -> Duration {
     t(u.user_time()) + t(u.system_time())
 }
 
+/// The process's resident memory now, KiB.
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn per_record(total: Duration, n: u64) -> f64 {
     total.as_secs_f64() * 1e6 / n as f64
 }
@@ -94,12 +106,14 @@ fn main() {
     };
     let off = run(None);
     let before = log.written();
+    let rss_before = rss_kib();
     let on = run(Some(&log));
+    let grown = rss_kib().saturating_sub(rss_before);
     let written = log.written() - before;
     let size = std::fs::metadata(dir.join("requests.db")).map_or(0, |m| m.len())
         + std::fs::metadata(dir.join("requests.db-wal")).map_or(0, |m| m.len());
     println!(
-        "records: {n} ({written} written, {} dropped); CPU per record: log off {:.2} µs, on {:.2} µs; the log's cost {:.2} µs; file {:.0} bytes per record",
+        "records: {n} ({written} written, {} dropped); CPU per record: log off {:.2} µs, on {:.2} µs; the log's cost {:.2} µs; file {:.0} bytes per record; RSS grew {grown} KiB while writing",
         log.dropped(),
         per_record(off, n),
         per_record(on, n),
