@@ -74,8 +74,8 @@ fn open_request_log(config: &Config) -> Result<Option<modelyard_reqlog::RequestL
         tracing::warn!("request log off: no data directory on this system; set request_log.path");
         return Ok(None);
     };
-    // For the end-to-end test of a writer that stalls: a channel of N records
-    // and a writer that never writes. Not compiled into release builds.
+    // For the end-to-end test of a writer that stalls: a batch of at most N
+    // records and a writer that never writes. Not compiled into release builds.
     #[cfg(debug_assertions)]
     let stalled: Option<usize> = std::env::var("MODELYARD_DEBUG_STALL_REQUEST_LOG")
         .ok()

@@ -31,8 +31,8 @@ const CLIENT_GONE: u16 = 499;
 pub(crate) struct Draft {
     log: RequestLog,
     /// The record's parts, kept as they come (a header value, the peer's
-    /// address, the path) and written out only when the request ends: a
-    /// request pays for no strings of the log's own.
+    /// address, the path) and written out only when the request ends: beside
+    /// the two model names, a request makes no strings of the log's own.
     at_ms: u64,
     request_id: Option<HeaderValue>,
     peer: SocketAddr,

@@ -7,8 +7,8 @@
 //! requests come and writes it as one row (see `row` for the form), so a
 //! record is on disk well within a second of its request ending. A full
 //! batch (a disk that stalls, a burst larger than the writer can take) drops
-//! the record and counts it: the log gives way, the requests do not. The writer also enforces retention (`keep`, `max`) with a
-//! periodic delete.
+//! the record and counts it: the log gives way, the requests do not. The
+//! writer also enforces retention (`keep`, `max`) with a periodic delete.
 
 mod error;
 mod query;
@@ -78,8 +78,9 @@ pub(crate) struct Pending {
 
 impl Shared {
     pub(crate) fn pending(&self) -> MutexGuard<'_, Pending> {
-        // A record is appended whole or not at all (serialization cannot
-        // fail), so a batch behind a poisoned lock is still a batch.
+        // A record is appended whole or not at all (`Batch::push` cuts back
+        // one that broke halfway), so a batch behind a poisoned lock is still
+        // a batch.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -111,9 +111,9 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
             format!("it cannot use write-ahead logging (journal mode stays {mode})"),
         ));
     }
-    // The writer appends and never reads back what it wrote: SQLite's page
-    // cache (2 MB by default) would only keep the pages of each new batch,
-    // and grow the router by the log's size up to that bound.
+    // The writer appends, and reads back only to prune once a minute: SQLite's
+    // page cache (2 MB by default) would mostly keep the pages of each new
+    // batch, and grow the router by the log's size up to that bound.
     conn.execute_batch(&format!(
         "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} {view} PRAGMA user_version = {VERSION}; COMMIT;",
         upgrade = upgrade(version),
