@@ -17,6 +17,7 @@ mod row;
 mod schema;
 mod writer;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -34,6 +35,10 @@ pub const CAPACITY: usize = 16_384;
 /// Records one batch may hold: a record's id numbers it within its batch in
 /// [`row::PLACE_BITS`] bits.
 const MOST: usize = (1 << row::PLACE_BITS) - 1;
+
+/// Bytes a thread keeps for encoding its records: a record with a captured
+/// body may take more, and gives it back.
+const SCRATCH_KEPT: usize = 64 << 10;
 
 /// Where the log is kept and for how long.
 #[derive(Clone, Debug)]
@@ -78,9 +83,8 @@ pub(crate) struct Pending {
 
 impl Shared {
     pub(crate) fn pending(&self) -> MutexGuard<'_, Pending> {
-        // A record is appended whole or not at all (`Batch::push` cuts back
-        // one that broke halfway), so a batch behind a poisoned lock is still
-        // a batch.
+        // A record is appended whole (it is encoded before the lock is
+        // taken), so a batch behind a poisoned lock is still a batch.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -134,20 +138,35 @@ impl RequestLog {
     /// Hands `record` to the writer without waiting for it; when the writer is
     /// behind by `capacity` records, the record is dropped and counted instead.
     pub fn record(&self, record: &Entry<'_>) {
-        let mut pending = self.shared.pending();
-        let batch = &mut pending.batch;
-        if batch.n >= self.shared.capacity {
+        thread_local! {
+            /// Each thread encodes its records here, before it takes the
+            /// batch's lock: with `capture` on a record carries up to 16 KiB
+            /// of escaped body, which no other request should wait on.
+            static JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        JSON.with_borrow_mut(|json| {
+            // What a text that broke halfway (an Entry's text is any Display,
+            // and one may fail or panic) left here goes; the batch never saw it.
+            json.clear();
+            if row::write(record, json).is_err() {
+                return;
+            }
+            let mut pending = self.shared.pending();
+            let batch = &mut pending.batch;
+            if batch.n >= self.shared.capacity {
+                drop(pending);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let first = batch.n == 0;
+            batch.push(json, row::ended_ms(record));
             drop(pending);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        let first = batch.n == 0;
-        batch.push(record);
-        drop(pending);
-        // One wake-up a batch: the writer then gathers for a while.
-        if first {
-            self.shared.arrived.notify_one();
-        }
+            // One wake-up a batch: the writer then gathers for a while.
+            if first {
+                self.shared.arrived.notify_one();
+            }
+            json.shrink_to(SCRATCH_KEPT);
+        });
     }
 
     /// Records dropped because the writer was behind (or gone).

@@ -57,25 +57,13 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    /// Appends `r`.
-    pub(crate) fn push(&mut self, r: &Entry<'_>) {
-        // A Display that fails or panics halfway (an Entry's text is any
-        // Display) must not leave half a record: the batch would no longer
-        // be JSON, and every query reaching it would fail.
-        let mut half = Unwritten {
-            text: &mut self.text,
-            len: 0,
-        };
-        half.len = half.text.len();
-        half.text.push(if self.n == 0 { b'[' } else { b',' });
-        if write(r, half.text).is_err() {
-            return;
-        }
-        half.len = half.text.len();
+    /// Appends one record, `json` as [`write`] made it; its request ended at
+    /// `ended_ms`.
+    pub(crate) fn push(&mut self, json: &[u8], ended_ms: u64) {
+        self.text.push(if self.n == 0 { b'[' } else { b',' });
+        self.text.extend_from_slice(json);
         self.n += 1;
-        self.done_ms = self
-            .done_ms
-            .max(r.at_ms + r.total_ms.max(0.0).ceil() as u64);
+        self.done_ms = self.done_ms.max(ended_ms);
     }
 
     /// The batch's JSON array, closed; the batch is then to be cleared.
@@ -101,19 +89,6 @@ impl Batch {
 /// Bytes a batch's buffer keeps between batches: a quarter of a second at
 /// saturation (about 10,000 records of ~250 bytes) fits.
 const KEPT: usize = 4 << 20;
-
-/// Cuts a batch's text back to `len` when dropped: `push` moves `len` past a
-/// record once it is whole.
-struct Unwritten<'a> {
-    text: &'a mut Vec<u8>,
-    len: usize,
-}
-
-impl Drop for Unwritten<'_> {
-    fn drop(&mut self) {
-        self.text.truncate(self.len);
-    }
-}
 
 /// Text written as its `Display` gives it, escaped for JSON on the way: no
 /// string is made for it.
@@ -202,8 +177,14 @@ fn us(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
-/// Appends `r`'s JSON array to `out`.
-fn write(r: &Entry<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
+/// When `r`'s request ended (ms since the epoch).
+pub(crate) fn ended_ms(r: &Entry<'_>) -> u64 {
+    r.at_ms + r.total_ms.max(0.0).ceil() as u64
+}
+
+/// Appends `r`'s JSON array to `out`. Fails (or panics) only when one of its
+/// texts' `Display` does, and may then have written part of it.
+pub(crate) fn write(r: &Entry<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
     let unloaded = Joined(r.unloaded);
     let row = Out(
         r.at_ms,

@@ -584,3 +584,57 @@ fn a_record_whose_text_breaks_halfway_leaves_the_batch_whole() {
     assert_eq!(got, ["req-4", "req-1"]);
     assert_eq!(log.written(), 2);
 }
+
+/// Text that takes its time to write: it says it has begun, then waits (up to
+/// five seconds) to hear that another record went in meanwhile.
+struct Slow {
+    begun: std::sync::mpsc::SyncSender<()>,
+    other_went_in: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    heard: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Display for Slow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let _ = self.begun.send(());
+        let heard = self
+            .other_went_in
+            .lock()
+            .unwrap()
+            .recv_timeout(Duration::from_secs(5));
+        self.heard.store(heard.is_ok(), Ordering::Relaxed);
+        f.write_str("slow")
+    }
+}
+
+#[test]
+fn a_record_slow_to_encode_keeps_no_other_request_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    let (begun, has_begun) = std::sync::mpsc::sync_channel(1);
+    let (went_in, other_went_in) = std::sync::mpsc::sync_channel(1);
+    let slow = Slow {
+        begun,
+        other_went_in: std::sync::Mutex::new(other_went_in),
+        heard: false.into(),
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let r = rec(1, "m");
+            let mut e = r.entry();
+            e.user_agent = Some(&slow);
+            log.record(&e);
+        });
+        has_begun.recv().unwrap();
+        // While the slow one is still being encoded, another request's record
+        // goes in (with the encoding under the batch's lock, it waited).
+        log.put(rec(2, "m"));
+        went_in.send(()).unwrap();
+    });
+    assert!(
+        slow.heard.load(Ordering::Relaxed),
+        "the other record waited"
+    );
+    written(&log, 2);
+    let got: Vec<_> = newest(&log).into_iter().map(|r| r.user_agent).collect();
+    assert_eq!(got, [Some("slow".to_string()), None]);
+}

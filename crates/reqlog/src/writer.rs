@@ -105,7 +105,9 @@ fn insert(conn: &mut Connection, batch: &mut Batch) -> rusqlite::Result<()> {
 pub(crate) fn insert_for_test(conn: &mut Connection, records: &[crate::Record]) {
     let mut batch = Batch::default();
     for r in records {
-        batch.push(&r.entry());
+        let mut json = Vec::new();
+        crate::row::write(&r.entry(), &mut json).unwrap();
+        batch.push(&json, crate::row::ended_ms(&r.entry()));
     }
     insert(conn, &mut batch).unwrap();
 }
