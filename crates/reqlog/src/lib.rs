@@ -144,32 +144,55 @@ impl RequestLog {
             /// of escaped body, which no other request should wait on.
             static JSON: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
         }
-        JSON.with_borrow_mut(|json| {
-            // What a text that broke halfway (an Entry's text is any Display,
-            // and one may fail or panic) left here goes; the batch never saw it.
-            json.clear();
-            if row::write(record, json).is_err() {
-                return;
-            }
-            let mut pending = self.shared.pending();
-            let batch = &mut pending.batch;
-            if batch.n >= self.shared.capacity {
-                drop(pending);
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let first = batch.n == 0;
-            batch.push(json, row::ended_ms(record));
-            drop(pending);
-            // One wake-up a batch: the writer then gathers for a while.
-            if first {
-                self.shared.arrived.notify_one();
-            }
-            json.shrink_to(SCRATCH_KEPT);
-        });
+        // A record made while the thread ends (a request dropped with its
+        // runtime) or from within another's encoding gets a buffer of its own.
+        let appended = JSON
+            .try_with(|json| match json.try_borrow_mut() {
+                Ok(mut json) => {
+                    self.append(record, &mut json);
+                    json.shrink_to(SCRATCH_KEPT);
+                    true
+                }
+                Err(_) => false,
+            })
+            .unwrap_or(false);
+        if !appended {
+            self.append(record, &mut Vec::new());
+        }
     }
 
-    /// Records dropped because the writer was behind (or gone).
+    /// Encodes `record` into `json`, then appends it to the batch (or drops
+    /// and counts it).
+    fn append(&self, record: &Entry<'_>, json: &mut Vec<u8>) {
+        // What a text that broke halfway left here goes; the batch never saw
+        // it. An Entry's text is any Display, and one may fail or panic (serde
+        // turns a failure into a panic): the record is lost and counted, and
+        // the request that made it goes on.
+        json.clear();
+        let written =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row::write(record, json)));
+        if !matches!(written, Ok(Ok(()))) {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut pending = self.shared.pending();
+        let batch = &mut pending.batch;
+        if batch.n >= self.shared.capacity {
+            drop(pending);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let first = batch.n == 0;
+        batch.push(json, row::ended_ms(record));
+        drop(pending);
+        // One wake-up a batch: the writer then gathers for a while.
+        if first {
+            self.shared.arrived.notify_one();
+        }
+    }
+
+    /// Records dropped because the writer was behind (or gone), or because
+    /// one of their texts failed to write.
     pub fn dropped(&self) -> u64 {
         self.shared.dropped.load(Ordering::Relaxed)
     }

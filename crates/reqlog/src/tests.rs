@@ -564,7 +564,7 @@ impl std::fmt::Display for Breaks {
 }
 
 #[test]
-fn a_record_whose_text_breaks_halfway_leaves_the_batch_whole() {
+fn a_record_whose_text_breaks_halfway_is_dropped_and_counted_and_the_batch_stays_whole() {
     let dir = tempfile::tempdir().unwrap();
     let log = RequestLog::open(settings(dir.path())).unwrap();
     // Held so all four land in one batch, the broken ones between good ones.
@@ -575,14 +575,14 @@ fn a_record_whose_text_breaks_halfway_leaves_the_batch_whole() {
         let mut e = r.entry();
         let breaks = Breaks(panics);
         e.user_agent = Some(&breaks);
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| log.record(&e)));
+        log.record(&e);
     }
     log.put(rec(4, "m"));
     drop(stall);
     written(&log, 2);
     let got: Vec<_> = newest(&log).into_iter().map(|r| r.request_id).collect();
     assert_eq!(got, ["req-4", "req-1"]);
-    assert_eq!(log.written(), 2);
+    assert_eq!((log.written(), log.dropped()), (2, 2));
 }
 
 /// Text that takes its time to write: it says it has begun, then waits (up to
@@ -637,4 +637,38 @@ fn a_record_slow_to_encode_keeps_no_other_request_waiting() {
     written(&log, 2);
     let got: Vec<_> = newest(&log).into_iter().map(|r| r.user_agent).collect();
     assert_eq!(got, [Some("slow".to_string()), None]);
+}
+
+/// A request still open when its thread ends records as it goes.
+struct RecordsOnExit(RequestLog);
+
+impl Drop for RecordsOnExit {
+    fn drop(&mut self) {
+        self.0.put(rec(2, "m"));
+    }
+}
+
+thread_local! {
+    static ON_EXIT: std::cell::RefCell<Option<RecordsOnExit>> = const { std::cell::RefCell::new(None) };
+}
+
+#[test]
+fn a_record_made_as_its_thread_ends_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    let on_exit = log.clone();
+    std::thread::spawn(move || {
+        // Made before the log's own buffer, so (thread-locals going in the
+        // reverse order) it is dropped after that buffer is gone.
+        ON_EXIT.with_borrow_mut(|r| *r = Some(RecordsOnExit(on_exit)));
+        log_once(&ON_EXIT);
+    })
+    .join()
+    .expect("the thread ended cleanly");
+    written(&log, 2);
+    assert_eq!(newest(&log).len(), 2);
+}
+
+fn log_once(on_exit: &'static std::thread::LocalKey<std::cell::RefCell<Option<RecordsOnExit>>>) {
+    on_exit.with_borrow(|r| r.as_ref().unwrap().0.put(rec(1, "m")));
 }
