@@ -19,7 +19,7 @@ mod writer;
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub const CAPACITY: usize = 16_384;
 /// Records one batch may hold: a record's id numbers it within its batch in
 /// [`row::PLACE_BITS`] bits.
 const MOST: usize = (1 << row::PLACE_BITS) - 1;
+
+/// Bytes of records one batch may hold: one SQLite value, well under its
+/// limit (1 GB) even with `capture` on (records of up to ~100 KiB each).
+const BATCH_BYTES: usize = 64 << 20;
 
 /// Bytes a thread keeps for encoding its records: a record with a captured
 /// body may take more, and gives it back.
@@ -71,6 +75,11 @@ pub(crate) struct Shared {
     /// Told when a record arrives to an empty batch, or the log closes.
     pub arrived: Condvar,
     pub capacity: usize,
+    /// Bytes of records one batch may hold.
+    pub batch_bytes: usize,
+    /// The gathering batch refused a record: the next ones are dropped before
+    /// they are encoded, until the writer takes the batch.
+    pub full: AtomicBool,
 }
 
 /// The batch that is gathering.
@@ -104,6 +113,11 @@ impl RequestLog {
     /// `settings.path` and starts the writer. Fails when the file cannot be
     /// opened or is not a request log.
     pub fn open(settings: Settings) -> Result<RequestLog, Error> {
+        RequestLog::open_bounded(settings, BATCH_BYTES)
+    }
+
+    /// As `open`, with batches of at most `batch_bytes` bytes.
+    fn open_bounded(settings: Settings, batch_bytes: usize) -> Result<RequestLog, Error> {
         if let Some(dir) = settings.path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Error::Open {
                 path: settings.path.clone(),
@@ -120,6 +134,8 @@ impl RequestLog {
             pending: Mutex::default(),
             arrived: Condvar::new(),
             capacity: settings.capacity.clamp(1, MOST),
+            batch_bytes,
+            full: AtomicBool::new(false),
         });
         let writer = writer::Writer::new(conn, settings, shared.clone());
         std::thread::Builder::new()
@@ -164,6 +180,12 @@ impl RequestLog {
     /// Encodes `record` into `json`, then appends it to the batch (or drops
     /// and counts it).
     fn append(&self, record: &Entry<'_>, json: &mut Vec<u8>) {
+        // A batch that is full stays full until the writer takes it: a
+        // request then pays for no encoding (a captured body's escaping).
+        if self.shared.full.load(Ordering::Relaxed) {
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         // What a text that broke halfway left here goes; the batch never saw
         // it. An Entry's text is any Display, and one may fail or panic (serde
         // turns a failure into a panic): the record is lost and counted, and
@@ -177,7 +199,13 @@ impl RequestLog {
         }
         let mut pending = self.shared.pending();
         let batch = &mut pending.batch;
-        if batch.n >= self.shared.capacity {
+        let too_long = batch.text.len() + json.len() >= self.shared.batch_bytes;
+        if batch.n >= self.shared.capacity || too_long {
+            // A record too long for even an empty batch is dropped alone: an
+            // empty batch is never taken, so it must not refuse the next.
+            if batch.n > 0 {
+                self.shared.full.store(true, Ordering::Relaxed);
+            }
             drop(pending);
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;

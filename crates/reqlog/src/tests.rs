@@ -586,7 +586,7 @@ fn a_record_whose_text_breaks_halfway_is_dropped_and_counted_and_the_batch_stays
 }
 
 /// Text that takes its time to write: it says it has begun, then waits (up to
-/// five seconds) to hear that another record went in meanwhile.
+/// a minute) to hear that another record went in meanwhile.
 struct Slow {
     begun: std::sync::mpsc::SyncSender<()>,
     other_went_in: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
@@ -600,7 +600,7 @@ impl std::fmt::Display for Slow {
             .other_went_in
             .lock()
             .unwrap()
-            .recv_timeout(Duration::from_secs(5));
+            .recv_timeout(Duration::from_secs(60));
         self.heard.store(heard.is_ok(), Ordering::Relaxed);
         f.write_str("slow")
     }
@@ -671,4 +671,30 @@ fn a_record_made_as_its_thread_ends_is_kept() {
 
 fn log_once(on_exit: &'static std::thread::LocalKey<std::cell::RefCell<Option<RecordsOnExit>>>) {
     on_exit.with_borrow(|r| r.as_ref().unwrap().0.put(rec(1, "m")));
+}
+
+#[test]
+fn a_batch_holds_a_bounded_number_of_bytes_and_takes_records_again_once_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open_bounded(settings(dir.path()), 1000).unwrap();
+    let stall = log.stall();
+    // Longer than a batch may be: dropped, and the batch still takes others.
+    let mut huge = rec(0, "m");
+    huge.user_agent = Some("u".repeat(2000));
+    log.put(huge);
+    assert_eq!(log.dropped(), 1);
+    for n in 1..=20 {
+        log.put(rec(n, "m"));
+    }
+    let dropped = log.dropped();
+    let kept = 21 - dropped;
+    // Records of ~180 bytes: a few fit in 1000 bytes, the rest are dropped.
+    assert!((3..=6).contains(&kept), "kept {kept}");
+    drop(stall);
+    written(&log, kept);
+    // Once the writer has taken the batch, records go in again.
+    log.put(rec(30, "m"));
+    written(&log, kept + 1);
+    assert_eq!(log.dropped(), dropped);
+    assert_eq!(newest(&log)[0].request_id, "req-30");
 }

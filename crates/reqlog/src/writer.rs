@@ -61,7 +61,11 @@ impl Writer {
                 // The gate before the batch is taken: a stalled writer leaves
                 // the records gathering, up to the capacity.
                 let gate = self.shared.gate.lock().unwrap_or_else(|e| e.into_inner());
-                std::mem::swap(&mut batch, &mut self.shared.pending().batch);
+                {
+                    let mut pending = self.shared.pending();
+                    std::mem::swap(&mut batch, &mut pending.batch);
+                    self.shared.full.store(false, Ordering::Relaxed);
+                }
                 let n = batch.n as u64;
                 match insert(&mut self.conn, &mut batch) {
                     Ok(()) => {
