@@ -491,12 +491,15 @@ fn run(opts: Opts) -> Result<(), String> {
             };
             let (floor, floor_meter) = relay::start(&direct.base, Some(1))?;
             meters.extend(floor_meter.map(|m| (floor.base.clone(), m)));
+            // The library's own share: hyper on both sides, nothing of ours.
+            let (hyped, hyped_meter) = relay::start_hyper(&direct.base, Some(1))?;
+            meters.extend(hyped_meter.map(|m| (hyped.base.clone(), m)));
             let ngx = if nginx.is_some() {
                 start_nginx("nginx-shared", &direct, &mut meters).and_then(Result::ok)
             } else {
                 None
             };
-            let mut legs = vec![direct, routed, floor];
+            let mut legs = vec![direct, routed, floor, hyped];
             legs.extend(ngx.as_ref().map(|n| n.1.clone()));
             legs.extend(other.as_ref().map(|o| o.1.clone()));
             for t in &legs {

@@ -175,6 +175,9 @@ impl Report {
              leg − direct leg, per round, then the median of those. `tcp-relay` is a relay inside the bench, \
              on the router's CPU, that only copies bytes both ways (tokio's `copy_bidirectional`): \
              the two extra loopback hops every proxy adds, before it does any work of its own. \
+             `hyper-relay` (backend beside the router only) relays through hyper's server and \
+             hyper-util's pooled client and does nothing else: the share of the library the router \
+             is built on. \
              `nginx` (when installed) is the reference C reverse proxy in front of the same backend: \
              one worker, keep-alive upstream, on the router's CPU. Proxy CPU per request = the \
              proxy's utime+stime over a round ÷ requests it answered (the relay: its thread's). \
@@ -233,8 +236,14 @@ impl Report {
             if *rate != 1000.0 || legs.names.len() < 2 {
                 continue;
             }
-            let relay = legs.names.iter().position(|n| *n == "tcp-relay");
-            if let Some(f) = relay {
+            let relays = [
+                ("tcp-relay", "the hops alone: a byte-copying relay's added p50 at 1k rps; the router above it"),
+                ("hyper-relay", "hyper alone: its server and pooled client relaying, added p50 at 1k rps; the router above it"),
+            ];
+            for (relay, what) in relays {
+                let Some(f) = legs.names.iter().position(|n| *n == relay) else {
+                    continue;
+                };
                 let floor = added(legs, f, |r| round_p(r, 50.0));
                 let above = {
                     let d: Vec<f64> = legs.rounds[1]
@@ -245,11 +254,12 @@ impl Report {
                     Spread::of(&d)
                 };
                 self.summary.push((
+                    format!("(context, {}) {what}", layout.name()),
                     format!(
-                        "(context, {}) the hops alone: a byte-copying relay's added p50 at 1k rps; the router above it",
-                        layout.name()
+                        "{}; router − relay {}",
+                        floor.show(0, " µs"),
+                        above.show(0, " µs")
                     ),
-                    format!("{}; router − relay {}", floor.show(0, " µs"), above.show(0, " µs")),
                     "floor",
                 ));
             }
@@ -952,7 +962,7 @@ impl Report {
                     colors[2]
                 } else if name.starts_with("nginx") {
                     colors[3]
-                } else if name.starts_with("tcp-relay") {
+                } else if name.ends_with("-relay") {
                     colors[4]
                 } else if name.starts_with("direct") {
                     colors[0]
