@@ -152,7 +152,8 @@ impl RequestLog {
     }
 
     /// Hands `record` to the writer without waiting for it; when the writer is
-    /// behind by `capacity` records, the record is dropped and counted instead.
+    /// behind by `capacity` records (or a batch's bytes), or a text of the
+    /// record fails to write, the record is dropped and counted instead.
     pub fn record(&self, record: &Entry<'_>) {
         thread_local! {
             /// Each thread encodes its records here, before it takes the

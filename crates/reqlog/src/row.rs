@@ -182,8 +182,9 @@ pub(crate) fn ended_ms(r: &Entry<'_>) -> u64 {
     r.at_ms + r.total_ms.max(0.0).ceil() as u64
 }
 
-/// Appends `r`'s JSON array to `out`. Fails (or panics) only when one of its
-/// texts' `Display` does, and may then have written part of it.
+/// Appends `r`'s JSON array to `out`. Panics when one of its texts' `Display`
+/// fails (serde_json turns that into a panic) or panics, and may then have
+/// written part of it; the caller catches it.
 pub(crate) fn write(r: &Entry<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
     let unloaded = Joined(r.unloaded);
     let row = Out(
