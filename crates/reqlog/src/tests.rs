@@ -661,16 +661,12 @@ fn a_record_made_as_its_thread_ends_is_kept() {
         // Made before the log's own buffer, so (thread-locals going in the
         // reverse order) it is dropped after that buffer is gone.
         ON_EXIT.with_borrow_mut(|r| *r = Some(RecordsOnExit(on_exit)));
-        log_once(&ON_EXIT);
+        ON_EXIT.with_borrow(|r| r.as_ref().unwrap().0.put(rec(1, "m")));
     })
     .join()
     .expect("the thread ended cleanly");
     written(&log, 2);
     assert_eq!(newest(&log).len(), 2);
-}
-
-fn log_once(on_exit: &'static std::thread::LocalKey<std::cell::RefCell<Option<RecordsOnExit>>>) {
-    on_exit.with_borrow(|r| r.as_ref().unwrap().0.put(rec(1, "m")));
 }
 
 #[test]

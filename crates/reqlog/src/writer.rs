@@ -108,10 +108,10 @@ fn insert(conn: &mut Connection, batch: &mut Batch) -> rusqlite::Result<()> {
 #[cfg(test)]
 pub(crate) fn insert_for_test(conn: &mut Connection, records: &[crate::Record]) {
     let mut batch = Batch::default();
-    for r in records {
+    for r in records.iter().map(crate::Record::entry) {
         let mut json = Vec::new();
-        crate::row::write(&r.entry(), &mut json).unwrap();
-        batch.push(&json, crate::row::ended_ms(&r.entry()));
+        crate::row::write(&r, &mut json).unwrap();
+        batch.push(&json, crate::row::ended_ms(&r));
     }
     insert(conn, &mut batch).unwrap();
 }
