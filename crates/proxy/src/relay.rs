@@ -350,7 +350,12 @@ static FINDERS: LazyLock<Finders> = LazyLock::new(|| Finders {
     output_tokens: Finder::new(b"\"output_tokens\""),
 });
 
-/// The integer after `"key":` in `data`, if there is one.
+/// No reply counts this many tokens (a trillion): a larger number is a
+/// backend's garbage, not a count, and would wrap the sums made of it (the
+/// metrics' counters, the request log's summary).
+const MOST_TOKENS: u64 = 1 << 40;
+
+/// The token count after `"key":` in `data`, if there is one.
 fn number_after(data: &[u8], key: &Finder<'_>) -> Option<u64> {
     let at = key.find(data)? + key.needle().len();
     let rest = &data[at..];
@@ -361,5 +366,30 @@ fn number_after(data: &[u8], key: &Finder<'_>) -> Option<u64> {
         .iter()
         .position(|b| !b.is_ascii_digit())
         .map_or(&rest[start..], |end| &rest[start..start + end]);
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    (n <= MOST_TOKENS).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_no_reply_can_carry_is_not_taken() {
+        let f = &FINDERS.prompt_tokens;
+        assert_eq!(number_after(br#"{"prompt_tokens": 12}"#, f), Some(12));
+        assert_eq!(
+            number_after(br#"{"prompt_tokens":1099511627776}"#, f),
+            Some(MOST_TOKENS)
+        );
+        assert_eq!(number_after(br#"{"prompt_tokens":1099511627777}"#, f), None);
+        assert_eq!(
+            number_after(br#"{"prompt_tokens":18446744073709551615}"#, f),
+            None
+        );
+        assert_eq!(
+            number_after(br#"{"prompt_tokens":18446744073709551616}"#, f),
+            None
+        );
+    }
 }

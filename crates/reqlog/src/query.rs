@@ -102,8 +102,14 @@ impl Reader {
                 m.s.requests += 1;
                 m.s.errors += u64::from(r.status >= 400);
                 m.s.cancelled += u64::from(r.cancelled);
-                m.s.prompt_tokens += r.prompt_tokens.unwrap_or(0);
-                m.s.completion_tokens += r.completion_tokens.unwrap_or(0);
+                // Saturating: a file may hold counts from before the router
+                // refused absurd ones, and a summary must not fail on them.
+                m.s.prompt_tokens =
+                    m.s.prompt_tokens
+                        .saturating_add(r.prompt_tokens.unwrap_or(0));
+                m.s.completion_tokens =
+                    m.s.completion_tokens
+                        .saturating_add(r.completion_tokens.unwrap_or(0));
                 m.s.swaps += u64::from(r.swap.as_deref() == Some("caused"));
                 if r.swap.is_some() {
                     m.s.swap_wait_ms += r.queue_ms.unwrap_or(0.0);

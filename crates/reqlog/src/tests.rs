@@ -694,3 +694,22 @@ fn a_batch_holds_a_bounded_number_of_bytes_and_takes_records_again_once_written(
     assert_eq!(log.dropped(), dropped);
     assert_eq!(newest(&log)[0].request_id, "req-30");
 }
+
+#[test]
+fn a_summary_of_absurd_token_counts_saturates_instead_of_failing() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    for n in 1..=2 {
+        log.put(Record {
+            prompt_tokens: Some(u64::MAX),
+            completion_tokens: Some(u64::MAX),
+            ..rec(n, "m")
+        });
+    }
+    written(&log, 2);
+    let s = log.reader().unwrap().summary(0).unwrap();
+    assert_eq!(
+        (s[0].requests, s[0].prompt_tokens, s[0].completion_tokens),
+        (2, u64::MAX, u64::MAX)
+    );
+}
