@@ -17,6 +17,11 @@ pub(crate) struct Shown<'a>(pub &'a str);
 impl std::fmt::Display for Shown<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let input = self.0;
+        // Most input (a model's name, a path, a header) is short and plain:
+        // written whole, without a look at each character.
+        if input.len() <= MAX_CHARS && input.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            return f.write_str(input);
+        }
         // Runs of plain characters are written whole.
         let mut plain = 0;
         for (chars, (at, c)) in input.char_indices().enumerate() {

@@ -47,7 +47,7 @@ pub struct Record {
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
     /// Completion tokens over the time they took to come (after the first byte,
-    /// for a stream).
+    /// for a stream). Not kept: worked out from the fields above when read.
     pub tokens_per_s: Option<f64>,
     /// The client went away before the response ended.
     pub cancelled: bool,
@@ -65,7 +65,8 @@ pub struct Record {
 /// request allocates nothing. The fields mean what [`Record`]'s do.
 pub struct Entry<'a> {
     pub at_ms: u64,
-    pub request_id: &'a dyn Display,
+    /// None when the request had none.
+    pub request_id: Option<&'a dyn Display>,
     pub peer: &'a dyn Display,
     pub key: Option<&'a dyn Display>,
     pub user_agent: Option<&'a dyn Display>,
@@ -83,7 +84,6 @@ pub struct Entry<'a> {
     pub total_ms: f64,
     pub prompt_tokens: Option<u64>,
     pub completion_tokens: Option<u64>,
-    pub tokens_per_s: Option<f64>,
     pub cancelled: bool,
     pub body: Option<&'a str>,
     pub priority: Option<&'a str>,
@@ -94,7 +94,7 @@ impl Record {
     pub fn entry(&self) -> Entry<'_> {
         Entry {
             at_ms: self.at_ms,
-            request_id: &self.request_id,
+            request_id: (!self.request_id.is_empty()).then_some(&self.request_id as &dyn Display),
             peer: &self.peer,
             key: self.key.as_ref().map(|k| k as &dyn Display),
             user_agent: self.user_agent.as_ref().map(|u| u as &dyn Display),
@@ -112,7 +112,6 @@ impl Record {
             total_ms: self.total_ms,
             prompt_tokens: self.prompt_tokens,
             completion_tokens: self.completion_tokens,
-            tokens_per_s: self.tokens_per_s,
             cancelled: self.cancelled,
             body: self.body.as_deref(),
             priority: self.priority.as_deref(),

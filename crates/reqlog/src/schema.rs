@@ -16,8 +16,9 @@ use crate::Error;
 // instant is in a batch that ended at or after it, which the index finds.
 
 /// Raised when the tables change shape; a file with a higher one is refused.
-/// 1: a row per record; 2: with priority; 3: batches.
-const VERSION: i64 = 3;
+/// 1: a row per record; 2: with priority; 3: batches; 4: batches of spare
+/// records (microseconds, rare fields last and left out; see crate::row).
+const VERSION: i64 = 4;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS batches (
@@ -29,45 +30,90 @@ CREATE TABLE IF NOT EXISTS batches (
 CREATE INDEX IF NOT EXISTS batches_done ON batches (done_ms);
 ";
 
-/// The `requests` view: a row per record, its fields by name.
+/// The `requests` view: a row per record, its fields by the names (and in
+/// the units: milliseconds) a reader expects, as [`crate::Record`] has them.
 fn view() -> String {
-    let columns: Vec<String> = crate::row::NAMES
+    let fields: Vec<String> = crate::row::NAMES
         .iter()
         .enumerate()
-        .map(|(i, name)| format!("json_extract(r.value, '$[{i}]') AS {name}"))
-        .collect();
-    format!(
-        "CREATE VIEW IF NOT EXISTS requests AS SELECT (b.id << {bits}) + r.key AS id, {cols} \
-         FROM batches AS b, json_each(b.records) AS r;",
-        bits = crate::row::PLACE_BITS,
-        cols = columns.join(", ")
-    )
-}
-
-/// Versions 1 and 2 kept a row per record in a `requests` table: its rows go
-/// into batches of 4096 (in the order they were written), then the table
-/// makes way for the view. Version 1 had no priority; its records have none.
-fn upgrade(version: i64) -> String {
-    if version == 0 || version == VERSION {
-        return String::new();
-    }
-    let fields: Vec<&str> = crate::row::NAMES
-        .iter()
-        .map(|&n| {
-            if n == "priority" && version == 1 {
-                "NULL"
-            } else {
-                n
+        .map(|(i, name)| match *name {
+            "request_id" => format!("ifnull(json_extract(r.value, '$[{i}]'), '') AS {name}"),
+            "stream" | "cancelled" => {
+                format!("ifnull(json_extract(r.value, '$[{i}]'), 0) AS {name}")
             }
+            _ => format!("json_extract(r.value, '$[{i}]') AS {name}"),
         })
         .collect();
     format!(
-        "INSERT INTO batches (done_ms, n, records) \
-         SELECT CAST(max(at_ms + total_ms) AS INTEGER) + 1, count(*), json_group_array(json_array({fields})) \
-         FROM (SELECT * FROM requests ORDER BY id) GROUP BY id >> 12 ORDER BY min(id); \
-         DROP TABLE requests;",
+        "CREATE VIEW IF NOT EXISTS requests AS SELECT id, at_ms, request_id, peer, key, \
+         user_agent, api, route, model_asked, model_served, stream, status, error, \
+         queue_us / 1000.0 AS queue_ms, swap, unloaded, ttfb_us / 1000.0 AS ttfb_ms, \
+         total_us / 1000.0 AS total_ms, prompt_tokens, completion_tokens, \
+         {speed} AS tokens_per_s, cancelled, body, priority \
+         FROM (SELECT (b.id << {bits}) + r.key AS id, {fields} \
+         FROM batches AS b, json_each(b.records) AS r);",
+        speed = crate::row::SPEED_SQL,
+        bits = crate::row::PLACE_BITS,
         fields = fields.join(", ")
     )
+}
+
+/// The fields a record of version 3 held, in its order.
+const V3_NAMES: [&str; 23] = [
+    "at_ms",
+    "request_id",
+    "peer",
+    "key",
+    "user_agent",
+    "api",
+    "route",
+    "model_asked",
+    "model_served",
+    "stream",
+    "status",
+    "error",
+    "queue_ms",
+    "swap",
+    "unloaded",
+    "ttfb_ms",
+    "total_ms",
+    "prompt_tokens",
+    "completion_tokens",
+    "tokens_per_s",
+    "cancelled",
+    "body",
+    "priority",
+];
+
+/// The statements that bring a file of `version` to this one. Versions 1
+/// and 2 kept a row per record in a `requests` table: its rows go into
+/// batches of 4096 (in the order they were written), then the table makes
+/// way for the view. Version 1 had no priority; its records have none.
+/// Version 3's batches are rewritten in place, record by record.
+fn upgrade(version: i64) -> String {
+    match version {
+        1 | 2 => format!(
+            "INSERT INTO batches (done_ms, n, records) \
+             SELECT CAST(max(at_ms + total_ms) AS INTEGER) + 1, count(*), json_group_array({record}) \
+             FROM (SELECT * FROM requests ORDER BY id) GROUP BY id >> 12 ORDER BY min(id); \
+             DROP TABLE requests;",
+            record = crate::row::from_named(|n| match n {
+                "priority" if version == 1 => "NULL".into(),
+                n => n.into(),
+            })
+        ),
+        3 => format!(
+            // json(v): a record made in a subquery comes out of it as text, and
+            // would be kept as a string.
+            "DROP VIEW IF EXISTS requests; UPDATE batches SET records = (SELECT json_group_array(json(v)) \
+             FROM (SELECT {record} AS v FROM json_each(batches.records) AS r ORDER BY r.key));",
+            record = crate::row::from_named(|n| {
+                let i = V3_NAMES.iter().position(|&v| v == n).expect("a field of version 3");
+                format!("json_extract(r.value, '$[{i}]')")
+            })
+        ),
+        _ => String::new(),
+    }
 }
 
 /// How long a reader or the writer waits for the other's lock before failing.

@@ -33,7 +33,6 @@ fn record(n: u64) -> Record {
         total_ms: 35.7,
         prompt_tokens: Some(12),
         completion_tokens: Some(32),
-        tokens_per_s: Some(912.4),
         priority: Some("interactive".into()),
         ..Record::default()
     }
