@@ -366,6 +366,31 @@ async fn a_record_names_the_key_by_its_place_and_escapes_what_a_client_wrote() {
     }
 }
 
+/// Header text beyond ASCII is kept: UTF-8 as it came, other bytes as
+/// U+FFFD (the record used to leave such a request id and User-Agent empty).
+#[tokio::test]
+async fn a_record_keeps_header_text_that_is_not_ascii() {
+    let r = Router::start(SIM);
+    let resp = client()
+        .post(r.url("/v1/chat/completions"))
+        .header(
+            "x-request-id",
+            reqwest::header::HeaderValue::from_bytes("réq-1".as_bytes()).unwrap(),
+        )
+        .header(
+            "user-agent",
+            reqwest::header::HeaderValue::from_bytes(b"agent \xe9").unwrap(),
+        )
+        .json(&hello("chat", false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let rec = &records(&r, 1).await[0];
+    assert_eq!(rec.request_id, "réq-1");
+    assert_eq!(rec.user_agent.as_deref(), Some("agent \u{fffd}"));
+}
+
 #[tokio::test]
 async fn each_record_says_the_priority_its_request_was_served_at() {
     let r = Router::start(&format!(

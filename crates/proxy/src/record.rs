@@ -5,11 +5,12 @@
 //! so every request that began leaves exactly one record, including one whose
 //! client went away at any point (recorded as cancelled, status 499).
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 use modelyard_config::Priority;
 use modelyard_reqlog::{Entry, RequestLog};
 use modelyard_supervisor::{Event, Reason};
@@ -18,6 +19,9 @@ use tokio::time::Instant;
 use crate::echo::Shown;
 use crate::error::{ApiError, Dialect};
 use crate::Inner;
+
+/// Named once: a name given as text is parsed on every lookup.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How much of a request's body `capture: true` keeps.
 const CAPTURE_MAX: usize = 16 * 1024;
@@ -104,7 +108,7 @@ impl Draft {
         Draft {
             log,
             at_ms: modelyard_reqlog::now_ms(),
-            request_id: headers.get("x-request-id").cloned(),
+            request_id: headers.get(&X_REQUEST_ID).cloned(),
             peer,
             key,
             user_agent: headers.get(http::header::USER_AGENT).cloned(),
@@ -211,9 +215,10 @@ impl Draft {
     }
 }
 
-/// A header's value as the log shows it; one that is not text is not shown.
-fn header(v: &Option<HeaderValue>) -> Option<Shown<'_>> {
-    v.as_ref().and_then(|v| v.to_str().ok()).map(Shown)
+/// A header's value as text: bytes that are not UTF-8 become U+FFFD, so a
+/// request id or User-Agent in another script is kept, not lost.
+fn header(v: &Option<HeaderValue>) -> Option<Cow<'_, str>> {
+    v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()))
 }
 
 /// The client's address as `SocketAddr` shows it, an IPv4 one written in
@@ -261,8 +266,9 @@ impl Drop for Draft {
         if cancelled && !self.answered {
             self.status = CLIENT_GONE;
         }
-        let request_id = header(&self.request_id);
-        let user_agent = header(&self.user_agent);
+        let (request_id, user_agent) = (header(&self.request_id), header(&self.user_agent));
+        let request_id = request_id.as_deref().map(Shown);
+        let user_agent = user_agent.as_deref().map(Shown);
         let key = self.key.map(KeyName);
         let (route, model_asked) = (Shown(self.uri.path()), Shown(&self.model_asked));
         self.log.record(&Entry {

@@ -14,6 +14,9 @@ use crate::Error;
 // itself reads the batches and decodes them (crate::query). `done_ms` is when
 // the batch's last request ended: every request that began at or after some
 // instant is in a batch that ended at or after it, which the index finds.
+// AUTOINCREMENT: a record's id is its batch's, and a reader pages by ids, so
+// a batch's id is never given again, even once retention has emptied the
+// table.
 
 /// Raised when the tables change shape; a file with a higher one is refused.
 /// 1: a row per record; 2: with priority; 3: batches; 4: batches of spare
@@ -22,7 +25,7 @@ const VERSION: i64 = 4;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS batches (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     done_ms INTEGER NOT NULL,
     n INTEGER NOT NULL,
     records TEXT NOT NULL
@@ -89,7 +92,7 @@ const V3_NAMES: [&str; 23] = [
 /// and 2 kept a row per record in a `requests` table: its rows go into
 /// batches of 4096 (in the order they were written), then the table makes
 /// way for the view. Version 1 had no priority; its records have none.
-/// Version 3's batches are rewritten in place, record by record.
+/// Version 3's batches are rewritten, record by record.
 fn upgrade(version: i64) -> String {
     match version {
         1 | 2 => format!(
@@ -102,11 +105,15 @@ fn upgrade(version: i64) -> String {
                 n => n.into(),
             })
         ),
+        // The table is made anew, its ids kept: they now never come again.
+        // json(v): a record made in a subquery comes out of it as text, and
+        // would be kept as a string.
         3 => format!(
-            // json(v): a record made in a subquery comes out of it as text, and
-            // would be kept as a string.
-            "DROP VIEW IF EXISTS requests; UPDATE batches SET records = (SELECT json_group_array(json(v)) \
-             FROM (SELECT {record} AS v FROM json_each(batches.records) AS r ORDER BY r.key));",
+            "DROP VIEW IF EXISTS requests; ALTER TABLE batches RENAME TO batches_v3; {CREATE} \
+             INSERT INTO batches (id, done_ms, n, records) SELECT id, done_ms, n, \
+             (SELECT json_group_array(json(v)) FROM (SELECT {record} AS v \
+             FROM json_each(b.records) AS r ORDER BY r.key)) FROM batches_v3 AS b; \
+             DROP TABLE batches_v3; {CREATE}",
             record = crate::row::from_named(|n| {
                 let i = V3_NAMES.iter().position(|&v| v == n).expect("a field of version 3");
                 format!("json_extract(r.value, '$[{i}]')")
