@@ -10,6 +10,16 @@ pub(crate) fn shown(input: &str) -> String {
     Shown(input).to_string()
 }
 
+/// The request's `x-request-id`, as its log lines and its record show it:
+/// bytes that are not UTF-8 as U+FFFD, control characters escaped; "-" when
+/// it has none.
+pub(crate) fn request_id(id: Option<&http::HeaderValue>) -> String {
+    id.map_or_else(
+        || "-".to_string(),
+        |v| shown(&String::from_utf8_lossy(v.as_bytes())),
+    )
+}
+
 /// [`shown`], written wherever it is formatted (the request log writes it
 /// straight into its batch): no string of its own.
 pub(crate) struct Shown<'a>(pub &'a str);
@@ -42,6 +52,15 @@ impl std::fmt::Display for Shown<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_id_beyond_ascii_is_shown_not_dropped() {
+        let id = |b: &[u8]| request_id(Some(&http::HeaderValue::from_bytes(b).unwrap()));
+        assert_eq!(id("réq-1".as_bytes()), "réq-1");
+        assert_eq!(id(b"r\xe9q\t2"), "r\u{fffd}q\\t2");
+        assert_eq!(id(b"plain-3"), "plain-3");
+        assert_eq!(request_id(None), "-");
+    }
 
     #[test]
     fn input_is_escaped_and_cut() {

@@ -218,12 +218,7 @@ impl Upstream {
 
     /// The request's id, for the log line of a failure after the 200 was sent.
     pub(crate) fn request_id(&self) -> String {
-        self.parts
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-")
-            .to_string()
+        crate::echo::request_id(self.parts.headers.get("x-request-id"))
     }
 
     /// The request ends in `e` before it was sent (its record says so).

@@ -124,12 +124,7 @@ impl Router {
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut resp = self.screened(req, peer).await;
         let status = resp.status().as_u16();
-        let id = || {
-            id.as_ref()
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-")
-                .to_string()
-        };
+        let id = || echo::request_id(id.as_ref());
         let path = uri.path();
         if let Some(error::Refusal(why)) = resp.extensions_mut().remove() {
             let id = id();

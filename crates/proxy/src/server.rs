@@ -224,11 +224,7 @@ enum Ended {
 }
 
 fn request_id<B>(req: &Request<B>) -> String {
-    req.headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string()
+    crate::echo::request_id(req.headers().get("x-request-id"))
 }
 
 /// A handler that panics costs its own request a 500, never the router: the

@@ -15,6 +15,7 @@ mod query;
 mod record;
 mod row;
 mod schema;
+mod upgrade;
 mod writer;
 
 use std::cell::RefCell;

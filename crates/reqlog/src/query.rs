@@ -47,12 +47,14 @@ pub struct Summary {
 /// A read-only connection to a request log.
 pub struct Reader {
     conn: Connection,
+    path: std::path::PathBuf,
 }
 
 impl Reader {
     pub fn open(path: &Path) -> Result<Reader, Error> {
         Ok(Reader {
             conn: open_for_reading(path)?,
+            path: path.to_path_buf(),
         })
     }
 
@@ -152,7 +154,7 @@ impl Reader {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT id, records FROM batches WHERE done_ms >= ?1 AND id <= ?2 ORDER BY id DESC",
+                "SELECT id, records FROM record_batches WHERE done_ms >= ?1 AND id <= ?2 ORDER BY id DESC",
             )
             .map_err(Error::read)?;
         let mut rows = stmt
@@ -160,13 +162,23 @@ impl Reader {
             .map_err(Error::read)?;
         while let Some(row) = rows.next().map_err(Error::read)? {
             let id: i64 = row.get(0).map_err(Error::read)?;
-            let text = row
-                .get_ref(1)
-                .map_err(Error::read)?
+            // A batch that cannot be read is passed over, with a warning: it
+            // must not hide every other record for as long as it is kept.
+            let text = row.get_ref(1).map_err(Error::read)?;
+            let batch = match text
                 .as_str()
-                .map_err(|e| Error::Read(format!("batch {id} is not text: {e}")))?;
-            let batch = crate::row::unpack(id, text)
-                .map_err(|e| Error::Read(format!("batch {id} is damaged: {e}")))?;
+                .map_err(|e| e.to_string())
+                .and_then(|text| crate::row::unpack(id, text).map_err(|e| e.to_string()))
+            {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        "request log: batch {id} is damaged ({e}); its records are left out"
+                    );
+                    continue;
+                }
+            };
             if !each(batch) {
                 break;
             }
@@ -184,7 +196,7 @@ impl Reader {
     /// How many records the log holds.
     pub fn count(&self) -> Result<u64, Error> {
         self.conn
-            .query_row("SELECT coalesce(sum(n), 0) FROM batches", [], |r| {
+            .query_row("SELECT coalesce(sum(n), 0) FROM record_batches", [], |r| {
                 r.get::<_, i64>(0)
             })
             .map(|n| n as u64)

@@ -5,7 +5,7 @@
 //! leave empty last and, when they are, left out (a missing field reads as
 //! null, or 0 for a boolean). Tokens per second is not kept: it follows from
 //! the tokens and the times ([`speed`]). A batch of records is one JSON array
-//! of these, one row of the `batches` table; the `requests` view spreads them
+//! of these, one row of the `record_batches` table; the `requests` view spreads them
 //! back into one row per record with the names a reader expects.
 //!
 //! Why so spare: the log's share of a request's CPU is mostly bytes — encoded
@@ -228,7 +228,8 @@ fn ms(us: u64) -> f64 {
 
 /// When `r`'s request ended (ms since the epoch).
 pub(crate) fn ended_ms(r: &Entry<'_>) -> u64 {
-    r.at_ms + r.total_ms.max(0.0).ceil() as u64
+    // Saturating: a time no clock gives (infinite, say) must not overflow.
+    r.at_ms.saturating_add(r.total_ms.max(0.0).ceil() as u64)
 }
 
 /// Appends `r`'s JSON array to `out`. Panics when one of its texts' `Display`
@@ -262,69 +263,55 @@ pub(crate) fn write(r: &Entry<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> 
     Ok(())
 }
 
-/// A kept record, read back: the fields it left out take their defaults.
+/// A kept record, read back: its array's elements are these fields in
+/// order ([`NAMES`]); those it left out take their defaults.
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct In(
-    u64,
-    u64,
-    u16,
-    String,
-    String,
-    String,
-    String,
-    String,
-    u8,
-    Option<String>,
-    Option<u64>,
-    Option<u64>,
-    Option<u64>,
-    Option<u64>,
-    Option<String>,
-    Option<String>,
-    u8,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-);
+struct In {
+    at_ms: u64,
+    total_us: u64,
+    status: u16,
+    api: String,
+    route: String,
+    peer: String,
+    model_asked: String,
+    model_served: String,
+    stream: u8,
+    priority: Option<String>,
+    queue_us: Option<u64>,
+    ttfb_us: Option<u64>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    user_agent: Option<String>,
+    request_id: Option<String>,
+    cancelled: u8,
+    error: Option<String>,
+    swap: Option<String>,
+    unloaded: Option<String>,
+    key: Option<String>,
+    body: Option<String>,
+}
 
 /// Completion tokens per second: over the time after the first byte for a
 /// stream, else over the time after the lease (times in microseconds). The
-/// `requests` view computes the same ([`SPEED_SQL`]).
-fn speed(
-    stream: bool,
-    completion: Option<u64>,
-    total: u64,
-    queue: Option<u64>,
-    ttfb: Option<u64>,
-) -> Option<f64> {
-    let tokens = completion?;
-    let begun = if stream { ttfb? } else { queue.unwrap_or(0) };
-    let took = total.checked_sub(begun).filter(|&t| t > 0)?;
+/// `requests` view computes the same ([`speed_sql`]).
+fn speed(r: &In) -> Option<f64> {
+    let tokens = r.completion_tokens?;
+    let begun = if r.stream != 0 {
+        r.ttfb_us?
+    } else {
+        r.queue_us.unwrap_or(0)
+    };
+    let took = r.total_us.checked_sub(begun).filter(|&t| t > 0)?;
     (tokens > 0).then(|| tokens as f64 * 1e6 / took as f64)
 }
 
-/// [`speed`] in SQL, over the view's own columns in microseconds.
-pub(crate) const SPEED_SQL: &str = "CASE WHEN completion_tokens > 0 AND total_us -      (CASE WHEN stream THEN ttfb_us ELSE ifnull(queue_us, 0) END) > 0 THEN      completion_tokens * 1e6 / (total_us - (CASE WHEN stream THEN ttfb_us ELSE ifnull(queue_us, 0) END)) END";
-
-/// A record of an older version, kept a field per name (`field` gives the
-/// SQL of each: a column, or a place in an older array), as an SQL
-/// expression making it a record of this one.
-pub(crate) fn from_named(field: impl Fn(&str) -> String) -> String {
-    let us = |name: &str| format!("CAST(round({} * 1000) AS INTEGER)", field(name));
-    let fields: Vec<String> = NAMES
-        .iter()
-        .map(|&name| match name {
-            "total_us" => us("total_ms"),
-            "queue_us" => us("queue_ms"),
-            "ttfb_us" => us("ttfb_ms"),
-            "request_id" => format!("nullif({}, '')", field(name)),
-            _ => field(name),
-        })
-        .collect();
-    format!("json_array({})", fields.join(", "))
+/// [`speed`] in SQL, over the view's columns (in microseconds).
+pub(crate) fn speed_sql() -> String {
+    let took = "(total_us - CASE WHEN stream THEN ttfb_us ELSE ifnull(queue_us, 0) END)";
+    format!(
+        "CASE WHEN completion_tokens > 0 AND {took} > 0 THEN completion_tokens * 1e6 / {took} END"
+    )
 }
 
 /// The records of the batch numbered `batch`, oldest first. A record's id is
@@ -337,32 +324,32 @@ pub(crate) fn unpack(batch: i64, json: &str) -> Result<Vec<Record>, serde_json::
         .enumerate()
         .map(|(i, r)| Record {
             id: id(batch, i),
-            at_ms: r.0,
-            total_ms: ms(r.1),
-            status: r.2,
-            api: r.3,
-            route: r.4,
-            peer: r.5,
-            model_asked: r.6,
-            model_served: r.7,
-            stream: r.8 != 0,
-            priority: r.9,
-            queue_ms: r.10.map(ms),
-            ttfb_ms: r.11.map(ms),
-            prompt_tokens: r.12,
-            completion_tokens: r.13,
-            tokens_per_s: speed(r.8 != 0, r.13, r.1, r.10, r.11),
-            user_agent: r.14,
-            request_id: r.15.unwrap_or_default(),
-            cancelled: r.16 != 0,
-            error: r.17,
-            swap: r.18,
+            tokens_per_s: speed(&r),
+            at_ms: r.at_ms,
+            total_ms: ms(r.total_us),
+            status: r.status,
+            api: r.api,
+            route: r.route,
+            peer: r.peer,
+            model_asked: r.model_asked,
+            model_served: r.model_served,
+            stream: r.stream != 0,
+            priority: r.priority,
+            queue_ms: r.queue_us.map(ms),
+            ttfb_ms: r.ttfb_us.map(ms),
+            prompt_tokens: r.prompt_tokens,
+            completion_tokens: r.completion_tokens,
+            user_agent: r.user_agent,
+            request_id: r.request_id.unwrap_or_default(),
+            cancelled: r.cancelled != 0,
+            error: r.error,
+            swap: r.swap,
             unloaded: r
-                .19
+                .unloaded
                 .map(|u| u.split(',').map(str::to_string).collect())
                 .unwrap_or_default(),
-            key: r.20,
-            body: r.21,
+            key: r.key,
+            body: r.body,
         })
         .collect())
 }

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::Error;
 
@@ -20,17 +20,19 @@ use crate::Error;
 
 /// Raised when the tables change shape; a file with a higher one is refused.
 /// 1: a row per record; 2: with priority; 3: batches; 4: batches of spare
-/// records (microseconds, rare fields last and left out; see crate::row).
+/// records (microseconds, rare fields last and left out; see crate::row), in
+/// a table of a new name: a router of version 3 still running on the file
+/// fails to write (and says so) instead of adding records of its own form.
 const VERSION: i64 = 4;
 
 const CREATE: &str = "
-CREATE TABLE IF NOT EXISTS batches (
+CREATE TABLE IF NOT EXISTS record_batches (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     done_ms INTEGER NOT NULL,
     n INTEGER NOT NULL,
     records TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS batches_done ON batches (done_ms);
+CREATE INDEX IF NOT EXISTS record_batches_done ON record_batches (done_ms);
 ";
 
 /// The `requests` view: a row per record, its fields by the names (and in
@@ -54,73 +56,11 @@ fn view() -> String {
          total_us / 1000.0 AS total_ms, prompt_tokens, completion_tokens, \
          {speed} AS tokens_per_s, cancelled, body, priority \
          FROM (SELECT (b.id << {bits}) + r.key AS id, {fields} \
-         FROM batches AS b, json_each(b.records) AS r);",
-        speed = crate::row::SPEED_SQL,
+         FROM record_batches AS b, json_each(b.records) AS r);",
+        speed = crate::row::speed_sql(),
         bits = crate::row::PLACE_BITS,
         fields = fields.join(", ")
     )
-}
-
-/// The fields a record of version 3 held, in its order.
-const V3_NAMES: [&str; 23] = [
-    "at_ms",
-    "request_id",
-    "peer",
-    "key",
-    "user_agent",
-    "api",
-    "route",
-    "model_asked",
-    "model_served",
-    "stream",
-    "status",
-    "error",
-    "queue_ms",
-    "swap",
-    "unloaded",
-    "ttfb_ms",
-    "total_ms",
-    "prompt_tokens",
-    "completion_tokens",
-    "tokens_per_s",
-    "cancelled",
-    "body",
-    "priority",
-];
-
-/// The statements that bring a file of `version` to this one. Versions 1
-/// and 2 kept a row per record in a `requests` table: its rows go into
-/// batches of 4096 (in the order they were written), then the table makes
-/// way for the view. Version 1 had no priority; its records have none.
-/// Version 3's batches are rewritten, record by record.
-fn upgrade(version: i64) -> String {
-    match version {
-        1 | 2 => format!(
-            "INSERT INTO batches (done_ms, n, records) \
-             SELECT CAST(max(at_ms + total_ms) AS INTEGER) + 1, count(*), json_group_array({record}) \
-             FROM (SELECT * FROM requests ORDER BY id) GROUP BY id >> 12 ORDER BY min(id); \
-             DROP TABLE requests;",
-            record = crate::row::from_named(|n| match n {
-                "priority" if version == 1 => "NULL".into(),
-                n => n.into(),
-            })
-        ),
-        // The table is made anew, its ids kept: they now never come again.
-        // json(v): a record made in a subquery comes out of it as text, and
-        // would be kept as a string.
-        3 => format!(
-            "DROP VIEW IF EXISTS requests; ALTER TABLE batches RENAME TO batches_v3; {CREATE} \
-             INSERT INTO batches (id, done_ms, n, records) SELECT id, done_ms, n, \
-             (SELECT json_group_array(json(v)) FROM (SELECT {record} AS v \
-             FROM json_each(b.records) AS r ORDER BY r.key)) FROM batches_v3 AS b; \
-             DROP TABLE batches_v3; {CREATE}",
-            record = crate::row::from_named(|n| {
-                let i = V3_NAMES.iter().position(|&v| v == n).expect("a field of version 3");
-                format!("json_extract(r.value, '$[{i}]')")
-            })
-        ),
-        _ => String::new(),
-    }
 }
 
 /// How long a reader or the writer waits for the other's lock before failing.
@@ -140,24 +80,22 @@ const CACHE_KIB: u32 = 128;
 /// never block it, and `synchronous = NORMAL`: a commit is in the WAL file (so
 /// it survives the process being killed) without an fsync per batch.
 pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
-    let conn = Connection::open(path).map_err(|e| open_error(path, e))?;
-    conn.busy_timeout(BUSY).map_err(|e| open_error(path, e))?;
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(|e| open_error(path, e))?;
-    if version > VERSION {
-        return Err(Error::Foreign {
+    let failed = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => Error::Foreign {
             path: path.to_path_buf(),
-            reason: format!("its schema is version {version}, this modelyard knows {VERSION}"),
-        });
-    }
+            reason: "it is not an SQLite database".into(),
+        },
+        _ => open_error(path, e),
+    };
+    let mut conn = Connection::open(path).map_err(failed)?;
+    conn.busy_timeout(BUSY).map_err(failed)?;
     // Only takes effect on a new file (before the first table): lets the
     // retention's deletes give the space back to the file system.
     conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL;")
-        .map_err(|e| open_error(path, e))?;
+        .map_err(failed)?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(|e| open_error(path, e))?;
+        .map_err(failed)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(open_error(
             path,
@@ -168,17 +106,43 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
     // page cache (2 MB by default) would mostly keep the pages of each new
     // batch, and grow the router by the log's size up to that bound.
     conn.execute_batch(&format!(
-        "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL; BEGIN; {CREATE} {upgrade} {view} PRAGMA user_version = {VERSION}; COMMIT;",
-        upgrade = upgrade(version),
-        view = view(),
+        "PRAGMA cache_size = -{CACHE_KIB}; PRAGMA synchronous = NORMAL;"
     ))
-    .map_err(|e| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::NotADatabase) => Error::Foreign {
+    .map_err(failed)?;
+    // The version is read in the transaction that acts on it, which takes the
+    // write lock first: two routers opening an old file at once upgrade it
+    // once (the second waits, then finds it done).
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(failed)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(failed)?;
+    if version > VERSION {
+        return Err(Error::Foreign {
             path: path.to_path_buf(),
-            reason: "it is not an SQLite database".into(),
-        },
-        _ => open_error(path, e),
-    })?;
+            reason: format!("its schema is version {version}, this modelyard knows {VERSION}"),
+        });
+    }
+    tx.execute_batch(CREATE).map_err(failed)?;
+    let lost = crate::upgrade::run(&tx, version).map_err(failed)?;
+    tx.execute_batch(&format!(
+        "{view} PRAGMA user_version = {VERSION};",
+        view = view()
+    ))
+    .map_err(failed)?;
+    tx.commit().map_err(failed)?;
+    if version != 0 && version != VERSION {
+        // The older tables' pages go back to the file system.
+        crate::writer::free_pages(&conn).map_err(failed)?;
+        tracing::info!(path = %path.display(), "request log: brought from version {version} to {VERSION}");
+    }
+    if lost > 0 {
+        tracing::warn!(
+            path = %path.display(),
+            "request log: {lost} records of version {version} were damaged and are not kept"
+        );
+    }
     Ok(conn)
 }
 

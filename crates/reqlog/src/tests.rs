@@ -672,6 +672,217 @@ fn a_file_of_full_records_becomes_spare_records_losing_nothing() {
     assert_eq!(r.integrity_check().unwrap(), "ok");
 }
 
+/// A version 3 file of `batches` (each a JSON array of version 3 records),
+/// an hour old.
+fn v3_file(path: &Path, batches: &[String]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let old = rusqlite::Connection::open(path).unwrap();
+    old.execute_batch(
+        "PRAGMA journal_mode = WAL; \
+         CREATE TABLE batches (id INTEGER PRIMARY KEY, done_ms INTEGER NOT NULL, \
+             n INTEGER NOT NULL, records TEXT NOT NULL); \
+         CREATE INDEX batches_done ON batches (done_ms); \
+         PRAGMA user_version = 3;",
+    )
+    .unwrap();
+    for b in batches {
+        let n = b.matches("\"/v1/chat").count().max(1);
+        old.execute(
+            "INSERT INTO batches (done_ms, n, records) VALUES (?1, ?2, ?3)",
+            rusqlite::params![(now_ms() - 3_600_000) as i64, n as i64, b],
+        )
+        .unwrap();
+    }
+}
+
+/// A version 3 record, request id `id`, with counts and times as given.
+fn v3_record(id: &str, prompt: &str, completion: &str, queue: &str, total: &str) -> String {
+    format!(
+        "[{at},\"{id}\",\"127.0.0.1:1\",null,null,\"openai\",\"/v1/chat/completions\",\"m\",\"m\",\
+         0,200,null,{queue},null,null,null,{total},{prompt},{completion},null,0,null,null]",
+        at = now_ms() - 3_600_000 - 1000
+    )
+}
+
+/// What SQLite's JSON functions would have mangled comes through: counts
+/// above 2^63 (a float in SQL), negative times (0 now, as a new record's
+/// would be). A batch that cannot be read is left out, and the rest kept.
+#[test]
+fn an_old_files_odd_records_come_through_and_a_damaged_batch_does_not_stop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    v3_file(
+        &s.path,
+        &[
+            format!(
+                "[{}]",
+                v3_record(
+                    "big",
+                    "9223372036854775808",
+                    "18446744073709551615",
+                    "1",
+                    "5"
+                )
+            ),
+            "[[1,2".into(),
+            format!("[{}]", v3_record("negative", "1", "1", "-0.5", "-1.0")),
+        ],
+    );
+    let log = RequestLog::open(s).unwrap();
+    let got = newest(&log);
+    let got: Vec<_> = got
+        .iter()
+        .map(|r| {
+            (
+                r.request_id.as_str(),
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.queue_ms,
+                r.total_ms,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("negative", Some(1), Some(1), Some(0.0), 0.0),
+            ("big", Some(1 << 63), Some(u64::MAX), Some(1.0), 5.0),
+        ]
+    );
+}
+
+/// A router of version 3 still running on the file once a newer one has
+/// upgraded it cannot add records of its form among the new ones: its
+/// table is gone, so its writes fail (it says so in its log) and every
+/// record the new router keeps reads back.
+#[test]
+fn a_router_of_the_old_version_cannot_write_into_the_upgraded_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    v3_file(
+        &s.path,
+        &[format!("[{}]", v3_record("old", "1", "2", "1", "5"))],
+    );
+    let log = RequestLog::open(s.clone()).unwrap();
+    let old = rusqlite::Connection::open(&s.path).unwrap();
+    let refused = old.execute(
+        "INSERT INTO batches (done_ms, n, records) VALUES (?1, 1, ?2)",
+        rusqlite::params![
+            now_ms() as i64,
+            format!("[{}]", v3_record("stray", "1", "2", "1", "5"))
+        ],
+    );
+    assert!(refused.is_err(), "an old router's insert went in");
+    log.put(rec(1, "m"));
+    written(&log, 1);
+    let ids: Vec<String> = newest(&log).into_iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, ["req-1", "old"]);
+}
+
+/// A batch that cannot be read (written by hand, or damaged) leaves out its
+/// own records, not every other one.
+#[test]
+fn a_damaged_batch_hides_only_its_own_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    log.put(rec(1, "m"));
+    written(&log, 1);
+    let conn = rusqlite::Connection::open(log.path()).unwrap();
+    conn.execute(
+        "INSERT INTO record_batches (done_ms, n, records) VALUES (?1, 1, '[[\"not a time\"]]')",
+        [now_ms() as i64],
+    )
+    .unwrap();
+    log.put(rec(2, "m"));
+    written(&log, 2);
+    let ids: Vec<String> = newest(&log).into_iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, ["req-2", "req-1"]);
+    let summary = log.reader().unwrap().summary(0).unwrap();
+    assert_eq!(summary[0].requests, 2);
+}
+
+/// Two routers that open an old file at the same moment upgrade it once:
+/// both start, and every record reads back once.
+#[test]
+fn two_routers_opening_an_old_file_at_once_upgrade_it_once() {
+    for round in 0..40u64 {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        let records: Vec<String> = (0..50)
+            .map(|n| v3_record(&format!("r{n}"), "1", "2", "1", "5"))
+            .collect();
+        v3_file(&s.path, &[format!("[{}]", records.join(","))]);
+        let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let opens: Vec<_> = (0..2u64)
+            .map(|k| {
+                let (start, path) = (start.clone(), s.path.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    // Staggered by a few hundred microseconds, round by round.
+                    std::thread::sleep(Duration::from_micros(k * (round * 97 % 800)));
+                    schema::open_for_writing(&path).map(drop)
+                })
+            })
+            .collect();
+        for open in opens {
+            open.join().unwrap().unwrap();
+        }
+        let r = Reader::open(&s.path).unwrap();
+        let got = r
+            .query(&Query {
+                limit: 100,
+                ..Query::default()
+            })
+            .unwrap();
+        assert_eq!(got.len(), 50, "round {round}");
+        assert!(
+            got.iter().all(|r| r.completion_tokens == Some(2)),
+            "round {round}"
+        );
+    }
+}
+
+/// A version 1 or 2 file kept a count above 2^63 as a negative integer (its
+/// bits); it comes back as the count.
+#[test]
+fn a_row_files_count_above_2_63_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(dir.path());
+    std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
+    let old = rusqlite::Connection::open(&s.path).unwrap();
+    old.execute_batch(&format!(
+        "CREATE TABLE requests (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, \
+         request_id TEXT NOT NULL, peer TEXT NOT NULL, key TEXT, user_agent TEXT, \
+         api TEXT NOT NULL, route TEXT NOT NULL, model_asked TEXT NOT NULL, \
+         model_served TEXT NOT NULL, stream INTEGER NOT NULL, status INTEGER NOT NULL, \
+         error TEXT, queue_ms REAL, swap TEXT, unloaded TEXT, ttfb_ms REAL, \
+         total_ms REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, \
+         tokens_per_s REAL, cancelled INTEGER NOT NULL, body TEXT, priority TEXT); \
+         INSERT INTO requests VALUES (1, {at}, 'r', 'p', NULL, NULL, 'openai', '/', 'm', 'm', \
+           0, 200, NULL, NULL, NULL, NULL, NULL, 5.0, 3, -1, NULL, 0, NULL, NULL); \
+         PRAGMA user_version = 2;",
+        at = now_ms() - 60_000
+    ))
+    .unwrap();
+    drop(old);
+    let log = RequestLog::open(s).unwrap();
+    assert_eq!(newest(&log)[0].completion_tokens, Some(u64::MAX));
+}
+
+/// A time no clock gives (infinite) is recorded, not a panic on the
+/// request's thread.
+#[test]
+fn an_infinite_time_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    log.put(Record {
+        total_ms: f64::INFINITY,
+        ..rec(1, "m")
+    });
+    written(&log, 1);
+    assert_eq!(log.dropped(), 0);
+}
+
 /// Anyone may read the file with `sqlite3`: the `requests` view is a row
 /// per record, its fields by name, booleans 0 and 1.
 #[test]
@@ -758,7 +969,7 @@ fn ids_keep_rising_after_retention_empties_the_log() {
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     let mut conn = schema::open_for_writing(&s.path).unwrap();
     let ids = |conn: &rusqlite::Connection| -> Vec<i64> {
-        conn.prepare("SELECT id FROM batches ORDER BY id")
+        conn.prepare("SELECT id FROM record_batches ORDER BY id")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()

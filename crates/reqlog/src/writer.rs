@@ -68,7 +68,7 @@ impl Writer {
                     self.shared.full.store(false, Ordering::Relaxed);
                 }
                 let n = batch.n as u64;
-                match insert(&mut self.conn, &mut batch) {
+                match insert(&self.conn, None, &mut batch) {
                     Ok(()) => {
                         self.shared.written.fetch_add(n, Ordering::Relaxed);
                     }
@@ -99,14 +99,21 @@ impl Writer {
     }
 }
 
-fn insert(conn: &mut Connection, batch: &mut Batch) -> rusqlite::Result<()> {
+/// Writes `batch` as one row, numbered `id` (or, None, the next number).
+pub(crate) fn insert(
+    conn: &Connection,
+    id: Option<i64>,
+    batch: &mut Batch,
+) -> rusqlite::Result<()> {
     let (n, done) = (batch.n as i64, batch.done_ms as i64);
     // Bound as the text it is, unchecked: checking 2 MB of UTF-8 a batch was
     // a share of the log's cost, and the batch holds only what JSON writers
     // wrote.
     let records = ToSqlOutput::Borrowed(ValueRef::Text(batch.close()));
-    conn.prepare_cached("INSERT INTO batches (done_ms, n, records) VALUES (?1, ?2, ?3)")?
-        .execute(params![done, n, records])?;
+    conn.prepare_cached(
+        "INSERT INTO record_batches (id, done_ms, n, records) VALUES (?1, ?2, ?3, ?4)",
+    )?
+    .execute(params![id, done, n, records])?;
     Ok(())
 }
 
@@ -118,7 +125,7 @@ pub(crate) fn insert_for_test(conn: &mut Connection, records: &[crate::Record]) 
         crate::row::write(&r, &mut json).unwrap();
         batch.push(&json, crate::row::ended_ms(&r));
     }
-    insert(conn, &mut batch).unwrap();
+    insert(conn, None, &mut batch).unwrap();
 }
 
 /// Deletes records older than `keep`, then the oldest until the records take
@@ -130,31 +137,40 @@ pub(crate) fn prune(
 ) -> rusqlite::Result<()> {
     let cutoff = now_ms.saturating_sub(settings.keep.as_millis() as u64);
     // Batches whose last request ended before the cutoff: all of theirs did.
-    let mut deleted = conn.execute("DELETE FROM batches WHERE done_ms < ?1", [cutoff as i64])?;
+    let mut deleted = conn.execute(
+        "DELETE FROM record_batches WHERE done_ms < ?1",
+        [cutoff as i64],
+    )?;
     // Each round deletes a tenth of the batches left, oldest first; a few
     // rounds bring any file under its bound.
     for _ in 0..64 {
         if used_bytes(conn)? <= settings.max_bytes {
             break;
         }
-        let rows: i64 = conn.query_row("SELECT count(*) FROM batches", [], |r| r.get(0))?;
+        let rows: i64 = conn.query_row("SELECT count(*) FROM record_batches", [], |r| r.get(0))?;
         if rows == 0 {
             break;
         }
         deleted += conn.execute(
-            "DELETE FROM batches WHERE id <= \
-             (SELECT id FROM batches ORDER BY id LIMIT 1 OFFSET ?1)",
+            "DELETE FROM record_batches WHERE id <= \
+             (SELECT id FROM record_batches ORDER BY id LIMIT 1 OFFSET ?1)",
             [(rows / 10).max(1) - 1],
         )?;
     }
     if deleted > 0 {
-        // Stepped to the end: each step frees some of the pages.
-        let mut stmt = conn.prepare("PRAGMA incremental_vacuum")?;
-        let mut rows = stmt.query([])?;
-        while rows.next()?.is_some() {}
-        drop(rows);
-        drop(stmt);
-        let mut stmt = conn.prepare("PRAGMA wal_checkpoint(TRUNCATE)")?;
+        free_pages(conn)?;
+    }
+    Ok(())
+}
+
+/// Gives the pages no table uses back to the file system, and empties the WAL.
+pub(crate) fn free_pages(conn: &Connection) -> rusqlite::Result<()> {
+    // Stepped to the end: each step frees some of the pages.
+    for pragma in [
+        "PRAGMA incremental_vacuum",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+    ] {
+        let mut stmt = conn.prepare(pragma)?;
         let mut rows = stmt.query([])?;
         while rows.next()?.is_some() {}
     }
