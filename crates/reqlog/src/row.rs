@@ -106,6 +106,13 @@ impl Serialize for Text<'_> {
     }
 }
 
+/// Names as [`Joined`] kept them (none when absent).
+pub(crate) fn split(joined: Option<String>) -> Vec<String> {
+    joined
+        .map(|u| u.split(',').map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 /// Names joined by commas.
 struct Joined<'a>(&'a [String]);
 
@@ -344,10 +351,7 @@ pub(crate) fn unpack(batch: i64, json: &str) -> Result<Vec<Record>, serde_json::
             cancelled: r.cancelled != 0,
             error: r.error,
             swap: r.swap,
-            unloaded: r
-                .unloaded
-                .map(|u| u.split(',').map(str::to_string).collect())
-                .unwrap_or_default(),
+            unloaded: split(r.unloaded),
             key: r.key,
             body: r.body,
         })

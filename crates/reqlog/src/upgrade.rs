@@ -77,10 +77,7 @@ fn record_of(row: &Row<'_>) -> rusqlite::Result<Record> {
         error: row.get(11)?,
         queue_ms: row.get(12)?,
         swap: row.get(13)?,
-        unloaded: row
-            .get::<_, Option<String>>(14)?
-            .map(|u| u.split(',').map(str::to_string).collect())
-            .unwrap_or_default(),
+        unloaded: crate::row::split(row.get(14)?),
         ttfb_ms: row.get(15)?,
         total_ms: row.get(16)?,
         prompt_tokens: count(17)?,
@@ -166,10 +163,7 @@ impl From<V3> for Record {
             error: r.11,
             queue_ms: r.12,
             swap: r.13,
-            unloaded: r
-                .14
-                .map(|u| u.split(',').map(str::to_string).collect())
-                .unwrap_or_default(),
+            unloaded: crate::row::split(r.14),
             ttfb_ms: r.15,
             total_ms: r.16,
             prompt_tokens: r.17,
