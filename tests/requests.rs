@@ -294,6 +294,39 @@ async fn request_log_off_keeps_nothing() {
     assert!(!db(&r).exists());
 }
 
+/// A second router started by mistake on a port already taken exits before
+/// it opens its request log: it never upgrades or touches the file the
+/// running router writes.
+#[test]
+fn a_router_that_cannot_listen_leaves_the_request_log_alone() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.db");
+    let config = dir.path().join("routes.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: \"{}\"\nrequest_log: {{path: \"{}\"}}\n{}",
+            taken.local_addr().unwrap(),
+            log.display(),
+            SIM.replace("$BIN", BIN)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("XDG_DATA_HOME", dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cannot listen"),
+        "{err}"
+    );
+    assert!(!log.exists(), "the log was opened: {err}");
+}
+
 #[tokio::test]
 async fn refusals_are_recorded_with_their_error_code() {
     let r = Router::start(SIM);

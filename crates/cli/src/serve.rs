@@ -17,8 +17,6 @@ pub async fn run(
 ) -> Result<(), String> {
     // Before anything holds a descriptor, and logged before the banner.
     open_files(&config);
-    // Before the bind: a log that cannot be opened stops the start, naming it.
-    let requests = open_request_log(&config)?;
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
             " (is another modelyard or an Ollama already running there? set `listen` in routes.yaml, MODELYARD_LISTEN or --listen)"
@@ -27,6 +25,11 @@ pub async fn run(
         };
         format!("cannot listen on {}: {e}{hint}", config.listen)
     })?;
+    // After the bind: a second router started by mistake exits there, before
+    // it touches the running one's log (an upgrade of its file would leave
+    // an older router unable to write). Before the banner: a log that cannot
+    // be opened stops the start, naming it.
+    let requests = open_request_log(&config)?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     if !addr.ip().is_loopback() {
         tracing::warn!(

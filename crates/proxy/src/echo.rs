@@ -14,10 +14,10 @@ pub(crate) fn shown(input: &str) -> String {
 /// bytes that are not UTF-8 as U+FFFD, control characters escaped; "-" when
 /// it has none.
 pub(crate) fn request_id(id: Option<&http::HeaderValue>) -> String {
-    id.map_or_else(
-        || "-".to_string(),
-        |v| shown(&String::from_utf8_lossy(v.as_bytes())),
-    )
+    match id {
+        Some(v) if !v.is_empty() => shown(&String::from_utf8_lossy(v.as_bytes())),
+        _ => "-".to_string(),
+    }
 }
 
 /// [`shown`], written wherever it is formatted (the request log writes it
@@ -60,6 +60,7 @@ mod tests {
         assert_eq!(id(b"r\xe9q\t2"), "r\u{fffd}q\\t2");
         assert_eq!(id(b"plain-3"), "plain-3");
         assert_eq!(request_id(None), "-");
+        assert_eq!(id(b""), "-");
     }
 
     #[test]

@@ -235,8 +235,12 @@ fn ms(us: u64) -> f64 {
 
 /// When `r`'s request ended (ms since the epoch).
 pub(crate) fn ended_ms(r: &Entry<'_>) -> u64 {
-    // Saturating: a time no clock gives (infinite, say) must not overflow.
-    r.at_ms.saturating_add(r.total_ms.max(0.0).ceil() as u64)
+    // Bounded: a time no clock gives (infinite, say) must neither overflow
+    // nor pass SQLite's integers, where the batch's date would turn negative
+    // and hide it from every read until retention deleted it.
+    r.at_ms
+        .saturating_add(r.total_ms.max(0.0).ceil() as u64)
+        .min(i64::MAX as u64)
 }
 
 /// Appends `r`'s JSON array to `out`. Panics when one of its texts' `Display`

@@ -133,15 +133,18 @@ pub(crate) fn open_for_writing(path: &Path) -> Result<Connection, Error> {
     .map_err(failed)?;
     tx.commit().map_err(failed)?;
     if version != 0 && version != VERSION {
-        // The older tables' pages go back to the file system.
-        crate::writer::free_pages(&conn).map_err(failed)?;
         tracing::info!(path = %path.display(), "request log: brought from version {version} to {VERSION}");
-    }
-    if lost > 0 {
-        tracing::warn!(
-            path = %path.display(),
-            "request log: {lost} records of version {version} were damaged and are not kept"
-        );
+        if lost > 0 {
+            tracing::warn!(
+                path = %path.display(),
+                "request log: {lost} records of version {version} could not be read and are not kept"
+            );
+        }
+        // The older tables' pages go back to the file system; the records
+        // are safe already, so a failure here is only said.
+        if let Err(e) = crate::writer::free_pages(&conn) {
+            tracing::warn!(path = %path.display(), "request log: freeing the older tables' pages failed: {e}");
+        }
     }
     Ok(conn)
 }

@@ -706,7 +706,7 @@ fn v3_record(id: &str, prompt: &str, completion: &str, queue: &str, total: &str)
 
 /// What SQLite's JSON functions would have mangled comes through: counts
 /// above 2^63 (a float in SQL), negative times (0 now, as a new record's
-/// would be). A batch that cannot be read is left out, and the rest kept.
+/// would be). A batch or a record that cannot be read is left out, the rest kept.
 #[test]
 fn an_old_files_odd_records_come_through_and_a_damaged_batch_does_not_stop_it() {
     let dir = tempfile::tempdir().unwrap();
@@ -726,6 +726,12 @@ fn an_old_files_odd_records_come_through_and_a_damaged_batch_does_not_stop_it() 
             ),
             "[[1,2".into(),
             format!("[{}]", v3_record("negative", "1", "1", "-0.5", "-1.0")),
+            // A record version 3 could not have read (no total) costs only itself.
+            format!(
+                "[{},{}]",
+                v3_record("beside", "1", "1", "1", "2"),
+                v3_record("no total", "1", "1", "1", "null")
+            ),
         ],
     );
     let log = RequestLog::open(s).unwrap();
@@ -745,6 +751,7 @@ fn an_old_files_odd_records_come_through_and_a_damaged_batch_does_not_stop_it() 
     assert_eq!(
         got,
         [
+            ("beside", Some(1), Some(1), Some(1.0), 2.0),
             ("negative", Some(1), Some(1), Some(0.0), 0.0),
             ("big", Some(1 << 63), Some(u64::MAX), Some(1.0), 5.0),
         ]
@@ -870,17 +877,25 @@ fn a_row_files_count_above_2_63_comes_back() {
 }
 
 /// A time no clock gives (infinite) is recorded, not a panic on the
-/// request's thread.
+/// request's thread, and its batch reads back whole (its date once turned
+/// negative, hiding the batch from every read), also after a prune.
 #[test]
-fn an_infinite_time_is_recorded() {
+fn an_infinite_time_is_recorded_and_read_back_with_its_batch() {
     let dir = tempfile::tempdir().unwrap();
-    let log = RequestLog::open(settings(dir.path())).unwrap();
+    let s = settings(dir.path());
+    let log = RequestLog::open(s.clone()).unwrap();
+    let stall = log.stall();
+    log.put(rec(1, "m"));
     log.put(Record {
         total_ms: f64::INFINITY,
-        ..rec(1, "m")
+        ..rec(2, "m")
     });
-    written(&log, 1);
-    assert_eq!(log.dropped(), 0);
+    drop(stall);
+    written(&log, 2);
+    let mut conn = rusqlite::Connection::open(log.path()).unwrap();
+    writer::prune(&mut conn, &s, now_ms()).unwrap();
+    let ids: Vec<String> = newest(&log).into_iter().map(|r| r.request_id).collect();
+    assert_eq!(ids, ["req-2", "req-1"]);
 }
 
 /// Anyone may read the file with `sqlite3`: the `requests` view is a row
@@ -915,6 +930,88 @@ fn the_requests_view_reads_a_row_per_record_by_name() {
             ("req-2".into(), 1, Some("a,b".into()), interactive),
             ("req-3".into(), 0, None, Some("background".into())),
         ]
+    );
+}
+
+/// Every column of the view holds its own field: a record with a value in
+/// every field, each unlike the others, reads the same through the view as
+/// through the reader (the field order is written down in `NAMES` for the
+/// view, and in `write` and `In` for the router).
+#[test]
+fn every_column_of_the_view_holds_its_own_field() {
+    use rusqlite::types::Value::{Integer, Real, Text};
+    let dir = tempfile::tempdir().unwrap();
+    let log = RequestLog::open(settings(dir.path())).unwrap();
+    let full = Record {
+        at_ms: 1_700_000_000_001,
+        request_id: "rid".into(),
+        peer: "10.0.0.2:3".into(),
+        key: Some("key 4".into()),
+        user_agent: Some("ua/5".into()),
+        api: "ollama".into(),
+        route: "/api/chat".into(),
+        model_asked: "asked".into(),
+        model_served: "served".into(),
+        stream: true,
+        status: 206,
+        error: Some("err_7".into()),
+        queue_ms: Some(8.001),
+        swap: Some("waited".into()),
+        unloaded: vec!["u9".into(), "u10".into()],
+        ttfb_ms: Some(11.5),
+        total_ms: 1011.5,
+        prompt_tokens: Some(13),
+        completion_tokens: Some(14),
+        cancelled: true,
+        body: Some("b16".into()),
+        priority: Some("background".into()),
+        ..Record::default()
+    };
+    log.put(full.clone());
+    written(&log, 1);
+    let read = &newest(&log)[0];
+    assert_eq!(read.tokens_per_s, Some(14.0));
+    let conn = rusqlite::Connection::open(log.path()).unwrap();
+    let expected = [
+        ("id", Integer(read.id)),
+        ("at_ms", Integer(1_700_000_000_001)),
+        ("request_id", Text("rid".into())),
+        ("peer", Text("10.0.0.2:3".into())),
+        ("key", Text("key 4".into())),
+        ("user_agent", Text("ua/5".into())),
+        ("api", Text("ollama".into())),
+        ("route", Text("/api/chat".into())),
+        ("model_asked", Text("asked".into())),
+        ("model_served", Text("served".into())),
+        ("stream", Integer(1)),
+        ("status", Integer(206)),
+        ("error", Text("err_7".into())),
+        ("queue_ms", Real(8.001)),
+        ("swap", Text("waited".into())),
+        ("unloaded", Text("u9,u10".into())),
+        ("ttfb_ms", Real(11.5)),
+        ("total_ms", Real(1011.5)),
+        ("prompt_tokens", Integer(13)),
+        ("completion_tokens", Integer(14)),
+        ("tokens_per_s", Real(14.0)),
+        ("cancelled", Integer(1)),
+        ("body", Text("b16".into())),
+        ("priority", Text("background".into())),
+    ];
+    for (column, value) in expected {
+        let got: rusqlite::types::Value = conn
+            .query_row(&format!("SELECT {column} FROM requests"), [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(got, value, "{column}");
+    }
+    let mut read = read.clone();
+    read.id = 0;
+    assert_eq!(
+        read,
+        Record {
+            tokens_per_s: Some(14.0),
+            ..full
+        }
     );
 }
 

@@ -6,6 +6,7 @@
 
 use rusqlite::{Connection, Row};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use crate::row::Batch;
 use crate::Record;
@@ -99,27 +100,33 @@ fn batches(conn: &Connection) -> rusqlite::Result<u64> {
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let (id, n): (i64, i64) = (row.get(0)?, row.get(1)?);
-            let records = row
+            // Record by record: one that cannot be read costs only itself.
+            let items = row
                 .get_ref(2)?
                 .as_str()
                 .ok()
-                .and_then(|text| serde_json::from_str::<Vec<V3>>(text).ok());
-            match records {
-                Some(records) => {
-                    let records: Vec<Record> = records.into_iter().map(Record::from).collect();
-                    put(conn, Some(id), &records)?;
+                .and_then(|text| serde_json::from_str::<Vec<&RawValue>>(text).ok());
+            let Some(items) = items else {
+                lost += n.max(0) as u64;
+                continue;
+            };
+            let mut records = Vec::with_capacity(items.len());
+            for item in items {
+                match serde_json::from_str::<V3>(item.get()) {
+                    Ok(r) => records.push(Record::from(r)),
+                    Err(_) => lost += 1,
                 }
-                None => lost += n.max(0) as u64,
             }
+            put(conn, Some(id), &records)?;
         }
     }
     conn.execute_batch("DROP TABLE batches;")?;
     Ok(lost)
 }
 
-/// A record as version 3 kept it: every field, in this order.
-#[derive(Deserialize, Default)]
-#[serde(default)]
+/// A record as version 3 kept it: every field, in this order (all of them,
+/// as version 3's reader required).
+#[derive(Deserialize)]
 struct V3(
     u64,
     String,
@@ -140,7 +147,8 @@ struct V3(
     f64,
     Option<u64>,
     Option<u64>,
-    Option<f64>,
+    // Tokens per second: worked out from the rest now.
+    serde::de::IgnoredAny,
     u8,
     Option<String>,
     Option<String>,
@@ -168,7 +176,6 @@ impl From<V3> for Record {
             total_ms: r.16,
             prompt_tokens: r.17,
             completion_tokens: r.18,
-            // r.19, tokens per second, is worked out from the rest now.
             cancelled: r.20 != 0,
             body: r.21,
             priority: r.22,
