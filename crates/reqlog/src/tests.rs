@@ -295,10 +295,10 @@ fn retention_deletes_records_older_than_keep() {
     .unwrap();
     // Written as the writer would: the old records' batch, later the young one's.
     let old: Vec<Record> = (0..5).map(|n| rec(n, "m")).collect();
-    writer::insert_for_test(&mut conn, &old);
+    writer::insert_records(&conn, None, &old).unwrap();
     let mut young = rec(9, "m");
     young.at_ms = 1_020_000;
-    writer::insert_for_test(&mut conn, &[young]);
+    writer::insert_records(&conn, None, &[young]).unwrap();
     // "now" is 1 025 000: only the record from 1 020 000 is within 10 s.
     writer::prune(&mut conn, &s, 1_025_000).unwrap();
     let r = Reader::open(&s.path).unwrap();
@@ -329,7 +329,7 @@ fn retention_keeps_the_records_under_max_dropping_the_oldest() {
         })
         .collect();
     for batch in records.chunks(20) {
-        writer::insert_for_test(&mut conn, batch);
+        writer::insert_records(&conn, None, batch).unwrap();
     }
     assert!(writer::used_bytes(&conn).unwrap() > 1 << 20);
     writer::prune(&mut conn, &s, 1_000_000).unwrap();
@@ -1022,12 +1022,12 @@ fn pages_run_across_batches() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
-    let mut conn = schema::open_for_writing(&s.path).unwrap();
+    let conn = schema::open_for_writing(&s.path).unwrap();
     let records: Vec<Record> = (0..100)
         .map(|n| rec(n, if n % 10 == 0 { "rare" } else { "m" }))
         .collect();
     for batch in records.chunks(7) {
-        writer::insert_for_test(&mut conn, batch);
+        writer::insert_records(&conn, None, batch).unwrap();
     }
     let r = Reader::open(&s.path).unwrap();
     let mut seen = Vec::new();
@@ -1073,15 +1073,15 @@ fn ids_keep_rising_after_retention_empties_the_log() {
             .collect::<Result<_, _>>()
             .unwrap()
     };
-    writer::insert_for_test(&mut conn, &[rec(1, "m")]);
-    writer::insert_for_test(&mut conn, &[rec(2, "m")]);
+    writer::insert_records(&conn, None, &[rec(1, "m")]).unwrap();
+    writer::insert_records(&conn, None, &[rec(2, "m")]).unwrap();
     assert_eq!(ids(&conn), [1, 2]);
     // Everything is older than `keep` a year from now.
     writer::prune(&mut conn, &s, now_ms() + 365 * 24 * 3_600_000).unwrap();
     assert!(ids(&conn).is_empty());
     drop(conn);
-    let mut conn = schema::open_for_writing(&s.path).unwrap();
-    writer::insert_for_test(&mut conn, &[rec(3, "m")]);
+    let conn = schema::open_for_writing(&s.path).unwrap();
+    writer::insert_records(&conn, None, &[rec(3, "m")]).unwrap();
     assert_eq!(ids(&conn), [3]);
 }
 

@@ -8,7 +8,6 @@ use rusqlite::{Connection, Row};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::row::Batch;
 use crate::Record;
 
 /// Records of a row-per-record file (versions 1 and 2) that go in one batch.
@@ -47,12 +46,12 @@ fn rows(conn: &Connection, version: i64) -> rusqlite::Result<u64> {
                 Err(_) => lost += 1,
             }
             if batch.len() == ROWS_PER_BATCH {
-                put(conn, None, &batch)?;
+                crate::writer::insert_records(conn, None, &batch)?;
                 batch.clear();
             }
         }
         if !batch.is_empty() {
-            put(conn, None, &batch)?;
+            crate::writer::insert_records(conn, None, &batch)?;
         }
     }
     conn.execute_batch("DROP TABLE requests;")?;
@@ -117,7 +116,7 @@ fn batches(conn: &Connection) -> rusqlite::Result<u64> {
                     Err(_) => lost += 1,
                 }
             }
-            put(conn, Some(id), &records)?;
+            crate::writer::insert_records(conn, Some(id), &records)?;
         }
     }
     conn.execute_batch("DROP TABLE batches;")?;
@@ -182,16 +181,4 @@ impl From<V3> for Record {
             ..Record::default()
         }
     }
-}
-
-/// Writes `records` as one batch, numbered `id` (or the next number).
-fn put(conn: &Connection, id: Option<i64>, records: &[Record]) -> rusqlite::Result<()> {
-    let mut batch = Batch::default();
-    let mut json = Vec::new();
-    for r in records.iter().map(Record::entry) {
-        json.clear();
-        crate::row::write(&r, &mut json).expect("a record's own strings always write");
-        batch.push(&json, crate::row::ended_ms(&r));
-    }
-    crate::writer::insert(conn, id, &mut batch)
 }

@@ -117,15 +117,21 @@ pub(crate) fn insert(
     Ok(())
 }
 
-#[cfg(test)]
-pub(crate) fn insert_for_test(conn: &mut Connection, records: &[crate::Record]) {
+/// Writes owned `records` as one batch, numbered `id` (or the next number):
+/// how an older file's records, and the tests', go in.
+pub(crate) fn insert_records(
+    conn: &Connection,
+    id: Option<i64>,
+    records: &[crate::Record],
+) -> rusqlite::Result<()> {
     let mut batch = Batch::default();
+    let mut json = Vec::new();
     for r in records.iter().map(crate::Record::entry) {
-        let mut json = Vec::new();
-        crate::row::write(&r, &mut json).unwrap();
+        json.clear();
+        crate::row::write(&r, &mut json).expect("a record's own strings always write");
         batch.push(&json, crate::row::ended_ms(&r));
     }
-    insert(conn, None, &mut batch).unwrap();
+    insert(conn, id, &mut batch)
 }
 
 /// Deletes records older than `keep`, then the oldest until the records take
