@@ -10,12 +10,21 @@ pub(crate) fn shown(input: &str) -> String {
     Shown(input).to_string()
 }
 
-/// The request's `x-request-id`, as its log lines and its record show it:
-/// bytes that are not UTF-8 as U+FFFD, control characters escaped; "-" when
-/// it has none.
+/// The request id's header, named once: a name given as text is parsed on
+/// every lookup.
+pub(crate) const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// A header's value as text: bytes that are not UTF-8 become U+FFFD, so a
+/// request id or User-Agent in another script is kept, not lost.
+pub(crate) fn header_text(v: &http::HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
+}
+
+/// The request's `x-request-id`, as its log lines show it (escaped, as the
+/// record has it); "-" when it has none.
 pub(crate) fn request_id(id: Option<&http::HeaderValue>) -> String {
     match id {
-        Some(v) if !v.is_empty() => shown(&String::from_utf8_lossy(v.as_bytes())),
+        Some(v) if !v.is_empty() => shown(&header_text(v)),
         _ => "-".to_string(),
     }
 }

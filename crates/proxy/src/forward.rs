@@ -218,7 +218,7 @@ impl Upstream {
 
     /// The request's id, for the log line of a failure after the 200 was sent.
     pub(crate) fn request_id(&self) -> String {
-        crate::echo::request_id(self.parts.headers.get("x-request-id"))
+        crate::echo::request_id(self.parts.headers.get(crate::echo::X_REQUEST_ID))
     }
 
     /// The request ends in `e` before it was sent (its record says so).

@@ -120,7 +120,7 @@ impl Router {
         let started = tokio::time::Instant::now();
         // Kept by reference count (no copy) for the log lines, which most
         // requests never write.
-        let id = req.headers().get("x-request-id").cloned();
+        let id = req.headers().get(echo::X_REQUEST_ID).cloned();
         let (method, uri) = (req.method().clone(), req.uri().clone());
         let mut resp = self.screened(req, peer).await;
         let status = resp.status().as_u16();

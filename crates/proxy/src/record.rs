@@ -5,23 +5,19 @@
 //! so every request that began leaves exactly one record, including one whose
 //! client went away at any point (recorded as cancelled, status 499).
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use std::net::SocketAddr;
 
-use http::{HeaderMap, HeaderName, HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 use modelyard_config::Priority;
 use modelyard_reqlog::{Entry, RequestLog};
 use modelyard_supervisor::{Event, Reason};
 use tokio::time::Instant;
 
-use crate::echo::Shown;
+use crate::echo::{Shown, X_REQUEST_ID};
 use crate::error::{ApiError, Dialect};
 use crate::Inner;
-
-/// Named once: a name given as text is parsed on every lookup.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// How much of a request's body `capture: true` keeps.
 const CAPTURE_MAX: usize = 16 * 1024;
@@ -215,12 +211,6 @@ impl Draft {
     }
 }
 
-/// A header's value as text: bytes that are not UTF-8 become U+FFFD, so a
-/// request id or User-Agent in another script is kept, not lost.
-fn header(v: &Option<HeaderValue>) -> Option<Cow<'_, str>> {
-    v.as_ref().map(|v| String::from_utf8_lossy(v.as_bytes()))
-}
-
 /// The client's address as `SocketAddr` shows it, an IPv4 one written in
 /// one piece: std's formatting goes through the formatter number by number,
 /// a share of the log's cost a request can feel at saturation.
@@ -266,7 +256,8 @@ impl Drop for Draft {
         if cancelled && !self.answered {
             self.status = CLIENT_GONE;
         }
-        let (request_id, user_agent) = (header(&self.request_id), header(&self.user_agent));
+        let request_id = self.request_id.as_ref().map(crate::echo::header_text);
+        let user_agent = self.user_agent.as_ref().map(crate::echo::header_text);
         let request_id = request_id.as_deref().map(Shown);
         let user_agent = user_agent.as_deref().map(Shown);
         let key = self.key.map(KeyName);

@@ -224,7 +224,7 @@ enum Ended {
 }
 
 fn request_id<B>(req: &Request<B>) -> String {
-    crate::echo::request_id(req.headers().get("x-request-id"))
+    crate::echo::request_id(req.headers().get(crate::echo::X_REQUEST_ID))
 }
 
 /// A handler that panics costs its own request a 500, never the router: the

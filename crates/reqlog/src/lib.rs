@@ -195,7 +195,7 @@ impl RequestLog {
         json.clear();
         let written =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| row::write(record, json)));
-        if !matches!(written, Ok(Ok(()))) {
+        if written.is_err() {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         }

@@ -186,11 +186,12 @@ impl<'o> Fields<'o> {
         self.kept();
     }
 
-    fn text(&mut self, t: &dyn Display) -> serde_json::Result<()> {
+    /// Panics when `t`'s `Display` fails (serde_json makes that a panic; a
+    /// Vec takes every write) or panics.
+    fn text(&mut self, t: &dyn Display) {
         self.next();
-        serde_json::to_writer(&mut *self.out, &Text(t))?;
+        serde_json::to_writer(&mut *self.out, &Text(t)).expect("only a failing Display");
         self.kept();
-        Ok(())
     }
 
     fn opt_int(&mut self, n: Option<u64>) {
@@ -207,13 +208,10 @@ impl<'o> Fields<'o> {
         }
     }
 
-    fn opt_text(&mut self, t: Option<&dyn Display>) -> serde_json::Result<()> {
+    fn opt_text(&mut self, t: Option<&dyn Display>) {
         match t {
             Some(t) => self.text(t),
-            None => {
-                self.null();
-                Ok(())
-            }
+            None => self.null(),
         }
     }
 
@@ -246,15 +244,15 @@ pub(crate) fn ended_ms(r: &Entry<'_>) -> u64 {
 /// Appends `r`'s JSON array to `out`. Panics when one of its texts' `Display`
 /// fails (serde_json turns that into a panic) or panics, and may then have
 /// written part of it; the caller catches it.
-pub(crate) fn write(r: &Entry<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> {
+pub(crate) fn write(r: &Entry<'_>, out: &mut Vec<u8>) {
     let mut f = Fields::begin(out);
     f.int(r.at_ms);
     f.int(us(r.total_ms));
     f.int(r.status.into());
     f.str(r.api);
-    f.text(r.route)?;
-    f.text(r.peer)?;
-    f.text(r.model_asked)?;
+    f.text(r.route);
+    f.text(r.peer);
+    f.text(r.model_asked);
     f.str(r.model_served);
     f.flag(r.stream);
     f.opt_str(r.priority);
@@ -262,16 +260,15 @@ pub(crate) fn write(r: &Entry<'_>, out: &mut Vec<u8>) -> serde_json::Result<()> 
     f.opt_int(r.ttfb_ms.map(us));
     f.opt_int(r.prompt_tokens);
     f.opt_int(r.completion_tokens);
-    f.opt_text(r.user_agent)?;
-    f.opt_text(r.request_id)?;
+    f.opt_text(r.user_agent);
+    f.opt_text(r.request_id);
     f.flag(r.cancelled);
     f.opt_str(r.error);
     f.opt_str(r.swap);
-    f.opt_text((!r.unloaded.is_empty()).then_some(&Joined(r.unloaded) as &dyn Display))?;
-    f.opt_text(r.key)?;
+    f.opt_text((!r.unloaded.is_empty()).then_some(&Joined(r.unloaded) as &dyn Display));
+    f.opt_text(r.key);
     f.opt_str(r.body);
     f.end();
-    Ok(())
 }
 
 /// A kept record, read back: its array's elements are these fields in

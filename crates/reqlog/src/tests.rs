@@ -43,6 +43,33 @@ fn rec(n: u64, model: &str) -> Record {
     }
 }
 
+/// Version 2's table, a row per record, empty.
+const V2_TABLE: &str = "CREATE TABLE requests (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, \
+     request_id TEXT NOT NULL, peer TEXT NOT NULL, key TEXT, user_agent TEXT, \
+     api TEXT NOT NULL, route TEXT NOT NULL, model_asked TEXT NOT NULL, \
+     model_served TEXT NOT NULL, stream INTEGER NOT NULL, status INTEGER NOT NULL, \
+     error TEXT, queue_ms REAL, swap TEXT, unloaded TEXT, ttfb_ms REAL, \
+     total_ms REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, \
+     tokens_per_s REAL, cancelled INTEGER NOT NULL, body TEXT, priority TEXT); \
+     PRAGMA user_version = 2;";
+
+/// Every record, oldest first, their ids (checked to rise) cleared: as
+/// comparable with the records that were written.
+fn oldest_first(r: &Reader) -> Vec<Record> {
+    let mut got = r
+        .query(&Query {
+            limit: 100_000,
+            ..Query::default()
+        })
+        .unwrap();
+    got.reverse();
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "ids rise");
+    for g in &mut got {
+        g.id = 0;
+    }
+    got
+}
+
 /// Waits (bounded) until the writer has written `n` records.
 fn written(log: &RequestLog, n: u64) {
     for _ in 0..500 {
@@ -146,7 +173,7 @@ fn a_records_empty_trailing_fields_take_no_bytes() {
         ..rec(1, "m")
     };
     let mut json = Vec::new();
-    row::write(&plain.entry(), &mut json).unwrap();
+    row::write(&plain.entry(), &mut json);
     assert_eq!(
         String::from_utf8(json).unwrap(),
         r#"[1000001,1000,200,"openai","/v1/chat/completions","127.0.0.1:5000","default","m"]"#
@@ -156,7 +183,7 @@ fn a_records_empty_trailing_fields_take_no_bytes() {
         ..plain.clone()
     };
     let mut json = Vec::new();
-    row::write(&full.entry(), &mut json).unwrap();
+    row::write(&full.entry(), &mut json);
     assert!(
         String::from_utf8(json)
             .unwrap()
@@ -470,17 +497,7 @@ fn a_file_of_rows_becomes_batches_losing_nothing() {
     let s = settings(dir.path());
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     let old = rusqlite::Connection::open(&s.path).unwrap();
-    old.execute_batch(
-        "CREATE TABLE requests (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, \
-         request_id TEXT NOT NULL, peer TEXT NOT NULL, key TEXT, user_agent TEXT, \
-         api TEXT NOT NULL, route TEXT NOT NULL, model_asked TEXT NOT NULL, \
-         model_served TEXT NOT NULL, stream INTEGER NOT NULL, status INTEGER NOT NULL, \
-         error TEXT, queue_ms REAL, swap TEXT, unloaded TEXT, ttfb_ms REAL, \
-         total_ms REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, \
-         tokens_per_s REAL, cancelled INTEGER NOT NULL, body TEXT, priority TEXT); \
-         PRAGMA user_version = 2;",
-    )
-    .unwrap();
+    old.execute_batch(V2_TABLE).unwrap();
     let mut expected = Vec::new();
     old.execute_batch("BEGIN").unwrap();
     for n in 1..=5000u64 {
@@ -541,17 +558,7 @@ fn a_file_of_rows_becomes_batches_losing_nothing() {
     let log = RequestLog::open(s).unwrap();
     let r = log.reader().unwrap();
     assert_eq!(r.count().unwrap(), 5000);
-    let mut got = r
-        .query(&Query {
-            limit: 10_000,
-            ..Query::default()
-        })
-        .unwrap();
-    got.reverse();
-    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "ids rise");
-    for g in &mut got {
-        g.id = 0;
-    }
+    let got = oldest_first(&r);
     assert_eq!(got, expected);
     assert_eq!(r.integrity_check().unwrap(), "ok");
 }
@@ -562,42 +569,28 @@ fn a_file_of_rows_becomes_batches_losing_nothing() {
 fn a_file_of_full_records_becomes_spare_records_losing_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings(dir.path());
-    std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
-    let old = rusqlite::Connection::open(&s.path).unwrap();
     // Times of an hour ago (retention would delete older ones), as digits
     // the records' times follow: t1000 is t * 10^4 + 1000.
     let t = (now_ms() - 3_600_000) / 10_000;
-    // As version 3 made it, view and all.
-    old.execute_batch(&format!(
-        r#"CREATE TABLE batches (id INTEGER PRIMARY KEY, done_ms INTEGER NOT NULL,
-             n INTEGER NOT NULL, records TEXT NOT NULL);
-         CREATE INDEX batches_done ON batches (done_ms);
-         CREATE VIEW requests AS SELECT (b.id << 16) + r.key AS id,
-             json_extract(r.value, '$[0]') AS at_ms FROM batches AS b, json_each(b.records) AS r;
-         INSERT INTO batches (done_ms, n, records) VALUES ({t}5000, 2, '[
+    v3_file(
+        &s.path,
+        &[
+            format!(
+                r#"[
            [{t}1000,"req-a","127.0.0.1:1",null,"curl/8",  "openai","/v1/chat/completions","default","m",1,200,null,0.012,null,null,0.41,35.7,12,32,912.4,0,null,"interactive"],
            [{t}1001,"",     "127.0.0.1:2","key 2",null,"ollama","/api/chat","big","big",0,503,"model_unavailable",1500.25,"caused","a,b",null,1600.5,null,null,null,1,"{{\"model\":\"big\"}}","background"]
-         ]');
-         INSERT INTO batches (done_ms, n, records) VALUES ({t}6000, 1, '[
+         ]"#
+            ),
+            format!(
+                r#"[
            [{t}2000,"req-c","[::1]:3",null,null,"anthropic","/v1/messages","c","c",0,200,null,null,null,null,null,2.0,1,1,null,0,null,null]
-         ]');
-         PRAGMA user_version = 3;"#
-    ))
-    .unwrap();
-    drop(old);
+         ]"#
+            ),
+        ],
+    );
     let log = RequestLog::open(s).unwrap();
     let r = log.reader().unwrap();
-    let mut got = r
-        .query(&Query {
-            limit: 10,
-            ..Query::default()
-        })
-        .unwrap();
-    got.reverse();
-    assert!(got.windows(2).all(|w| w[0].id < w[1].id), "ids rise");
-    for g in &mut got {
-        g.id = 0;
-    }
+    let got = oldest_first(&r);
     let a = Record {
         at_ms: t * 10_000 + 1000,
         request_id: "req-a".into(),
@@ -682,11 +675,13 @@ fn v3_file(path: &Path, batches: &[String]) {
          CREATE TABLE batches (id INTEGER PRIMARY KEY, done_ms INTEGER NOT NULL, \
              n INTEGER NOT NULL, records TEXT NOT NULL); \
          CREATE INDEX batches_done ON batches (done_ms); \
+         CREATE VIEW requests AS SELECT (b.id << 16) + r.key AS id, \
+             json_extract(r.value, '$[0]') AS at_ms FROM batches AS b, json_each(b.records) AS r; \
          PRAGMA user_version = 3;",
     )
     .unwrap();
     for b in batches {
-        let n = b.matches("\"/v1/chat").count().max(1);
+        let n = serde_json::from_str::<Vec<serde_json::Value>>(b).map_or(1, |v| v.len());
         old.execute(
             "INSERT INTO batches (done_ms, n, records) VALUES (?1, ?2, ?3)",
             rusqlite::params![(now_ms() - 3_600_000) as i64, n as i64, b],
@@ -857,19 +852,12 @@ fn a_row_files_count_above_2_63_comes_back() {
     let s = settings(dir.path());
     std::fs::create_dir_all(s.path.parent().unwrap()).unwrap();
     let old = rusqlite::Connection::open(&s.path).unwrap();
-    old.execute_batch(&format!(
-        "CREATE TABLE requests (id INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL, \
-         request_id TEXT NOT NULL, peer TEXT NOT NULL, key TEXT, user_agent TEXT, \
-         api TEXT NOT NULL, route TEXT NOT NULL, model_asked TEXT NOT NULL, \
-         model_served TEXT NOT NULL, stream INTEGER NOT NULL, status INTEGER NOT NULL, \
-         error TEXT, queue_ms REAL, swap TEXT, unloaded TEXT, ttfb_ms REAL, \
-         total_ms REAL NOT NULL, prompt_tokens INTEGER, completion_tokens INTEGER, \
-         tokens_per_s REAL, cancelled INTEGER NOT NULL, body TEXT, priority TEXT); \
-         INSERT INTO requests VALUES (1, {at}, 'r', 'p', NULL, NULL, 'openai', '/', 'm', 'm', \
-           0, 200, NULL, NULL, NULL, NULL, NULL, 5.0, 3, -1, NULL, 0, NULL, NULL); \
-         PRAGMA user_version = 2;",
-        at = now_ms() - 60_000
-    ))
+    old.execute_batch(V2_TABLE).unwrap();
+    old.execute(
+        "INSERT INTO requests VALUES (1, ?1, 'r', 'p', NULL, NULL, 'openai', '/', 'm', 'm', \
+           0, 200, NULL, NULL, NULL, NULL, NULL, 5.0, 3, -1, NULL, 0, NULL, NULL)",
+        [now_ms() as i64 - 60_000],
+    )
     .unwrap();
     drop(old);
     let log = RequestLog::open(s).unwrap();
@@ -1241,7 +1229,7 @@ fn a_batch_holds_a_bounded_number_of_bytes_and_takes_records_again_once_written(
     // As many as fit in 1000 bytes (each with its comma), the rest dropped.
     let size = |n| {
         let mut json = Vec::new();
-        row::write(&rec(n, "m").entry(), &mut json).unwrap();
+        row::write(&rec(n, "m").entry(), &mut json);
         json.len() as u64 + 1
     };
     assert!(
